@@ -1,0 +1,5 @@
+"""`python -m hapolicy`."""
+
+from .cli import run
+
+run()

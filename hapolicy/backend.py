@@ -1,0 +1,304 @@
+"""One exchange with one policy service: non-blocking connect, send, read the answer, deadline.
+
+`Exchange` is a small state machine driven by the event loop; it ends by calling
+`on_done(action_line, reason)`: the first `action=` line of a good answer with reason "", or
+b"" and why it failed. Connections that ended cleanly go back to a per-worker `Pool` of idle
+connections for the next request. A reused connection that turns out closed before any byte
+of answer is retried once on a fresh connection, and that is not a failure of the service.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from typing import Callable
+
+from .config import Service
+from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
+from .protocol import MAX_ANSWER_BYTES, answer_action, answer_complete
+
+RESOLVE_TTL = 300.0
+RESOLVE_RETRY = 5.0
+POOL_MAX_IDLE = 64  # idle connections kept per service and worker
+POOL_IDLE_SECONDS = 60.0
+
+
+class Resolver:
+    """Addresses of services, looked up once and kept for RESOLVE_TTL seconds."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, tuple[float, tuple | None, str]] = {}
+
+    def address(self, service: Service, now: float) -> tuple[int, object, str]:
+        """(family, sockaddr, error)."""
+        if service.path:
+            return socket.AF_UNIX, service.path, ""
+        cached = self.cache.get(service.name)
+        if cached is None or cached[0] <= now:
+            try:
+                info = socket.getaddrinfo(service.host, service.port, 0, socket.SOCK_STREAM)
+                entry = (now + RESOLVE_TTL, (info[0][0], info[0][4]), "")
+            except (OSError, UnicodeError) as exc:
+                entry = (now + RESOLVE_RETRY, None, f"cannot resolve {service.host}: {exc}")
+            self.cache[service.name] = cached = entry
+        if cached[1] is None:
+            return 0, None, cached[2]
+        return cached[1][0], cached[1][1], ""
+
+
+class Pool:
+    """Idle backend connections of one worker, per service, newest first."""
+
+    def __init__(self) -> None:
+        self.idle: dict[str, list[tuple[socket.socket, float]]] = {}
+
+    def get(self, name: str, now: float) -> socket.socket | None:
+        stack = self.idle.get(name)
+        while stack:
+            sock, since = stack.pop()
+            if now - since < POOL_IDLE_SECONDS and _still_open(sock):
+                return sock
+            sock.close()
+        return None
+
+    def put(self, name: str, sock: socket.socket, now: float) -> None:
+        stack = self.idle.setdefault(name, [])
+        if len(stack) >= POOL_MAX_IDLE:
+            sock.close()
+            return
+        stack.append((sock, now))
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle longer than POOL_IDLE_SECONDS."""
+        for stack in self.idle.values():
+            while stack and now - stack[0][1] >= POOL_IDLE_SECONDS:
+                stack.pop(0)[0].close()
+
+    def close(self) -> None:
+        for stack in self.idle.values():
+            for sock, _ in stack:
+                sock.close()
+        self.idle.clear()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True when an idle connection has neither been closed nor sent anything unasked."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+CONNECTING, SENDING, READING, DONE = range(4)
+
+
+class Exchange:
+    """Send one request to one service and read its answer before a deadline."""
+
+    __slots__ = (
+        "answer",
+        "connect_deadline",
+        "deadline",
+        "loop",
+        "on_done",
+        "payload",
+        "pool",
+        "resolver",
+        "reused",
+        "sent",
+        "service",
+        "sock",
+        "started",
+        "state",
+        "timer",
+    )
+
+    def __init__(self, loop: EventLoop, service: Service, payload: bytes, deadline: float,
+                 connect_timeout: float, on_done: Callable[[bytes, str], None], pool: Pool,
+                 resolver: Resolver) -> None:
+        self.loop = loop
+        self.service = service
+        self.payload = payload
+        self.deadline = deadline
+        self.connect_deadline = connect_timeout
+        self.on_done = on_done
+        self.pool = pool
+        self.resolver = resolver
+        self.sock: socket.socket | None = None
+        self.state = CONNECTING
+        self.sent = 0
+        self.answer = bytearray()
+        self.timer: Timer | None = None
+        self.reused = False
+        self.started = 0.0
+
+    def start(self) -> None:
+        now = time.monotonic()
+        self.started = now
+        sock = self.pool.get(self.service.name, now)
+        if sock is not None:
+            self.reused = True
+            self.sock = sock
+            self._begin_send(now)
+            return
+        self._connect(now)
+
+    def _connect(self, now: float) -> None:
+        family, address, error = self.resolver.address(self.service, now)
+        if error:
+            self._fail(error)
+            return
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._fail(f"cannot make a socket: {exc.strerror}")
+            return
+        sock.setblocking(False)
+        self.sock = sock
+        self.state = CONNECTING
+        code = sock.connect_ex(address)
+        if code == 0:
+            self._begin_send(now)
+            return
+        if code not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+            self._fail(_connect_error(code, self.service))
+            return
+        limit = min(now + self.connect_deadline, self.deadline)
+        self.timer = self.loop.call_at(limit, self._timeout)
+        self.loop.add(sock, EVENT_WRITE, self._on_event)
+
+    def _begin_send(self, now: float) -> None:
+        self.state = SENDING
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(min(now + self.service.timeout, self.deadline), self._timeout)
+        sock = self.sock
+        try:
+            self.sent = sock.send(self.payload)  # type: ignore[union-attr]
+        except BlockingIOError:
+            self.sent = 0
+        except OSError as exc:
+            self._io_error(exc)
+            return
+        if self.sent == len(self.payload):
+            self.state = READING
+            self._register(EVENT_READ)
+        else:
+            self._register(EVENT_WRITE)
+
+    def _register(self, events: int) -> None:
+        try:
+            self.loop.modify(self.sock, events, self._on_event)
+        except KeyError:
+            self.loop.add(self.sock, events, self._on_event)
+
+    def _on_event(self, mask: int) -> None:
+        sock = self.sock
+        if self.state == CONNECTING:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
+            if code:
+                self._fail(_connect_error(code, self.service))
+            else:
+                self._begin_send(time.monotonic())
+            return
+        try:
+            if self.state == SENDING:
+                self.sent += sock.send(self.payload[self.sent:])  # type: ignore[union-attr]
+                if self.sent == len(self.payload):
+                    self.state = READING
+                    self._register(EVENT_READ)
+                return
+            data = sock.recv(65536)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._io_error(exc)
+            return
+        if not data:
+            if self.reused and not self.answer:
+                self._retry_fresh()
+            else:
+                self._fail("closed the connection before a full answer")
+            return
+        answer = self.answer
+        answer += data
+        end = answer_complete(answer)
+        if end < 0:
+            if len(answer) > MAX_ANSWER_BYTES:
+                self._fail(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            return
+        if end > MAX_ANSWER_BYTES:
+            self._fail(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            return
+        action = answer_action(bytes(answer[:end]))
+        if not action:
+            self._fail("answer without action: " + repr(bytes(answer[:80]))[2:-1])
+            return
+        self._finish(action, "", keep=end == len(answer))
+
+    def _io_error(self, exc: OSError) -> None:
+        if self.reused and not self.answer and exc.errno in (errno.EPIPE, errno.ECONNRESET):
+            self._retry_fresh()
+        else:
+            self._fail(_connect_error(exc.errno or 0, self.service))
+
+    def _retry_fresh(self) -> None:
+        self._close()
+        self.reused = False
+        self.answer.clear()
+        self.sent = 0
+        self._connect(time.monotonic())
+
+    def _timeout(self) -> None:
+        self.timer = None
+        waited = time.monotonic() - self.started
+        if self.state == CONNECTING:
+            self._fail(f"connect timeout after {waited:.1f}s")
+        else:
+            self._fail(f"no answer after {waited:.1f}s")
+
+    def _fail(self, reason: str) -> None:
+        self._finish(b"", reason, keep=False)
+
+    def _finish(self, action: bytes, reason: str, keep: bool) -> None:
+        if self.state == DONE:
+            return
+        self.state = DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if keep and self.sock is not None:
+            self.loop.remove(self.sock)
+            self.pool.put(self.service.name, self.sock, time.monotonic())
+            self.sock = None
+        else:
+            self._close()
+        self.on_done(action, reason)
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            self.loop.remove(self.sock)
+            self.sock.close()
+            self.sock = None
+
+    def abort(self) -> None:
+        """Drop the exchange without calling back (the request was given up)."""
+        self.state = DONE
+        if self.timer is not None:
+            self.timer.cancel()
+        self._close()
+
+
+def _connect_error(code: int, service: Service) -> str:
+    if code == errno.ECONNREFUSED:
+        return "connection refused"
+    if code == errno.ECONNRESET:
+        return "connection reset"
+    if code in (errno.EAGAIN, errno.EWOULDBLOCK) and service.path:
+        return "unix socket backlog full"
+    return os.strerror(code).lower() if code else "i/o error"

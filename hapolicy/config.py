@@ -1,0 +1,321 @@
+"""Configuration: the `Service` and `Config` dataclasses, service specs and the config file.
+
+A service spec is the original's `NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`; HOST is a name, an
+IPv4 address or a bracketed IPv6 address, and `NAME=unix:/path[:PRIO[:WEIGHT[:TIMEOUT]]]` names a
+unix socket. Every optional field may be left empty (`G=host:10031::2` sets only the weight).
+
+The config file holds `key = value` lines with the long option names as keys (`-` or `_`),
+`service = SPEC` once per service, `#` comments. Every error is a `ConfigError` whose text is one
+line naming the bad value, prefixed with `FILE:LINE:` when it comes from a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+DEFAULT_PRIO = 10
+DEFAULT_WEIGHT = 1
+DEFAULT_TIMEOUT = 30.0
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; str() is one line for the postmaster."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One backend policy service."""
+
+    name: str
+    host: str  # host name or address; "" for a unix socket
+    port: int  # 0 for a unix socket
+    prio: int = DEFAULT_PRIO
+    weight: int = DEFAULT_WEIGHT
+    timeout: float = DEFAULT_TIMEOUT
+    path: str = ""  # unix socket path
+
+    @property
+    def address(self) -> str:
+        """The address as a postmaster writes it: `10.0.0.1:10031`, `[::1]:10031`, `unix:/p`."""
+        if self.path:
+            return "unix:" + self.path
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}={self.address}:{self.prio}:{self.weight}:{_fmt_num(self.timeout)}"
+
+
+def _fmt_num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _parse_int(text: str, what: str, minimum: int | None = None) -> int:
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a whole number") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{what} {text!r} must be at least {minimum}")
+    return value
+
+
+def _parse_seconds(text: str, what: str, allow_zero: bool = False) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        limit = "zero or more" if allow_zero else "more than zero"
+        raise ConfigError(f"{what} {text!r} must be {limit} seconds")
+    return value
+
+
+def parse_service(spec: str) -> Service:
+    """Parse `NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]` or `NAME=unix:/path[:...]`."""
+    name, sep, rest = spec.partition("=")
+    name = name.strip()
+    if not sep or not rest:
+        raise ConfigError(f"service {spec!r}: expected NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]")
+    if not NAME_RE.match(name):
+        raise ConfigError(f"service {spec!r}: name {name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+    host, port, path = "", 0, ""
+    if rest.startswith("unix:"):
+        path, _, tail = rest[5:].partition(":")
+        if not path.startswith("/"):
+            raise ConfigError(f"service {spec!r}: unix socket path must be absolute")
+        optional = tail.split(":") if tail else []
+    else:
+        if rest.startswith("["):
+            host, bracket, tail = rest[1:].partition("]")
+            if not bracket or not tail.startswith(":"):
+                raise ConfigError(f"service {spec!r}: expected [IPv6]:PORT")
+            fields = tail[1:].split(":")
+        else:
+            fields = rest.split(":")
+            host = fields.pop(0)
+        if not host or not fields or not fields[0]:
+            raise ConfigError(f"service {spec!r}: expected NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]")
+        port = _parse_int(fields[0], f"service {name}: port", 1)
+        if port > 65535:
+            raise ConfigError(f"service {name}: port {fields[0]!r} must be at most 65535")
+        optional = fields[1:]
+    if len(optional) > 3:
+        raise ConfigError(f"service {spec!r}: too many fields after the address")
+    optional += [""] * (3 - len(optional))
+    prio_text, weight_text, timeout_text = optional
+    prio = _parse_int(prio_text, f"service {name}: priority", 0) if prio_text else DEFAULT_PRIO
+    weight = _parse_int(weight_text, f"service {name}: weight", 1) if weight_text else DEFAULT_WEIGHT
+    timeout = (
+        _parse_seconds(timeout_text, f"service {name}: timeout") if timeout_text else DEFAULT_TIMEOUT
+    )
+    return Service(name, host, port, prio, weight, timeout, path)
+
+
+def parse_listen(text: str) -> str:
+    """Validate `HOST:PORT`, `[IPv6]:PORT` or `unix:/path`; returns it unchanged."""
+    split_listen(text)
+    return text
+
+
+def split_listen(text: str) -> tuple[str, int, str]:
+    """(host, port, path) of a listen address."""
+    if text.startswith("unix:"):
+        if not text[5:].startswith("/"):
+            raise ConfigError(f"listen address {text!r}: unix socket path must be absolute")
+        return "", 0, text[5:]
+    if text.startswith("["):
+        host, _, tail = text[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not host or not port_text:
+        raise ConfigError(f"listen address {text!r}: expected HOST:PORT, [IPv6]:PORT or unix:/path")
+    port = _parse_int(port_text, f"listen address {text!r}: port", 1)
+    if port > 65535:
+        raise ConfigError(f"listen address {text!r}: port must be at most 65535")
+    return host, port, ""
+
+
+def _parse_balance(text: str) -> str:
+    text = text.strip()
+    if text == "weighted":
+        return text
+    if text.startswith("hash:") and all(NAME_RE.match(a) for a in text[5:].split(",")):
+        return text
+    raise ConfigError(f"balance {text!r}: expected 'weighted' or 'hash:ATTR[,ATTR...]'")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(f"{text!r} is not yes or no")
+
+
+def _parse_mode(text: str) -> int:
+    try:
+        mode = int(text.strip(), 8)
+    except ValueError:
+        raise ConfigError(f"socket mode {text!r} is not an octal mode like 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"socket mode {text!r} is out of range")
+    return mode
+
+
+def _nonempty(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        text = text.strip()
+        if not text or "\n" in text:
+            raise ConfigError(f"{what} must not be empty")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one hapolicy process needs; built once, never changed (HUP builds a new one)."""
+
+    services: tuple[Service, ...] = ()
+    default_action: str = "dunno"
+    log_requests: bool = False
+    verbose: bool = False
+    log_stderr: bool = False
+    syslog_socket: str = "/dev/log"
+    total_timeout: float = 60.0
+    connect_timeout: float = 5.0
+    # daemon mode
+    listen: str = ""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_use: int = 10000
+    max_idle: float = 600.0
+    retire_timeout: float = 1200.0
+    drain_timeout: float = 30.0
+    pidfile: str = ""
+    daemonize: bool = False
+    user: str = ""
+    group: str = ""
+    socket_mode: int = 0o666
+    backlog: int = 1024
+    # health and balancing
+    cooldown: float = 2.0
+    cooldown_max: float = 60.0
+    check_interval: float = 0.0
+    check_request: str = (
+        "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=SMTP\n"
+        "client_address=127.0.0.1\nclient_name=localhost\nhelo_name=localhost\n"
+        "sender=hapolicy-check@localhost\nrecipient=postmaster@localhost\n"
+    )
+    balance: str = "weighted"
+    sticky_instance: bool = True
+    config_file: str = ""
+
+    def summary(self) -> list[str]:
+        """The effective configuration as `key = value` lines (what --check-config prints)."""
+        lines = []
+        for f in dataclasses.fields(self):
+            if f.name in ("services", "config_file", "check_request"):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                value = "yes" if value else "no"
+            elif f.name == "socket_mode":
+                value = f"{value:04o}"
+            elif isinstance(value, float):
+                value = _fmt_num(value)
+            lines.append(f"{f.name.replace('_', '-')} = {value}")
+        lines.append("check-request = " + self.check_request.strip().replace("\n", " "))
+        lines.extend(f"service = {s.spec}" for s in self.services)
+        return lines
+
+
+# key -> parser from text; the keys are the long option names with '-' turned into '_'.
+SETTINGS: dict[str, Callable[[str], Any]] = {
+    "default_action": _nonempty("default action"),
+    "log_requests": _parse_bool,
+    "verbose": _parse_bool,
+    "log_stderr": _parse_bool,
+    "syslog_socket": lambda t: t.strip(),
+    "total_timeout": lambda t: _parse_seconds(t, "total timeout"),
+    "connect_timeout": lambda t: _parse_seconds(t, "connect timeout"),
+    "listen": parse_listen,
+    "workers": lambda t: _parse_int(t, "workers", 1),
+    "max_use": lambda t: _parse_int(t, "max use", 1),
+    "max_idle": lambda t: _parse_seconds(t, "max idle"),
+    "retire_timeout": lambda t: _parse_seconds(t, "retire timeout"),
+    "drain_timeout": lambda t: _parse_seconds(t, "drain timeout", allow_zero=True),
+    "pidfile": lambda t: t.strip(),
+    "daemonize": _parse_bool,
+    "user": lambda t: t.strip(),
+    "group": lambda t: t.strip(),
+    "socket_mode": _parse_mode,
+    "backlog": lambda t: _parse_int(t, "backlog", 1),
+    "cooldown": lambda t: _parse_seconds(t, "cooldown"),
+    "cooldown_max": lambda t: _parse_seconds(t, "cooldown max"),
+    "check_interval": lambda t: _parse_seconds(t, "check interval", allow_zero=True),
+    "check_request": lambda t: "".join(a + "\n" for a in t.split() if "=" in a),
+    "balance": _parse_balance,
+    "sticky_instance": _parse_bool,
+}
+ALIASES = {"default": "default_action", "logging": "log_requests", "stdout": "log_stderr"}
+
+
+def read_config_file(path: str) -> tuple[dict[str, Any], list[Service]]:
+    """Parse a config file into (settings, services); raises ConfigError `FILE:LINE: ...`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', exc)}") from None
+    settings: dict[str, Any] = {}
+    services: list[Service] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, sep, value = text.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        key = ALIASES.get(key, key)
+        try:
+            if not sep:
+                raise ConfigError(f"expected 'key = value', got {text!r}")
+            value = value.strip()
+            if key == "service":
+                services.append(parse_service(value))
+                continue
+            if key not in SETTINGS:
+                raise ConfigError(f"unknown setting {key.replace('_', '-')!r}")
+            if key in seen:
+                raise ConfigError(f"{key.replace('_', '-')} set again (first on line {seen[key]})")
+            seen[key] = number
+            settings[key] = SETTINGS[key](value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{number}: {exc}") from None
+    return settings, services
+
+
+def build_config(settings: dict[str, Any], services: list[Service]) -> Config:
+    """Check the whole and make the frozen Config."""
+    if not services:
+        raise ConfigError("no service given: use -s NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]")
+    names: set[str] = set()
+    for service in services:
+        if service.name in names:
+            raise ConfigError(f"service name {service.name!r} is given twice")
+        names.add(service.name)
+    config = Config(services=tuple(services), **settings)
+    if config.cooldown_max < config.cooldown:
+        raise ConfigError(f"cooldown-max {config.cooldown_max} is below cooldown {config.cooldown}")
+    return config

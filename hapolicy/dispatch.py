@@ -1,0 +1,170 @@
+"""The way of one request: pick a service, exchange, fail over, answer exactly once.
+
+`Dispatcher.submit` runs the attempt chain of one framed request. Each attempt is bounded by
+min(service timeout, what is left of the request's total deadline); a failure tells the health
+table and moves on at once; when every service failed or the deadline is reached the answer is
+the default action. Whatever happens, `deliver` is called exactly once with the answer bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Protocol
+
+from .backend import Exchange, Pool, Resolver
+from .config import Config
+from .eventloop import EventLoop
+from .health import HealthTable
+from .log import Logger
+from .protocol import Request, format_action
+from .selection import Selector
+
+
+class Client(Protocol):
+    """What a request needs to know of the connection it came on."""
+
+    instance: bytes  # Postfix's `instance` of the transaction last answered by a service
+    instance_service: int
+
+    def deliver(self, answer: bytes) -> None: ...
+
+
+class Dispatcher:
+    """Answers the requests of one process (a worker, or spawn mode)."""
+
+    def __init__(self, loop: EventLoop, config: Config, health: HealthTable, log: Logger) -> None:
+        self.loop = loop
+        self.config = config
+        self.health = health
+        self.log = log
+        hash_attrs = config.balance[5:].split(",") if config.balance.startswith("hash:") else ()
+        self.hash_attrs = [a.encode() for a in hash_attrs]
+        self.selector = Selector(config.services, health, hash_attrs)
+        self.pool = Pool()
+        self.resolver = Resolver()
+        self.default_answer = format_action(config.default_action)
+        self.in_flight = 0
+        self.on_idle: Callable[[], None] | None = None
+
+    def submit(self, request: Request, client: Client) -> None:
+        """Answer one request, now or later, through client.deliver."""
+        if request.error or len(request.raw) <= 2:
+            why = request.error or "empty request"
+            self.log.warning(f"request refused: {why}, answering action={self.config.default_action}")
+            client.deliver(self.default_answer)
+            return
+        self.in_flight += 1
+        Job(self, request, client).next_attempt()
+
+    def job_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.on_idle is not None:
+            self.on_idle()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class Job:
+    """The attempt chain of one request."""
+
+    __slots__ = (
+        "client",
+        "current",
+        "d",
+        "deadline",
+        "exchange",
+        "failed",
+        "instance",
+        "key",
+        "request",
+        "started",
+        "tried",
+    )
+
+    def __init__(self, dispatcher: Dispatcher, request: Request, client: Client) -> None:
+        self.d = dispatcher
+        self.request = request
+        self.client = client
+        self.started = time.monotonic()
+        self.deadline = self.started + dispatcher.config.total_timeout
+        self.tried = 0
+        self.failed: list[str] = []
+        self.key = None
+        if dispatcher.hash_attrs:
+            self.key = b"\0".join(request.attr_bytes(a) for a in dispatcher.hash_attrs)
+        self.instance = request.attr_bytes(b"instance") if dispatcher.config.sticky_instance else b""
+        self.exchange: Exchange | None = None
+        self.current = -1
+
+    def next_attempt(self) -> None:
+        d = self.d
+        now = time.monotonic()
+        if now >= self.deadline:
+            self.answer_default(f"total timeout {d.config.total_timeout:g}s reached")
+            return
+        sticky = -1
+        if self.instance and self.instance == self.client.instance:
+            sticky = self.client.instance_service
+        index = d.selector.pick(self.tried, now, self.key, sticky)
+        if index < 0:
+            self.answer_default("all services failed")
+            return
+        self.tried |= 1 << index
+        self.current = index
+        service = d.config.services[index]
+        self.exchange = Exchange(d.loop, service, self.request.raw, self.deadline,
+                                 d.config.connect_timeout, self.on_exchange_done, d.pool,
+                                 d.resolver)
+        self.exchange.start()
+
+    def on_exchange_done(self, action: bytes, reason: str) -> None:
+        d = self.d
+        index = self.current
+        service = d.config.services[index]
+        self.exchange = None
+        if action:
+            if d.health.record_success(index):
+                d.selector.rejoin(index)
+                d.log.notice(f"service {service.name} ({service.address}) up")
+            if self.instance:
+                self.client.instance = self.instance
+                self.client.instance_service = index
+            self.finish(action + b"\n\n", service.name, action[7:].decode("utf-8", "replace"))
+            return
+        now = time.monotonic()
+        was_up, pause = d.health.record_failure(index, now, d.config.cooldown, d.config.cooldown_max)
+        if was_up:
+            d.log.warning(f"service {service.name} ({service.address}) down: {reason},"
+                          f" retry in {pause:g}s")
+        if d.config.verbose:
+            d.log.info(f"service={service.name} address={service.address} failed: {reason}")
+        self.failed.append(service.name)
+        self.next_attempt()
+
+    def answer_default(self, why: str) -> None:
+        d = self.d
+        self.finish(d.default_answer, "-", d.config.default_action, why)
+
+    def finish(self, answer: bytes, service: str, action: str, default_why: str = "") -> None:
+        d = self.d
+        if d.config.log_requests or (default_why and d.config.verbose):
+            self.log_request(service, action, default_why)
+        elif default_why:
+            d.log.warning(f"no service answered ({default_why}): action={action}")
+        self.client.deliver(answer)
+        d.job_done()
+
+    def log_request(self, service: str, action: str, default_why: str) -> None:
+        attrs = self.request.attrs
+        line = (
+            f"service={service} client={attrs.get('client_name', '')}"
+            f"[{attrs.get('client_address', '')}] helo=<{attrs.get('helo_name', '')}>"
+            f" sender=<{attrs.get('sender', '')}> recipient=<{attrs.get('recipient', '')}>"
+            f" delay={time.monotonic() - self.started:.3f}s action={action}"
+        )
+        if self.failed:
+            line += " failed=" + ",".join(self.failed)
+        if default_why:
+            line += f' default="{default_why}"'
+        self.d.log.info(line)

@@ -1,0 +1,161 @@
+"""The policy delegation protocol: framing requests, parsing attributes, reading backend answers.
+
+A request is `name=value` lines ended by an empty line (SMTPD_POLICY_README); CRLF is tolerated.
+Requests are kept as the bytes received, so they can be relayed unchanged (but for CRLF line
+ends, which become LF: Postfix never sends them and not every policy server takes them);
+attributes are parsed only when something (logging, hashing) needs them.
+
+Limits, so that a client cannot grow our memory without bound:
+
+- MAX_REQUEST_BYTES (64 KiB): one request, all lines included. Postfix's are about 1 KiB.
+- MAX_LINE_BYTES (8 KiB): one `name=value` line.
+- MAX_ATTRIBUTES (256): lines in one request. Postfix 3.7 sends about 40.
+
+A request over a limit is skipped to its end and framed as a `Request` whose `error` says why;
+the caller answers it with the default action. A backend answer is bounded by MAX_ANSWER_BYTES
+(16 KiB; Postfix accepts actions up to 8192 characters).
+"""
+
+from __future__ import annotations
+
+MAX_REQUEST_BYTES = 65536
+MAX_LINE_BYTES = 8192
+MAX_ATTRIBUTES = 256
+MAX_ANSWER_BYTES = 16384
+
+
+class Request:
+    """One framed request: the raw bytes (relayed as received) or the reason it was refused."""
+
+    __slots__ = ("_attrs", "error", "raw")
+
+    def __init__(self, raw: bytes, error: str = "") -> None:
+        self.raw = raw
+        self.error = error
+        self._attrs: dict[str, str] | None = None
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        if self._attrs is None:
+            self._attrs = parse_attributes(self.raw)
+        return self._attrs
+
+    def attr_bytes(self, name: bytes) -> bytes:
+        """One attribute's raw value without parsing the rest (b'' when absent)."""
+        raw = self.raw
+        key = name + b"="
+        if raw.startswith(key):
+            start = len(key)
+        else:
+            pos = raw.find(b"\n" + key)
+            if pos < 0:
+                return b""
+            start = pos + 1 + len(key)
+        return raw[start : raw.find(b"\n", start)].rstrip(b"\r")
+
+
+def parse_attributes(raw: bytes) -> dict[str, str]:
+    """name=value lines to a dict; the value keeps every '=' after the first; later names win."""
+    attrs: dict[str, str] = {}
+    for line in raw.decode("utf-8", "replace").split("\n"):
+        line = line.removesuffix("\r")
+        name, sep, value = line.partition("=")
+        if sep:
+            attrs[name] = value
+    return attrs
+
+
+def check_limits(raw: bytes) -> str:
+    """'' when a complete request is within the limits, else why not."""
+    if raw.count(b"\n") > MAX_ATTRIBUTES + 1:
+        return f"more than {MAX_ATTRIBUTES} attributes"
+    if len(raw) > MAX_LINE_BYTES and max(map(len, raw.split(b"\n"))) > MAX_LINE_BYTES:
+        return f"a line longer than {MAX_LINE_BYTES} bytes"
+    return ""
+
+
+def _request_end(buf: bytes | bytearray, start: int) -> int:
+    """Index just past the empty line that ends the request starting at `start`, or -1."""
+    if buf[start : start + 1] == b"\n":
+        return start + 1
+    if buf[start : start + 2] == b"\r\n":
+        return start + 2
+    lf = buf.find(b"\n\n", start)
+    crlf = buf.find(b"\n\r\n", start, lf + 2 if lf >= 0 else len(buf))
+    if crlf >= 0:
+        return crlf + 3
+    return lf + 2 if lf >= 0 else -1
+
+
+class RequestFramer:
+    """Turns a client's byte stream into Requests, with bounded memory."""
+
+    __slots__ = ("buffer", "skipping", "tail")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.skipping = ""  # the reason while skipping an oversized request
+        self.tail = b""  # last bytes seen while skipping, to find an end split across reads
+
+    def feed(self, data: bytes) -> list[Request]:
+        out: list[Request] = []
+        if self.skipping:
+            data = self._skip(data, out)
+        if not data:
+            return out
+        buf = self.buffer
+        buf += data
+        start = 0
+        while start < len(buf):
+            end = _request_end(buf, start)
+            if end < 0:
+                break
+            raw = bytes(buf[start:end])
+            if b"\r" in raw:
+                raw = raw.replace(b"\r\n", b"\n")
+            out.append(Request(raw, check_limits(raw) if len(raw) > 512 else ""))
+            start = end
+        if start:
+            del buf[:start]
+        if len(buf) > MAX_REQUEST_BYTES:
+            self.skipping = f"request larger than {MAX_REQUEST_BYTES} bytes"
+            self.tail = bytes(buf[-2:])
+            buf.clear()
+        return out
+
+    def _skip(self, data: bytes, out: list[Request]) -> bytes:
+        joined = self.tail + data
+        lf = joined.find(b"\n\n")
+        crlf = joined.find(b"\n\r\n")
+        ends = [e for e in (lf + 2 if lf >= 0 else -1, crlf + 3 if crlf >= 0 else -1) if e >= 0]
+        if not ends:
+            self.tail = joined[-2:]
+            return b""
+        end = min(ends)
+        out.append(Request(b"", self.skipping))
+        self.skipping = ""
+        self.tail = b""
+        return joined[end:]
+
+    @property
+    def pending(self) -> bool:
+        """True when part of a request has been received."""
+        return bool(self.buffer) or bool(self.skipping)
+
+
+def format_action(action: str) -> bytes:
+    return b"action=" + action.encode("utf-8", "replace") + b"\n\n"
+
+
+def answer_complete(buf: bytes | bytearray) -> int:
+    """Length of the complete answer at the start of buf (through its empty line), or -1."""
+    return _request_end(buf, 0)
+
+
+def answer_action(answer: bytes) -> bytes:
+    """The first `action=` line of a complete answer, without line ending; b'' if none or empty."""
+    for line in answer.split(b"\n"):
+        if line.startswith(b"action="):
+            line = line.rstrip(b"\r")
+            return line if len(line) > 7 else b""
+    return b""

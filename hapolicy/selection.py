@@ -1,0 +1,98 @@
+"""The order in which to try services for one request.
+
+Priority groups are sorted by NUMERIC priority, lowest first (the original sorted them as text,
+so 10 came before 9). Inside a group the pick is weighted round robin on virtual time kept in
+the shared health table: each pick adds 1/weight to the service's clock and the service whose
+next clock is lowest wins, so a 2:1 pair goes A A B A A B across all workers together. With
+`hash:ATTRS` the pick is weighted rendezvous hashing of those attributes instead: the same key
+always lands on the same service, and when one dies only its share moves.
+
+Services that are down are skipped; one whose cool-down is over is given to a single request as
+a probe. When no service of any group is usable, the ones marked down are tried anyway, in
+order (they may be back). A request never tries a service twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+from .config import Service
+from .health import PROBE_DUE, UP, HealthTable
+
+
+class Selector:
+    """Picks services for requests; holds only derived, read-only data about the services."""
+
+    def __init__(self, services: Sequence[Service], health: HealthTable,
+                 hash_attrs: Sequence[str] = ()) -> None:
+        self.services = list(services)
+        self.health = health
+        self.hash_attrs = [a.encode() for a in hash_attrs]
+        prios = sorted({s.prio for s in services})
+        self.groups = [[i for i, s in enumerate(services) if s.prio == p] for p in prios]
+        self.step = [1.0 / s.weight for s in services]
+        self.names = [s.name.encode() for s in services]
+        self.last_resort = [i for group in self.groups for i in group]
+
+    def pick(self, tried: int, now: float, key: bytes | None = None, sticky: int = -1) -> int:
+        """The next service to try (index), or -1 when every service was tried.
+
+        `tried` is a bit mask of services this request already tried; `key` the hash key in
+        hash mode; `sticky` a service to prefer while it is up (same SMTP transaction).
+        """
+        health = self.health
+        if sticky >= 0 and not tried >> sticky & 1 and health.state(sticky, now) == UP:
+            return self._commit(sticky)
+        for group in self.groups:
+            candidates = []
+            for i in group:
+                if tried >> i & 1:
+                    continue
+                state = health.state(i, now)
+                if state == UP:
+                    candidates.append(i)
+                elif state == PROBE_DUE and health.claim_probe(i, now, self._lease(i)):
+                    return i
+            if candidates:
+                if len(candidates) == 1:
+                    return self._commit(candidates[0])
+                if key is not None:
+                    return self._by_hash(candidates, key)
+                return self._commit(self._by_weight(candidates))
+        for i in self.last_resort:
+            if not tried >> i & 1:
+                return i
+        return -1
+
+    def _lease(self, i: int) -> float:
+        return self.services[i].timeout + 5.0
+
+    def _commit(self, i: int) -> int:
+        self.health.add_served(i, self.step[i])
+        return i
+
+    def _by_weight(self, candidates: list[int]) -> int:
+        served = self.health.served
+        step = self.step
+        return min(candidates, key=lambda i: (served(i) + step[i], i))
+
+    def _by_hash(self, candidates: list[int], key: bytes) -> int:
+        return max(candidates, key=lambda i: self.hash_score(i, key))
+
+    def hash_score(self, i: int, key: bytes) -> float:
+        """Weighted rendezvous score of service i for key (highest wins)."""
+        digest = hashlib.blake2b(key + b"\0" + self.names[i], digest_size=8).digest()
+        unit = (int.from_bytes(digest, "big") + 1) / 2.0**64  # in (0, 1]
+        return -self.services[i].weight / math.log(unit) if unit < 1.0 else math.inf
+
+    def rejoin(self, i: int) -> None:
+        """A service came back: start its clock level with the others, not far behind them."""
+        others = [self.health.served(j) for j in range(len(self.services)) if j != i
+                  and self.services[j].prio == self.services[i].prio]
+        if others:
+            self.health.set_served(i, max(self.health.served(i), min(others)))
+
+    def hash_key(self, values: Sequence[bytes]) -> bytes:
+        return b"\0".join(values)

@@ -1,0 +1,101 @@
+"""Framing, attribute parsing and answer parsing."""
+
+from hapolicy.protocol import (
+    MAX_ATTRIBUTES,
+    MAX_LINE_BYTES,
+    MAX_REQUEST_BYTES,
+    RequestFramer,
+    answer_action,
+    answer_complete,
+    parse_attributes,
+)
+
+
+def frame(*chunks: bytes):
+    framer = RequestFramer()
+    out = []
+    for chunk in chunks:
+        out.extend(framer.feed(chunk))
+    return out, framer
+
+
+def test_two_requests_in_one_read():
+    reqs, framer = frame(b"a=1\nb=2\n\nc=3\n\n")
+    assert [r.raw for r in reqs] == [b"a=1\nb=2\n\n", b"c=3\n\n"]
+    assert not framer.pending
+
+
+def test_request_split_across_reads_at_every_byte():
+    data = b"request=smtpd_access_policy\nsender=a@b\n\nx=1\n\n"
+    for cut in range(1, len(data)):
+        reqs, _ = frame(data[:cut], data[cut:])
+        assert [r.raw for r in reqs] == [b"request=smtpd_access_policy\nsender=a@b\n\n", b"x=1\n\n"]
+
+
+def test_crlf_is_tolerated_and_normalised():
+    reqs, _ = frame(b"a=1\r\nb=x=y\r\n\r\n")
+    assert reqs[0].raw == b"a=1\nb=x=y\n\n"
+    assert reqs[0].attrs == {"a": "1", "b": "x=y"}
+
+
+def test_values_keep_every_equals_sign():
+    assert parse_attributes(b"sender=a=b==c\n\n") == {"sender": "a=b==c"}
+
+
+def test_attr_bytes_finds_first_and_later_attributes():
+    req = frame(b"instance=12.34\nsender=s@x\nclient_address=192.0.2.1\n\n")[0][0]
+    assert req.attr_bytes(b"instance") == b"12.34"
+    assert req.attr_bytes(b"client_address") == b"192.0.2.1"
+    assert req.attr_bytes(b"recipient") == b""
+    assert req.attr_bytes(b"nstance") == b""
+
+
+def test_empty_line_alone_is_an_empty_request():
+    reqs, _ = frame(b"\n")
+    assert reqs[0].raw == b"\n" and not reqs[0].error
+
+
+def test_partial_request_is_pending():
+    reqs, framer = frame(b"a=1\nb=")
+    assert reqs == [] and framer.pending
+
+
+def test_oversized_request_is_skipped_to_its_end_with_bounded_memory():
+    framer = RequestFramer()
+    out = []
+    line = b"x=" + b"y" * 1000 + b"\n"
+    for _ in range(2 * MAX_REQUEST_BYTES // len(line)):
+        out.extend(framer.feed(line))
+        assert len(framer.buffer) <= MAX_REQUEST_BYTES + len(line)
+    out.extend(framer.feed(b"\n" + b"after=1\n"))
+    out.extend(framer.feed(b"\n"))
+    assert len(out) == 2
+    assert "larger than" in out[0].error
+    assert out[1].raw == b"after=1\n\n" and not out[1].error
+
+
+def test_oversized_end_split_between_reads():
+    framer = RequestFramer()
+    out = framer.feed(b"x=" + b"y" * (MAX_REQUEST_BYTES + 10) + b"\n")
+    out += framer.feed(b"\n")
+    out += framer.feed(b"ok=1\n\n")
+    assert [bool(r.error) for r in out] == [True, False]
+
+
+def test_long_line_and_too_many_attributes_are_refused():
+    long_line = b"a=" + b"b" * (MAX_LINE_BYTES + 1) + b"\n\n"
+    many = b"".join(b"a%d=1\n" % i for i in range(MAX_ATTRIBUTES + 1)) + b"\n"
+    reqs, _ = frame(long_line + many + b"fine=1\n\n")
+    assert "line longer" in reqs[0].error
+    assert "attributes" in reqs[1].error
+    assert not reqs[2].error
+
+
+def test_answer_parsing():
+    assert answer_complete(b"action=DUNNO\n") == -1
+    assert answer_complete(b"action=DUNNO\n\nmore") == 14
+    assert answer_complete(b"action=DUNNO\r\n\r\n") == 16
+    assert answer_action(b"foo=1\naction=REJECT no\naction=OK\n\n") == b"action=REJECT no"
+    assert answer_action(b"action=\n\n") == b""
+    assert answer_action(b"garbage\n\n") == b""
+    assert answer_action(b"action=OK\r\n\r\n") == b"action=OK"

@@ -1,0 +1,99 @@
+"""Order of services: numeric priority, weights, health, hashing, stickiness."""
+
+from collections import Counter
+
+from hapolicy.config import parse_service
+from hapolicy.health import DOWN, PROBE_DUE, UP, HealthTable
+from hapolicy.selection import Selector
+
+
+def make(*specs, shared=False, hash_attrs=()):
+    services = [parse_service(s) for s in specs]
+    health = HealthTable(len(services), shared=shared)
+    return Selector(services, health, hash_attrs), health
+
+
+def order(selector, now=100.0, key=None):
+    tried, out = 0, []
+    while (i := selector.pick(tried, now, key)) >= 0:
+        out.append(selector.services[i].name)
+        tried |= 1 << i
+    return out
+
+
+def test_priority_is_numeric_not_text():
+    sel, _ = make("TEN=h:1:10", "NINE=h:2:9", "HUNDRED=h:3:100")
+    assert order(sel) == ["NINE", "TEN", "HUNDRED"]
+
+
+def test_each_service_once_per_request():
+    sel, _ = make("A=h:1", "B=h:2", "C=h:3:20")
+    names = order(sel)
+    assert sorted(names) == ["A", "B", "C"] and names[-1] == "C"
+
+
+def test_weights_two_to_one_and_smooth():
+    sel, _ = make("A=h:1:10:2", "B=h:2:10:1")
+    firsts = [sel.services[sel.pick(0, 1.0)].name for _ in range(300)]
+    assert Counter(firsts) == {"A": 200, "B": 100}
+    assert "AAA" not in "".join(firsts)  # smooth: never three A in a row
+
+
+def test_down_service_is_skipped_then_probed_by_one_request():
+    sel, health = make("A=h:1:10", "B=h:2:20")
+    health.record_failure(0, now=100.0, cooldown=2.0, cap=60.0)
+    assert health.state(0, 101.0) == DOWN
+    assert order(sel, now=101.0) == ["B", "A"]  # down ones are the last resort
+    assert sel.pick(0, 101.0) == 1
+    assert health.state(0, 102.5) == PROBE_DUE
+    assert sel.pick(0, 102.5) == 0  # this request probes A
+    assert sel.pick(0, 102.6) == 1  # the others keep skipping it meanwhile
+    assert health.record_success(0) is True
+    assert health.state(0, 102.7) == UP
+
+
+def test_cooldown_doubles_up_to_the_cap():
+    _, health = make("A=h:1")
+    pauses = [health.record_failure(0, 0.0, 2.0, 10.0)[1] for _ in range(5)]
+    assert pauses == [2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_weights_hold_across_workers_sharing_the_table():
+    services = [parse_service("A=h:1:10:2"), parse_service("B=h:2:10:1")]
+    health = HealthTable(2, shared=True)
+    workers = [Selector(services, health) for _ in range(3)]
+    picks = Counter(services[workers[n % 3].pick(0, 1.0)].name for n in range(300))
+    assert picks == {"A": 200, "B": 100}
+
+
+def test_rejoining_service_does_not_get_a_burst():
+    sel, health = make("A=h:1", "B=h:2")
+    health.record_failure(0, 0.0, 2.0, 60.0)
+    for _ in range(100):
+        assert sel.pick(0, 1.0) == 1
+    health.record_success(0)
+    sel.rejoin(0)
+    firsts = Counter(sel.pick(0, 1.0) for _ in range(20))
+    assert firsts == {0: 10, 1: 10}
+
+
+def test_hash_is_stable_and_removing_one_server_moves_only_its_share():
+    specs = ["G1=h:1", "G2=h:2", "G3=h:3"]
+    sel, health = make(*specs, hash_attrs=["client_address"])
+    keys = [b"192.0.2.%d" % i for i in range(3000)]
+    before = [sel.pick(0, 1.0, key) for key in keys]
+    assert before == [sel.pick(0, 1.0, key) for key in keys]
+    share = Counter(before)
+    assert all(800 < share[i] < 1200 for i in range(3))
+    health.record_failure(1, 1.0, 60.0, 60.0)
+    after = [sel.pick(0, 2.0, key) for key in keys]
+    moved = [k for k, b, a in zip(keys, before, after) if b != a]
+    assert len(moved) == share[1]  # exactly G2's keys moved, nobody else's
+    assert all(b == 1 for b, a in zip(before, after) if b != a)
+
+
+def test_sticky_service_is_preferred_while_up():
+    sel, health = make("A=h:1", "B=h:2")
+    assert all(sel.pick(0, 1.0, sticky=1) == 1 for _ in range(5))
+    health.record_failure(1, 1.0, 5.0, 60.0)
+    assert sel.pick(0, 2.0, sticky=1) == 0
