@@ -1,0 +1,617 @@
+"""Fake Postfix policy backends and a test client, for hapolicy's integration tests.
+
+Everything listens or connects on 127.0.0.1 only.
+
+* :class:`FakeBackend` -- a policy server in a background thread (one selectors loop)
+  whose behaviour is chosen by a *mode* and can be changed while it runs.
+* :func:`refused_port` -- a port where nothing listens (connect is refused).
+* :class:`Blackhole` -- an address where ``connect()`` never completes.
+* :class:`PolicyClient` -- a blocking client that speaks the policy protocol.
+* :func:`request` -- a typical Postfix ``smtpd_access_policy`` request.
+
+Protocol (Postfix SMTPD_POLICY_README): the client sends ``name=value`` lines ended by an
+empty line; the server answers ``action=...`` and an empty line; many requests share one
+persistent connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import select
+import selectors
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+HOST = "127.0.0.1"
+
+MODES = (
+    "answer",  # action=<action>, after <delay> seconds
+    "echo",  # action=<value of attribute <attr>> (falls back to <action> if absent)
+    "silent",  # read requests, never answer
+    "garbage",  # "this is not a policy answer"
+    "noaction",  # foo=bar
+    "close",  # close each connection as soon as it is accepted
+    "close_after_request",  # read a full request, then close without answering
+    "partial",  # write "action=DUN", then close
+    "huge",  # action= followed by 100000 x
+    "multiline",  # foo=1, action=<action>, action=SECOND
+)
+
+DEFAULT_PRIO = 10
+DEFAULT_WEIGHT = 1
+
+
+def service_spec(
+    name: str,
+    port: int,
+    prio: int | None = None,
+    weight: int | None = None,
+    timeout: float | None = None,
+    host: str = HOST,
+) -> str:
+    """Return ``NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`` for hapolicy's ``-s`` option.
+
+    Trailing ``None`` fields are omitted; a ``None`` before a given field is filled with the
+    default (prio 10, weight 1).
+    """
+    if timeout is not None:
+        prio = DEFAULT_PRIO if prio is None else prio
+        weight = DEFAULT_WEIGHT if weight is None else weight
+    if weight is not None and prio is None:
+        prio = DEFAULT_PRIO
+    fields = [host, str(port)] + [_fmt(v) for v in (prio, weight, timeout) if v is not None]
+    return f"{name}={':'.join(fields)}"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def encode_attrs(attrs: dict[str, Any]) -> bytes:
+    """Encode ``attrs`` as ``name=value`` lines plus the final empty line; skip ``None`` values."""
+    lines = []
+    for name, value in attrs.items():
+        if value is None:
+            continue
+        line = f"{name}={value}"
+        if "\n" in line:
+            raise ValueError(f"newline in attribute {name!r}")
+        lines.append(line + "\n")
+    return ("".join(lines) + "\n").encode()
+
+
+def parse_attrs(raw: bytes) -> dict[str, str]:
+    """Parse one request (``name=value`` lines) into a dict; the last duplicate wins."""
+    attrs = {}
+    for line in raw.decode("utf-8", "replace").split("\n"):
+        if line:
+            name, _, value = line.partition("=")
+            attrs[name] = value
+    return attrs
+
+
+def _split_frame(buf: bytes | bytearray) -> int:
+    """Return the length of the first complete frame (ended by an empty line) in buf, or 0."""
+    if buf[:1] == b"\n":
+        return 1
+    end = buf.find(b"\n\n")
+    return end + 2 if end >= 0 else 0
+
+
+def request(**attrs: Any) -> bytes:
+    """Build a typical Postfix RCPT-stage policy request; ``attrs`` override or extend it.
+
+    An attribute given as ``None`` is omitted. The result ends with ``\\n\\n``.
+    """
+    base: dict[str, Any] = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "protocol_name": "SMTP",
+        "helo_name": "mail.example.org",
+        "queue_id": "",
+        "sender": "a@example.org",
+        "recipient": "b@example.net",
+        "recipient_count": "0",
+        "client_address": "192.0.2.10",
+        "client_name": "mail.example.org",
+        "reverse_client_name": "mail.example.org",
+        "instance": "2c8f.6738d1e7.c9b1a.0",
+        "sasl_method": "",
+        "sasl_username": "",
+        "sasl_sender": "",
+        "size": "1234",
+        "ccert_subject": "",
+        "ccert_issuer": "",
+        "ccert_fingerprint": "",
+        "encryption_protocol": "TLSv1.3",
+        "encryption_cipher": "TLS_AES_256_GCM_SHA384",
+        "encryption_keysize": "256",
+        "etrn_domain": "",
+        "stress": "",
+        "server_address": "198.51.100.1",
+        "server_port": "25",
+    }
+    base.update(attrs)
+    return encode_attrs(base)
+
+
+class _Conn:
+    """One accepted connection of a FakeBackend (used by its loop thread only)."""
+
+    __slots__ = ("closing", "eof", "events", "inbuf", "last_due", "outbuf", "pending", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.pending: collections.deque[tuple[float, bytes, bool]] = collections.deque()
+        self.eof = False  # the client shut down its side
+        self.closing = False  # close once outbuf is flushed
+        self.last_due = 0.0
+        self.events = 0  # selector events registered (0: not registered)
+
+
+class FakeBackend:
+    """A policy server on 127.0.0.1 served by one background thread (a selectors loop).
+
+    Use as a context manager or call :meth:`start` / :meth:`stop`. Behaviour is set by
+    ``mode`` (see :data:`MODES`) and may be changed at run time with :meth:`set_mode`; it
+    applies to requests received afterwards. ``delay`` applies to every mode that writes
+    (or closes after a request). After :meth:`stop`, :meth:`start` binds the same port
+    again, which simulates a restart of the service.
+
+    Observations: ``requests`` (parsed), ``raw_requests`` (exact bytes, final empty line
+    included), ``connections`` (accepted so far), ``open_connections`` and ``errors``
+    (unexpected exceptions of the loop thread; should stay empty).
+    """
+
+    def __init__(
+        self,
+        mode: str = "answer",
+        action: str = "DUNNO",
+        delay: float = 0.0,
+        attr: str | None = None,
+        name: str = "",
+        port: int = 0,
+    ) -> None:
+        self.host = HOST
+        self.port = port
+        self.name = name
+        self.requests: list[dict[str, str]] = []
+        self.raw_requests: list[bytes] = []
+        self.connections = 0
+        self.errors: list[BaseException] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._listener: socket.socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._stopping = False
+        self._drop = False
+        self._conns: dict[socket.socket, _Conn] = {}
+        self.mode = "answer"
+        self.action = action
+        self.delay = delay
+        self.attr = attr
+        self.set_mode(mode)
+
+    # -- control ---------------------------------------------------------------
+
+    def set_mode(self, mode: str, **kw: Any) -> None:
+        """Change the mode and optionally ``action``, ``delay`` or ``attr``."""
+        unknown = set(kw) - {"action", "delay", "attr"}
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+        attr = kw.get("attr", self.attr)
+        if mode == "echo" and not attr:
+            raise ValueError("mode 'echo' needs attr=NAME")
+        with self._cond:
+            self.mode = mode
+            self.attr = attr
+            self.action = kw.get("action", self.action)
+            self.delay = kw.get("delay", self.delay)
+
+    def start(self) -> FakeBackend:
+        """Bind (the previous port, if any) and start serving; return self."""
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port))
+            listener.listen(128)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"FakeBackend-{self.name or self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection; join the thread (within 2 s)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        self._wake()
+        thread.join(2.0)
+        if thread.is_alive():
+            raise RuntimeError(f"{thread.name} did not stop within 2 s")
+        self._thread = None
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._wake_r = self._wake_w = None
+
+    def drop_connections(self) -> None:
+        """Close all current client connections (the listener stays)."""
+        self._drop = True
+        self._wake()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<FakeBackend {self.name!r} {self.host}:{self.port} mode={self.mode}>"
+
+    # -- helpers for tests -----------------------------------------------------
+
+    def spec(
+        self,
+        name: str | None = None,
+        prio: int | None = None,
+        weight: int | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """``NAME=127.0.0.1:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`` (name defaults to self.name)."""
+        return service_spec(name or self.name, self.port, prio, weight, timeout, self.host)
+
+    @property
+    def open_connections(self) -> int:
+        """Number of client connections currently open."""
+        return len(self._conns)
+
+    def wait_requests(self, count: int, timeout: float = 5.0) -> bool:
+        """Wait until at least ``count`` requests were received; return whether they were."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.requests) >= count, timeout)
+
+    # -- the loop thread -------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            if self._wake_w is not None:
+                self._wake_w.send(b"x")
+        except OSError:
+            pass  # buffer full or already closed: the loop is awake anyway
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(self._listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                if self._drop:
+                    self._drop = False
+                    for conn in list(self._conns.values()):
+                        self._close(sel, conn)
+                for key, events in sel.select(self._next_timeout()):
+                    if key.fileobj is self._listener:
+                        self._accept(sel)
+                    elif key.fileobj is self._wake_r:
+                        self._drain_wake()
+                    else:
+                        self._service(sel, key.data, events)
+                now = time.monotonic()
+                for conn in list(self._conns.values()):
+                    self._release_due(sel, conn, now)
+        except BaseException as exc:  # noqa: BLE001 -- recorded, never leaked into pytest
+            self.errors.append(exc)
+        finally:
+            for conn in list(self._conns.values()):
+                self._close(sel, conn)
+            sel.close()
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+
+    def _next_timeout(self) -> float | None:
+        dues = [c.pending[0][0] for c in self._conns.values() if c.pending]
+        return max(0.0, min(dues) - time.monotonic()) if dues else None
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        self.connections += 1
+        if self.mode == "close":
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock)
+        self._conns[sock] = conn
+        self._set_events(sel, conn, selectors.EVENT_READ)
+
+    def _service(self, sel: selectors.BaseSelector, conn: _Conn, events: int) -> None:
+        try:
+            if events & selectors.EVENT_READ:
+                data = conn.sock.recv(65536)
+                if not data:
+                    conn.eof = True
+                conn.inbuf += data
+                self._frame_requests(conn)
+            if events & selectors.EVENT_WRITE and conn.outbuf:
+                sent = conn.sock.send(conn.outbuf)
+                del conn.outbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(sel, conn)
+            return
+        self._update(sel, conn)
+
+    def _frame_requests(self, conn: _Conn) -> None:
+        while not conn.closing:
+            size = _split_frame(conn.inbuf)
+            if not size:
+                return
+            raw = bytes(conn.inbuf[:size])
+            del conn.inbuf[:size]
+            with self._cond:
+                attrs = parse_attrs(raw)
+                self.raw_requests.append(raw)
+                self.requests.append(attrs)
+                self._cond.notify_all()
+                reply = self._reply(attrs)
+                delay = self.delay
+            if reply is not None:
+                due = max(time.monotonic() + delay, conn.last_due)
+                conn.last_due = due
+                conn.pending.append((due, *reply))
+
+    def _reply(self, attrs: dict[str, str]) -> tuple[bytes, bool] | None:
+        """What to write for one request and whether to close afterwards (None: nothing)."""
+        mode, action = self.mode, self.action
+        if mode == "answer":
+            return f"action={action}\n\n".encode(), False
+        if mode == "echo":
+            return f"action={attrs.get(self.attr, action)}\n\n".encode(), False
+        if mode == "garbage":
+            return b"this is not a policy answer\n\n", False
+        if mode == "noaction":
+            return b"foo=bar\n\n", False
+        if mode == "close_after_request":
+            return b"", True
+        if mode == "partial":
+            return b"action=DUN", True
+        if mode == "huge":
+            return b"action=" + b"x" * 100000 + b"\n\n", False
+        if mode == "multiline":
+            return f"foo=1\naction={action}\naction=SECOND\n\n".encode(), False
+        return None  # silent (and close, whose connections never get here)
+
+    def _release_due(self, sel: selectors.BaseSelector, conn: _Conn, now: float) -> None:
+        """Move answers whose delay has passed to the output buffer and try to send."""
+        moved = False
+        while conn.pending and conn.pending[0][0] <= now and not conn.closing:
+            _, data, close_after = conn.pending.popleft()
+            conn.outbuf += data
+            conn.closing = close_after
+            moved = True
+        if moved:
+            try:
+                sent = conn.sock.send(conn.outbuf) if conn.outbuf else 0
+                del conn.outbuf[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._close(sel, conn)
+                return
+            self._update(sel, conn)
+
+    def _update(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        """Close a finished connection, or register the events it now waits for."""
+        if conn.sock not in self._conns:
+            return
+        done_reading = conn.eof or conn.closing
+        if not conn.outbuf and (conn.closing or (conn.eof and not conn.pending)):
+            self._close(sel, conn)
+            return
+        events = (0 if done_reading else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if conn.outbuf else 0
+        )
+        self._set_events(sel, conn, events)  # 0: only a delayed answer is awaited
+
+    @staticmethod
+    def _set_events(sel: selectors.BaseSelector, conn: _Conn, events: int) -> None:
+        if events == conn.events:
+            return
+        if not conn.events:
+            sel.register(conn.sock, events, conn)
+        elif not events:
+            sel.unregister(conn.sock)
+        else:
+            sel.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _close(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        if self._conns.pop(conn.sock, None) is None:
+            return
+        if conn.events:
+            sel.unregister(conn.sock)
+            conn.events = 0
+        conn.sock.close()
+
+
+def refused_port() -> int:
+    """Return a 127.0.0.1 TCP port where nothing listens (bound, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Blackhole:
+    """A 127.0.0.1 address where ``connect()`` never completes (the SYN is dropped).
+
+    How: a listener with ``listen(0)`` that nobody accepts from. Linux queues one
+    established connection; once the accept queue is full it silently drops further SYNs
+    (``tcp_abort_on_overflow`` = 0, syncookies do not help a full accept queue), so a
+    client stays in SYN-SENT, retransmitting, until its own timeout (about 130 s with
+    ``tcp_syn_retries`` = 6). :meth:`start` fills the queue with filler connections until
+    one of them stays pending, which proves the next connect will hang as well.
+    """
+
+    MAX_FILLERS = 16
+    PROBE = 0.2  # seconds a filler may take to connect before the queue counts as full
+
+    def __init__(self) -> None:
+        self.host = HOST
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._fillers: list[socket.socket] = []
+
+    def start(self) -> Blackhole:
+        """Make the listener and fill its accept queue; return self."""
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._listener.bind((self.host, 0))
+            self._listener.listen(0)
+            self.port = self._listener.getsockname()[1]
+            for _ in range(self.MAX_FILLERS):
+                if not self._fill_one():
+                    return self
+            raise RuntimeError("could not fill the accept queue: connect does not hang here")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _fill_one(self) -> bool:
+        """Connect one filler; return whether it connected within PROBE seconds."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._fillers.append(sock)
+        sock.setblocking(False)
+        sock.connect_ex((self.host, self.port))
+        _, writable, _ = select.select([], [sock], [], self.PROBE)
+        return bool(writable)
+
+    def stop(self) -> None:
+        """Close the fillers and the listener (pending connects then get refused)."""
+        for sock in self._fillers:
+            sock.close()
+        self._fillers.clear()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def spec(
+        self,
+        name: str,
+        prio: int | None = None,
+        weight: int | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """``NAME=127.0.0.1:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`` for this address."""
+        return service_spec(name, self.port, prio, weight, timeout, self.host)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PolicyClient:
+    """A blocking policy-protocol client (like Postfix's side) for tests."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=connect_timeout)
+        self._buf = bytearray()
+
+    @classmethod
+    def from_socket(cls, sock: socket.socket) -> PolicyClient:
+        """Wrap an already connected socket (e.g. one end of a socketpair)."""
+        client = cls.__new__(cls)
+        client.sock = sock
+        client._buf = bytearray()
+        return client
+
+    def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are."""
+        self.sock.sendall(data)
+
+    def ask(self, attrs: dict[str, Any] | bytes, timeout: float = 10) -> str:
+        """Send one request (a dict of attributes, or raw bytes) and return the answer."""
+        self.send_raw(attrs if isinstance(attrs, bytes) else encode_attrs(attrs))
+        return self.read_answer(timeout)
+
+    def read_answer(self, timeout: float = 10) -> str:
+        """Return the next answer up to and including its empty line, e.g. "action=OK\\n\\n".
+
+        Raises TimeoutError if none is complete in time, ConnectionError on EOF before.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            size = _split_frame(self._buf)
+            if size:
+                answer = bytes(self._buf[:size])
+                del self._buf[:size]
+                return answer.decode("utf-8", "replace")
+            if not self._recv(deadline):
+                raise ConnectionError(f"connection closed after {bytes(self._buf)[:200]!r}")
+
+    def read_until_eof(self, timeout: float = 10) -> bytes:
+        """Return everything (still unread) until the peer closes; a reset counts as EOF."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self._recv(deadline):
+                pass
+        except ConnectionResetError:
+            pass
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def _recv(self, deadline: float) -> bool:
+        """Receive into the buffer before the deadline; return False on EOF."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no complete answer in time")
+        self.sock.settimeout(remaining)
+        data = self.sock.recv(65536)
+        self._buf += data
+        return bool(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
