@@ -108,14 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.listen:
         from .master import run_daemon
 
-        return run_daemon(config, log)
+        return run_daemon(config, log, lambda: load_config(argv)[0])
     from .spawn import run_spawn, silence_stderr
 
     if not config.log_stderr:
         silence_stderr()
     try:
         return run_spawn(config, log)
-    except Exception as exc:  # a bug: log it on one line, never on Postfix's socket
+    except Exception as exc:  # noqa: BLE001 - a bug: log it on one line, never on Postfix's socket
         log.error(f"internal error: {type(exc).__name__}: {exc}")
         return 1
 

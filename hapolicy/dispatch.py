@@ -44,10 +44,11 @@ class Dispatcher:
         self.resolver = Resolver()
         self.default_answer = format_action(config.default_action)
         self.in_flight = 0
-        self.on_idle: Callable[[], None] | None = None
+        self.on_request: Callable[[], None] = _nothing  # the worker counts requests for max_use
 
     def submit(self, request: Request, client: Client) -> None:
         """Answer one request, now or later, through client.deliver."""
+        self.on_request()
         if request.error or len(request.raw) <= 2:
             why = request.error or "empty request"
             self.log.warning(f"request refused: {why}, answering action={self.config.default_action}")
@@ -58,11 +59,13 @@ class Dispatcher:
 
     def job_done(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self.on_idle is not None:
-            self.on_idle()
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _nothing() -> None:
+    pass
 
 
 class Job:
