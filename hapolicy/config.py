@@ -121,8 +121,10 @@ def parse_service(spec: str) -> Service:
 
 
 def parse_listen(text: str) -> str:
-    """Validate `HOST:PORT`, `[IPv6]:PORT` or `unix:/path`; returns it unchanged."""
-    split_listen(text)
+    """Validate `HOST:PORT`, `[IPv6]:PORT` or `unix:/path` ('' for none); returns it stripped."""
+    text = text.strip()
+    if text:
+        split_listen(text)
     return text
 
 
@@ -234,7 +236,7 @@ class Config:
                 value = f"{value:04o}"
             elif isinstance(value, float):
                 value = _fmt_num(value)
-            lines.append(f"{f.name.replace('_', '-')} = {value}")
+            lines.append(f"{SHORT_NAMES.get(f.name, f.name).replace('_', '-')} = {value}")
         lines.append("check-request = " + self.check_request.strip().replace("\n", " "))
         lines.extend(f"service = {s.spec}" for s in self.services)
         return lines
@@ -269,6 +271,7 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "sticky_instance": _parse_bool,
 }
 ALIASES = {"default": "default_action", "logging": "log_requests", "stdout": "log_stderr"}
+SHORT_NAMES = {key: alias for alias, key in ALIASES.items()}
 
 
 def read_config_file(path: str) -> tuple[dict[str, Any], list[Service]]:

@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 from .backend import Exchange, Pool, Resolver
 from .config import Config
 from .eventloop import EventLoop
-from .health import HealthTable
+from .health import HealthTable, note_failure, note_success
 from .log import Logger
 from .protocol import Request, format_action
 from .selection import Selector
@@ -127,19 +127,14 @@ class Job:
         service = d.config.services[index]
         self.exchange = None
         if action:
-            if d.health.record_success(index):
-                d.selector.rejoin(index)
-                d.log.notice(f"service {service.name} ({service.address}) up")
+            note_success(d.health, d.config.services, index, d.log)
             if self.instance:
                 self.client.instance = self.instance
                 self.client.instance_service = index
             self.finish(action + b"\n\n", service.name, action[7:].decode("utf-8", "replace"))
             return
-        now = time.monotonic()
-        was_up, pause = d.health.record_failure(index, now, d.config.cooldown, d.config.cooldown_max)
-        if was_up:
-            d.log.warning(f"service {service.name} ({service.address}) down: {reason},"
-                          f" retry in {pause:g}s")
+        note_failure(d.health, d.config.services, index, reason, time.monotonic(),
+                     d.config.cooldown, d.config.cooldown_max, d.log)
         if d.config.verbose:
             d.log.info(f"service={service.name} address={service.address} failed: {reason}")
         self.failed.append(service.name)

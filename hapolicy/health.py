@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import mmap
 import random
+from collections.abc import Sequence
+
+from .config import Service
+from .log import Logger
 
 
 class F:
@@ -101,6 +105,12 @@ class HealthTable:
     def set_served(self, i: int, value: float) -> None:
         self.f[i * SLOT + F.SERVED] = value
 
+    def rejoin(self, i: int, peers: list[int]) -> None:
+        """A service came back: start its clock level with its peers', not far behind them."""
+        others = [self.served(j) for j in peers if j != i]
+        if others:
+            self.set_served(i, max(self.served(i), min(others)))
+
     def randomize_phase(self, weights: list[int]) -> None:
         """Start round robin at a random phase (spawn mode: each process is new)."""
         for i, weight in enumerate(weights):
@@ -115,3 +125,21 @@ class HealthTable:
     def close(self) -> None:
         self.f.release()
         self._map.close()
+
+
+def note_success(table: HealthTable, services: Sequence[Service], i: int, log: Logger) -> None:
+    """Record a good answer of service i; log it once if that brought it back up."""
+    if table.record_success(i):
+        prio = services[i].prio
+        table.rejoin(i, [j for j, s in enumerate(services) if s.prio == prio])
+        log.notice(f"service {services[i].name} ({services[i].address}) up")
+
+
+def note_failure(table: HealthTable, services: Sequence[Service], i: int, reason: str,
+                 now: float, cooldown: float, cap: float, log: Logger) -> None:
+    """Record a failure of service i; log it once when that took it down."""
+    was_up, pause = table.record_failure(i, now, cooldown, cap)
+    if was_up:
+        service = services[i]
+        log.warning(f"service {service.name} ({service.address}) down: {reason}, "
+                    f"retry in {pause:g}s")

@@ -19,6 +19,7 @@ import stat
 import time
 from typing import Callable
 
+from .checks import Checker
 from .config import Config, ConfigError, split_listen
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
@@ -110,6 +111,8 @@ class Master:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
         self.loop.add(self.wake_r, EVENT_READ, self._drain_wake)
+        self.checker = Checker(self.loop, self.config, self.health, self.log)
+        self.checker.start()
         self.log.notice(f"master started: listening on {self.config.listen}, "
                         f"{self.config.workers} workers, {len(self.config.services)} services")
 
@@ -156,6 +159,7 @@ class Master:
         self.log.notice("stopping: " + ("draining in-flight requests" if how == "graceful"
                                         else "at once"))
         self.stopping = how
+        self.checker.stop()
         self.close_listener()
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.kill_all(sig)
@@ -247,12 +251,15 @@ class Master:
         """In the new child: shed the master's state, drop privileges, run; never returns."""
         try:
             os.close(pipe_r)
-            for other in self.workers.values():
-                os.close(other.pipe_r)
-            self.loop.close()
             signal.set_wakeup_fd(-1)
-            os.close(self.wake_r)
             os.close(self.wake_w)
+            self.checker.pool.close()
+            for key in list(self.loop.selector.get_map().values()):
+                try:
+                    os.close(key.fd)  # other workers' pipes, wake-up pipe, check sockets
+                except OSError:
+                    pass
+            self.loop.close()
             drop_privileges(self.config.user, self.config.group)
         except BaseException as exc:  # noqa: BLE001
             self.log.error(f"worker cannot start: {exc}")
@@ -297,6 +304,9 @@ class Master:
             self.table.set_accepting(worker.slot, False)
             self._kill(worker.pid, signal.SIGHUP)
         self.config = config
+        self.checker.stop()
+        self.checker = Checker(self.loop, config, self.health, self.log)
+        self.checker.start()
         self.boot_failures = 0
         self.next_spawn = 0.0
         self.log.notice(f"reloaded: {len(config.services)} services, {config.workers} workers; "

@@ -86,13 +86,3 @@ class Selector:
         digest = hashlib.blake2b(key + b"\0" + self.names[i], digest_size=8).digest()
         unit = (int.from_bytes(digest, "big") + 1) / 2.0**64  # in (0, 1]
         return -self.services[i].weight / math.log(unit) if unit < 1.0 else math.inf
-
-    def rejoin(self, i: int) -> None:
-        """A service came back: start its clock level with the others, not far behind them."""
-        others = [self.health.served(j) for j in range(len(self.services)) if j != i
-                  and self.services[j].prio == self.services[i].prio]
-        if others:
-            self.health.set_served(i, max(self.health.served(i), min(others)))
-
-    def hash_key(self, values: Sequence[bytes]) -> bytes:
-        return b"\0".join(values)

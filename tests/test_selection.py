@@ -72,7 +72,7 @@ def test_rejoining_service_does_not_get_a_burst():
     for _ in range(100):
         assert sel.pick(0, 1.0) == 1
     health.record_success(0)
-    sel.rejoin(0)
+    health.rejoin(0, [0, 1])
     firsts = Counter(sel.pick(0, 1.0) for _ in range(20))
     assert firsts == {0: 10, 1: 10}
 
