@@ -42,6 +42,7 @@ class ClientConnection:
         "reading",
         "rfd",
         "sock",
+        "submitting",
         "wfd",
         "writing",
     )
@@ -66,6 +67,7 @@ class ClientConnection:
         self.instance = b""
         self.instance_service = -1
         self.answered = 0
+        self.submitting = False
 
     def start(self) -> None:
         self._update_interest()
@@ -91,9 +93,16 @@ class ClientConnection:
         self._update_interest()
 
     def _next(self) -> None:
-        while not self.busy and self.queue and not self.closed:
-            self.busy = True
-            self.dispatcher.submit(self.queue.popleft(), self)
+        # answers may come back synchronously (submit -> deliver -> _next): loop, don't recurse
+        if self.submitting:
+            return
+        self.submitting = True
+        try:
+            while not self.busy and self.queue and not self.closed:
+                self.busy = True
+                self.dispatcher.submit(self.queue.popleft(), self)
+        finally:
+            self.submitting = False
 
     def deliver(self, answer: bytes) -> None:
         """The answer to the request in progress (called exactly once per request)."""

@@ -49,9 +49,14 @@ class Dispatcher:
     def submit(self, request: Request, client: Client) -> None:
         """Answer one request, now or later, through client.deliver."""
         self.on_request()
-        if request.error or len(request.raw) <= 2:
-            why = request.error or "empty request"
-            self.log.warning(f"request refused: {why}, answering action={self.config.default_action}")
+        if request.error:
+            self.log.warning(f"request refused: {request.error}, "
+                             f"answering action={self.config.default_action}")
+            client.deliver(self.default_answer)
+            return
+        if len(request.raw) <= 2:
+            if self.config.verbose:
+                self.log.info(f"empty request: answering action={self.config.default_action}")
             client.deliver(self.default_answer)
             return
         self.in_flight += 1
