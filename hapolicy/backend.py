@@ -168,7 +168,9 @@ class Exchange:
         if code not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
             self._fail(_connect_error(code, self.service))
             return
-        limit = min(now + self.connect_deadline, self.deadline)
+        # the service's timeout bounds the whole attempt, connect included (as the original's
+        # alarm did): a blackholed service with TIMEOUT 1 costs 1 s, not connect_timeout
+        limit = min(now + self.connect_deadline, self._attempt_deadline())
         self.timer = self.loop.call_at(limit, self._timeout)
         self.loop.add(sock, EVENT_WRITE, self._on_event)
 
@@ -176,7 +178,7 @@ class Exchange:
         self.state = SENDING
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.loop.call_at(min(now + self.service.timeout, self.deadline), self._timeout)
+        self.timer = self.loop.call_at(self._attempt_deadline(), self._timeout)
         sock = self.sock
         try:
             self.sent = sock.send(self.payload)  # type: ignore[union-attr]
@@ -190,6 +192,9 @@ class Exchange:
             self._register(EVENT_READ)
         else:
             self._register(EVENT_WRITE)
+
+    def _attempt_deadline(self) -> float:
+        return min(self.started + self.service.timeout, self.deadline)
 
     def _register(self, events: int) -> None:
         try:
@@ -250,6 +255,7 @@ class Exchange:
     def _retry_fresh(self) -> None:
         self._close()
         self.reused = False
+        self.started = time.monotonic()  # a stale idle connection is not the service's time
         self.answer.clear()
         self.sent = 0
         self._connect(time.monotonic())

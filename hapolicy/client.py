@@ -98,7 +98,10 @@ class ClientConnection:
             return
         self.submitting = True
         try:
-            while not self.busy and self.queue and not self.closed:
+            # answers given at once (default answers) must not pile up without bound for a
+            # client that writes without reading: pause while the output is full
+            while (not self.busy and self.queue and not self.closed
+                   and len(self.out) < MAX_QUEUED_OUTPUT):
                 self.busy = True
                 self.dispatcher.submit(self.queue.popleft(), self)
         finally:
@@ -135,6 +138,8 @@ class ClientConnection:
             self.close()
             return
         del self.out[:written]
+        if self.queue:
+            self._next()
         self._update_interest()
 
     def _update_interest(self) -> None:

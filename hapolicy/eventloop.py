@@ -14,6 +14,7 @@ from typing import Callable
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
+MAX_WAIT = 3600.0  # poll() and epoll() overflow on waits of ~25 days (huge timeouts in config)
 
 
 class Timer:
@@ -71,6 +72,8 @@ class EventLoop:
         if timers:
             until = max(0.0, timers[0].when - time.monotonic())
             timeout = until if timeout is None else min(timeout, until)
+        if timeout is not None:
+            timeout = min(timeout, MAX_WAIT)
         for key, mask in self.selector.select(timeout):
             key.data(mask)
         if timers:
