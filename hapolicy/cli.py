@@ -70,9 +70,31 @@ def make_parser() -> Parser:
     return p
 
 
+# The original's long options. Its Getopt::Long took any unique prefix of them (`--serv`,
+# `--def`); so do we, but only of these five: prefixes of the daemon's options stay errors.
+ORIGINAL_LONG = ("service", "default", "logging", "verbose", "stdout")
+
+
+def expand_original_abbreviations(argv: Sequence[str]) -> list[str]:
+    """`--serv=X` -> `--service=X` when the prefix names exactly one of ORIGINAL_LONG and no
+    option of ours; everything after a bare `--` is left alone."""
+    known = {a for action in make_parser()._actions for a in action.option_strings}
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and len(name) > 2 and name not in known:
+            full = [o for o in ORIGINAL_LONG if o.startswith(name[2:])]
+            if len(full) == 1:
+                arg = "--" + full[0] + eq + value
+        out.append(arg)
+    return out
+
+
 def load_config(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
     """Build the Config from a config file (if any) and the command line, which wins."""
-    args = make_parser().parse_args(argv)
+    args = make_parser().parse_args(expand_original_abbreviations(argv))
     settings: dict[str, Any] = {}
     services = []
     if args.config:
