@@ -284,6 +284,7 @@ def read_config_file(path: str) -> tuple[dict[str, Any], list[Service]]:
     settings: dict[str, Any] = {}
     services: list[Service] = []
     seen: dict[str, int] = {}
+    service_lines: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -296,7 +297,12 @@ def read_config_file(path: str) -> tuple[dict[str, Any], list[Service]]:
                 raise ConfigError(f"expected 'key = value', got {text!r}")
             value = value.strip()
             if key == "service":
-                services.append(parse_service(value))
+                service = parse_service(value)
+                if service.name in service_lines:
+                    raise ConfigError(f"service name {service.name!r} is given twice "
+                                      f"(first on line {service_lines[service.name]})")
+                service_lines[service.name] = number
+                services.append(service)
                 continue
             if key not in SETTINGS:
                 raise ConfigError(f"unknown setting {key.replace('_', '-')!r}")

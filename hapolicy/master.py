@@ -3,16 +3,19 @@
 Modelled on gunicorn's arbiter and Postfix's master. The master binds the listening socket and
 makes the shared tables before it forks; it stays root (workers drop privileges after fork), so
 that it can remove its pidfile and unix socket at exit. Signal handlers only queue the signal
-and wake the loop through `signal.set_wakeup_fd`. Process operations go through `ProcessOps`,
-a thin seam that the unit tests replace.
+and wake the loop through `signal.set_wakeup_fd`; the master forks with those signals blocked,
+and the worker unblocks them once its own handlers are in place. Process operations and the
+clock go through `ProcessOps`, a thin seam that the unit tests replace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import grp
 import os
 import pwd
+import select
 import signal
 import socket
 import stat
@@ -24,20 +27,23 @@ from .config import Config, ConfigError, split_listen
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .log import Logger
-from .worker import MSG_RETIRING, Worker, set_title
+from .worker import MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
 from .workertable import WorkerTable
 
-TABLE_SLOTS = 128
+TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones
 BOOT_SECONDS = 1.0  # a worker that dies sooner than this died at boot
 THROTTLE_MAX = 30.0
 KILL_GRACE = 5.0
+READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's word
+MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
 
 class ProcessOps:
-    """fork, waitpid and kill: the seam between the master's logic and the OS."""
+    """fork, waitpid, kill and the clock: the seam between the master's logic and the OS."""
 
     fork = staticmethod(os.fork)
     kill = staticmethod(os.kill)
+    now = staticmethod(time.monotonic)
 
     @staticmethod
     def reap() -> tuple[int, int]:
@@ -51,12 +57,12 @@ class ProcessOps:
 class WorkerProcess:
     """The master's record of one worker."""
 
-    def __init__(self, pid: int, slot: int, generation: int, pipe_r: int) -> None:
+    def __init__(self, pid: int, slot: int, generation: int, pipe_r: int, started: float) -> None:
         self.pid = pid
         self.slot = slot
         self.generation = generation
         self.pipe_r = pipe_r
-        self.started = time.monotonic()
+        self.started = started
         self.retiring = False
 
 
@@ -77,7 +83,13 @@ class Master:
         self.boot_failures = 0
         self.next_spawn = 0.0
         self.listener: socket.socket | None = None
+        self.socket_inode = 0
         self.pid = os.getpid()
+        try:
+            self.start_dir = os.getcwd()  # a relative -c FILE is read from here on HUP
+        except OSError:
+            self.start_dir = "/"
+        self.checker: Checker | None = None
 
     # setup
     def bind(self) -> None:
@@ -85,36 +97,49 @@ class Master:
         if path:
             _remove_stale_socket(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(path)
-            os.chmod(path, self.config.socket_mode)
+            try:
+                sock.bind(path)
+                os.chmod(path, self.config.socket_mode)
+                self.socket_inode = os.stat(path).st_ino
+            except BaseException:
+                sock.close()
+                raise
         else:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+            except BaseException:
+                sock.close()
+                raise
         sock.listen(self.config.backlog)
         sock.set_inheritable(False)
         self.listener = sock
 
     def start(self) -> None:
-        """After bind (and daemonize): tables, signals, the first workers."""
-        set_title("hapolicy: master")
+        """After bind (and daemonize): title, tables, signals; the workers come from run()."""
         self.pid = os.getpid()
-        self.table = WorkerTable(TABLE_SLOTS)
+        set_title("hapolicy: master")
+        _preload_lazy_modules()
+        self.setup()
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in MASTER_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        self.log.notice(f"master started: listening on {self.config.listen}, "
+                        f"{self.config.workers} workers, {len(self.config.services)} services")
+
+    def setup(self) -> None:
+        """The shared tables, the event loop and its wake-up pipe, the health checks."""
+        self.table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
         self.health = HealthTable(len(self.config.services))
         self.loop = EventLoop()
-        self.wake_r, wake_w = os.pipe()
-        for fd in (self.wake_r, wake_w):
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
-        signal.set_wakeup_fd(wake_w)
-        self.wake_w = wake_w
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
-            signal.signal(sig, self._on_signal)
         self.loop.add(self.wake_r, EVENT_READ, self._drain_wake)
         self.checker = Checker(self.loop, self.config, self.health, self.log)
         self.checker.start()
-        self.log.notice(f"master started: listening on {self.config.listen}, "
-                        f"{self.config.workers} workers, {len(self.config.services)} services")
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -128,20 +153,33 @@ class Master:
 
     # the loop
     def run(self) -> int:
-        while True:
-            self.handle_signals()
-            self.reap()
-            if self.stopping:
-                if not self.workers:
-                    break
-                if time.monotonic() >= self.stop_deadline:
-                    self.kill_all(signal.SIGKILL)
-                    self.stop_deadline = time.monotonic() + KILL_GRACE
-            else:
-                self.maintain()
-            self.loop.run_once(1.0)
+        while self.step():
+            self.loop.run_once(self.wait_time())
         self.log.notice("master stopped")
         return 0
+
+    def step(self) -> bool:
+        """Act on signals, dead workers and missing ones; False when it is time to exit."""
+        self.handle_signals()
+        self.reap()
+        if self.stopping:
+            if not self.workers:
+                return False
+            if self.ops.now() >= self.stop_deadline:
+                self.log.warning(f"{len(self.workers)} workers still alive: killing them")
+                self.kill_all(signal.SIGKILL)
+                self.stop_deadline = self.ops.now() + KILL_GRACE
+        else:
+            self.maintain()
+        return True
+
+    def wait_time(self) -> float:
+        wait = 1.0
+        if not self.stopping:
+            until = self.next_spawn - self.ops.now()
+            if until > 0:
+                wait = min(wait, until + 0.01)
+        return wait
 
     def handle_signals(self) -> None:
         while self.signals:
@@ -159,12 +197,13 @@ class Master:
         self.log.notice("stopping: " + ("draining in-flight requests" if how == "graceful"
                                         else "at once"))
         self.stopping = how
-        self.checker.stop()
+        if self.checker is not None:
+            self.checker.stop()
         self.close_listener()
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.kill_all(sig)
         grace = self.config.drain_timeout + KILL_GRACE if how == "graceful" else KILL_GRACE
-        self.stop_deadline = time.monotonic() + grace
+        self.stop_deadline = self.ops.now() + grace
 
     def close_listener(self) -> None:
         if self.listener is not None:
@@ -189,60 +228,84 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            self._read_messages(worker)  # a max-use retirement said just before the exit
             self._forget(worker)
-            code = os.waitstatus_to_exitcode(status)
-            lived = time.monotonic() - worker.started
+            code = _exit_code(status)
+            now = self.ops.now()
+            lived = now - worker.started
             if self.stopping or worker.retiring:
+                if code:
+                    self.log.warning(f"worker {pid} exited with status {code}")
+                elif worker.retiring:
+                    self.log.info(f"worker {pid} retired")
                 continue
-            self.log.warning(f"worker {pid} exited with status {code} after {lived:.1f}s: replacing it")
-            if lived < BOOT_SECONDS:
+            if lived < BOOT_SECONDS and _failed_by_itself(code):
                 self.boot_failures += 1
                 pause = min(2.0 ** (self.boot_failures - 1), THROTTLE_MAX)
-                self.next_spawn = time.monotonic() + pause
-                self.log.error(f"workers die at boot ({self.boot_failures} in a row): "
-                               f"next start in {pause:g}s")
+                self.next_spawn = max(self.next_spawn, now + pause)
+                self.log.error(f"worker {pid} died at boot (status {code}); "
+                               f"{self.boot_failures} in a row: next start in {pause:g}s")
             else:
-                self.boot_failures = 0
+                self.log.warning(f"worker {pid} exited with status {code} after {lived:.1f}s: "
+                                 "replacing it")
 
     def _forget(self, worker: WorkerProcess) -> None:
         self.loop.remove(worker.pipe_r)
-        os.close(worker.pipe_r)
+        try:
+            os.close(worker.pipe_r)
+        except OSError:
+            pass
         self.table.clear(worker.slot)
 
     def maintain(self) -> None:
+        now = self.ops.now()
         active = [w for w in self.workers.values() if not w.retiring]
+        if self.boot_failures and any(now - w.started >= BOOT_SECONDS and
+                                      w.generation == self.generation for w in active):
+            self.log.notice("workers start again")
+            self.boot_failures = 0
+            self.next_spawn = 0.0
         missing = self.config.workers - len(active)
-        while missing > 0 and time.monotonic() >= self.next_spawn:
+        while missing > 0 and now >= self.next_spawn:
             if not self.spawn():
                 break
             missing -= 1
             if self.boot_failures:
-                self.next_spawn = time.monotonic() + min(2.0 ** self.boot_failures, THROTTLE_MAX)
+                # still dying at boot: one at a time, each after the pause of the last death
+                self.next_spawn = now + min(2.0 ** (self.boot_failures - 1), THROTTLE_MAX)
+                break
 
     def spawn(self) -> bool:
+        if self.listener is None:
+            return False
         used = {w.slot for w in self.workers.values()}
-        slot = next((s for s in range(TABLE_SLOTS) if s not in used), -1)
+        slot = next((s for s in range(self.table.slots) if s not in used), -1)
         if slot < 0:
-            self.log.error(f"more than {TABLE_SLOTS} workers alive: not starting another yet")
+            self.log.error(f"{self.table.slots} workers alive: not starting another yet")
+            self.next_spawn = self.ops.now() + 1.0
             return False
         pipe_r, pipe_w = os.pipe()
         worker = Worker(self.config, self.listener, self.health, self.table, slot, self.log,
                         self.pid)
         worker.pipe_w = pipe_w
         self.table.set_clients(slot, 0)
+        self.table.set_accepting(slot, False)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         try:
             pid = self.ops.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(pipe_r)
             os.close(pipe_w)
             self.log.error(f"cannot fork a worker: {exc.strerror}")
-            self.next_spawn = time.monotonic() + 1.0
+            self.next_spawn = self.ops.now() + 1.0
             return False
         if pid == 0:
-            self._in_child(worker, pipe_r)
+            self._in_child(worker, pipe_r)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(pipe_w)
         os.set_blocking(pipe_r, False)
-        record = WorkerProcess(pid, slot, self.generation, pipe_r)
+        record = WorkerProcess(pid, slot, self.generation, pipe_r, self.ops.now())
         self.workers[pid] = record
         self.loop.add(pipe_r, EVENT_READ, lambda mask, w=record: self._on_worker_message(w))
         return True
@@ -250,51 +313,78 @@ class Master:
     def _in_child(self, worker: Worker, pipe_r: int) -> None:
         """In the new child: shed the master's state, drop privileges, run; never returns."""
         try:
-            os.close(pipe_r)
             signal.set_wakeup_fd(-1)
-            os.close(self.wake_w)
-            self.checker.pool.close()
+            os.close(pipe_r)
+            for other in self.workers.values():
+                with contextlib.suppress(OSError):
+                    os.close(other.pipe_r)
+            if self.checker is not None:
+                self.checker.pool.close()
             for key in list(self.loop.selector.get_map().values()):
-                try:
-                    os.close(key.fd)  # other workers' pipes, wake-up pipe, check sockets
-                except OSError:
-                    pass
+                # other workers' pipes, the wake-up pipe, the checks' sockets
+                with contextlib.suppress(OSError):
+                    if isinstance(key.fileobj, socket.socket):
+                        key.fileobj.close()
+                    else:
+                        os.close(key.fd)
             self.loop.close()
+            with contextlib.suppress(OSError):
+                os.close(self.wake_w)
             drop_privileges(self.config.user, self.config.group)
         except BaseException as exc:  # noqa: BLE001
-            self.log.error(f"worker cannot start: {exc}")
-            os._exit(3)
+            try:
+                self.log.error(f"worker cannot start: {exc}")
+            finally:
+                os._exit(3)
         worker.run()
+        os._exit(1)  # not reached: Worker.run leaves through os._exit
 
     def _on_worker_message(self, worker: WorkerProcess) -> None:
+        if self._read_messages(worker) and not self.stopping:
+            self.maintain()  # its replacement, at once
+
+    def _read_messages(self, worker: WorkerProcess) -> bool:
+        """Read what a worker wrote on its pipe; True when it said it retires."""
         try:
             data = os.read(worker.pipe_r, 64)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self.loop.remove(worker.pipe_r)  # the worker is exiting; reap() finishes it
-            return
+            return False
         if MSG_RETIRING in data and not worker.retiring:
             worker.retiring = True
             self.table.set_accepting(worker.slot, False)
             self.log.info(f"worker {worker.pid} reached max-use {self.config.max_use}: retiring")
-            if not self.stopping:
-                self.maintain()
+            return True
+        return False
 
     def reload(self) -> None:
-        if self.reload_config is None:
+        if self.reload_config is None or self.stopping:
             return
         try:
-            config = self.reload_config()
-        except ConfigError as exc:
+            with _working_dir(self.start_dir):
+                config = self.reload_config()
+            resolve_ids(config.user, config.group)
+            _check_may_switch_user(config.user, config.group)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong, the running config stays
             self.log.error(f"reload failed, keeping the running configuration: {exc}")
             return
-        if config.listen != self.config.listen:
-            self.log.warning("reload: a new listen address needs a restart; keeping "
-                             + self.config.listen)
-            config = dataclasses.replace(config, listen=self.config.listen)
+        kept = {}
+        for key in ("listen", "pidfile", "daemonize"):
+            if getattr(config, key) != getattr(self.config, key):
+                self.log.warning(f"reload: a new {key} needs a restart; keeping "
+                                 f"{getattr(self.config, key)!r}")
+                kept[key] = getattr(self.config, key)
+        if kept:
+            config = dataclasses.replace(config, **kept)
+        if (config.syslog_socket, config.log_stderr) != (self.config.syslog_socket,
+                                                         self.config.log_stderr):
+            self.log.close()
+            self.log = Logger(config.syslog_socket, config.log_stderr)
+        self._apply_listener_settings(config)
         self.generation += 1
         old = [w for w in self.workers.values() if not w.retiring]
         if config.services != self.config.services:
@@ -304,7 +394,8 @@ class Master:
             self.table.set_accepting(worker.slot, False)
             self._kill(worker.pid, signal.SIGHUP)
         self.config = config
-        self.checker.stop()
+        if self.checker is not None:
+            self.checker.stop()
         self.checker = Checker(self.loop, config, self.health, self.log)
         self.checker.start()
         self.boot_failures = 0
@@ -313,22 +404,76 @@ class Master:
                         f"{len(old)} old workers retire")
         self.maintain()
 
+    def _apply_listener_settings(self, config: Config) -> None:
+        if self.listener is None:
+            return
+        path = split_listen(self.config.listen)[2]
+        try:
+            if path and config.socket_mode != self.config.socket_mode:
+                os.chmod(path, config.socket_mode)
+            if config.backlog != self.config.backlog:
+                self.listener.listen(config.backlog)
+        except OSError as exc:
+            self.log.warning(f"reload: cannot apply the listener settings: {exc.strerror}")
+
     def cleanup(self) -> None:
         self.close_listener()
         path = split_listen(self.config.listen)[2]
-        if path:
-            _unlink(path)
-        if self.config.pidfile:
-            _unlink(self.config.pidfile)
+        if path and self.socket_inode:
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == self.socket_inode:  # ours, not a successor's
+                    _unlink(path, self.log)
+        if self.config.pidfile and _read_pid(self.config.pidfile) == self.pid:
+            _unlink(self.config.pidfile, self.log)
 
 
-def _unlink(path: str) -> None:
+def _exit_code(status: int) -> int:
+    try:
+        return os.waitstatus_to_exitcode(status)
+    except ValueError:
+        return status
+
+
+CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
+
+
+def _failed_by_itself(code: int) -> bool:
+    """An exit status or a crash: not a kill from outside (kill -9, an operator's TERM)."""
+    return code > 0 or -code in CRASH_SIGNALS
+
+
+def _preload_lazy_modules() -> None:
+    """Import now what the workers would import lazily: after the privilege drop the
+    interpreter's files may be unreadable (a Python under /root), and getaddrinfo of a str
+    needs the idna codec."""
+    "localhost".encode("idna")
+
+
+@contextlib.contextmanager
+def _working_dir(path: str):
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = "/"
+    try:
+        os.chdir(path)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.chdir(here)
+
+
+def _unlink(path: str, log: Logger | None = None) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        Logger().warning(f"cannot remove {path}: {exc.strerror}")
+        (log or Logger()).warning(f"cannot remove {path}: {exc.strerror}")
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -340,14 +485,21 @@ def _remove_stale_socket(path: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"listen address unix:{path}: exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
     try:
         probe.connect(path)
-    except OSError:
-        os.unlink(path)
-    else:
-        raise ConfigError(f"listen address unix:{path}: another process is listening there")
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: left by a daemon that was killed
+        return
+    except FileNotFoundError:
+        return
+    except BlockingIOError:
+        pass  # a full backlog: someone listens
+    except OSError as exc:
+        raise ConfigError(f"listen address unix:{path}: {exc.strerror}") from None
     finally:
         probe.close()
+    raise ConfigError(f"listen address unix:{path}: another process is listening there")
 
 
 def resolve_ids(user: str, group: str) -> tuple[int, int] | None:
@@ -367,6 +519,16 @@ def resolve_ids(user: str, group: str) -> tuple[int, int] | None:
     return entry.pw_uid, gid
 
 
+def _check_may_switch_user(user: str, group: str) -> None:
+    """Refuse at start, not in every worker, a --user/--group that needs root we lack."""
+    ids = resolve_ids(user, group)
+    if ids is None or os.geteuid() == 0:
+        return
+    if ids != (os.getuid(), os.getgid()):
+        what = f"user {user!r}" if user else f"group {group!r}"
+        raise ConfigError(f"cannot run the workers as {what}: the master is not root")
+
+
 def drop_privileges(user: str, group: str) -> None:
     ids = resolve_ids(user, group)
     if ids is None:
@@ -379,21 +541,32 @@ def drop_privileges(user: str, group: str) -> None:
     os.setuid(uid)
 
 
-def check_pidfile(path: str) -> None:
-    """Refuse to start when the pidfile names a live process."""
+def _read_pid(path: str) -> int:
     try:
         with open(path) as handle:
-            pid = int(handle.read().strip() or 0)
-    except (FileNotFoundError, ValueError):
+            return int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def check_pidfile(path: str) -> None:
+    """Refuse to start when the pidfile names a live hapolicy (a stale one is ignored)."""
+    pid = _read_pid(path)
+    if pid <= 0 or pid == os.getpid():
         return
-    if pid > 0:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
-        raise ConfigError(f"pidfile {path}: hapolicy is already running as pid {pid}")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if b"hapolicy" not in handle.read():
+                return  # the pid was reused by another program
+    except OSError:
+        pass
+    raise ConfigError(f"pidfile {path}: hapolicy is already running as pid {pid}")
 
 
 def write_pidfile(path: str) -> None:
@@ -403,19 +576,43 @@ def write_pidfile(path: str) -> None:
     os.replace(tmp, path)
 
 
-def daemonize() -> None:
-    """Detach from the terminal: fork twice, new session, stdio to /dev/null."""
-    if os.fork():
-        os._exit(0)
+def daemonize() -> int:
+    """Detach from the terminal: fork twice, new session, stdin to /dev/null.
+
+    The first process waits until the daemon tells it is ready (`notify_ready`) and exits 0,
+    or 1 if the daemon failed first, so that an init script knows the pidfile is written.
+    Returns the fd to pass to notify_ready."""
+    ready_r, ready_w = os.pipe()
+    first = os.fork()
+    if first:
+        os.close(ready_w)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(first, 0)
+        word = b""
+        with contextlib.suppress(OSError):
+            if select.select([ready_r], [], [], READY_TIMEOUT)[0]:
+                word = os.read(ready_r, 1)
+        os._exit(0 if word == b"1" else 1)
+    os.close(ready_r)
     os.setsid()
     if os.fork():
         os._exit(0)
     os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return ready_w
+
+
+def notify_ready(ready_w: int) -> None:
+    """Tell the waiting parent that the daemon runs; stdout and stderr go to /dev/null."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (1, 2):
         os.dup2(devnull, fd)
-    if devnull > 2:
-        os.close(devnull)
+    os.close(devnull)
+    with contextlib.suppress(OSError):
+        os.write(ready_w, b"1")
+    os.close(ready_w)
 
 
 def run_daemon(config: Config, log: Logger,
@@ -424,6 +621,7 @@ def run_daemon(config: Config, log: Logger,
     master = Master(config, log, reload_config)
     try:
         resolve_ids(config.user, config.group)
+        _check_may_switch_user(config.user, config.group)
         if config.pidfile:
             check_pidfile(config.pidfile)
         master.bind()
@@ -433,22 +631,34 @@ def run_daemon(config: Config, log: Logger,
         log.error(message)
         if not log.to_stderr:
             _print_error(message)
-        return 1 if isinstance(exc, OSError) else 2
-    if config.daemonize:
-        daemonize()
+        return 2 if isinstance(exc, ConfigError) else 1
+    ready_w = daemonize() if config.daemonize else -1
+    pid = master.pid = os.getpid()
     try:
-        if config.pidfile:
-            write_pidfile(config.pidfile)
-    except OSError as exc:
-        log.error(f"cannot write pidfile {config.pidfile}: {exc.strerror}")
-        master.cleanup()
-        return 1
-    try:
+        try:
+            if config.pidfile:
+                write_pidfile(config.pidfile)
+        except OSError as exc:
+            message = f"cannot write pidfile {config.pidfile}: {exc.strerror}"
+            log.error(message)
+            if not log.to_stderr:
+                _print_error(message)
+            return 1
         master.start()
+        if ready_w >= 0:
+            notify_ready(ready_w)
+            ready_w = -1
         return master.run()
+    except Exception as exc:  # noqa: BLE001 - a bug: one line in the log, never a traceback
+        master.log.error(f"master internal error: {type(exc).__name__}: {exc}")
+        if master.workers:
+            master.kill_all(signal.SIGTERM)
+        return 1
     finally:
-        if os.getpid() == master.pid:
+        if os.getpid() == pid:
             master.cleanup()
+            for sig in MASTER_SIGNALS[:-1]:  # a late signal must not change the exit status
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def _print_error(message: str) -> None:

@@ -1,15 +1,20 @@
 """One preforked worker: the selectors loop over the listener, its clients and their backends.
 
 The constructor runs in the master before fork and touches nothing; `run` runs in the child and
-never returns (the child leaves through os._exit). Signals from the master only set flags:
-HUP retires the worker (no new connections; serve the ones it has until their clients close
-them, at most retire_timeout), TERM drains it (finish in-flight requests within drain_timeout,
-then exit), INT and QUIT end it at once. After max_use requests it retires by itself and
-writes one byte to the master, which has a replacement started at once.
+never returns (the child leaves through os._exit). The master forks with the signals blocked;
+the worker installs its handlers, then unblocks them, so no signal is lost or handled by the
+master's handlers in the child. Handlers only set flags: HUP retires the worker (no new
+connections; serve the ones it has until their clients close them, at most retire_timeout),
+TERM drains it (finish in-flight requests within drain_timeout, then exit), INT and QUIT end
+it at once. After max_use requests it retires by itself and writes one byte to the master,
+which has a replacement started at once. A worker whose master died (parent-death signal, or
+a new parent seen by the housekeeping timer) drains within ORPHAN_GRACE seconds and exits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 import signal
@@ -27,8 +32,12 @@ from .workertable import WorkerTable
 ACCEPT_BATCH = 64
 HOUSEKEEPING_SECONDS = 1.0
 FD_PAUSE_SECONDS = 1.0
-YIELD_LIMIT = 0.05
+YIELD_LIMIT = 0.05  # take a connection anyway after leaving it to siblings this long
+YIELD_PAUSE = 0.002
+ORPHAN_GRACE = 1.0  # an orphaned worker finishes its in-flight requests within this
 MSG_RETIRING = b"R"
+WORKER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+PR_SET_PDEATHSIG = 1
 
 
 def set_title(title: str) -> None:
@@ -37,6 +46,30 @@ def set_title(title: str) -> None:
     except ImportError:
         return
     setproctitle.setproctitle(title)
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Linux: have the kernel send signum when the parent (the master) dies; else nothing.
+
+    Must be called after the privilege drop, which clears it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _has_input(client: ClientConnection) -> bool:
+    """True when bytes wait unread on a client's socket (a request we must not drop)."""
+    sock = client.sock
+    if sock is None:
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
 
 
 class Worker:
@@ -59,18 +92,20 @@ class Worker:
         try:
             self._run()
         except BaseException as exc:  # noqa: BLE001 - the worker must never die with a traceback
-            self.log.error(f"worker internal error: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(BaseException):
+                self.log.error(f"worker internal error: {type(exc).__name__}: {exc}")
             status = 1
         os._exit(status)
 
     def _run(self) -> None:
         self.loop = loop = EventLoop()
-        self.retiring = self.draining = self.stop_now = False
+        self.retiring = self.draining = self.stop_now = self.orphaned = False
         self.retire_at = self.drain_at = 0.0
         self.clients: set[ClientConnection] = set()
         self.requests = 0
         self.accepting = False
-        self.yield_since = 0.0
+        self.listening = True  # False once the listener is closed for good
+        self.yield_since = self.yield_last = 0.0
         self.title = ""
         self.dispatcher = Dispatcher(loop, self.config, self.health, self.log)
         self.dispatcher.on_request = self._count_request
@@ -82,11 +117,14 @@ class Worker:
                              (signal.SIGINT, self._sig_stop), (signal.SIGQUIT, self._sig_stop)):
             signal.signal(sig, handler)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        set_parent_death_signal(signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
         loop.add(self.wake_r, EVENT_READ, self._on_wake)
         self.listener.setblocking(False)
         self.table.set_accepting(self.slot, True)
         self._set_accepting(True)
         loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
+        self._apply_flags()  # a signal may have come before the handlers: act on it now
         self._update_title()
         while not self._finished():
             loop.run_once(HOUSEKEEPING_SECONDS)
@@ -111,83 +149,119 @@ class Worker:
 
     def _apply_flags(self) -> None:
         now = time.monotonic()
-        if (self.retiring or self.draining) and self.accepting:
-            self._stop_accepting()
+        if not self.orphaned and os.getppid() != self.master_pid:
+            self.log.error("master is gone: worker finishes its requests and exits")
+            self.orphaned = self.draining = True
+            self.drain_at = min(self.drain_at or now + ORPHAN_GRACE, now + ORPHAN_GRACE)
+        if self.retiring or self.draining:
+            self._stop_listening()
         if self.retiring and not self.retire_at:
             self.retire_at = now + self.config.retire_timeout
             self._update_title()
         if self.draining and not self.drain_at:
             self.drain_at = now + self.config.drain_timeout
-            for client in list(self.clients):
-                if client.idle:
-                    client.close()
+            self._update_title()
+
+    def _close_idle_clients(self) -> None:
+        """Close the clients with nothing in progress (and no request waiting unread)."""
+        for client in list(self.clients):
+            if client.idle and not _has_input(client):
+                client.close()
 
     def _finished(self) -> bool:
         if self.stop_now:
             return True
         if not (self.retiring or self.draining):
             return False
-        if self.draining and not self.dispatcher.in_flight:
-            return True
+        if (self.retiring and not self.retire_at) or (self.draining and not self.drain_at):
+            self._apply_flags()  # the handler ran, the wake-up byte is not read yet
+        now = time.monotonic()
+        if self.draining:
+            # every request received gets its answer written; then its connection is closed
+            self._close_idle_clients()
+            if not self.clients and not self.dispatcher.in_flight:
+                return True
+            if now >= self.drain_at:
+                self.log.warning(f"drain timeout: {len(self.clients)} connections closed with "
+                                 f"{self.dispatcher.in_flight} requests unanswered")
+                return True
+            return False
         if not self.clients and not self.dispatcher.in_flight:
             return True
-        now = time.monotonic()
-        if self.draining and now >= self.drain_at:
-            self.log.warning(f"drain timeout: {self.dispatcher.in_flight} requests unanswered")
-            return True
-        if self.retiring and now >= self.retire_at:
-            for client in list(self.clients):
-                if client.idle:
-                    client.close()
+        if now >= self.retire_at:
+            self._close_idle_clients()
             # requests still in flight end within their total deadline
             return not self.clients or now >= self.retire_at + self.config.total_timeout
         return False
 
     # accepting
     def _set_accepting(self, on: bool) -> None:
+        on = on and self.listening
         if on and not self.accepting:
             self.loop.add(self.listener, EVENT_READ, self._on_accept)
         elif not on and self.accepting:
             self.loop.remove(self.listener)
         self.accepting = on
 
-    def _stop_accepting(self) -> None:
+    def _stop_listening(self) -> None:
+        """For good (retiring, draining): siblings and the master keep their own copies."""
+        if not self.listening:
+            return
         self._set_accepting(False)
+        self.listening = False
         self.table.set_accepting(self.slot, False)
+        self.listener.close()
 
     def _on_accept(self, mask: int) -> None:
+        if not self.accepting:
+            return  # an event of this loop round, come after the listener was removed
         now = time.monotonic()
-        if self.table.should_yield(self.slot, len(self.clients)):
-            # a less busy sibling is awake too and takes this one; look again shortly,
-            # and take it anyway if that sibling has not for YIELD_LIMIT seconds
-            if not self.yield_since:
-                self.yield_since = now
-            if now - self.yield_since < YIELD_LIMIT:
-                self._set_accepting(False)
-                self.loop.call_later(0.002, self._resume_accepting)
-                return
+        if self._yield(now):
+            return
         self.yield_since = 0.0
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, _addr = self.listener.accept()
-            except BlockingIOError:
+            except (BlockingIOError, InterruptedError):
                 return  # a sibling was faster: normal
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self.log.error(f"cannot accept: {exc.strerror}; pausing accept for "
                                    f"{FD_PAUSE_SECONDS:g}s ({len(self.clients)} clients)")
-                    self._set_accepting(False)
-                    self.loop.call_later(FD_PAUSE_SECONDS, self._resume_accepting)
+                    self._pause_accepting(FD_PAUSE_SECONDS)
                     return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue
-                raise
+                # errors of the network passed on by accept(2), or a listener gone bad:
+                # never worth the worker and its clients
+                self.log.error(f"cannot accept: {exc.strerror or exc}")
+                self._pause_accepting(FD_PAUSE_SECONDS)
+                return
             sock.setblocking(False)
             client = ClientConnection(self.loop, self.dispatcher, sock.fileno(), sock.fileno(),
                                       self._on_client_closed, sock)
             self.clients.add(client)
-            client.start()
             self.table.set_clients(self.slot, len(self.clients))
+            client.start()
+            if self.table.should_yield(self.slot, len(self.clients)):
+                return  # let a less busy sibling take the rest of a burst
+
+    def _yield(self, now: float) -> bool:
+        """Leave this connection to a less busy sibling that is awake too (True), unless
+        that sibling has not taken it for YIELD_LIMIT seconds."""
+        if not self.table.should_yield(self.slot, len(self.clients)):
+            return False
+        if not self.yield_since or now - self.yield_last > 10 * YIELD_PAUSE:
+            self.yield_since = now  # a new connection: the previous one was taken
+        self.yield_last = now
+        if now - self.yield_since >= YIELD_LIMIT:
+            return False
+        self._pause_accepting(YIELD_PAUSE)
+        return True
+
+    def _pause_accepting(self, seconds: float) -> None:
+        self._set_accepting(False)
+        self.loop.call_later(seconds, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         if not (self.retiring or self.draining or self.stop_now):
@@ -195,7 +269,8 @@ class Worker:
 
     def _on_client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
-        self.table.set_clients(self.slot, len(self.clients))
+        if self.listening:
+            self.table.set_clients(self.slot, len(self.clients))
 
     def _count_request(self) -> None:
         self.requests += 1
@@ -210,10 +285,6 @@ class Worker:
     # periodic work
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if os.getppid() != self.master_pid:
-            self.log.error("master is gone: worker exits")
-            self.stop_now = True
-            return
         limit = now - self.config.max_idle
         for client in list(self.clients):
             if client.last_active < limit and client.idle:

@@ -1,0 +1,109 @@
+"""`hapolicy --check-config`, run as a command: the example file passes and prints the
+effective configuration; a broken file exits 2 with one line `FILE:LINE: what is wrong`.
+And the example never rots: it documents every setting, with the defaults as its values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hapolicy.config import ALIASES, SETTINGS, Config, read_config_file
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "etc" / "hapolicy.conf.example"
+SHORT = {key: alias for alias, key in ALIASES.items()}
+
+
+def check_config(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hapolicy", *args, "--check-config"],
+                          check=False, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=20)
+
+
+def test_example_passes_and_prints_the_effective_configuration():
+    done = check_config("-c", str(EXAMPLE))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    settings, services = read_config_file(str(EXAMPLE))
+    expected = Config(services=tuple(services), **settings).summary()
+    assert done.stdout.splitlines() == expected
+    assert "service = GREY1=127.0.0.1:10031:10:2:30" in done.stdout
+    assert "default = dunno" in done.stdout
+
+
+def test_command_line_overrides_show_in_the_effective_configuration():
+    done = check_config("-c", str(EXAMPLE), "-d", "DEFER busy", "--workers", "7")
+    assert done.returncode == 0, done.stderr
+    assert "default = DEFER busy" in done.stdout.splitlines()
+    assert "workers = 7" in done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("service = A=127.0.0.1:1\nbogus-key = 1\n", 2, "unknown setting 'bogus-key'"),
+    ("service = A=127.0.0.1:1\n\n# note\nworkers = zero\n", 4, "workers 'zero' is not a whole number"),
+    ("total-timeout = -1\nservice = A=127.0.0.1:1\n", 1, "total timeout '-1' must be more than zero"),
+    ("service = A=127.0.0.1:1\nsocket-mode = 999\n", 2, "socket mode '999' is not an octal mode"),
+    ("service = A=127.0.0.1:1\nlisten = nohost\n", 2, "listen address 'nohost'"),
+    ("service = A=127.0.0.1:1\nservice = B=127.0.0.1:2\nservice = A=127.0.0.1:3\n", 3,
+     "service name 'A' is given twice (first on line 1)"),
+    ("service = A=127.0.0.1:70000\n", 1, "service A: port '70000' must be at most 65535"),
+    ("service = A=127.0.0.1:1\nmax-use = 5\nmax_use = 6\n", 3, "max-use set again (first on line 2)"),
+    ("service = A=127.0.0.1:1\njust some words\n", 2, "expected 'key = value'"),
+])
+def test_broken_file_exits_2_with_one_line(tmp_path: Path, text: str, line: int, message: str):
+    path = tmp_path / "broken.conf"
+    path.write_text(text)
+    done = check_config("-c", str(path), "--syslog-socket", "")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"hapolicy: error: {path}:{line}: {message}")
+    assert done.stderr.count("\n") == 1 and done.stderr.endswith("\n")
+
+
+def test_missing_file_exits_2(tmp_path: Path):
+    done = check_config("-c", str(tmp_path / "nope.conf"))
+    assert done.returncode == 2
+    assert re.fullmatch(r"hapolicy: error: .*nope\.conf: cannot read config file: .*\n",
+                        done.stderr)
+
+
+def test_bad_option_exits_2_with_one_line():
+    done = check_config("-s", "A=127.0.0.1:1", "--workers", "0")
+    assert done.returncode == 2
+    assert done.stderr == "hapolicy: error: --workers: workers '0' must be at least 1\n"
+
+
+def _example_keys() -> dict[str, bool]:
+    """Keys written in the example as `key = ...`, active (True) or commented out (False)."""
+    keys: dict[str, bool] = {}
+    for line in EXAMPLE.read_text().splitlines():
+        match = re.match(r"^(#\s*)?([a-z][a-z-]*)\s*=", line)
+        if match:
+            key = match.group(2).replace("-", "_")
+            key = ALIASES.get(key, key)
+            keys[key] = keys.get(key, False) or not match.group(1)
+    return keys
+
+
+def test_example_documents_every_setting():
+    keys = _example_keys()
+    missing = [key for key in SETTINGS if key not in keys]
+    assert missing == [], f"not in {EXAMPLE.name}: {missing}"
+    unknown = [key for key in keys if key not in SETTINGS and key != "service"]
+    assert unknown == []
+
+
+def test_example_values_are_the_defaults():
+    settings, _services = read_config_file(str(EXAMPLE))
+    defaults = Config()
+    wrong = {key: (value, getattr(defaults, key)) for key, value in settings.items()
+             if value != getattr(defaults, key)}
+    assert wrong == {}, "example value != default: " + repr(wrong)
+    # all but `workers` (the number of cores of the machine) are shown active
+    assert set(SETTINGS) - set(settings) == {"workers"}

@@ -1,0 +1,188 @@
+"""The master's logic with a fake ProcessOps (fork, kill, reap and the clock): workers that
+die at boot are throttled, killed ones are replaced at once, reload failures keep the config.
+
+No process is forked: the fake fork returns made-up pids, the fake reap reports the deaths a
+test scripts, and the clock only moves when the test moves it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+
+from hapolicy.config import Config, ConfigError, Service
+from hapolicy.log import Logger
+from hapolicy.master import BOOT_SECONDS, THROTTLE_MAX, Master, ProcessOps
+
+EXIT_3 = 3 << 8  # a wait status: exited with status 3 (a worker that cannot start)
+KILLED = signal.SIGKILL  # a wait status: killed by SIGKILL
+
+
+class FakeOps(ProcessOps):
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.next_pid = 100
+        self.forks: list[tuple[float, int]] = []
+        self.kills: list[tuple[int, int]] = []
+        self.deaths: list[tuple[int, int]] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def fork(self) -> int:
+        pid = self.next_pid
+        self.next_pid += 1
+        self.forks.append((self.t, pid))
+        return pid
+
+    def kill(self, pid: int, sig: int) -> None:
+        self.kills.append((pid, sig))
+
+    def reap(self) -> tuple[int, int]:
+        return self.deaths.pop(0) if self.deaths else (0, 0)
+
+
+class ListLogger(Logger):
+    def __init__(self) -> None:
+        super().__init__(syslog_socket="")
+        self.lines: list[str] = []
+
+    def log(self, level: str, message: str) -> None:
+        self.lines.append(f"{level}: {message}")
+
+
+@pytest.fixture
+def master():
+    config = Config(services=(Service("A", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=2)
+    ops = FakeOps()
+    m = Master(config, ListLogger(), ops=ops)
+    m.listener = socket.socket()
+    m.setup()
+    yield m
+    m.close_listener()
+    for worker in list(m.workers.values()):
+        m._forget(worker)
+    os.close(m.wake_r)
+    os.close(m.wake_w)
+    m.loop.close()
+
+
+def alive(m: Master) -> list[int]:
+    return sorted(m.workers)
+
+
+def test_first_workers_start_at_once(master):
+    master.step()
+    assert alive(master) == [100, 101]
+    assert len(master.ops.forks) == 2
+
+
+def test_workers_dying_at_boot_are_throttled(master):
+    ops = master.ops
+    master.step()
+    start = ops.t
+    # every worker dies 0.1 s after it was forked, for two simulated minutes
+    while ops.t < start + 120:
+        ops.t += 0.1
+        ops.deaths = [(pid, EXIT_3) for pid in list(master.workers)
+                      if ops.t - master.workers[pid].started >= 0.1]
+        master.step()
+    times = [t for t, _ in ops.forks]
+    gaps = [b - a for a, b in zip(times[2:], times[3:])]
+    # a tight loop would have forked about 1200 times; the pauses double up to the cap
+    assert len(ops.forks) <= 12, times
+    assert gaps == sorted(gaps), gaps
+    assert THROTTLE_MAX <= max(gaps) <= THROTTLE_MAX + 0.5  # pause + life + a step
+    assert any("died at boot" in line and "next start in 30s" in line
+               for line in master.log.lines)
+    # then a worker survives its boot: the next one is started at once, no more pause
+    ops.t = max(ops.t, master.next_spawn) + 0.01
+    master.step()
+    assert len(master.workers) == 1
+    ops.t += BOOT_SECONDS + 0.1
+    master.step()
+    assert len(master.workers) == 2
+    assert master.boot_failures == 0
+
+
+def test_killed_worker_replaced_at_once_even_young(master):
+    ops = master.ops
+    master.step()
+    ops.t += 0.2  # younger than BOOT_SECONDS, but killed from outside: not a boot failure
+    ops.deaths = [(100, KILLED)]
+    master.step()
+    assert alive(master) == [101, 102]
+    assert master.boot_failures == 0
+    assert any("worker 100 exited with status -9" in line for line in master.log.lines)
+
+
+def test_crash_at_boot_counts_as_boot_failure(master):
+    ops = master.ops
+    master.step()
+    ops.t += 0.2
+    ops.deaths = [(100, signal.SIGSEGV)]
+    master.step()
+    assert alive(master) == [101]  # not replaced before the pause
+    ops.t += 1.01
+    master.step()
+    assert alive(master) == [101, 102]
+
+
+def test_retired_worker_not_replaced_twice(master):
+    ops = master.ops
+    master.step()
+    master.workers[100].retiring = True  # as on its max-use message
+    master.step()
+    assert alive(master) == [100, 101, 102]
+    ops.t += 5
+    ops.deaths = [(100, 0)]
+    master.step()
+    assert alive(master) == [101, 102]
+
+
+def test_failed_reload_keeps_everything(master):
+    def broken() -> Config:
+        raise ConfigError("/etc/hapolicy.conf:3: unknown setting 'bogus'")
+
+    master.reload_config = broken
+    master.step()
+    master.signals.append(signal.SIGHUP)
+    master.step()
+    assert alive(master) == [100, 101]
+    assert not any(w.retiring for w in master.workers.values())
+    assert master.ops.kills == []
+    assert any("reload failed, keeping the running configuration: /etc/hapolicy.conf:3"
+               in line for line in master.log.lines)
+
+
+def test_reload_retires_old_workers_and_starts_new(master):
+    new = Config(services=(Service("B", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=3,
+                 pidfile="/elsewhere.pid")
+    master.reload_config = lambda: new
+    master.step()
+    master.signals.append(signal.SIGHUP)
+    master.step()
+    assert sorted(master.ops.kills) == [(100, signal.SIGHUP), (101, signal.SIGHUP)]
+    assert alive(master) == [100, 101, 102, 103, 104]
+    assert master.config.services == new.services
+    assert master.config.pidfile == ""  # a new pidfile needs a restart
+
+
+def test_term_drains_then_kills_stragglers(master):
+    ops = master.ops
+    master.step()
+    master.signals.append(signal.SIGTERM)
+    assert master.step()
+    assert sorted(ops.kills) == [(100, signal.SIGTERM), (101, signal.SIGTERM)]
+    ops.deaths = [(100, 0)]
+    ops.t += 1
+    assert master.step()  # 101 still draining
+    ops.t += master.config.drain_timeout + 10
+    assert master.step()
+    assert (101, signal.SIGKILL) in ops.kills
+    ops.deaths = [(101, KILLED)]
+    assert not master.step()  # every worker gone: the master exits
+    assert alive(master) == []

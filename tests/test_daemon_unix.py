@@ -1,0 +1,84 @@
+"""The daemon on a unix socket: --socket-mode, a stale socket file replaced, a live one refused.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from fakes import FakeBackend, PolicyClient, request
+from test_daemon_helpers import REPO, Daemon, alive, wait_for
+
+
+def unix_daemon(backend: FakeBackend, *args: str) -> Daemon:
+    daemon = Daemon("-s", backend.spec("A"), *args, workers=2, listen="")
+    daemon.listen = f"unix:{daemon.dir}/policy.sock"
+    return daemon
+
+
+def ask(daemon: Daemon) -> str:
+    with PolicyClient.from_socket(daemon.connect()) as client:
+        return client.ask(request())
+
+
+def test_unix_socket_with_mode():
+    with FakeBackend(action="OK") as backend, unix_daemon(backend, "--socket-mode", "0600") as d:
+        path = Path(d.listen[5:])
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert ask(d) == "action=OK\n\n"
+        assert d.stop() == 0
+        assert not path.exists()
+        d.assert_clean_output()
+
+
+def test_stale_socket_of_a_killed_daemon_is_replaced():
+    with FakeBackend(action="OK") as backend:
+        first = unix_daemon(backend)
+        with first:
+            workers = first.wait_ready()
+            os.kill(first.pid, signal.SIGKILL)
+            first.proc.wait(5)
+            wait_for(lambda: not any(alive(pid) for pid in workers), 5)
+            path = Path(first.listen[5:])
+            assert path.exists()  # left behind
+            second = Daemon("-s", backend.spec("A"), workers=2, listen=first.listen)
+            with second:
+                assert ask(second) == "action=OK\n\n"
+                assert second.stop() == 0
+                second.assert_clean_output()
+            assert not path.exists()
+
+
+def test_live_socket_is_refused():
+    with FakeBackend(action="OK") as backend, unix_daemon(backend) as running:
+        path = Path(running.listen[5:])
+        inode = path.stat().st_ino
+        done = subprocess.run(
+            [sys.executable, "-m", "hapolicy", "--listen", running.listen, "-s",
+             backend.spec("A"), "--syslog-socket", running.log.path],
+            check=False, cwd=REPO, capture_output=True, text=True, timeout=20)
+        assert done.returncode == 2
+        assert done.stdout == ""
+        assert done.stderr == (f"hapolicy: error: listen address {running.listen}: "
+                               "another process is listening there\n")
+        assert path.stat().st_ino == inode  # not removed, not replaced
+        assert ask(running) == "action=OK\n\n"
+        assert running.stop() == 0
+
+
+def test_listen_path_that_is_not_a_socket_is_refused(tmp_path: Path):
+    path = tmp_path / "file"
+    path.write_text("precious\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "hapolicy", "--listen", f"unix:{path}", "-s", "A=127.0.0.1:1",
+         "--syslog-socket", ""], check=False, cwd=REPO, capture_output=True, text=True,
+        timeout=20)
+    assert done.returncode == 2
+    assert done.stderr == (f"hapolicy: error: listen address unix:{path}: "
+                           "exists and is not a socket\n")
+    assert path.read_text() == "precious\n"

@@ -1,0 +1,56 @@
+"""End to end: a real Postfix smtpd asks the hapolicy daemon (check_policy_service
+inet:127.0.0.1:PORT), which asks a real postfwd2 with a rule rejecting bad@example.org.
+
+The REJECT text reaches the SMTP client at RCPT TO for the bad sender, a good sender gets
+250, and with postfwd stopped Postfix gets hapolicy's default action; when postfwd comes
+back, its answers do too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from postfix_harness import PostfixInstance, Postfwd, ensure_packages, requires_root, smtp_rcpt
+from test_daemon_helpers import Daemon, wait_for
+
+RULES = "id=R1; sender==bad@example.org; action=REJECT go away\n"
+RCPT = "someone@example.net"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def packages():
+    if os.geteuid() == 0:  # in CI: installed, never skipped
+        ensure_packages("postfix", "postfwd")
+
+
+@requires_root
+def test_postfix_through_hapolicy_daemon_to_postfwd(tmp_path: Path):
+    with Postfwd(tmp_path, RULES) as postfwd, \
+            Daemon("-s", f"PF=127.0.0.1:{postfwd.port}:10:1:10", "-l",
+                   "-d", "DEFER policy service down", "--cooldown", "0.5", "--cooldown-max", "1",
+                   workers=2) as daemon, \
+            PostfixInstance(tmp_path,
+                            policy=f"check_policy_service inet:127.0.0.1:{daemon.port}") as mx:
+        code, text = smtp_rcpt(mx.smtpd_port, "bad@example.org", RCPT)
+        assert code == 554 and "go away" in text, (code, text)
+        code, text = smtp_rcpt(mx.smtpd_port, "good@example.org", RCPT)
+        assert code == 250, (code, text)
+        log = daemon.log.wait("action=REJECT go away")
+        assert "service=PF" in log and "sender=<bad@example.org>" in log
+
+        postfwd.stop()
+        code, text = smtp_rcpt(mx.smtpd_port, "bad@example.org", RCPT)
+        assert code == 450 and "policy service down" in text, (code, text)
+        code, text = smtp_rcpt(mx.smtpd_port, "good@example.org", RCPT)
+        assert code == 450 and "policy service down" in text, (code, text)
+        daemon.log.wait('default="all services failed"')
+
+        postfwd.start()
+        wait_for(lambda: smtp_rcpt(mx.smtpd_port, "bad@example.org", RCPT)[0] == 554, 15,
+                 interval=0.5, what="postfwd's answers to come back")
+        assert smtp_rcpt(mx.smtpd_port, "good@example.org", RCPT)[0] == 250
+        assert "warning: problem talking to server" not in mx.log_text()
+        assert daemon.stop() == 0
+        daemon.assert_clean_output()

@@ -1,0 +1,209 @@
+"""scripts/hapolicy.init with start-stop-daemon: start, status, reload (HUP), stop, the pidfile.
+
+The defaults file (HAPOLICY_DEFAULTS) points DAEMON at a wrapper that runs this checkout with
+this interpreter (a pyenv `hapolicy` shim would not do: start-stop-daemon needs the real
+program); the daemon runs with --daemonize, as the script starts it, workers as nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from fakes import FakeBackend, PolicyClient, request
+from test_daemon_helpers import (
+    HOST,
+    REPO,
+    SyslogCollector,
+    alive,
+    children,
+    cmdline,
+    free_port,
+    short_tmpdir,
+    wait_children,
+    wait_for,
+)
+
+SCRIPT = REPO / "scripts" / "hapolicy.init"
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="init scripts run as root"),
+    pytest.mark.skipif(shutil.which("start-stop-daemon") is None and
+                       not os.path.exists("/sbin/start-stop-daemon"),
+                       reason="needs start-stop-daemon (dpkg)"),
+]
+
+
+class Init:
+    def __init__(self, backend_port: int) -> None:
+        self.dir = short_tmpdir()
+        self.dir.chmod(0o755)
+        self.log = SyslogCollector(self.dir)
+        self.port = free_port()
+        self.pidfile = self.dir / "hapolicy.pid"
+        self.config = self.dir / "hapolicy.conf"
+        self.write_config(backend_port, "FIRST")
+        wrapper = self.dir / "hapolicy"
+        wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={REPO}\nexport PYTHONPATH\n"
+                           f'exec {sys.executable} -m hapolicy "$@"\n')
+        wrapper.chmod(0o755)
+        self.defaults = self.dir / "defaults"
+        self.defaults.write_text(
+            f"DAEMON={wrapper}\nCONFIG={self.config}\nPIDFILE={self.pidfile}\n"
+            f'DAEMON_ARGS="--user nobody --group nogroup --workers 2 '
+            f'--syslog-socket {self.log.path}"\nSTOP_TIMEOUT=10\n')
+
+    def write_config(self, backend_port: int, default: str, extra: str = "") -> None:
+        self.config.write_text(f"listen = {HOST}:{self.port}\n"
+                               f"service = A={HOST}:{backend_port}\n"
+                               f"default = {default}\n{extra}")
+
+    def run(self, action: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, HAPOLICY_DEFAULTS=str(self.defaults))
+        return subprocess.run(["sh", str(SCRIPT), action], check=False, env=env, capture_output=True,
+                              text=True, timeout=60, cwd="/")
+
+    def pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def ask(self) -> str:
+        with PolicyClient(HOST, self.port) as client:
+            return client.ask(request())
+
+    def cleanup(self) -> None:
+        try:
+            pid = self.pid()
+        except (OSError, ValueError):
+            pid = 0
+        if pid and alive(pid):
+            for child in children(pid):
+                os.kill(child, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def init():
+    with FakeBackend(action="FROM-A") as backend:
+        setup = Init(backend.port)
+        setup.backend = backend
+        yield setup
+        setup.cleanup()
+
+
+def test_start_status_reload_stop(init):
+    done = init.run("start")
+    assert done.returncode == 0, done.stdout + done.stderr
+    pid = init.pid()  # the daemon wrote it before the script returned
+    assert alive(pid) and cmdline(pid) == "hapolicy: master"
+    workers = wait_children(pid, 2)
+    assert init.ask() == "action=FROM-A\n\n"
+
+    done = init.run("status")
+    assert done.returncode == 0
+    assert f"hapolicy is running (pid {pid})" in done.stdout
+
+    # start again: already running, nothing new started
+    done = init.run("start")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert init.pid() == pid
+    assert sorted(children(pid)) == sorted(workers)
+
+    # reload: the service is gone from the new file, the default answers
+    init.write_config(1, "DEFER reloaded")
+    done = init.run("reload")
+    assert done.returncode == 0, done.stdout + done.stderr
+    init.log.wait("reloaded")
+    wait_for(lambda: init.ask() == "action=DEFER reloaded\n\n", 10)
+    assert init.pid() == pid
+
+    # a broken file: reload refuses, the daemon keeps running the last good one
+    init.config.write_text(init.config.read_text() + "bogus = 1\n")
+    done = init.run("reload")
+    assert done.returncode == 1
+    assert "unknown setting 'bogus'" in done.stderr
+    assert alive(pid) and init.ask() == "action=DEFER reloaded\n\n"
+    init.write_config(1, "DEFER reloaded")
+
+    done = init.run("stop")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not alive(pid)
+    assert not any(alive(w) for w in children(pid))
+    assert not init.pidfile.exists()
+    done = init.run("status")
+    assert done.returncode == 3
+    assert "hapolicy is not running" in done.stdout
+    assert "Traceback" not in init.log.text()
+
+    # stop when stopped is fine; reload when stopped says so
+    assert init.run("stop").returncode == 0
+    assert init.run("reload").returncode == 7
+
+
+def test_stale_pidfile_does_not_block_start(init):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    init.pidfile.write_text(f"{dead.pid}\n")
+    assert init.run("status").returncode == 1  # dead, with a pidfile
+    done = init.run("start")
+    assert done.returncode == 0, done.stdout + done.stderr
+    pid = init.pid()
+    assert pid != dead.pid and alive(pid)
+    assert init.ask() == "action=FROM-A\n\n"
+    done = init.run("restart")
+    assert done.returncode == 0, done.stdout + done.stderr
+    new = init.pid()
+    assert new != pid and not alive(pid)
+    assert init.ask() == "action=FROM-A\n\n"
+    assert init.run("stop").returncode == 0
+    assert not alive(new)
+
+
+def test_start_with_a_broken_config_fails(init):
+    init.write_config(init.backend.port, "dunno", "workers = none\n")
+    done = init.run("start")
+    assert done.returncode == 1
+    assert "workers 'none' is not a whole number" in done.stderr
+    assert not init.pidfile.exists()
+
+
+UNIT = REPO / "scripts" / "hapolicy.service"
+
+
+def _unit_commands() -> list[list[str]]:
+    """The hapolicy command lines of the systemd unit (ExecStartPre, ExecStart, ExecReload)."""
+    commands = []
+    for line in UNIT.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.startswith("Exec") and value.startswith("/usr/local/bin/hapolicy"):
+            commands.append(value.split())
+    return commands
+
+
+def test_systemd_unit_commands_are_valid(init):
+    commands = _unit_commands()
+    assert len(commands) == 3
+    for argv in commands:
+        argv = [str(init.dir / "hapolicy")] + [
+            str(init.config) if a == "/etc/hapolicy.conf" else
+            str(init.pidfile) if a == "/run/hapolicy.pid" else a for a in argv[1:]]
+        if "--check-config" not in argv:
+            argv.append("--check-config")
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=20)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert f"listen = {HOST}:{init.port}" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_unit_verifies(init):
+    unit = init.dir / "hapolicy.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/hapolicy",
+                                             str(init.dir / "hapolicy")))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
