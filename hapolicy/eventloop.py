@@ -74,8 +74,15 @@ class EventLoop:
             timeout = until if timeout is None else min(timeout, until)
         if timeout is not None:
             timeout = min(timeout, MAX_WAIT)
-        for key, mask in self.selector.select(timeout):
-            key.data(mask)
+        events = self.selector.select(timeout)
+        if len(events) == 1:
+            events[0][0].data(events[0][1])
+        else:
+            registered = self.selector.get_map()
+            for key, mask in events:
+                # an earlier handler of this round may have closed this fd (and maybe reused it)
+                if registered.get(key.fd) is key:
+                    key.data(mask)
         if timers:
             now = time.monotonic()
             while timers and timers[0].when <= now:

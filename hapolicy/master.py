@@ -12,18 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import grp
 import os
-import pwd
-import select
 import signal
 import socket
-import stat
 import time
 from typing import Callable
 
 from .checks import Checker
 from .config import Config, ConfigError, split_listen
+from .daemon import (
+    check_may_switch_user,
+    check_pidfile,
+    daemonize,
+    drop_privileges,
+    notify_ready,
+    preload_lazy_modules,
+    print_error,
+    read_pid,
+    remove_stale_socket,
+    resolve_ids,
+    unlink,
+    write_pidfile,
+)
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .log import Logger
@@ -34,7 +44,6 @@ TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside 
 BOOT_SECONDS = 1.0  # a worker that dies sooner than this died at boot
 THROTTLE_MAX = 30.0
 KILL_GRACE = 5.0
-READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's word
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
 
@@ -95,7 +104,7 @@ class Master:
     def bind(self) -> None:
         host, port, path = split_listen(self.config.listen)
         if path:
-            _remove_stale_socket(path)
+            remove_stale_socket(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(path)
@@ -121,7 +130,7 @@ class Master:
         """After bind (and daemonize): title, tables, signals; the workers come from run()."""
         self.pid = os.getpid()
         set_title("hapolicy: master")
-        _preload_lazy_modules()
+        preload_lazy_modules()
         self.setup()
         signal.set_wakeup_fd(self.wake_w)
         for sig in MASTER_SIGNALS:
@@ -368,7 +377,7 @@ class Master:
             with _working_dir(self.start_dir):
                 config = self.reload_config()
             resolve_ids(config.user, config.group)
-            _check_may_switch_user(config.user, config.group)
+            check_may_switch_user(config.user, config.group)
         except Exception as exc:  # noqa: BLE001 - whatever is wrong, the running config stays
             self.log.error(f"reload failed, keeping the running configuration: {exc}")
             return
@@ -422,9 +431,9 @@ class Master:
         if path and self.socket_inode:
             with contextlib.suppress(OSError):
                 if os.stat(path).st_ino == self.socket_inode:  # ours, not a successor's
-                    _unlink(path, self.log)
-        if self.config.pidfile and _read_pid(self.config.pidfile) == self.pid:
-            _unlink(self.config.pidfile, self.log)
+                    unlink(path, self.log)
+        if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:
+            unlink(self.config.pidfile, self.log)
 
 
 def _exit_code(status: int) -> int:
@@ -440,13 +449,6 @@ CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, si
 def _failed_by_itself(code: int) -> bool:
     """An exit status or a crash: not a kill from outside (kill -9, an operator's TERM)."""
     return code > 0 or -code in CRASH_SIGNALS
-
-
-def _preload_lazy_modules() -> None:
-    """Import now what the workers would import lazily: after the privilege drop the
-    interpreter's files may be unreadable (a Python under /root), and getaddrinfo of a str
-    needs the idna codec."""
-    "localhost".encode("idna")
 
 
 @contextlib.contextmanager
@@ -467,161 +469,13 @@ def _working_dir(path: str):
             os.chdir(here)
 
 
-def _unlink(path: str, log: Logger | None = None) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        (log or Logger()).warning(f"cannot remove {path}: {exc.strerror}")
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead daemon; refuse if a live one still answers there."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"listen address unix:{path}: exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: left by a daemon that was killed
-        return
-    except FileNotFoundError:
-        return
-    except BlockingIOError:
-        pass  # a full backlog: someone listens
-    except OSError as exc:
-        raise ConfigError(f"listen address unix:{path}: {exc.strerror}") from None
-    finally:
-        probe.close()
-    raise ConfigError(f"listen address unix:{path}: another process is listening there")
-
-
-def resolve_ids(user: str, group: str) -> tuple[int, int] | None:
-    """(uid, gid) for --user/--group, or None when neither is set; ConfigError if unknown."""
-    if not user and not group:
-        return None
-    try:
-        entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.getuid())
-    except KeyError:
-        raise ConfigError(f"user {user!r} does not exist") from None
-    gid = entry.pw_gid
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ConfigError(f"group {group!r} does not exist") from None
-    return entry.pw_uid, gid
-
-
-def _check_may_switch_user(user: str, group: str) -> None:
-    """Refuse at start, not in every worker, a --user/--group that needs root we lack."""
-    ids = resolve_ids(user, group)
-    if ids is None or os.geteuid() == 0:
-        return
-    if ids != (os.getuid(), os.getgid()):
-        what = f"user {user!r}" if user else f"group {group!r}"
-        raise ConfigError(f"cannot run the workers as {what}: the master is not root")
-
-
-def drop_privileges(user: str, group: str) -> None:
-    ids = resolve_ids(user, group)
-    if ids is None:
-        return
-    uid, gid = ids
-    if os.getuid() == uid and os.getgid() == gid:
-        return
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-
-
-def _read_pid(path: str) -> int:
-    try:
-        with open(path) as handle:
-            return int(handle.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def check_pidfile(path: str) -> None:
-    """Refuse to start when the pidfile names a live hapolicy (a stale one is ignored)."""
-    pid = _read_pid(path)
-    if pid <= 0 or pid == os.getpid():
-        return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            if b"hapolicy" not in handle.read():
-                return  # the pid was reused by another program
-    except OSError:
-        pass
-    raise ConfigError(f"pidfile {path}: hapolicy is already running as pid {pid}")
-
-
-def write_pidfile(path: str) -> None:
-    tmp = f"{path}.{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def daemonize() -> int:
-    """Detach from the terminal: fork twice, new session, stdin to /dev/null.
-
-    The first process waits until the daemon tells it is ready (`notify_ready`) and exits 0,
-    or 1 if the daemon failed first, so that an init script knows the pidfile is written.
-    Returns the fd to pass to notify_ready."""
-    ready_r, ready_w = os.pipe()
-    first = os.fork()
-    if first:
-        os.close(ready_w)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(first, 0)
-        word = b""
-        with contextlib.suppress(OSError):
-            if select.select([ready_r], [], [], READY_TIMEOUT)[0]:
-                word = os.read(ready_r, 1)
-        os._exit(0 if word == b"1" else 1)
-    os.close(ready_r)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    return ready_w
-
-
-def notify_ready(ready_w: int) -> None:
-    """Tell the waiting parent that the daemon runs; stdout and stderr go to /dev/null."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    with contextlib.suppress(OSError):
-        os.write(ready_w, b"1")
-    os.close(ready_w)
-
-
 def run_daemon(config: Config, log: Logger,
                reload_config: Callable[[], Config] | None = None) -> int:
     """Run the daemon in the foreground (or detached with --daemonize); the exit status."""
     master = Master(config, log, reload_config)
     try:
         resolve_ids(config.user, config.group)
-        _check_may_switch_user(config.user, config.group)
+        check_may_switch_user(config.user, config.group)
         if config.pidfile:
             check_pidfile(config.pidfile)
         master.bind()
@@ -630,7 +484,7 @@ def run_daemon(config: Config, log: Logger,
             f"cannot listen on {config.listen}: {exc.strerror or exc}")
         log.error(message)
         if not log.to_stderr:
-            _print_error(message)
+            print_error(message)
         return 2 if isinstance(exc, ConfigError) else 1
     ready_w = daemonize() if config.daemonize else -1
     pid = master.pid = os.getpid()
@@ -642,7 +496,7 @@ def run_daemon(config: Config, log: Logger,
             message = f"cannot write pidfile {config.pidfile}: {exc.strerror}"
             log.error(message)
             if not log.to_stderr:
-                _print_error(message)
+                print_error(message)
             return 1
         master.start()
         if ready_w >= 0:
@@ -659,10 +513,3 @@ def run_daemon(config: Config, log: Logger,
             master.cleanup()
             for sig in MASTER_SIGNALS[:-1]:  # a late signal must not change the exit status
                 signal.signal(sig, signal.SIG_IGN)
-
-
-def _print_error(message: str) -> None:
-    try:
-        os.write(2, f"hapolicy: error: {message}\n".encode())
-    except OSError:
-        pass

@@ -1,0 +1,181 @@
+"""The chores of a Unix daemon: pidfile, detaching, privileges, a stale unix socket.
+
+Plain functions, used by the master before and after it forks its workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import select
+import socket
+import stat
+
+from .config import ConfigError
+from .log import Logger
+
+READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's word
+
+
+def preload_lazy_modules() -> None:
+    """Import now what the workers would import lazily: after the privilege drop the
+    interpreter's files may be unreadable (a Python under /root), and getaddrinfo of a str
+    needs the idna codec."""
+    "localhost".encode("idna")
+
+
+def unlink(path: str, log: Logger | None = None) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        (log or Logger()).warning(f"cannot remove {path}: {exc.strerror}")
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead daemon; refuse if a live one still answers there."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"listen address unix:{path}: exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: left by a daemon that was killed
+        return
+    except FileNotFoundError:
+        return
+    except BlockingIOError:
+        pass  # a full backlog: someone listens
+    except OSError as exc:
+        raise ConfigError(f"listen address unix:{path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise ConfigError(f"listen address unix:{path}: another process is listening there")
+
+
+def resolve_ids(user: str, group: str) -> tuple[int, int] | None:
+    """(uid, gid) for --user/--group, or None when neither is set; ConfigError if unknown."""
+    if not user and not group:
+        return None
+    try:
+        entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.getuid())
+    except KeyError:
+        raise ConfigError(f"user {user!r} does not exist") from None
+    gid = entry.pw_gid
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"group {group!r} does not exist") from None
+    return entry.pw_uid, gid
+
+
+def check_may_switch_user(user: str, group: str) -> None:
+    """Refuse at start, not in every worker, a --user/--group that needs root we lack."""
+    ids = resolve_ids(user, group)
+    if ids is None or os.geteuid() == 0:
+        return
+    if ids != (os.getuid(), os.getgid()):
+        what = f"user {user!r}" if user else f"group {group!r}"
+        raise ConfigError(f"cannot run the workers as {what}: the master is not root")
+
+
+def drop_privileges(user: str, group: str) -> None:
+    ids = resolve_ids(user, group)
+    if ids is None:
+        return
+    uid, gid = ids
+    if os.getuid() == uid and os.getgid() == gid:
+        return
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def read_pid(path: str) -> int:
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def check_pidfile(path: str) -> None:
+    """Refuse to start when the pidfile names a live hapolicy (a stale one is ignored)."""
+    pid = read_pid(path)
+    if pid <= 0 or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if b"hapolicy" not in handle.read():
+                return  # the pid was reused by another program
+    except OSError:
+        pass
+    raise ConfigError(f"pidfile {path}: hapolicy is already running as pid {pid}")
+
+
+def write_pidfile(path: str) -> None:
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def daemonize() -> int:
+    """Detach from the terminal: fork twice, new session, stdin to /dev/null.
+
+    The first process waits until the daemon tells it is ready (`notify_ready`) and exits 0,
+    or 1 if the daemon failed first, so that an init script knows the pidfile is written.
+    Returns the fd to pass to notify_ready."""
+    ready_r, ready_w = os.pipe()
+    first = os.fork()
+    if first:
+        os.close(ready_w)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(first, 0)
+        word = b""
+        with contextlib.suppress(OSError):
+            if select.select([ready_r], [], [], READY_TIMEOUT)[0]:
+                word = os.read(ready_r, 1)
+        os._exit(0 if word == b"1" else 1)
+    os.close(ready_r)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return ready_w
+
+
+def notify_ready(ready_w: int) -> None:
+    """Tell the waiting parent that the daemon runs; stdout and stderr go to /dev/null."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    with contextlib.suppress(OSError):
+        os.write(ready_w, b"1")
+    os.close(ready_w)
+
+
+def print_error(message: str) -> None:
+    try:
+        os.write(2, f"hapolicy: error: {message}\n".encode())
+    except OSError:
+        pass
