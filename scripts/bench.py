@@ -1,0 +1,1474 @@
+#!/usr/bin/env python3
+"""Closed-loop load benchmark of Postfix policy-protocol proxies, all on 127.0.0.1.
+
+Rows, each measured only when available (otherwise reported as skipped, with why):
+
+  backend         a backend that answers `action=DUNNO` at once (epoll loop, SO_REUSEPORT
+                  processes), measured alone: the ceiling of this machine and load generator
+  hapolicy daemon python -m hapolicy --listen ... --workers N -s B=127.0.0.1:BACKEND
+  hapolicy spawn  python -m hapolicy -s B=... under a spawn(8) emulator (one process per
+                  connection, the socket as its stdin, stdout and stderr)
+  haproxy         HAProxy in TCP mode, one thread (/usr/sbin/haproxy, Debian package haproxy)
+  perl original   /usr/sbin/hapolicy -s B=...:10 (Debian package hapolicy) under the emulator
+
+The load generator keeps C persistent connections busy (closed loop: send a ~600-byte
+smtpd_access_policy request, wait for the whole answer, check it, repeat) for T seconds after a
+warm-up, split over P generator processes whose own CPU time is reported. Each row reports
+requests/s, latency percentiles, errors, peak RSS of the proxy's processes, and CPU shares.
+
+    python scripts/bench.py                      # every available row, 32 connections, 10 s
+    python scripts/bench.py --rows daemon,haproxy --connections 64 --seconds 20
+    python scripts/bench.py --idle 2000          # + memory per idle connection of the daemon
+    python scripts/bench.py --smoke --json out.json   # CI: ~1 s per row, non-zero on errors
+
+Stdlib only, Linux only (/proc, epoll). Every process it starts is killed at the end, also on
+Ctrl-C, SIGTERM or an exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import json
+import os
+import pickle
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+HOST = "127.0.0.1"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAPROXY = "/usr/sbin/haproxy"
+PERL_HAPOLICY = "/usr/sbin/hapolicy"
+ANSWER = b"action=DUNNO\n\n"
+PERL_SYSLOG_SHIM = """package BenchSyslog;
+use strict;
+use Sys::Syslog ();
+my $setlogsock = \\&Sys::Syslog::setlogsock;
+{
+    no warnings 'redefine';
+    *Sys::Syslog::setlogsock = sub { $setlogsock->({type => 'unix', path => 'PATH'}) };
+}
+1;
+"""
+ROWS = ("backend", "daemon", "spawn", "haproxy", "perl")
+ROW_TITLES = {"backend": "backend", "daemon": "hapolicy daemon", "spawn": "hapolicy spawn",
+              "haproxy": "haproxy", "perl": "perl original"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SATURATED = 0.90  # a process busier than this share of one core is saturated
+
+
+# ---------------------------------------------------------------------------------------------
+# the request
+
+def make_request(n: int) -> bytes:
+    """A typical Postfix 3.7 smtpd_access_policy request at RCPT (about 600 bytes)."""
+    attrs = [
+        ("request", "smtpd_access_policy"),
+        ("protocol_state", "RCPT"),
+        ("protocol_name", "ESMTP"),
+        ("client_address", f"192.0.2.{n % 250 + 1}"),
+        ("client_name", f"mail{n}.example.net"),
+        ("client_port", str(40000 + n % 20000)),
+        ("reverse_client_name", f"mail{n}.example.net"),
+        ("server_address", "198.51.100.25"),
+        ("server_port", "25"),
+        ("helo_name", f"mail{n}.example.net"),
+        ("sender", f"newsletter-{n}@lists.example.net"),
+        ("recipient", f"user{n}@example.org"),
+        ("recipient_count", "0"),
+        ("queue_id", f"4Xk{n:06d}Zq9"),
+        ("instance", f"{n:x}.655e0a1c.a1b2c.0"),
+        ("size", "48213"),
+        ("etrn_domain", ""),
+        ("stress", ""),
+        ("sasl_method", ""),
+        ("sasl_username", ""),
+        ("sasl_sender", ""),
+        ("ccert_subject", ""),
+        ("ccert_issuer", ""),
+        ("ccert_fingerprint", ""),
+        ("ccert_pubkey_fingerprint", ""),
+        ("encryption_protocol", "TLSv1.3"),
+        ("encryption_cipher", "TLS_AES_256_GCM_SHA384"),
+        ("encryption_keysize", "256"),
+        ("policy_context", ""),
+        ("compatibility_level", "3.6"),
+        ("mail_version", "3.7.11"),
+    ]
+    return "".join(f"{k}={v}\n" for k, v in attrs).encode() + b"\n"
+
+
+def exchange_once(addr: tuple[str, int], timeout: float) -> str:
+    """One request on a fresh connection: '' when answered with action=..., else why not."""
+    try:
+        with socket.create_connection(addr, timeout=timeout) as sock:
+            sock.sendall(make_request(0))
+            data = b""
+            while not data.endswith(b"\n\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return f"connection closed after {data[:60]!r}"
+                data += chunk
+    except OSError as exc:
+        return str(exc)
+    return "" if data.startswith(b"action=") else f"bad answer {data[:60]!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# processes: start, track, always stop
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, ImportError):
+        return None
+
+
+_PRCTL = _load_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child: get SIGKILL when the bench dies, even by SIGKILL (a backstop to cleanup)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _child_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+class Child:
+    def __init__(self, name: str, pid: int, session: bool, popen: Any = None,
+                 stop_signal: int = signal.SIGTERM) -> None:
+        self.name = name
+        self.pid = pid
+        self.session = session  # leads its own session and process group: kill the group too
+        self.popen = popen
+        self.stop_signal = stop_signal
+        self.reaped = False
+
+
+class Children:
+    """Every process the bench starts; stop() and stop_all() leave none behind."""
+
+    def __init__(self) -> None:
+        self.items: list[Child] = []
+
+    def fork(self, name: str, fn: Callable[..., None], *args: Any,
+             session: bool = False) -> Child:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            status = 0
+            try:
+                _child_signals()
+                if session:
+                    os.setsid()
+                die_with_parent()
+                if os.getppid() != parent:
+                    os._exit(1)
+                fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - a child never returns into the bench
+                status = 1
+                _report_child_error(name, exc)
+            os._exit(status)
+        child = Child(name, pid, session)
+        self.items.append(child)
+        return child
+
+    def popen(self, name: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
+              stop_signal: int = signal.SIGTERM) -> Child:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=env, start_new_session=True,
+                                    preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads
+        child = Child(name, proc.pid, True, proc, stop_signal)
+        self.items.append(child)
+        return child
+
+    def alive(self, child: Child) -> bool:
+        self._reap(child)
+        return not child.reaped
+
+    def _reap(self, child: Child) -> None:
+        if child.reaped:
+            return
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = child.pid, 0
+        if pid:
+            child.reaped = True
+            if child.popen is not None:
+                child.popen.returncode = os.waitstatus_to_exitcode(status) if status else 0
+
+    def wait(self, child: Child, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._reap(child)
+            if child.reaped or time.monotonic() >= deadline:
+                return child.reaped
+            time.sleep(0.02)
+
+    def stop(self, child: Child, timeout: float = 3.0) -> None:
+        """Ask politely, then SIGKILL the child and (if it leads one) its whole process group."""
+        if not child.reaped:
+            _signal(child.pid, child.stop_signal)
+            self.wait(child, timeout)
+        if not child.reaped:
+            _signal(child.pid, signal.SIGKILL)
+            self.wait(child, 5.0)
+        if child.session:
+            deadline = time.monotonic() + 5.0
+            while group_members(child.pid) and time.monotonic() < deadline:
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    break
+                time.sleep(0.05)
+        if child in self.items:
+            self.items.remove(child)
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self.items)):
+            self.stop(child, timeout=2.0)
+
+
+def _report_child_error(name: str, exc: BaseException) -> None:
+    if isinstance(exc, KeyboardInterrupt):
+        return
+    try:
+        os.write(2, f"bench: {name} (pid {os.getpid()}) failed: {exc!r}\n".encode())
+    except OSError:
+        return
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat from `state` on (index 0 = field 3 of proc(5))."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:].decode().split()
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes whose process group is pgid."""
+    out = []
+    for pid in all_pids():
+        fields = _stat_fields(pid)
+        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(pid)
+    return out
+
+
+def children_of(ppid: int) -> list[int]:
+    out = []
+    for pid in all_pids():
+        fields = _stat_fields(pid)
+        if fields and fields[0] != "Z" and int(fields[1]) == ppid:
+            out.append(pid)
+    return out
+
+
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of a process."""
+    fields = _stat_fields(pid)
+    if not fields:
+        return None
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM in KiB (empty for a zombie or a gone process)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith((b"VmRSS:", b"VmHWM:")):
+                    out[line[:5].decode()] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def host_cpu() -> tuple[int, int, int]:
+    """(idle ticks, total ticks, irq and softirq ticks) over all cores.
+
+    Loopback TCP is largely processed in softirq context, which the kernel may account here
+    rather than to the processes that sent the data.
+    """
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    return values[3] + values[4], sum(values[:8]), values[5] + values[6]
+
+
+class ProcSampler:
+    """CPU time and peak memory of a changing set of processes over the measured window."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+        self.cpu0: dict[int, tuple[float, float]] = {}
+        self.cpu1: dict[int, tuple[float, float]] = {}
+        self.hwm: dict[int, int] = {}
+        self.rss: dict[int, int] = {}
+        self.pss: dict[int, int] = {}
+
+    def sample(self) -> None:
+        for pid in self.pids():
+            mem = memory_kib(pid)
+            if mem:
+                self.hwm[pid] = max(self.hwm.get(pid, 0), mem.get("VmHWM", 0))
+                self.rss[pid] = mem.get("VmRSS", 0)
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                self.cpu1[pid] = cpu
+
+    def start(self) -> None:
+        self.sample()
+        self.cpu0 = dict(self.cpu1)
+
+    def finish(self) -> None:
+        self.sample()
+        for pid in self.pids():
+            self.pss[pid] = pss_kib(pid)
+
+    def cpu_by_pid(self, part: slice = slice(0, 2)) -> dict[int, float]:
+        """CPU seconds used in the window; part=slice(1, 2) for system time only."""
+        return {pid: sum(self.cpu1[pid][part]) - sum(self.cpu0.get(pid, (0.0, 0.0))[part])
+                for pid in self.cpu1}
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend: answers every request at once
+
+def backend_main(lsock: socket.socket) -> None:
+    lsock.setblocking(False)
+    lfd = lsock.fileno()
+    ep = select.epoll()
+    ep.register(lfd, select.EPOLLIN)
+    socks: dict[int, socket.socket] = {}
+    tails: dict[int, bytes] = {}
+    IN = select.EPOLLIN
+    while True:
+        for fd, _ev in ep.poll():
+            if fd == lfd:
+                while True:
+                    try:
+                        sock, _ = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        break
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    socks[sock.fileno()] = sock
+                    ep.register(sock.fileno(), IN)
+                continue
+            sock = socks[fd]
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                tail = tails.pop(fd, b"")
+                if tail:
+                    data = tail + data
+                count = data.count(b"\n\n")
+                if count:
+                    rest = data[data.rfind(b"\n\n") + 2:]
+                    try:
+                        sock.send(ANSWER * count)
+                    except OSError:
+                        data = b""
+                else:
+                    rest = data
+                if rest and data:
+                    tails[fd] = rest[-65536:]
+                if data:
+                    continue
+            ep.unregister(fd)
+            tails.pop(fd, None)
+            socks.pop(fd).close()
+
+
+def start_backend(children: Children, procs: int) -> tuple[tuple[str, int], list[Child]]:
+    socks = []
+    port = 0
+    for _ in range(procs):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((HOST, port))
+        port = sock.getsockname()[1]
+        sock.listen(4096)
+        socks.append(sock)
+    kids = []
+    for i, sock in enumerate(socks):
+        others = [s for j, s in enumerate(socks) if j != i]
+        kids.append(children.fork(f"backend-{i}", _backend_child, sock, others, session=True))
+    for sock in socks:
+        sock.close()
+    return (HOST, port), kids
+
+
+def _backend_child(sock: socket.socket, others: list[socket.socket]) -> None:
+    for other in others:
+        other.close()
+    backend_main(sock)
+
+
+# ---------------------------------------------------------------------------------------------
+# the spawn(8) emulator
+
+def emulator_main(lsock: socket.socket, argv: list[str], env: dict[str, str],
+                  sink: socket.socket | None) -> None:
+    """For each connection, run argv with the socket as stdin, stdout and stderr (as spawn(8)).
+
+    On SIGTERM it ends its children itself and reaps them, so that none is left a zombie.
+    `sink` is a datagram socket standing in for /dev/log (drained, never read).
+    """
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+    spawned: set[int] = set()
+    lsock.setblocking(False)
+    watch = [lsock] + ([sink] if sink is not None else [])
+    while not stop:
+        ready = wait_readable(watch, 0.2)
+        if sink is not None and sink in ready:
+            try:
+                while sink.recv(65536):
+                    pass
+            except OSError:
+                pass
+        if lsock in ready:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                conn = None
+            if conn is not None:
+                conn.setblocking(True)
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        die_with_parent()
+                        for fd in (0, 1, 2):
+                            os.dup2(conn.fileno(), fd)
+                        os.execve(argv[0], argv, env)
+                    finally:
+                        os._exit(127)
+                spawned.add(pid)
+                conn.close()
+        _reap(spawned, block=False)
+    for pid in spawned:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 2.0
+    while spawned and time.monotonic() < deadline:
+        _reap(spawned, block=False)
+        time.sleep(0.02)
+    for pid in spawned:
+        _signal(pid, signal.SIGKILL)
+    _reap(spawned, block=True)
+
+
+def _reap(pids: set[int], block: bool) -> None:
+    for pid in list(pids):
+        try:
+            done, _status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            pids.discard(pid)
+
+
+def start_emulator(children: Children, argv: list[str], env: dict[str, str],
+                   sink: socket.socket | None = None) -> tuple[tuple[str, int], Child]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, 0))
+    sock.listen(1024)
+    addr = sock.getsockname()
+    child = children.fork("spawn-emulator", emulator_main, sock, argv, env, sink, session=True)
+    sock.close()
+    if sink is not None:
+        sink.close()
+    return addr, child
+
+
+# ---------------------------------------------------------------------------------------------
+# the load generator (one process of several)
+
+def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, res_w: int,
+                   grace: float) -> None:
+    def connect() -> socket.socket:
+        sock = socket.create_connection(addr, timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        return sock
+
+    try:
+        socks = [connect() for _ in range(count)]
+        why = prime(socks, [make_request(first + i) for i in range(count)], 30.0)
+    except OSError as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    if why:
+        _write_all(res_w, b"E" + why.encode()[:300])
+        return
+    _write_all(res_w, b"R")
+    go = b""
+    while len(go) < 16:
+        piece = os.read(ctl_r, 16 - len(go))
+        if not piece:
+            return  # the bench gave up
+        go += piece
+    warmup, seconds = struct.unpack("dd", go)
+
+    pc = time.perf_counter_ns
+    ep = select.epoll()
+    by_fd: dict[int, socket.socket] = {}
+    request: dict[int, bytes] = {}
+    sent: dict[int, int] = {}
+    partial: dict[int, bytes] = {}
+    lat = array.array("q")
+    record = lat.append
+    wrong = errors = reconnects = 0
+    t0 = pc()
+    w_end = t0 + int(warmup * 1e9)
+    end = w_end + int(seconds * 1e9)
+
+    def add(sock: socket.socket, req: bytes) -> None:
+        fd = sock.fileno()
+        by_fd[fd] = sock
+        request[fd] = req
+        ep.register(fd, select.EPOLLIN)
+        sent[fd] = pc()
+        sock.send(req)
+
+    def drop(fd: int) -> bytes:
+        ep.unregister(fd)
+        by_fd.pop(fd).close()
+        sent.pop(fd, None)
+        partial.pop(fd, None)
+        return request.pop(fd)
+
+    for i, sock in enumerate(socks):
+        add(sock, make_request(first + i))
+    del socks
+    ru0 = None
+    ru_t0 = ru_t1 = 0
+    stopping = False
+    stop_at = end + int(grace * 1e9)
+    in_flight = len(by_fd)
+    while True:
+        now = pc()
+        if ru0 is None and now >= w_end:
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
+            ru_t0 = now
+        if not stopping and now >= end:
+            stopping = True
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            ru_t1 = now
+        if stopping and (not in_flight or now >= stop_at):
+            break
+        if not by_fd:
+            if stopping:
+                break
+            time.sleep(min(0.05, (end - now) / 1e9))
+            continue
+        limit = stop_at if stopping else (end if ru0 is not None else w_end)
+        events = ep.poll(max(0.0, (limit - now) / 1e9))
+        for fd, _ev in events:
+            sock = by_fd[fd]
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            now = pc()
+            if not data:
+                errors += 1
+                in_flight -= 1
+                req = drop(fd)
+                if not stopping and errors < 1000:
+                    try:
+                        add(connect(), req)
+                        reconnects += 1
+                        in_flight += 1
+                    except OSError:
+                        pass
+                continue
+            if fd in partial:
+                data = partial.pop(fd) + data
+            if not data.endswith(b"\n\n"):
+                if len(data) > 65536:
+                    wrong += 1
+                    in_flight -= 1
+                    drop(fd)
+                else:
+                    partial[fd] = data
+                continue
+            if not data.startswith(b"action=") or data.count(b"\n\n") != 1:
+                wrong += 1
+            elif w_end <= now < end:
+                record(now - sent[fd])
+            if stopping:
+                in_flight -= 1
+                sent.pop(fd, None)
+                continue
+            sent[fd] = pc()
+            try:
+                if sock.send(request[fd]) != len(request[fd]):
+                    raise OSError("short send")
+            except OSError:
+                errors += 1
+                in_flight -= 1
+                drop(fd)
+    if ru0 is None:
+        ru0, ru_t0 = ru1, ru_t1
+    unanswered = len(sent)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    result = {"lat": lat.tobytes(), "wrong": wrong, "errors": errors, "unanswered": unanswered,
+              "reconnects": reconnects, "cpu": cpu, "wall": (ru_t1 - ru_t0) / 1e9}
+    payload = pickle.dumps(result)
+    _write_all(res_w, b"D" + struct.pack("Q", len(payload)) + payload)
+    # keep the connections until the bench has sampled the proxy's processes (spawned ones, and
+    # retired daemon workers, exit when their clients leave): it closes the control pipe then
+    while os.read(ctl_r, 64):
+        pass
+    for sock in list(by_fd.values()):
+        sock.close()
+
+
+def prime(socks: list[socket.socket], requests: list[bytes], timeout: float) -> str:
+    """One request answered on every connection (a spawned proxy has started): '' or why not."""
+    for sock, req in zip(socks, requests):
+        sock.sendall(req)
+    waiting = {sock: b"" for sock in socks}
+    deadline = time.monotonic() + timeout
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"{len(waiting)} connections unanswered after {timeout:g}s"
+        ready = wait_readable(list(waiting), left)
+        for sock in ready:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            if not data:
+                return "connection closed before the first answer"
+            data = waiting.pop(sock) + data
+            if not data.endswith(b"\n\n"):
+                waiting[sock] = data
+            elif not data.startswith(b"action=") or data.count(b"\n\n") != 1:
+                return f"bad first answer {data[:60]!r}"
+    return ""
+
+
+def wait_readable(fds: list[Any], timeout: float) -> list[Any]:
+    """The fds (ints or objects with fileno) readable within timeout; poll(), not select():
+    with --idle the bench holds thousands of descriptors, beyond select()'s 1024."""
+    poller = select.poll()
+    by_fd = {}
+    for item in fds:
+        fd = item if isinstance(item, int) else item.fileno()
+        by_fd[fd] = item
+        poller.register(fd, select.POLLIN)
+    try:
+        events = poller.poll(max(0.0, timeout) * 1000)
+    except InterruptedError:
+        return []
+    return [by_fd[fd] for fd, _ev in events]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Generators:
+    """P generator processes: connect, start together, report latencies and their CPU time."""
+
+    def __init__(self, children: Children, addr: tuple[str, int], connections: int,
+                 processes: int, grace: float) -> None:
+        self.children = children
+        self.procs: list[tuple[Child, int, int]] = []  # child, ctl_w, res_r
+        self.collected = False
+        processes = max(1, min(processes, connections))
+        share, extra = divmod(connections, processes)
+        first = 0
+        for i in range(processes):
+            count = share + (1 if i < extra else 0)
+            ctl_r, ctl_w = os.pipe()
+            res_r, res_w = os.pipe()
+            child = children.fork(f"generator-{i}", _generator_child, addr, first, count, ctl_r,
+                                  res_w, grace, (ctl_w, res_r))
+            os.close(ctl_r)
+            os.close(res_w)
+            self.procs.append((child, ctl_w, res_r))
+            first += count
+
+    def wait_ready(self, timeout: float) -> str:
+        """'' when every generator has its connections up, else why not."""
+        deadline = time.monotonic() + timeout
+        for _child, _ctl, res_r in self.procs:
+            left = deadline - time.monotonic()
+            ready = wait_readable([res_r], left)
+            if not ready:
+                return f"generators not connected after {timeout:g}s"
+            data = os.read(res_r, 256)
+            if data[:1] != b"R":
+                return "cannot connect: " + (data[1:].decode(errors="replace") or "generator died")
+        return ""
+
+    def go(self, warmup: float, seconds: float) -> None:
+        for _child, ctl_w, _res in self.procs:
+            os.write(ctl_w, struct.pack("dd", warmup, seconds))
+
+    def results(self, timeout: float) -> list[dict[str, Any]]:
+        buffers = {res_r: b"" for _c, _w, res_r in self.procs}
+        done: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(buffers) and time.monotonic() < deadline:
+            waiting = [fd for fd in buffers if fd not in done]
+            ready = wait_readable(waiting, deadline - time.monotonic())
+            for fd in ready:
+                data = os.read(fd, 1 << 20)
+                buffers[fd] += data
+                buf = buffers[fd]
+                if len(buf) >= 9 and buf[:1] == b"D":
+                    size = struct.unpack("Q", buf[1:9])[0]
+                    if len(buf) >= 9 + size:
+                        done[fd] = pickle.loads(buf[9:9 + size])
+                        continue
+                if not data:
+                    done[fd] = {"failed": "generator died without results"}
+        for fd in buffers:
+            done.setdefault(fd, {"failed": "generator gave no results in time"})
+        self.collected = True
+        return [done[fd] for fd in buffers]
+
+    def close(self) -> None:
+        for child, ctl_w, res_r in self.procs:
+            for fd in (ctl_w, res_r):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            # after their results they exit when the control pipe closes; otherwise (an error,
+            # Ctrl-C) they are still running the load: stop them at once
+            if not self.children.wait(child, 2.0 if self.collected else 0.0):
+                self.children.stop(child, 0.5)
+            elif child in self.children.items:
+                self.children.items.remove(child)
+        self.procs = []
+
+
+def _generator_child(addr: tuple[str, int], first: int, count: int, ctl_r: int, res_w: int,
+                     grace: float, parent_fds: tuple[int, ...]) -> None:
+    for fd in parent_fds:
+        os.close(fd)
+    generator_main(addr, first, count, ctl_r, res_w, grace)
+
+
+# ---------------------------------------------------------------------------------------------
+# idle connections
+
+def open_idle(addr: tuple[str, int], count: int, batch: int = 200,
+              timeout: float = 30.0) -> tuple[list[socket.socket], str]:
+    """count connections that each had one request answered, then stay idle; (socks, error)."""
+    socks: list[socket.socket] = []
+    request = make_request(999999)
+    deadline = time.monotonic() + timeout
+    try:
+        while len(socks) < count:
+            group = []
+            for _ in range(min(batch, count - len(socks))):
+                sock = socket.create_connection(addr, timeout=10)
+                group.append(sock)
+                socks.append(sock)
+                sock.sendall(request)
+            for sock in group:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                data = b""
+                while not data.endswith(b"\n\n"):
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return socks, "an idle connection was closed by the proxy"
+                    data += chunk
+                if not data.startswith(b"action="):
+                    return socks, f"bad answer on an idle connection: {data[:60]!r}"
+    except OSError as exc:
+        return socks, f"opening idle connection {len(socks) + 1}: {exc}"
+    return socks, ""
+
+
+def raise_nofile(need: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, need)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+# ---------------------------------------------------------------------------------------------
+# one row
+
+def percentile(values: list[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanoseconds, in milliseconds."""
+    if not values:
+        return 0.0
+    rank = max(1, min(len(values), int(-(-q * len(values) // 1))))
+    return values[rank - 1] / 1e6
+
+
+def measure(children: Children, args: argparse.Namespace, name: str, addr: tuple[str, int],
+            proxy_pids: Callable[[], list[int]], mem_pids: Callable[[], list[int]],
+            backend_pids: Callable[[], list[int]]) -> dict[str, Any]:
+    """Run the closed loop against addr and collect everything for one row."""
+    row: dict[str, Any] = {"row": name, "title": ROW_TITLES[name], "status": "ok",
+                           "address": f"{addr[0]}:{addr[1]}"}
+    grace = 1.0 if args.smoke else 3.0
+    gens = Generators(children, addr, args.connections, args.generators, grace)
+    try:
+        why = gens.wait_ready(60.0)
+        if why:
+            row.update(status="failed", reason=why)
+            return row
+        proxy = ProcSampler(proxy_pids)
+        memory = ProcSampler(mem_pids)
+        backend = ProcSampler(backend_pids)
+        gens.go(args.warmup, args.seconds)
+        started = time.monotonic()
+        w_end = started + args.warmup
+        end = w_end + args.seconds
+        time.sleep(max(0.0, w_end - time.monotonic()))
+        proxy.start()
+        memory.start()
+        backend.start()
+        host0 = host_cpu()
+        self_ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.monotonic()
+        while time.monotonic() < end:
+            time.sleep(min(0.25, max(0.0, end - time.monotonic())))
+            for sampler in (memory, proxy, backend):
+                sampler.sample()
+        proxy.finish()
+        backend.finish()
+        memory.finish()
+        host1 = host_cpu()
+        self_ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        wall = time.monotonic() - t0
+        results = gens.results(args.seconds + grace + 30.0)
+    finally:
+        gens.close()
+    failed = [r["failed"] for r in results if "failed" in r]
+    if failed:
+        row.update(status="failed", reason=failed[0])
+        return row
+    lat = array.array("q")
+    for r in results:
+        lat.frombytes(r["lat"])
+    values = sorted(lat)
+    requests = len(values)
+    gen_wall = max(r["wall"] for r in results) or args.seconds
+    gen_shares = [r["cpu"] / r["wall"] if r["wall"] else 0.0 for r in results]
+    proxy_cpu = proxy.cpu_by_pid()
+    backend_cpu = backend.cpu_by_pid()
+    idle_ticks = host1[0] - host0[0]
+    total_ticks = host1[1] - host0[1]
+    cores = os.cpu_count() or 1
+    busy_cores = (total_ticks - idle_ticks) / total_ticks * cores if total_ticks else 0.0
+    irq_cores = (host1[2] - host0[2]) / total_ticks * cores if total_ticks else 0.0
+    bench_cpu = (self_ru1.ru_utime - self_ru0.ru_utime + self_ru1.ru_stime - self_ru0.ru_stime)
+    ours = sum(proxy_cpu.values()) + bench_cpu + sum(r["cpu"] for r in results)
+    if name != "backend":
+        ours += sum(backend_cpu.values())
+    row.update(
+        requests=requests,
+        rps=requests / gen_wall,
+        p50_ms=percentile(values, 0.50),
+        p99_ms=percentile(values, 0.99),
+        p999_ms=percentile(values, 0.999),
+        max_ms=values[-1] / 1e6 if values else 0.0,
+        errors=sum(r["wrong"] + r["errors"] + r["unanswered"] for r in results),
+        wrong_answers=sum(r["wrong"] for r in results),
+        connection_errors=sum(r["errors"] for r in results),
+        unanswered=sum(r["unanswered"] for r in results),
+        reconnects=sum(r["reconnects"] for r in results),
+        processes=len(memory.hwm),
+        rss_peak_sum_mib=sum(memory.hwm.values()) / 1024,
+        rss_peak_max_mib=max(memory.hwm.values(), default=0) / 1024,
+        pss_sum_mib=sum(memory.pss.values()) / 1024,
+        proxy_cpu_share=sum(proxy_cpu.values()) / wall,
+        proxy_cpu_per_process=sorted((v / wall for v in proxy_cpu.values()), reverse=True),
+        proxy_sys_fraction=(sum(proxy.cpu_by_pid(slice(1, 2)).values()) / sum(proxy_cpu.values())
+                            if sum(proxy_cpu.values()) else 0.0),
+        cpu_us_per_request=sum(proxy_cpu.values()) / requests * 1e6 if requests else 0.0,
+        backend_cpu_share=sum(backend_cpu.values()) / wall,
+        backend_cpu_max_process=max(backend_cpu.values(), default=0.0) / wall,
+        generator_cpu_share_max=max(gen_shares),
+        generator_cpu_share_sum=sum(gen_shares),
+        host_idle=idle_ticks / total_ticks if total_ticks else 0.0,
+        irq_cpu_share=irq_cores,
+        other_cpu_share=max(0.0, busy_cores - irq_cores - ours / wall),
+        seconds=gen_wall,
+    )
+    if row["errors"]:
+        row["status"] = "errors"
+    elif not requests:
+        row.update(status="failed", reason="no request answered")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.children = Children()
+        self.tmp = tempfile.mkdtemp(prefix="hapolicy-bench-")
+        self.rows: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.idle: dict[str, Any] = {}
+        self.backend_addr: tuple[str, int] | None = None
+        self.backend_kids: list[Child] = []
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                    else "")
+        env.pop("PYTHONDEVMODE", None)
+        self.env = env
+
+    def log(self, message: str) -> None:
+        if not self.args.quiet:
+            sys.stderr.write(f"bench: {message}\n")
+            sys.stderr.flush()
+
+    def backend_pids(self) -> list[int]:
+        return [k.pid for k in self.backend_kids]
+
+    def skip(self, name: str, why: str) -> None:
+        self.log(f"{ROW_TITLES[name]}: skipped: {why}")
+        self.rows.append({"row": name, "title": ROW_TITLES[name], "status": "skipped",
+                          "reason": why})
+
+    def fail(self, name: str, why: str) -> None:
+        self.log(f"{ROW_TITLES[name]}: FAILED: {why}")
+        self.rows.append({"row": name, "title": ROW_TITLES[name], "status": "failed",
+                          "reason": why})
+
+    def run(self) -> None:
+        args = self.args
+        if args.backend:
+            host, _, port = args.backend.rpartition(":")
+            self.backend_addr = (host.strip("[]") or HOST, int(port))
+            self.log(f"using the backend at {args.backend}")
+        else:
+            self.backend_addr, self.backend_kids = start_backend(self.children,
+                                                                 args.backend_procs)
+            self.log(f"backend: {args.backend_procs} process(es) on port "
+                     f"{self.backend_addr[1]}")
+        why = wait_answering(self.backend_addr, 10.0, lambda: all(
+            self.children.alive(k) for k in self.backend_kids))
+        if why:
+            raise SystemExit(f"bench: the backend does not answer: {why}")
+        for name in ROWS:
+            if name in args.rows:
+                getattr(self, "row_" + name)()
+
+    def _add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if row["status"] in ("ok", "errors"):
+            self.log(f"{row['title']}: {row['rps']:.0f} req/s, p99 {row['p99_ms']:.2f} ms, "
+                     f"{row['errors']} errors")
+        else:
+            self.log(f"{row['title']}: FAILED: {row.get('reason')}")
+
+    def row_backend(self) -> None:
+        assert self.backend_addr is not None
+        self.log("measuring the backend alone")
+        pids = self.backend_pids
+        self._add(measure(self.children, self.args, "backend", self.backend_addr, pids, pids,
+                          pids))
+
+    def _start_proxy(self, name: str, argv: list[str], port: int,
+                     stop_signal: int = signal.SIGTERM) -> Child | None:
+        log_path = os.path.join(self.tmp, f"{name}.log")
+        child = self.children.popen(name, argv, log_path, self.env, stop_signal)
+        why = wait_answering((HOST, port), 15.0, lambda: self.children.alive(child))
+        if why:
+            self.children.stop(child)
+            self.fail(name, f"{why}; {_tail(log_path)}")
+            return None
+        return child
+
+    def row_daemon(self) -> None:
+        why = hapolicy_missing()
+        if why:
+            return self.skip("daemon", why)
+        assert self.backend_addr is not None
+        port = free_port()
+        argv = [sys.executable, "-m", "hapolicy", "--listen", f"{HOST}:{port}",
+                "--workers", str(self.args.workers), "-L",
+                "-s", f"B={self.backend_addr[0]}:{self.backend_addr[1]}"]
+        self.log("starting: " + " ".join(argv[1:]))
+        # SIGINT: the master stops its workers at once (SIGTERM would drain them)
+        master = self._start_proxy("daemon", argv, port, signal.SIGINT)
+        if master is None:
+            return None
+        try:
+            def workers() -> list[int]:
+                return children_of(master.pid)
+
+            def tree() -> list[int]:
+                return [master.pid, *workers()]
+
+            idle_socks = self._idle("daemon", (HOST, port), workers)
+            try:
+                row = measure(self.children, self.args, "daemon", (HOST, port), tree, workers,
+                              self.backend_pids)
+            finally:
+                for sock in idle_socks:
+                    sock.close()
+            row["command"] = " ".join(argv[1:])
+            self._add(row)
+        finally:
+            self.children.stop(master)
+        return None
+
+    def _idle(self, name: str, addr: tuple[str, int],
+              pids: Callable[[], list[int]]) -> list[socket.socket]:
+        count = self.args.idle
+        if not count:
+            return []
+        time.sleep(0.5)
+        before = {pid: memory_kib(pid).get("VmRSS", 0) for pid in pids()}
+        pss_before = sum(pss_kib(pid) for pid in pids())
+        self.log(f"{ROW_TITLES[name]}: opening {count} idle connections")
+        socks, why = open_idle(addr, count)
+        time.sleep(0.5)
+        after = {pid: memory_kib(pid).get("VmRSS", 0) for pid in pids()}
+        pss_after = sum(pss_kib(pid) for pid in pids())
+        rss0, rss1 = sum(before.values()), sum(after.values())
+        entry = {"connections": len(socks), "requested": count,
+                 "rss_before_kib": rss0, "rss_after_kib": rss1,
+                 "pss_before_kib": pss_before, "pss_after_kib": pss_after,
+                 "kib_per_connection": (rss1 - rss0) / len(socks) if socks else 0.0,
+                 "pss_kib_per_connection": (pss_after - pss_before) / len(socks) if socks else 0.0,
+                 "processes_before": len(before), "processes_after": len(after),
+                 "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+        if why:
+            entry["error"] = why
+            self.warnings.append(f"{ROW_TITLES[name]} idle connections: {why}")
+        self.idle[name] = entry
+        self.log(f"{ROW_TITLES[name]}: {len(socks)} idle connections: "
+                 f"{entry['kib_per_connection']:.1f} KiB RSS each")
+        return socks
+
+    def _spawn_row(self, name: str, argv: list[str], sink: socket.socket | None = None,
+                   note: str = "") -> None:
+        assert self.backend_addr is not None
+        addr, emulator = start_emulator(self.children, argv, self.env, sink)
+        try:
+            why = wait_answering(addr, 15.0, lambda: self.children.alive(emulator))
+            if why:
+                return self.fail(name, why)
+
+            def spawned() -> list[int]:
+                return children_of(emulator.pid)
+
+            row = measure(self.children, self.args, name, addr, spawned, spawned,
+                          self.backend_pids)
+            row["command"] = "spawn: " + " ".join(argv) + note
+            self._add(row)
+        finally:
+            self.children.stop(emulator)
+        return None
+
+    def row_spawn(self) -> None:
+        why = hapolicy_missing()
+        if why:
+            return self.skip("spawn", why)
+        assert self.backend_addr is not None
+        b = self.backend_addr
+        self._spawn_row("spawn", [sys.executable, "-m", "hapolicy", "-s", f"B={b[0]}:{b[1]}"])
+        return None
+
+    def row_perl(self) -> None:
+        if not os.access(PERL_HAPOLICY, os.X_OK) or not shutil.which("perl"):
+            return self.skip("perl", f"{PERL_HAPOLICY} not installed (apt-get install hapolicy)")
+        assert self.backend_addr is not None
+        b = self.backend_addr
+        argv = [PERL_HAPOLICY, "-s", f"B={b[0]}:{b[1]}:10"]
+        if os.path.exists("/dev/log"):
+            return self._spawn_row("perl", argv)
+        # It dies at start without a syslog socket (setlogsock 'unix'); give it one of ours
+        # through a module loaded before the script, instead of creating /dev/log.
+        sink_path = os.path.join(self.tmp, "log")
+        sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sink.bind(sink_path)
+        with open(os.path.join(self.tmp, "BenchSyslog.pm"), "w") as handle:
+            handle.write(PERL_SYSLOG_SHIM.replace("PATH", sink_path))
+        perl = shutil.which("perl") or "/usr/bin/perl"
+        argv = [perl, "-T", "-w", "-I" + self.tmp, "-MBenchSyslog", *argv]
+        return self._spawn_row("perl", argv, sink, " (no /dev/log here: syslog to the bench)")
+
+    def row_haproxy(self) -> None:
+        if not os.access(HAPROXY, os.X_OK):
+            return self.skip("haproxy", f"{HAPROXY} not installed (apt-get install haproxy)")
+        assert self.backend_addr is not None
+        port = free_port()
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        maxconn = max(256, min(50000, (nofile - 200) // 2))
+        cfg = os.path.join(self.tmp, "haproxy.cfg")
+        with open(cfg, "w") as handle:
+            handle.write(f"""global
+    nbthread 1
+    maxconn {maxconn}
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 10m
+    timeout server 10m
+frontend policy
+    bind {HOST}:{port}
+    default_backend backends
+backend backends
+    server b1 {self.backend_addr[0]}:{self.backend_addr[1]}
+""")
+        argv = [HAPROXY, "-db", "-f", cfg]
+        self.log("starting: " + " ".join(argv))
+        proc = self._start_proxy("haproxy", argv, port)
+        if proc is None:
+            return None
+        try:
+            def tree() -> list[int]:
+                return [proc.pid, *children_of(proc.pid)]
+
+            idle_socks = self._idle("haproxy", (HOST, port), tree)
+            try:
+                row = measure(self.children, self.args, "haproxy", (HOST, port), tree, tree,
+                              self.backend_pids)
+            finally:
+                for sock in idle_socks:
+                    sock.close()
+            row["command"] = " ".join(argv) + f" (nbthread 1, maxconn {maxconn})"
+            self._add(row)
+        finally:
+            self.children.stop(proc)
+        return None
+
+    def close(self) -> None:
+        self.children.stop_all()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_answering(addr: tuple[str, int], timeout: float, alive: Callable[[], bool]) -> str:
+    """'' once addr answers a request, else why it did not within timeout."""
+    deadline = time.monotonic() + timeout
+    why = "no answer"
+    while time.monotonic() < deadline:
+        if not alive():
+            return "the process exited"
+        why = exchange_once(addr, min(2.0, max(0.1, deadline - time.monotonic())))
+        if not why:
+            return ""
+        time.sleep(0.05)
+    return f"not answering after {timeout:g}s ({why})"
+
+
+def hapolicy_missing() -> str:
+    """'' when `python -m hapolicy` can run here (the repository's own package comes first)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    try:
+        import hapolicy.cli  # noqa: F401
+    except ImportError as exc:
+        return f"cannot import hapolicy ({exc}): pip install -e ."
+    return ""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            text = handle.read().strip().splitlines()[-lines:]
+    except OSError:
+        return "no log"
+    return " | ".join(text) or "empty log"
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    by = {r["row"]: r for r in rows if r["status"] in ("ok", "errors") and r.get("requests")}
+
+    def div(a: str, b: str, key: str) -> float | None:
+        if a in by and b in by and by[b][key]:
+            return by[a][key] / by[b][key]
+        return None
+
+    return {
+        "daemon_over_haproxy_rps": div("daemon", "haproxy", "rps"),
+        "daemon_over_backend_rps": div("daemon", "backend", "rps"),
+        "daemon_over_haproxy_p99": div("daemon", "haproxy", "p99_ms"),
+        "daemon_over_haproxy_cpu_per_request": div("daemon", "haproxy", "cpu_us_per_request"),
+        "spawn_over_perl_rps": div("spawn", "perl", "rps"),
+        "daemon_over_spawn_rps": div("daemon", "spawn", "rps"),
+    }
+
+
+COLUMNS = [
+    ("row", "title", "{}"),
+    ("req/s", "rps", "{:.0f}"),
+    ("p50 ms", "p50_ms", "{:.3f}"),
+    ("p99 ms", "p99_ms", "{:.3f}"),
+    ("p99.9 ms", "p999_ms", "{:.3f}"),
+    ("errors", "errors", "{}"),
+    ("procs", "processes", "{}"),
+    ("rss sum MiB", "rss_peak_sum_mib", "{:.1f}"),
+    ("rss max MiB", "rss_peak_max_mib", "{:.1f}"),
+    ("pss MiB", "pss_sum_mib", "{:.1f}"),
+    ("proxy cpu", "proxy_cpu_share", "{:.0%}"),
+    ("sys", "proxy_sys_fraction", "{:.0%}"),
+    ("cpu us/req", "cpu_us_per_request", "{:.1f}"),
+    ("backend cpu", "backend_cpu_share", "{:.0%}"),
+    ("gen cpu", "generator_cpu_share_max", "{:.0%}"),
+    ("host idle", "host_idle", "{:.0%}"),
+    ("other cpu", "other_cpu_share", "{:.0%}"),
+]
+
+
+def render(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    table = [[c[0] for c in COLUMNS]]
+    notes = []
+    for row in rows:
+        if row["status"] in ("ok", "errors"):
+            table.append([fmt.format(row[key]) for _h, key, fmt in COLUMNS])
+        else:
+            notes.append(f"{row['title']}: {row['status']}: {row.get('reason', '')}")
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    out = []
+    cfg = report["config"]
+    out.append(f"hapolicy bench: {cfg['connections']} connections, {cfg['generators']} generator "
+               f"processes, {cfg['seconds']:g} s after {cfg['warmup']:g} s warm-up, "
+               f"{cfg['cpus']} CPUs, daemon workers {cfg['workers']}, backend "
+               f"{cfg['backend']}")
+    for line in table:
+        cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]
+        out.append("  ".join(cells))
+    out.extend(notes)
+    named = {
+        "daemon_over_haproxy_rps": "hapolicy daemon / haproxy, req/s",
+        "daemon_over_backend_rps": "hapolicy daemon / backend, req/s",
+        "daemon_over_haproxy_p99": "hapolicy daemon / haproxy, p99 latency",
+        "daemon_over_haproxy_cpu_per_request": "hapolicy daemon / haproxy, CPU per request",
+        "spawn_over_perl_rps": "hapolicy spawn / perl original, req/s",
+        "daemon_over_spawn_rps": "hapolicy daemon / hapolicy spawn, req/s",
+    }
+    shown = [(named[k], v) for k, v in report["ratios"].items() if v is not None]
+    if shown:
+        out.append("ratios:")
+        width = max(len(n) for n, _ in shown)
+        out.extend(f"  {n.ljust(width)}  {v:.2f}" for n, v in shown)
+    for name, idle in report["idle"].items():
+        out.append(
+            f"idle connections ({ROW_TITLES[name]}): {idle['connections']} opened; RSS of "
+            f"{idle['processes_after']} processes {idle['rss_before_kib'] / 1024:.1f} -> "
+            f"{idle['rss_after_kib'] / 1024:.1f} MiB = {idle['kib_per_connection']:.1f} KiB per "
+            f"idle connection (PSS {idle['pss_kib_per_connection']:.1f} KiB)"
+            + (f"; {idle['error']}" if idle.get("error") else ""))
+    out.extend("warning: " + w for w in report["warnings"])
+    return "\n".join(out)
+
+
+def check_rows(rows: list[dict[str, Any]], warnings: list[str]) -> None:
+    busy = [r["title"] for r in rows if r["status"] in ("ok", "errors") and r["host_idle"] < 0.05]
+    if busy:
+        warnings.append(f"no CPU left idle on the host in rows: {', '.join(busy)}. Proxy, backend "
+                        f"and load generators share {os.cpu_count()} CPUs, so req/s measures CPU "
+                        f"cost as much as speed: compare 'cpu us/req' too")
+    for row in rows:
+        if row["status"] not in ("ok", "errors"):
+            continue
+        title = row["title"]
+        if row["generator_cpu_share_max"] >= SATURATED:
+            warnings.append(f"{title}: a load generator process used "
+                            f"{row['generator_cpu_share_max']:.0%} of a core: it may be the "
+                            f"bottleneck (try --generators)")
+        if row["row"] != "backend" and row["backend_cpu_max_process"] >= SATURATED:
+            warnings.append(f"{title}: a backend process used "
+                            f"{row['backend_cpu_max_process']:.0%} of a core: it may be the "
+                            f"bottleneck (try --backend-procs)")
+        if row["other_cpu_share"] >= 0.25:
+            warnings.append(f"{title}: other processes on the host used "
+                            f"{row['other_cpu_share']:.0%} of a core during the row: its figures "
+                            f"are disturbed")
+        if row["errors"]:
+            warnings.append(f"{title}: {row['wrong_answers']} wrong answers, "
+                            f"{row['connection_errors']} connection errors, "
+                            f"{row['unanswered']} unanswered: the row is not valid")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    p = argparse.ArgumentParser(
+        description="Closed-loop load benchmark of policy-protocol proxies on 127.0.0.1.")
+    p.add_argument("--connections", "-c", type=int, default=None, metavar="C",
+                   help="persistent client connections (32; 4 with --smoke)")
+    p.add_argument("--seconds", "-t", type=float, default=None, metavar="T",
+                   help="measured seconds per row (10; 1 with --smoke)")
+    p.add_argument("--warmup", type=float, default=None, metavar="S",
+                   help="warm-up seconds before measuring (2; 0.5 with --smoke)")
+    p.add_argument("--rows", default=",".join(ROWS),
+                   help="comma-separated subset of " + ",".join(ROWS))
+    p.add_argument("--workers", type=int, default=cpus, metavar="N",
+                   help=f"hapolicy daemon workers ({cpus}, the number of CPUs)")
+    p.add_argument("--backend", metavar="HOST:PORT", help="use this backend instead of our own")
+    p.add_argument("--backend-procs", type=int, default=min(2, cpus), metavar="K",
+                   help="processes of our backend (SO_REUSEPORT)")
+    p.add_argument("--generators", type=int, default=2, metavar="P",
+                   help="load generator processes (2)")
+    p.add_argument("--idle", type=int, default=0, metavar="N",
+                   help="open N idle connections to the daemon (and HAProxy) first, to report "
+                        "memory per idle connection")
+    p.add_argument("--smoke", action="store_true",
+                   help="quick CI run: ~1 s per row, 4 connections; exit 1 on errors")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    args = p.parse_args(argv)
+    smoke = args.smoke
+    if args.connections is None:
+        args.connections = 4 if smoke else 32
+    if args.seconds is None:
+        args.seconds = 1.0 if smoke else 10.0
+    if args.warmup is None:
+        args.warmup = 0.5 if smoke else 2.0
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}: choose from {','.join(ROWS)}")
+    args.rows = rows
+    for name in ("connections", "workers", "generators", "backend_procs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.seconds <= 0 or args.warmup < 0 or args.idle < 0:
+        p.error("--seconds must be > 0, --warmup and --idle >= 0")
+    if args.backend and ":" not in args.backend:
+        p.error("--backend: expected HOST:PORT")
+    return args
+
+
+def _on_terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nofile = raise_nofile(args.idle + args.connections * 4 + 256)
+    if args.idle and nofile < args.idle + args.connections + 100:
+        sys.stderr.write(f"bench: warning: RLIMIT_NOFILE {nofile} is too low for --idle "
+                         f"{args.idle}\n")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    signal.signal(signal.SIGTERM, _on_terminate)
+    signal.signal(signal.SIGHUP, _on_terminate)
+    bench = Bench(args)
+    interrupted = False
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        sys.stderr.write("bench: interrupted: stopping every process it started\n")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bench.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:
+        return 130
+    check_rows(bench.rows, bench.warnings)
+    report = {
+        "config": {"connections": args.connections, "seconds": args.seconds,
+                   "warmup": args.warmup, "generators": min(args.generators, args.connections),
+                   "workers": args.workers, "cpus": os.cpu_count(),
+                   "backend": args.backend or f"own, {args.backend_procs} process(es)",
+                   "idle": args.idle, "smoke": args.smoke, "rows": args.rows,
+                   "python": sys.version.split()[0], "nofile_limit": nofile},
+        "rows": bench.rows,
+        "ratios": ratios(bench.rows),
+        "idle": bench.idle,
+        "warnings": bench.warnings,
+    }
+    print(render(report))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+    bad = [r["title"] for r in bench.rows
+           if r["status"] in ("errors", "failed") or (r["status"] == "ok" and not r["requests"])]
+    if bad:
+        sys.stderr.write(f"bench: rows with errors or no requests: {', '.join(bad)}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

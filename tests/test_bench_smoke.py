@@ -1,0 +1,36 @@
+"""The benchmark's smoke run: every available row for about a second, no errors, nothing left.
+
+Runs `scripts/bench.py --smoke --json FILE` as CI does and reads the JSON it writes: the
+hapolicy daemon row must have answered requests without a single error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "scripts", "bench.py")
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, BENCH, "--smoke", "--quiet", "--json", str(out)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    detail = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert out.exists(), detail
+    report = json.loads(out.read_text())
+    rows = {row["row"]: row for row in report["rows"]}
+    assert "daemon" in rows, detail
+    daemon = rows["daemon"]
+    assert daemon["status"] == "ok", detail
+    assert daemon["requests"] > 0, detail
+    assert daemon["errors"] == 0, detail
+    assert proc.returncode == 0, detail
+    for row in report["rows"]:
+        assert row["status"] in ("ok", "skipped"), detail
