@@ -28,7 +28,7 @@ class Checker:
         self.health = health
         self.log = log
         self.payload = config.check_request.encode() + b"\n"
-        self.pool = Pool()
+        self.pool = Pool(loop)
         self.resolver = Resolver()
         self.busy: set[int] = set()
         self.timer = None

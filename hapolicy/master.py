@@ -327,16 +327,19 @@ class Master:
             for other in self.workers.values():
                 with contextlib.suppress(OSError):
                     os.close(other.pipe_r)
+            # the epoll instance is shared with the master: close it before anything else,
+            # and never unregister from it here (that would change the master's interests)
+            inherited = list(self.loop.selector.get_map().values())
+            self.loop.close()
             if self.checker is not None:
-                self.checker.pool.close()
-            for key in list(self.loop.selector.get_map().values()):
+                self.checker.pool.abandon()
+            for key in inherited:
                 # other workers' pipes, the wake-up pipe, the checks' sockets
                 with contextlib.suppress(OSError):
                     if isinstance(key.fileobj, socket.socket):
                         key.fileobj.close()
                     else:
                         os.close(key.fd)
-            self.loop.close()
             with contextlib.suppress(OSError):
                 os.close(self.wake_w)
             drop_privileges(self.config.user, self.config.group)
