@@ -200,7 +200,7 @@ class Config:
     # daemon mode
     listen: str = ""
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    max_use: int = 10000
+    max_use: int = 100000
     max_idle: float = 600.0
     retire_timeout: float = 1200.0
     drain_timeout: float = 30.0
