@@ -121,6 +121,7 @@ class Exchange:
         "answer",
         "connect_deadline",
         "deadline",
+        "local_failure",
         "loop",
         "on_done",
         "payload",
@@ -154,6 +155,7 @@ class Exchange:
         self.timer: Timer | None = None
         self.reused = False
         self.registered = False
+        self.local_failure = False
         self.started = 0.0
 
     def start(self) -> None:
@@ -176,6 +178,7 @@ class Exchange:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
+            self.local_failure = True  # out of file descriptors: not the service's fault
             self._fail(f"cannot make a socket: {exc.strerror}")
             return
         sock.setblocking(False)

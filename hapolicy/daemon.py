@@ -9,6 +9,7 @@ import contextlib
 import grp
 import os
 import pwd
+import resource
 import select
 import socket
 import stat
@@ -179,3 +180,15 @@ def print_error(message: str) -> None:
         os.write(2, f"hapolicy: error: {message}\n".encode())
     except OSError:
         pass
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard one (each client connection and each
+    backend exchange holds one); returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY and hard <= 1 << 20 else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft

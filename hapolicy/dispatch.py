@@ -130,6 +130,7 @@ class Job:
         d = self.d
         index = self.current
         service = d.config.services[index]
+        local_failure = self.exchange is not None and self.exchange.local_failure
         self.exchange = None
         if action:
             note_success(d.health, d.config.services, index, d.log)
@@ -138,8 +139,11 @@ class Job:
                 self.client.instance_service = index
             self.finish(action + b"\n\n", service.name, action[7:].decode("utf-8", "replace"))
             return
-        note_failure(d.health, d.config.services, index, reason, time.monotonic(),
-                     d.config.cooldown, d.config.cooldown_max, d.log)
+        if local_failure:
+            d.log.error(f"service={service.name} not asked: {reason}")
+        else:
+            note_failure(d.health, d.config.services, index, reason, time.monotonic(),
+                         d.config.cooldown, d.config.cooldown_max, d.log)
         if d.config.verbose:
             d.log.info(f"service={service.name} address={service.address} failed: {reason}")
         self.failed.append(service.name)

@@ -28,6 +28,7 @@ from .daemon import (
     notify_ready,
     preload_lazy_modules,
     print_error,
+    raise_fd_limit,
     read_pid,
     remove_stale_socket,
     resolve_ids,
@@ -92,6 +93,7 @@ class Master:
         self.boot_failures = 0
         self.next_spawn = 0.0
         self.listener: socket.socket | None = None
+        self.fd_limit = 0  # RLIMIT_NOFILE in force, logged at start
         self.socket_inode = 0
         self.pid = os.getpid()
         try:
@@ -136,7 +138,8 @@ class Master:
         for sig in MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
         self.log.notice(f"master started: listening on {self.config.listen}, "
-                        f"{self.config.workers} workers, {len(self.config.services)} services")
+                        f"{self.config.workers} workers, {len(self.config.services)} services, "
+                        f"{self.fd_limit} file descriptors per process")
 
     def setup(self) -> None:
         """The shared tables, the event loop and its wake-up pipe, the health checks."""
@@ -481,6 +484,7 @@ def run_daemon(config: Config, log: Logger,
         check_may_switch_user(config.user, config.group)
         if config.pidfile:
             check_pidfile(config.pidfile)
+        master.fd_limit = raise_fd_limit()
         master.bind()
     except (ConfigError, OSError) as exc:
         message = str(exc) if isinstance(exc, ConfigError) else (
