@@ -1,0 +1,965 @@
+#!/usr/bin/env python3
+"""Failover behaviour of a real hapolicy daemon (and of the Perl original), measured on 127.0.0.1.
+
+    python scripts/failover.py                    # every figure, about a minute
+    python scripts/failover.py --quick --json F   # fewer requests and trials (about 20 s)
+
+"daemon" is `python -m hapolicy --listen 127.0.0.1:PORT --workers 2 ...` run from the repository;
+every request to it is a new connection (so requests land on either worker). "perl" is Debian's
+/usr/sbin/hapolicy in spawn style: one process whose stdin and stdout are one end of a
+socketpair, fed one request at a time (its priority field is given: NAME=HOST:PORT:PRIO...).
+The backends are tests/fakes.py's: a FakeBackend that answers at once or stays silent, a
+Blackhole (connect never completes) and a refused port. Figures:
+
+1. time to the first failover, primary P (prio 10) dead, secondary S (prio 20) answering:
+   P silent with TIMEOUT 2 s; P blackholed with --connect-timeout 1 and TIMEOUT 30; P refusing.
+   The daemon runs with --cooldown 60, so no probe of P falls into the requests that follow.
+2. latency (p50, p99, max) of the following requests while P stays dead (the Perl original
+   pays P's timeout on every request, so it gets fewer of them: 2 s or 30 s each).
+3. time to recovery once P comes back (a FakeBackend started on its port): (a) by probe,
+   --cooldown 1 --cooldown-max 1 and a request every 50 ms: from the restart to the first answer
+   from P; (b) by active check, --check-interval 0.5 and no traffic: from the restart to the
+   daemon's log line "service P (...) up". The restarts are spread evenly over the cool-down
+   (or check) period, so the trials sample its phase reproducibly.
+4. --balance hash:client_address,sender,recipient over 3 backends: each one's share of distinct
+   triplets; then one is stopped: the share of keys that moved, and how many keys of the
+   surviving backends moved (must be 0).
+5. weights 2:1, 300 requests on 30 connections of 10 requests: the counts (and, for the
+   daemon, how the connections spread over the workers).
+
+Stdlib only, Linux only (/proc). Every process and backend it starts is stopped at the end,
+also on an error, Ctrl-C, SIGTERM or SIGHUP. Exit status: 0, 1 when a figure failed or a
+sanity check did not hold (listed under "problems"), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from fakes import Blackhole, FakeBackend, PolicyClient, refused_port, request
+from test_daemon_helpers import children, cmdline, connection_owners, free_port
+
+HOST = "127.0.0.1"
+PERL_HAPOLICY = "/usr/sbin/hapolicy"
+PERL_SYSLOG_SHIM = """package FailoverSyslog;
+use strict;
+use Sys::Syslog ();
+my $setlogsock = \\&Sys::Syslog::setlogsock;
+{
+    no warnings 'redefine';
+    *Sys::Syslog::setlogsock = sub { $setlogsock->({type => 'unix', path => 'PATH'}) };
+}
+1;
+"""
+ASK_TIMEOUT = 45.0  # longer than any answer can take (perl: 30 s on a blackhole, then S)
+SILENT_TIMEOUT = 2
+BLACKHOLE_TIMEOUT = 30
+CONNECT_TIMEOUT = 1
+PROBE_COOLDOWN = 1.0
+TICK = 0.05
+CHECK_INTERVAL = 0.5
+HASH_KEY = "client_address,sender,recipient"
+CASES = ("silent", "blackhole", "refused")
+
+
+# ---------------------------------------------------------------------------------------------
+# everything started is registered here, and closed once, by its owner or at exit
+
+class Registry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[int, Callable[[], None]] = {}
+        self._next = 0
+
+    def push(self, closer: Callable[[], None]) -> int:
+        with self._lock:
+            self._next += 1
+            self._items[self._next] = closer
+            return self._next
+
+    def run(self, token: int) -> None:
+        with self._lock:
+            closer = self._items.pop(token, None)
+        if closer is not None:
+            closer()
+
+    def close_all(self) -> None:
+        while True:
+            with self._lock:
+                if not self._items:
+                    return
+                token = max(self._items)
+            try:
+                self.run(token)
+            except Exception as exc:  # noqa: BLE001 - keep closing the others
+                sys.stderr.write(f"failover: cleanup: {exc!r}\n")
+
+
+REGISTRY = Registry()
+
+
+@contextmanager
+def owned(obj: Any, closer: Callable[[], None] | None = None) -> Iterator[Any]:
+    """Register obj's closer (default obj.close) for the duration; close it on the way out."""
+    token = REGISTRY.push(closer or obj.close)
+    try:
+        yield obj
+    finally:
+        REGISTRY.run(token)
+
+
+@contextmanager
+def started(obj: Any) -> Iterator[Any]:
+    """Start a FakeBackend or Blackhole; stop it on the way out (and at exit)."""
+    obj.start()
+    with owned(obj, obj.stop):
+        yield obj
+
+
+def spec(name: str, port: int, prio: int, weight: int | None = None,
+         timeout: float | None = None) -> str:
+    fields = [HOST, str(port), str(prio)]
+    if weight is not None or timeout is not None:
+        fields.append(str(weight or 1))
+    if timeout is not None:
+        fields.append(f"{timeout:g}")
+    return f"{name}={':'.join(fields)}"
+
+
+def action_of(answer: str) -> str:
+    line = answer.split("\n", 1)[0]
+    return line[len("action="):] if line.startswith("action=") else f"<{line!r}>"
+
+
+# ---------------------------------------------------------------------------------------------
+# syslog lines, with the time each one arrived
+
+class LogSink:
+    """An AF_UNIX datagram socket that keeps (arrival time, line) of what is logged to it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.1)
+        self.lines: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="logsink")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.lines.append((time.monotonic(), data.decode("utf-8", "replace")))
+
+    def matching(self, fragment: str) -> list[tuple[float, str]]:
+        with self._lock:
+            return [(t, line) for t, line in self.lines if fragment in line]
+
+    def wait(self, fragment: str, count: int = 1, timeout: float = 10.0) -> tuple[float, str]:
+        """(arrival time, line) of the count-th line containing fragment; TimeoutError if none."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.matching(fragment)
+            if len(found) >= count:
+                return found[count - 1]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no log line #{count} with {fragment!r} in {timeout:g}s")
+            time.sleep(0.005)
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(line for _, line in self.lines)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(1.0)
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the daemon
+
+class Daemon:
+    """`python -m hapolicy --listen 127.0.0.1:PORT --workers 2 ...` in its own session."""
+
+    count = 0
+
+    def __init__(self, tmp: str, args: list[str], workers: int = 2) -> None:
+        Daemon.count += 1
+        self.tmp = tmp
+        self.args = args
+        self.workers = workers
+        self.port = free_port()
+        self.log = LogSink(os.path.join(tmp, f"daemon{Daemon.count}.log.sock"))
+        self.err_path = os.path.join(tmp, f"daemon{Daemon.count}.stderr")
+        self.proc: subprocess.Popen | None = None
+        self.pids: list[int] = []  # the workers, once started
+
+    def start(self) -> Daemon:
+        argv = [sys.executable, "-m", "hapolicy", "--listen", f"{HOST}:{self.port}",
+                "--workers", str(self.workers), "--syslog-socket", self.log.path, *self.args]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        with open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=err, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hapolicy exited with {self.proc.returncode}: "
+                                   f"{self.stderr()}\n{self.log.text()}")
+            pids = self.worker_pids()
+            if len(pids) == self.workers and all(
+                    cmdline(p).startswith("hapolicy: worker") for p in pids):
+                self.pids = pids
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"hapolicy's workers not ready in 20 s: {self.stderr()}")
+            time.sleep(0.02)
+
+    def worker_pids(self) -> list[int]:
+        return children(self.proc.pid) if self.proc is not None else []
+
+    def stderr(self) -> str:
+        try:
+            with open(self.err_path, errors="replace") as handle:
+                return handle.read()[-2000:]
+        except OSError:
+            return ""
+
+    def ask(self, attrs: dict[str, str] | None = None, hold: list[PolicyClient] | None = None,
+            owners: Counter[int] | None = None) -> tuple[str, float]:
+        """One request on a new connection: (action, seconds from connect to answer).
+
+        With `hold`, the connection stays open (appended to it; the caller closes it), as
+        Postfix keeps its own; with `owners`, the worker that served it is counted there.
+        """
+        begin = time.monotonic()
+        client = PolicyClient(HOST, self.port)
+        try:
+            answer = client.ask(request(**(attrs or {})), timeout=ASK_TIMEOUT)
+            took = time.monotonic() - begin
+            if owners is not None:
+                owners[self.owner(client)] += 1
+        finally:
+            if hold is None:
+                client.close()
+            else:
+                hold.append(client)
+        return action_of(answer), took
+
+    def owner(self, client: PolicyClient) -> int:
+        """The worker holding the server side of client's connection (0: not found)."""
+        return connection_owners(self.port, [client.sock], self.pids)[0]
+
+    def close(self) -> None:
+        proc = self.proc
+        if proc is not None:
+            workers = self.worker_pids()
+            if proc.poll() is None:
+                _kill(proc.pid, signal.SIGINT)  # stop at once
+                try:
+                    proc.wait(3)
+                except subprocess.TimeoutExpired:
+                    _killpg(proc.pid)  # the master still leads its group: the group is ours
+                    proc.wait(5)
+            deadline = time.monotonic() + 2
+            while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for pid in workers:
+                if _alive(pid):
+                    _kill(pid, signal.SIGKILL)
+            self.proc = None
+        self.log.close()
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+# ---------------------------------------------------------------------------------------------
+# the Perl original in spawn style
+
+class Perl:
+    """How to run /usr/sbin/hapolicy here (with a syslog socket of ours when /dev/log is absent)."""
+
+    def __init__(self, tmp: str, enabled: bool) -> None:
+        self.missing = ""
+        self.note = ""
+        self.log: LogSink | None = None
+        self.prefix: list[str] = []
+        perl = shutil.which("perl")
+        if not enabled:
+            self.missing = "--no-perl"
+        elif not os.access(PERL_HAPOLICY, os.X_OK) or not perl:
+            self.missing = f"{PERL_HAPOLICY} not installed (apt-get install hapolicy)"
+        elif not os.path.exists("/dev/log"):
+            # Without /dev/log its setlogsock('unix') fails; give it a syslog socket of ours
+            # through a module loaded before the script (as scripts/bench.py does).
+            self.log = LogSink(os.path.join(tmp, "perl.log.sock"))
+            with open(os.path.join(tmp, "FailoverSyslog.pm"), "w") as handle:
+                handle.write(PERL_SYSLOG_SHIM.replace("PATH", self.log.path))
+            self.prefix = [perl, "-T", "-w", "-I" + tmp, "-MFailoverSyslog"]
+            self.note = "no /dev/log here: its syslog goes to a socket of this script"
+
+    def argv(self, services: list[str]) -> list[str]:
+        args = [a for s in services for a in ("-s", s)]
+        return [*self.prefix, PERL_HAPOLICY, *args]
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+class PerlConn:
+    """One spawn-style process of the Perl original: its stdin and stdout are our socketpair."""
+
+    def __init__(self, argv: list[str]) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=theirs, stdout=theirs,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.client = PolicyClient.from_socket(ours)
+        self.ready = wait_reading_stdin(self.proc)
+
+    def ask(self, attrs: dict[str, str] | None = None) -> tuple[str, float]:
+        begin = time.monotonic()
+        answer = self.client.ask(request(**(attrs or {})), timeout=ASK_TIMEOUT)
+        return action_of(answer), time.monotonic() - begin
+
+    def close(self) -> None:
+        self.client.close()  # EOF on its stdin: it exits
+        try:
+            self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # still waiting for a backend
+            self.proc.wait(5.0)
+
+
+def wait_reading_stdin(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
+    """Until the process is blocked reading its stdin (it has compiled and started its loop)."""
+    read_stdin = "0 0x0 " if platform.machine() == "x86_64" else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for path, ok in ((f"/proc/{proc.pid}/wchan", lambda s: "unix_stream_read" in s),
+                         (f"/proc/{proc.pid}/syscall",
+                          lambda s: read_stdin is not None and s.startswith(read_stdin))):
+            try:
+                with open(path) as handle:
+                    if ok(handle.read()):
+                        return True
+            except OSError:
+                pass
+        time.sleep(0.005)
+    if proc.poll() is None:
+        time.sleep(0.5)  # /proc tells nothing here: give it time to start
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics and formatting
+
+def close_all(clients: list[PolicyClient]) -> None:
+    for client in clients:
+        client.close()
+    clients.clear()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (q in 0..100)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99),
+            "max": max(values) if values else None, "min": min(values) if values else None}
+
+
+def fmt_s(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1.0:
+        return f"{value:.3f} s"
+    ms = value * 1000.0
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    return f"{ms:.2f} ms"
+
+
+def fmt_pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f} %" if whole else "-"
+
+
+def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        lines.append(indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# the figures
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick = args.quick
+        self.following = 20 if self.quick else 50
+        self.perl_following = {"silent": 2 if self.quick else 5, "refused": self.following,
+                               "blackhole": 0 if self.quick else 1}
+        self.trials = 2 if self.quick else 5
+        self.keys = 300 if self.quick else 1000
+        self.tmp = tempfile.mkdtemp(prefix="hapfo-", dir="/tmp")
+        self.perl = Perl(self.tmp, not args.no_perl)
+        self.problems: list[str] = []
+        self.report: dict[str, Any] = {"failover": {c: {} for c in CASES},
+                                       "recovery": {"probe": {}, "check": {}},
+                                       "hash": {}, "weighted": {}}
+        self._lock = threading.Lock()
+        self.stopping = False  # interrupted: failures from here on are the cleanup's doing
+
+    def log(self, message: str) -> None:
+        if not self.args.quiet:
+            sys.stderr.write(f"failover: {message}\n")
+            sys.stderr.flush()
+
+    def problem(self, message: str) -> None:
+        with self._lock:
+            self.problems.append(message)
+        self.log(f"PROBLEM: {message}")
+
+    def guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one figure failing does not stop the others
+            if self.stopping:
+                return
+            self.problem(f"{what}: {exc!r}")
+            if self.args.verbose:
+                traceback.print_exc()
+
+    def close(self) -> None:
+        self.perl.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- 1 and 2 ------------------------------------------------------------------------------
+
+    @contextmanager
+    def dead_primary(self, case: str) -> Iterator[tuple[list[str], list[str], FakeBackend | None]]:
+        """(daemon args, perl services, the silent backend or None) for one kind of death."""
+        with ExitStack() as stack:
+            sec = stack.enter_context(started(FakeBackend(action="OK secondary")))
+            silent = None
+            extra: list[str] = ["--cooldown", "60"]
+            if case == "silent":
+                silent = stack.enter_context(started(FakeBackend(mode="silent")))
+                port, timeout = silent.port, SILENT_TIMEOUT
+            elif case == "blackhole":
+                port = stack.enter_context(started(Blackhole())).port
+                timeout = BLACKHOLE_TIMEOUT
+                extra += ["--connect-timeout", str(CONNECT_TIMEOUT)]
+            else:
+                port, timeout = refused_port(), None
+            services = [spec("P", port, 10, 1 if timeout else None, timeout),
+                        spec("S", sec.port, 20)]
+            daemon_args = [a for s in services for a in ("-s", s)] + extra
+            yield daemon_args, services, silent
+
+    def failover_daemon(self, case: str) -> None:
+        held: list[PolicyClient] = []
+        owners: Counter[int] = Counter()
+
+        def ask(attrs: dict[str, str] | None = None) -> tuple[str, float]:
+            return daemon.ask(attrs, held, owners)
+
+        with self.dead_primary(case) as (args, _, silent), \
+                owned(Daemon(self.tmp, args)) as daemon, owned(held, lambda: close_all(held)):
+            daemon.start()
+            out = self._failover(case, "daemon", ask, self.following, silent)
+            line = daemon.log.matching("service P (")
+            out["log"] = line[0][1] if line else ""
+            # the worker of the first request, then how many of the following each one served
+            first = next(iter(owners))
+            owners[first] -= 1
+            out["following_per_worker"] = [owners[first]] + [
+                n for pid, n in owners.items() if pid != first]
+            self.report["failover"][case]["daemon"] = out
+
+    def failover_perl(self, case: str) -> None:
+        following = self.perl_following[case]
+        if self.perl.missing:
+            self.report["failover"][case]["perl"] = {"skipped": self.perl.missing}
+            return
+        if case == "blackhole" and not following:
+            self.report["failover"][case]["perl"] = {
+                "skipped": f"--quick: it costs {BLACKHOLE_TIMEOUT} s per request"}
+            return
+        with self.dead_primary(case) as (_, services, silent), \
+                owned(PerlConn(self.perl.argv(services))) as conn:
+            self.report["failover"][case]["perl"] = self._failover(
+                case, "perl", conn.ask, following, silent)
+
+    def _failover(self, case: str, impl: str, ask: Callable[..., tuple[str, float]],
+                  following: int, silent: FakeBackend | None) -> dict[str, Any]:
+        self.log(f"{case}: {impl}: first failover, then {following} requests")
+        action, first = ask()
+        wrong = [action] if action != "OK secondary" else []
+        times = []
+        for i in range(following):
+            action, took = ask({"sender": f"s{i}@example.org", "instance": f"f{i}"})
+            times.append(took)
+            if action != "OK secondary":
+                wrong.append(action)
+        if wrong:
+            self.problem(f"{case}/{impl}: answers not from S: {Counter(wrong)}")
+        out = {"first": first, "following": summary(times), "wrong": len(wrong)}
+        if silent is not None:
+            out["primary_requests"] = len(silent.requests)
+        return out
+
+    # -- 3 ------------------------------------------------------------------------------------
+
+    def recovery_probe(self, impl: str) -> None:
+        if impl == "perl" and self.perl.missing:
+            self.report["recovery"]["probe"]["perl"] = {"skipped": self.perl.missing}
+            return
+        port = refused_port()
+        with started(FakeBackend(action="OK secondary")) as sec, ExitStack() as stack:
+            services = [spec("P", port, 10), spec("S", sec.port, 20)]
+            if impl == "daemon":
+                daemon = stack.enter_context(owned(Daemon(self.tmp, [
+                    *(a for s in services for a in ("-s", s)),
+                    "--cooldown", f"{PROBE_COOLDOWN:g}", "--cooldown-max", f"{PROBE_COOLDOWN:g}"])))
+                daemon.start()
+                ask = daemon.ask
+            else:
+                ask = stack.enter_context(owned(PerlConn(self.perl.argv(services)))).ask
+            primary = FakeBackend(action="OK primary", port=port)
+            stack.enter_context(owned(primary, primary.stop))
+            self.log(f"recovery by probe: {impl}: {self.trials} trials")
+            times: list[float] = []
+            requests = 0
+            for trial in range(self.trials):
+                took, sent = self._probe_trial(ask, primary, trial)
+                requests += sent
+                if took is None:
+                    self.problem(f"recovery by probe/{impl}: P not used again within 5 s")
+                else:
+                    times.append(took)
+                primary.stop()  # dead again for the next trial
+            self.report["recovery"]["probe"][impl] = {"times": times, **summary(times),
+                                                      "requests": requests}
+
+    def _probe_trial(self, ask: Callable[..., tuple[str, float]], primary: FakeBackend,
+                     trial: int) -> tuple[float | None, int]:
+        """Traffic every TICK s; P restarts after one cool-down and a phase that the trials
+        spread evenly over the cool-down period (and over the period of the traffic)."""
+        begin = time.monotonic()
+        phase = (trial + 0.5) / self.trials
+        restart_at = begin + PROBE_COOLDOWN + phase * (PROBE_COOLDOWN + TICK)
+        restarted = None
+        next_tick = begin
+        sent = 0
+        while True:
+            now = time.monotonic()
+            if restarted is None and now >= restart_at:
+                primary.start()
+                restarted = time.monotonic()
+            if now >= next_tick:
+                action, _ = ask({"instance": f"p{trial}.{sent}"})
+                done = time.monotonic()
+                sent += 1
+                if action == "OK primary":
+                    if restarted is None:
+                        self.problem("recovery by probe: P answered while it was down")
+                        return None, sent
+                    return done - restarted, sent
+                if action != "OK secondary":
+                    self.problem(f"recovery by probe: unexpected answer {action!r}")
+                if restarted is not None and done - restarted > 5.0:
+                    return None, sent
+                next_tick = max(next_tick + TICK, done)
+            wake = next_tick if restarted is not None else min(next_tick, restart_at)
+            time.sleep(max(0.0, wake - time.monotonic()))
+
+    def recovery_check(self) -> None:
+        port = refused_port()
+        with started(FakeBackend(action="OK secondary")) as sec, ExitStack() as stack:
+            daemon = stack.enter_context(owned(Daemon(self.tmp, [
+                "-s", spec("P", port, 10), "-s", spec("S", sec.port, 20),
+                "--check-interval", f"{CHECK_INTERVAL:g}"])))
+            daemon.start()
+            primary = FakeBackend(action="OK primary", port=port)
+            stack.enter_context(owned(primary, primary.stop))
+            self.log(f"recovery by active check: daemon: {self.trials} trials")
+            down_line, up_line = "service P (", f"service P ({HOST}:{port}) up"
+            t_down, _ = daemon.log.wait(down_line + f"{HOST}:{port}) down: check:", 1)
+            times = []
+            for trial in range(self.trials):
+                restart_at = t_down + CHECK_INTERVAL * (1 + (trial + 0.5) / self.trials)
+                time.sleep(max(0.0, restart_at - time.monotonic()))
+                primary.start()
+                restarted = time.monotonic()
+                t_up, _ = daemon.log.wait(up_line, trial + 1, timeout=5)
+                times.append(t_up - restarted)
+                primary.stop()
+                t_down, _ = daemon.log.wait(f"{HOST}:{port}) down: check:", trial + 2, timeout=5)
+            self.report["recovery"]["check"]["daemon"] = {"times": times, **summary(times)}
+        self.report["recovery"]["check"]["perl"] = {"skipped": "no active checks"}
+
+    # -- 4 ------------------------------------------------------------------------------------
+
+    def hashing(self) -> None:
+        names = ("G0", "G1", "G2")
+        with ExitStack() as stack:
+            backends = [stack.enter_context(started(FakeBackend(action=n))) for n in names]
+            daemon = stack.enter_context(owned(Daemon(self.tmp, [
+                *(a for n, b in zip(names, backends) for a in ("-s", spec(n, b.port, 10))),
+                "--balance", f"hash:{HASH_KEY}", "--cooldown", "60"])))
+            daemon.start()
+            keys = [{"client_address": f"192.0.2.{i % 250 + 1}", "sender": f"s{i}@example.org",
+                     "recipient": f"r{i}@example.net", "instance": f"h{i}"}
+                    for i in range(self.keys)]
+            self.log(f"hash: {len(keys)} keys, then G1 stopped, the same keys again")
+            before = [daemon.ask(k)[0] for k in keys]
+            backends[1].stop()
+            after = [daemon.ask(k)[0] for k in keys]
+        share = Counter(before)
+        moved = [(b, a) for b, a in zip(before, after) if b != a]
+        survivors_moved = sum(1 for b, _ in moved if b != "G1")
+        g1_kept = sum(1 for b, a in zip(before, after) if b == "G1" and a == "G1")
+        wrong = sum(1 for a in before if a not in names) + sum(1 for a in after
+                                                                if a not in ("G0", "G2"))
+        self.report["hash"]["daemon"] = {
+            "keys": len(keys), "share_before": {n: share[n] for n in names},
+            "share_after": {n: Counter(after)[n] for n in names}, "stopped": "G1",
+            "moved": len(moved), "moved_fraction": len(moved) / len(keys),
+            "moved_to": dict(Counter(a for _, a in moved)),
+            "survivors_moved": survivors_moved, "stopped_kept": g1_kept, "wrong": wrong}
+        self.report["hash"]["perl"] = {"skipped": "no hash balancing"}
+        if survivors_moved or g1_kept or wrong:
+            self.problem(f"hash: {survivors_moved} keys of surviving servers moved, "
+                         f"{g1_kept} stayed on the dead one, {wrong} wrong answers")
+
+    # -- 5 ------------------------------------------------------------------------------------
+
+    def weighted(self, impl: str) -> None:
+        if impl == "perl" and self.perl.missing:
+            self.report["weighted"]["perl"] = {"skipped": self.perl.missing}
+            return
+        conns, per_conn = 30, 10
+        with started(FakeBackend(action="A")) as a, started(FakeBackend(action="B")) as b, \
+                ExitStack() as stack:
+            services = [spec("A", a.port, 10, 2), spec("B", b.port, 10, 1)]
+            self.log(f"weighted: {impl}: {conns} connections x {per_conn} requests")
+            counts: Counter[str] = Counter()
+            owners: Counter[int] = Counter()
+            if impl == "daemon":
+                daemon = stack.enter_context(owned(Daemon(self.tmp, [
+                    *(x for s in services for x in ("-s", s))])))
+                daemon.start()
+                clients: list[PolicyClient] = []
+                stack.enter_context(owned(clients, lambda: close_all(clients)))
+                for _ in range(conns):  # all open at once, as Postfix's smtpd processes keep them
+                    clients.append(PolicyClient(HOST, daemon.port))
+                for i in range(per_conn):  # one request on each connection in turn
+                    for c, client in enumerate(clients):
+                        answer = client.ask(request(instance=f"w{c}.{i}"), ASK_TIMEOUT)
+                        counts[action_of(answer)] += 1
+                        if i == 0:
+                            owners[daemon.owner(client)] += 1
+            else:
+                for c in range(conns):
+                    with owned(PerlConn(self.perl.argv(services))) as conn:
+                        for i in range(per_conn):
+                            counts[conn.ask({"instance": f"w{c}.{i}"})[0]] += 1
+        total = conns * per_conn
+        out: dict[str, Any] = {"requests": total, "connections": conns,
+                               "A": counts["A"], "B": counts["B"],
+                               "other": total - counts["A"] - counts["B"]}
+        if impl == "daemon":
+            out["connections_per_worker"] = sorted(owners.values(), reverse=True)
+            if abs(counts["A"] - 2 * total / 3) > 0.03 * total:
+                self.problem(f"weighted/daemon: A={counts['A']} B={counts['B']}, not 2:1")
+        if out["other"]:
+            self.problem(f"weighted/{impl}: {out['other']} answers from neither A nor B")
+        self.report["weighted"][impl] = out
+
+    # -- all ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        background = []
+        for case in ("silent", "blackhole"):  # mostly waiting for timeouts: run alongside
+            thread = threading.Thread(target=self.guarded, daemon=True, name=f"perl-{case}",
+                                      args=(f"failover/{case}/perl", self.failover_perl, case))
+            thread.start()
+            background.append(thread)
+        for case in CASES:
+            self.guarded(f"failover/{case}/daemon", self.failover_daemon, case)
+        self.guarded("failover/refused/perl", self.failover_perl, "refused")
+        for impl in ("daemon", "perl"):
+            self.guarded(f"recovery by probe/{impl}", self.recovery_probe, impl)
+        self.guarded("recovery by check/daemon", self.recovery_check)
+        self.guarded("hash/daemon", self.hashing)
+        for impl in ("daemon", "perl"):
+            self.guarded(f"weighted/{impl}", self.weighted, impl)
+        for thread in background:
+            while thread.is_alive():
+                self.log(f"waiting for {thread.name} (the original pays every timeout)")
+                thread.join(15)
+        self.sanity()
+
+    def sanity(self) -> None:
+        fo = self.report["failover"]
+        for case, expected in (("silent", SILENT_TIMEOUT), ("blackhole", CONNECT_TIMEOUT)):
+            d = fo[case].get("daemon")
+            if not d:
+                continue
+            if not 0.8 * expected <= d["first"] < expected + 3:
+                self.problem(f"failover/{case}/daemon: first failover {d['first']:.3f} s, "
+                             f"expected about {expected} s")
+            p99 = d["following"]["p99"]
+            if p99 is not None and p99 > d["first"] / 4:
+                self.problem(f"failover/{case}/daemon: following p99 {p99:.3f} s is not far "
+                             f"below the first failover")
+        silent = fo["silent"].get("daemon")
+        if silent and silent.get("primary_requests", 1) != 1:
+            self.problem(f"failover/silent/daemon: P got {silent['primary_requests']} requests, "
+                         f"not 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+def render(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    notes: list[str] = []
+
+    def note(text: str) -> str:
+        """A footnote mark for text (the same text gets the same mark)."""
+        if text not in notes:
+            notes.append(text)
+        return f"[{notes.index(text) + 1}]"
+
+    def flush_notes(out: list[str]) -> None:
+        out.extend(f"  [{i}] {text}" for i, text in enumerate(notes, 1))
+        notes.clear()
+
+    run = "quick" if cfg["quick"] else "full"
+    out = [(f"hapolicy failover ({run} run, {cfg['cpus']} CPUs, Python {cfg['python']}, "
+            f"127.0.0.1, {cfg['seconds']:g} s)"),
+           ("  daemon: python -m hapolicy --listen 127.0.0.1:PORT --workers 2 "
+            "(each request on a new connection)"),
+           f"  perl:   {cfg['perl']}", ""]
+
+    out.append("1-2. First failover, then the following requests, while P (prio 10) is dead "
+               "and S (prio 20) answers at once")
+    titles = {"silent": f"silent, TIMEOUT {SILENT_TIMEOUT} s",
+              "blackhole": f"blackhole, TIMEOUT {BLACKHOLE_TIMEOUT} s, "
+                           f"--connect-timeout {CONNECT_TIMEOUT} s",
+              "refused": "refused"}
+    rows = []
+    for case in CASES:
+        for impl in ("daemon", "perl"):
+            r = report["failover"][case].get(impl)
+            if r is None or "skipped" in r:
+                why = note(r["skipped"]) if r else note("failed: see problems")
+                rows.append([titles[case], impl, "skipped " + why, "", "", "", "", "", ""])
+                continue
+            f = r["following"]
+            workers = ("+".join(map(str, r["following_per_worker"]))
+                       if "following_per_worker" in r else "1 process")
+            rows.append([titles[case], impl, fmt_s(r["first"]), str(f["n"]), fmt_s(f["p50"]),
+                         fmt_s(f["p99"]), fmt_s(f["max"]), workers,
+                         str(r.get("primary_requests", "-"))])
+    out += table(["P is", "impl", "1st failover", "then n", "p50", "p99", "max",
+                  "served by", "P saw"], rows)
+    out.append("  daemon: --cooldown 60 (no probe of P during the run); the client connections "
+               "stay open, as Postfix's do")
+    out.append("  served by: following requests served by the first request's worker + by the "
+               "other one; P saw: requests")
+    out.append("  that reached the silent P, from any worker (1 + n: every request paid its "
+               "timeout)")
+    flush_notes(out)
+    out.append("")
+
+    out.append("3. Recovery once P is back (a backend started on its refused port); restarts "
+               "spread over the period")
+    methods = {"probe": f"probe: --cooldown {PROBE_COOLDOWN:g} --cooldown-max "
+                        f"{PROBE_COOLDOWN:g}, a request / {TICK * 1000:.0f} ms",
+               "check": f"active check: --check-interval {CHECK_INTERVAL:g}, no traffic"}
+    rows = []
+    for method, title in methods.items():
+        for impl in ("daemon", "perl"):
+            r = report["recovery"][method].get(impl)
+            if r is None or "skipped" in r:
+                why = note(r["skipped"]) if r else note("failed: see problems")
+                rows.append([title, impl, "n/a " + why, "", "", ""])
+                continue
+            rows.append([title, impl, str(r["n"]), fmt_s(percentile(r["times"], 50)),
+                         fmt_s(r["min"]), fmt_s(r["max"])])
+    out += table(["by", "impl", "trials", "median", "min", "max"], rows)
+    out.append("  probe: from the restart to P's first answer; active check: from the restart "
+               "to the log line \"service P (...) up\"")
+    flush_notes(out)
+    out.append("")
+
+    out.append(f"4. --balance hash:{HASH_KEY} over G0 G1 G2, then G1 stopped (daemon; the "
+               "original has no hashing)")
+    h = report["hash"].get("daemon")
+    if not h:
+        out.append("  failed: see problems")
+    else:
+        keys = h["keys"]
+        rows = [[n, str(h["share_before"][n]), fmt_pct(h["share_before"][n], keys),
+                 str(h["share_after"][n]), fmt_pct(h["share_after"][n], keys)]
+                for n in ("G0", "G1", "G2")]
+        out += table(["server", "keys", "share", "keys, G1 stopped", "share"], rows)
+        moved_to = ", ".join(f"{k} {v}" for k, v in sorted(h["moved_to"].items()))
+        out.append(f"  {keys} distinct triplets; keys moved: {h['moved']} = "
+                   f"{fmt_pct(h['moved'], keys)} (G1 had {fmt_pct(h['share_before']['G1'], keys)}"
+                   f"; to {moved_to}); keys of G0 and G2 moved: {h['survivors_moved']}")
+    out.append("")
+
+    out.append("5. Weights A:B = 2:1 (same prio), 300 requests on 30 connections of 10")
+    rows = []
+    for impl in ("daemon", "perl"):
+        r = report["weighted"].get(impl)
+        if r is None or "skipped" in r:
+            why = note(r["skipped"]) if r else note("failed: see problems")
+            rows.append([impl, "skipped " + why, "", "", ""])
+            continue
+        spread = ("+".join(map(str, r["connections_per_worker"])) + " connections"
+                  if "connections_per_worker" in r else "1 process per connection")
+        rows.append([impl, str(r["A"]), str(r["B"]), fmt_pct(r["A"], r["requests"]), spread])
+    out += table(["impl", "A", "B", "A share (2:1 = 66.7 %)", "workers"], rows)
+    out.append("  daemon: the 30 connections open at once, one request on each in turn")
+    flush_notes(out)
+    if report["problems"]:
+        out += ["", "problems:"] + [f"  - {p}" for p in report["problems"]]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="fewer requests and trials, skip the original's 30 s blackhole case")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    p.add_argument("--no-perl", action="store_true", help="do not run the Perl original")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--verbose", action="store_true", help="tracebacks of failed figures")
+    return p.parse_args(argv)
+
+
+def _on_terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_terminate)
+    signal.signal(signal.SIGHUP, _on_terminate)
+    started_at = time.monotonic()
+    run = Run(args)
+    interrupted = False
+    try:
+        run.run()
+    except KeyboardInterrupt:
+        interrupted = run.stopping = True
+        sys.stderr.write("failover: interrupted: stopping everything it started\n")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        REGISTRY.close_all()
+        run.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:
+        return 130
+    perl = (f"{PERL_HAPOLICY} in spawn style, one process on a socketpair, requests one at a "
+            "time" + (f" ({run.perl.note})" if run.perl.note else "")
+            if not run.perl.missing else f"skipped: {run.perl.missing}")
+    report = {"config": {"units": "seconds", "quick": args.quick, "following": run.following,
+                         "perl_following": run.perl_following, "trials": run.trials,
+                         "hash_keys": run.keys, "cpus": os.cpu_count(),
+                         "python": sys.version.split()[0], "perl": perl,
+                         "seconds": round(time.monotonic() - started_at, 1)},
+              **run.report, "problems": run.problems}
+    print(render(report))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+    return 1 if run.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
