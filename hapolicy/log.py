@@ -64,7 +64,11 @@ class Logger:
         now = time.monotonic()
         if now < self.retry_at:
             return False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError:  # out of file descriptors: drop lines, retry later
+            self.retry_at = now + RETRY_SECONDS
+            return False
         try:
             sock.setblocking(False)
             sock.connect(self.path)

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import resource
 import signal
 import socket
 import time
@@ -32,6 +33,7 @@ from .workertable import WorkerTable
 ACCEPT_BATCH = 64
 HOUSEKEEPING_SECONDS = 1.0
 FD_PAUSE_SECONDS = 1.0
+FD_RESERVE_MIN = 32  # descriptors kept for backend sockets, syslog and the worker's own
 YIELD_LIMIT = 0.05  # take a connection anyway after leaving it to siblings this long
 YIELD_PAUSE = 0.002
 ORPHAN_GRACE = 1.0  # an orphaned worker finishes its in-flight requests within this
@@ -57,6 +59,15 @@ def set_parent_death_signal(signum: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def max_clients() -> int:
+    """Client connections a worker takes: RLIMIT_NOFILE less a reserve (a quarter, at least
+    FD_RESERVE_MIN) for backend sockets and the worker's own descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, soft - max(FD_RESERVE_MIN, soft // 4))
 
 
 def _has_input(client: ClientConnection) -> bool:
@@ -104,6 +115,8 @@ class Worker:
         self.clients: set[ClientConnection] = set()
         self.requests = 0
         self.accepting = False
+        self.max_clients = max_clients()
+        self.full = False  # accept paused: max_clients held
         self.listening = True  # False once the listener is closed for good
         self.yield_since = self.yield_last = 0.0
         self.title = ""
@@ -220,6 +233,16 @@ class Worker:
             return
         self.yield_since = 0.0
         for _ in range(ACCEPT_BATCH):
+            if len(self.clients) >= self.max_clients:
+                # leave descriptors for backend sockets: a client we cannot serve but with
+                # the default action is worse off than one waiting in the listen backlog
+                self.full = True
+                self._set_accepting(False)
+                self.table.set_accepting(self.slot, False)
+                self.log.error(f"cannot accept: {len(self.clients)} clients, the most that "
+                               f"RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} "
+                               f"allows with room for backend connections; pausing accept")
+                return
             try:
                 sock, _addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -264,13 +287,17 @@ class Worker:
         self.loop.call_later(seconds, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
-        if not (self.retiring or self.draining or self.stop_now):
+        if not (self.retiring or self.draining or self.stop_now or self.full):
             self._set_accepting(True)
 
     def _on_client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
         if self.listening:
             self.table.set_clients(self.slot, len(self.clients))
+            if self.full and len(self.clients) < self.max_clients * 15 // 16:
+                self.full = False
+                self.table.set_accepting(self.slot, True)
+                self._resume_accepting()
 
     def _count_request(self) -> None:
         self.requests += 1
