@@ -19,7 +19,17 @@ requests/s, latency percentiles, errors, peak RSS of the proxy's processes, and 
     python scripts/bench.py                      # every available row, 32 connections, 10 s
     python scripts/bench.py --rows daemon,haproxy --connections 64 --seconds 20
     python scripts/bench.py --idle 2000          # + memory per idle connection of the daemon
+    python scripts/bench.py --soak 1000000       # the daemon's worker RSS over 1M requests
     python scripts/bench.py --smoke --json out.json   # CI: ~1 s per row, non-zero on errors
+
+With --idle N the bench holds N idle connections itself: it raises its RLIMIT_NOFILE to the
+hard limit and stops at once if that is still too low. HAProxy needs two descriptors per
+proxied connection; when its limit cannot hold N, it gets fewer, and the report says so.
+
+--soak N runs only the daemon (--max-use above N, so that no worker is replaced) until N
+requests are answered, cycling through 4096 distinct requests, and samples each worker's
+VmRSS every second: RSS after warm-up (N/10 requests), at the end, growth, the least-squares
+slope, and a timeline. It exits non-zero on errors or when a worker was replaced.
 
 Stdlib only, Linux only (/proc, epoll). Every process it starts is killed at the end, also on
 Ctrl-C, SIGTERM or an exception.
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import array
 import json
+import mmap
 import os
 import pickle
 import resource
@@ -64,6 +75,8 @@ ROW_TITLES = {"backend": "backend", "daemon": "hapolicy daemon", "spawn": "hapol
               "haproxy": "haproxy", "perl": "perl original"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SATURATED = 0.90  # a process busier than this share of one core is saturated
+SOAK_VARIETY = 4096  # --soak cycles through this many distinct requests
+FD_MARGIN = 256  # descriptors of the bench beside its idle connections
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +333,13 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def pss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
@@ -541,7 +561,15 @@ def start_emulator(children: Children, argv: list[str], env: dict[str, str],
 # the load generator (one process of several)
 
 def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, res_w: int,
-                   grace: float) -> None:
+                   grace: float, max_requests: int = 0, progress: Any = None, slot: int = 0,
+                   variety: int = 0) -> None:
+    """Drive `count` connections (closed loop) and report latencies and CPU on res_w.
+
+    max_requests: send at most this many requests in the loop, then stop when they are answered
+    (0: run for the time given). progress: a shared array of int64 where slot gets the
+    number of answers so far. variety: cycle through this many distinct requests (0: each
+    connection repeats its own one).
+    """
     def connect() -> socket.socket:
         sock = socket.create_connection(addr, timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -593,14 +621,17 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
         partial.pop(fd, None)
         return request.pop(fd)
 
+    pool = [make_request(first * 7919 + k) for k in range(variety)]
     for i, sock in enumerate(socks):
-        add(sock, make_request(first + i))
+        add(sock, pool[i % variety] if variety else make_request(first + i))
     del socks
     ru0 = None
     ru_t0 = ru_t1 = 0
     stopping = False
     stop_at = end + int(grace * 1e9)
     in_flight = len(by_fd)
+    issued = in_flight
+    answered = 0
     while True:
         now = pc()
         if ru0 is None and now >= w_end:
@@ -654,10 +685,20 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
                 wrong += 1
             elif w_end <= now < end:
                 record(now - sent[fd])
-            if stopping:
+            answered += 1
+            if progress is not None:
+                progress[slot] = answered
+            if stopping or (max_requests and issued >= max_requests):
                 in_flight -= 1
                 sent.pop(fd, None)
+                if not stopping and not in_flight:  # every request of the limit answered
+                    stopping = True
+                    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+                    ru_t1 = now
                 continue
+            if variety:
+                request[fd] = pool[issued % variety]
+            issued += 1
             sent[fd] = pc()
             try:
                 if sock.send(request[fd]) != len(request[fd]):
@@ -671,7 +712,8 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
     unanswered = len(sent)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     result = {"lat": lat.tobytes(), "wrong": wrong, "errors": errors, "unanswered": unanswered,
-              "reconnects": reconnects, "cpu": cpu, "wall": (ru_t1 - ru_t0) / 1e9}
+              "reconnects": reconnects, "cpu": cpu, "wall": (ru_t1 - ru_t0) / 1e9,
+              "answered": answered}
     payload = pickle.dumps(result)
     _write_all(res_w, b"D" + struct.pack("Q", len(payload)) + payload)
     # keep the connections until the bench has sampled the proxy's processes (spawned ones, and
@@ -734,19 +776,28 @@ class Generators:
     """P generator processes: connect, start together, report latencies and their CPU time."""
 
     def __init__(self, children: Children, addr: tuple[str, int], connections: int,
-                 processes: int, grace: float) -> None:
+                 processes: int, grace: float, limit: int = 0, variety: int = 0) -> None:
+        """limit: requests in all (0: for the time given to go()), split over the processes;
+        `answered()` counts their answers as they come."""
         self.children = children
         self.procs: list[tuple[Child, int, int]] = []  # child, ctl_w, res_r
         self.collected = False
         processes = max(1, min(processes, connections))
+        self._progress_map = mmap.mmap(-1, 8 * processes)  # shared with the children
+        self.progress = memoryview(self._progress_map).cast("q")
         share, extra = divmod(connections, processes)
         first = 0
         for i in range(processes):
             count = share + (1 if i < extra else 0)
+            mine = 0
+            if limit:
+                mine = max(count, limit // processes + (1 if i < limit % processes else 0))
             ctl_r, ctl_w = os.pipe()
             res_r, res_w = os.pipe()
+            options = {"max_requests": mine, "progress": self.progress, "slot": i,
+                       "variety": variety}
             child = children.fork(f"generator-{i}", _generator_child, addr, first, count, ctl_r,
-                                  res_w, grace, (ctl_w, res_r))
+                                  res_w, grace, options)
             os.close(ctl_r)
             os.close(res_w)
             self.procs.append((child, ctl_w, res_r))
@@ -764,6 +815,13 @@ class Generators:
             if data[:1] != b"R":
                 return "cannot connect: " + (data[1:].decode(errors="replace") or "generator died")
         return ""
+
+    def answered(self) -> int:
+        """Answers received so far by every generator (in the loop, after go())."""
+        return sum(self.progress)
+
+    def running(self) -> bool:
+        return any(self.children.alive(child) for child, _w, _r in self.procs)
 
     def go(self, warmup: float, seconds: float) -> None:
         for _child, ctl_w, _res in self.procs:
@@ -809,10 +867,22 @@ class Generators:
 
 
 def _generator_child(addr: tuple[str, int], first: int, count: int, ctl_r: int, res_w: int,
-                     grace: float, parent_fds: tuple[int, ...]) -> None:
-    for fd in parent_fds:
-        os.close(fd)
-    generator_main(addr, first, count, ctl_r, res_w, grace)
+                     grace: float, options: dict[str, Any]) -> None:
+    # none of the bench's descriptors (the other generators' pipes, thousands of idle
+    # connections with --idle): they would stay open as long as this process, and count
+    # against its RLIMIT_NOFILE
+    close_fds_except((ctl_r, res_w))
+    generator_main(addr, first, count, ctl_r, res_w, grace, **options)
+
+
+def close_fds_except(keep: tuple[int, ...]) -> None:
+    """Close every descriptor above 2 but those in keep."""
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -980,6 +1050,7 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.idle: dict[str, Any] = {}
+        self.soak_result: dict[str, Any] | None = None
         self.backend_addr: tuple[str, int] | None = None
         self.backend_kids: list[Child] = []
         env = dict(os.environ)
@@ -1021,6 +1092,9 @@ class Bench:
             self.children.alive(k) for k in self.backend_kids))
         if why:
             raise SystemExit(f"bench: the backend does not answer: {why}")
+        if args.soak:
+            self.soak()
+            return
         for name in ROWS:
             if name in args.rows:
                 getattr(self, "row_" + name)()
@@ -1051,15 +1125,18 @@ class Bench:
             return None
         return child
 
+    def daemon_argv(self, port: int, *extra: str) -> list[str]:
+        assert self.backend_addr is not None
+        return [sys.executable, "-m", "hapolicy", "--listen", f"{HOST}:{port}",
+                "--workers", str(self.args.workers), "-L",
+                "-s", f"B={self.backend_addr[0]}:{self.backend_addr[1]}", *extra]
+
     def row_daemon(self) -> None:
         why = hapolicy_missing()
         if why:
             return self.skip("daemon", why)
-        assert self.backend_addr is not None
         port = free_port()
-        argv = [sys.executable, "-m", "hapolicy", "--listen", f"{HOST}:{port}",
-                "--workers", str(self.args.workers), "-L",
-                "-s", f"B={self.backend_addr[0]}:{self.backend_addr[1]}"]
+        argv = self.daemon_argv(port)
         self.log("starting: " + " ".join(argv[1:]))
         # SIGINT: the master stops its workers at once (SIGTERM would drain them)
         master = self._start_proxy("daemon", argv, port, signal.SIGINT)
@@ -1076,6 +1153,7 @@ class Bench:
             try:
                 row = measure(self.children, self.args, "daemon", (HOST, port), tree, workers,
                               self.backend_pids)
+                self._idle_held("daemon", idle_socks)
             finally:
                 for sock in idle_socks:
                     sock.close()
@@ -1085,10 +1163,126 @@ class Bench:
             self.children.stop(master)
         return None
 
-    def _idle(self, name: str, addr: tuple[str, int],
-              pids: Callable[[], list[int]]) -> list[socket.socket]:
-        count = self.args.idle
-        if not count:
+    def soak(self) -> None:
+        """The daemon alone until --soak N requests are answered; each worker's VmRSS every
+        second. The workers must live through it: --max-use is set well above N."""
+        args = self.args
+        why = hapolicy_missing()
+        if why:
+            raise SystemExit(f"bench: --soak: {why}")
+        port = free_port()
+        max_use = 2 * args.soak + 1_000_000
+        argv = self.daemon_argv(port, "--max-use", str(max_use))
+        self.log("starting: " + " ".join(argv[1:]))
+        master = self._start_proxy("daemon", argv, port, signal.SIGINT)
+        if master is None:
+            raise SystemExit(f"bench: --soak: the daemon did not start: {self.rows[-1]['reason']}")
+        try:
+            self.soak_result = self._soak(master, port, max_use)
+            self.soak_result["command"] = " ".join(argv[1:])
+        finally:
+            self.children.stop(master)
+
+    def _soak(self, master: Child, port: int, max_use: int) -> dict[str, Any]:
+        args = self.args
+        total = args.soak
+        warm = args.soak_warmup if args.soak_warmup is not None else total // 10
+        workers = sorted(children_of(master.pid))
+        deadline = time.monotonic() + 10.0
+        while len(workers) != args.workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+            workers = sorted(children_of(master.pid))
+        gens = Generators(self.children, (HOST, port), args.connections, args.generators,
+                          grace=5.0, limit=total, variety=SOAK_VARIETY)
+        samples: list[dict[str, Any]] = []
+        baseline: dict[str, Any] | None = None
+
+        def sample(t0: float) -> dict[str, Any]:
+            entry = {"t": time.monotonic() - t0, "answered": gens.answered(),
+                     "rss": {pid: memory_kib(pid).get("VmRSS", 0) for pid in workers},
+                     "master_rss": memory_kib(master.pid).get("VmRSS", 0)}
+            samples.append(entry)
+            return entry
+
+        try:
+            why = gens.wait_ready(60.0)
+            if why:
+                raise SystemExit(f"bench: --soak: {why}")
+            self.log(f"soak: {total} requests on {args.connections} connections, "
+                     f"{len(workers)} workers {workers}, RSS after {warm} requests is the "
+                     f"reference")
+            gens.go(0.0, args.soak_timeout)
+            t0 = time.monotonic()
+            sample(t0)
+            next_log = t0 + 10.0
+            while True:
+                time.sleep(1.0)
+                entry = sample(t0)
+                if baseline is None and entry["answered"] >= warm:
+                    baseline = entry
+                if time.monotonic() >= next_log:
+                    next_log += 10.0
+                    self.log(f"soak: {entry['answered']} answered, worker RSS "
+                             + ", ".join(f"{v} KiB" for v in entry["rss"].values()))
+                if entry["answered"] >= total or not gens.running():
+                    break
+                if entry["t"] > args.soak_timeout + 10.0:
+                    break
+            results = gens.results(30.0)
+            time.sleep(1.2)  # the workers show their counts in their titles every second
+            end = sample(t0)
+        finally:
+            gens.close()
+        failed = [r["failed"] for r in results if "failed" in r]
+        if failed:
+            raise SystemExit(f"bench: --soak: {failed[0]}")
+        if baseline is None:
+            baseline = samples[0]
+        after = sorted(children_of(master.pid))
+        counted = {pid: worker_requests(pid) for pid in after}
+        lat = array.array("q")
+        for r in results:
+            lat.frombytes(r["lat"])
+        values = sorted(lat)
+        answered = sum(r["answered"] for r in results)
+        wall = max(r["wall"] for r in results) or end["t"]
+        post = [e for e in samples if e["answered"] >= baseline["answered"]]
+        per_worker = []
+        for pid in workers:
+            series = [e["rss"][pid] for e in post if e["rss"].get(pid)]
+            per_worker.append({
+                "pid": pid, "requests": counted.get(pid),
+                "rss_warm_kib": baseline["rss"].get(pid, 0),
+                "rss_end_kib": end["rss"].get(pid, 0),
+                "growth_kib": end["rss"].get(pid, 0) - baseline["rss"].get(pid, 0),
+                "rss_min_kib": min(series, default=0), "rss_max_kib": max(series, default=0),
+                "slope_kib_per_100k": slope([e["answered"] for e in post if e["rss"].get(pid)],
+                                            series) * 100_000,
+            })
+        errors = sum(r["wrong"] + r["errors"] + r["unanswered"] for r in results)
+        return {
+            "requests": total, "answered": answered, "errors": errors,
+            "wrong_answers": sum(r["wrong"] for r in results),
+            "connection_errors": sum(r["errors"] for r in results),
+            "unanswered": sum(r["unanswered"] for r in results),
+            "seconds": wall, "rps": answered / wall if wall else 0.0,
+            "p50_ms": percentile(values, 0.50), "p99_ms": percentile(values, 0.99),
+            "p999_ms": percentile(values, 0.999), "max_ms": values[-1] / 1e6 if values else 0.0,
+            "warmup_requests": baseline["answered"], "warmup_seconds": baseline["t"],
+            "max_use": max_use, "variety": SOAK_VARIETY,
+            "workers_before": workers, "workers_after": after,
+            "workers_replaced": workers != after,
+            "master_rss_warm_kib": baseline["master_rss"], "master_rss_end_kib": end["master_rss"],
+            "workers": per_worker,
+            "timeline": [{"t": round(e["t"], 1), "answered": e["answered"],
+                          "rss": [e["rss"].get(pid, 0) for pid in workers]} for e in samples],
+        }
+
+    def _idle(self, name: str, addr: tuple[str, int], pids: Callable[[], list[int]],
+              count: int | None = None, note: str = "") -> list[socket.socket]:
+        if count is None:
+            count = self.args.idle
+        if count <= 0:
             return []
         time.sleep(0.5)
         before = {pid: memory_kib(pid).get("VmRSS", 0) for pid in pids()}
@@ -1105,7 +1299,10 @@ class Bench:
                  "kib_per_connection": (rss1 - rss0) / len(socks) if socks else 0.0,
                  "pss_kib_per_connection": (pss_after - pss_before) / len(socks) if socks else 0.0,
                  "processes_before": len(before), "processes_after": len(after),
+                 "fds_per_process": [open_fds(pid) for pid in after],
                  "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+        if note:
+            entry["note"] = note
         if why:
             entry["error"] = why
             self.warnings.append(f"{ROW_TITLES[name]} idle connections: {why}")
@@ -1113,6 +1310,18 @@ class Bench:
         self.log(f"{ROW_TITLES[name]}: {len(socks)} idle connections: "
                  f"{entry['kib_per_connection']:.1f} KiB RSS each")
         return socks
+
+    def _idle_held(self, name: str, socks: list[socket.socket]) -> None:
+        """Count the idle connections the proxy still holds (a closed one reads EOF)."""
+        if not socks:
+            return
+        ended = 0
+        for start in range(0, len(socks), 1000):
+            ended += len(wait_readable(socks[start:start + 1000], 0.0))
+        self.idle[name]["still_open"] = len(socks) - ended
+        if ended:
+            self.warnings.append(f"{ROW_TITLES[name]}: {ended} idle connections were closed "
+                                 f"during the row")
 
     def _spawn_row(self, name: str, argv: list[str], sink: socket.socket | None = None,
                    note: str = "") -> None:
@@ -1194,10 +1403,20 @@ backend backends
             def tree() -> list[int]:
                 return [proc.pid, *children_of(proc.pid)]
 
-            idle_socks = self._idle("haproxy", (HOST, port), tree)
+            # HAProxy holds two descriptors per proxied connection (client and server side)
+            room = maxconn - self.args.connections - 16
+            count = min(self.args.idle, room)
+            note = ""
+            if count < self.args.idle:
+                note = (f"HAProxy can hold only maxconn {maxconn} connections within "
+                        f"RLIMIT_NOFILE {nofile} (2 descriptors each): {count} idle connections "
+                        f"opened instead of {self.args.idle}")
+                self.warnings.append(note)
+            idle_socks = self._idle("haproxy", (HOST, port), tree, count, note)
             try:
                 row = measure(self.children, self.args, "haproxy", (HOST, port), tree, tree,
                               self.backend_pids)
+                self._idle_held("haproxy", idle_socks)
             finally:
                 for sock in idle_socks:
                     sock.close()
@@ -1224,6 +1443,31 @@ def wait_answering(addr: tuple[str, int], timeout: float, alive: Callable[[], bo
             return ""
         time.sleep(0.05)
     return f"not answering after {timeout:g}s ({why})"
+
+
+def worker_requests(pid: int) -> int | None:
+    """The requests a daemon worker counted, read from its title (None when not shown)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            title = handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    for word in title.split():
+        if word.startswith("requests="):
+            return int(word[9:])
+    return None
+
+
+def slope(xs: list[int], ys: list[int]) -> float:
+    """Least-squares slope of ys over xs (0.0 with fewer than two distinct xs)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    if not var:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
 
 
 def hapolicy_missing() -> str:
@@ -1332,7 +1576,11 @@ def render(report: dict[str, Any]) -> str:
             f"idle connections ({ROW_TITLES[name]}): {idle['connections']} opened; RSS of "
             f"{idle['processes_after']} processes {idle['rss_before_kib'] / 1024:.1f} -> "
             f"{idle['rss_after_kib'] / 1024:.1f} MiB = {idle['kib_per_connection']:.1f} KiB per "
-            f"idle connection (PSS {idle['pss_kib_per_connection']:.1f} KiB)"
+            f"idle connection (PSS {idle['pss_kib_per_connection']:.1f} KiB); open "
+            f"descriptors per process {'/'.join(map(str, idle.get('fds_per_process', [])))}"
+            + (f"; {idle['still_open']} still open after the row" if "still_open" in idle
+               else "")
+            + (f"; {idle['note']}" if idle.get("note") else "")
             + (f"; {idle['error']}" if idle.get("error") else ""))
     out.extend("warning: " + w for w in report["warnings"])
     return "\n".join(out)
@@ -1390,6 +1638,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle", type=int, default=0, metavar="N",
                    help="open N idle connections to the daemon (and HAProxy) first, to report "
                         "memory per idle connection")
+    p.add_argument("--soak", type=int, default=0, metavar="N",
+                   help="instead of the rows: run the daemon (with --max-use above N, so no "
+                        "worker is replaced) until N requests are answered, sampling each "
+                        "worker's VmRSS every second; report RSS after warm-up, at the end "
+                        "and the growth")
+    p.add_argument("--soak-warmup", type=int, default=None, metavar="R",
+                   help="--soak: the RSS reference is taken after R requests (N/10)")
+    p.add_argument("--soak-timeout", type=float, default=3600.0, metavar="S",
+                   help="--soak: give up after S seconds (3600)")
     p.add_argument("--smoke", action="store_true",
                    help="quick CI run: ~1 s per row, 4 connections; exit 1 on errors")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -1412,9 +1669,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.seconds <= 0 or args.warmup < 0 or args.idle < 0:
         p.error("--seconds must be > 0, --warmup and --idle >= 0")
+    if args.soak < 0 or (args.soak and args.soak < args.connections):
+        p.error("--soak N: N must be at least the number of connections")
+    if args.soak and args.soak_warmup is not None and not 0 <= args.soak_warmup < args.soak:
+        p.error("--soak-warmup R: 0 <= R < N")
     if args.backend and ":" not in args.backend:
         p.error("--backend: expected HOST:PORT")
     return args
+
+
+def report_soak(args: argparse.Namespace, bench: Bench, nofile: int) -> int:
+    soak = bench.soak_result
+    if soak is None:
+        return 1
+    soak["config"] = {"connections": args.connections,
+                      "generators": min(args.generators, args.connections),
+                      "workers": args.workers, "cpus": os.cpu_count(),
+                      "backend": args.backend or f"own, {args.backend_procs} process(es)",
+                      "python": sys.version.split()[0], "nofile_limit": nofile}
+    print(render_soak(soak))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(soak, handle, indent=2)
+            handle.write("\n")
+    bad = []
+    if soak["errors"]:
+        bad.append(f"{soak['errors']} errors")
+    if soak["answered"] < soak["requests"]:
+        bad.append(f"only {soak['answered']} of {soak['requests']} requests answered")
+    if soak["workers_replaced"]:
+        bad.append("workers were replaced during the soak")
+    if bad:
+        sys.stderr.write("bench: soak not valid: " + "; ".join(bad) + "\n")
+        return 1
+    return 0
+
+
+def render_soak(soak: dict[str, Any]) -> str:
+    cfg = soak["config"]
+    out = []
+    out.append(f"hapolicy soak: {soak['requests']} requests over {cfg['connections']} "
+               f"connections ({soak['variety']} distinct requests), {cfg['generators']} "
+               f"generator processes, {cfg['cpus']} CPUs, daemon workers {cfg['workers']} "
+               f"(--max-use {soak['max_use']}), backend {cfg['backend']}")
+    out.append(f"answered {soak['answered']} in {soak['seconds']:.1f} s = {soak['rps']:.0f} "
+               f"req/s, p50 {soak['p50_ms']:.3f} ms, p99 {soak['p99_ms']:.3f} ms, "
+               f"p99.9 {soak['p999_ms']:.3f} ms, max {soak['max_ms']:.1f} ms, "
+               f"errors {soak['errors']}")
+    workers = " ".join(map(str, soak["workers_before"]))
+    if soak["workers_replaced"]:
+        workers = "REPLACED during the run: " + workers + " -> " + " ".join(
+            map(str, soak["workers_after"]))
+    else:
+        workers = "the same throughout: " + workers
+    out.append(f"RSS reference after warm-up: {soak['warmup_requests']} requests answered "
+               f"({soak['warmup_seconds']:.1f} s); workers {workers}")
+    table = [["worker pid", "requests", "rss warm KiB", "rss end KiB", "growth KiB",
+              "min..max after warm-up KiB", "slope KiB/100k req"]]
+    for w in soak["workers"]:
+        table.append([str(w["pid"]), str(w["requests"]), str(w["rss_warm_kib"]),
+                      str(w["rss_end_kib"]), f"{w['growth_kib']:+d}",
+                      f"{w['rss_min_kib']}..{w['rss_max_kib']}",
+                      f"{w['slope_kib_per_100k']:+.2f}"])
+    table.append(["master", "-", str(soak["master_rss_warm_kib"]),
+                  str(soak["master_rss_end_kib"]),
+                  f"{soak['master_rss_end_kib'] - soak['master_rss_warm_kib']:+d}", "", ""])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        out.append("  ".join([line[0].ljust(widths[0])]
+                             + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]))
+    timeline = soak["timeline"]
+    marks = []
+    step = max(1, soak["requests"] // 10)
+    next_mark = 0
+    for e in timeline:
+        if (e["answered"] >= next_mark or e is timeline[-1]
+                or e["answered"] == soak["warmup_requests"]):
+            marks.append(e)
+            next_mark = (e["answered"] // step + 1) * step
+    out.append("timeline (requests answered: worker RSS KiB):")
+    out.extend(f"  {e['t']:6.1f} s {e['answered']:>9}: " + " ".join(map(str, e["rss"]))
+               + ("  (reference)" if e["answered"] == soak["warmup_requests"] else "")
+               for e in marks)
+    return "\n".join(out)
 
 
 def _on_terminate(signum: int, frame: Any) -> None:
@@ -1423,10 +1760,15 @@ def _on_terminate(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    nofile = raise_nofile(args.idle + args.connections * 4 + 256)
-    if args.idle and nofile < args.idle + args.connections + 100:
-        sys.stderr.write(f"bench: warning: RLIMIT_NOFILE {nofile} is too low for --idle "
-                         f"{args.idle}\n")
+    # this process holds the idle connections; each generator its share of the active ones
+    need = args.idle + FD_MARGIN
+    nofile = raise_nofile(need)
+    if nofile < need:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        sys.stderr.write(f"bench: --idle {args.idle} needs {need} open files in this process, "
+                         f"RLIMIT_NOFILE allows {nofile} (hard limit {hard}): raise the hard "
+                         f"limit (ulimit -Hn, LimitNOFILE=) or lower --idle\n")
+        return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, _on_terminate)
     signal.signal(signal.SIGHUP, _on_terminate)
@@ -1444,6 +1786,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if interrupted:
         return 130
+    if args.soak:
+        return report_soak(args, bench, nofile)
     check_rows(bench.rows, bench.warnings)
     report = {
         "config": {"connections": args.connections, "seconds": args.seconds,
