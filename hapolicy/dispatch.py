@@ -146,7 +146,7 @@ class Job:
                          d.config.cooldown, d.config.cooldown_max, d.log)
         if d.config.verbose:
             d.log.info(f"service={service.name} address={service.address} failed: {reason}")
-        self.failed.append(service.name)
+        self.failed.append(f"{service.name}: {reason}")
         self.next_attempt()
 
     def answer_default(self, why: str) -> None:
@@ -171,7 +171,7 @@ class Job:
             f" delay={time.monotonic() - self.started:.3f}s action={action}"
         )
         if self.failed:
-            line += " failed=" + ",".join(self.failed)
+            line += ' failed="' + "; ".join(self.failed).replace('"', "'") + '"'
         if default_why:
             line += f' default="{default_why}"'
         self.d.log.info(line)
