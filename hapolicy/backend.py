@@ -39,9 +39,14 @@ class Resolver:
         if cached is None or cached[0] <= now:
             try:
                 info = socket.getaddrinfo(service.host, service.port, 0, socket.SOCK_STREAM)
-                entry = (now + RESOLVE_TTL, (info[0][0], info[0][4]), "")
-            except (OSError, UnicodeError) as exc:
-                entry = (now + RESOLVE_RETRY, None, f"cannot resolve {service.host}: {exc}")
+                entry = (time.monotonic() + RESOLVE_TTL, (info[0][0], info[0][4]), "")
+            except (OSError, UnicodeError, ValueError) as exc:
+                if cached is not None and cached[1] is not None:
+                    # a DNS blip: keep the address that worked, look again later
+                    entry = (time.monotonic() + RESOLVE_RETRY, cached[1], "")
+                else:
+                    entry = (time.monotonic() + RESOLVE_RETRY, None,
+                             f"cannot resolve {service.host}: {exc}")
             self.cache[service.name] = cached = entry
         if cached[1] is None:
             return 0, None, cached[2]
@@ -60,6 +65,7 @@ class Pool:
     def __init__(self, loop: EventLoop | None = None) -> None:
         self.loop = loop
         self.idle: dict[str, list[tuple[socket.socket, float]]] = {}
+        self.closed = False
 
     def get(self, name: str, now: float) -> socket.socket | None:
         """An idle connection, still registered in the loop (or None)."""
@@ -74,7 +80,7 @@ class Pool:
     def put(self, name: str, sock: socket.socket, now: float) -> bool:
         """Keep a registered connection; False (and nothing done) if the pool is full."""
         stack = self.idle.setdefault(name, [])
-        if len(stack) >= POOL_MAX_IDLE or self.loop is None:
+        if len(stack) >= POOL_MAX_IDLE or self.loop is None or self.closed:
             return False
         stack.append((sock, now))
         self.loop.modify(sock, EVENT_READ, lambda mask: self._on_idle_event(name, sock))
@@ -100,6 +106,7 @@ class Pool:
                 self._discard(stack.pop(0)[0])
 
     def close(self) -> None:
+        self.closed = True
         for stack in self.idle.values():
             for sock, _ in stack:
                 self._discard(sock)
@@ -184,9 +191,16 @@ class Exchange:
         sock.setblocking(False)
         self.sock = sock
         self.state = CONNECTING
-        code = sock.connect_ex(address)
+        try:
+            code = sock.connect_ex(address)
+        except (OSError, ValueError) as exc:  # e.g. a unix path the kernel refuses
+            self._fail(f"cannot connect: {exc}")
+            return
         if code == 0:
             self._begin_send(now)
+            return
+        if self.service.path and code == errno.EAGAIN:
+            self._fail("unix socket backlog full")
             return
         if code not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
             self._fail(_connect_error(code, self.service))
@@ -277,6 +291,9 @@ class Exchange:
             self._fail(_connect_error(exc.errno or 0, self.service))
 
     def _retry_fresh(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self._close()
         self.reused = False
         self.started = time.monotonic()  # a stale idle connection is not the service's time
@@ -318,19 +335,10 @@ class Exchange:
             self.sock.close()
             self.sock = None
 
-    def abort(self) -> None:
-        """Drop the exchange without calling back (the request was given up)."""
-        self.state = DONE
-        if self.timer is not None:
-            self.timer.cancel()
-        self._close()
-
 
 def _connect_error(code: int, service: Service) -> str:
     if code == errno.ECONNREFUSED:
         return "connection refused"
     if code == errno.ECONNRESET:
         return "connection reset"
-    if code in (errno.EAGAIN, errno.EWOULDBLOCK) and service.path:
-        return "unix socket backlog full"
     return os.strerror(code).lower() if code else "i/o error"

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Callable
 
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop
-from .protocol import Request, RequestFramer
+from .protocol import MAX_REQUEST_BYTES, Request, RequestFramer
 
 MAX_QUEUED_REQUESTS = 32
 MAX_QUEUED_OUTPUT = 256 * 1024
@@ -26,7 +26,6 @@ class ClientConnection:
     """A client on a socket (daemon) or on a pair of file descriptors (spawn mode)."""
 
     __slots__ = (
-        "answered",
         "busy",
         "closed",
         "dispatcher",
@@ -66,7 +65,6 @@ class ClientConnection:
         self.last_active = time.monotonic()
         self.instance = b""
         self.instance_service = -1
-        self.answered = 0
         self.submitting = False
 
     def start(self) -> None:
@@ -88,7 +86,8 @@ class ClientConnection:
         if not data:
             self.eof = True
         else:
-            self.queue.extend(self.framer.feed(data))
+            room = max(0, MAX_QUEUED_REQUESTS - len(self.queue))
+            self.queue.extend(self.framer.feed(data, room))
             self._next()
         self._update_interest()
 
@@ -100,8 +99,12 @@ class ClientConnection:
         try:
             # answers given at once (default answers) must not pile up without bound for a
             # client that writes without reading: pause while the output is full
-            while (not self.busy and self.queue and not self.closed
-                   and len(self.out) < MAX_QUEUED_OUTPUT):
+            while not self.busy and not self.closed and len(self.out) < MAX_QUEUED_OUTPUT:
+                if not self.queue:
+                    # frame lazily: a read of many small requests is taken a batch at a time
+                    self.queue.extend(self.framer.feed(b"", MAX_QUEUED_REQUESTS))
+                    if not self.queue:
+                        break
                 self.busy = True
                 self.dispatcher.submit(self.queue.popleft(), self)
         finally:
@@ -110,7 +113,6 @@ class ClientConnection:
     def deliver(self, answer: bytes) -> None:
         """The answer to the request in progress (called exactly once per request)."""
         self.busy = False
-        self.answered += 1
         if self.closed:
             return
         self.last_active = time.monotonic()
@@ -138,17 +140,20 @@ class ClientConnection:
             self.close()
             return
         del self.out[:written]
-        if self.queue:
-            self._next()
+        if written:
+            self.last_active = time.monotonic()
+        self._next()
         self._update_interest()
 
     def _update_interest(self) -> None:
         if self.closed:
             return
-        if self.eof and not self.busy and not self.queue and not self.out:
+        if (self.eof and not self.busy and not self.queue and not self.out
+                and not self.framer.complete):
             self.close()
             return
         want_read = (not self.eof and len(self.queue) < MAX_QUEUED_REQUESTS
+                     and len(self.framer.buffer) <= MAX_REQUEST_BYTES
                      and len(self.out) < MAX_QUEUED_OUTPUT)
         want_write = bool(self.out)
         if self.rfd == self.wfd:

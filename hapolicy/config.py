@@ -21,6 +21,7 @@ from typing import Any, Callable
 DEFAULT_PRIO = 10
 DEFAULT_WEIGHT = 1
 DEFAULT_TIMEOUT = 30.0
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the final NUL
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -81,6 +82,8 @@ def _parse_seconds(text: str, what: str, allow_zero: bool = False) -> float:
 
 def parse_service(spec: str) -> Service:
     """Parse `NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]` or `NAME=unix:/path[:...]`."""
+    if "\0" in spec:
+        raise ConfigError(f"service {spec!r}: contains a NUL character")
     name, sep, rest = spec.partition("=")
     name = name.strip()
     if not sep or not rest:
@@ -92,6 +95,8 @@ def parse_service(spec: str) -> Service:
         path, _, tail = rest[5:].partition(":")
         if not path.startswith("/"):
             raise ConfigError(f"service {spec!r}: unix socket path must be absolute")
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise ConfigError(f"service {name}: unix socket path longer than {MAX_UNIX_PATH} bytes")
         optional = tail.split(":") if tail else []
     else:
         if rest.startswith("["):
@@ -133,6 +138,8 @@ def split_listen(text: str) -> tuple[str, int, str]:
     if text.startswith("unix:"):
         if not text[5:].startswith("/"):
             raise ConfigError(f"listen address {text!r}: unix socket path must be absolute")
+        if len(os.fsencode(text[5:])) > MAX_UNIX_PATH:
+            raise ConfigError(f"listen address {text!r}: longer than {MAX_UNIX_PATH} bytes")
         return "", 0, text[5:]
     if text.startswith("["):
         host, _, tail = text[1:].partition("]")

@@ -39,7 +39,7 @@ class Dispatcher:
         self.log = log
         hash_attrs = config.balance[5:].split(",") if config.balance.startswith("hash:") else ()
         self.hash_attrs = [a.encode() for a in hash_attrs]
-        self.selector = Selector(config.services, health, hash_attrs)
+        self.selector = Selector(config.services, health)
         self.pool = Pool(loop)
         self.resolver = Resolver()
         self.default_answer = format_action(config.default_action)

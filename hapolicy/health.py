@@ -29,10 +29,7 @@ class F:
     PROBE_UNTIL = 1  # lease of the request that probes it after its cool-down
     SERVED = 2  # virtual time of weighted round robin (+1/weight per pick)
     STREAK = 3  # consecutive failures
-    REQUESTS = 4
-    FAILURES = 5
-    CHECK_OK = 6  # active check: 1 when the last check passed
-    SPARE = 7
+    # 4..7 reserved (the slot keeps 8 words, one 64-byte cache line per service)
 
 
 SLOT = 8
@@ -59,9 +56,6 @@ class HealthTable:
             return DOWN
         return PROBE_DUE
 
-    def is_down(self, i: int) -> bool:
-        return self.f[i * SLOT] != 0.0
-
     def claim_probe(self, i: int, now: float, lease: float) -> bool:
         """Take the probe of a service whose cool-down is over; False if another took it."""
         base = i * SLOT
@@ -74,7 +68,6 @@ class HealthTable:
         """Count a good answer; True when this brought the service back up."""
         f = self.f
         base = i * SLOT
-        f[base + F.REQUESTS] += 1
         if f[base] == 0.0:
             return False
         f[base + F.STREAK] = 0.0
@@ -86,9 +79,12 @@ class HealthTable:
         """Count a failure and mark the service down; (was it up before, cool-down given)."""
         f = self.f
         base = i * SLOT
-        f[base + F.REQUESTS] += 1
-        f[base + F.FAILURES] += 1
-        was_up = f[base] == 0.0
+        down_until = f[base]
+        if now < down_until and now >= f[base + F.PROBE_UNTIL]:
+            # already down and not a probe: a request sent before it went down failed too
+            # (a burst of in-flight requests); only failed probes lengthen the pause
+            return False, down_until - now
+        was_up = down_until == 0.0
         streak = f[base + F.STREAK] + 1
         f[base + F.STREAK] = streak
         pause = min(cooldown * 2.0 ** min(streak - 1, 30), cap)
@@ -115,12 +111,6 @@ class HealthTable:
         """Start round robin at a random phase (spawn mode: each process is new)."""
         for i, weight in enumerate(weights):
             self.set_served(i, -random.random() / weight)
-
-    def counters(self, i: int) -> tuple[int, int, int]:
-        """(requests, failures, consecutive failures) of one service."""
-        base = i * SLOT
-        f = self.f
-        return int(f[base + F.REQUESTS]), int(f[base + F.FAILURES]), int(f[base + F.STREAK])
 
     def close(self) -> None:
         self.f.release()

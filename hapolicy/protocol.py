@@ -97,27 +97,31 @@ class RequestFramer:
         self.skipping = ""  # the reason while skipping an oversized request
         self.tail = b""  # last bytes seen while skipping, to find an end split across reads
 
-    def feed(self, data: bytes) -> list[Request]:
+    def feed(self, data: bytes, limit: int = 1 << 30) -> list[Request]:
+        """Add data; return at most `limit` complete requests, keeping the rest buffered
+        (call again with b"" for more)."""
         out: list[Request] = []
-        if self.skipping:
+        if self.skipping and data:
             data = self._skip(data, out)
-        if not data:
-            return out
         buf = self.buffer
-        buf += data
+        if data:
+            buf += data
         start = 0
-        while start < len(buf):
+        while start < len(buf) and len(out) < limit:
             end = _request_end(buf, start)
             if end < 0:
                 break
-            raw = bytes(buf[start:end])
-            if b"\r" in raw:
-                raw = raw.replace(b"\r\n", b"\n")
-            out.append(Request(raw, check_limits(raw) if len(raw) > 512 else ""))
+            if end - start > MAX_REQUEST_BYTES:
+                out.append(Request(b"", f"request larger than {MAX_REQUEST_BYTES} bytes"))
+            else:
+                raw = bytes(buf[start:end])
+                if b"\r" in raw:
+                    raw = raw.replace(b"\r\n", b"\n")
+                out.append(Request(raw, check_limits(raw) if len(raw) > 512 else ""))
             start = end
         if start:
             del buf[:start]
-        if len(buf) > MAX_REQUEST_BYTES:
+        if len(out) < limit and len(buf) > MAX_REQUEST_BYTES:
             self.skipping = f"request larger than {MAX_REQUEST_BYTES} bytes"
             self.tail = bytes(buf[-2:])
             buf.clear()
@@ -136,6 +140,11 @@ class RequestFramer:
         self.skipping = ""
         self.tail = b""
         return joined[end:]
+
+    @property
+    def complete(self) -> bool:
+        """True when a whole request waits in the buffer."""
+        return _request_end(self.buffer, 0) >= 0
 
     @property
     def pending(self) -> bool:

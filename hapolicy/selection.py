@@ -25,11 +25,9 @@ from .health import PROBE_DUE, UP, HealthTable
 class Selector:
     """Picks services for requests; holds only derived, read-only data about the services."""
 
-    def __init__(self, services: Sequence[Service], health: HealthTable,
-                 hash_attrs: Sequence[str] = ()) -> None:
+    def __init__(self, services: Sequence[Service], health: HealthTable) -> None:
         self.services = list(services)
         self.health = health
-        self.hash_attrs = [a.encode() for a in hash_attrs]
         prios = sorted({s.prio for s in services})
         self.groups = [[i for i, s in enumerate(services) if s.prio == p] for p in prios]
         self.step = [1.0 / s.weight for s in services]

@@ -314,7 +314,8 @@ class Worker:
         now = time.monotonic()
         limit = now - self.config.max_idle
         for client in list(self.clients):
-            if client.last_active < limit and client.idle:
+            # a half-sent request or an unread answer that old is abandoned too
+            if client.last_active < limit and not client.busy:
                 client.close()
         self.dispatcher.pool.sweep(now)
         self._apply_flags()

@@ -40,6 +40,3 @@ class WorkerTable:
             if other != slot and f[other * FIELDS + 1] and f[other * FIELDS] + YIELD_MARGIN <= clients:
                 return True
         return False
-
-    def loads(self) -> list[tuple[int, bool]]:
-        return [(int(self.f[s * FIELDS]), bool(self.f[s * FIELDS + 1])) for s in range(self.slots)]

@@ -83,3 +83,10 @@ def test_config_file_errors_name_file_and_line(tmp_path, text, fragment):
     with pytest.raises(ConfigError) as err:
         read_config_file(str(path))
     assert str(err.value).startswith(str(path)) and fragment in str(err.value)
+
+
+def test_unix_paths_the_kernel_refuses_are_config_errors():
+    with pytest.raises(ConfigError, match="longer than 107 bytes"):
+        parse_service("U=unix:/" + "x" * 120)
+    with pytest.raises(ConfigError, match="NUL"):
+        parse_service("U=unix:/tmp/a\0b")

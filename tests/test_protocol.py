@@ -99,3 +99,20 @@ def test_answer_parsing():
     assert answer_action(b"action=\n\n") == b""
     assert answer_action(b"garbage\n\n") == b""
     assert answer_action(b"action=OK\r\n\r\n") == b"action=OK"
+
+
+def test_complete_request_over_the_size_limit_in_two_reads_is_refused():
+    big = b"x=" + b"y" * 40000 + b"\n" + b"z=" + b"y" * 40000 + b"\n\n"
+    reqs, _ = frame(big[:60000], big[60000:] + b"ok=1\n\n")
+    assert "larger than" in reqs[0].error
+    assert reqs[1].raw == b"ok=1\n\n"
+
+
+def test_framing_is_lazy_with_a_limit():
+    framer = RequestFramer()
+    first = framer.feed(b"a=1\n\n" * 100, 32)
+    assert len(first) == 32 and framer.complete
+    rest = []
+    while batch := framer.feed(b"", 32):
+        rest += batch
+    assert len(rest) == 68 and not framer.complete and not framer.pending

@@ -7,10 +7,10 @@ from hapolicy.health import DOWN, PROBE_DUE, UP, HealthTable
 from hapolicy.selection import Selector
 
 
-def make(*specs, shared=False, hash_attrs=()):
+def make(*specs, shared=False):
     services = [parse_service(s) for s in specs]
     health = HealthTable(len(services), shared=shared)
-    return Selector(services, health, hash_attrs), health
+    return Selector(services, health), health
 
 
 def order(selector, now=100.0, key=None):
@@ -52,10 +52,21 @@ def test_down_service_is_skipped_then_probed_by_one_request():
     assert health.state(0, 102.7) == UP
 
 
-def test_cooldown_doubles_up_to_the_cap():
+def test_cooldown_doubles_at_each_failed_probe_up_to_the_cap():
     _, health = make("A=h:1")
-    pauses = [health.record_failure(0, 0.0, 2.0, 10.0)[1] for _ in range(5)]
+    now, pauses = 0.0, []
+    for _ in range(5):
+        pauses.append(health.record_failure(0, now, 2.0, 10.0)[1])
+        now += pauses[-1]  # the next failure is the probe after the cool-down
     assert pauses == [2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_a_burst_of_in_flight_failures_counts_once():
+    _, health = make("A=h:1")
+    results = [health.record_failure(0, 5.0 + n / 1000, 2.0, 60.0) for n in range(8)]
+    assert results[0] == (True, 2.0)
+    assert all(not was_up for was_up, _ in results[1:])
+    assert health.state(0, 7.01) == PROBE_DUE  # not pushed to the 60 s cap
 
 
 def test_weights_hold_across_workers_sharing_the_table():
@@ -79,7 +90,7 @@ def test_rejoining_service_does_not_get_a_burst():
 
 def test_hash_is_stable_and_removing_one_server_moves_only_its_share():
     specs = ["G1=h:1", "G2=h:2", "G3=h:3"]
-    sel, health = make(*specs, hash_attrs=["client_address"])
+    sel, health = make(*specs)
     keys = [b"192.0.2.%d" % i for i in range(3000)]
     before = [sel.pick(0, 1.0, key) for key in keys]
     assert before == [sel.pick(0, 1.0, key) for key in keys]
