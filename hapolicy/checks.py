@@ -3,9 +3,9 @@
 Run by the master in its own event loop, with the workers' own `Exchange`. A service that does
 not answer with an `action=` line is marked down in the shared table before traffic finds it;
 one that answers again is marked up without a real request having to probe it. The request
-sent is --check-request (default: an RCPT-stage request from postmaster@localhost to
-hapolicy-check@localhost at 127.0.0.1, which greylisting and rate-limit servers answer
-without harm).
+sent is --check-request (default: an RCPT-stage request from hapolicy-check@localhost to
+postmaster@localhost at 127.0.0.1, which greylisting and rate-limit servers answer without
+harm).
 """
 
 from __future__ import annotations

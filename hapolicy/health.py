@@ -101,6 +101,10 @@ class HealthTable:
     def set_served(self, i: int, value: float) -> None:
         self.f[i * SLOT + F.SERVED] = value
 
+    def copy_slot(self, i: int, other: HealthTable, j: int) -> None:
+        """Take over service j's state from another table as service i's (on reload)."""
+        self.f[i * SLOT:(i + 1) * SLOT] = other.f[j * SLOT:(j + 1) * SLOT]
+
     def rejoin(self, i: int, peers: list[int]) -> None:
         """A service came back: start its clock level with its peers', not far behind them."""
         others = [self.served(j) for j in peers if j != i]

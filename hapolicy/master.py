@@ -403,7 +403,14 @@ class Master:
         self.generation += 1
         old = [w for w in self.workers.values() if not w.retiring]
         if config.services != self.config.services:
-            self.health = HealthTable(len(config.services))
+            health = HealthTable(len(config.services))
+            # a service that stays (same name and address) keeps what is known of it
+            before = {(s.name, s.address): i for i, s in enumerate(self.config.services)}
+            for i, service in enumerate(config.services):
+                j = before.get((service.name, service.address))
+                if j is not None:
+                    health.copy_slot(i, self.health, j)
+            self.health = health
         for worker in old:
             worker.retiring = True
             self.table.set_accepting(worker.slot, False)

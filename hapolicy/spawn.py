@@ -22,10 +22,14 @@ from .log import Logger
 
 def silence_stderr() -> None:
     """Point fd 2 and sys.stderr at /dev/null: a stray warning must not reach Postfix."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no /dev/null (a chroot): a pipe nobody reads takes what is written
+        devnull = os.pipe()[1]
+        os.set_blocking(devnull, False)
     os.dup2(devnull, 2)
     os.close(devnull)
-    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    sys.stderr = os.fdopen(os.dup(2), "w")
 
 
 def run_spawn(config: Config, log: Logger) -> int:
