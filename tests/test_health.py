@@ -8,6 +8,7 @@ noisy machines): they tell "paid a timeout" from "answered at once", nothing fin
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 
@@ -164,3 +165,20 @@ def test_all_services_down_gives_the_default_within_the_total_deadline():
         action, took = ask(daemon)
         assert action == "DEFER_IF_PERMIT policy service unavailable" and took < 10
         wait_for(lambda: "total timeout 2s reached" in daemon.log.text(), 5)
+
+
+def test_reload_keeps_what_is_known_of_services_that_stay(tmp_path, good):
+    with FakeBackend(mode="silent") as silent:
+        conf = tmp_path / "h.conf"
+        conf.write_text(f"service = {silent.spec('SILENT', prio=10, timeout=2)}\n"
+                        f"service = {good.spec('GOOD', prio=20)}\ncooldown = 60\n")
+        with Daemon("-c", str(conf), workers=2) as daemon:
+            assert ask(daemon)[0] == "OK good"  # pays SILENT's timeout once
+            conf.write_text(conf.read_text() + f"service = NEW=127.0.0.1:{refused_port()}:30\n")
+            daemon.send(signal.SIGHUP)
+            daemon.log.wait("reloaded: 3 services")
+            wait_for(lambda: len(daemon.workers_now()) == 2, 10)  # the old ones retired
+            later = [ask(daemon) for _ in range(5)]
+            assert all(a == "OK good" for a, _ in later)
+            assert sum(t for _, t in later) < 1.5
+            assert len(silent.requests) == 1  # the new workers knew it was down
