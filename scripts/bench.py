@@ -293,23 +293,22 @@ def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes whose process group is pgid."""
+def _live_with(field: int, value: int) -> list[int]:
+    """Live (not zombie) processes whose /proc stat field (1: ppid, 2: pgid) is value."""
     out = []
     for pid in all_pids():
         fields = _stat_fields(pid)
-        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+        if fields and fields[0] != "Z" and int(fields[field]) == value:
             out.append(pid)
     return out
+
+
+def group_members(pgid: int) -> list[int]:
+    return _live_with(2, pgid)
 
 
 def children_of(ppid: int) -> list[int]:
-    out = []
-    for pid in all_pids():
-        fields = _stat_fields(pid)
-        if fields and fields[0] != "Z" and int(fields[1]) == ppid:
-            out.append(pid)
-    return out
+    return _live_with(1, ppid)
 
 
 def cpu_seconds(pid: int) -> tuple[float, float] | None:
