@@ -1,8 +1,8 @@
 """One exchange with one policy service: non-blocking connect, send, read the answer, deadline.
 
 `Exchange` is a small state machine driven by the event loop; it ends by calling
-`on_done(action_line, reason)`: the first `action=` line of a good answer with reason "", or
-b"" and why it failed. Connections that ended cleanly go back to a per-worker `Pool` of idle
+`on_done(action_line, outcome, detail)`: the first `action=` line of a good answer with outcome
+ANSWERED and detail "", or b"", the outcome category (see outcome.py) and why it failed. Connections that ended cleanly go back to a per-worker `Pool` of idle
 connections for the next request. A reused connection that turns out closed before any byte
 of answer is retried once on a fresh connection, and that is not a failure of the service.
 """
@@ -17,6 +17,17 @@ from typing import Callable
 
 from .config import Service
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
+from .outcome import (
+    ABANDONED,
+    ANSWER_TIMEOUT,
+    ANSWERED,
+    CLOSED,
+    CONNECT_FAILED,
+    CONNECT_TIMEOUT,
+    INVALID,
+    LOCAL,
+    RESET,
+)
 from .protocol import MAX_ANSWER_BYTES, answer_action, answer_complete
 
 RESOLVE_TTL = 300.0
@@ -126,9 +137,8 @@ class Exchange:
 
     __slots__ = (
         "answer",
-        "connect_deadline",
+        "connect_timeout",
         "deadline",
-        "local_failure",
         "loop",
         "on_done",
         "payload",
@@ -145,13 +155,13 @@ class Exchange:
     )
 
     def __init__(self, loop: EventLoop, service: Service, payload: bytes, deadline: float,
-                 connect_timeout: float, on_done: Callable[[bytes, str], None], pool: Pool,
+                 connect_timeout: float, on_done: Callable[[bytes, int, str], None], pool: Pool,
                  resolver: Resolver) -> None:
         self.loop = loop
         self.service = service
         self.payload = payload
         self.deadline = deadline
-        self.connect_deadline = connect_timeout
+        self.connect_timeout = connect_timeout
         self.on_done = on_done
         self.pool = pool
         self.resolver = resolver
@@ -162,7 +172,6 @@ class Exchange:
         self.timer: Timer | None = None
         self.reused = False
         self.registered = False
-        self.local_failure = False
         self.started = 0.0
 
     def start(self) -> None:
@@ -180,13 +189,13 @@ class Exchange:
     def _connect(self, now: float) -> None:
         family, address, error = self.resolver.address(self.service, now)
         if error:
-            self._fail(error)
+            self._fail(CONNECT_FAILED, error)
             return
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
-            self.local_failure = True  # out of file descriptors: not the service's fault
-            self._fail(f"cannot make a socket: {exc.strerror}")
+            # out of file descriptors: not the service's fault
+            self._fail(LOCAL, f"cannot make a socket: {exc.strerror}")
             return
         sock.setblocking(False)
         self.sock = sock
@@ -194,20 +203,20 @@ class Exchange:
         try:
             code = sock.connect_ex(address)
         except (OSError, ValueError) as exc:  # e.g. a unix path the kernel refuses
-            self._fail(f"cannot connect: {exc}")
+            self._fail(CONNECT_FAILED, f"cannot connect: {exc}")
             return
         if code == 0:
             self._begin_send(now)
             return
         if self.service.path and code == errno.EAGAIN:
-            self._fail("unix socket backlog full")
+            self._fail(CONNECT_FAILED, "unix socket backlog full")
             return
         if code not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
-            self._fail(_connect_error(code, self.service))
+            self._fail(*_connect_error(code))
             return
         # the service's timeout bounds the whole attempt, connect included (as the original's
         # alarm did): a blackholed service with TIMEOUT 1 costs 1 s, not connect_timeout
-        limit = min(now + self.connect_deadline, self._attempt_deadline())
+        limit = min(now + self.connect_timeout, self._attempt_deadline())
         self.timer = self.loop.call_at(limit, self._timeout)
         self._register(EVENT_WRITE)
 
@@ -245,7 +254,7 @@ class Exchange:
         if self.state == CONNECTING:
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
             if code:
-                self._fail(_connect_error(code, self.service))
+                self._fail(*_connect_error(code))
             else:
                 self._begin_send(time.monotonic())
             return
@@ -266,29 +275,29 @@ class Exchange:
             if self.reused and not self.answer:
                 self._retry_fresh()
             else:
-                self._fail("closed the connection before a full answer")
+                self._fail(CLOSED, "closed the connection before a full answer")
             return
         answer = self.answer
         answer += data
         end = answer_complete(answer)
         if end < 0:
             if len(answer) > MAX_ANSWER_BYTES:
-                self._fail(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+                self._fail(INVALID, f"answer larger than {MAX_ANSWER_BYTES} bytes")
             return
         if end > MAX_ANSWER_BYTES:
-            self._fail(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            self._fail(INVALID, f"answer larger than {MAX_ANSWER_BYTES} bytes")
             return
         action = answer_action(bytes(answer[:end]))
         if not action:
-            self._fail("answer without action: " + repr(bytes(answer[:80]))[2:-1])
+            self._fail(INVALID, "answer without action: " + repr(bytes(answer[:80]))[2:-1])
             return
-        self._finish(action, "", keep=end == len(answer))
+        self._finish(action, ANSWERED, "", keep=end == len(answer))
 
     def _io_error(self, exc: OSError) -> None:
         if self.reused and not self.answer and exc.errno in (errno.EPIPE, errno.ECONNRESET):
             self._retry_fresh()
         else:
-            self._fail(_connect_error(exc.errno or 0, self.service))
+            self._fail(*_connect_error(exc.errno or 0))
 
     def _retry_fresh(self) -> None:
         if self.timer is not None:
@@ -305,14 +314,18 @@ class Exchange:
         self.timer = None
         waited = time.monotonic() - self.started
         if self.state == CONNECTING:
-            self._fail(f"connect timeout after {waited:.1f}s")
+            self._fail(CONNECT_TIMEOUT, f"connect timeout after {waited:.1f}s")
         else:
-            self._fail(f"no answer after {waited:.1f}s")
+            self._fail(ANSWER_TIMEOUT, f"no answer after {waited:.1f}s")
 
-    def _fail(self, reason: str) -> None:
-        self._finish(b"", reason, keep=False)
+    def abandon(self, why: str) -> None:
+        """Stop waiting (the service was found dead meanwhile); ends with ABANDONED."""
+        self._fail(ABANDONED, why)
 
-    def _finish(self, action: bytes, reason: str, keep: bool) -> None:
+    def _fail(self, outcome: int, detail: str) -> None:
+        self._finish(b"", outcome, detail, keep=False)
+
+    def _finish(self, action: bytes, outcome: int, detail: str, keep: bool) -> None:
         if self.state == DONE:
             return
         self.state = DONE
@@ -325,7 +338,7 @@ class Exchange:
             self.registered = False
         else:
             self._close()
-        self.on_done(action, reason)
+        self.on_done(action, outcome, detail)
 
     def _close(self) -> None:
         if self.sock is not None:
@@ -336,9 +349,12 @@ class Exchange:
             self.sock = None
 
 
-def _connect_error(code: int, service: Service) -> str:
+def _connect_error(code: int) -> tuple[int, str]:
+    """The outcome and detail of a failed connect, send or receive with errno code."""
     if code == errno.ECONNREFUSED:
-        return "connection refused"
+        return CONNECT_FAILED, "connection refused"
     if code == errno.ECONNRESET:
-        return "connection reset"
-    return os.strerror(code).lower() if code else "i/o error"
+        return RESET, "connection reset"
+    if code == errno.EPIPE:
+        return RESET, "broken pipe"
+    return CONNECT_FAILED, os.strerror(code).lower() if code else "i/o error"

@@ -1,11 +1,16 @@
-"""Active health checks: every --check-interval seconds, ask each service a harmless request.
+"""Active health checks: the master asks each service a harmless request on a timer.
 
-Run by the master in its own event loop, with the workers' own `Exchange`. A service that does
-not answer with an `action=` line is marked down in the shared table before traffic finds it;
-one that answers again is marked up without a real request having to probe it. The request
-sent is --check-request (default: an RCPT-stage request from hapolicy-check@localhost to
-postmaster@localhost at 127.0.0.1, which greylisting and rate-limit servers answer without
-harm).
+Run by the master in its own event loop, with the workers' own `Exchange`. Each service is
+checked every check-interval seconds while it is up and every check-down-interval seconds
+while it is down; a check waits at most min(TIMEOUT, check-interval) for its answer. With
+checks on, they own the recovery: live requests never probe a service that is down, and only
+check-rise consecutive answered checks bring it back. check-fall consecutive failed checks take
+an up service down (a failed live request takes it down at once: a live timeout is expensive).
+A local failure (the master out of descriptors) says nothing of the service and is not counted.
+
+The request sent is check-request (default: an RCPT-stage request from
+hapolicy-check@localhost to postmaster@localhost at 127.0.0.1, which greylisting and rate-limit
+servers answer without harm).
 """
 
 from __future__ import annotations
@@ -14,57 +19,79 @@ import time
 
 from .backend import Exchange, Pool, Resolver
 from .config import Config
-from .eventloop import EventLoop
-from .health import HealthTable, note_failure, note_success
+from .eventloop import EventLoop, Timer
+from .health import UP, Health, HealthTable
 from .log import Logger
+from .outcome import ANSWERED, LOCAL
 
 
 class Checker:
-    """Probes every service on a timer; at most one probe per service in flight."""
+    """Checks every service on its own timer; at most one check per service in flight."""
 
-    def __init__(self, loop: EventLoop, config: Config, health: HealthTable, log: Logger) -> None:
+    def __init__(self, loop: EventLoop, config: Config, table: HealthTable, log: Logger) -> None:
         self.loop = loop
         self.config = config
-        self.health = health
+        self.table = table
+        self.health = Health(table, config.services, config, True, log)
         self.log = log
         self.payload = config.check_request.encode() + b"\n"
         self.pool = Pool(loop)
         self.resolver = Resolver()
-        self.busy: set[int] = set()
-        self.timer = None
+        count = len(config.services)
+        self.rise = [0] * count  # consecutive answered checks while down
+        self.fall = [0] * count  # consecutive failed checks while up
+        self.started = [0.0] * count
+        self.timers: list[Timer | None] = [None] * count
         self.stopped = False
 
     def start(self) -> None:
         if self.config.check_interval > 0:
-            self.timer = self.loop.call_later(0.0, self.round)
+            for i in range(len(self.config.services)):
+                self.timers[i] = self.loop.call_later(0.0, lambda i=i: self.check(i))
 
     def stop(self) -> None:
         self.stopped = True
-        if self.timer is not None:
-            self.timer.cancel()
+        for timer in self.timers:
+            if timer is not None:
+                timer.cancel()
         self.pool.close()
 
-    def round(self) -> None:
+    def check(self, i: int) -> None:
+        self.timers[i] = None
+        if self.stopped:
+            return
+        service = self.config.services[i]
+        now = self.started[i] = time.monotonic()
+        deadline = now + min(service.timeout, self.config.check_interval)
+        Exchange(self.loop, service, self.payload, deadline, self.config.connect_timeout,
+                 lambda action, outcome, detail: self.done(i, outcome, detail), self.pool,
+                 self.resolver).start()
+
+    def done(self, i: int, outcome: int, detail: str) -> None:
         if self.stopped:
             return
         now = time.monotonic()
-        for i, service in enumerate(self.config.services):
-            if i in self.busy:
-                continue
-            self.busy.add(i)
-            deadline = now + min(service.timeout, self.config.check_interval * 2)
-            Exchange(self.loop, service, self.payload, deadline, self.config.connect_timeout,
-                     lambda action, reason, i=i: self.done(i, action, reason), self.pool,
-                     self.resolver).start()
-        self.timer = self.loop.call_later(self.config.check_interval, self.round)
-
-    def done(self, i: int, action: bytes, reason: str) -> None:
-        self.busy.discard(i)
-        if self.stopped:
-            return
-        services = self.config.services
-        if action:
-            note_success(self.health, services, i, self.log)
+        up = self.table.state(i, now) == UP
+        config = self.config
+        if outcome == LOCAL:
+            self.log.error(f"service={config.services[i].name} not checked: {detail}")
+        elif outcome == ANSWERED:
+            self.fall[i] = 0
+            if not up:
+                self.rise[i] += 1
+                if self.rise[i] >= config.check_rise:
+                    self.rise[i] = 0
+                    self.health.mark_up(i, f": check answered {config.check_rise} times")
+                    up = True
         else:
-            note_failure(self.health, services, i, "check: " + reason, time.monotonic(),
-                         self.config.cooldown, self.config.cooldown_max, self.log)
+            self.rise[i] = 0
+            if up:
+                self.fall[i] += 1
+                if self.fall[i] >= config.check_fall:
+                    self.fall[i] = 0
+                    self.health.mark_down(i, outcome, "check: " + detail, now)
+                    up = False
+        # a first failure is confirmed, and a down service watched, at the shorter interval
+        interval = config.check_interval if up and not self.fall[i] else config.check_down_interval
+        wait = max(0.0, self.started[i] + interval - now)
+        self.timers[i] = self.loop.call_later(wait, lambda: self.check(i))

@@ -65,6 +65,8 @@ def make_parser() -> Parser:
             p.add_argument(option, action="store_true", default=None)
         elif key == "sticky_instance":
             p.add_argument(option, choices=["yes", "no"])
+        elif key == "all_down":
+            p.add_argument(option, choices=["default", "try"])
         else:
             p.add_argument(option, metavar=key.split("_")[-1].upper())
     return p

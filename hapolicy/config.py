@@ -163,6 +163,13 @@ def _parse_balance(text: str) -> str:
     raise ConfigError(f"balance {text!r}: expected 'weighted' or 'hash:ATTR[,ATTR...]'")
 
 
+def _parse_all_down(text: str) -> str:
+    text = text.strip()
+    if text not in ("default", "try"):
+        raise ConfigError(f"all-down {text!r}: expected 'default' or 'try'")
+    return text
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "yes", "true", "on"):
@@ -220,7 +227,11 @@ class Config:
     # health and balancing
     cooldown: float = 2.0
     cooldown_max: float = 60.0
-    check_interval: float = 0.0
+    all_down: str = "default"  # or "try": try services marked down, in order, when all are
+    check_interval: float = 5.0
+    check_down_interval: float = 1.0
+    check_rise: int = 2
+    check_fall: int = 2
     check_request: str = (
         "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=SMTP\n"
         "client_address=127.0.0.1\nclient_name=localhost\nhelo_name=localhost\n"
@@ -272,7 +283,11 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "backlog": lambda t: _parse_int(t, "backlog", 1),
     "cooldown": lambda t: _parse_seconds(t, "cooldown"),
     "cooldown_max": lambda t: _parse_seconds(t, "cooldown max"),
+    "all_down": _parse_all_down,
     "check_interval": lambda t: _parse_seconds(t, "check interval", allow_zero=True),
+    "check_down_interval": lambda t: _parse_seconds(t, "check down interval"),
+    "check_rise": lambda t: _parse_int(t, "check rise", 1),
+    "check_fall": lambda t: _parse_int(t, "check fall", 1),
     "check_request": lambda t: "".join(a + "\n" for a in t.split() if "=" in a),
     "balance": _parse_balance,
     "sticky_instance": _parse_bool,

@@ -2,8 +2,13 @@
 
 `Dispatcher.submit` runs the attempt chain of one framed request. Each attempt is bounded by
 min(service timeout, what is left of the request's total deadline); a failure tells the health
-table and moves on at once; when every service failed or the deadline is reached the answer is
-the default action. Whatever happens, `deliver` is called exactly once with the answer bytes.
+table and moves on at once; when every service failed or is down, or the deadline is reached,
+the answer is the default action. Whatever happens, `deliver` is called exactly once with the
+answer bytes.
+
+A request waiting on a service that is found dead meanwhile does not wait out its own timeout:
+when a request of this process takes a service down, the others waiting on it move on at once;
+one taken down by another process (or by a check) is noticed within SWEEP_SECONDS.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from typing import Callable, Protocol
 
 from .backend import Exchange, Pool, Resolver
 from .config import Config
-from .eventloop import EventLoop
-from .health import HealthTable, note_failure, note_success
+from .eventloop import EventLoop, Timer
+from .health import UP, Health, HealthTable
 from .log import Logger
+from .outcome import ANSWERED, LOCAL
 from .protocol import Request, format_action
 from .selection import Selector
+
+SWEEP_SECONDS = 0.1  # how soon a service taken down elsewhere releases our waiting requests
+WARN_SECONDS = 1.0  # at most one "no service answered" warning this often (without -l)
 
 
 class Client(Protocol):
@@ -32,19 +41,26 @@ class Client(Protocol):
 class Dispatcher:
     """Answers the requests of one process (a worker, or spawn mode)."""
 
-    def __init__(self, loop: EventLoop, config: Config, health: HealthTable, log: Logger) -> None:
+    def __init__(self, loop: EventLoop, config: Config, table: HealthTable, log: Logger,
+                 checked: bool = False) -> None:
+        """`checked`: active checks run elsewhere (the master) and own the recovery."""
         self.loop = loop
         self.config = config
-        self.health = health
+        self.table = table
+        self.health = Health(table, config.services, config, checked, log)
         self.log = log
         hash_attrs = config.balance[5:].split(",") if config.balance.startswith("hash:") else ()
         self.hash_attrs = [a.encode() for a in hash_attrs]
-        self.selector = Selector(config.services, health)
+        self.selector = Selector(config.services, table, config.all_down == "try")
         self.pool = Pool(loop)
         self.resolver = Resolver()
         self.default_answer = format_action(config.default_action)
         self.in_flight = 0
         self.on_request: Callable[[], None] = _nothing  # the worker counts requests for max_use
+        self.waiting: list[set[Job]] = [set() for _ in config.services]  # by service
+        self.sweep_timer: Timer | None = None
+        self.warn_quiet_until = 0.0
+        self.warn_held = 0
 
     def submit(self, request: Request, client: Client) -> None:
         """Answer one request, now or later, through client.deliver."""
@@ -65,7 +81,44 @@ class Dispatcher:
     def job_done(self) -> None:
         self.in_flight -= 1
 
+    def wait_on(self, index: int, job: Job) -> None:
+        self.waiting[index].add(job)
+        if self.sweep_timer is None:
+            self.sweep_timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    def release(self, index: int, since: float, why: str) -> None:
+        """Move the requests waiting on service `index` since before `since` on at once."""
+        jobs = self.waiting[index]
+        for job in [j for j in jobs if j.exchange is not None and j.exchange.started < since]:
+            if job in jobs and job.exchange is not None:
+                job.exchange.abandon(why)
+
+    def sweep(self) -> None:
+        """Release requests waiting on services that another process took down."""
+        self.sweep_timer = None
+        now = time.monotonic()
+        table = self.table
+        for index, jobs in enumerate(self.waiting):
+            if jobs and table.state(index, now) != UP:
+                self.release(index, table.down_since(index), "marked down while waiting")
+        if any(self.waiting):
+            self.sweep_timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    def warn_default(self, why: str) -> None:
+        """Log that a request got the default answer: at most once a WARN_SECONDS."""
+        now = time.monotonic()
+        if now < self.warn_quiet_until:
+            self.warn_held += 1
+            return
+        held = f" ({self.warn_held} more not logged)" if self.warn_held else ""
+        self.log.warning(f"no service answered ({why}): action={self.config.default_action}"
+                         f"{held}")
+        self.warn_held = 0
+        self.warn_quiet_until = now + WARN_SECONDS
+
     def close(self) -> None:
+        if self.sweep_timer is not None:
+            self.sweep_timer.cancel()
         self.pool.close()
 
 
@@ -116,7 +169,7 @@ class Job:
             sticky = self.client.instance_service
         index = d.selector.pick(self.tried, now, self.key, sticky)
         if index < 0:
-            self.answer_default("all services failed")
+            self.answer_default("all services failed" if self.tried else "all services down")
             return
         self.tried |= 1 << index
         self.current = index
@@ -124,26 +177,28 @@ class Job:
         self.exchange = Exchange(d.loop, service, self.request.raw, self.deadline,
                                  d.config.connect_timeout, self.on_exchange_done, d.pool,
                                  d.resolver)
+        d.wait_on(index, self)
         self.exchange.start()
 
-    def on_exchange_done(self, action: bytes, reason: str) -> None:
+    def on_exchange_done(self, action: bytes, outcome: int, reason: str) -> None:
         d = self.d
         index = self.current
         service = d.config.services[index]
-        local_failure = self.exchange is not None and self.exchange.local_failure
         self.exchange = None
-        if action:
-            note_success(d.health, d.config.services, index, d.log)
+        d.waiting[index].discard(self)
+        if outcome == ANSWERED:
+            d.health.ok(index)
             if self.instance:
                 self.client.instance = self.instance
                 self.client.instance_service = index
             self.finish(action + b"\n\n", service.name, action[7:].decode("utf-8", "replace"))
             return
-        if local_failure:
+        if outcome == LOCAL:
             d.log.error(f"service={service.name} not asked: {reason}")
         else:
-            note_failure(d.health, d.config.services, index, reason, time.monotonic(),
-                         d.config.cooldown, d.config.cooldown_max, d.log)
+            now = time.monotonic()
+            if d.health.failed(index, outcome, reason, now):
+                d.release(index, now, "marked down while waiting")
         if d.config.verbose:
             d.log.info(f"service={service.name} address={service.address} failed: {reason}")
         self.failed.append(f"{service.name}: {reason}")
@@ -158,7 +213,7 @@ class Job:
         if d.config.log_requests or (default_why and d.config.verbose):
             self.log_request(service, action, default_why)
         elif default_why:
-            d.log.warning(f"no service answered ({default_why}): action={action}")
+            d.warn_default(default_why)
         self.client.deliver(answer)
         d.job_done()
 

@@ -9,17 +9,25 @@ counter may be lost. None of these loses an answer or keeps a dead service in us
 
 A service is up, or down until `down_until`. When the cool-down is over, the first request to
 claim it (`claim_probe`) tries it; others keep skipping it for the probe's lease. Success
-brings it back; failure doubles the cool-down, up to the cap.
+brings it back; a timeout doubles the cool-down, up to the cap; any other failure (refused,
+reset: cheap to try again) gives the base cool-down again. When active checks run, they own the
+recovery: a service is down until a check brings it back (`down_until` is infinite), so no live
+request ever probes it.
+
+`Health` is the one path through which a process changes a service's state: `ok` and `failed`
+for live requests, `mark_up` and `mark_down` for the checks. It logs each change once.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import random
 from collections.abc import Sequence
 
-from .config import Service
+from .config import Config, Service
 from .log import Logger
+from .outcome import counts_against_service, is_timeout
 
 
 class F:
@@ -28,8 +36,9 @@ class F:
     DOWN_UNTIL = 0  # monotonic time; 0 when up
     PROBE_UNTIL = 1  # lease of the request that probes it after its cool-down
     SERVED = 2  # virtual time of weighted round robin (+1/weight per pick)
-    STREAK = 3  # consecutive failures
-    # 4..7 reserved (the slot keeps 8 words, one 64-byte cache line per service)
+    STREAK = 3  # consecutive failures that doubled the cool-down
+    DOWN_SINCE = 4  # monotonic time it was last marked down
+    # 5..7 reserved (the slot keeps 8 words, one 64-byte cache line per service)
 
 
 SLOT = 8
@@ -75,8 +84,12 @@ class HealthTable:
         f[base + F.PROBE_UNTIL] = 0.0
         return True
 
-    def record_failure(self, i: int, now: float, cooldown: float, cap: float) -> tuple[bool, float]:
-        """Count a failure and mark the service down; (was it up before, cool-down given)."""
+    def record_failure(self, i: int, now: float, cooldown: float, cap: float,
+                       doubling: bool = True) -> tuple[bool, float]:
+        """Count a failure and mark the service down; (was it up before, cool-down given).
+
+        With `doubling` the pause is cooldown doubled at each consecutive such failure, up to
+        cap; without, it is cooldown and the streak is left as it was."""
         f = self.f
         base = i * SLOT
         down_until = f[base]
@@ -85,12 +98,37 @@ class HealthTable:
             # (a burst of in-flight requests); only failed probes lengthen the pause
             return False, down_until - now
         was_up = down_until == 0.0
-        streak = f[base + F.STREAK] + 1
-        f[base + F.STREAK] = streak
-        pause = min(cooldown * 2.0 ** min(streak - 1, 30), cap)
+        if doubling:
+            streak = f[base + F.STREAK] + 1
+            f[base + F.STREAK] = streak
+            pause = min(cooldown * 2.0 ** min(streak - 1, 30), cap)
+        else:
+            pause = cooldown
         f[base] = now + pause
         f[base + F.PROBE_UNTIL] = 0.0
+        if was_up:
+            f[base + F.DOWN_SINCE] = now
         return was_up, pause
+
+    def down_since(self, i: int) -> float:
+        """When service i was last marked down (0.0: never); meaningful while it is down."""
+        return self.f[i * SLOT + F.DOWN_SINCE]
+
+    def set_recovery(self, checked: bool, now: float) -> None:
+        """Make every down service wait for what recovers it now: a check (checked) or a probe.
+
+        A reload that turns checks on or off must not leave a service down for ever, nor let
+        live requests probe a service that checks now own."""
+        f = self.f
+        for i in range(self.count):
+            base = i * SLOT
+            if f[base] == 0.0:
+                continue
+            if checked:
+                f[base] = math.inf
+            elif f[base] == math.inf:
+                f[base] = now
+                f[base + F.PROBE_UNTIL] = 0.0
 
     def served(self, i: int) -> float:
         return self.f[i * SLOT + F.SERVED]
@@ -121,19 +159,56 @@ class HealthTable:
         self._map.close()
 
 
-def note_success(table: HealthTable, services: Sequence[Service], i: int, log: Logger) -> None:
-    """Record a good answer of service i; log it once if that brought it back up."""
-    if table.record_success(i):
-        prio = services[i].prio
-        table.rejoin(i, [j for j, s in enumerate(services) if s.prio == prio])
-        log.notice(f"service {services[i].name} ({services[i].address}) up")
+class Health:
+    """The one path for state changes of one process's services, each logged once.
 
+    `checked`: active checks run (the daemon with check-interval > 0) and own the recovery:
+    a live answer never brings a service back, and a service marked down stays down until
+    `mark_up`. Otherwise a live request probes it after its cool-down (see the module doc).
+    """
 
-def note_failure(table: HealthTable, services: Sequence[Service], i: int, reason: str,
-                 now: float, cooldown: float, cap: float, log: Logger) -> None:
-    """Record a failure of service i; log it once when that took it down."""
-    was_up, pause = table.record_failure(i, now, cooldown, cap)
-    if was_up:
-        service = services[i]
-        log.warning(f"service {service.name} ({service.address}) down: {reason}, "
-                    f"retry in {pause:g}s")
+    def __init__(self, table: HealthTable, services: Sequence[Service], config: Config,
+                 checked: bool, log: Logger) -> None:
+        self.table = table
+        self.services = list(services)
+        self.cooldown = config.cooldown
+        self.cooldown_max = config.cooldown_max
+        self.checked = checked
+        self.recheck = config.check_down_interval
+        self.log = log
+        self.peers = [[j for j, t in enumerate(services) if t.prio == s.prio] for s in services]
+
+    def ok(self, i: int) -> None:
+        """A live request got a good answer from service i."""
+        if not self.checked:
+            self.mark_up(i)
+
+    def failed(self, i: int, outcome: int, detail: str, now: float) -> bool:
+        """A live request failed on service i; True when that took it down just now."""
+        if not counts_against_service(outcome):
+            return False
+        return self.mark_down(i, outcome, detail, now)
+
+    def mark_up(self, i: int, why: str = "") -> None:
+        """Bring service i back (no-op when it is up)."""
+        if self.table.record_success(i):
+            self.table.rejoin(i, self.peers[i])
+            service = self.services[i]
+            self.log.notice(f"service {service.name} ({service.address}) up{why}")
+
+    def mark_down(self, i: int, outcome: int, detail: str, now: float) -> bool:
+        """Mark service i down after a failure; True when it was up before."""
+        table = self.table
+        if self.checked:
+            was_up, _ = table.record_failure(i, now, math.inf, math.inf)
+            after = f"checked every {self.recheck:g}s until it answers"
+        else:
+            timeout = is_timeout(outcome)
+            cap = self.cooldown_max if timeout else self.cooldown
+            was_up, pause = table.record_failure(i, now, self.cooldown, cap, doubling=timeout)
+            after = f"retry in {pause:g}s"
+        if was_up:
+            service = self.services[i]
+            self.log.warning(f"service {service.name} ({service.address}) down: {detail}, "
+                             f"{after}")
+        return was_up

@@ -411,6 +411,7 @@ class Master:
                 if j is not None:
                     health.copy_slot(i, self.health, j)
             self.health = health
+        self.health.set_recovery(config.check_interval > 0, time.monotonic())
         for worker in old:
             worker.retiring = True
             self.table.set_accepting(worker.slot, False)

@@ -8,8 +8,9 @@ next clock is lowest wins, so a 2:1 pair goes A A B A A B across all workers tog
 always lands on the same service, and when one dies only its share moves.
 
 Services that are down are skipped; one whose cool-down is over is given to a single request as
-a probe. When no service of any group is usable, the ones marked down are tried anyway, in
-order (they may be back). A request never tries a service twice.
+a probe. When no service of any group is usable the pick is -1 and the request gets the default
+answer at once, unless `try_down` (all-down = try) asks to try the ones marked down anyway, in
+order: each costs its timeout when it is still dead. A request never tries a service twice.
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ from .health import PROBE_DUE, UP, HealthTable
 class Selector:
     """Picks services for requests; holds only derived, read-only data about the services."""
 
-    def __init__(self, services: Sequence[Service], health: HealthTable) -> None:
+    def __init__(self, services: Sequence[Service], health: HealthTable,
+                 try_down: bool = False) -> None:
         self.services = list(services)
         self.health = health
         prios = sorted({s.prio for s in services})
         self.groups = [[i for i, s in enumerate(services) if s.prio == p] for p in prios]
         self.step = [1.0 / s.weight for s in services]
         self.names = [s.name.encode() for s in services]
-        self.last_resort = [i for group in self.groups for i in group]
+        self.last_resort = [i for group in self.groups for i in group] if try_down else []
 
     def pick(self, tried: int, now: float, key: bytes | None = None, sticky: int = -1) -> int:
-        """The next service to try (index), or -1 when every service was tried.
+        """The next service to try (index), or -1 when none is left to try.
 
         `tried` is a bit mask of services this request already tried; `key` the hash key in
         hash mode; `sticky` a service to prefer while it is up (same SMTP transaction).

@@ -120,7 +120,8 @@ class Worker:
         self.listening = True  # False once the listener is closed for good
         self.yield_since = self.yield_last = 0.0
         self.title = ""
-        self.dispatcher = Dispatcher(loop, self.config, self.health, self.log)
+        self.dispatcher = Dispatcher(loop, self.config, self.health, self.log,
+                                     checked=self.config.check_interval > 0)
         self.dispatcher.on_request = self._count_request
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)

@@ -13,13 +13,15 @@ Blackhole (connect never completes) and a refused port. Figures:
 
 1. time to the first failover, primary P (prio 10) dead, secondary S (prio 20) answering:
    P silent with TIMEOUT 2 s; P blackholed with --connect-timeout 1 and TIMEOUT 30; P refusing.
-   The daemon runs with --cooldown 60, so no probe of P falls into the requests that follow.
+   The daemon runs with --cooldown 60 and no checks, so no probe of P falls into the requests
+   that follow.
 2. latency (p50, p99, max) of the following requests while P stays dead (the Perl original
    pays P's timeout on every request, so it gets fewer of them: 2 s or 30 s each).
 3. time to recovery once P comes back (a FakeBackend started on its port): (a) by probe,
-   --cooldown 1 --cooldown-max 1 and a request every 50 ms: from the restart to the first answer
-   from P; (b) by active check, --check-interval 0.5 and no traffic: from the restart to the
-   daemon's log line "service P (...) up". The restarts are spread evenly over the cool-down
+   --check-interval 0 --cooldown 1 --cooldown-max 1 and a request every 50 ms: from the restart
+   to the first answer from P; (b) by active check, --check-interval 0.5
+   --check-down-interval 0.5 (and the default --check-rise 2) and no traffic: from the restart
+   to the daemon's log line "service P (...) up". The restarts are spread evenly over the cool-down
    (or check) period, so the trials sample its phase reproducibly.
 4. --balance hash:client_address,sender,recipient over 3 backends: each one's share of distinct
    triplets; then one is stopped: the share of keys that moved, and how many keys of the
@@ -514,7 +516,7 @@ class Run:
         with ExitStack() as stack:
             sec = stack.enter_context(started(FakeBackend(action="OK secondary")))
             silent = None
-            extra: list[str] = ["--cooldown", "60"]
+            extra: list[str] = ["--cooldown", "60", "--check-interval", "0"]
             if case == "silent":
                 silent = stack.enter_context(started(FakeBackend(mode="silent")))
                 port, timeout = silent.port, SILENT_TIMEOUT
@@ -593,7 +595,8 @@ class Run:
             if impl == "daemon":
                 daemon = stack.enter_context(owned(Daemon(self.tmp, [
                     *(a for s in services for a in ("-s", s)),
-                    "--cooldown", f"{PROBE_COOLDOWN:g}", "--cooldown-max", f"{PROBE_COOLDOWN:g}"])))
+                    "--cooldown", f"{PROBE_COOLDOWN:g}", "--cooldown-max", f"{PROBE_COOLDOWN:g}",
+                    "--check-interval", "0"])))
                 daemon.start()
                 ask = daemon.ask
             else:
@@ -651,7 +654,8 @@ class Run:
         with started(FakeBackend(action="OK secondary")) as sec, ExitStack() as stack:
             daemon = stack.enter_context(owned(Daemon(self.tmp, [
                 "-s", spec("P", port, 10), "-s", spec("S", sec.port, 20),
-                "--check-interval", f"{CHECK_INTERVAL:g}"])))
+                "--check-interval", f"{CHECK_INTERVAL:g}",
+                "--check-down-interval", f"{CHECK_INTERVAL:g}"])))
             daemon.start()
             primary = FakeBackend(action="OK primary", port=port)
             stack.enter_context(owned(primary, primary.stop))
@@ -838,8 +842,8 @@ def render(report: dict[str, Any]) -> str:
                          str(r.get("primary_requests", "-"))])
     out += table(["P is", "impl", "1st failover", "then n", "p50", "p99", "max",
                   "served by", "P saw"], rows)
-    out.append("  daemon: --cooldown 60 (no probe of P during the run); the client connections "
-               "stay open, as Postfix's do")
+    out.append("  daemon: --cooldown 60 --check-interval 0 (no probe of P during the run); the client "
+               "connections stay open, as Postfix's do")
     out.append("  served by: following requests served by the first request's worker + by the "
                "other one; P saw: requests")
     out.append("  that reached the silent P, from any worker (1 + n: every request paid its "
@@ -851,7 +855,7 @@ def render(report: dict[str, Any]) -> str:
                "spread over the period")
     methods = {"probe": f"probe: --cooldown {PROBE_COOLDOWN:g} --cooldown-max "
                         f"{PROBE_COOLDOWN:g}, a request / {TICK * 1000:.0f} ms",
-               "check": f"active check: --check-interval {CHECK_INTERVAL:g}, no traffic"}
+               "check": f"active check: --check-(down-)interval {CHECK_INTERVAL:g}, no traffic"}
     rows = []
     for method, title in methods.items():
         for impl in ("daemon", "perl"):

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 HOST = "127.0.0.1"
+CHECK_SENDER = "hapolicy-check@localhost"  # the sender of hapolicy's default check request
 
 MODES = (
     "answer",  # action=<action>, after <delay> seconds
@@ -283,6 +284,11 @@ class FakeBackend:
     ) -> str:
         """``NAME=127.0.0.1:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`` (name defaults to self.name)."""
         return service_spec(name or self.name, self.port, prio, weight, timeout, self.host)
+
+    @property
+    def live_requests(self) -> list[dict[str, str]]:
+        """The requests received, less hapolicy's active checks (from hapolicy-check@localhost)."""
+        return [r for r in self.requests if r.get("sender") != CHECK_SENDER]
 
     @property
     def open_connections(self) -> int:

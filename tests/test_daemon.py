@@ -45,7 +45,7 @@ def test_one_persistent_connection_200_requests(echo):
                     f"action=r{i}@example.net\n\n"
         assert daemon.stop() == 0
         daemon.assert_clean_output()
-    assert len(echo.requests) == 200
+    assert len(echo.live_requests) == 200
 
 
 def test_many_concurrent_persistent_connections(echo):

@@ -7,10 +7,10 @@ from hapolicy.health import DOWN, PROBE_DUE, UP, HealthTable
 from hapolicy.selection import Selector
 
 
-def make(*specs, shared=False):
+def make(*specs, shared=False, try_down=False):
     services = [parse_service(s) for s in specs]
     health = HealthTable(len(services), shared=shared)
-    return Selector(services, health), health
+    return Selector(services, health, try_down), health
 
 
 def order(selector, now=100.0, key=None):
@@ -43,7 +43,7 @@ def test_down_service_is_skipped_then_probed_by_one_request():
     sel, health = make("A=h:1:10", "B=h:2:20")
     health.record_failure(0, now=100.0, cooldown=2.0, cap=60.0)
     assert health.state(0, 101.0) == DOWN
-    assert order(sel, now=101.0) == ["B", "A"]  # down ones are the last resort
+    assert order(sel, now=101.0) == ["B"]  # a down one is not tried at all
     assert sel.pick(0, 101.0) == 1
     assert health.state(0, 102.5) == PROBE_DUE
     assert sel.pick(0, 102.5) == 0  # this request probes A
@@ -108,3 +108,20 @@ def test_sticky_service_is_preferred_while_up():
     assert all(sel.pick(0, 1.0, sticky=1) == 1 for _ in range(5))
     health.record_failure(1, 1.0, 5.0, 60.0)
     assert sel.pick(0, 2.0, sticky=1) == 0
+
+
+def test_nothing_to_try_when_every_service_is_down_and_none_due_a_probe():
+    sel, health = make("A=h:1:10", "B=h:2:20")
+    for i in (0, 1):
+        health.record_failure(i, now=100.0, cooldown=2.0, cap=60.0)
+    assert sel.pick(0, 101.0) == -1  # the request gets the default at once
+    assert sel.pick(0, 102.5) == 0  # A's cool-down is over: this request probes it
+    assert sel.pick(0, 102.5) == 1  # and the next one probes B
+    assert sel.pick(0, 102.6) == -1
+
+
+def test_all_down_try_tries_the_down_ones_in_order():
+    sel, health = make("A=h:1:10", "B=h:2:20", try_down=True)
+    for i in (0, 1):
+        health.record_failure(i, now=100.0, cooldown=2.0, cap=60.0)
+    assert order(sel, now=101.0) == ["A", "B"]

@@ -1,0 +1,44 @@
+"""How one exchange with a service ended: a small fixed set of categories, as HAProxy's checks.
+
+Every `Exchange` ends with one category and a detail text for the logs. Health, logging and the
+active checks read the category, never the text:
+
+- ANSWERED: a complete answer with an `action=` line.
+- CONNECT_FAILED: refused, unreachable, no such unix socket, a name that does not resolve.
+- RESET: the connection was reset (or the pipe broke) before a full answer.
+- CONNECT_TIMEOUT, ANSWER_TIMEOUT: the connect, or the answer, did not come in time.
+- CLOSED: the service closed the connection before a full answer.
+- INVALID: an answer without `action=`, or larger than the limit.
+- LOCAL: our own failure (no file descriptor left): not the service's fault, not counted.
+- ABANDONED: the service was marked down while this exchange waited on it, so the request
+  moved on; the failure that marked it down was counted, this one is not.
+
+A timeout cost a request real time, so the pause after it doubles with each consecutive one;
+every other failure is cheap to try again (a refused connect costs a millisecond), so the
+pause after it stays the base cool-down and a restarted service is found soon.
+"""
+
+from __future__ import annotations
+
+ANSWERED = 0
+CONNECT_FAILED = 1
+RESET = 2
+CONNECT_TIMEOUT = 3
+ANSWER_TIMEOUT = 4
+CLOSED = 5
+INVALID = 6
+LOCAL = 7
+ABANDONED = 8
+
+NAMES = ("answered", "connect failed", "reset", "connect timeout", "answer timeout",
+         "closed early", "invalid answer", "local failure", "abandoned")
+
+
+def counts_against_service(outcome: int) -> bool:
+    """Whether this outcome is the service's failure (health is told)."""
+    return outcome not in (ANSWERED, LOCAL, ABANDONED)
+
+
+def is_timeout(outcome: int) -> bool:
+    """Whether the failure cost a request time (the pause after it doubles)."""
+    return outcome == CONNECT_TIMEOUT or outcome == ANSWER_TIMEOUT
