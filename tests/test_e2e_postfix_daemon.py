@@ -9,10 +9,13 @@ back, its answers do too.
 from __future__ import annotations
 
 import os
+import smtplib
+import time
 from pathlib import Path
 
 import pytest
 from postfix_harness import PostfixInstance, Postfwd, ensure_packages, requires_root, smtp_rcpt
+from fakes import FakeBackend
 from test_daemon_helpers import Daemon, wait_for
 
 RULES = "id=R1; sender==bad@example.org; action=REJECT go away\n"
@@ -54,3 +57,29 @@ def test_postfix_through_hapolicy_daemon_to_postfwd(tmp_path: Path):
         assert "warning: problem talking to server" not in mx.log_text()
         assert daemon.stop() == 0
         daemon.assert_clean_output()
+
+
+@requires_root
+def test_postfix_gets_the_default_at_once_when_every_backend_hangs(tmp_path: Path):
+    """Both backends hung (accept, never answer), TIMEOUT 1 each, the default checks on: the
+    first RCPT pays both timeouts, every later one, in this session and the next, is answered
+    with the default action at once."""
+    with FakeBackend(mode="silent") as s1, FakeBackend(mode="silent") as s2, \
+            Daemon("-s", s1.spec("S1", prio=10, timeout=1), "-s", s2.spec("S2", prio=20, timeout=1),
+                   "-d", "DEFER_IF_PERMIT policy service unavailable", workers=2) as daemon, \
+            PostfixInstance(tmp_path,
+                            policy=f"check_policy_service inet:127.0.0.1:{daemon.port}") as mx:
+        times = []
+        for session in range(2):
+            with smtplib.SMTP("127.0.0.1", mx.smtpd_port, timeout=60) as smtp:
+                smtp.ehlo("client.example.org")
+                assert smtp.mail(f"s{session}@example.org")[0] == 250
+                for n in range(6):
+                    started = time.monotonic()
+                    code, text = smtp.rcpt(f"r{n}@example.net")
+                    times.append(time.monotonic() - started)
+                    assert code == 450 and b"policy service unavailable" in text, (code, text)
+        assert 2.0 <= times[0] < 2.5, times
+        assert max(times[1:]) < 0.3, times
+        assert len(s1.live_requests) == len(s2.live_requests) == 1
+        daemon.log.wait("no service answered (all services down)")

@@ -1,0 +1,232 @@
+"""What brings a service down and back, in one process: Health, the checker and the dispatcher
+with the real event loop against fake backends on 127.0.0.1. Fast: no subprocess."""
+
+from __future__ import annotations
+
+import errno
+import math
+import time
+
+import pytest
+from fakes import FakeBackend, refused_port, request
+
+from hapolicy import backend as backend_module
+from hapolicy.checks import Checker
+from hapolicy.config import Config, parse_service
+from hapolicy.dispatch import Dispatcher
+from hapolicy.eventloop import EventLoop
+from hapolicy.health import DOWN, PROBE_DUE, UP, Health, HealthTable
+from hapolicy.outcome import (
+    ABANDONED,
+    ANSWER_TIMEOUT,
+    CLOSED,
+    CONNECT_FAILED,
+    CONNECT_TIMEOUT,
+    INVALID,
+    LOCAL,
+    RESET,
+)
+from hapolicy.protocol import RequestFramer
+
+
+class Lines:
+    """A Logger stand-in that keeps what is logged."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __getattr__(self, level: str):
+        return lambda message: self.lines.append(f"{level}: {message}")
+
+
+def make_health(*specs: str, checked: bool = False, **settings) -> tuple[Health, HealthTable]:
+    services = tuple(parse_service(s) for s in specs)
+    config = Config(services=services, **settings)
+    table = HealthTable(len(services), shared=False)
+    return Health(table, services, config, checked, Lines()), table
+
+
+def test_only_timeouts_double_the_cooldown():
+    health, table = make_health("A=h:1", cooldown=2.0, cooldown_max=60.0)
+    now, pauses = 0.0, []
+    for outcome in (ANSWER_TIMEOUT, CONNECT_TIMEOUT, ANSWER_TIMEOUT, CONNECT_FAILED, RESET,
+                    CLOSED, INVALID, ANSWER_TIMEOUT):
+        health.mark_down(0, outcome, "x", now)
+        pauses.append(table.f[0] - now)
+        now = table.f[0]  # the next failure is the probe after the cool-down
+    assert pauses == [2, 4, 8, 2, 2, 2, 2, 16]
+
+
+def test_a_success_ends_the_streak_of_timeouts():
+    health, table = make_health("A=h:1", cooldown=2.0, cooldown_max=60.0)
+    health.mark_down(0, ANSWER_TIMEOUT, "x", 0.0)
+    health.mark_down(0, ANSWER_TIMEOUT, "x", 2.0)
+    assert table.f[0] == 6.0
+    health.ok(0)
+    assert table.state(0, 6.0) == UP
+    health.mark_down(0, ANSWER_TIMEOUT, "x", 10.0)
+    assert table.f[0] == 12.0
+
+
+def test_local_and_abandoned_outcomes_say_nothing_of_the_service():
+    health, table = make_health("A=h:1")
+    for outcome in (LOCAL, ABANDONED):
+        assert health.failed(0, outcome, "x", 1.0) is False
+    assert table.state(0, 1.0) == UP
+    assert health.log.lines == []
+
+
+def test_state_changes_are_logged_once_each():
+    health, _ = make_health("A=127.0.0.1:10023", cooldown=2.0)
+    assert health.failed(0, CONNECT_FAILED, "connection refused", 1.0) is True
+    assert health.failed(0, CONNECT_FAILED, "connection refused", 1.1) is False  # in flight
+    health.ok(0)
+    health.ok(0)
+    assert health.log.lines == [
+        "warning: service A (127.0.0.1:10023) down: connection refused, retry in 2s",
+        "notice: service A (127.0.0.1:10023) up"]
+
+
+def test_with_checks_a_down_service_is_never_probed_and_only_a_check_brings_it_back():
+    health, table = make_health("A=127.0.0.1:10023", checked=True, check_down_interval=1.0)
+    assert health.failed(0, ANSWER_TIMEOUT, "no answer after 2.0s", 1.0) is True
+    assert table.state(0, 1e9) == DOWN  # never due a probe
+    health.ok(0)  # a late answer of a request sent before it went down
+    assert table.state(0, 1e9) == DOWN
+    health.mark_up(0, ": check answered 2 times")
+    assert table.state(0, 2.0) == UP
+    assert health.log.lines == [
+        "warning: service A (127.0.0.1:10023) down: no answer after 2.0s, "
+        "checked every 1s until it answers",
+        "notice: service A (127.0.0.1:10023) up: check answered 2 times"]
+
+
+def test_a_reload_that_turns_checks_on_or_off_keeps_every_down_service_recoverable():
+    _, table = make_health("A=h:1", "B=h:2")
+    table.record_failure(0, 10.0, 2.0, 60.0)
+    table.set_recovery(True, 11.0)
+    assert table.f[0] == math.inf and table.state(1, 11.0) == UP
+    table.set_recovery(False, 12.0)
+    assert table.state(0, 12.0) == PROBE_DUE  # a request may probe it at once
+
+
+# --------------------------------------------------------------------------- the checker
+
+
+def run_until(loop: EventLoop, condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        loop.run_once(0.05)
+
+
+def make_checker(spec: str, **settings) -> tuple[Checker, HealthTable, EventLoop]:
+    loop = EventLoop()
+    config = Config(services=(parse_service(spec),), check_interval=0.05,
+                    check_down_interval=0.05, **settings)
+    table = HealthTable(1, shared=False)
+    checker = Checker(loop, config, table, Lines())
+    return checker, table, loop
+
+
+def test_fall_failed_checks_take_a_service_down_and_rise_answered_ones_bring_it_back():
+    port = refused_port()
+    checker, table, loop = make_checker(f"A=127.0.0.1:{port}", check_fall=3, check_rise=2)
+    failures: list[int] = []
+    done = checker.done
+    checker.done = lambda i, outcome, detail: (failures.append(outcome), done(i, outcome, detail))
+    checker.start()
+    try:
+        run_until(loop, lambda: len(failures) == 2)
+        assert table.state(0, time.monotonic()) == UP  # two failed checks: not yet
+        run_until(loop, lambda: len(failures) == 3)
+        assert table.state(0, time.monotonic()) == DOWN
+        assert table.f[0] == math.inf
+        with FakeBackend(action="OK", port=port) as fake:
+            seen = len(failures)
+            run_until(loop, lambda: len(failures) == seen + 1)
+            assert table.state(0, time.monotonic()) == DOWN  # one answered check: not yet
+            run_until(loop, lambda: len(failures) == seen + 2)
+            assert table.state(0, time.monotonic()) == UP
+            assert fake.requests[0]["sender"] == "hapolicy-check@localhost"
+    finally:
+        checker.stop()
+    assert checker.log.lines[-1].endswith(" up: check answered 2 times")
+
+
+def test_a_check_that_cannot_make_a_socket_does_not_count(monkeypatch):
+    checker, table, loop = make_checker(f"A=127.0.0.1:{refused_port()}", check_fall=1)
+
+    def no_descriptors(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
+    outcomes: list[int] = []
+    done = checker.done
+    checker.done = lambda i, outcome, detail: (outcomes.append(outcome), done(i, outcome, detail))
+    checker.start()
+    try:
+        run_until(loop, lambda: len(outcomes) >= 3)
+    finally:
+        checker.stop()
+    assert set(outcomes) == {LOCAL}
+    assert table.state(0, time.monotonic()) == UP
+    assert "not checked: cannot make a socket" in checker.log.lines[0]
+
+
+# --------------------------------------------------------------------------- the dispatcher
+
+
+class Client:
+    instance = b""
+    instance_service = -1
+
+    def __init__(self) -> None:
+        self.answers: list[bytes] = []
+
+    def deliver(self, answer: bytes) -> None:
+        self.answers.append(answer)
+
+
+def framed(**attrs):
+    return RequestFramer().feed(request(**attrs), 1)[0]
+
+
+@pytest.mark.parametrize("all_down", ["default", "try"])
+def test_every_service_down_answers_the_default_at_once_without_connecting(all_down):
+    with FakeBackend(action="OK") as fake:
+        loop = EventLoop()
+        services = (parse_service(fake.spec("A")), parse_service(fake.spec("B", prio=20)))
+        config = Config(services=services, all_down=all_down, default_action="DEFER down")
+        table = HealthTable(2, shared=False)
+        for i in (0, 1):
+            table.record_failure(i, time.monotonic(), 60.0, 60.0)
+        log = Lines()
+        dispatcher = Dispatcher(loop, config, table, log)
+        client = Client()
+        dispatcher.submit(framed(), client)
+        if all_down == "default":
+            assert client.answers == [b"action=DEFER down\n\n"]  # synchronously
+            assert log.lines == ["warning: no service answered (all services down): "
+                                 "action=DEFER down"]
+        else:
+            run_until(loop, lambda: client.answers)
+            assert client.answers == [b"action=OK\n\n"]
+        dispatcher.close()
+        assert len(fake.requests) == (0 if all_down == "default" else 1)
+
+
+def test_default_answer_warnings_are_held_to_one_a_second():
+    loop = EventLoop()
+    config = Config(services=(parse_service(f"A=127.0.0.1:{refused_port()}"),))
+    table = HealthTable(1, shared=False)
+    table.record_failure(0, time.monotonic(), 60.0, 60.0)
+    log = Lines()
+    dispatcher = Dispatcher(loop, config, table, log)
+    client = Client()
+    for _ in range(100):
+        dispatcher.submit(framed(), client)
+    assert len(client.answers) == 100 and len(log.lines) == 1
+    dispatcher.warn_quiet_until = 0.0  # a second later
+    dispatcher.submit(framed(), client)
+    assert log.lines[1].endswith("action=dunno (99 more not logged)")
