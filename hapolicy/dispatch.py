@@ -60,7 +60,8 @@ class Dispatcher:
         self.waiting: list[set[Job]] = [set() for _ in config.services]  # by service
         self.sweep_timer: Timer | None = None
         self.warn_quiet_until = 0.0
-        self.warn_held = 0
+        self.warn_held: dict[str, int] = {}  # default answers not logged yet, by reason
+        self.warn_timer: Timer | None = None
 
     def submit(self, request: Request, client: Client) -> None:
         """Answer one request, now or later, through client.deliver."""
@@ -105,20 +106,31 @@ class Dispatcher:
             self.sweep_timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
 
     def warn_default(self, why: str) -> None:
-        """Log that a request got the default answer: at most once a WARN_SECONDS."""
+        """Log that a request got the default answer: the first at once, then what came in
+        each WARN_SECONDS as one line per reason (an outage must not flood syslog)."""
         now = time.monotonic()
-        if now < self.warn_quiet_until:
-            self.warn_held += 1
+        if now >= self.warn_quiet_until and not self.warn_held:
+            self.log.warning(f"no service answered ({why}): action={self.config.default_action}")
+            self.warn_quiet_until = now + WARN_SECONDS
             return
-        held = f" ({self.warn_held} more not logged)" if self.warn_held else ""
-        self.log.warning(f"no service answered ({why}): action={self.config.default_action}"
-                         f"{held}")
-        self.warn_held = 0
-        self.warn_quiet_until = now + WARN_SECONDS
+        self.warn_held[why] = self.warn_held.get(why, 0) + 1
+        if self.warn_timer is None:
+            self.warn_timer = self.loop.call_at(self.warn_quiet_until, self._warn_held)
+
+    def _warn_held(self) -> None:
+        self.warn_timer = None
+        for why, count in self.warn_held.items():
+            self.log.warning(f"no service answered ({why}): action={self.config.default_action}"
+                             f" ({count} request{'s' if count > 1 else ''} in {WARN_SECONDS:g}s)")
+        self.warn_held.clear()
+        self.warn_quiet_until = time.monotonic() + WARN_SECONDS
 
     def close(self) -> None:
         if self.sweep_timer is not None:
             self.sweep_timer.cancel()
+        if self.warn_timer is not None:
+            self.warn_timer.cancel()
+            self._warn_held()
         self.pool.close()
 
 

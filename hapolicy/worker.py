@@ -142,6 +142,7 @@ class Worker:
         self._update_title()
         while not self._finished():
             loop.run_once(HOUSEKEEPING_SECONDS)
+        self.dispatcher.close()  # logs what it held back
 
     # signals: only flags, the loop acts
     def _sig_retire(self, signum, frame) -> None:

@@ -216,7 +216,7 @@ def test_every_service_down_answers_the_default_at_once_without_connecting(all_d
         assert len(fake.requests) == (0 if all_down == "default" else 1)
 
 
-def test_default_answer_warnings_are_held_to_one_a_second():
+def test_default_answer_warnings_are_held_to_one_line_a_second_per_reason():
     loop = EventLoop()
     config = Config(services=(parse_service(f"A=127.0.0.1:{refused_port()}"),))
     table = HealthTable(1, shared=False)
@@ -226,7 +226,11 @@ def test_default_answer_warnings_are_held_to_one_a_second():
     client = Client()
     for _ in range(100):
         dispatcher.submit(framed(), client)
-    assert len(client.answers) == 100 and len(log.lines) == 1
-    dispatcher.warn_quiet_until = 0.0  # a second later
-    dispatcher.submit(framed(), client)
-    assert log.lines[1].endswith("action=dunno (99 more not logged)")
+    assert len(client.answers) == 100
+    assert log.lines == ["warning: no service answered (all services down): action=dunno"]
+    run_until(loop, lambda: len(log.lines) == 2, timeout=1.5)
+    assert log.lines[1] == ("warning: no service answered (all services down): action=dunno"
+                            " (99 requests in 1s)")
+    dispatcher.submit(framed(), client)  # within the next second: held, then told at close
+    dispatcher.close()
+    assert log.lines[2].endswith("(1 request in 1s)")
