@@ -13,16 +13,9 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import (
-    ALIASES,
-    SETTINGS,
-    Config,
-    ConfigError,
-    build_config,
-    parse_service,
-    read_config_file,
-)
+from .config import Config, ConfigError, build_config, parse_service
 from .log import Logger
+from .options import OPTIONS, SETTINGS, default_of, read_config_file, summary
 
 EXIT_USAGE = 2
 
@@ -38,37 +31,26 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-FLAGS = {"logging": "log_requests", "verbose": "verbose", "stdout": "log_stderr",
-         "daemonize": "daemonize"}
-
-
 def make_parser() -> Parser:
+    """The command line, from the option table."""
     p = Parser(prog="hapolicy", allow_abbrev=False, description=(
         "High availability, weighted load balancing and a fallback action for Postfix policy "
         "delegation services. Without --listen, serves one client on stdin/stdout (spawn(8))."))
-    p.add_argument("-s", "--service", action="append", metavar="NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]",
-                   help="a policy service (repeat for more); HOST may be [IPv6]; NAME=unix:/path too")
-    p.add_argument("-d", "--default", metavar="ACTION", help="answer when no service can (dunno)")
-    p.add_argument("-l", "--logging", action="store_true", default=None, help="log every request")
-    p.add_argument("-v", "--verbose", action="store_true", default=None, help="log every attempt")
-    p.add_argument("-L", "--stdout", action="store_true", default=None,
-                   help="log to stderr instead of syslog (debugging; never under spawn)")
-    p.add_argument("-c", "--config", metavar="FILE", help="read settings and services from FILE")
-    p.add_argument("--check-config", action="store_true",
-                   help="validate, print the effective configuration and exit")
-    p.add_argument("--version", action="version", version=f"hapolicy {__version__}")
-    for key in SETTINGS:
-        option = "--" + key.replace("_", "-")
-        if key in ALIASES.values() or key in ("verbose",):
-            continue
-        if key == "daemonize":
-            p.add_argument(option, action="store_true", default=None)
-        elif key == "sticky_instance":
-            p.add_argument(option, choices=["yes", "no"])
-        elif key == "all_down":
-            p.add_argument(option, choices=["default", "try"])
+    for option in OPTIONS:
+        default = default_of(option).replace("`", "")
+        text = option.help.replace("`", "") + (f" (default: {default})" if default else "")
+        text = text.replace("%", "%%")
+        dest = option.key or option.name.replace("-", "_")
+        if option.flag:
+            p.add_argument(*option.flags, dest=dest, action="store_true", default=None, help=text)
+        elif option.choices:
+            p.add_argument(*option.flags, dest=dest, choices=option.choices, help=text)
+        elif option.flags[0] == "-s":
+            p.add_argument(*option.flags, dest=dest, action="append", metavar=option.metavar,
+                           help=text)
         else:
-            p.add_argument(option, metavar=key.split("_")[-1].upper())
+            p.add_argument(*option.flags, dest=dest, metavar=option.metavar, help=text)
+    p.add_argument("--version", action="version", version=f"hapolicy {__version__}")
     return p
 
 
@@ -102,18 +84,17 @@ def load_config(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
     if args.config:
         settings, services = read_config_file(args.config)
         settings["config_file"] = os.path.abspath(args.config)
-    for name, key in FLAGS.items():
-        if getattr(args, name):
+    for key, option in SETTINGS.items():
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if option.flag:
             settings[key] = True
-    if args.default is not None:
-        settings["default_action"] = SETTINGS["default_action"](args.default)
-    for key, parse in SETTINGS.items():
-        value = getattr(args, key, None)
-        if value is not None and key not in FLAGS.values():
-            try:
-                settings[key] = parse(value)
-            except ConfigError as exc:
-                raise ConfigError(f"--{key.replace('_', '-')}: {exc}") from None
+            continue
+        try:
+            settings[key] = option.parse(value)  # type: ignore[misc]
+        except ConfigError as exc:
+            raise ConfigError(f"--{option.name}: {exc}") from None
     if args.service:
         services = [parse_service(spec) for spec in args.service]
     return build_config(settings, services), args
@@ -127,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), argv)
     log = Logger(config.syslog_socket, config.log_stderr)
     if args.check_config:
-        print("\n".join(config.summary()))
+        print("\n".join(summary(config)))
         return 0
     if config.listen:
         from .master import run_daemon

@@ -4,9 +4,9 @@ A service spec is the original's `NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`; HOS
 IPv4 address or a bracketed IPv6 address, and `NAME=unix:/path[:PRIO[:WEIGHT[:TIMEOUT]]]` names a
 unix socket. Every optional field may be left empty (`G=host:10031::2` sets only the weight).
 
-The config file holds `key = value` lines with the long option names as keys (`-` or `_`),
-`service = SPEC` once per service, `#` comments. Every error is a `ConfigError` whose text is one
-line naming the bad value, prefixed with `FILE:LINE:` when it comes from a file.
+The options that set a `Config` field, and the config file that holds them, are declared in
+options.py. Every error is a `ConfigError` whose text is one line naming the bad value,
+prefixed with `FILE:LINE:` when it comes from a file.
 """
 
 from __future__ import annotations
@@ -52,14 +52,14 @@ class Service:
 
     @property
     def spec(self) -> str:
-        return f"{self.name}={self.address}:{self.prio}:{self.weight}:{_fmt_num(self.timeout)}"
+        return f"{self.name}={self.address}:{self.prio}:{self.weight}:{fmt_num(self.timeout)}"
 
 
-def _fmt_num(value: float) -> str:
+def fmt_num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _parse_int(text: str, what: str, minimum: int | None = None) -> int:
+def parse_int(text: str, what: str, minimum: int | None = None) -> int:
     try:
         value = int(text.strip(), 10)
     except ValueError:
@@ -69,7 +69,7 @@ def _parse_int(text: str, what: str, minimum: int | None = None) -> int:
     return value
 
 
-def _parse_seconds(text: str, what: str, allow_zero: bool = False) -> float:
+def parse_seconds(text: str, what: str, allow_zero: bool = False) -> float:
     try:
         value = float(text.strip())
     except ValueError:
@@ -109,7 +109,7 @@ def parse_service(spec: str) -> Service:
             host = fields.pop(0)
         if not host or not fields or not fields[0]:
             raise ConfigError(f"service {spec!r}: expected NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]")
-        port = _parse_int(fields[0], f"service {name}: port", 1)
+        port = parse_int(fields[0], f"service {name}: port", 1)
         if port > 65535:
             raise ConfigError(f"service {name}: port {fields[0]!r} must be at most 65535")
         optional = fields[1:]
@@ -117,10 +117,10 @@ def parse_service(spec: str) -> Service:
         raise ConfigError(f"service {spec!r}: too many fields after the address")
     optional += [""] * (3 - len(optional))
     prio_text, weight_text, timeout_text = optional
-    prio = _parse_int(prio_text, f"service {name}: priority", 0) if prio_text else DEFAULT_PRIO
-    weight = _parse_int(weight_text, f"service {name}: weight", 1) if weight_text else DEFAULT_WEIGHT
+    prio = parse_int(prio_text, f"service {name}: priority", 0) if prio_text else DEFAULT_PRIO
+    weight = parse_int(weight_text, f"service {name}: weight", 1) if weight_text else DEFAULT_WEIGHT
     timeout = (
-        _parse_seconds(timeout_text, f"service {name}: timeout") if timeout_text else DEFAULT_TIMEOUT
+        parse_seconds(timeout_text, f"service {name}: timeout") if timeout_text else DEFAULT_TIMEOUT
     )
     return Service(name, host, port, prio, weight, timeout, path)
 
@@ -148,13 +148,13 @@ def split_listen(text: str) -> tuple[str, int, str]:
         host, _, port_text = text.rpartition(":")
     if not host or not port_text:
         raise ConfigError(f"listen address {text!r}: expected HOST:PORT, [IPv6]:PORT or unix:/path")
-    port = _parse_int(port_text, f"listen address {text!r}: port", 1)
+    port = parse_int(port_text, f"listen address {text!r}: port", 1)
     if port > 65535:
         raise ConfigError(f"listen address {text!r}: port must be at most 65535")
     return host, port, ""
 
 
-def _parse_balance(text: str) -> str:
+def parse_balance(text: str) -> str:
     text = text.strip()
     if text == "weighted":
         return text
@@ -163,14 +163,14 @@ def _parse_balance(text: str) -> str:
     raise ConfigError(f"balance {text!r}: expected 'weighted' or 'hash:ATTR[,ATTR...]'")
 
 
-def _parse_all_down(text: str) -> str:
+def parse_all_down(text: str) -> str:
     text = text.strip()
     if text not in ("default", "try"):
         raise ConfigError(f"all-down {text!r}: expected 'default' or 'try'")
     return text
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "yes", "true", "on"):
         return True
@@ -179,7 +179,7 @@ def _parse_bool(text: str) -> bool:
     raise ConfigError(f"{text!r} is not yes or no")
 
 
-def _parse_mode(text: str) -> int:
+def parse_mode(text: str) -> int:
     try:
         mode = int(text.strip(), 8)
     except ValueError:
@@ -189,7 +189,7 @@ def _parse_mode(text: str) -> int:
     return mode
 
 
-def _nonempty(what: str) -> Callable[[str], str]:
+def nonempty(what: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         text = text.strip()
         if not text or "\n" in text:
@@ -240,101 +240,6 @@ class Config:
     balance: str = "weighted"
     sticky_instance: bool = True
     config_file: str = ""
-
-    def summary(self) -> list[str]:
-        """The effective configuration as `key = value` lines (what --check-config prints)."""
-        lines = []
-        for f in dataclasses.fields(self):
-            if f.name in ("services", "config_file", "check_request"):
-                continue
-            value = getattr(self, f.name)
-            if isinstance(value, bool):
-                value = "yes" if value else "no"
-            elif f.name == "socket_mode":
-                value = f"{value:04o}"
-            elif isinstance(value, float):
-                value = _fmt_num(value)
-            lines.append(f"{SHORT_NAMES.get(f.name, f.name).replace('_', '-')} = {value}")
-        lines.append("check-request = " + self.check_request.strip().replace("\n", " "))
-        lines.extend(f"service = {s.spec}" for s in self.services)
-        return lines
-
-
-# key -> parser from text; the keys are the long option names with '-' turned into '_'.
-SETTINGS: dict[str, Callable[[str], Any]] = {
-    "default_action": _nonempty("default action"),
-    "log_requests": _parse_bool,
-    "verbose": _parse_bool,
-    "log_stderr": _parse_bool,
-    "syslog_socket": lambda t: t.strip(),
-    "total_timeout": lambda t: _parse_seconds(t, "total timeout"),
-    "connect_timeout": lambda t: _parse_seconds(t, "connect timeout"),
-    "listen": parse_listen,
-    "workers": lambda t: _parse_int(t, "workers", 1),
-    "max_use": lambda t: _parse_int(t, "max use", 1),
-    "max_idle": lambda t: _parse_seconds(t, "max idle"),
-    "retire_timeout": lambda t: _parse_seconds(t, "retire timeout"),
-    "drain_timeout": lambda t: _parse_seconds(t, "drain timeout", allow_zero=True),
-    "pidfile": lambda t: t.strip(),
-    "daemonize": _parse_bool,
-    "user": lambda t: t.strip(),
-    "group": lambda t: t.strip(),
-    "socket_mode": _parse_mode,
-    "backlog": lambda t: _parse_int(t, "backlog", 1),
-    "cooldown": lambda t: _parse_seconds(t, "cooldown"),
-    "cooldown_max": lambda t: _parse_seconds(t, "cooldown max"),
-    "all_down": _parse_all_down,
-    "check_interval": lambda t: _parse_seconds(t, "check interval", allow_zero=True),
-    "check_down_interval": lambda t: _parse_seconds(t, "check down interval"),
-    "check_rise": lambda t: _parse_int(t, "check rise", 1),
-    "check_fall": lambda t: _parse_int(t, "check fall", 1),
-    "check_request": lambda t: "".join(a + "\n" for a in t.split() if "=" in a),
-    "balance": _parse_balance,
-    "sticky_instance": _parse_bool,
-}
-ALIASES = {"default": "default_action", "logging": "log_requests", "stdout": "log_stderr"}
-SHORT_NAMES = {key: alias for alias, key in ALIASES.items()}
-
-
-def read_config_file(path: str) -> tuple[dict[str, Any], list[Service]]:
-    """Parse a config file into (settings, services); raises ConfigError `FILE:LINE: ...`."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', exc)}") from None
-    settings: dict[str, Any] = {}
-    services: list[Service] = []
-    seen: dict[str, int] = {}
-    service_lines: dict[str, int] = {}
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        key, sep, value = text.partition("=")
-        key = key.strip().lower().replace("-", "_")
-        key = ALIASES.get(key, key)
-        try:
-            if not sep:
-                raise ConfigError(f"expected 'key = value', got {text!r}")
-            value = value.strip()
-            if key == "service":
-                service = parse_service(value)
-                if service.name in service_lines:
-                    raise ConfigError(f"service name {service.name!r} is given twice "
-                                      f"(first on line {service_lines[service.name]})")
-                service_lines[service.name] = number
-                services.append(service)
-                continue
-            if key not in SETTINGS:
-                raise ConfigError(f"unknown setting {key.replace('_', '-')!r}")
-            if key in seen:
-                raise ConfigError(f"{key.replace('_', '-')} set again (first on line {seen[key]})")
-            seen[key] = number
-            settings[key] = SETTINGS[key](value)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}:{number}: {exc}") from None
-    return settings, services
 
 
 def build_config(settings: dict[str, Any], services: list[Service]) -> Config:

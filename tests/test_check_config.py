@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from hapolicy.config import ALIASES, SETTINGS, Config, read_config_file
+from hapolicy.cli import make_parser
+from hapolicy.config import Config
+from hapolicy.options import FILE_KEYS, OPTIONS, SETTINGS, markdown_table, read_config_file, summary
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "etc" / "hapolicy.conf.example"
-SHORT = {key: alias for alias, key in ALIASES.items()}
 
 
 def check_config(*args: str) -> subprocess.CompletedProcess:
@@ -31,7 +32,7 @@ def test_example_passes_and_prints_the_effective_configuration():
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     settings, services = read_config_file(str(EXAMPLE))
-    expected = Config(services=tuple(services), **settings).summary()
+    expected = summary(Config(services=tuple(services), **settings))
     assert done.stdout.splitlines() == expected
     assert "service = GREY1=127.0.0.1:10031:10:2:30" in done.stdout
     assert "default = dunno" in done.stdout
@@ -86,7 +87,7 @@ def _example_keys() -> dict[str, bool]:
         match = re.match(r"^(#\s*)?([a-z][a-z-]*)\s*=", line)
         if match:
             key = match.group(2).replace("-", "_")
-            key = ALIASES.get(key, key)
+            key = FILE_KEYS[key].key if key in FILE_KEYS else key
             keys[key] = keys.get(key, False) or not match.group(1)
     return keys
 
@@ -107,3 +108,25 @@ def test_example_values_are_the_defaults():
     assert wrong == {}, "example value != default: " + repr(wrong)
     # all but `workers` (the number of cores of the machine) are shown active
     assert set(SETTINGS) - set(settings) == {"workers"}
+
+
+def test_every_config_field_has_an_option():
+    fields = {f for f in Config.__dataclass_fields__ if f not in ("services", "config_file")}
+    assert fields == set(SETTINGS)
+
+
+def test_help_says_what_every_option_does_and_its_default():
+    parser = make_parser()
+    helped = {a.option_strings[-1]: a.help for a in parser._actions if a.option_strings}
+    for option in OPTIONS:
+        text = helped[option.flags[-1]]
+        assert text and len(text) > 15, option.flags
+        if option.key and option.key != "pidfile" and option.key not in ("user", "group"):
+            assert "(default: " in text, option.flags
+
+
+def test_the_readme_option_table_is_the_option_table():
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("| option | meaning | default |")
+    table = readme[start:readme.index("\n\n", start) + 1]
+    assert table == markdown_table(), "README's table is stale: python -m hapolicy.options"

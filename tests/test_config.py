@@ -3,7 +3,8 @@
 import pytest
 
 from hapolicy.cli import load_config
-from hapolicy.config import ConfigError, parse_service, read_config_file
+from hapolicy.config import ConfigError, parse_service
+from hapolicy.options import read_config_file
 
 
 @pytest.mark.parametrize("spec, expected", [
