@@ -77,9 +77,7 @@ def _has_input(client: ClientConnection) -> bool:
         return False
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
+    except OSError:  # nothing to read (EAGAIN), or a connection gone bad
         return False
 
 
