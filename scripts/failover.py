@@ -28,6 +28,12 @@ Blackhole (connect never completes) and a refused port. Figures:
    surviving backends moved (must be 0).
 5. weights 2:1, 300 requests on 30 connections of 10 requests: the counts (and, for the
    daemon, how the connections spread over the workers).
+6. every service down: two silent services (TIMEOUT 2 s each): the first request, then the
+   following ones (the daemon answers the default at once, without checks and with the
+   default checks; the original waits for both timeouts on every request).
+7. requests waiting on a service when it is found dead: 20 requests sent 20 ms apart to a
+   silent P (TIMEOUT 1 s), S behind it: when the first times out, how soon the last one is
+   answered (one worker; and two workers, where the other learns it from the shared table).
 
 Stdlib only, Linux only (/proc). Every process and backend it starts is stopped at the end,
 also on an error, Ctrl-C, SIGTERM or SIGHUP. Exit status: 0, 1 when a figure failed or a
@@ -352,8 +358,8 @@ class Perl:
             self.prefix = [perl, "-T", "-w", "-I" + tmp, "-MFailoverSyslog"]
             self.note = "no /dev/log here: its syslog goes to a socket of this script"
 
-    def argv(self, services: list[str]) -> list[str]:
-        args = [a for s in services for a in ("-s", s)]
+    def argv(self, services: list[str], options: tuple[str, ...] = ()) -> list[str]:
+        args = [*options, *(a for s in services for a in ("-s", s))]
         return [*self.prefix, PERL_HAPOLICY, *args]
 
     def close(self) -> None:
@@ -478,7 +484,8 @@ class Run:
         self.problems: list[str] = []
         self.report: dict[str, Any] = {"failover": {c: {} for c in CASES},
                                        "recovery": {"probe": {}, "check": {}},
-                                       "hash": {}, "weighted": {}}
+                                       "hash": {}, "weighted": {}, "all_down": {},
+                                       "released": {}}
         self._lock = threading.Lock()
         self.stopping = False  # interrupted: failures from here on are the cleanup's doing
 
@@ -753,6 +760,68 @@ class Run:
             self.problem(f"weighted/{impl}: {out['other']} answers from neither A nor B")
         self.report["weighted"][impl] = out
 
+    # -- 6 and 7 ------------------------------------------------------------------------------
+
+    def all_down(self, impl: str, checks: str = "0") -> None:
+        row = impl if impl == "perl" else f"daemon, --check-interval {checks}"
+        if impl == "perl" and self.perl.missing:
+            self.report["all_down"][row] = {"skipped": self.perl.missing}
+            return
+        with started(FakeBackend(mode="silent")) as s1, started(FakeBackend(mode="silent")) as s2, \
+                ExitStack() as stack:
+            services = [spec("S1", s1.port, 10, 1, SILENT_TIMEOUT),
+                        spec("S2", s2.port, 20, 1, SILENT_TIMEOUT)]
+            if impl == "daemon":
+                daemon = stack.enter_context(owned(Daemon(self.tmp, [
+                    *(a for s in services for a in ("-s", s)), "-d", "DEFAULTED",
+                    "--cooldown", "60", "--check-interval", checks])))
+                daemon.start()
+                ask, following = daemon.ask, self.following
+            else:
+                ask = stack.enter_context(owned(PerlConn(self.perl.argv(
+                    services, ("-d", "DEFAULTED"))))).ask
+                following = self.perl_following["silent"]
+            self.log(f"all down: {row}: {1 + following} requests")
+            answers, times = [], []
+            for i in range(1 + following):
+                action, took = ask({"sender": f"d{i}@example.org", "instance": f"d{i}"})
+                answers.append(action)
+                times.append(took)
+            if set(answers) != {"DEFAULTED"}:
+                self.problem(f"all down/{row}: answers not the default: {Counter(answers)}")
+            self.report["all_down"][row] = {
+                "first": times[0], "following": summary(times[1:]),
+                "live_requests": len([r for r in s1.requests + s2.requests
+                                      if r.get("sender") != "hapolicy-check@localhost"])}
+
+    def released(self, workers: int) -> None:
+        with started(FakeBackend(mode="silent")) as hung, \
+                started(FakeBackend(action="OK secondary")) as sec, \
+                owned(Daemon(self.tmp, ["-s", spec("P", hung.port, 10, 1, 1),
+                                        "-s", spec("S", sec.port, 20), "--check-interval", "0",
+                                        "--cooldown", "60"], workers=workers)) as daemon:
+            daemon.start()
+            self.log(f"released: {workers} worker(s), 20 requests waiting on a hung P")
+            done: list[tuple[float, str]] = []
+            start = time.monotonic() + 0.2
+
+            def one(n: int) -> None:
+                time.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+                action, _ = daemon.ask({"sender": f"w{n}@example.org"})
+                done.append((time.monotonic(), action))
+
+            threads = [threading.Thread(target=one, args=(n,)) for n in range(20)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(ASK_TIMEOUT)
+        done.sort()
+        if [a for _, a in done] != ["OK secondary"] * 20:
+            self.problem(f"released/{workers}: answers {Counter(a for _, a in done)}")
+        self.report["released"][str(workers)] = {
+            "first": done[0][0] - start, "last_after_first": done[-1][0] - done[0][0],
+            "without_release": 19 * 0.02}
+
     # -- all ----------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -762,6 +831,10 @@ class Run:
                                       args=(f"failover/{case}/perl", self.failover_perl, case))
             thread.start()
             background.append(thread)
+        thread = threading.Thread(target=self.guarded, daemon=True, name="perl-all-down",
+                                  args=("all down/perl", self.all_down, "perl"))
+        thread.start()
+        background.append(thread)
         for case in CASES:
             self.guarded(f"failover/{case}/daemon", self.failover_daemon, case)
         self.guarded("failover/refused/perl", self.failover_perl, "refused")
@@ -771,6 +844,10 @@ class Run:
         self.guarded("hash/daemon", self.hashing)
         for impl in ("daemon", "perl"):
             self.guarded(f"weighted/{impl}", self.weighted, impl)
+        self.guarded("all down/daemon", self.all_down, "daemon", "0")
+        self.guarded("all down/daemon, checks", self.all_down, "daemon", "5")
+        for workers in (1, 2):
+            self.guarded(f"released/{workers}", self.released, workers)
         for thread in background:
             while thread.is_alive():
                 self.log(f"waiting for {thread.name} (the original pays every timeout)")
@@ -790,6 +867,15 @@ class Run:
             if p99 is not None and p99 > d["first"] / 4:
                 self.problem(f"failover/{case}/daemon: following p99 {p99:.3f} s is not far "
                              f"below the first failover")
+        for row, r in self.report["all_down"].items():
+            if row.startswith("daemon") and "following" in r and (
+                    r["following"]["max"] or 0) > 0.05:
+                self.problem(f"all down/{row}: a following request took "
+                             f"{r['following']['max']:.3f} s, not the default at once")
+        for workers, r in self.report["released"].items():
+            if r["last_after_first"] > (0.1 if workers == "1" else 0.3):
+                self.problem(f"released/{workers}: the last waiting request was answered "
+                             f"{r['last_after_first']:.3f} s after the first")
         silent = fo["silent"].get("daemon")
         if silent and silent.get("primary_requests", 1) != 1:
             self.problem(f"failover/silent/daemon: P got {silent['primary_requests']} requests, "
@@ -902,6 +988,28 @@ def render(report: dict[str, Any]) -> str:
         rows.append([impl, str(r["A"]), str(r["B"]), fmt_pct(r["A"], r["requests"]), spread])
     out += table(["impl", "A", "B", "A share (2:1 = 66.7 %)", "workers"], rows)
     out.append("  daemon: the 30 connections open at once, one request on each in turn")
+    out.append("")
+
+    out.append(f"6. Every service down: S1 (prio 10) and S2 (prio 20) silent, TIMEOUT "
+               f"{SILENT_TIMEOUT} s each, -d DEFAULTED")
+    rows = []
+    for row, r in report["all_down"].items():
+        if "skipped" in r:
+            rows.append([row, "skipped " + note(r["skipped"]), "", "", "", "", ""])
+            continue
+        f = r["following"]
+        rows.append([row, fmt_s(r["first"]), str(f["n"]), fmt_s(f["p50"]), fmt_s(f["p99"]),
+                     fmt_s(f["max"]), str(r["live_requests"])])
+    out += table(["impl", "1st answer", "then n", "p50", "p99", "max", "S1+S2 saw"], rows)
+    out.append("  daemon: --cooldown 60, each request on a new connection; S1+S2 saw: live "
+               "requests (not checks)")
+    out.append("")
+
+    out.append("7. 20 requests sent 20 ms apart to a silent P (TIMEOUT 1 s), S behind it (daemon)")
+    rows = [[workers, fmt_s(r["first"]), fmt_s(r["last_after_first"]),
+             fmt_s(r["without_release"])] for workers, r in report["released"].items()]
+    out += table(["workers", "1st answered after", "last after 1st",
+                  "without the release"], rows)
     flush_notes(out)
     if report["problems"]:
         out += ["", "problems:"] + [f"  - {p}" for p in report["problems"]]
