@@ -82,6 +82,23 @@ def test_oversized_end_split_between_reads():
     assert [bool(r.error) for r in out] == [True, False]
 
 
+def test_oversized_then_normal_request_in_any_cut_of_reads():
+    # test_spawn's 200 KB case, cut where skipping starts and around the oversized request's end
+    big = b"".join(b"x%d=%s\n" % (i, b"y" * 2000) for i in range(100)) + b"\n"
+    after = b"sender=after@example.org\n\n"
+    data = big + after
+    for first in range(MAX_REQUEST_BYTES - 1, MAX_REQUEST_BYTES + 3):
+        for second in range(len(big) - 3, len(big) + 3):
+            framer = RequestFramer()
+            reqs = []
+            for chunk in (data[:first], data[first:second], data[second:]):
+                reqs += framer.feed(chunk, 1)
+                while batch := framer.feed(b"", 1):  # lazily, as the client connection frames
+                    reqs += batch
+            assert [bool(r.error) for r in reqs] == [True, False], (first, second)
+            assert reqs[1].raw == after and not framer.pending
+
+
 def test_long_line_and_too_many_attributes_are_refused():
     long_line = b"a=" + b"b" * (MAX_LINE_BYTES + 1) + b"\n\n"
     many = b"".join(b"a%d=1\n" % i for i in range(MAX_ATTRIBUTES + 1)) + b"\n"
