@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -68,10 +69,24 @@ class Spawned:
         self.client.send_raw(data)
 
     def ask(self, data: bytes, timeout: float = 10) -> str:
-        return self.client.ask(data, timeout)
+        with self._exit_told():
+            return self.client.ask(data, timeout)
 
     def read_answer(self, timeout: float = 10) -> str:
-        return self.client.read_answer(timeout)
+        with self._exit_told():
+            return self.client.read_answer(timeout)
+
+    @contextlib.contextmanager
+    def _exit_told(self) -> Iterator[None]:
+        """An EOF before an answer says how the process ended (a crash, a signal, or alive)."""
+        try:
+            yield
+        except ConnectionError as exc:
+            try:
+                status = self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                status = None
+            raise ConnectionError(f"{exc}; hapolicy exit status {status}") from None
 
     def finish(self, timeout: float = 10) -> tuple[int, bytes]:
         """Close our sending side (EOF on its stdin); (exit status, every byte it wrote after)."""
