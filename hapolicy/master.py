@@ -6,6 +6,12 @@ that it can remove its pidfile and unix socket at exit. Signal handlers only que
 and wake the loop through `signal.set_wakeup_fd`; the master forks with those signals blocked,
 and the worker unblocks them once its own handlers are in place. Process operations and the
 clock go through `ProcessOps`, a thin seam that the unit tests replace.
+
+Each worker has a socketpair to the master (as Postfix's status pipe): it says READY once it
+accepts and RETIRING at max-use; when the master dies, the end of file tells it. A worker that
+dies before READY died at boot, and such deaths are throttled. A READY worker whose heartbeat
+in the worker table is older than WATCHDOG_SECONDS (its loop stuck: a hung look-up, a bug) is
+killed and replaced.
 """
 
 from __future__ import annotations
@@ -38,12 +44,12 @@ from .daemon import (
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .log import Logger
-from .worker import MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
+from .worker import MSG_READY, MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
 from .workertable import WorkerTable
 
 TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones
-BOOT_SECONDS = 1.0  # a worker that dies sooner than this died at boot
 THROTTLE_MAX = 30.0
+WATCHDOG_SECONDS = 60.0  # a worker whose loop has not turned this long is killed
 KILL_GRACE = 5.0
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
@@ -67,12 +73,14 @@ class ProcessOps:
 class WorkerProcess:
     """The master's record of one worker."""
 
-    def __init__(self, pid: int, slot: int, generation: int, pipe_r: int, started: float) -> None:
+    def __init__(self, pid: int, slot: int, generation: int, sock: socket.socket,
+                 started: float) -> None:
         self.pid = pid
         self.slot = slot
         self.generation = generation
-        self.pipe_r = pipe_r
+        self.sock = sock  # the master's end of the socketpair
         self.started = started
+        self.ready = False  # it said READY: it accepts, its boot is over
         self.retiring = False
 
 
@@ -182,6 +190,7 @@ class Master:
                 self.kill_all(signal.SIGKILL)
                 self.stop_deadline = self.ops.now() + KILL_GRACE
         else:
+            self.watchdog()
             self.maintain()
         return True
 
@@ -251,7 +260,7 @@ class Master:
                 elif worker.retiring:
                     self.log.info(f"worker {pid} retired")
                 continue
-            if lived < BOOT_SECONDS and _failed_by_itself(code):
+            if not worker.ready and _failed_by_itself(code):
                 self.boot_failures += 1
                 pause = min(2.0 ** (self.boot_failures - 1), THROTTLE_MAX)
                 self.next_spawn = max(self.next_spawn, now + pause)
@@ -262,18 +271,26 @@ class Master:
                                  "replacing it")
 
     def _forget(self, worker: WorkerProcess) -> None:
-        self.loop.remove(worker.pipe_r)
-        try:
-            os.close(worker.pipe_r)
-        except OSError:
-            pass
+        self.loop.remove(worker.sock)
+        worker.sock.close()
         self.table.clear(worker.slot)
+
+    def watchdog(self) -> None:
+        """Kill a worker whose loop is stuck; reap() replaces it."""
+        now = self.ops.now()
+        for worker in self.workers.values():
+            beat = self.table.last_beat(worker.slot)
+            if worker.ready and beat and now - beat > WATCHDOG_SECONDS:
+                self.log.error(f"worker {worker.pid} has not turned its loop for "
+                               f"{now - beat:.0f}s: killing it")
+                self._kill(worker.pid, signal.SIGKILL)
+                self.table.beat(worker.slot, 0.0)  # once
 
     def maintain(self) -> None:
         now = self.ops.now()
         active = [w for w in self.workers.values() if not w.retiring]
-        if self.boot_failures and any(now - w.started >= BOOT_SECONDS and
-                                      w.generation == self.generation for w in active):
+        if self.boot_failures and any(w.ready and w.generation == self.generation
+                                      for w in active):
             self.log.notice("workers start again")
             self.boot_failures = 0
             self.next_spawn = 0.0
@@ -296,40 +313,41 @@ class Master:
             self.log.error(f"{self.table.slots} workers alive: not starting another yet")
             self.next_spawn = self.ops.now() + 1.0
             return False
-        pipe_r, pipe_w = os.pipe()
-        worker = Worker(self.config, self.listener, self.health, self.table, slot, self.log,
-                        self.pid)
-        worker.pipe_w = pipe_w
-        self.table.set_clients(slot, 0)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        worker = Worker(self.config, self.listener, self.health, self.table, slot, self.log)
+        worker.master_sock = theirs
+        self.table.clear(slot)
         self.table.set_accepting(slot, False)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         try:
             pid = self.ops.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            os.close(pipe_r)
-            os.close(pipe_w)
+            ours.close()
+            theirs.close()
             self.log.error(f"cannot fork a worker: {exc.strerror}")
             self.next_spawn = self.ops.now() + 1.0
             return False
         if pid == 0:
-            self._in_child(worker, pipe_r)  # never returns
+            self._in_child(worker, ours)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        os.close(pipe_w)
-        os.set_blocking(pipe_r, False)
-        record = WorkerProcess(pid, slot, self.generation, pipe_r, self.ops.now())
+        theirs.close()
+        ours.setblocking(False)
+        record = WorkerProcess(pid, slot, self.generation, ours, self.ops.now())
         self.workers[pid] = record
-        self.loop.add(pipe_r, EVENT_READ, lambda mask, w=record: self._on_worker_message(w))
+        self.loop.add(ours, EVENT_READ, lambda mask, w=record: self._on_worker_message(w))
         return True
 
-    def _in_child(self, worker: Worker, pipe_r: int) -> None:
-        """In the new child: shed the master's state, drop privileges, run; never returns."""
+    def _in_child(self, worker: Worker, ours: socket.socket) -> None:
+        """In the new child: shed the master's state, drop privileges, run; never returns.
+
+        Every copy of a master's end of a socketpair must go, or a worker would not see the
+        end of file when the master dies."""
         try:
             signal.set_wakeup_fd(-1)
-            os.close(pipe_r)
+            ours.close()
             for other in self.workers.values():
-                with contextlib.suppress(OSError):
-                    os.close(other.pipe_r)
+                other.sock.close()
             # the epoll instance is shared with the master: close it before anything else,
             # and never unregister from it here (that would change the master's interests)
             inherited = list(self.loop.selector.get_map().values())
@@ -337,7 +355,7 @@ class Master:
             if self.checker is not None:
                 self.checker.pool.abandon()
             for key in inherited:
-                # other workers' pipes, the wake-up pipe, the checks' sockets
+                # the wake-up pipe, the checks' sockets
                 with contextlib.suppress(OSError):
                     if isinstance(key.fileobj, socket.socket):
                         key.fileobj.close()
@@ -359,16 +377,22 @@ class Master:
             self.maintain()  # its replacement, at once
 
     def _read_messages(self, worker: WorkerProcess) -> bool:
-        """Read what a worker wrote on its pipe; True when it said it retires."""
+        """Read what a worker said; True when it said it retires."""
         try:
-            data = os.read(worker.pipe_r, 64)
+            data = worker.sock.recv(64)
         except BlockingIOError:
             return False
         except OSError:
             data = b""
         if not data:
-            self.loop.remove(worker.pipe_r)  # the worker is exiting; reap() finishes it
+            self.loop.remove(worker.sock)  # the worker is exiting; reap() finishes it
             return False
+        return self.on_message(worker, data)
+
+    def on_message(self, worker: WorkerProcess, data: bytes) -> bool:
+        """Act on READY and RETIRING; True when the worker retires (a replacement is due)."""
+        if MSG_READY in data:
+            worker.ready = True
         if MSG_RETIRING in data and not worker.retiring:
             worker.retiring = True
             self.table.set_accepting(worker.slot, False)

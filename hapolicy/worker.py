@@ -3,18 +3,24 @@
 The constructor runs in the master before fork and touches nothing; `run` runs in the child and
 never returns (the child leaves through os._exit). The master forks with the signals blocked;
 the worker installs its handlers, then unblocks them, so no signal is lost or handled by the
-master's handlers in the child. Handlers only set flags: HUP retires the worker (no new
-connections; serve the ones it has until their clients close them, at most retire_timeout),
-TERM drains it (finish in-flight requests within drain_timeout, then exit), INT and QUIT end
-it at once. After max_use requests it retires by itself and writes one byte to the master,
-which has a replacement started at once. A worker whose master died (parent-death signal, or
-a new parent seen by the housekeeping timer) drains within ORPHAN_GRACE seconds and exits.
+master's handlers in the child.
+
+A worker's life is one phase, moved on in one place (`_advance`, once per loop pass) and only
+forward: SERVING; RETIRING (HUP, or max-use reached: no new connections, serve the ones it has
+until their clients close them, at most retire-timeout); DRAINING (TERM, or the master gone:
+finish in-flight requests within drain-timeout, ORPHAN_GRACE for an orphan, then exit);
+STOPPING (INT, QUIT: at once). Signal handlers only ask for a phase. Whether it accepts is
+recomputed by one function (`_update_accepting`) from its phase, its clients against its
+descriptor budget, and a pause (a sibling's turn, or no descriptor left).
+
+It talks with the master over a socketpair: READY once it accepts, RETIRING when it reached
+max-use (the master starts its replacement at once). End of file on it means the master is
+gone. Each housekeeping pass writes a heartbeat in the worker table for the master's watchdog.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import resource
@@ -37,9 +43,10 @@ FD_RESERVE_MIN = 32  # descriptors kept for backend sockets, syslog and the work
 YIELD_LIMIT = 0.05  # take a connection anyway after leaving it to siblings this long
 YIELD_PAUSE = 0.002
 ORPHAN_GRACE = 1.0  # an orphaned worker finishes its in-flight requests within this
+MSG_READY = b"Y"
 MSG_RETIRING = b"R"
 WORKER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
-PR_SET_PDEATHSIG = 1
+SERVING, RETIRING, DRAINING, STOPPING = range(4)
 
 
 def set_title(title: str) -> None:
@@ -48,17 +55,6 @@ def set_title(title: str) -> None:
     except ImportError:
         return
     setproctitle.setproctitle(title)
-
-
-def set_parent_death_signal(signum: int) -> None:
-    """Linux: have the kernel send signum when the parent (the master) dies; else nothing.
-
-    Must be called after the privilege drop, which clears it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def max_clients() -> int:
@@ -85,15 +81,31 @@ class Worker:
     """Everything a worker needs; forked by the master."""
 
     def __init__(self, config: Config, listener: socket.socket, health: HealthTable,
-                 table: WorkerTable, slot: int, log: Logger, master_pid: int) -> None:
+                 table: WorkerTable, slot: int, log: Logger) -> None:
         self.config = config
         self.listener = listener
         self.health = health
         self.table = table
         self.slot = slot
         self.log = log
-        self.master_pid = master_pid
-        self.pipe_w = -1  # the write end of the pipe to the master, set by the master
+        self.master_sock: socket.socket | None = None  # our end of the socketpair, set by the master
+        # the child's own state, made in _run after fork
+        self.loop: EventLoop | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.clients: set[ClientConnection] = set()
+        self.requests = 0
+        self.phase = SERVING
+        self.asked = SERVING  # the phase a signal, max-use or the master's end asked for
+        self.deadline = 0.0  # when the current phase gives up waiting
+        self.orphaned = False
+        self.listening = True  # False once the listener is closed for good
+        self.accepting = False  # the listener is registered in the loop
+        self.full = False  # max_clients held: accept paused until some leave
+        self.max_clients = 0
+        self.paused_until = 0.0  # no accepting before (a sibling's turn, no descriptor left)
+        self.yield_since = self.yield_last = 0.0
+        self.title = ""
+        self.wake_r = -1
 
     def run(self) -> None:
         """The child's life; never returns."""
@@ -108,16 +120,7 @@ class Worker:
 
     def _run(self) -> None:
         self.loop = loop = EventLoop()
-        self.retiring = self.draining = self.stop_now = self.orphaned = False
-        self.retire_at = self.drain_at = 0.0
-        self.clients: set[ClientConnection] = set()
-        self.requests = 0
-        self.accepting = False
         self.max_clients = max_clients()
-        self.full = False  # accept paused: max_clients held
-        self.listening = True  # False once the listener is closed for good
-        self.yield_since = self.yield_last = 0.0
-        self.title = ""
         self.dispatcher = Dispatcher(loop, self.config, self.health, self.log,
                                      checked=self.config.check_interval > 0)
         self.dispatcher.on_request = self._count_request
@@ -125,32 +128,28 @@ class Worker:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        for sig, handler in ((signal.SIGHUP, self._sig_retire), (signal.SIGTERM, self._sig_drain),
-                             (signal.SIGINT, self._sig_stop), (signal.SIGQUIT, self._sig_stop)):
-            signal.signal(sig, handler)
+        for sig, phase in ((signal.SIGHUP, RETIRING), (signal.SIGTERM, DRAINING),
+                           (signal.SIGINT, STOPPING), (signal.SIGQUIT, STOPPING)):
+            signal.signal(sig, lambda signum, frame, phase=phase: self._ask(phase))
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        set_parent_death_signal(signal.SIGTERM)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
         loop.add(self.wake_r, EVENT_READ, self._on_wake)
+        if self.master_sock is not None:
+            self.master_sock.setblocking(False)
+            loop.add(self.master_sock, EVENT_READ, self._on_master)
         self.listener.setblocking(False)
-        self.table.set_accepting(self.slot, True)
-        self._set_accepting(True)
         loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
-        self._apply_flags()  # a signal may have come before the handlers: act on it now
+        self._update_accepting()
+        self._tell_master(MSG_READY)
+        self.table.beat(self.slot, time.monotonic())
         self._update_title()
-        while not self._finished():
+        while not self._advance():
             loop.run_once(HOUSEKEEPING_SECONDS)
         self.dispatcher.close()  # logs what it held back
 
-    # signals: only flags, the loop acts
-    def _sig_retire(self, signum, frame) -> None:
-        self.retiring = True
-
-    def _sig_drain(self, signum, frame) -> None:
-        self.draining = True
-
-    def _sig_stop(self, signum, frame) -> None:
-        self.stop_now = True
+    def _ask(self, phase: int) -> None:
+        """A signal handler: only asks; the loop acts."""
+        self.asked = max(self.asked, phase)
 
     def _on_wake(self, mask: int) -> None:
         try:
@@ -158,22 +157,65 @@ class Worker:
                 pass
         except BlockingIOError:
             pass
-        self._apply_flags()
 
-    def _apply_flags(self) -> None:
+    def _on_master(self, mask: int) -> None:
+        try:
+            if self.master_sock.recv(64):  # type: ignore[union-attr]
+                return  # the master says nothing yet; end of file is what counts
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.loop.remove(self.master_sock)  # type: ignore[union-attr]
+        self.log.error("master is gone: worker finishes its requests and exits")
+        self.orphaned = True
+        self.asked = max(self.asked, DRAINING)
+        if self.phase == DRAINING:  # already draining: the shorter grace now
+            self.deadline = min(self.deadline, time.monotonic() + ORPHAN_GRACE)
+
+    def _tell_master(self, message: bytes) -> None:
+        if self.master_sock is not None:
+            with contextlib.suppress(OSError):
+                self.master_sock.send(message)
+
+    # the phase
+    def _advance(self) -> bool:
+        """Move the phase on as asked and end it when its work is done; True: exit now."""
         now = time.monotonic()
-        if not self.orphaned and os.getppid() != self.master_pid:
-            self.log.error("master is gone: worker finishes its requests and exits")
-            self.orphaned = self.draining = True
-            self.drain_at = min(self.drain_at or now + ORPHAN_GRACE, now + ORPHAN_GRACE)
-        if self.retiring or self.draining:
-            self._stop_listening()
-        if self.retiring and not self.retire_at:
-            self.retire_at = now + self.config.retire_timeout
-            self._update_title()
-        if self.draining and not self.drain_at:
-            self.drain_at = now + self.config.drain_timeout
-            self._update_title()
+        if self.asked > self.phase:
+            self._enter(self.asked, now)
+        phase = self.phase
+        if phase == SERVING:
+            return False
+        if phase == STOPPING:
+            return True
+        in_flight = self.dispatcher.in_flight  # type: ignore[union-attr]
+        if phase == DRAINING:
+            # every request received gets its answer written; then its connection is closed
+            self._close_idle_clients()
+            if not self.clients and not in_flight:
+                return True
+            if now >= self.deadline:
+                self.log.warning(f"drain timeout: {len(self.clients)} connections closed with "
+                                 f"{in_flight} requests unanswered")
+                return True
+            return False
+        if not self.clients and not in_flight:
+            return True
+        if now >= self.deadline:  # retiring, and its clients still not gone
+            self._close_idle_clients()
+            # requests still in flight end within their total deadline
+            return not self.clients or now >= self.deadline + self.config.total_timeout
+        return False
+
+    def _enter(self, phase: int, now: float) -> None:
+        self.phase = phase
+        if phase == RETIRING:
+            self.deadline = now + self.config.retire_timeout
+        elif phase == DRAINING:
+            self.deadline = now + (ORPHAN_GRACE if self.orphaned else self.config.drain_timeout)
+        self._stop_listening()
+        self._update_title()
 
     def _close_idle_clients(self) -> None:
         """Close the clients with nothing in progress (and no request waiting unread)."""
@@ -181,46 +223,40 @@ class Worker:
             if client.idle and not _has_input(client):
                 client.close()
 
-    def _finished(self) -> bool:
-        if self.stop_now:
-            return True
-        if not (self.retiring or self.draining):
-            return False
-        if (self.retiring and not self.retire_at) or (self.draining and not self.drain_at):
-            self._apply_flags()  # the handler ran, the wake-up byte is not read yet
-        now = time.monotonic()
-        if self.draining:
-            # every request received gets its answer written; then its connection is closed
-            self._close_idle_clients()
-            if not self.clients and not self.dispatcher.in_flight:
-                return True
-            if now >= self.drain_at:
-                self.log.warning(f"drain timeout: {len(self.clients)} connections closed with "
-                                 f"{self.dispatcher.in_flight} requests unanswered")
-                return True
-            return False
-        if not self.clients and not self.dispatcher.in_flight:
-            return True
-        if now >= self.retire_at:
-            self._close_idle_clients()
-            # requests still in flight end within their total deadline
-            return not self.clients or now >= self.retire_at + self.config.total_timeout
-        return False
-
     # accepting
-    def _set_accepting(self, on: bool) -> None:
-        on = on and self.listening
-        if on and not self.accepting:
-            self.loop.add(self.listener, EVENT_READ, self._on_accept)
-        elif not on and self.accepting:
-            self.loop.remove(self.listener)
-        self.accepting = on
+    def _update_accepting(self) -> None:
+        """Accept or not, from the phase, the clients held and a pause; the one place it is
+        decided. The worker table says whether this worker takes connections at all."""
+        held = len(self.clients)
+        if not self.full and held >= self.max_clients:
+            self.full = True
+            # leave descriptors for backend sockets: a client we cannot serve but with the
+            # default action is worse off than one waiting in the listen backlog
+            self.log.error(f"cannot accept: {held} clients, the most that RLIMIT_NOFILE "
+                           f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} allows with room "
+                           f"for backend connections; pausing accept")
+        elif self.full and held < self.max_clients * 15 // 16:
+            self.full = False
+        available = self.phase == SERVING and self.listening and not self.full
+        if self.listening:
+            self.table.set_accepting(self.slot, available)
+        want = available and time.monotonic() >= self.paused_until
+        if want and not self.accepting:
+            self.loop.add(self.listener, EVENT_READ, self._on_accept)  # type: ignore[union-attr]
+        elif not want and self.accepting:
+            self.loop.remove(self.listener)  # type: ignore[union-attr]
+        self.accepting = want
+
+    def _pause_accepting(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self._update_accepting()
+        self.loop.call_at(self.paused_until, self._update_accepting)  # type: ignore[union-attr]
 
     def _stop_listening(self) -> None:
         """For good (retiring, draining): siblings and the master keep their own copies."""
         if not self.listening:
             return
-        self._set_accepting(False)
+        self._update_accepting()  # not SERVING any more: unregistered
         self.listening = False
         self.table.set_accepting(self.slot, False)
         self.listener.close()
@@ -234,14 +270,7 @@ class Worker:
         self.yield_since = 0.0
         for _ in range(ACCEPT_BATCH):
             if len(self.clients) >= self.max_clients:
-                # leave descriptors for backend sockets: a client we cannot serve but with
-                # the default action is worse off than one waiting in the listen backlog
-                self.full = True
-                self._set_accepting(False)
-                self.table.set_accepting(self.slot, False)
-                self.log.error(f"cannot accept: {len(self.clients)} clients, the most that "
-                               f"RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} "
-                               f"allows with room for backend connections; pausing accept")
+                self._update_accepting()
                 return
             try:
                 sock, _addr = self.listener.accept()
@@ -282,32 +311,18 @@ class Worker:
         self._pause_accepting(YIELD_PAUSE)
         return True
 
-    def _pause_accepting(self, seconds: float) -> None:
-        self._set_accepting(False)
-        self.loop.call_later(seconds, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        if not (self.retiring or self.draining or self.stop_now or self.full):
-            self._set_accepting(True)
-
     def _on_client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
         if self.listening:
             self.table.set_clients(self.slot, len(self.clients))
-            if self.full and len(self.clients) < self.max_clients * 15 // 16:
-                self.full = False
-                self.table.set_accepting(self.slot, True)
-                self._resume_accepting()
+            if self.full:
+                self._update_accepting()
 
     def _count_request(self) -> None:
         self.requests += 1
-        if self.requests == self.config.max_use and not self.retiring:
-            self.retiring = True
-            try:
-                os.write(self.pipe_w, MSG_RETIRING)
-            except OSError:
-                pass
-            self._apply_flags()
+        if self.requests == self.config.max_use and self.asked < RETIRING:
+            self.asked = RETIRING
+            self._tell_master(MSG_RETIRING)
 
     # periodic work
     def _housekeeping(self) -> None:
@@ -318,12 +333,12 @@ class Worker:
             if client.last_active < limit and not client.busy:
                 client.close()
         self.dispatcher.pool.sweep(now)
-        self._apply_flags()
+        self.table.beat(self.slot, now)
         self._update_title()
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
 
     def _update_title(self) -> None:
-        state = " (retiring)" if self.retiring or self.draining else ""
+        state = " (retiring)" if self.phase != SERVING else ""
         title = (f"hapolicy: worker{state} requests={self.requests} "
                  f"clients={len(self.clients)}")
         if title != self.title:

@@ -1,17 +1,18 @@
-"""Per-worker load (open clients, accepting or not) shared through one mmap made by the master.
+"""Per-worker load (open clients, accepting or not) and heartbeat, in one mmap made by the master.
 
 Every worker listens on the same socket and every idle one wakes when a connection arrives;
 each looks here first and leaves the connection to a sibling that accepts and holds clearly
 fewer clients, so that Postfix's long-lived connections spread evenly instead of piling onto
 whichever worker the scheduler happens to wake first. Fields are whole 8-byte words; a stale
-read only makes the spread a little less even for a moment.
+read only makes the spread a little less even for a moment. The heartbeat is the monotonic
+time of the worker's last housekeeping pass: the master's watchdog reads it.
 """
 
 from __future__ import annotations
 
 import mmap
 
-FIELDS = 2  # clients, accepting (1.0 or 0.0)
+FIELDS = 3  # clients, accepting (1.0 or 0.0), heartbeat
 YIELD_MARGIN = 2  # accept anyway unless a sibling holds at least this many fewer clients
 
 
@@ -29,9 +30,16 @@ class WorkerTable:
     def set_accepting(self, slot: int, on: bool) -> None:
         self.f[slot * FIELDS + 1] = 1.0 if on else 0.0
 
+    def beat(self, slot: int, now: float) -> None:
+        self.f[slot * FIELDS + 2] = now
+
+    def last_beat(self, slot: int) -> float:
+        """When the worker in slot last turned its loop (0.0: not yet)."""
+        return self.f[slot * FIELDS + 2]
+
     def clear(self, slot: int) -> None:
-        self.f[slot * FIELDS] = 0.0
-        self.f[slot * FIELDS + 1] = 0.0
+        for field in range(FIELDS):
+            self.f[slot * FIELDS + field] = 0.0
 
     def should_yield(self, slot: int, clients: int) -> bool:
         """True when another accepting worker holds YIELD_MARGIN or more fewer clients."""

@@ -15,7 +15,7 @@ import pytest
 
 from hapolicy.config import Config, ConfigError, Service
 from hapolicy.log import Logger
-from hapolicy.master import BOOT_SECONDS, THROTTLE_MAX, Master, ProcessOps
+from hapolicy.master import THROTTLE_MAX, WATCHDOG_SECONDS, Master, ProcessOps
 
 EXIT_3 = 3 << 8  # a wait status: exited with status 3 (a worker that cannot start)
 KILLED = signal.SIGKILL  # a wait status: killed by SIGKILL
@@ -98,11 +98,11 @@ def test_workers_dying_at_boot_are_throttled(master):
     assert THROTTLE_MAX <= max(gaps) <= THROTTLE_MAX + 0.5  # pause + life + a step
     assert any("died at boot" in line and "next start in 30s" in line
                for line in master.log.lines)
-    # then a worker survives its boot: the next one is started at once, no more pause
+    # then a worker survives its boot (it says READY): the next one starts at once
     ops.t = max(ops.t, master.next_spawn) + 0.01
     master.step()
     assert len(master.workers) == 1
-    ops.t += BOOT_SECONDS + 0.1
+    master.on_message(next(iter(master.workers.values())), b"Y")
     master.step()
     assert len(master.workers) == 2
     assert master.boot_failures == 0
@@ -111,7 +111,7 @@ def test_workers_dying_at_boot_are_throttled(master):
 def test_killed_worker_replaced_at_once_even_young(master):
     ops = master.ops
     master.step()
-    ops.t += 0.2  # younger than BOOT_SECONDS, but killed from outside: not a boot failure
+    ops.t += 0.2  # not READY yet, but killed from outside: not a boot failure
     ops.deaths = [(100, KILLED)]
     master.step()
     assert alive(master) == [101, 102]
@@ -186,3 +186,30 @@ def test_term_drains_then_kills_stragglers(master):
     ops.deaths = [(101, KILLED)]
     assert not master.step()  # every worker gone: the master exits
     assert alive(master) == []
+
+
+def test_a_ready_worker_that_dies_is_replaced_at_once(master):
+    ops = master.ops
+    master.step()
+    master.on_message(master.workers[100], b"Y")
+    ops.deaths = [(100, EXIT_3)]
+    master.step()
+    assert alive(master) == [101, 102]
+    assert master.boot_failures == 0
+
+
+def test_the_watchdog_kills_a_worker_whose_loop_is_stuck(master):
+    ops = master.ops
+    master.step()
+    for worker in master.workers.values():
+        master.on_message(worker, b"Y")
+        master.table.beat(worker.slot, ops.t)
+    ops.t += WATCHDOG_SECONDS - 1
+    master.table.beat(master.workers[101].slot, ops.t)  # 101 keeps turning its loop
+    master.step()
+    assert ops.kills == []
+    ops.t += 2
+    master.step()
+    master.step()
+    assert ops.kills == [(100, signal.SIGKILL)]  # once
+    assert any("worker 100 has not turned its loop for 61s" in line for line in master.log.lines)
