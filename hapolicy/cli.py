@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(summary(config)))
         return 0
     if config.listen:
-        from .master import run_daemon
+        from .runner import run_daemon
 
         return run_daemon(config, log, lambda: load_config(argv)[0])
     from .spawn import run_spawn, silence_stderr

@@ -11,7 +11,6 @@ prefixed with `FILE:LINE:` when it comes from a file.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re

@@ -13,6 +13,7 @@ import resource
 import select
 import socket
 import stat
+from collections.abc import Iterator
 
 from .config import ConfigError
 from .log import Logger
@@ -192,3 +193,22 @@ def raise_fd_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
     return soft
+
+
+@contextlib.contextmanager
+def working_dir(path: str) -> Iterator[None]:
+    """Run a block in path (where the daemon started: a relative -c FILE is read there)."""
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = "/"
+    try:
+        os.chdir(path)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.chdir(here)

@@ -159,6 +159,18 @@ class HealthTable:
         self._map.close()
 
 
+def carry_over(old: HealthTable, before: Sequence[Service], after: Sequence[Service]) -> HealthTable:
+    """A new table for a reload's services: one that stays (same name and address) keeps what
+    is known of it; a new one starts up."""
+    table = HealthTable(len(after))
+    index = {(s.name, s.address): i for i, s in enumerate(before)}
+    for i, service in enumerate(after):
+        j = index.get((service.name, service.address))
+        if j is not None:
+            table.copy_slot(i, old, j)
+    return table
+
+
 class Health:
     """The one path for state changes of one process's services, each logged once.
 

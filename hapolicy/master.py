@@ -25,24 +25,19 @@ import time
 from typing import Callable
 
 from .checks import Checker
-from .config import Config, ConfigError, split_listen
+from .config import Config
 from .daemon import (
     check_may_switch_user,
-    check_pidfile,
-    daemonize,
     drop_privileges,
-    notify_ready,
     preload_lazy_modules,
-    print_error,
-    raise_fd_limit,
     read_pid,
-    remove_stale_socket,
     resolve_ids,
     unlink,
-    write_pidfile,
+    working_dir,
 )
 from .eventloop import EVENT_READ, EventLoop
-from .health import HealthTable
+from .health import HealthTable, carry_over
+from .listener import Listener
 from .log import Logger
 from .worker import MSG_READY, MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
 from .workertable import WorkerTable
@@ -100,9 +95,8 @@ class Master:
         self.stop_deadline = 0.0
         self.boot_failures = 0
         self.next_spawn = 0.0
-        self.listener: socket.socket | None = None
+        self.listener = Listener(config.listen)
         self.fd_limit = 0  # RLIMIT_NOFILE in force, logged at start
-        self.socket_inode = 0
         self.pid = os.getpid()
         try:
             self.start_dir = os.getcwd()  # a relative -c FILE is read from here on HUP
@@ -111,31 +105,6 @@ class Master:
         self.checker: Checker | None = None
 
     # setup
-    def bind(self) -> None:
-        host, port, path = split_listen(self.config.listen)
-        if path:
-            remove_stale_socket(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(path)
-                os.chmod(path, self.config.socket_mode)
-                self.socket_inode = os.stat(path).st_ino
-            except BaseException:
-                sock.close()
-                raise
-        else:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((host, port))
-            except BaseException:
-                sock.close()
-                raise
-        sock.listen(self.config.backlog)
-        sock.set_inheritable(False)
-        self.listener = sock
-
     def start(self) -> None:
         """After bind (and daemonize): title, tables, signals; the workers come from run()."""
         self.pid = os.getpid()
@@ -220,16 +189,11 @@ class Master:
         self.stopping = how
         if self.checker is not None:
             self.checker.stop()
-        self.close_listener()
+        self.listener.close()
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.kill_all(sig)
         grace = self.config.drain_timeout + KILL_GRACE if how == "graceful" else KILL_GRACE
         self.stop_deadline = self.ops.now() + grace
-
-    def close_listener(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
 
     def kill_all(self, sig: int) -> None:
         for pid in list(self.workers):
@@ -305,7 +269,7 @@ class Master:
                 break
 
     def spawn(self) -> bool:
-        if self.listener is None:
+        if self.listener.sock is None:
             return False
         used = {w.slot for w in self.workers.values()}
         slot = next((s for s in range(self.table.slots) if s not in used), -1)
@@ -314,7 +278,7 @@ class Master:
             self.next_spawn = self.ops.now() + 1.0
             return False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        worker = Worker(self.config, self.listener, self.health, self.table, slot, self.log)
+        worker = Worker(self.config, self.listener.sock, self.health, self.table, slot, self.log)
         worker.master_sock = theirs
         self.table.clear(slot)
         self.table.set_accepting(slot, False)
@@ -404,7 +368,7 @@ class Master:
         if self.reload_config is None or self.stopping:
             return
         try:
-            with _working_dir(self.start_dir):
+            with working_dir(self.start_dir):
                 config = self.reload_config()
             resolve_ids(config.user, config.group)
             check_may_switch_user(config.user, config.group)
@@ -423,18 +387,11 @@ class Master:
                                                          self.config.log_stderr):
             self.log.close()
             self.log = Logger(config.syslog_socket, config.log_stderr)
-        self._apply_listener_settings(config)
+        self.listener.apply(self.config, config, self.log)
         self.generation += 1
         old = [w for w in self.workers.values() if not w.retiring]
         if config.services != self.config.services:
-            health = HealthTable(len(config.services))
-            # a service that stays (same name and address) keeps what is known of it
-            before = {(s.name, s.address): i for i, s in enumerate(self.config.services)}
-            for i, service in enumerate(config.services):
-                j = before.get((service.name, service.address))
-                if j is not None:
-                    health.copy_slot(i, self.health, j)
-            self.health = health
+            self.health = carry_over(self.health, self.config.services, config.services)
         self.health.set_recovery(config.check_interval > 0, time.monotonic())
         for worker in old:
             worker.retiring = True
@@ -451,25 +408,8 @@ class Master:
                         f"{len(old)} old workers retire")
         self.maintain()
 
-    def _apply_listener_settings(self, config: Config) -> None:
-        if self.listener is None:
-            return
-        path = split_listen(self.config.listen)[2]
-        try:
-            if path and config.socket_mode != self.config.socket_mode:
-                os.chmod(path, config.socket_mode)
-            if config.backlog != self.config.backlog:
-                self.listener.listen(config.backlog)
-        except OSError as exc:
-            self.log.warning(f"reload: cannot apply the listener settings: {exc.strerror}")
-
     def cleanup(self) -> None:
-        self.close_listener()
-        path = split_listen(self.config.listen)[2]
-        if path and self.socket_inode:
-            with contextlib.suppress(OSError):
-                if os.stat(path).st_ino == self.socket_inode:  # ours, not a successor's
-                    unlink(path, self.log)
+        self.listener.cleanup(self.log)
         if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:
             unlink(self.config.pidfile, self.log)
 
@@ -487,68 +427,3 @@ CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, si
 def _failed_by_itself(code: int) -> bool:
     """An exit status or a crash: not a kill from outside (kill -9, an operator's TERM)."""
     return code > 0 or -code in CRASH_SIGNALS
-
-
-@contextlib.contextmanager
-def _working_dir(path: str):
-    try:
-        here = os.getcwd()
-    except OSError:
-        here = "/"
-    try:
-        os.chdir(path)
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.chdir(here)
-
-
-def run_daemon(config: Config, log: Logger,
-               reload_config: Callable[[], Config] | None = None) -> int:
-    """Run the daemon in the foreground (or detached with --daemonize); the exit status."""
-    master = Master(config, log, reload_config)
-    try:
-        resolve_ids(config.user, config.group)
-        check_may_switch_user(config.user, config.group)
-        if config.pidfile:
-            check_pidfile(config.pidfile)
-        master.fd_limit = raise_fd_limit()
-        master.bind()
-    except (ConfigError, OSError) as exc:
-        message = str(exc) if isinstance(exc, ConfigError) else (
-            f"cannot listen on {config.listen}: {exc.strerror or exc}")
-        log.error(message)
-        if not log.to_stderr:
-            print_error(message)
-        return 2 if isinstance(exc, ConfigError) else 1
-    ready_w = daemonize() if config.daemonize else -1
-    pid = master.pid = os.getpid()
-    try:
-        try:
-            if config.pidfile:
-                write_pidfile(config.pidfile)
-        except OSError as exc:
-            message = f"cannot write pidfile {config.pidfile}: {exc.strerror}"
-            log.error(message)
-            if not log.to_stderr:
-                print_error(message)
-            return 1
-        master.start()
-        if ready_w >= 0:
-            notify_ready(ready_w)
-            ready_w = -1
-        return master.run()
-    except Exception as exc:  # noqa: BLE001 - a bug: one line in the log, never a traceback
-        master.log.error(f"master internal error: {type(exc).__name__}: {exc}")
-        if master.workers:
-            master.kill_all(signal.SIGTERM)
-        return 1
-    finally:
-        if os.getpid() == pid:
-            master.cleanup()
-            for sig in MASTER_SIGNALS[:-1]:  # a late signal must not change the exit status
-                signal.signal(sig, signal.SIG_IGN)

@@ -59,10 +59,10 @@ def master():
     config = Config(services=(Service("A", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=2)
     ops = FakeOps()
     m = Master(config, ListLogger(), ops=ops)
-    m.listener = socket.socket()
+    m.listener.sock = socket.socket()
     m.setup()
     yield m
-    m.close_listener()
+    m.listener.close()
     for worker in list(m.workers.values()):
         m._forget(worker)
     os.close(m.wake_r)

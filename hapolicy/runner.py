@@ -1,0 +1,71 @@
+"""Start the daemon: the checks a postmaster's mistakes fail early, bind, detach, pidfile, run
+the master, clean up. The exit status tells an init script what happened: 0 after a stop, 1
+when it could not start or run (one line on stderr and in syslog), 2 for a bad configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Callable
+
+from .config import Config, ConfigError
+from .daemon import (
+    check_may_switch_user,
+    check_pidfile,
+    daemonize,
+    notify_ready,
+    print_error,
+    raise_fd_limit,
+    resolve_ids,
+    write_pidfile,
+)
+from .log import Logger
+from .master import MASTER_SIGNALS, Master
+
+
+def run_daemon(config: Config, log: Logger,
+               reload_config: Callable[[], Config] | None = None) -> int:
+    """Run the daemon in the foreground (or detached with --daemonize); the exit status."""
+    master = Master(config, log, reload_config)
+    try:
+        resolve_ids(config.user, config.group)
+        check_may_switch_user(config.user, config.group)
+        if config.pidfile:
+            check_pidfile(config.pidfile)
+        master.fd_limit = raise_fd_limit()
+        master.listener.bind(config)
+    except (ConfigError, OSError) as exc:
+        message = str(exc) if isinstance(exc, ConfigError) else (
+            f"cannot listen on {config.listen}: {exc.strerror or exc}")
+        log.error(message)
+        if not log.to_stderr:
+            print_error(message)
+        return 2 if isinstance(exc, ConfigError) else 1
+    ready_w = daemonize() if config.daemonize else -1
+    pid = master.pid = os.getpid()
+    try:
+        try:
+            if config.pidfile:
+                write_pidfile(config.pidfile)
+        except OSError as exc:
+            message = f"cannot write pidfile {config.pidfile}: {exc.strerror}"
+            log.error(message)
+            if not log.to_stderr:
+                print_error(message)
+            return 1
+        master.start()
+        if ready_w >= 0:
+            notify_ready(ready_w)
+            ready_w = -1
+        return master.run()
+    except Exception as exc:  # noqa: BLE001 - a bug: one line in the log, never a traceback
+        master.log.error(f"master internal error: {type(exc).__name__}: {exc}")
+        if master.workers:
+            master.kill_all(signal.SIGTERM)
+        return 1
+    finally:
+        if os.getpid() == pid:
+            master.cleanup()
+            for sig in MASTER_SIGNALS[:-1]:  # a late signal must not change the exit status
+                signal.signal(sig, signal.SIG_IGN)
