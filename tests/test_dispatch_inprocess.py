@@ -11,6 +11,8 @@ requests of one SMTP transaction stay on one service; `-l` logs one line per req
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import pytest
@@ -20,7 +22,7 @@ from hapolicy.config import Config, parse_service
 from hapolicy.dispatch import Dispatcher
 from hapolicy.eventloop import EventLoop
 from hapolicy.health import DOWN, UP, HealthTable
-from hapolicy.log import Logger
+from hapolicy.log import Logger, clean
 from hapolicy.protocol import Request, RequestFramer
 
 
@@ -32,7 +34,7 @@ class KeptLog(Logger):
         self.lines: list[tuple[str, str]] = []
 
     def log(self, level: str, message: str) -> None:
-        self.lines.append((level, message))
+        self.lines.append((level, clean(message)))  # as Logger.log does
 
     def text(self, level: str | None = None) -> str:
         return "\n".join(m for lvl, m in self.lines if level in (None, lvl))
@@ -59,11 +61,6 @@ class Run:
         self.health = HealthTable(len(specs), shared=False)
         self.log = KeptLog()
         self.dispatcher = Dispatcher(self.loop, self.config, self.health, self.log)
-        self.counted = 0
-        self.dispatcher.on_request = self._count
-
-    def _count(self) -> None:
-        self.counted += 1
 
     def ask(self, data: bytes, client: Client | None = None) -> tuple[bytes, float]:
         """(the one answer delivered, seconds taken)."""
@@ -114,7 +111,7 @@ def test_a_failed_service_is_skipped_for_the_next_by_priority(runs):
                                "helo=<mail.example.org> sender=<s@example.org> "
                                "recipient=<b@example.net> delay="), line
         assert line.endswith('s action=OK second failed="DEAD: connection refused"'), line
-        assert len(good.requests) == 1 and run.counted == 1
+        assert len(good.requests) == 1
 
 
 def test_every_service_failed_gives_the_default_and_a_warning(runs):
@@ -139,7 +136,7 @@ def test_a_refused_or_empty_request_gets_the_default_without_a_service(runs):
             run.log.text("warning")
         assert run.ask(b"\n")[0] == b"action=dunno\n\n"
         assert "empty request: answering action=dunno" in run.log.text("info")
-        assert backend.requests == [] and run.counted == 2
+        assert backend.requests == []
 
 
 def test_the_total_deadline_answers_the_default(runs):
@@ -185,8 +182,98 @@ def test_hash_balancing_keeps_a_key_on_one_service(runs):
         run = runs(a.spec("A"), b.spec("B"), balance="hash:sender,recipient",
                    sticky_instance=False)
         by_key = {}
-        for n in range(12):
-            key = (f"s{n % 4}@example.org", "r@example.net")
+        for n in range(15):  # 5 keys: round robin (period 2) would split each of them
+            key = (f"s{n % 5}@example.org", "r@example.net")
             answer = run.ask(request(sender=key[0], recipient=key[1]))[0]
             assert by_key.setdefault(key, answer) == answer
-        assert len(set(by_key.values())) == 2  # 4 keys over 2 services: both used here
+        assert len(set(by_key.values())) == 2  # 5 keys over 2 services: both used here
+
+
+def test_a_default_answer_is_logged_with_every_failure_and_why(runs):
+    refused = [refused_port(), refused_port()]
+    run = runs(f"A=127.0.0.1:{refused[0]}", f"B=127.0.0.1:{refused[1]}:20",
+               log_requests=True)
+    assert run.ask(b"request=smtpd_access_policy\n\n")[0] == b"action=dunno\n\n"
+    line = run.log.text("info")
+    assert line.startswith("service=- client=[] helo=<> sender=<> recipient=<> delay=0.0"), line
+    delay = float(line.split(" delay=")[1].split("s ")[0])
+    assert 0 <= delay < 1, line
+    assert line.endswith(' action=dunno failed="A: connection refused; '
+                         'B: connection refused" default="all services failed"'), line
+
+
+def test_a_service_going_down_and_up_is_logged_once_each(runs):
+    with FakeBackend(mode="close_after_request") as backend:
+        run = runs(backend.spec("B"), f"S=127.0.0.1:{refused_port()}:20", verbose=True,
+                   cooldown=0.2, cooldown_max=0.2)
+        assert run.ask(request())[0] == b"action=dunno\n\n"
+        address = f"127.0.0.1:{backend.port}"
+        assert (f"service B ({address}) down: closed the connection before a full answer, "
+                f"retry in 0.2s") in run.log.text("warning")
+        assert (f"service=B address={address} failed: closed the connection before a full "
+                f"answer") in run.log.text("info")
+        backend.set_mode("answer", action="OK")
+        time.sleep(0.25)
+        assert run.ask(request())[0] == b"action=OK\n\n"  # the probe
+        assert run.log.text("notice") == f"service B ({address}) up"
+
+
+def test_requests_in_flight_are_counted_and_each_counted_request_once(runs):
+    with FakeBackend(action="OK", delay=0.2) as backend:
+        run = runs(backend.spec("B"))
+        counted: list[int] = []
+        run.dispatcher.on_request = lambda: counted.append(1)
+        clients = [Client(), Client()]
+        for client in clients:
+            [framed] = RequestFramer().feed(request())
+            run.dispatcher.submit(framed, client)
+        assert run.dispatcher.in_flight == 2
+        deadline = time.monotonic() + 5
+        while any(not c.answers for c in clients) and time.monotonic() < deadline:
+            run.loop.run_once(0.1)
+        assert [c.answers for c in clients] == [[b"action=OK\n\n"]] * 2
+        assert run.dispatcher.in_flight == 0 and counted == [1, 1]
+
+
+def test_backend_connections_are_kept_for_the_next_requests(runs):
+    with FakeBackend(action="OK") as backend:
+        run = runs(backend.spec("B"))
+        for _ in range(3):
+            assert run.ask(request())[0] == b"action=OK\n\n"
+        assert backend.connections == 1
+
+
+class RawBackend:
+    """A policy server answering every request with the same bytes (any bytes at all)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            data = b""
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+                while b"\n\n" in data:
+                    data = data.split(b"\n\n", 1)[1]
+                    conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_action_that_is_not_utf8_is_relayed_and_logged(runs):
+    backend = RawBackend(b"action=REJECT caf\xe9\n\n")
+    try:
+        run = runs(f"B=127.0.0.1:{backend.port}", log_requests=True)
+        assert run.ask(request())[0] == b"action=REJECT caf\xe9\n\n"
+        assert run.log.text("info").endswith("action=REJECT caf\ufffd")
+    finally:
+        backend.close()

@@ -93,9 +93,11 @@ def test_a_name_never_resolved_is_an_error_of_the_service_retried_after_a_pause(
     assert error.startswith("cannot resolve policy.example.org: ")
     assert address_at(resolver, clock, 50.0 + RESOLVE_RETRY - 0.01)[2] == error
     assert dns.calls == 1
-    dns.failing = False
-    assert address_at(resolver, clock, 50.0 + RESOLVE_RETRY)[2] == ""
+    assert address_at(resolver, clock, 50.0 + RESOLVE_RETRY)[2] == error  # failed again
     assert dns.calls == 2
+    dns.failing = False
+    assert address_at(resolver, clock, 50.0 + 2 * RESOLVE_RETRY)[2] == ""
+    assert dns.calls == 3
 
 
 def test_an_entry_is_stamped_when_its_slow_look_up_returned():
