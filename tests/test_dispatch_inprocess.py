@@ -11,6 +11,8 @@ requests of one SMTP transaction stay on one service; `-l` logs one line per req
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import threading
 import time
@@ -18,6 +20,7 @@ import time
 import pytest
 from fakes import FakeBackend, refused_port, request
 
+from hapolicy import backend as backend_module
 from hapolicy.config import Config, parse_service
 from hapolicy.dispatch import Dispatcher
 from hapolicy.eventloop import EventLoop
@@ -277,3 +280,18 @@ def test_an_action_that_is_not_utf8_is_relayed_and_logged(runs):
         assert run.log.text("info").endswith("action=REJECT caf\ufffd")
     finally:
         backend.close()
+
+
+def test_no_descriptor_for_a_backend_socket_is_not_the_services_failure(runs, monkeypatch):
+    with FakeBackend(action="OK") as backend:
+        run = runs(backend.spec("B"))
+
+        def no_descriptors(*args: object) -> socket.socket:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
+        assert run.ask(request())[0] == b"action=dunno\n\n"
+        assert run.health.state(0, time.monotonic()) == UP  # not marked down
+        assert "service=B not asked: cannot make a socket: Too many open files" in \
+            run.log.text("error")
+        assert "down" not in run.log.text("warning")

@@ -10,6 +10,7 @@ once on a fresh one without counting as a failure. Timeouts are bounded on both 
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -19,7 +20,8 @@ import time
 import pytest
 from fakes import Blackhole, FakeBackend, refused_port
 
-from hapolicy.backend import POOL_IDLE_SECONDS, Exchange, Pool, Resolver
+from hapolicy import backend as backend_module
+from hapolicy.backend import POOL_IDLE_SECONDS, POOL_MAX_IDLE, Exchange, Pool, Resolver
 from hapolicy.config import Service
 from hapolicy.eventloop import EventLoop
 from hapolicy.protocol import MAX_ANSWER_BYTES
@@ -164,7 +166,8 @@ def test_a_timed_out_connection_is_not_kept(attempts):
 
 
 def test_a_request_larger_than_the_socket_buffers_is_sent_whole(attempts):
-    big = b"request=smtpd_access_policy\nsender=" + b"s" * 2_000_000 + b"\n\n"
+    # more than the kernel takes in one send (net.ipv4.tcp_wmem's maximum is 4 MiB)
+    big = b"request=smtpd_access_policy\nsender=" + b"s" * 16_000_000 + b"\n\n"
     with FakeBackend(mode="echo", attr="request") as backend:
         assert attempts.run(backend.port, payload=big)[:2] == (b"action=smtpd_access_policy", "")
         assert backend.raw_requests == [big]
@@ -176,8 +179,9 @@ class ScriptedBackend:
     connection with a TCP reset."""
 
     def __init__(self, *answers: list[bytes], family: int = socket.AF_INET,
-                 path: str = "") -> None:
+                 path: str = "", reset_after_request: bool = False) -> None:
         self.answers = list(answers)
+        self.reset_after_request = reset_after_request
         if family == socket.AF_UNIX:
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.listener.bind(path)
@@ -194,6 +198,11 @@ class ScriptedBackend:
         conn, _ = self.listener.accept()
         self.conn = conn
         data = b""
+        if self.reset_after_request:
+            while b"\n\n" not in data:
+                data += conn.recv(65536)
+            self.reset()
+            return
         for pieces in self.answers:
             while b"\n\n" not in data:
                 chunk = conn.recv(65536)
@@ -249,11 +258,63 @@ def test_a_reused_connection_reset_is_retried_on_a_fresh_one(attempts):
 
 
 def test_a_fresh_connection_reset_fails_at_once(attempts):
+    backend = ScriptedBackend(reset_after_request=True)
+    try:
+        action, reason, took = attempts.run(backend.port, timeout=20)
+    finally:
+        backend.close()
+    assert (action, reason) == (b"", "connection reset")  # not retried: it is the service
+    assert took < 1.0
+
+
+def test_a_connection_closed_at_once_fails_at_once(attempts):
     with FakeBackend(mode="close") as backend:
         action, reason, took = attempts.run(backend.port, timeout=20)
     assert action == b"" and reason in ("connection reset", "broken pipe",
                                         "closed the connection before a full answer"), reason
     assert took < 1.0
+
+
+def test_no_descriptor_for_a_socket_is_a_local_failure(attempts, monkeypatch):
+    def no_descriptors(*args: object) -> socket.socket:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    service = Service(name="S", host="127.0.0.1", port=refused_port())
+    monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
+    done: list[tuple[bytes, str]] = []
+    exchange = Exchange(attempts.loop, service, REQUEST, time.monotonic() + 5, 5.0,
+                        lambda action, reason: done.append((action, reason)), attempts.pool,
+                        attempts.resolver)
+    exchange.start()
+    assert done == [(b"", "cannot make a socket: Too many open files")]
+    assert exchange.local_failure is True  # not the service's fault
+
+
+def test_a_unix_path_the_kernel_refuses_is_a_failure(attempts):
+    action, reason, _ = attempts.run(0, host="", path="/tmp/" + "x" * 200)
+    assert (action, reason) == (b"", "cannot connect: AF_UNIX path too long")
+
+
+def test_a_full_unix_socket_backlog_fails_at_once(attempts, tmp_path):
+    path = str(tmp_path / "busy.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    fillers = []
+    try:
+        while True:  # nobody accepts: fill the backlog until a connect would block
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            if filler.connect_ex(path) == errno.EAGAIN:
+                break
+            assert len(fillers) < 100
+        action, reason, took = attempts.run(0, host="", path=path, timeout=20)
+        assert (action, reason) == (b"", "unix socket backlog full") and took < 1.0
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 def test_a_unix_socket_service(attempts, tmp_path):
@@ -339,3 +400,21 @@ def test_an_abandoned_pool_closes_its_sockets_without_the_loop(attempts):
         sock = pooled_socket(attempts, backend)
         attempts.pool.abandon()  # what a forked child does with its copy
         assert sock.fileno() == -1 and attempts.pool.idle == {}
+
+
+def test_the_pool_keeps_at_most_its_limit_per_service(attempts):
+    with FakeBackend(action="OK", delay=0.2) as backend:
+        service = Service(name="S", host="127.0.0.1", port=backend.port)
+        done: list[bytes] = []
+        count = POOL_MAX_IDLE + 3
+        for _ in range(count):  # all at once: each needs its own connection
+            Exchange(attempts.loop, service, REQUEST, time.monotonic() + 10, 5.0,
+                     lambda action, reason: done.append(action), attempts.pool,
+                     attempts.resolver).start()
+        deadline = time.monotonic() + 10
+        while len(done) < count and time.monotonic() < deadline:
+            attempts.loop.run_once(0.1)
+        assert done == [b"action=OK"] * count
+        assert backend.connections == count
+        assert len(attempts.pool.idle["S"]) == POOL_MAX_IDLE
+        assert registered(attempts.loop) == POOL_MAX_IDLE  # the others are closed
