@@ -1,14 +1,18 @@
 """HealthTable's rules at their edges (fast, in-process, through its public methods): a
 cool-down ends at its exact end, one probe at a time for the probe's lease, a failed probe's
 new cool-down is not stretched by the lease it had, in-flight failures leave the pause and the
-streak alone, and the table is shared with forked workers.
+streak alone, and the table is shared with forked workers. Also: a service coming back starts
+level with its own priority group, a reload copies a service's whole state, spawn mode starts
+round robin at a random phase.
 """
 
 from __future__ import annotations
 
 import os
 
-from hapolicy.health import DOWN, PROBE_DUE, UP, HealthTable
+from hapolicy.config import parse_service
+from hapolicy.health import DOWN, PROBE_DUE, UP, HealthTable, note_success
+from hapolicy.log import Logger
 
 COOLDOWN, CAP, LEASE = 2.0, 60.0, 35.0
 
@@ -98,3 +102,49 @@ def test_a_private_table_is_not_shared():
             os._exit(0)
     os.waitpid(pid, 0)
     assert table.state(0, 101.0) == UP
+
+
+class QuietLog(Logger):
+    def __init__(self) -> None:
+        super().__init__(syslog_socket="")
+        self.lines: list[str] = []
+
+    def log(self, level: str, message: str) -> None:
+        self.lines.append(f"{level}: {message}")
+
+
+def test_a_service_coming_back_starts_level_with_its_own_priority_group():
+    services = [parse_service(s) for s in ("A=h:1:10", "B=h:2:10", "C=h:3:20")]
+    table = HealthTable(3, shared=False)
+    table.set_served(1, 50.0)  # B served alone while A was down
+    table.set_served(2, 500.0)  # C, another priority, is no peer of A
+    table.record_failure(0, 100.0, COOLDOWN, CAP)
+    log = QuietLog()
+    note_success(table, services, 0, log)
+    assert table.state(0, 100.0) == UP
+    assert table.served(0) == 50.0  # not behind B (a burst), not level with C
+    assert log.lines == ["notice: service A (h:1) up"]
+    note_success(table, services, 0, log)  # already up: nothing logged again
+    assert len(log.lines) == 1
+
+
+def test_a_reload_copies_a_services_whole_state():
+    old = down_at(100.0, services=2, i=1)
+    old.set_served(1, 7.5)
+    new = HealthTable(3, shared=False)
+    new.copy_slot(2, old, 1)
+    assert new.state(2, 101.0) == DOWN and new.state(2, 102.0) == PROBE_DUE
+    assert new.served(2) == 7.5
+    assert new.state(0, 101.0) == UP and new.state(1, 101.0) == UP
+    assert new.record_failure(2, 102.0, COOLDOWN, CAP) == (False, 4.0)  # the streak came too
+
+
+def test_spawn_mode_starts_round_robin_at_a_random_phase_within_one_step():
+    table = HealthTable(2, shared=False)
+    table.randomize_phase([1, 4])
+    assert -1.0 <= table.served(0) <= 0.0 and -0.25 <= table.served(1) <= 0.0
+    phases = set()
+    for _ in range(20):
+        table.randomize_phase([1, 4])
+        phases.add(table.served(0))
+    assert len(phases) > 10  # random, not fixed

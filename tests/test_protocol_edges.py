@@ -12,6 +12,7 @@ from hapolicy.protocol import (
     Request,
     RequestFramer,
     answer_action,
+    format_action,
     parse_attributes,
 )
 
@@ -132,3 +133,9 @@ def test_an_action_is_relayed_byte_for_byte():
     assert answer_action(b"action=REJECT no X\n\n") == b"action=REJECT no X"
     assert answer_action(b"action=OK \n\n") == b"action=OK "
     assert answer_action(b"action=OK\r\n\r\n") == b"action=OK"
+
+
+def test_a_default_action_that_is_not_utf8_is_still_an_answer():
+    # a non-UTF-8 command line reaches Python as surrogate escapes
+    assert format_action("DEFER caf\udce9") == b"action=DEFER caf?\n\n"
+    assert format_action("dunno") == b"action=dunno\n\n"
