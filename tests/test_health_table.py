@@ -129,14 +129,14 @@ def test_a_service_coming_back_starts_level_with_its_own_priority_group():
 
 
 def test_a_reload_copies_a_services_whole_state():
-    old = down_at(100.0, services=2, i=1)
-    old.set_served(1, 7.5)
+    old = down_at(100.0, services=2, i=0)
+    old.set_served(0, 7.5)
     new = HealthTable(3, shared=False)
-    new.copy_slot(2, old, 1)
-    assert new.state(2, 101.0) == DOWN and new.state(2, 102.0) == PROBE_DUE
-    assert new.served(2) == 7.5
-    assert new.state(0, 101.0) == UP and new.state(1, 101.0) == UP
-    assert new.record_failure(2, 102.0, COOLDOWN, CAP) == (False, 4.0)  # the streak came too
+    new.copy_slot(1, old, 0)  # slots in the middle: a slice one slot too long shows
+    assert new.state(1, 101.0) == DOWN and new.state(1, 102.0) == PROBE_DUE
+    assert new.served(1) == 7.5
+    assert new.state(0, 101.0) == UP and new.state(2, 101.0) == UP
+    assert new.record_failure(1, 102.0, COOLDOWN, CAP) == (False, 4.0)  # the streak came too
 
 
 def test_spawn_mode_starts_round_robin_at_a_random_phase_within_one_step():
