@@ -37,10 +37,16 @@ POOL_IDLE_SECONDS = 60.0
 
 
 class Resolver:
-    """Addresses of services, looked up once and kept for RESOLVE_TTL seconds."""
+    """Addresses of services, looked up once and kept for RESOLVE_TTL seconds.
+
+    `lookup` (socket.getaddrinfo's signature) and `clock` (the time an entry is stamped with
+    once its look-up returned) are attributes so that tests can replace them.
+    """
 
     def __init__(self) -> None:
         self.cache: dict[str, tuple[float, tuple | None, str]] = {}
+        self.lookup: Callable[..., list] = socket.getaddrinfo
+        self.clock: Callable[[], float] = time.monotonic
 
     def address(self, service: Service, now: float) -> tuple[int, object, str]:
         """(family, sockaddr, error)."""
@@ -49,14 +55,14 @@ class Resolver:
         cached = self.cache.get(service.name)
         if cached is None or cached[0] <= now:
             try:
-                info = socket.getaddrinfo(service.host, service.port, 0, socket.SOCK_STREAM)
-                entry = (time.monotonic() + RESOLVE_TTL, (info[0][0], info[0][4]), "")
+                info = self.lookup(service.host, service.port, 0, socket.SOCK_STREAM)
+                entry = (self.clock() + RESOLVE_TTL, (info[0][0], info[0][4]), "")
             except (OSError, UnicodeError, ValueError) as exc:
                 if cached is not None and cached[1] is not None:
                     # a DNS blip: keep the address that worked, look again later
-                    entry = (time.monotonic() + RESOLVE_RETRY, cached[1], "")
+                    entry = (self.clock() + RESOLVE_RETRY, cached[1], "")
                 else:
-                    entry = (time.monotonic() + RESOLVE_RETRY, None,
+                    entry = (self.clock() + RESOLVE_RETRY, None,
                              f"cannot resolve {service.host}: {exc}")
             self.cache[service.name] = cached = entry
         if cached[1] is None:

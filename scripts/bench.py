@@ -3,8 +3,9 @@
 
 Rows, each measured only when available (otherwise reported as skipped, with why):
 
-  backend         a backend that answers `action=DUNNO` at once (epoll loop, SO_REUSEPORT
-                  processes), measured alone: the ceiling of this machine and load generator
+  backend         a backend that answers `action=DUNNO hapolicy-bench` at once (epoll loop,
+                  SO_REUSEPORT processes, counting the requests it serves), measured alone: the
+                  ceiling of this machine and load generator
   hapolicy daemon python -m hapolicy --listen ... --workers N -s B=127.0.0.1:BACKEND
   hapolicy spawn  python -m hapolicy -s B=... under a spawn(8) emulator (one process per
                   connection, the socket as its stdin, stdout and stderr)
@@ -15,6 +16,13 @@ The load generator keeps C persistent connections busy (closed loop: send a ~600
 smtpd_access_policy request, wait for the whole answer, check it, repeat) for T seconds after a
 warm-up, split over P generator processes whose own CPU time is reported. Each row reports
 requests/s, latency percentiles, errors, peak RSS of the proxy's processes, and CPU shares.
+
+Every answer is compared with the backend's own, byte for byte: a proxy's default answer
+(`action=dunno`, e.g. when it never asked the backend) and any other answer count as errors,
+and so does a row that got more right answers than the backend served requests during it.
+With --backend HOST:PORT the expected answer is the one that backend gives the bench directly
+(it must not be `dunno`, which cannot be told from a default answer), and its requests are
+not counted.
 
     python scripts/bench.py                      # every available row, 32 connections, 10 s
     python scripts/bench.py --rows daemon,haproxy --connections 64 --seconds 20
@@ -59,7 +67,8 @@ HOST = "127.0.0.1"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAPROXY = "/usr/sbin/haproxy"
 PERL_HAPOLICY = "/usr/sbin/hapolicy"
-ANSWER = b"action=DUNNO\n\n"
+ANSWER = b"action=DUNNO hapolicy-bench\n\n"  # distinctive: no proxy makes it up
+DEFAULT_ANSWER = b"action=dunno\n\n"  # the default action of hapolicy and the original
 PERL_SYSLOG_SHIM = """package BenchSyslog;
 use strict;
 use Sys::Syslog ();
@@ -120,8 +129,18 @@ def make_request(n: int) -> bytes:
     return "".join(f"{k}={v}\n" for k, v in attrs).encode() + b"\n"
 
 
-def exchange_once(addr: tuple[str, int], timeout: float) -> str:
-    """One request on a fresh connection: '' when answered with action=..., else why not."""
+def classify(answer: bytes, expected: bytes) -> str:
+    """'ok' for the backend's own answer, 'default' for a default answer, else 'wrong'."""
+    if answer == expected:
+        return "ok"
+    if answer.lower() == DEFAULT_ANSWER:
+        return "default"
+    return "wrong"
+
+
+def exchange_once(addr: tuple[str, int], timeout: float) -> tuple[str, bytes]:
+    """One request on a fresh connection: ('', answer) when answered with action=..., else
+    (why not, b"")."""
     try:
         with socket.create_connection(addr, timeout=timeout) as sock:
             sock.sendall(make_request(0))
@@ -129,11 +148,13 @@ def exchange_once(addr: tuple[str, int], timeout: float) -> str:
             while not data.endswith(b"\n\n"):
                 chunk = sock.recv(4096)
                 if not chunk:
-                    return f"connection closed after {data[:60]!r}"
+                    return f"connection closed after {data[:60]!r}", b""
                 data += chunk
     except OSError as exc:
-        return str(exc)
-    return "" if data.startswith(b"action=") else f"bad answer {data[:60]!r}"
+        return str(exc), b""
+    if not data.startswith(b"action="):
+        return f"bad answer {data[:60]!r}", b""
+    return "", data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +421,8 @@ class ProcSampler:
 # ---------------------------------------------------------------------------------------------
 # the backend: answers every request at once
 
-def backend_main(lsock: socket.socket) -> None:
+def backend_main(lsock: socket.socket, served: memoryview, slot: int) -> None:
+    """Answer ANSWER to every request; served[slot] counts the requests answered."""
     lsock.setblocking(False)
     lfd = lsock.fileno()
     ep = select.epoll()
@@ -441,6 +463,8 @@ def backend_main(lsock: socket.socket) -> None:
                         sock.send(ANSWER * count)
                     except OSError:
                         data = b""
+                    else:
+                        served[slot] += count
                 else:
                     rest = data
                 if rest and data:
@@ -452,7 +476,10 @@ def backend_main(lsock: socket.socket) -> None:
             socks.pop(fd).close()
 
 
-def start_backend(children: Children, procs: int) -> tuple[tuple[str, int], list[Child]]:
+def start_backend(children: Children,
+                  procs: int) -> tuple[tuple[str, int], list[Child], memoryview]:
+    """procs backend processes on one port; (address, processes, requests served by each)."""
+    served = memoryview(mmap.mmap(-1, 8 * procs)).cast("q")  # shared with the children
     socks = []
     port = 0
     for _ in range(procs):
@@ -466,16 +493,18 @@ def start_backend(children: Children, procs: int) -> tuple[tuple[str, int], list
     kids = []
     for i, sock in enumerate(socks):
         others = [s for j, s in enumerate(socks) if j != i]
-        kids.append(children.fork(f"backend-{i}", _backend_child, sock, others, session=True))
+        kids.append(children.fork(f"backend-{i}", _backend_child, sock, others, served, i,
+                                  session=True))
     for sock in socks:
         sock.close()
-    return (HOST, port), kids
+    return (HOST, port), kids, served
 
 
-def _backend_child(sock: socket.socket, others: list[socket.socket]) -> None:
+def _backend_child(sock: socket.socket, others: list[socket.socket], served: memoryview,
+                   slot: int) -> None:
     for other in others:
         other.close()
-    backend_main(sock)
+    backend_main(sock, served, slot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,13 +590,14 @@ def start_emulator(children: Children, argv: list[str], env: dict[str, str],
 
 def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, res_w: int,
                    grace: float, max_requests: int = 0, progress: Any = None, slot: int = 0,
-                   variety: int = 0) -> None:
+                   variety: int = 0, expected: bytes = ANSWER) -> None:
     """Drive `count` connections (closed loop) and report latencies and CPU on res_w.
 
     max_requests: send at most this many requests in the loop, then stop when they are answered
     (0: run for the time given). progress: a shared array of int64 where slot gets the
     number of answers so far. variety: cycle through this many distinct requests (0: each
-    connection repeats its own one).
+    connection repeats its own one). expected: the backend's answer; any other one is counted
+    as a default answer or a wrong one (see classify).
     """
     def connect() -> socket.socket:
         sock = socket.create_connection(addr, timeout=10)
@@ -575,9 +605,11 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
         sock.setblocking(False)
         return sock
 
+    primed = {"ok": 0, "default": 0, "wrong": 0}
     try:
         socks = [connect() for _ in range(count)]
-        why = prime(socks, [make_request(first + i) for i in range(count)], 30.0)
+        why = prime(socks, [make_request(first + i) for i in range(count)], 30.0, expected,
+                    primed)
     except OSError as exc:
         why = f"{type(exc).__name__}: {exc}"
     if why:
@@ -600,7 +632,7 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
     partial: dict[int, bytes] = {}
     lat = array.array("q")
     record = lat.append
-    wrong = errors = reconnects = 0
+    wrong = defaults = errors = reconnects = 0
     t0 = pc()
     w_end = t0 + int(warmup * 1e9)
     end = w_end + int(seconds * 1e9)
@@ -680,8 +712,11 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
                 else:
                     partial[fd] = data
                 continue
-            if not data.startswith(b"action=") or data.count(b"\n\n") != 1:
-                wrong += 1
+            if data != expected:
+                if data.lower() == DEFAULT_ANSWER:
+                    defaults += 1
+                else:
+                    wrong += 1
             elif w_end <= now < end:
                 record(now - sent[fd])
             answered += 1
@@ -710,9 +745,12 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
         ru0, ru_t0 = ru1, ru_t1
     unanswered = len(sent)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    result = {"lat": lat.tobytes(), "wrong": wrong, "errors": errors, "unanswered": unanswered,
-              "reconnects": reconnects, "cpu": cpu, "wall": (ru_t1 - ru_t0) / 1e9,
-              "answered": answered}
+    # the first answer on each connection (prime) counts too: the backend served it
+    result = {"lat": lat.tobytes(), "wrong": wrong + primed["wrong"],
+              "defaults": defaults + primed["default"], "errors": errors,
+              "unanswered": unanswered, "reconnects": reconnects, "cpu": cpu,
+              "wall": (ru_t1 - ru_t0) / 1e9, "answered": answered,
+              "correct": answered - wrong - defaults + primed["ok"]}
     payload = pickle.dumps(result)
     _write_all(res_w, b"D" + struct.pack("Q", len(payload)) + payload)
     # keep the connections until the bench has sampled the proxy's processes (spawned ones, and
@@ -723,8 +761,11 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
         sock.close()
 
 
-def prime(socks: list[socket.socket], requests: list[bytes], timeout: float) -> str:
-    """One request answered on every connection (a spawned proxy has started): '' or why not."""
+def prime(socks: list[socket.socket], requests: list[bytes], timeout: float, expected: bytes,
+          counts: dict[str, int]) -> str:
+    """One request answered on every connection (a spawned proxy has started): '' or why not.
+
+    Each first answer is counted in counts by its kind (see classify)."""
     for sock, req in zip(socks, requests):
         sock.sendall(req)
     waiting = {sock: b"" for sock in socks}
@@ -744,8 +785,8 @@ def prime(socks: list[socket.socket], requests: list[bytes], timeout: float) -> 
             data = waiting.pop(sock) + data
             if not data.endswith(b"\n\n"):
                 waiting[sock] = data
-            elif not data.startswith(b"action=") or data.count(b"\n\n") != 1:
-                return f"bad first answer {data[:60]!r}"
+            else:
+                counts[classify(data, expected)] += 1
     return ""
 
 
@@ -775,9 +816,10 @@ class Generators:
     """P generator processes: connect, start together, report latencies and their CPU time."""
 
     def __init__(self, children: Children, addr: tuple[str, int], connections: int,
-                 processes: int, grace: float, limit: int = 0, variety: int = 0) -> None:
+                 processes: int, grace: float, limit: int = 0, variety: int = 0,
+                 expected: bytes = ANSWER) -> None:
         """limit: requests in all (0: for the time given to go()), split over the processes;
-        `answered()` counts their answers as they come."""
+        `answered()` counts their answers as they come. expected: the backend's answer."""
         self.children = children
         self.procs: list[tuple[Child, int, int]] = []  # child, ctl_w, res_r
         self.collected = False
@@ -794,7 +836,7 @@ class Generators:
             ctl_r, ctl_w = os.pipe()
             res_r, res_w = os.pipe()
             options = {"max_requests": mine, "progress": self.progress, "slot": i,
-                       "variety": variety}
+                       "variety": variety, "expected": expected}
             child = children.fork(f"generator-{i}", _generator_child, addr, first, count, ctl_r,
                                   res_w, grace, options)
             os.close(ctl_r)
@@ -887,9 +929,12 @@ def close_fds_except(keep: tuple[int, ...]) -> None:
 # ---------------------------------------------------------------------------------------------
 # idle connections
 
-def open_idle(addr: tuple[str, int], count: int, batch: int = 200,
-              timeout: float = 30.0) -> tuple[list[socket.socket], str]:
-    """count connections that each had one request answered, then stay idle; (socks, error)."""
+def open_idle(addr: tuple[str, int], count: int, expected: bytes, batch: int = 200,
+              timeout: float = 30.0) -> tuple[list[socket.socket], str, dict[str, int]]:
+    """count connections that each had one request answered, then stay idle.
+
+    (socks, error, answers counted by kind: see classify)."""
+    kinds = {"ok": 0, "default": 0, "wrong": 0}
     socks: list[socket.socket] = []
     request = make_request(999999)
     deadline = time.monotonic() + timeout
@@ -907,13 +952,12 @@ def open_idle(addr: tuple[str, int], count: int, batch: int = 200,
                 while not data.endswith(b"\n\n"):
                     chunk = sock.recv(4096)
                     if not chunk:
-                        return socks, "an idle connection was closed by the proxy"
+                        return socks, "an idle connection was closed by the proxy", kinds
                     data += chunk
-                if not data.startswith(b"action="):
-                    return socks, f"bad answer on an idle connection: {data[:60]!r}"
+                kinds[classify(data, expected)] += 1
     except OSError as exc:
-        return socks, f"opening idle connection {len(socks) + 1}: {exc}"
-    return socks, ""
+        return socks, f"opening idle connection {len(socks) + 1}: {exc}", kinds
+    return socks, "", kinds
 
 
 def raise_nofile(need: int) -> int:
@@ -941,12 +985,14 @@ def percentile(values: list[int], q: float) -> float:
 
 def measure(children: Children, args: argparse.Namespace, name: str, addr: tuple[str, int],
             proxy_pids: Callable[[], list[int]], mem_pids: Callable[[], list[int]],
-            backend_pids: Callable[[], list[int]]) -> dict[str, Any]:
+            backend_pids: Callable[[], list[int]], backend: BackendView) -> dict[str, Any]:
     """Run the closed loop against addr and collect everything for one row."""
     row: dict[str, Any] = {"row": name, "title": ROW_TITLES[name], "status": "ok",
                            "address": f"{addr[0]}:{addr[1]}"}
     grace = 1.0 if args.smoke else 3.0
-    gens = Generators(children, addr, args.connections, args.generators, grace)
+    served_before = backend.served()
+    gens = Generators(children, addr, args.connections, args.generators, grace,
+                      expected=backend.answer)
     try:
         why = gens.wait_ready(60.0)
         if why:
@@ -954,7 +1000,7 @@ def measure(children: Children, args: argparse.Namespace, name: str, addr: tuple
             return row
         proxy = ProcSampler(proxy_pids)
         memory = ProcSampler(mem_pids)
-        backend = ProcSampler(backend_pids)
+        backend_procs = ProcSampler(backend_pids)
         gens.go(args.warmup, args.seconds)
         started = time.monotonic()
         w_end = started + args.warmup
@@ -962,16 +1008,16 @@ def measure(children: Children, args: argparse.Namespace, name: str, addr: tuple
         time.sleep(max(0.0, w_end - time.monotonic()))
         proxy.start()
         memory.start()
-        backend.start()
+        backend_procs.start()
         host0 = host_cpu()
         self_ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.monotonic()
         while time.monotonic() < end:
             time.sleep(min(0.25, max(0.0, end - time.monotonic())))
-            for sampler in (memory, proxy, backend):
+            for sampler in (memory, proxy, backend_procs):
                 sampler.sample()
         proxy.finish()
-        backend.finish()
+        backend_procs.finish()
         memory.finish()
         host1 = host_cpu()
         self_ru1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -983,6 +1029,7 @@ def measure(children: Children, args: argparse.Namespace, name: str, addr: tuple
     if failed:
         row.update(status="failed", reason=failed[0])
         return row
+    row.update(answer_counts(results, backend.served_since(served_before)))
     lat = array.array("q")
     for r in results:
         lat.frombytes(r["lat"])
@@ -991,7 +1038,7 @@ def measure(children: Children, args: argparse.Namespace, name: str, addr: tuple
     gen_wall = max(r["wall"] for r in results) or args.seconds
     gen_shares = [r["cpu"] / r["wall"] if r["wall"] else 0.0 for r in results]
     proxy_cpu = proxy.cpu_by_pid()
-    backend_cpu = backend.cpu_by_pid()
+    backend_cpu = backend_procs.cpu_by_pid()
     idle_ticks = host1[0] - host0[0]
     total_ticks = host1[1] - host0[1]
     cores = os.cpu_count() or 1
@@ -1008,8 +1055,8 @@ def measure(children: Children, args: argparse.Namespace, name: str, addr: tuple
         p99_ms=percentile(values, 0.99),
         p999_ms=percentile(values, 0.999),
         max_ms=values[-1] / 1e6 if values else 0.0,
-        errors=sum(r["wrong"] + r["errors"] + r["unanswered"] for r in results),
-        wrong_answers=sum(r["wrong"] for r in results),
+        errors=(row["wrong_answers"] + row["default_answers"] + row["not_served"]
+                + sum(r["errors"] + r["unanswered"] for r in results)),
         connection_errors=sum(r["errors"] for r in results),
         unanswered=sum(r["unanswered"] for r in results),
         reconnects=sum(r["reconnects"] for r in results),
@@ -1038,6 +1085,35 @@ def measure(children: Children, args: argparse.Namespace, name: str, addr: tuple
     return row
 
 
+def answer_counts(results: list[dict[str, Any]], served: int | None) -> dict[str, Any]:
+    """The answers of a row by kind, and the right ones the backend cannot have served.
+
+    served: requests the backend served during the row (None: not known). A proxy that
+    answers the backend's answer without asking it (a cache, a bug) shows as not_served."""
+    correct = sum(r["correct"] for r in results)
+    return {"correct_answers": correct,
+            "default_answers": sum(r["defaults"] for r in results),
+            "wrong_answers": sum(r["wrong"] for r in results),
+            "backend_served": served,
+            "not_served": max(0, correct - served) if served is not None else 0}
+
+
+class BackendView:
+    """What the bench knows of the backend: its answer and (ours only) the requests served."""
+
+    def __init__(self, answer: bytes, counters: memoryview | None) -> None:
+        self.answer = answer
+        self.counters = counters
+
+    def served(self) -> int | None:
+        """Requests served so far by all its processes (None for a backend not ours)."""
+        return sum(self.counters) if self.counters is not None else None
+
+    def served_since(self, before: int | None) -> int | None:
+        now = self.served()
+        return None if now is None or before is None else now - before
+
+
 # ---------------------------------------------------------------------------------------------
 # the run
 
@@ -1052,6 +1128,7 @@ class Bench:
         self.soak_result: dict[str, Any] | None = None
         self.backend_addr: tuple[str, int] | None = None
         self.backend_kids: list[Child] = []
+        self.backend = BackendView(ANSWER, None)
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                     else "")
@@ -1083,20 +1160,37 @@ class Bench:
             self.backend_addr = (host.strip("[]") or HOST, int(port))
             self.log(f"using the backend at {args.backend}")
         else:
-            self.backend_addr, self.backend_kids = start_backend(self.children,
-                                                                 args.backend_procs)
+            self.backend_addr, self.backend_kids, counters = start_backend(self.children,
+                                                                           args.backend_procs)
+            self.backend = BackendView(ANSWER, counters)
             self.log(f"backend: {args.backend_procs} process(es) on port "
                      f"{self.backend_addr[1]}")
         why = wait_answering(self.backend_addr, 10.0, lambda: all(
             self.children.alive(k) for k in self.backend_kids))
         if why:
             raise SystemExit(f"bench: the backend does not answer: {why}")
+        self.backend = BackendView(self._backend_answer(), self.backend.counters)
         if args.soak:
             self.soak()
             return
         for name in ROWS:
             if name in args.rows:
                 getattr(self, "row_" + name)()
+
+    def _backend_answer(self) -> bytes:
+        """The answer every row must get: the backend's own, as it gives it to the bench."""
+        assert self.backend_addr is not None
+        why, answer = exchange_once(self.backend_addr, 5.0)
+        if why:
+            raise SystemExit(f"bench: the backend does not answer: {why}")
+        if self.backend.counters is not None and answer != ANSWER:
+            raise SystemExit(f"bench: our backend answers {answer!r}, not {ANSWER!r}")
+        if classify(answer, b"") == "default":
+            raise SystemExit(f"bench: the backend answers {answer!r}, which cannot be told "
+                             f"from a proxy's default answer: make it answer a distinctive "
+                             f"action")
+        self.log(f"expected answer: {answer!r}")
+        return answer
 
     def _add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -1111,7 +1205,7 @@ class Bench:
         self.log("measuring the backend alone")
         pids = self.backend_pids
         self._add(measure(self.children, self.args, "backend", self.backend_addr, pids, pids,
-                          pids))
+                          pids, self.backend))
 
     def _start_proxy(self, name: str, argv: list[str], port: int,
                      stop_signal: int = signal.SIGTERM) -> Child | None:
@@ -1151,7 +1245,7 @@ class Bench:
             idle_socks = self._idle("daemon", (HOST, port), workers)
             try:
                 row = measure(self.children, self.args, "daemon", (HOST, port), tree, workers,
-                              self.backend_pids)
+                              self.backend_pids, self.backend)
                 self._idle_held("daemon", idle_socks)
             finally:
                 for sock in idle_socks:
@@ -1191,8 +1285,10 @@ class Bench:
         while len(workers) != args.workers and time.monotonic() < deadline:
             time.sleep(0.1)
             workers = sorted(children_of(master.pid))
+        served_before = self.backend.served()
         gens = Generators(self.children, (HOST, port), args.connections, args.generators,
-                          grace=5.0, limit=total, variety=SOAK_VARIETY)
+                          grace=5.0, limit=total, variety=SOAK_VARIETY,
+                          expected=self.backend.answer)
         samples: list[dict[str, Any]] = []
         baseline: dict[str, Any] | None = None
 
@@ -1258,10 +1354,11 @@ class Bench:
                 "slope_kib_per_100k": slope([e["answered"] for e in post if e["rss"].get(pid)],
                                             series) * 100_000,
             })
-        errors = sum(r["wrong"] + r["errors"] + r["unanswered"] for r in results)
+        counts = answer_counts(results, self.backend.served_since(served_before))
+        errors = (counts["wrong_answers"] + counts["default_answers"] + counts["not_served"]
+                  + sum(r["errors"] + r["unanswered"] for r in results))
         return {
-            "requests": total, "answered": answered, "errors": errors,
-            "wrong_answers": sum(r["wrong"] for r in results),
+            "requests": total, "answered": answered, "errors": errors, **counts,
             "connection_errors": sum(r["errors"] for r in results),
             "unanswered": sum(r["unanswered"] for r in results),
             "seconds": wall, "rps": answered / wall if wall else 0.0,
@@ -1287,7 +1384,7 @@ class Bench:
         before = {pid: memory_kib(pid).get("VmRSS", 0) for pid in pids()}
         pss_before = sum(pss_kib(pid) for pid in pids())
         self.log(f"{ROW_TITLES[name]}: opening {count} idle connections")
-        socks, why = open_idle(addr, count)
+        socks, why, kinds = open_idle(addr, count, self.backend.answer)
         time.sleep(0.5)
         after = {pid: memory_kib(pid).get("VmRSS", 0) for pid in pids()}
         pss_after = sum(pss_kib(pid) for pid in pids())
@@ -1299,6 +1396,7 @@ class Bench:
                  "pss_kib_per_connection": (pss_after - pss_before) / len(socks) if socks else 0.0,
                  "processes_before": len(before), "processes_after": len(after),
                  "fds_per_process": [open_fds(pid) for pid in after],
+                 "default_answers": kinds["default"], "wrong_answers": kinds["wrong"],
                  "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
         if note:
             entry["note"] = note
@@ -1335,7 +1433,7 @@ class Bench:
                 return children_of(emulator.pid)
 
             row = measure(self.children, self.args, name, addr, spawned, spawned,
-                          self.backend_pids)
+                          self.backend_pids, self.backend)
             row["command"] = "spawn: " + " ".join(argv) + note
             self._add(row)
         finally:
@@ -1414,7 +1512,7 @@ backend backends
             idle_socks = self._idle("haproxy", (HOST, port), tree, count, note)
             try:
                 row = measure(self.children, self.args, "haproxy", (HOST, port), tree, tree,
-                              self.backend_pids)
+                              self.backend_pids, self.backend)
                 self._idle_held("haproxy", idle_socks)
             finally:
                 for sock in idle_socks:
@@ -1437,7 +1535,7 @@ def wait_answering(addr: tuple[str, int], timeout: float, alive: Callable[[], bo
     while time.monotonic() < deadline:
         if not alive():
             return "the process exited"
-        why = exchange_once(addr, min(2.0, max(0.1, deadline - time.monotonic())))
+        why, _answer = exchange_once(addr, min(2.0, max(0.1, deadline - time.monotonic())))
         if not why:
             return ""
         time.sleep(0.05)
@@ -1523,6 +1621,9 @@ COLUMNS = [
     ("p99 ms", "p99_ms", "{:.3f}"),
     ("p99.9 ms", "p999_ms", "{:.3f}"),
     ("errors", "errors", "{}"),
+    ("defaults", "default_answers", "{}"),
+    ("right", "correct_answers", "{}"),
+    ("served", "backend_served", "{}"),
     ("procs", "processes", "{}"),
     ("rss sum MiB", "rss_peak_sum_mib", "{:.1f}"),
     ("rss max MiB", "rss_peak_max_mib", "{:.1f}"),
@@ -1543,7 +1644,8 @@ def render(report: dict[str, Any]) -> str:
     notes = []
     for row in rows:
         if row["status"] in ("ok", "errors"):
-            table.append([fmt.format(row[key]) for _h, key, fmt in COLUMNS])
+            table.append(["-" if row.get(key) is None else fmt.format(row[key])
+                          for _h, key, fmt in COLUMNS])
         else:
             notes.append(f"{row['title']}: {row['status']}: {row.get('reason', '')}")
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
@@ -1579,6 +1681,8 @@ def render(report: dict[str, Any]) -> str:
             f"descriptors per process {'/'.join(map(str, idle.get('fds_per_process', [])))}"
             + (f"; {idle['still_open']} still open after the row" if "still_open" in idle
                else "")
+            + (f"; {idle['default_answers']} default and {idle['wrong_answers']} wrong answers"
+               if idle["default_answers"] or idle["wrong_answers"] else "")
             + (f"; {idle['note']}" if idle.get("note") else "")
             + (f"; {idle['error']}" if idle.get("error") else ""))
     out.extend("warning: " + w for w in report["warnings"])
@@ -1608,7 +1712,9 @@ def check_rows(rows: list[dict[str, Any]], warnings: list[str]) -> None:
                             f"{row['other_cpu_share']:.0%} of a core during the row: its figures "
                             f"are disturbed")
         if row["errors"]:
-            warnings.append(f"{title}: {row['wrong_answers']} wrong answers, "
+            warnings.append(f"{title}: {row['default_answers']} default answers, "
+                            f"{row['wrong_answers']} wrong answers, "
+                            f"{row['not_served']} right answers more than the backend served, "
                             f"{row['connection_errors']} connection errors, "
                             f"{row['unanswered']} unanswered: the row is not valid")
 
@@ -1714,7 +1820,9 @@ def render_soak(soak: dict[str, Any]) -> str:
     out.append(f"answered {soak['answered']} in {soak['seconds']:.1f} s = {soak['rps']:.0f} "
                f"req/s, p50 {soak['p50_ms']:.3f} ms, p99 {soak['p99_ms']:.3f} ms, "
                f"p99.9 {soak['p999_ms']:.3f} ms, max {soak['max_ms']:.1f} ms, "
-               f"errors {soak['errors']}")
+               f"errors {soak['errors']} (default answers {soak['default_answers']}, wrong "
+               f"{soak['wrong_answers']}, backend served "
+               f"{'-' if soak['backend_served'] is None else soak['backend_served']})")
     workers = " ".join(map(str, soak["workers_before"]))
     if soak["workers_replaced"]:
         workers = "REPLACED during the run: " + workers + " -> " + " ".join(
@@ -1809,6 +1917,12 @@ def main(argv: list[str] | None = None) -> int:
            if r["status"] in ("errors", "failed") or (r["status"] == "ok" and not r["requests"])]
     if bad:
         sys.stderr.write(f"bench: rows with errors or no requests: {', '.join(bad)}\n")
+        return 1
+    idle_bad = [ROW_TITLES[name] for name, idle in bench.idle.items()
+                if idle["default_answers"] or idle["wrong_answers"]]
+    if idle_bad:
+        sys.stderr.write(f"bench: default or wrong answers on the idle connections of: "
+                         f"{', '.join(idle_bad)}\n")
         return 1
     return 0
 

@@ -35,6 +35,9 @@ Blackhole (connect never completes) and a refused port. Figures:
    silent P (TIMEOUT 1 s), S behind it: when the first times out, how soon the last one is
    answered (one worker; and two workers, where the other learns it from the shared table).
 
+Every backend answers a distinctive action, and every answer is checked against the backend
+it should come from; an answer beyond the requests that backend served is a problem too.
+
 Stdlib only, Linux only (/proc). Every process and backend it starts is stopped at the end,
 also on an error, Ctrl-C, SIGTERM or SIGHUP. Exit status: 0, 1 when a figure failed or a
 sanity check did not hold (listed under "problems"), 130 when interrupted.
@@ -153,6 +156,14 @@ def spec(name: str, port: int, prio: int, weight: int | None = None,
     if timeout is not None:
         fields.append(f"{timeout:g}")
     return f"{name}={':'.join(fields)}"
+
+
+def unserved(answers: Counter[str], backends: dict[str, FakeBackend]) -> dict[str, int]:
+    """Answers of each backend's distinctive action beyond the requests it served (should be
+    none: a proxy that makes an answer up, or caches one, shows here)."""
+    excess = {action: answers[action] - len(backend.requests)
+              for action, backend in backends.items()}
+    return {action: n for action, n in excess.items() if n > 0}
 
 
 def action_of(answer: str) -> str:
@@ -488,6 +499,7 @@ class Run:
                                        "released": {}}
         self._lock = threading.Lock()
         self.stopping = False  # interrupted: failures from here on are the cleanup's doing
+        self.probe_answers: Counter[str] = Counter()  # of one recovery-by-probe figure
 
     def log(self, message: str) -> None:
         if not self.args.quiet:
@@ -518,8 +530,10 @@ class Run:
     # -- 1 and 2 ------------------------------------------------------------------------------
 
     @contextmanager
-    def dead_primary(self, case: str) -> Iterator[tuple[list[str], list[str], FakeBackend | None]]:
-        """(daemon args, perl services, the silent backend or None) for one kind of death."""
+    def dead_primary(self, case: str) -> Iterator[tuple[list[str], list[str], FakeBackend | None,
+                                                        FakeBackend]]:
+        """(daemon args, perl services, the silent backend or None, the secondary) for one kind
+        of death."""
         with ExitStack() as stack:
             sec = stack.enter_context(started(FakeBackend(action="OK secondary")))
             silent = None
@@ -536,7 +550,7 @@ class Run:
             services = [spec("P", port, 10, 1 if timeout else None, timeout),
                         spec("S", sec.port, 20)]
             daemon_args = [a for s in services for a in ("-s", s)] + extra
-            yield daemon_args, services, silent
+            yield daemon_args, services, silent, sec
 
     def failover_daemon(self, case: str) -> None:
         held: list[PolicyClient] = []
@@ -545,10 +559,10 @@ class Run:
         def ask(attrs: dict[str, str] | None = None) -> tuple[str, float]:
             return daemon.ask(attrs, held, owners)
 
-        with self.dead_primary(case) as (args, _, silent), \
+        with self.dead_primary(case) as (args, _, silent, sec), \
                 owned(Daemon(self.tmp, args)) as daemon, owned(held, lambda: close_all(held)):
             daemon.start()
-            out = self._failover(case, "daemon", ask, self.following, silent)
+            out = self._failover(case, "daemon", ask, self.following, silent, sec)
             line = daemon.log.matching("service P (")
             out["log"] = line[0][1] if line else ""
             # the worker of the first request, then how many of the following each one served
@@ -567,13 +581,14 @@ class Run:
             self.report["failover"][case]["perl"] = {
                 "skipped": f"--quick: it costs {BLACKHOLE_TIMEOUT} s per request"}
             return
-        with self.dead_primary(case) as (_, services, silent), \
+        with self.dead_primary(case) as (_, services, silent, sec), \
                 owned(PerlConn(self.perl.argv(services))) as conn:
             self.report["failover"][case]["perl"] = self._failover(
-                case, "perl", conn.ask, following, silent)
+                case, "perl", conn.ask, following, silent, sec)
 
     def _failover(self, case: str, impl: str, ask: Callable[..., tuple[str, float]],
-                  following: int, silent: FakeBackend | None) -> dict[str, Any]:
+                  following: int, silent: FakeBackend | None,
+                  sec: FakeBackend) -> dict[str, Any]:
         self.log(f"{case}: {impl}: first failover, then {following} requests")
         action, first = ask()
         wrong = [action] if action != "OK secondary" else []
@@ -585,7 +600,13 @@ class Run:
                 wrong.append(action)
         if wrong:
             self.problem(f"{case}/{impl}: answers not from S: {Counter(wrong)}")
-        out = {"first": first, "following": summary(times), "wrong": len(wrong)}
+        answered_by_s = following + 1 - len(wrong)
+        excess = unserved(Counter({"OK secondary": answered_by_s}), {"OK secondary": sec})
+        if excess:
+            self.problem(f"{case}/{impl}: {answered_by_s} answers from S, but S served "
+                         f"{len(sec.requests)} requests")
+        out = {"first": first, "following": summary(times), "wrong": len(wrong),
+               "secondary_requests": len(sec.requests)}
         if silent is not None:
             out["primary_requests"] = len(silent.requests)
         return out
@@ -613,6 +634,7 @@ class Run:
             self.log(f"recovery by probe: {impl}: {self.trials} trials")
             times: list[float] = []
             requests = 0
+            self.probe_answers.clear()
             for trial in range(self.trials):
                 took, sent = self._probe_trial(ask, primary, trial)
                 requests += sent
@@ -623,6 +645,10 @@ class Run:
                 primary.stop()  # dead again for the next trial
             self.report["recovery"]["probe"][impl] = {"times": times, **summary(times),
                                                       "requests": requests}
+            excess = unserved(self.probe_answers, {"OK primary": primary, "OK secondary": sec})
+            if excess:
+                self.problem(f"recovery by probe/{impl}: answers beyond the requests their "
+                             f"backend served: {excess}")
 
     def _probe_trial(self, ask: Callable[..., tuple[str, float]], primary: FakeBackend,
                      trial: int) -> tuple[float | None, int]:
@@ -643,6 +669,7 @@ class Run:
                 action, _ = ask({"instance": f"p{trial}.{sent}"})
                 done = time.monotonic()
                 sent += 1
+                self.probe_answers[action] += 1
                 if action == "OK primary":
                     if restarted is None:
                         self.problem("recovery by probe: P answered while it was down")
@@ -700,6 +727,9 @@ class Run:
             backends[1].stop()
             after = [daemon.ask(k)[0] for k in keys]
         share = Counter(before)
+        excess = unserved(Counter(before + after), dict(zip(names, backends)))
+        if excess:
+            self.problem(f"hash: answers beyond the requests their backend served: {excess}")
         moved = [(b, a) for b, a in zip(before, after) if b != a]
         survivors_moved = sum(1 for b, _ in moved if b != "G1")
         g1_kept = sum(1 for b, a in zip(before, after) if b == "G1" and a == "G1")
@@ -758,6 +788,10 @@ class Run:
                 self.problem(f"weighted/daemon: A={counts['A']} B={counts['B']}, not 2:1")
         if out["other"]:
             self.problem(f"weighted/{impl}: {out['other']} answers from neither A nor B")
+        excess = unserved(counts, {"A": a, "B": b})
+        if excess:
+            self.problem(f"weighted/{impl}: answers beyond the requests their backend served: "
+                         f"{excess}")
         self.report["weighted"][impl] = out
 
     # -- 6 and 7 ------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""Deadlines of the README, each bounded on both sides, with real processes on 127.0.0.1.
+
+* `--total-timeout S`: a request is answered within S seconds whatever the services do, and
+  not before: with every service silent (TIMEOUT 30), a 2 s total deadline answers the
+  default action after 2.0 to 2.5 s, in the daemon and in spawn mode, also once every
+  service is marked down.
+* If the master dies, the workers finish their requests in flight (at most a second) and
+  exit: a worker with a request that its backend answers after 5 s exits no sooner than a
+  second after the master's death and before 2.5 s (the grace is checked at the worker's
+  once-a-second housekeeping tick, so it can last up to two seconds), its idle sibling at once.
+
+The upper bounds leave half a second for a loaded machine; the lower ones tell a deadline
+kept from an answer given early.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from fakes import FakeBackend, PolicyClient, request
+from spawnproc import Spawned, Syslog
+from test_daemon_helpers import HOST, Daemon, alive, wait_for
+
+from hapolicy.worker import HOUSEKEEPING_SECONDS, ORPHAN_GRACE
+
+TOTAL = 2.0
+SLACK = 0.5
+DEFAULT = "action=DEFER_IF_PERMIT deadline\n\n"
+
+
+def timed(client: PolicyClient, data: bytes) -> tuple[str, float]:
+    started = time.monotonic()
+    answer = client.ask(data, timeout=30)
+    return answer, time.monotonic() - started
+
+
+@pytest.fixture
+def silent_pair():
+    with FakeBackend(mode="silent") as s1, FakeBackend(mode="silent") as s2:
+        yield [s1.spec("S1", timeout=30), s2.spec("S2", prio=20, timeout=30)]
+
+
+def test_the_daemon_answers_the_default_at_the_total_deadline(silent_pair):
+    with Daemon("-s", silent_pair[0], "-s", silent_pair[1], "--total-timeout", f"{TOTAL:g}",
+                "-d", "DEFER_IF_PERMIT deadline", workers=1) as daemon:
+        with PolicyClient(HOST, daemon.port) as client:
+            for attempt in ("first", "every service marked down"):
+                answer, took = timed(client, request())
+                assert answer == DEFAULT, attempt
+                assert TOTAL <= took < TOTAL + SLACK, (attempt, took)
+        wait_for(lambda: "total timeout 2s reached" in daemon.log.text(), 5)
+
+
+def test_spawn_mode_answers_the_default_at_the_total_deadline(silent_pair):
+    syslog = Syslog()
+    try:
+        with Spawned(["--syslog-socket", syslog.path, "-s", silent_pair[0], "-s",
+                      silent_pair[1], "--total-timeout", f"{TOTAL:g}",
+                      "-d", "DEFER_IF_PERMIT deadline"]) as proc:
+            # an empty request is answered at once: the process has started
+            assert proc.ask(b"\n", timeout=20) == DEFAULT
+            answer, took = timed(proc.client, request())
+            assert answer == DEFAULT
+            assert TOTAL <= took < TOTAL + SLACK, took
+    finally:
+        syslog.close()
+
+
+def test_an_orphaned_worker_exits_a_second_after_the_master_died():
+    with FakeBackend(action="LATE", delay=5.0) as slow, \
+            Daemon("-s", slow.spec("S"), workers=2) as daemon:
+        workers = daemon.wait_ready()
+        with PolicyClient(HOST, daemon.port) as client:
+            client.send_raw(request())
+            assert slow.wait_requests(1, 5)
+            os.kill(daemon.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            daemon.proc.wait(5)
+            exits: dict[int, float] = {}
+
+            def all_exited() -> bool:
+                for pid in workers:
+                    if pid not in exits and not alive(pid):
+                        exits[pid] = time.monotonic() - killed
+                return len(exits) == len(workers)
+
+            wait_for(all_exited, 5, interval=0.01, what="the orphaned workers to exit")
+            slowest, fastest = max(exits.values()), min(exits.values())
+            assert fastest < SLACK, exits  # the idle one has nothing to finish
+            assert ORPHAN_GRACE == 1.0  # README: "(at most a second)"
+            # the grace ends at the first housekeeping tick after it (see the docstring)
+            assert ORPHAN_GRACE <= slowest < ORPHAN_GRACE + HOUSEKEEPING_SECONDS + SLACK, exits
+            # the request its backend did not answer in time is given up with the connection
+            assert client.read_until_eof(5) == b""
+        assert "master is gone" in daemon.log.text()
