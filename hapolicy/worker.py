@@ -66,6 +66,10 @@ def max_clients() -> int:
     return max(1, soft - max(FD_RESERVE_MIN, soft // 4))
 
 
+def _nothing() -> None:
+    pass
+
+
 def _has_input(client: ClientConnection) -> bool:
     """True when bytes wait unread on a client's socket (a request we must not drop)."""
     sock = client.sock
@@ -172,6 +176,7 @@ class Worker:
         self.asked = max(self.asked, DRAINING)
         if self.phase == DRAINING:  # already draining: the shorter grace now
             self.deadline = min(self.deadline, time.monotonic() + ORPHAN_GRACE)
+            self._wake_at(self.deadline)
 
     def _tell_master(self, message: bytes) -> None:
         if self.master_sock is not None:
@@ -214,8 +219,14 @@ class Worker:
             self.deadline = now + self.config.retire_timeout
         elif phase == DRAINING:
             self.deadline = now + (ORPHAN_GRACE if self.orphaned else self.config.drain_timeout)
+        self._wake_at(self.deadline)
         self._stop_listening()
         self._update_title()
+
+    def _wake_at(self, when: float) -> None:
+        """Have the loop pass (and _advance run) at a deadline, not a housekeeping tick later."""
+        if when:
+            self.loop.call_at(when, _nothing)  # type: ignore[union-attr]
 
     def _close_idle_clients(self) -> None:
         """Close the clients with nothing in progress (and no request waiting unread)."""

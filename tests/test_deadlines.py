@@ -6,8 +6,7 @@
   service is marked down.
 * If the master dies, the workers finish their requests in flight (at most a second) and
   exit: a worker with a request that its backend answers after 5 s exits no sooner than a
-  second after the master's death and before 2.5 s (the grace is checked at the worker's
-  once-a-second housekeeping tick, so it can last up to two seconds), its idle sibling at once.
+  second after the master's death and before 1.5 s, its idle sibling at once.
 
 The upper bounds leave half a second for a loaded machine; the lower ones tell a deadline
 kept from an answer given early.
@@ -24,7 +23,7 @@ from fakes import FakeBackend, PolicyClient, request
 from spawnproc import Spawned, Syslog
 from test_daemon_helpers import HOST, Daemon, alive, wait_for
 
-from hapolicy.worker import HOUSEKEEPING_SECONDS, ORPHAN_GRACE
+from hapolicy.worker import ORPHAN_GRACE
 
 TOTAL = 2.0
 SLACK = 0.5
@@ -91,8 +90,7 @@ def test_an_orphaned_worker_exits_a_second_after_the_master_died():
             slowest, fastest = max(exits.values()), min(exits.values())
             assert fastest < SLACK, exits  # the idle one has nothing to finish
             assert ORPHAN_GRACE == 1.0  # README: "(at most a second)"
-            # the grace ends at the first housekeeping tick after it (see the docstring)
-            assert ORPHAN_GRACE <= slowest < ORPHAN_GRACE + HOUSEKEEPING_SECONDS + SLACK, exits
+            assert ORPHAN_GRACE <= slowest < ORPHAN_GRACE + SLACK, exits
             # the request its backend did not answer in time is given up with the connection
             assert client.read_until_eof(5) == b""
         assert "master is gone" in daemon.log.text()

@@ -24,6 +24,15 @@ from hapolicy import backend as backend_module
 from hapolicy.backend import POOL_IDLE_SECONDS, POOL_MAX_IDLE, Exchange, Pool, Resolver
 from hapolicy.config import Service
 from hapolicy.eventloop import EventLoop
+from hapolicy.outcome import (
+    ANSWER_TIMEOUT,
+    CLOSED,
+    CONNECT_FAILED,
+    CONNECT_TIMEOUT,
+    INVALID,
+    LOCAL,
+    RESET,
+)
 from hapolicy.protocol import MAX_ANSWER_BYTES
 
 REQUEST = b"request=smtpd_access_policy\nsender=a@example.org\n\n"
@@ -37,6 +46,7 @@ class Attempts:
         self.loop = EventLoop()
         self.pool = Pool(self.loop)
         self.resolver = Resolver()
+        self.outcome = -1  # of the last run
 
     def run(self, port: int, timeout: float = 5.0, total: float = 30.0,
             connect_timeout: float = 5.0, payload: bytes = REQUEST, host: str = "127.0.0.1",
@@ -46,14 +56,15 @@ class Attempts:
         done: list[tuple[bytes, str]] = []
         started = time.monotonic()
         exchange = Exchange(self.loop, service, payload, started + total, connect_timeout,
-                            lambda action, reason: done.append((action, reason)), self.pool,
-                            self.resolver)
+                            lambda action, outcome, reason: done.append((action, outcome, reason)),
+                            self.pool, self.resolver)
         exchange.start()
         while not done:
             assert time.monotonic() - started < 40, "the exchange never ended"
             self.loop.run_once(0.1)
         assert len(done) == 1
-        return done[0][0], done[0][1], time.monotonic() - started
+        self.outcome = done[0][1]
+        return done[0][0], done[0][2], time.monotonic() - started
 
     def close(self) -> None:
         self.pool.close()
@@ -97,31 +108,35 @@ def test_a_fresh_connection_closed_before_the_answer_is_a_failure(attempts):
     with FakeBackend(mode="close_after_request") as backend:
         action, reason, _ = attempts.run(backend.port)
         assert (action, reason) == (b"", "closed the connection before a full answer")
+        assert attempts.outcome == CLOSED
         assert backend.connections == 1
 
 
-@pytest.mark.parametrize("mode, reason", [
-    ("noaction", "answer without action: foo=bar"),
-    ("garbage", "answer without action: this is not a policy answer"),
-    ("partial", "closed the connection before a full answer"),
-    ("huge", f"answer larger than {MAX_ANSWER_BYTES} bytes"),
+@pytest.mark.parametrize("mode, reason, outcome", [
+    ("noaction", "answer without action: foo=bar", INVALID),
+    ("garbage", "answer without action: this is not a policy answer", INVALID),
+    ("partial", "closed the connection before a full answer", CLOSED),
+    ("huge", f"answer larger than {MAX_ANSWER_BYTES} bytes", INVALID),
 ])
-def test_a_broken_answer_fails_at_once_and_says_why(attempts, mode, reason):
+def test_a_broken_answer_fails_at_once_and_says_why(attempts, mode, reason, outcome):
     with FakeBackend(mode=mode) as backend:
         action, why, took = attempts.run(backend.port, timeout=20)
     assert action == b"" and why.startswith(reason), why
+    assert attempts.outcome == outcome
     assert took < 1.0  # found out, not timed out
 
 
 def test_a_refused_connect_fails_at_once(attempts):
     action, reason, took = attempts.run(refused_port())
     assert (action, reason) == (b"", "connection refused") and took < 1.0
+    assert attempts.outcome == CONNECT_FAILED
 
 
 def test_a_silent_service_fails_after_its_timeout(attempts):
     with FakeBackend(mode="silent") as backend:
         action, reason, took = attempts.run(backend.port, timeout=0.5)
     assert (action, reason) == (b"", "no answer after 0.5s")
+    assert attempts.outcome == ANSWER_TIMEOUT
     assert 0.5 <= took < 0.5 + SLACK
 
 
@@ -129,6 +144,7 @@ def test_a_connect_that_never_completes_fails_after_the_connect_timeout(attempts
     with Blackhole() as hole:
         action, reason, took = attempts.run(hole.port, timeout=30, connect_timeout=0.5)
     assert (action, reason) == (b"", "connect timeout after 0.5s")
+    assert attempts.outcome == CONNECT_TIMEOUT
     assert 0.5 <= took < 0.5 + SLACK
 
 
@@ -264,6 +280,7 @@ def test_a_fresh_connection_reset_fails_at_once(attempts):
     finally:
         backend.close()
     assert (action, reason) == (b"", "connection reset")  # not retried: it is the service
+    assert attempts.outcome == RESET
     assert took < 1.0
 
 
@@ -281,13 +298,12 @@ def test_no_descriptor_for_a_socket_is_a_local_failure(attempts, monkeypatch):
 
     service = Service(name="S", host="127.0.0.1", port=refused_port())
     monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
-    done: list[tuple[bytes, str]] = []
+    done: list[tuple[bytes, int, str]] = []
     exchange = Exchange(attempts.loop, service, REQUEST, time.monotonic() + 5, 5.0,
-                        lambda action, reason: done.append((action, reason)), attempts.pool,
-                        attempts.resolver)
+                        lambda *result: done.append(result), attempts.pool, attempts.resolver)
     exchange.start()
-    assert done == [(b"", "cannot make a socket: Too many open files")]
-    assert exchange.local_failure is True  # not the service's fault
+    # LOCAL: not the service's fault
+    assert done == [(b"", LOCAL, "cannot make a socket: Too many open files")]
 
 
 def test_a_unix_path_the_kernel_refuses_is_a_failure(attempts):
@@ -344,6 +360,7 @@ def test_a_name_that_does_not_resolve_is_a_failure_of_the_service(attempts):
     action, reason, took = attempts.run(10023, host="policy.invalid")
     assert action == b"" and took < 1.0
     assert reason == "cannot resolve policy.invalid: [Errno -2] Name or service not known"
+    assert attempts.outcome == CONNECT_FAILED
 
 
 def registered(loop: EventLoop) -> int:
@@ -409,7 +426,7 @@ def test_the_pool_keeps_at_most_its_limit_per_service(attempts):
         count = POOL_MAX_IDLE + 3
         for _ in range(count):  # all at once: each needs its own connection
             Exchange(attempts.loop, service, REQUEST, time.monotonic() + 10, 5.0,
-                     lambda action, reason: done.append(action), attempts.pool,
+                     lambda action, outcome, reason: done.append(action), attempts.pool,
                      attempts.resolver).start()
         deadline = time.monotonic() + 10
         while len(done) < count and time.monotonic() < deadline:

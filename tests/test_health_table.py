@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from hapolicy.config import parse_service
-from hapolicy.health import DOWN, PROBE_DUE, UP, HealthTable, note_success
+from hapolicy.config import Config, parse_service
+from hapolicy.health import DOWN, PROBE_DUE, UP, Health, HealthTable
 from hapolicy.log import Logger
 
 COOLDOWN, CAP, LEASE = 2.0, 60.0, 35.0
@@ -120,11 +120,12 @@ def test_a_service_coming_back_starts_level_with_its_own_priority_group():
     table.set_served(2, 500.0)  # C, another priority, is no peer of A
     table.record_failure(0, 100.0, COOLDOWN, CAP)
     log = QuietLog()
-    note_success(table, services, 0, log)
+    health = Health(table, services, Config(services=tuple(services)), False, log)
+    health.ok(0)
     assert table.state(0, 100.0) == UP
     assert table.served(0) == 50.0  # not behind B (a burst), not level with C
     assert log.lines == ["notice: service A (h:1) up"]
-    note_success(table, services, 0, log)  # already up: nothing logged again
+    health.ok(0)  # already up: nothing logged again
     assert len(log.lines) == 1
 
 

@@ -42,6 +42,7 @@ def test_a_service_already_tried_is_skipped_in_its_group():
 
 def test_the_last_resort_skips_services_already_tried_and_ends_with_minus_one():
     sel, health = make("A=h:1:10", "B=h:2:10", "C=h:3:20")
+    sel = Selector(sel.services, health, try_down=True)  # --all-down try
     for i in range(3):
         health.record_failure(i, 100.0, 60.0, 60.0)  # all down, none due for a probe
     assert sel.pick(0, 101.0) == 0  # in order of priority, they may be back
