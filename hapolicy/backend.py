@@ -1,9 +1,14 @@
 """One exchange with one policy service: non-blocking connect, send, read the answer, deadline.
 
+`Backends` is what the exchanges of one process (a worker, spawn mode, the master's checks)
+share: the event loop, the pool of idle connections, the resolver and the connect timeout; an
+exchange is started with the service, the payload, the deadline and a callback.
+
 `Exchange` is a small state machine driven by the event loop; it ends by calling
 `on_done(action_line, outcome, detail)`: the first `action=` line of a good answer with outcome
-ANSWERED and detail "", or b"", the outcome category (see outcome.py) and why it failed. Connections that ended cleanly go back to a per-worker `Pool` of idle
-connections for the next request. A reused connection that turns out closed before any byte
+ANSWERED and detail "", or b"", the outcome category (see outcome.py) and why it failed.
+Connections that ended cleanly go back to the process's `Pool` of idle connections for the
+next request. A reused connection that turns out closed before any byte
 of answer is retried once on a fresh connection, and that is not a failure of the service.
 """
 
@@ -135,6 +140,26 @@ class Pool:
         self.close()
 
 
+class Backends:
+    """The exchanges of one process: its loop, idle connections, addresses, connect timeout."""
+
+    def __init__(self, loop: EventLoop, connect_timeout: float) -> None:
+        self.loop = loop
+        self.pool = Pool(loop)
+        self.resolver = Resolver()
+        self.connect_timeout = connect_timeout
+
+    def exchange(self, service: Service, payload: bytes, deadline: float,
+                 on_done: Callable[[bytes, int, str], None]) -> Exchange:
+        """Start one exchange; on_done(action, outcome, detail) is called exactly once."""
+        exchange = Exchange(self, service, payload, deadline, on_done)
+        exchange.start()
+        return exchange
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 CONNECTING, SENDING, READING, DONE = range(4)
 
 
@@ -160,17 +185,16 @@ class Exchange:
         "timer",
     )
 
-    def __init__(self, loop: EventLoop, service: Service, payload: bytes, deadline: float,
-                 connect_timeout: float, on_done: Callable[[bytes, int, str], None], pool: Pool,
-                 resolver: Resolver) -> None:
-        self.loop = loop
+    def __init__(self, backends: Backends, service: Service, payload: bytes, deadline: float,
+                 on_done: Callable[[bytes, int, str], None]) -> None:
+        self.loop = backends.loop
         self.service = service
         self.payload = payload
         self.deadline = deadline
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = backends.connect_timeout
         self.on_done = on_done
-        self.pool = pool
-        self.resolver = resolver
+        self.pool = backends.pool
+        self.resolver = backends.resolver
         self.sock: socket.socket | None = None
         self.state = CONNECTING
         self.sent = 0

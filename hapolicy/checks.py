@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from .backend import Exchange, Pool, Resolver
+from .backend import Backends
 from .config import Config
 from .eventloop import EventLoop, Timer
 from .health import UP, Health, HealthTable
@@ -35,8 +35,7 @@ class Checker:
         self.health = Health(table, config.services, config, True, log)
         self.log = log
         self.payload = config.check_request.encode() + b"\n"
-        self.pool = Pool(loop)
-        self.resolver = Resolver()
+        self.backends = Backends(loop, config.connect_timeout)
         count = len(config.services)
         self.rise = [0] * count  # consecutive answered checks while down
         self.fall = [0] * count  # consecutive failed checks while up
@@ -54,7 +53,7 @@ class Checker:
         for timer in self.timers:
             if timer is not None:
                 timer.cancel()
-        self.pool.close()
+        self.backends.close()
 
     def check(self, i: int) -> None:
         self.timers[i] = None
@@ -63,9 +62,8 @@ class Checker:
         service = self.config.services[i]
         now = self.started[i] = time.monotonic()
         deadline = now + min(service.timeout, self.config.check_interval)
-        Exchange(self.loop, service, self.payload, deadline, self.config.connect_timeout,
-                 lambda action, outcome, detail: self.done(i, outcome, detail), self.pool,
-                 self.resolver).start()
+        self.backends.exchange(service, self.payload, deadline,
+                               lambda action, outcome, detail: self.done(i, outcome, detail))
 
     def done(self, i: int, outcome: int, detail: str) -> None:
         if self.stopped:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Protocol
 
-from .backend import Exchange, Pool, Resolver
+from .backend import Backends, Exchange
 from .config import Config
 from .eventloop import EventLoop, Timer
 from .health import UP, Health, HealthTable
@@ -52,8 +52,7 @@ class Dispatcher:
         hash_attrs = config.balance[5:].split(",") if config.balance.startswith("hash:") else ()
         self.hash_attrs = [a.encode() for a in hash_attrs]
         self.selector = Selector(config.services, table, config.all_down == "try")
-        self.pool = Pool(loop)
-        self.resolver = Resolver()
+        self.backends = Backends(loop, config.connect_timeout)
         self.default_answer = format_action(config.default_action)
         self.in_flight = 0
         self.on_request: Callable[[], None] = _nothing  # the worker counts requests for max_use
@@ -131,7 +130,7 @@ class Dispatcher:
         if self.warn_timer is not None:
             self.warn_timer.cancel()
             self._warn_held()
-        self.pool.close()
+        self.backends.close()
 
 
 def _nothing() -> None:
@@ -186,9 +185,8 @@ class Job:
         self.tried |= 1 << index
         self.current = index
         service = d.config.services[index]
-        self.exchange = Exchange(d.loop, service, self.request.raw, self.deadline,
-                                 d.config.connect_timeout, self.on_exchange_done, d.pool,
-                                 d.resolver)
+        self.exchange = Exchange(d.backends, service, self.request.raw, self.deadline,
+                                 self.on_exchange_done)
         d.wait_on(index, self)
         self.exchange.start()
 

@@ -159,7 +159,8 @@ class HealthTable:
         self._map.close()
 
 
-def carry_over(old: HealthTable, before: Sequence[Service], after: Sequence[Service]) -> HealthTable:
+def carry_over(old: HealthTable, before: Sequence[Service],
+               after: Sequence[Service]) -> HealthTable:
     """A new table for a reload's services: one that stays (same name and address) keeps what
     is known of it; a new one starts up."""
     table = HealthTable(len(after))

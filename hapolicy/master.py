@@ -317,7 +317,7 @@ class Master:
             inherited = list(self.loop.selector.get_map().values())
             self.loop.close()
             if self.checker is not None:
-                self.checker.pool.abandon()
+                self.checker.backends.pool.abandon()
             for key in inherited:
                 # the wake-up pipe, the checks' sockets
                 with contextlib.suppress(OSError):

@@ -92,7 +92,7 @@ class Worker:
         self.table = table
         self.slot = slot
         self.log = log
-        self.master_sock: socket.socket | None = None  # our end of the socketpair, set by the master
+        self.master_sock: socket.socket | None = None  # its end of the socketpair, from the master
         # the child's own state, made in _run after fork
         self.loop: EventLoop | None = None
         self.dispatcher: Dispatcher | None = None
@@ -343,7 +343,7 @@ class Worker:
             # a half-sent request or an unread answer that old is abandoned too
             if client.last_active < limit and not client.busy:
                 client.close()
-        self.dispatcher.pool.sweep(now)
+        self.dispatcher.backends.pool.sweep(now)
         self.table.beat(self.slot, now)
         self._update_title()
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)

@@ -962,8 +962,8 @@ def render(report: dict[str, Any]) -> str:
                          str(r.get("primary_requests", "-"))])
     out += table(["P is", "impl", "1st failover", "then n", "p50", "p99", "max",
                   "served by", "P saw"], rows)
-    out.append("  daemon: --cooldown 60 --check-interval 0 (no probe of P during the run); the client "
-               "connections stay open, as Postfix's do")
+    out.append("  daemon: --cooldown 60 --check-interval 0 (no probe of P during the run); "
+               "the client connections stay open, as Postfix's do")
     out.append("  served by: following requests served by the first request's worker + by the "
                "other one; P saw: requests")
     out.append("  that reached the silent P, from any worker (1 + n: every request paid its "

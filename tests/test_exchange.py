@@ -21,7 +21,7 @@ import pytest
 from fakes import Blackhole, FakeBackend, refused_port
 
 from hapolicy import backend as backend_module
-from hapolicy.backend import POOL_IDLE_SECONDS, POOL_MAX_IDLE, Exchange, Pool, Resolver
+from hapolicy.backend import POOL_IDLE_SECONDS, POOL_MAX_IDLE, Backends
 from hapolicy.config import Service
 from hapolicy.eventloop import EventLoop
 from hapolicy.outcome import (
@@ -40,12 +40,13 @@ SLACK = 0.5
 
 
 class Attempts:
-    """One loop, pool and resolver, as a worker has; runs exchanges to their end."""
+    """One loop and its Backends (pool, resolver), as a worker has; runs exchanges to their end."""
 
     def __init__(self) -> None:
         self.loop = EventLoop()
-        self.pool = Pool(self.loop)
-        self.resolver = Resolver()
+        self.backends = Backends(self.loop, 5.0)
+        self.pool = self.backends.pool
+        self.resolver = self.backends.resolver
         self.outcome = -1  # of the last run
 
     def run(self, port: int, timeout: float = 5.0, total: float = 30.0,
@@ -55,10 +56,9 @@ class Attempts:
         service = Service(name=name, host=host, port=port, timeout=timeout, path=path)
         done: list[tuple[bytes, str]] = []
         started = time.monotonic()
-        exchange = Exchange(self.loop, service, payload, started + total, connect_timeout,
-                            lambda action, outcome, reason: done.append((action, outcome, reason)),
-                            self.pool, self.resolver)
-        exchange.start()
+        self.backends.connect_timeout = connect_timeout
+        self.backends.exchange(service, payload, started + total,
+                               lambda *result: done.append(result))
         while not done:
             assert time.monotonic() - started < 40, "the exchange never ended"
             self.loop.run_once(0.1)
@@ -299,9 +299,8 @@ def test_no_descriptor_for_a_socket_is_a_local_failure(attempts, monkeypatch):
     service = Service(name="S", host="127.0.0.1", port=refused_port())
     monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
     done: list[tuple[bytes, int, str]] = []
-    exchange = Exchange(attempts.loop, service, REQUEST, time.monotonic() + 5, 5.0,
-                        lambda *result: done.append(result), attempts.pool, attempts.resolver)
-    exchange.start()
+    attempts.backends.exchange(service, REQUEST, time.monotonic() + 5,
+                               lambda *result: done.append(result))
     # LOCAL: not the service's fault
     assert done == [(b"", LOCAL, "cannot make a socket: Too many open files")]
 
@@ -425,9 +424,8 @@ def test_the_pool_keeps_at_most_its_limit_per_service(attempts):
         done: list[bytes] = []
         count = POOL_MAX_IDLE + 3
         for _ in range(count):  # all at once: each needs its own connection
-            Exchange(attempts.loop, service, REQUEST, time.monotonic() + 10, 5.0,
-                     lambda action, outcome, reason: done.append(action), attempts.pool,
-                     attempts.resolver).start()
+            attempts.backends.exchange(service, REQUEST, time.monotonic() + 10,
+                                       lambda action, outcome, reason: done.append(action))
         deadline = time.monotonic() + 10
         while len(done) < count and time.monotonic() < deadline:
             attempts.loop.run_once(0.1)
