@@ -18,6 +18,11 @@ from test_daemon_helpers import Daemon, wait_for
 DEFAULT = "DEFER_IF_PERMIT policy service unavailable"
 
 
+def figure(case: str, **values: float) -> None:
+    """A measured figure, shown with `pytest -s` (grep 'figure:')."""
+    print(f"figure: {case}: " + " ".join(f"{k}={v:.4f}" for k, v in values.items()))
+
+
 def ask(daemon: Daemon, **attrs) -> tuple[str, float]:
     """One request on a new connection: (action, seconds)."""
     started = time.monotonic()
@@ -47,6 +52,7 @@ def test_every_service_hung_the_next_requests_get_the_default_at_once():
         later = [ask(daemon, sender=f"s{i}@example.org") for i in range(50)]
         assert all(a == DEFAULT for a, _ in later)
         assert max(t for _, t in later) < 0.05, sorted(t for _, t in later)[-5:]
+        figure("all hung, no checks", first=first, next_max=max(t for _, t in later))
         assert len(s1.requests) == len(s2.requests) == 1  # nobody waited on them again
         daemon.log.wait('default="all services down"')
         # S1 heals: the request that probes it after its cool-down (4 s from its failure,
@@ -54,6 +60,7 @@ def test_every_service_hung_the_next_requests_get_the_default_at_once():
         s1.set_mode("answer", action="OK s1")
         back = first_answer_from(daemon, "OK s1", within=6)
         assert 1.9 <= back - s2_down <= 2.4, back - s2_down
+        figure("all hung, no checks", healed_back_after_s2_down=back - s2_down)
 
 
 def test_every_service_hung_with_checks_traffic_returns_within_the_down_interval():
@@ -66,12 +73,14 @@ def test_every_service_hung_with_checks_traffic_returns_within_the_down_interval
         later = [ask(daemon, sender=f"s{i}@example.org") for i in range(50)]
         assert all(a == DEFAULT for a, _ in later)
         assert max(t for _, t in later) < 0.05, sorted(t for _, t in later)[-5:]
+        figure("all hung, checks", next_max=max(t for _, t in later))
         assert s1.live_requests == s2.live_requests == []  # no live request waited on them
         healed = time.monotonic()
         s1.set_mode("answer", action="OK s1")
         back = first_answer_from(daemon, "OK s1", within=5)
         # the check in flight (up to 0.5 s) may still time out; the next one, 0.5 s later, answers
         assert back - healed < 1.3, back - healed
+        figure("all hung, checks", back_after_heal=back - healed)
 
 
 def test_with_checks_no_live_request_reaches_a_hung_service_until_a_check_sees_it_answer():
@@ -97,6 +106,7 @@ def test_with_checks_no_live_request_reaches_a_hung_service_until_a_check_sees_i
             reached = len(hang.live_requests)
             time.sleep(3.0)  # six check intervals and six cool-downs: no live probe
             assert len(hang.live_requests) == reached
+            figure("hung, checks", live_requests_while_down=len(hang.live_requests) - reached)
             hang.set_mode("answer")
             wait_for(lambda: answers[-1:] == ["OK hang"], 5, what="traffic back on HANG")
             assert "up: check answered 2 times" in daemon.log.text()
@@ -121,6 +131,7 @@ def test_a_refused_service_gets_traffic_back_within_the_base_cooldown_after_many
             listening = time.monotonic()
             back = first_answer_from(daemon, "OK main", within=5)
         assert back - listening < 1.2, back - listening
+        figure("refused then restarted", back_after_listen=back - listening)
         assert "retry in 2s" not in daemon.log.text()
 
 
@@ -151,6 +162,7 @@ def test_requests_waiting_on_a_hung_service_move_on_when_the_first_times_out():
     assert 1.0 <= first - start < 1.2
     # without the release the last would wait its own second: 0.38 s after the first
     assert last - first < 0.1, [round(t - first, 3) for t, _ in results]
+    figure("20 waiting, 1 worker", first=first - start, last_after_first=last - first)
 
 
 def test_requests_waiting_on_a_service_that_a_check_takes_down_move_on_within_the_sweep():
@@ -172,3 +184,4 @@ def test_requests_waiting_on_a_service_that_a_check_takes_down_move_on_within_th
     # the check in flight, or the next, times out within 0.6 s; the workers see it within 0.1 s
     # (without the sweep each request would wait its own 20 s)
     assert max(t for t, _ in results) - start < 1.0, [round(t - start, 3) for t, _ in results]
+    figure("waiting, check takes it down", last=max(t for t, _ in results) - start)
