@@ -2,9 +2,10 @@
 
 Run by the master in its own event loop, with the workers' own `Exchange`. Each service is
 checked every check-interval seconds while it is up and every check-down-interval seconds
-while it is down; a check waits at most min(TIMEOUT, check-interval) for its answer. With
-checks on, they own the recovery: live requests never probe a service that is down, and only
-check-rise consecutive answered checks bring it back. check-fall consecutive failed checks take
+while it is down (also when a live request took it down: the next check is brought forward);
+a check waits at most min(TIMEOUT, check-timeout) for its answer. With checks on, they own the
+recovery (the checker says so in the table, which every worker reads): live requests never
+probe a service that is down, and only check-rise consecutive answered checks bring it back. check-fall consecutive failed checks take
 an up service down (a failed live request takes it down at once: a live timeout is expensive).
 A local failure (the master out of descriptors) says nothing of the service and is not counted.
 
@@ -32,7 +33,7 @@ class Checker:
         self.loop = loop
         self.config = config
         self.table = table
-        self.health = Health(table, config.services, config, True, log)
+        self.health = Health(table, config.services, config, log)
         self.log = log
         self.payload = config.check_request.encode() + b"\n"
         self.backends = Backends(loop, config.connect_timeout)
@@ -40,20 +41,40 @@ class Checker:
         self.rise = [0] * count  # consecutive answered checks while down
         self.fall = [0] * count  # consecutive failed checks while up
         self.started = [0.0] * count
-        self.timers: list[Timer | None] = [None] * count
+        self.timers: list[Timer | None] = [None] * count  # the next check (None: one in flight)
+        self.watch_timer: Timer | None = None
         self.stopped = False
 
     def start(self) -> None:
-        if self.config.check_interval > 0:
+        checking = self.config.check_interval > 0
+        self.table.set_recovery(checking, time.monotonic())
+        if checking:
             for i in range(len(self.config.services)):
                 self.timers[i] = self.loop.call_later(0.0, lambda i=i: self.check(i))
+            self.watch_timer = self.loop.call_later(self.config.check_down_interval, self.watch)
 
     def stop(self) -> None:
+        """Stop checking; the table's services go back to being probed by live requests."""
+        if self.stopped:
+            return
         self.stopped = True
-        for timer in self.timers:
+        for timer in [*self.timers, self.watch_timer]:
             if timer is not None:
                 timer.cancel()
         self.backends.close()
+        self.table.set_recovery(False, time.monotonic())
+
+    def watch(self) -> None:
+        """Bring forward the next check of a service that a live request took down."""
+        now = time.monotonic()
+        soon = self.config.check_down_interval
+        for i, timer in enumerate(self.timers):
+            if timer is not None and self.table.state(i, now) != UP:
+                due = max(now, self.started[i] + soon)
+                if timer.when > due:
+                    timer.cancel()
+                    self.timers[i] = self.loop.call_at(due, lambda i=i: self.check(i))
+        self.watch_timer = self.loop.call_later(soon, self.watch)
 
     def check(self, i: int) -> None:
         self.timers[i] = None
@@ -61,7 +82,7 @@ class Checker:
             return
         service = self.config.services[i]
         now = self.started[i] = time.monotonic()
-        deadline = now + min(service.timeout, self.config.check_interval)
+        deadline = now + min(service.timeout, self.config.check_timeout)
         self.backends.exchange(service, self.payload, deadline,
                                lambda action, outcome, detail: self.done(i, outcome, detail))
 

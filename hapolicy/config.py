@@ -20,6 +20,7 @@ from typing import Any, Callable
 DEFAULT_PRIO = 10
 DEFAULT_WEIGHT = 1
 DEFAULT_TIMEOUT = 30.0
+MIN_INTERVAL = 0.1  # the shortest check interval or timeout: a check must be able to answer
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the final NUL
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -68,12 +69,23 @@ def parse_int(text: str, what: str, minimum: int | None = None) -> int:
     return value
 
 
+def parse_interval(text: str, what: str, allow_zero: bool = False) -> float:
+    """Seconds of at least MIN_INTERVAL (or 0 with allow_zero): a timer the master runs."""
+    value = parse_seconds(text, what, allow_zero)
+    if 0 < value < MIN_INTERVAL:
+        raise ConfigError(f"{what} {text!r} must be at least {MIN_INTERVAL:g} seconds"
+                          + (" (or 0)" if allow_zero else ""))
+    return value
+
+
 def parse_seconds(text: str, what: str, allow_zero: bool = False) -> float:
     try:
         value = float(text.strip())
     except ValueError:
         raise ConfigError(f"{what} {text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} {text!r} must be a finite number of seconds")
+    if value < 0 or (value == 0 and not allow_zero):
         limit = "zero or more" if allow_zero else "more than zero"
         raise ConfigError(f"{what} {text!r} must be {limit} seconds")
     return value
@@ -229,6 +241,7 @@ class Config:
     all_down: str = "default"  # or "try": try services marked down, in order, when all are
     check_interval: float = 5.0
     check_down_interval: float = 1.0
+    check_timeout: float = 5.0
     check_rise: int = 2
     check_fall: int = 2
     check_request: str = (

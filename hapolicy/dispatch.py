@@ -41,13 +41,11 @@ class Client(Protocol):
 class Dispatcher:
     """Answers the requests of one process (a worker, or spawn mode)."""
 
-    def __init__(self, loop: EventLoop, config: Config, table: HealthTable, log: Logger,
-                 checked: bool = False) -> None:
-        """`checked`: active checks run elsewhere (the master) and own the recovery."""
+    def __init__(self, loop: EventLoop, config: Config, table: HealthTable, log: Logger) -> None:
         self.loop = loop
         self.config = config
         self.table = table
-        self.health = Health(table, config.services, config, checked, log)
+        self.health = Health(table, config.services, config, log)
         self.log = log
         hash_attrs = config.balance[5:].split(",") if config.balance.startswith("hash:") else ()
         self.hash_attrs = [a.encode() for a in hash_attrs]
@@ -101,7 +99,8 @@ class Dispatcher:
         for index, jobs in enumerate(self.waiting):
             if jobs and table.state(index, now) != UP:
                 self.release(index, table.down_since(index), "marked down while waiting")
-        if any(self.waiting):
+        # a release may have started new waits, and with them a timer already
+        if any(self.waiting) and self.sweep_timer is None:
             self.sweep_timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
 
     def warn_default(self, why: str) -> None:

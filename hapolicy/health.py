@@ -43,6 +43,7 @@ class F:
 
 SLOT = 8
 UP, DOWN, PROBE_DUE = 0, 1, 2
+CHECKED = 0  # word 0 of the table's own slot, after the services': 1.0 while checks own it
 
 
 class HealthTable:
@@ -50,7 +51,8 @@ class HealthTable:
 
     def __init__(self, count: int, shared: bool = True) -> None:
         self.count = count
-        size = max(1, count) * SLOT * 8
+        self.header = count * SLOT  # the table's own words, after the services' slots
+        size = (count + 1) * SLOT * 8
         flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
         self._map = mmap.mmap(-1, size, flags=flags | mmap.MAP_ANONYMOUS)
         self.f = memoryview(self._map).cast("d")
@@ -104,22 +106,31 @@ class HealthTable:
             pause = min(cooldown * 2.0 ** min(streak - 1, 30), cap)
         else:
             pause = cooldown
+        if was_up:  # first: a worker that sees it down must not read an old DOWN_SINCE
+            f[base + F.DOWN_SINCE] = now
         f[base] = now + pause
         f[base + F.PROBE_UNTIL] = 0.0
-        if was_up:
-            f[base + F.DOWN_SINCE] = now
         return was_up, pause
 
     def down_since(self, i: int) -> float:
         """When service i was last marked down (0.0: never); meaningful while it is down."""
         return self.f[i * SLOT + F.DOWN_SINCE]
 
-    def set_recovery(self, checked: bool, now: float) -> None:
-        """Make every down service wait for what recovers it now: a check (checked) or a probe.
+    @property
+    def checked(self) -> bool:
+        """Whether active checks run on this table and own the recovery (the master says)."""
+        return self.f[self.header + CHECKED] != 0.0
 
-        A reload that turns checks on or off must not leave a service down for ever, nor let
-        live requests probe a service that checks now own."""
+    def set_recovery(self, checked: bool, now: float) -> None:
+        """Say whether checks own this table, and make every down service wait for what
+        recovers it now: a check (checked) or a probe.
+
+        The flag lives in the table, so every worker that uses it, old or new, follows it: a
+        reload that turns checks off, or gives the new workers a new table while old ones
+        still serve on this one, must not leave a service down for ever, nor may live
+        requests probe a service that checks own."""
         f = self.f
+        f[self.header + CHECKED] = 1.0 if checked else 0.0
         for i in range(self.count):
             base = i * SLOT
             if f[base] == 0.0:
@@ -175,25 +186,24 @@ def carry_over(old: HealthTable, before: Sequence[Service],
 class Health:
     """The one path for state changes of one process's services, each logged once.
 
-    `checked`: active checks run (the daemon with check-interval > 0) and own the recovery:
-    a live answer never brings a service back, and a service marked down stays down until
+    While the table says `checked` (the master's checks run on it and own the recovery), a
+    live answer never brings a service back, and a service marked down stays down until
     `mark_up`. Otherwise a live request probes it after its cool-down (see the module doc).
     """
 
     def __init__(self, table: HealthTable, services: Sequence[Service], config: Config,
-                 checked: bool, log: Logger) -> None:
+                 log: Logger) -> None:
         self.table = table
         self.services = list(services)
         self.cooldown = config.cooldown
         self.cooldown_max = config.cooldown_max
-        self.checked = checked
         self.recheck = config.check_down_interval
         self.log = log
         self.peers = [[j for j, t in enumerate(services) if t.prio == s.prio] for s in services]
 
     def ok(self, i: int) -> None:
         """A live request got a good answer from service i."""
-        if not self.checked:
+        if not self.table.checked:
             self.mark_up(i)
 
     def failed(self, i: int, outcome: int, detail: str, now: float) -> bool:
@@ -212,7 +222,7 @@ class Health:
     def mark_down(self, i: int, outcome: int, detail: str, now: float) -> bool:
         """Mark service i down after a failure; True when it was up before."""
         table = self.table
-        if self.checked:
+        if table.checked:
             was_up, _ = table.record_failure(i, now, math.inf, math.inf)
             after = f"checked every {self.recheck:g}s until it answers"
         else:

@@ -187,8 +187,8 @@ class Master:
         self.log.notice("stopping: " + ("draining in-flight requests" if how == "graceful"
                                         else "at once"))
         self.stopping = how
-        if self.checker is not None:
-            self.checker.stop()
+        if how == "now" and self.checker is not None:
+            self.checker.stop()  # draining workers still need the checks to bring services back
         self.listener.close()
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.kill_all(sig)
@@ -392,7 +392,6 @@ class Master:
         old = [w for w in self.workers.values() if not w.retiring]
         if config.services != self.config.services:
             self.health = carry_over(self.health, self.config.services, config.services)
-        self.health.set_recovery(config.check_interval > 0, time.monotonic())
         for worker in old:
             worker.retiring = True
             self.table.set_accepting(worker.slot, False)

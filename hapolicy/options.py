@@ -28,6 +28,7 @@ from .config import (
     parse_balance,
     parse_bool,
     parse_int,
+    parse_interval,
     parse_listen,
     parse_mode,
     parse_seconds,
@@ -35,6 +36,7 @@ from .config import (
 )
 
 DAEMON, POOL, COMMAND = "daemon", "pool", "command"
+MAX_COUNT = 100  # check-rise and check-fall
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,30 @@ def _whole(what: str, minimum: int) -> Callable[[str], int]:
     return lambda text: parse_int(text, what, minimum)
 
 
+def _interval(what: str, allow_zero: bool = False) -> Callable[[str], float]:
+    return lambda text: parse_interval(text, what, allow_zero)
+
+
+def _count(what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_int(text, what, 1)
+        if value > MAX_COUNT:
+            raise ConfigError(f"{what} {text!r} must be at most {MAX_COUNT}")
+        return value
+
+    return parse
+
+
 def _text(text: str) -> str:
     return text.strip()
 
 
 def _attributes(text: str) -> str:
-    return "".join(a + "\n" for a in text.split() if "=" in a)
+    attrs = [a for a in text.split() if "=" in a]
+    if not any(a.startswith("request=") for a in attrs):
+        raise ConfigError(f"check request {text!r} has no request= attribute "
+                          "(e.g. request=smtpd_access_policy)")
+    return "".join(a + "\n" for a in attrs)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -127,13 +147,15 @@ OPTIONS: tuple[Option, ...] = (
            "S"),
     Option("check_interval", ("--check-interval",), "the daemon checks every service every S "
            "seconds (0: off, requests probe instead)",
-           _seconds("check interval", allow_zero=True), "S"),
+           _interval("check interval", allow_zero=True), "S"),
     Option("check_down_interval", ("--check-down-interval",), "seconds between checks of a "
-           "service that is down", _seconds("check down interval"), "S"),
+           "service that is down", _interval("check down interval"), "S"),
+    Option("check_timeout", ("--check-timeout",), "longest wait for a check's answer (and at "
+           "most the service's TIMEOUT)", _interval("check timeout"), "S"),
     Option("check_rise", ("--check-rise",), "answered checks in a row that bring a service back",
-           _whole("check rise", 1), "N"),
+           _count("check rise"), "N"),
     Option("check_fall", ("--check-fall",), "failed checks in a row that take a service down",
-           _whole("check fall", 1), "N"),
+           _count("check fall"), "N"),
     Option("check_request", ("--check-request",), "the check's attributes, `name=value` "
            "separated by spaces", _attributes, "ATTRS",
            default_text="an RCPT from hapolicy-check@localhost"),

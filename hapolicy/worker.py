@@ -125,8 +125,7 @@ class Worker:
     def _run(self) -> None:
         self.loop = loop = EventLoop()
         self.max_clients = max_clients()
-        self.dispatcher = Dispatcher(loop, self.config, self.health, self.log,
-                                     checked=self.config.check_interval > 0)
+        self.dispatcher = Dispatcher(loop, self.config, self.health, self.log)
         self.dispatcher.on_request = self._count_request
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)

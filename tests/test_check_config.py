@@ -80,6 +80,26 @@ def test_bad_option_exits_2_with_one_line():
     assert done.stderr == "hapolicy: error: --workers: workers '0' must be at least 1\n"
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--check-interval", "0.01"), "--check-interval: check interval '0.01' must be at least 0.1 "
+     "seconds (or 0)"),
+    (("--check-down-interval", "0"), "--check-down-interval: check down interval '0' must be more "
+     "than zero seconds"),
+    (("--check-timeout", "1e400"), "--check-timeout: check timeout '1e400' must be a finite "
+     "number of seconds"),
+    (("--check-rise", "101"), "--check-rise: check rise '101' must be at most 100"),
+    (("--check-fall", "0"), "--check-fall: check fall '0' must be at least 1"),
+    (("--check-request", "sender=a@b"), "--check-request: check request 'sender=a@b' has no "
+     "request= attribute (e.g. request=smtpd_access_policy)"),
+    (("--all-down", "wait"), "argument --all-down: invalid choice: 'wait' (choose from 'default', "
+     "'try')"),
+])
+def test_bad_check_options_exit_2_with_one_line(args, message):
+    done = check_config("-s", "A=127.0.0.1:1", *args)
+    assert done.returncode == 2
+    assert done.stderr == f"hapolicy: error: {message}\n"
+
+
 def _example_keys() -> dict[str, bool]:
     """Keys written in the example as `key = ...`, active (True) or commented out (False)."""
     keys: dict[str, bool] = {}

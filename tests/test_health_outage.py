@@ -67,7 +67,7 @@ def test_every_service_hung_with_checks_traffic_returns_within_the_down_interval
     with FakeBackend(mode="silent") as s1, FakeBackend(mode="silent") as s2, Daemon(
             "-s", s1.spec("S1", prio=10, timeout=1), "-s", s2.spec("S2", prio=20, timeout=1),
             "-d", DEFAULT, "--check-interval", "0.5", "--check-down-interval", "0.5",
-            "--check-rise", "1", workers=2) as daemon:
+            "--check-timeout", "0.5", "--check-rise", "1", workers=2) as daemon:
         daemon.log.wait("service S2 (")  # both found down, by checks or by traffic
         wait_for(lambda: "service S1 (" in daemon.log.text(), 5)
         later = [ask(daemon, sender=f"s{i}@example.org") for i in range(50)]
@@ -168,8 +168,8 @@ def test_requests_waiting_on_a_hung_service_move_on_when_the_first_times_out():
 def test_requests_waiting_on_a_service_that_a_check_takes_down_move_on_within_the_sweep():
     with FakeBackend(action="OK hang") as hang, FakeBackend(action="OK next") as good, Daemon(
             "-s", hang.spec("HANG", prio=10, timeout=20), "-s", good.spec("NEXT", prio=20),
-            "--check-interval", "0.3", "--check-down-interval", "0.3", "--check-fall", "1",
-            workers=2) as daemon:
+            "--check-interval", "0.3", "--check-down-interval", "0.3", "--check-timeout", "0.3",
+            "--check-fall", "1", workers=2) as daemon:
         assert ask(daemon)[0] == "OK hang"
         hang.set_mode("silent")
         results: list[tuple[float, str]] = []

@@ -43,7 +43,8 @@ def make_health(*specs: str, checked: bool = False, **settings) -> tuple[Health,
     services = tuple(parse_service(s) for s in specs)
     config = Config(services=services, **settings)
     table = HealthTable(len(services), shared=False)
-    return Health(table, services, config, checked, Lines()), table
+    table.set_recovery(checked, 0.0)  # as the master's checker says
+    return Health(table, services, config, Lines()), table
 
 
 def test_only_timeouts_double_the_cooldown():
@@ -234,3 +235,66 @@ def test_default_answer_warnings_are_held_to_one_line_a_second_per_reason():
     dispatcher.submit(framed(), client)  # within the next second: held, then told at close
     dispatcher.close()
     assert log.lines[2].endswith("(1 request in 1s)")
+
+
+def test_the_table_says_who_owns_recovery_so_old_and_new_workers_agree():
+    """A reload that stops the checks on a table (turned off, or the new workers got a new
+    table) makes every process that still uses it probe again, whatever it was started with."""
+    old_worker, table = make_health("A=h:1", checked=True)
+    old_worker.mark_down(0, ANSWER_TIMEOUT, "x", 10.0)
+    assert table.f[0] == math.inf
+    table.set_recovery(False, 11.0)  # the master's checker of this table stopped
+    assert table.state(0, 11.0) == PROBE_DUE
+    old_worker.mark_down(0, ANSWER_TIMEOUT, "x", 11.5)  # the old worker's probe failed
+    assert table.f[0] != math.inf and table.state(0, 20.0) == PROBE_DUE
+    old_worker.ok(0)  # and its next probe brings it back
+    assert table.state(0, 20.0) == UP
+
+
+def test_a_checker_owns_its_table_while_it_runs():
+    checker, table, loop = make_checker(f"A=127.0.0.1:{refused_port()}")
+    assert not table.checked
+    checker.start()
+    assert table.checked
+    checker.stop()
+    assert not table.checked
+
+
+def test_a_service_a_live_request_took_down_is_checked_at_the_down_interval():
+    port = refused_port()
+    checker, table, loop = make_checker(f"A=127.0.0.1:{port}", check_rise=1)
+    checker.config = Config(services=checker.config.services, check_interval=30.0,
+                            check_down_interval=0.05, check_rise=1)
+    checker.start()
+    try:
+        run_until(loop, lambda: checker.timers[0] is not None and checker.rise == [0])
+        run_until(loop, lambda: checker.timers[0] is not None)  # the first check answered
+        with FakeBackend(action="OK", port=port):
+            # a live request takes it down; the next check is 30 s away on the up schedule
+            checker.health.mark_down(0, CONNECT_FAILED, "connection refused", time.monotonic())
+            started = time.monotonic()
+            run_until(loop, lambda: table.state(0, time.monotonic()) == UP, timeout=2.0)
+            assert time.monotonic() - started < 0.5
+    finally:
+        checker.stop()
+
+
+def test_one_release_keeps_one_sweep_timer():
+    with FakeBackend(mode="silent") as hung, FakeBackend(action="OK") as good:
+        loop = EventLoop()
+        services = (parse_service(hung.spec("H", timeout=20)),
+                    parse_service(good.spec("G", prio=20)))
+        config = Config(services=services)
+        table = HealthTable(2, shared=False)
+        dispatcher = Dispatcher(loop, config, table, Lines())
+        clients = [Client() for _ in range(3)]
+        for client in clients:
+            dispatcher.submit(framed(), client)
+        run_until(loop, lambda: len(hung.requests) == 3)
+        # another process takes H down: the sweep releases the three, which go on to G
+        table.record_failure(0, time.monotonic(), 60.0, 60.0)
+        run_until(loop, lambda: all(c.answers for c in clients))
+        assert [c.answers for c in clients] == [[b"action=OK\n\n"]] * 3
+        live = [t for t in loop.timers if t.callback is not None and t.callback == dispatcher.sweep]
+        assert len(live) <= 1
+        dispatcher.close()

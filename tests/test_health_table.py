@@ -120,7 +120,7 @@ def test_a_service_coming_back_starts_level_with_its_own_priority_group():
     table.set_served(2, 500.0)  # C, another priority, is no peer of A
     table.record_failure(0, 100.0, COOLDOWN, CAP)
     log = QuietLog()
-    health = Health(table, services, Config(services=tuple(services)), False, log)
+    health = Health(table, services, Config(services=tuple(services)), log)
     health.ok(0)
     assert table.state(0, 100.0) == UP
     assert table.served(0) == 50.0  # not behind B (a burst), not level with C
