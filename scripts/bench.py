@@ -57,18 +57,21 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Callable
 
-HOST = "127.0.0.1"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchkit.procs import (HOST, Child, Children, ProcSampler, _signal, children_of,  # noqa: E402
+                            close_fds_except, die_with_parent, free_port, host_cpu,
+                            memory_kib, open_fds, pss_kib, raise_nofile)
+from benchkit.wire import (ANSWER, DEFAULT_ANSWER, classify, exchange_once,  # noqa: E402
+                           make_request, wait_answering, wait_readable, write_all)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAPROXY = "/usr/sbin/haproxy"
 PERL_HAPOLICY = "/usr/sbin/hapolicy"
-ANSWER = b"action=DUNNO hapolicy-bench\n\n"  # distinctive: no proxy makes it up
-DEFAULT_ANSWER = b"action=dunno\n\n"  # the default action of hapolicy and the original
 PERL_SYSLOG_SHIM = """package BenchSyslog;
 use strict;
 use Sys::Syslog ();
@@ -82,340 +85,11 @@ my $setlogsock = \\&Sys::Syslog::setlogsock;
 ROWS = ("backend", "daemon", "spawn", "haproxy", "perl")
 ROW_TITLES = {"backend": "backend", "daemon": "hapolicy daemon", "spawn": "hapolicy spawn",
               "haproxy": "haproxy", "perl": "perl original"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SATURATED = 0.90  # a process busier than this share of one core is saturated
 SOAK_VARIETY = 4096  # --soak cycles through this many distinct requests
 FD_MARGIN = 256  # descriptors of the bench beside its idle connections
 
 
-# ---------------------------------------------------------------------------------------------
-# the request
-
-def make_request(n: int) -> bytes:
-    """A typical Postfix 3.7 smtpd_access_policy request at RCPT (about 600 bytes)."""
-    attrs = [
-        ("request", "smtpd_access_policy"),
-        ("protocol_state", "RCPT"),
-        ("protocol_name", "ESMTP"),
-        ("client_address", f"192.0.2.{n % 250 + 1}"),
-        ("client_name", f"mail{n}.example.net"),
-        ("client_port", str(40000 + n % 20000)),
-        ("reverse_client_name", f"mail{n}.example.net"),
-        ("server_address", "198.51.100.25"),
-        ("server_port", "25"),
-        ("helo_name", f"mail{n}.example.net"),
-        ("sender", f"newsletter-{n}@lists.example.net"),
-        ("recipient", f"user{n}@example.org"),
-        ("recipient_count", "0"),
-        ("queue_id", f"4Xk{n:06d}Zq9"),
-        ("instance", f"{n:x}.655e0a1c.a1b2c.0"),
-        ("size", "48213"),
-        ("etrn_domain", ""),
-        ("stress", ""),
-        ("sasl_method", ""),
-        ("sasl_username", ""),
-        ("sasl_sender", ""),
-        ("ccert_subject", ""),
-        ("ccert_issuer", ""),
-        ("ccert_fingerprint", ""),
-        ("ccert_pubkey_fingerprint", ""),
-        ("encryption_protocol", "TLSv1.3"),
-        ("encryption_cipher", "TLS_AES_256_GCM_SHA384"),
-        ("encryption_keysize", "256"),
-        ("policy_context", ""),
-        ("compatibility_level", "3.6"),
-        ("mail_version", "3.7.11"),
-    ]
-    return "".join(f"{k}={v}\n" for k, v in attrs).encode() + b"\n"
-
-
-def classify(answer: bytes, expected: bytes) -> str:
-    """'ok' for the backend's own answer, 'default' for a default answer, else 'wrong'."""
-    if answer == expected:
-        return "ok"
-    if answer.lower() == DEFAULT_ANSWER:
-        return "default"
-    return "wrong"
-
-
-def exchange_once(addr: tuple[str, int], timeout: float) -> tuple[str, bytes]:
-    """One request on a fresh connection: ('', answer) when answered with action=..., else
-    (why not, b"")."""
-    try:
-        with socket.create_connection(addr, timeout=timeout) as sock:
-            sock.sendall(make_request(0))
-            data = b""
-            while not data.endswith(b"\n\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return f"connection closed after {data[:60]!r}", b""
-                data += chunk
-    except OSError as exc:
-        return str(exc), b""
-    if not data.startswith(b"action="):
-        return f"bad answer {data[:60]!r}", b""
-    return "", data
-
-
-# ---------------------------------------------------------------------------------------------
-# processes: start, track, always stop
-
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError, ImportError):
-        return None
-
-
-_PRCTL = _load_prctl()
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In a child: get SIGKILL when the bench dies, even by SIGKILL (a backstop to cleanup)."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _child_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
-
-
-class Child:
-    def __init__(self, name: str, pid: int, session: bool, popen: Any = None,
-                 stop_signal: int = signal.SIGTERM) -> None:
-        self.name = name
-        self.pid = pid
-        self.session = session  # leads its own session and process group: kill the group too
-        self.popen = popen
-        self.stop_signal = stop_signal
-        self.reaped = False
-
-
-class Children:
-    """Every process the bench starts; stop() and stop_all() leave none behind."""
-
-    def __init__(self) -> None:
-        self.items: list[Child] = []
-
-    def fork(self, name: str, fn: Callable[..., None], *args: Any,
-             session: bool = False) -> Child:
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            status = 0
-            try:
-                _child_signals()
-                if session:
-                    os.setsid()
-                die_with_parent()
-                if os.getppid() != parent:
-                    os._exit(1)
-                fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - a child never returns into the bench
-                status = 1
-                _report_child_error(name, exc)
-            os._exit(status)
-        child = Child(name, pid, session)
-        self.items.append(child)
-        return child
-
-    def popen(self, name: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
-              stop_signal: int = signal.SIGTERM) -> Child:
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=env, start_new_session=True,
-                                    preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads
-        child = Child(name, proc.pid, True, proc, stop_signal)
-        self.items.append(child)
-        return child
-
-    def alive(self, child: Child) -> bool:
-        self._reap(child)
-        return not child.reaped
-
-    def _reap(self, child: Child) -> None:
-        if child.reaped:
-            return
-        try:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status = child.pid, 0
-        if pid:
-            child.reaped = True
-            if child.popen is not None:
-                child.popen.returncode = os.waitstatus_to_exitcode(status) if status else 0
-
-    def wait(self, child: Child, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._reap(child)
-            if child.reaped or time.monotonic() >= deadline:
-                return child.reaped
-            time.sleep(0.02)
-
-    def stop(self, child: Child, timeout: float = 3.0) -> None:
-        """Ask politely, then SIGKILL the child and (if it leads one) its whole process group."""
-        if not child.reaped:
-            _signal(child.pid, child.stop_signal)
-            self.wait(child, timeout)
-        if not child.reaped:
-            _signal(child.pid, signal.SIGKILL)
-            self.wait(child, 5.0)
-        if child.session:
-            deadline = time.monotonic() + 5.0
-            while group_members(child.pid) and time.monotonic() < deadline:
-                try:
-                    os.killpg(child.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    break
-                time.sleep(0.05)
-        if child in self.items:
-            self.items.remove(child)
-
-    def stop_all(self) -> None:
-        for child in reversed(list(self.items)):
-            self.stop(child, timeout=2.0)
-
-
-def _report_child_error(name: str, exc: BaseException) -> None:
-    if isinstance(exc, KeyboardInterrupt):
-        return
-    try:
-        os.write(2, f"bench: {name} (pid {os.getpid()}) failed: {exc!r}\n".encode())
-    except OSError:
-        return
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
-# /proc
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat from `state` on (index 0 = field 3 of proc(5))."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2:].decode().split()
-
-
-def all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _live_with(field: int, value: int) -> list[int]:
-    """Live (not zombie) processes whose /proc stat field (1: ppid, 2: pgid) is value."""
-    out = []
-    for pid in all_pids():
-        fields = _stat_fields(pid)
-        if fields and fields[0] != "Z" and int(fields[field]) == value:
-            out.append(pid)
-    return out
-
-
-def group_members(pgid: int) -> list[int]:
-    return _live_with(2, pgid)
-
-
-def children_of(ppid: int) -> list[int]:
-    return _live_with(1, ppid)
-
-
-def cpu_seconds(pid: int) -> tuple[float, float] | None:
-    """(user, system) CPU seconds of a process."""
-    fields = _stat_fields(pid)
-    if not fields:
-        return None
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM in KiB (empty for a zombie or a gone process)."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            for line in handle:
-                if line.startswith((b"VmRSS:", b"VmHWM:")):
-                    out[line[:5].decode()] = int(line.split()[1])
-    except OSError:
-        pass
-    return out
-
-
-def open_fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def host_cpu() -> tuple[int, int, int]:
-    """(idle ticks, total ticks, irq and softirq ticks) over all cores.
-
-    Loopback TCP is largely processed in softirq context, which the kernel may account here
-    rather than to the processes that sent the data.
-    """
-    with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    return values[3] + values[4], sum(values[:8]), values[5] + values[6]
-
-
-class ProcSampler:
-    """CPU time and peak memory of a changing set of processes over the measured window."""
-
-    def __init__(self, pids: Callable[[], list[int]]) -> None:
-        self.pids = pids
-        self.cpu0: dict[int, tuple[float, float]] = {}
-        self.cpu1: dict[int, tuple[float, float]] = {}
-        self.hwm: dict[int, int] = {}
-        self.rss: dict[int, int] = {}
-        self.pss: dict[int, int] = {}
-
-    def sample(self) -> None:
-        for pid in self.pids():
-            mem = memory_kib(pid)
-            if mem:
-                self.hwm[pid] = max(self.hwm.get(pid, 0), mem.get("VmHWM", 0))
-                self.rss[pid] = mem.get("VmRSS", 0)
-            cpu = cpu_seconds(pid)
-            if cpu is not None:
-                self.cpu1[pid] = cpu
-
-    def start(self) -> None:
-        self.sample()
-        self.cpu0 = dict(self.cpu1)
-
-    def finish(self) -> None:
-        self.sample()
-        for pid in self.pids():
-            self.pss[pid] = pss_kib(pid)
-
-    def cpu_by_pid(self, part: slice = slice(0, 2)) -> dict[int, float]:
-        """CPU seconds used in the window; part=slice(1, 2) for system time only."""
-        return {pid: sum(self.cpu1[pid][part]) - sum(self.cpu0.get(pid, (0.0, 0.0))[part])
-                for pid in self.cpu1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -613,9 +287,9 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
     except OSError as exc:
         why = f"{type(exc).__name__}: {exc}"
     if why:
-        _write_all(res_w, b"E" + why.encode()[:300])
+        write_all(res_w, b"E" + why.encode()[:300])
         return
-    _write_all(res_w, b"R")
+    write_all(res_w, b"R")
     go = b""
     while len(go) < 16:
         piece = os.read(ctl_r, 16 - len(go))
@@ -752,7 +426,7 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
               "wall": (ru_t1 - ru_t0) / 1e9, "answered": answered,
               "correct": answered - wrong - defaults + primed["ok"]}
     payload = pickle.dumps(result)
-    _write_all(res_w, b"D" + struct.pack("Q", len(payload)) + payload)
+    write_all(res_w, b"D" + struct.pack("Q", len(payload)) + payload)
     # keep the connections until the bench has sampled the proxy's processes (spawned ones, and
     # retired daemon workers, exit when their clients leave): it closes the control pipe then
     while os.read(ctl_r, 64):
@@ -789,27 +463,6 @@ def prime(socks: list[socket.socket], requests: list[bytes], timeout: float, exp
                 counts[classify(data, expected)] += 1
     return ""
 
-
-def wait_readable(fds: list[Any], timeout: float) -> list[Any]:
-    """The fds (ints or objects with fileno) readable within timeout; poll(), not select():
-    with --idle the bench holds thousands of descriptors, beyond select()'s 1024."""
-    poller = select.poll()
-    by_fd = {}
-    for item in fds:
-        fd = item if isinstance(item, int) else item.fileno()
-        by_fd[fd] = item
-        poller.register(fd, select.POLLIN)
-    try:
-        events = poller.poll(max(0.0, timeout) * 1000)
-    except InterruptedError:
-        return []
-    return [by_fd[fd] for fd, _ev in events]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class Generators:
@@ -916,15 +569,6 @@ def _generator_child(addr: tuple[str, int], first: int, count: int, ctl_r: int, 
     generator_main(addr, first, count, ctl_r, res_w, grace, **options)
 
 
-def close_fds_except(keep: tuple[int, ...]) -> None:
-    """Close every descriptor above 2 but those in keep."""
-    low = 3
-    for fd in sorted(keep):
-        if fd >= low:
-            os.closerange(low, fd)
-            low = fd + 1
-    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-
 
 # ---------------------------------------------------------------------------------------------
 # idle connections
@@ -959,17 +603,6 @@ def open_idle(addr: tuple[str, int], count: int, expected: bytes, batch: int = 2
         return socks, f"opening idle connection {len(socks) + 1}: {exc}", kinds
     return socks, "", kinds
 
-
-def raise_nofile(need: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, need)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1528,19 +1161,6 @@ backend backends
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def wait_answering(addr: tuple[str, int], timeout: float, alive: Callable[[], bool]) -> str:
-    """'' once addr answers a request, else why it did not within timeout."""
-    deadline = time.monotonic() + timeout
-    why = "no answer"
-    while time.monotonic() < deadline:
-        if not alive():
-            return "the process exited"
-        why, _answer = exchange_once(addr, min(2.0, max(0.1, deadline - time.monotonic())))
-        if not why:
-            return ""
-        time.sleep(0.05)
-    return f"not answering after {timeout:g}s ({why})"
-
 
 def worker_requests(pid: int) -> int | None:
     """The requests a daemon worker counted, read from its title (None when not shown)."""
@@ -1577,11 +1197,6 @@ def hapolicy_missing() -> str:
         return f"cannot import hapolicy ({exc}): pip install -e ."
     return ""
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: str, lines: int = 5) -> str:
