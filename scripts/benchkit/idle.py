@@ -12,9 +12,10 @@ from __future__ import annotations
 import resource
 import socket
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from .procs import memory_kib, open_fds, pss_kib
+from .runner import Bench
 from .wire import classify, make_request, wait_readable
 
 
@@ -49,7 +50,7 @@ def open_idle(addr: tuple[str, int], count: int, expected: bytes, batch: int = 2
     return socks, "", kinds
 
 
-def open_idle_for(bench: Any, name: str, title: str, addr: tuple[str, int],
+def open_idle_for(bench: Bench, name: str, title: str, addr: tuple[str, int],
                   pids: Callable[[], list[int]], count: int,
                   note: str = "") -> list[socket.socket]:
     if count <= 0:
@@ -83,7 +84,7 @@ def open_idle_for(bench: Any, name: str, title: str, addr: tuple[str, int],
     return socks
 
 
-def still_held(bench: Any, name: str, title: str, socks: list[socket.socket]) -> None:
+def still_held(bench: Bench, name: str, title: str, socks: list[socket.socket]) -> None:
     """Count the idle connections the proxy still holds (a closed one reads EOF)."""
     if not socks:
         return

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from .loadgen import Generators
 from .procs import ProcSampler, host_cpu
+from .runner import Bench
 
 Pids = Callable[[], "list[int]"]
 
@@ -75,7 +76,7 @@ class Window:
     wall: float = 0.0
 
 
-def measure(bench: Any, target: Target) -> dict[str, Any]:
+def measure(bench: Bench, target: Target) -> dict[str, Any]:
     """Run the closed loop against target.addr and collect everything for one row."""
     args = bench.args
     row: dict[str, Any] = {"row": target.name, "title": target.title, "status": "ok",

@@ -121,10 +121,10 @@ class Children:
     def stop(self, child: Child, timeout: float = 3.0) -> None:
         """Ask politely, then SIGKILL the child and (if it leads one) its whole process group."""
         if not child.reaped:
-            _signal(child.pid, child.stop_signal)
+            send_signal(child.pid, child.stop_signal)
             self.wait(child, timeout)
         if not child.reaped:
-            _signal(child.pid, signal.SIGKILL)
+            send_signal(child.pid, signal.SIGKILL)
             self.wait(child, 5.0)
         if child.session:
             deadline = time.monotonic() + 5.0
@@ -151,7 +151,8 @@ def _report_child_error(name: str, exc: BaseException) -> None:
         return
 
 
-def _signal(pid: int, sig: int) -> None:
+def send_signal(pid: int, sig: int) -> None:
+    """os.kill, quiet when the process is gone."""
     try:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):

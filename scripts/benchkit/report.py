@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from .rows import ROW_TITLES
+from .runner import Bench
 
 SATURATED = 0.90  # a process busier than this share of one core is saturated
 RATIO_NAMES = {
@@ -161,7 +162,7 @@ def config(args: argparse.Namespace, nofile: int) -> dict[str, Any]:
             "python": sys.version.split()[0], "nofile_limit": nofile}
 
 
-def build_report(args: argparse.Namespace, bench: Any, nofile: int) -> dict[str, Any]:
+def build_report(args: argparse.Namespace, bench: Bench, nofile: int) -> dict[str, Any]:
     check_rows(bench.rows, bench.warnings)
     return {"config": config(args, nofile), "rows": bench.rows, "ratios": ratios(bench.rows),
             "idle": bench.idle, "warnings": bench.warnings}
@@ -174,7 +175,7 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
             handle.write("\n")
 
 
-def rows_status(bench: Any) -> int:
+def rows_status(bench: Bench) -> int:
     bad = [r["title"] for r in bench.rows
            if r["status"] in ("errors", "failed") or (r["status"] == "ok" and not r["requests"])]
     if bad:
@@ -189,7 +190,7 @@ def rows_status(bench: Any) -> int:
     return 0
 
 
-def report_rows(args: argparse.Namespace, bench: Any, nofile: int) -> int:
+def report_rows(args: argparse.Namespace, bench: Bench, nofile: int) -> int:
     """Print the report of the rows, write --json, and return the exit status."""
     report = build_report(args, bench, nofile)
     print(render(report))

@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 
-from .procs import HOST, Child, Children, _signal, die_with_parent
+from .procs import HOST, Child, Children, die_with_parent, send_signal
 from .wire import ANSWER, wait_readable
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -196,13 +196,13 @@ def _spawn_one(lsock: socket.socket, argv: list[str], env: dict[str, str],
 def _end_spawned(spawned: set[int]) -> None:
     """SIGTERM, 2 s, SIGKILL; every one reaped."""
     for pid in spawned:
-        _signal(pid, signal.SIGTERM)
+        send_signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + 2.0
     while spawned and time.monotonic() < deadline:
         _reap(spawned, block=False)
         time.sleep(0.02)
     for pid in spawned:
-        _signal(pid, signal.SIGKILL)
+        send_signal(pid, signal.SIGKILL)
     _reap(spawned, block=True)
 
 
