@@ -1,0 +1,9 @@
+"""The modules of scripts/bench.py, one job each (each module's docstring states its contract).
+
+wire: requests, answers and their kinds; procs: start, track and always stop processes,
+/proc accounting; servers: our backend, the spawn(8) emulator, how each proxy is started;
+loadgen: the load generator processes; measure: the closed loop of one row and its figures;
+idle: --idle connections; runner: the state of a run (backend, rows, warnings, cleanup);
+rows: the rows as data and the one function that measures a row; soak: --soak; report: the
+table, ratios, warnings, JSON and exit status; cli: the command line and signals.
+"""

@@ -1,0 +1,177 @@
+"""The rows of the bench, declared as data, and the one function that measures a row.
+
+Contract: ROWS lists every row in report order, each a Row: its name (as --rows takes it),
+its title (as the report shows it), why it cannot run here (missing(): '' when it can) and
+how to start it (start(bench, row): a Started, or None when it failed to start, its row
+then already recorded as failed). measure_row() skips, starts, opens the --idle connections
+the row asks for, measures (measure.measure) and always stops what it started.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .idle import open_idle_for, still_held
+from .measure import Pids, Target, measure
+from .procs import HOST, Child, children_of, free_port
+from .runner import Bench
+from .servers import (HAPROXY, daemon_argv, hapolicy_missing, haproxy_config, perl_argv,
+                      perl_missing, spawn_argv, start_emulator)
+from .wire import wait_answering
+
+
+@dataclass
+class Started:
+    """A row's proxy, up and answering."""
+
+    target: Target
+    child: Child | None  # stopped after the row (None: nothing of the row's own)
+    command: str | None  # the "command" of the row in the JSON (None: none)
+    idle: int = 0  # idle connections to open to it first
+    idle_pids: Pids | None = None  # whose memory they are measured by
+    idle_note: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    title: str
+    missing: Callable[[], str]
+    start: Callable[[Bench, "Row"], Optional[Started]]
+
+
+def start_backend_row(bench: Bench, row: Row) -> Started:
+    bench.log("measuring the backend alone")
+    pids = bench.backend_pids
+    return Started(Target(row.name, row.title, bench.backend_addr, pids, pids), None, None)
+
+
+def start_daemon(bench: Bench, row: Row) -> Started | None:
+    port = free_port()
+    argv = daemon_argv(port, bench.args.workers, bench.backend_addr)
+    bench.log("starting: " + " ".join(argv[1:]))
+    # SIGINT: the master stops its workers at once (SIGTERM would drain them)
+    master = bench.start_proxy(row.name, row.title, argv, port, signal.SIGINT)
+    if master is None:
+        return None
+
+    def workers() -> list[int]:
+        return children_of(master.pid)
+
+    def tree() -> list[int]:
+        return [master.pid, *workers()]
+
+    return Started(Target(row.name, row.title, (HOST, port), tree, workers), master,
+                   " ".join(argv[1:]), bench.args.idle, workers)
+
+
+def start_spawn(bench: Bench, row: Row) -> Started | None:
+    return start_emulated(bench, row, spawn_argv(bench.backend_addr), None, "")
+
+
+def start_perl(bench: Bench, row: Row) -> Started | None:
+    argv, sink, note = perl_argv(bench.backend_addr, bench.tmp)
+    return start_emulated(bench, row, argv, sink, note)
+
+
+def start_emulated(bench: Bench, row: Row, argv: list[str], sink: socket.socket | None,
+                   note: str) -> Started | None:
+    """argv under the spawn(8) emulator, one process per connection."""
+    addr, emulator = start_emulator(bench.children, argv, bench.env, sink)
+    why = wait_answering(addr, 15.0, lambda: bench.children.alive(emulator))
+    if why:
+        bench.fail(row.name, row.title, why)
+        bench.children.stop(emulator)
+        return None
+
+    def spawned() -> list[int]:
+        return children_of(emulator.pid)
+
+    return Started(Target(row.name, row.title, addr, spawned, spawned), emulator,
+                   "spawn: " + " ".join(argv) + note)
+
+
+def start_haproxy(bench: Bench, row: Row) -> Started | None:
+    port = free_port()
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    maxconn = max(256, min(50000, (nofile - 200) // 2))
+    cfg = os.path.join(bench.tmp, "haproxy.cfg")
+    with open(cfg, "w") as handle:
+        handle.write(haproxy_config(port, maxconn, bench.backend_addr))
+    argv = [HAPROXY, "-db", "-f", cfg]
+    bench.log("starting: " + " ".join(argv))
+    proc = bench.start_proxy(row.name, row.title, argv, port)
+    if proc is None:
+        return None
+
+    def tree() -> list[int]:
+        return [proc.pid, *children_of(proc.pid)]
+
+    # HAProxy holds two descriptors per proxied connection (client and server side)
+    wanted = bench.args.idle
+    count = min(wanted, maxconn - bench.args.connections - 16)
+    note = ""
+    if count < wanted:
+        note = (f"HAProxy can hold only maxconn {maxconn} connections within "
+                f"RLIMIT_NOFILE {nofile} (2 descriptors each): {count} idle connections "
+                f"opened instead of {wanted}")
+        bench.warnings.append(note)
+    return Started(Target(row.name, row.title, (HOST, port), tree, tree), proc,
+                   " ".join(argv) + f" (nbthread 1, maxconn {maxconn})", count, tree, note)
+
+
+def haproxy_missing() -> str:
+    if not os.access(HAPROXY, os.X_OK):
+        return f"{HAPROXY} not installed (apt-get install haproxy)"
+    return ""
+
+
+ROWS = (
+    Row("backend", "backend", lambda: "", start_backend_row),
+    Row("daemon", "hapolicy daemon", hapolicy_missing, start_daemon),
+    Row("spawn", "hapolicy spawn", hapolicy_missing, start_spawn),
+    Row("haproxy", "haproxy", haproxy_missing, start_haproxy),
+    Row("perl", "perl original", perl_missing, start_perl),
+)
+ROW_NAMES = tuple(row.name for row in ROWS)
+ROW_TITLES = {row.name: row.title for row in ROWS}
+
+
+def measure_row(bench: Bench, row: Row) -> None:
+    """One row, from start to stop, appended to bench.rows."""
+    why = row.missing()
+    if why:
+        return bench.skip(row.name, row.title, why)
+    started = row.start(bench, row)
+    if started is None:
+        return None
+    try:
+        target = started.target
+        socks = open_idle_for(bench, row.name, row.title, target.addr,
+                              started.idle_pids or target.mem_pids, started.idle,
+                              started.idle_note)
+        try:
+            result = measure(bench, target)
+            still_held(bench, row.name, row.title, socks)
+        finally:
+            for sock in socks:
+                sock.close()
+        if started.command is not None:
+            result["command"] = started.command
+        bench.add(result)
+    finally:
+        if started.child is not None:
+            bench.children.stop(started.child)
+    return None
+
+
+def run_rows(bench: Bench) -> None:
+    """The rows chosen by --rows, in report order."""
+    for row in ROWS:
+        if row.name in bench.args.rows:
+            measure_row(bench, row)
