@@ -362,7 +362,7 @@ class Perl:
             self.missing = f"{PERL_HAPOLICY} not installed (apt-get install hapolicy)"
         elif not os.path.exists("/dev/log"):
             # Without /dev/log its setlogsock('unix') fails; give it a syslog socket of ours
-            # through a module loaded before the script (as scripts/bench.py does).
+            # through a module loaded before the script (as scripts/benchkit/servers.py does).
             self.log = LogSink(os.path.join(tmp, "perl.log.sock"))
             with open(os.path.join(tmp, "FailoverSyslog.pm"), "w") as handle:
                 handle.write(PERL_SYSLOG_SHIM.replace("PATH", self.log.path))
