@@ -18,7 +18,8 @@ import threading
 import time
 
 import pytest
-from fakes import Blackhole, FakeBackend, refused_port
+from support.backends import Blackhole, FakeBackend
+from support.ports import refused_port
 
 from hapolicy import backend as backend_module
 from hapolicy.backend import POOL_IDLE_SECONDS, POOL_MAX_IDLE, Exchange, Pool, Resolver

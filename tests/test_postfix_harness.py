@@ -1,4 +1,4 @@
-"""End-to-end checks of tests/postfix_harness.py with real Postfix, postfwd2 and spawn(8).
+"""End-to-end checks of tests/support/postfix.py with real Postfix, postfwd2 and spawn(8).
 
 No hapolicy here: postfwd2 (or a tiny spawned Python policy) is Postfix's
 check_policy_service directly, which proves the harness before hapolicy is put between.
@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from postfix_harness import (
-    PostfixInstance,
-    Postfwd,
+from support.packages import require_packages
+from support.ports import free_port
+from support.postfix import (
     _listening,
     _session_pids,
-    ensure_packages,
-    free_port,
+    PostfixInstance,
+    Postfwd,
     requires_root,
     smtp_rcpt,
     spawn_entry,
@@ -73,11 +73,21 @@ def test_world_readable_copy(tmp_path: Path) -> None:
 
 
 @requires_root
-def test_ensure_packages_is_fast_when_present() -> None:
-    ensure_packages("postfix", "postfwd")
+def test_require_packages_is_fast_when_present() -> None:
+    require_packages("postfix", "postfwd")
     started = time.monotonic()
-    ensure_packages("postfix", "postfwd")
+    require_packages("postfix", "postfwd")
     assert time.monotonic() - started < 1
+
+
+def test_a_missing_package_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = "hapolicy-test-no-such-package"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=missing):
+        require_packages(missing)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=missing):
+        require_packages(missing)
 
 
 @requires_root

@@ -1,46 +1,25 @@
-"""Run the real hapolicy in spawn mode the way Postfix's spawn(8) does, and read its syslog.
+"""Run the real hapolicy in spawn mode the way Postfix's spawn(8) does.
 
 * :class:`Spawned` -- ``python -m hapolicy ARGS`` with ONE socket as its fds 0, 1 and 2, so
   that anything it writes to stderr lands in the stream the test reads, as it would land in
   Postfix's: comparing that stream with the expected answers proves nothing stray was written.
-* :class:`Syslog` -- a unix datagram socket for ``--syslog-socket``, read by a thread (the
-  kernel queues only ~10 datagrams: an unread socket would silently lose lines).
-* :func:`vm_kib` -- a process's VmRSS / VmHWM in KiB.
+* :func:`run_once` -- feed one stream, then EOF; everything it wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from fakes import PolicyClient
+from support.protocol import PolicyClient
+from support.repo import REPO, command, hapolicy_env
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def hapolicy_env() -> dict[str, str]:
-    env = dict(os.environ)
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + old if old else "")
-    return env
-
-
-def command(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "hapolicy", *args]
 
 
 class Spawned:
@@ -52,7 +31,7 @@ class Spawned:
             self.proc = subprocess.Popen(
                 command(args), stdin=theirs, stdout=theirs,
                 stderr=subprocess.PIPE if stderr_pipe else theirs,
-                cwd=ROOT, env=hapolicy_env())
+                cwd=REPO, env=hapolicy_env())
         except BaseException:
             ours.close()
             raise
@@ -131,67 +110,3 @@ def _send_then_eof(sock: socket.socket, data: bytes) -> None:
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass  # it closed early; the test sees that in what was written
-
-
-class Syslog:
-    """A syslog socket for --syslog-socket; `lines` holds every datagram received, decoded."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="haplog")  # short: sun_path holds 108 bytes
-        self.path = os.path.join(self.dir, "log")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.05)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="Syslog", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:  # TimeoutError from 3.10 on
-                continue
-            except OSError:
-                return
-            with self._cond:
-                self.lines.append(data.decode("utf-8", "replace"))
-                self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 5) -> list[str]:
-        """Wait until predicate(lines) holds (or the timeout passes); return a copy of lines."""
-        with self._cond:
-            self._cond.wait_for(lambda: predicate(self.lines), timeout)
-            return list(self.lines)
-
-    def matching(self, pattern: str) -> list[str]:
-        with self._cond:
-            return [line for line in self.lines if re.search(pattern, line)]
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def vm_kib(pid: int, field: str = "VmRSS") -> int:
-    """A memory figure of /proc/PID/status (VmRSS, VmHWM, ...) in KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
-    """The exit status, or None if it is still running after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            return code
-        time.sleep(0.02)
-    return proc.poll()

@@ -1,9 +1,10 @@
 """Real Postfix and real postfwd2 for hapolicy's end-to-end tests.
 
-Everything listens on 127.0.0.1 only and needs root (Postfix's master runs as root):
+Everything listens on 127.0.0.1 only and needs root (Postfix's master runs as root). The
+Debian packages are installed by scripts/run-tests; a missing one fails the test in CI and
+skips it elsewhere (:func:`support.packages.require_packages`).
 
-* :func:`ensure_packages` -- install ``postfix`` / ``postfwd`` with apt-get when missing.
-* :func:`free_port` -- a free TCP port on 127.0.0.1.
+* :data:`requires_root` -- the mark of a test that needs root.
 * :class:`Postfwd` -- a postfwd2 policy server with its own rules, pidfile and cache socket.
 * :class:`PostfixInstance` -- a Postfix instance with its OWN config, queue and data
   directories, started with ``postfix -c DIR start``; it never touches /etc/postfix's instance.
@@ -34,7 +35,6 @@ PYTHONPATH through env(1)::
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import shutil
 import signal
@@ -50,78 +50,22 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from support.packages import require_packages
+from support.ports import HOST, free_port
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-HOST = "127.0.0.1"
 POSTFIX = "/usr/sbin/postfix"
 POSTFWD2 = "/usr/sbin/postfwd2"
 
-#: The file whose presence tells that a Debian package is installed.
-PACKAGE_BINARIES = {
-    "postfix": POSTFIX,
-    "postfwd": POSTFWD2,
-    "python3": "/usr/bin/python3",
-}
-
 requires_root = pytest.mark.skipif(
     os.geteuid() != 0,
-    reason="needs root: runs a real Postfix master and installs Debian packages",
+    reason="needs root: runs a real Postfix master",
 )
 
 
-# --------------------------------------------------------------------------- packages
-
-
-def _package_present(name: str) -> bool:
-    binary = PACKAGE_BINARIES.get(name)
-    if binary is not None:
-        return os.access(binary, os.X_OK)
-    query = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", name], check=False, capture_output=True, text=True
-    )
-    return query.returncode == 0 and query.stdout.endswith(" installed")
-
-
-def ensure_packages(*names: str) -> None:
-    """Install the Debian packages *names* whose binaries are missing (idempotent, fast).
-
-    Postfix is preseeded to "No configuration", so installing it neither writes
-    /etc/postfix/main.cf nor starts the default instance. Runs ``apt-get update`` and tries
-    again when the first install fails. Needs root.
-    """
-    if all(_package_present(name) for name in names):
-        return
-    with open("/tmp/hapolicy-test-apt.lock", "w") as lock:  # one apt-get at a time
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = [name for name in names if not _package_present(name)]
-        if not missing:
-            return
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(
-            ["debconf-set-selections"],
-            input="postfix postfix/main_mailer_type select No configuration\n",
-            text=True,
-            check=True,
-            env=env,
-        )
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-        if subprocess.run(install, check=False, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
-            subprocess.run(install, env=env, check=True)
-    still = [name for name in names if not _package_present(name)]
-    if still:
-        raise RuntimeError(f"apt-get did not install {still}")
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _traversable_by_all(path: Path) -> bool:
@@ -237,7 +181,7 @@ class Postfwd(_Service):
 
     def start(self, timeout: float = 20) -> None:
         """Start postfwd2 and wait until it accepts connections."""
-        ensure_packages("postfwd")
+        require_packages("postfwd")
         self.dir, self._temporary = _public_dir(
             self.workdir / f"postfwd-{self.port}", "hapolicy-postfwd-"
         )
@@ -398,7 +342,7 @@ class PostfixInstance(_Service):
 
     def start(self) -> None:
         """Write the configuration and start the instance's master; return when it listens."""
-        ensure_packages("postfix")
+        require_packages("postfix")
         self.dir, self._temporary = _public_dir(
             self.workdir / f"postfix-{self.smtpd_port}", "hapolicy-postfix-"
         )
