@@ -263,22 +263,23 @@ class FakeBackend:
         self._set_events(sel, conn, selectors.EVENT_READ)
 
     def _service(self, sel: selectors.BaseSelector, conn: _Conn, events: int) -> None:
-        try:
-            if events & selectors.EVENT_READ:
+        if events & selectors.EVENT_READ:
+            try:
                 data = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self._close(sel, conn)
+                return
+            if data is not None:
                 if not data:
                     conn.eof = True
                 conn.inbuf += data
                 self._frame_requests(conn)
-            if events & selectors.EVENT_WRITE and conn.outbuf:
-                sent = conn.sock.send(conn.outbuf)
-                del conn.outbuf[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self._close(sel, conn)
-            return
-        self._update(sel, conn)
+        if events & selectors.EVENT_WRITE:
+            self._flush(sel, conn)
+        else:
+            self._update(sel, conn)
 
     def _frame_requests(self, conn: _Conn) -> None:
         while not conn.closing:
@@ -329,15 +330,19 @@ class FakeBackend:
             conn.closing = close_after
             moved = True
         if moved:
-            try:
-                sent = conn.sock.send(conn.outbuf) if conn.outbuf else 0
-                del conn.outbuf[:sent]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                self._close(sel, conn)
-                return
-            self._update(sel, conn)
+            self._flush(sel, conn)
+
+    def _flush(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        """Send what the output buffer holds (as much as the socket takes), then update."""
+        try:
+            sent = conn.sock.send(conn.outbuf) if conn.outbuf else 0
+            del conn.outbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(sel, conn)
+            return
+        self._update(sel, conn)
 
     def _update(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         """Close a finished connection, or register the events it now waits for."""
