@@ -13,6 +13,7 @@
 * :mod:`support.packages` -- Debian packages: present, or fail in CI and skip elsewhere.
 * :mod:`support.postfix` -- real Postfix and postfwd2 instances.
 * :mod:`support.perl` -- the runner of the Perl original, /usr/sbin/hapolicy.
+* :mod:`support.scripts` -- scripts/*.py run with a JSON report.
 
 Tests import it as ``support`` (pytest puts tests/ on sys.path: tests/ has no __init__.py);
 scripts put tests/ on sys.path themselves.
