@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from support.perl import PERL_HAPOLICY, require_original
 from support.ports import refused_port
 from support.protocol import request
 from support.repo import hapolicy_env
+from support.spawn import run_once
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = [sys.executable, "-m", "hapolicy"]
@@ -106,24 +106,8 @@ class Harness:
 
     def spawnlike(self, impl: str, args: list[str], stream: bytes) -> bytes:
         """Run as spawn(8) does, with ONE socket as fds 0, 1 and 2; what the client reads."""
-        ours_end, child_end = socket.socketpair()
-        with ours_end:
-            proc = subprocess.Popen(
-                command(impl, args),
-                stdin=child_end,
-                stdout=child_end,
-                stderr=child_end,
-                env=hapolicy_env(),
-            )
-            child_end.close()
-            ours_end.sendall(stream)
-            ours_end.shutdown(socket.SHUT_WR)
-            ours_end.settimeout(RUN_TIMEOUT)
-            received = b""
-            while data := ours_end.recv(65536):
-                received += data
-        proc.wait(RUN_TIMEOUT)
-        return received
+        program = [PERL_HAPOLICY] if impl == "original" else None
+        return run_once(args, stream, RUN_TIMEOUT, program=program)[1]
 
     def timed(self, impl: str, args: list[str], requests: list[bytes]) -> list[tuple[float, bytes]]:
         """Send the requests one at a time, each after the previous answer; (seconds, answer)."""

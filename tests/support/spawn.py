@@ -23,13 +23,18 @@ if TYPE_CHECKING:
 
 
 class Spawned:
-    """One hapolicy process in spawn mode; the test holds the other end of its socket."""
+    """One hapolicy process in spawn mode; the test holds the other end of its socket.
 
-    def __init__(self, args: Sequence[str], stderr_pipe: bool = False) -> None:
+    *program* replaces ``python -m hapolicy`` (e.g. ``["/usr/sbin/hapolicy"]``, the original).
+    """
+
+    def __init__(self, args: Sequence[str], stderr_pipe: bool = False,
+                 program: Sequence[str] | None = None) -> None:
         ours, theirs = socket.socketpair()
+        argv = [*program, *args] if program is not None else command(args)
         try:
             self.proc = subprocess.Popen(
-                command(args), stdin=theirs, stdout=theirs,
+                argv, stdin=theirs, stdout=theirs,
                 stderr=subprocess.PIPE if stderr_pipe else theirs,
                 cwd=REPO, env=hapolicy_env())
         except BaseException:
@@ -94,9 +99,10 @@ class Spawned:
         self.close()
 
 
-def run_once(args: Sequence[str], data: bytes, timeout: float = 20) -> tuple[int, bytes]:
+def run_once(args: Sequence[str], data: bytes, timeout: float = 20,
+             program: Sequence[str] | None = None) -> tuple[int, bytes]:
     """Send all of data, then EOF; (exit status, everything written to fds 1 and 2)."""
-    with Spawned(args) as proc:
+    with Spawned(args, program=program) as proc:
         sender = threading.Thread(target=_send_then_eof, args=(proc.sock, data), daemon=True)
         sender.start()  # a thread: a large input must not deadlock against unread answers
         out = proc.client.read_until_eof(timeout)
