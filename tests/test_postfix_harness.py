@@ -17,8 +17,6 @@ import pytest
 from support.packages import require_packages
 from support.ports import free_port
 from support.postfix import (
-    _listening,
-    _session_pids,
     PostfixInstance,
     Postfwd,
     requires_root,
@@ -26,6 +24,7 @@ from support.postfix import (
     spawn_entry,
     world_readable_copy,
 )
+from support.processes import listening, session_pids
 
 RULES = "id=R1; sender==bad@example.org; action=REJECT go away\n"
 REQUEST = (
@@ -94,7 +93,7 @@ def test_a_missing_package_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.M
 def test_postfwd_answers_and_stops(tmp_path: Path) -> None:
     with Postfwd(tmp_path, RULES) as postfwd:
         pid = postfwd.pid
-        assert pid is not None and _session_pids(pid)
+        assert pid is not None and session_pids(pid)
         with socket.create_connection(("127.0.0.1", postfwd.port), timeout=10) as sock:
             f = sock.makefile("rwb")
             for sender, action in (
@@ -105,8 +104,8 @@ def test_postfwd_answers_and_stops(tmp_path: Path) -> None:
                 f.flush()
                 assert f.readline() == f"action={action}\n".encode()
                 assert f.readline() == b"\n"
-    assert not _session_pids(pid)
-    assert not _listening(postfwd.port)
+    assert not session_pids(pid)
+    assert not listening(postfwd.port)
 
 
 @requires_root
@@ -121,9 +120,9 @@ def test_postfix_with_postfwd_policy(tmp_path: Path) -> None:
             assert code == 250, (code, text)
             postfix.wait_log("from=<bad@example.org> to=<someone@example.net>")
             master = postfix.master_pid
-            assert master is not None and _session_pids(master)
-        assert not _session_pids(master), "postfix processes left after stop()"
-        assert not _listening(postfix.smtpd_port)
+            assert master is not None and session_pids(master)
+        assert not session_pids(master), "postfix processes left after stop()"
+        assert not listening(postfix.smtpd_port)
         assert "Recipient address rejected: go away" in postfix.log_text()
 
 
@@ -144,6 +143,6 @@ def test_spawn_entry_runs_python_policy_as_nobody(tmp_path: Path) -> None:
         code, text = smtp_rcpt(postfix.smtpd_port, "anyone@example.org", "someone@example.net")
         master = postfix.master_pid
         assert master is not None
-    assert not _session_pids(master), "spawned or postfix processes left after stop()"
+    assert not session_pids(master), "spawned or postfix processes left after stop()"
     nobody = pwd.getpwnam("nobody").pw_uid
     assert code == 554 and f"spawned uid={nobody}" in text, (code, text)

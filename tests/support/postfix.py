@@ -52,6 +52,7 @@ import pytest
 
 from support.packages import require_packages
 from support.ports import HOST, free_port
+from support.processes import kill_session, listening, session_pids, wait_session_gone
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -87,55 +88,11 @@ def _public_dir(preferred: Path, prefix: str) -> tuple[Path, bool]:
     return path, True
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session *sid*, read from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is the state, fields[3] the session id (fields 3 and 6 of proc(5)).
-        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
-
-
-def _wait_session_gone(sid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _session_pids(sid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _kill_session(sid: int) -> None:
-    for pid in _session_pids(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _wait_session_gone(sid, 5)
-
-
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _listening(port: int) -> bool:
-    """Whether some socket listens on 127.0.0.1:*port* (from /proc/net/tcp, no connect)."""
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as f:
-        return any(
-            line.split()[1] == wanted and line.split()[3] == "0A" for line in f.readlines()[1:]
-        )
 
 
 class _Service:
@@ -227,8 +184,8 @@ class Postfwd(_Service):
                 os.kill(self.pid, signal.SIGTERM)  # the master terminates its children
             except ProcessLookupError:
                 pass
-            if not _wait_session_gone(self.pid, 5):
-                _kill_session(self.pid)
+            if not wait_session_gone(self.pid, 5):
+                kill_session(self.pid)
             self.pid = None
         if self.dir is not None:
             shutil.rmtree(self.dir / "run", ignore_errors=True)
@@ -357,7 +314,7 @@ class PostfixInstance(_Service):
             self.postfix("start")  # runs "postfix check", creates queue/ and data/
             self.master_pid = _read_pid(self.dir / "queue" / "pid" / "master.pid")
             deadline = time.monotonic() + 10
-            while not _listening(self.smtpd_port):
+            while not listening(self.smtpd_port):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"postfix does not listen on {HOST}:{self.smtpd_port}")
                 time.sleep(0.05)
@@ -371,11 +328,11 @@ class PostfixInstance(_Service):
         if self.dir is None:
             return
         pid = self.master_pid or _read_pid(self.dir / "queue" / "pid" / "master.pid")
-        if pid is not None and _session_pids(pid):
+        if pid is not None and session_pids(pid):
             self.postfix("stop", check=False)
-            if not _wait_session_gone(pid, 10):
+            if not wait_session_gone(pid, 10):
                 self.postfix("abort", check=False)
-                _kill_session(pid)
+                kill_session(pid)
         self.master_pid = None
         if self._temporary:
             log = self.dir / "maillog"

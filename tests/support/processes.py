@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -125,3 +126,49 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
             return code
         time.sleep(0.02)
     return proc.poll()
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session *sid*, read from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is the state, fields[3] the session id (fields 3 and 6 of proc(5)).
+        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def wait_session_gone(sid: int, timeout: float) -> bool:
+    """Until session *sid* has no live process; whether it got there within *timeout*."""
+    deadline = time.monotonic() + timeout
+    while session_pids(sid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session *sid*; wait (5 s at most) until they are gone."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_session_gone(sid, 5)
+
+
+def listening(port: int) -> bool:
+    """Whether some socket listens on 127.0.0.1:*port* (from /proc/net/tcp, no connect)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return any(
+            line.split()[1] == wanted and line.split()[3] == "0A" for line in f.readlines()[1:]
+        )
