@@ -3,6 +3,8 @@
 * :class:`FakeBackend` -- a policy server in a background thread (one selectors loop)
   whose behaviour is chosen by a *mode* and can be changed while it runs.
 * :class:`RawBackend` -- a policy server that writes given bytes as each answer.
+* :class:`ScriptedBackend` -- one connection, each answer of a script sent in pieces.
+* :class:`OnceThenDead` -- answers a few connections, then stops listening.
 * :class:`Blackhole` -- an address where ``connect()`` never completes.
 
 (A port where nothing listens: :func:`support.ports.refused_port`.)
@@ -14,6 +16,7 @@ import collections
 import select
 import selectors
 import socket
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -502,3 +505,81 @@ class RawBackend:
         self.listener.close()
         for sock in self.socks:
             sock.close()
+
+
+class ScriptedBackend:
+    """A one-connection policy server that answers each request with the next answer of a
+    script, each given as pieces sent with a pause between them; `reset` closes the
+    connection with a TCP reset."""
+
+    def __init__(self, *answers: list[bytes], family: int = socket.AF_INET,
+                 path: str = "", reset_after_request: bool = False) -> None:
+        self.answers = list(answers)
+        self.reset_after_request = reset_after_request
+        if family == socket.AF_UNIX:
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.listener.bind(path)
+            self.listener.listen(8)
+            self.port = 0
+        else:
+            self.listener = socket.create_server((HOST, 0))
+            self.port = self.listener.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        self.conn = conn
+        data = b""
+        if self.reset_after_request:
+            while b"\n\n" not in data:
+                data += conn.recv(65536)
+            self.reset()
+            return
+        for pieces in self.answers:
+            while b"\n\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            data = data.split(b"\n\n", 1)[1]
+            for n, piece in enumerate(pieces):
+                if n:
+                    time.sleep(0.1)
+                conn.sendall(piece)
+
+    def reset(self) -> None:
+        assert self.conn is not None
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class OnceThenDead:
+    """A backend that answers `answers` connections with a distinctive action, then stops
+    listening: a proxy in front of it can only answer its default from then on."""
+
+    ANSWER = b"action=DUNNO once-then-dead\n\n"
+
+    def __init__(self, answers: int) -> None:
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.answers = answers
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener:
+            for _ in range(self.answers):
+                conn, _ = self.listener.accept()
+                with conn:
+                    data = b""
+                    while not data.endswith(b"\n\n"):
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    conn.sendall(self.ANSWER)
