@@ -8,7 +8,7 @@
 every request to it is a new connection (so requests land on either worker). "perl" is Debian's
 /usr/sbin/hapolicy in spawn style: one process whose stdin and stdout are one end of a
 socketpair, fed one request at a time (its priority field is given: NAME=HOST:PORT:PRIO...).
-The backends are tests/fakes.py's: a FakeBackend that answers at once or stays silent, a
+The backends are tests/support/backends.py's: a FakeBackend that answers at once or stays silent, a
 Blackhole (connect never completes) and a refused port. Figures:
 
 1. time to the first failover, primary P (prio 10) dead, secondary S (prio 20) answering:
@@ -49,11 +49,8 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -68,22 +65,14 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from fakes import Blackhole, FakeBackend, PolicyClient, refused_port, request
-from test_daemon_helpers import children, cmdline, connection_owners, free_port
+import support.daemon  # noqa: E402 - after the path
+from support.backends import Blackhole, FakeBackend  # noqa: E402
+from support.perl import ASK_TIMEOUT, PERL_HAPOLICY, Perl, PerlConn  # noqa: E402
+from support.ports import HOST, refused_port  # noqa: E402
+from support.processes import connection_owners  # noqa: E402
+from support.protocol import PolicyClient, action_of, request  # noqa: E402
+from support.protocol import service_spec as spec  # noqa: E402
 
-HOST = "127.0.0.1"
-PERL_HAPOLICY = "/usr/sbin/hapolicy"
-PERL_SYSLOG_SHIM = """package FailoverSyslog;
-use strict;
-use Sys::Syslog ();
-my $setlogsock = \\&Sys::Syslog::setlogsock;
-{
-    no warnings 'redefine';
-    *Sys::Syslog::setlogsock = sub { $setlogsock->({type => 'unix', path => 'PATH'}) };
-}
-1;
-"""
-ASK_TIMEOUT = 45.0  # longer than any answer can take (perl: 30 s on a blackhole, then S)
 SILENT_TIMEOUT = 2
 BLACKHOLE_TIMEOUT = 30
 CONNECT_TIMEOUT = 1
@@ -148,16 +137,6 @@ def started(obj: Any) -> Iterator[Any]:
         yield obj
 
 
-def spec(name: str, port: int, prio: int, weight: int | None = None,
-         timeout: float | None = None) -> str:
-    fields = [HOST, str(port), str(prio)]
-    if weight is not None or timeout is not None:
-        fields.append(str(weight or 1))
-    if timeout is not None:
-        fields.append(f"{timeout:g}")
-    return f"{name}={':'.join(fields)}"
-
-
 def unserved(answers: Counter[str], backends: dict[str, FakeBackend]) -> dict[str, int]:
     """Answers of each backend's distinctive action beyond the requests it served (should be
     none: a proxy that makes an answer up, or caches one, shows here)."""
@@ -166,114 +145,22 @@ def unserved(answers: Counter[str], backends: dict[str, FakeBackend]) -> dict[st
     return {action: n for action, n in excess.items() if n > 0}
 
 
-def action_of(answer: str) -> str:
-    line = answer.split("\n", 1)[0]
-    return line[len("action="):] if line.startswith("action=") else f"<{line!r}>"
-
-
-# ---------------------------------------------------------------------------------------------
-# syslog lines, with the time each one arrived
-
-class LogSink:
-    """An AF_UNIX datagram socket that keeps (arrival time, line) of what is logged to it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.1)
-        self.lines: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True, name="logsink")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.lines.append((time.monotonic(), data.decode("utf-8", "replace")))
-
-    def matching(self, fragment: str) -> list[tuple[float, str]]:
-        with self._lock:
-            return [(t, line) for t, line in self.lines if fragment in line]
-
-    def wait(self, fragment: str, count: int = 1, timeout: float = 10.0) -> tuple[float, str]:
-        """(arrival time, line) of the count-th line containing fragment; TimeoutError if none."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.matching(fragment)
-            if len(found) >= count:
-                return found[count - 1]
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no log line #{count} with {fragment!r} in {timeout:g}s")
-            time.sleep(0.005)
-
-    def text(self) -> str:
-        with self._lock:
-            return "\n".join(line for _, line in self.lines)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(1.0)
-        self.sock.close()
-
-
 # ---------------------------------------------------------------------------------------------
 # the daemon
 
-class Daemon:
-    """`python -m hapolicy --listen 127.0.0.1:PORT --workers 2 ...` in its own session."""
+class Daemon(support.daemon.Daemon):
+    """The test support's daemon runner, as this script runs it: in a session of its own, its
+    output in a file of tmp; plus a timed request on a new connection and who served it."""
 
     count = 0
 
     def __init__(self, tmp: str, args: list[str], workers: int = 2) -> None:
         Daemon.count += 1
-        self.tmp = tmp
-        self.args = args
-        self.workers = workers
-        self.port = free_port()
-        self.log = LogSink(os.path.join(tmp, f"daemon{Daemon.count}.log.sock"))
-        self.err_path = os.path.join(tmp, f"daemon{Daemon.count}.stderr")
-        self.proc: subprocess.Popen | None = None
-        self.pids: list[int] = []  # the workers, once started
+        super().__init__(*args, workers=workers, new_session=True,
+                         output=os.path.join(tmp, f"daemon{Daemon.count}.stderr"))
 
     def start(self) -> Daemon:
-        argv = [sys.executable, "-m", "hapolicy", "--listen", f"{HOST}:{self.port}",
-                "--workers", str(self.workers), "--syslog-socket", self.log.path, *self.args]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        with open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hapolicy exited with {self.proc.returncode}: "
-                                   f"{self.stderr()}\n{self.log.text()}")
-            pids = self.worker_pids()
-            if len(pids) == self.workers and all(
-                    cmdline(p).startswith("hapolicy: worker") for p in pids):
-                self.pids = pids
-                return self
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"hapolicy's workers not ready in 20 s: {self.stderr()}")
-            time.sleep(0.02)
-
-    def worker_pids(self) -> list[int]:
-        return children(self.proc.pid) if self.proc is not None else []
-
-    def stderr(self) -> str:
-        try:
-            with open(self.err_path, errors="replace") as handle:
-                return handle.read()[-2000:]
-        except OSError:
-            return ""
+        return super().start(timeout=20)
 
     def ask(self, attrs: dict[str, str] | None = None, hold: list[PolicyClient] | None = None,
             owners: Counter[int] | None = None) -> tuple[str, float]:
@@ -299,133 +186,6 @@ class Daemon:
     def owner(self, client: PolicyClient) -> int:
         """The worker holding the server side of client's connection (0: not found)."""
         return connection_owners(self.port, [client.sock], self.pids)[0]
-
-    def close(self) -> None:
-        proc = self.proc
-        if proc is not None:
-            workers = self.worker_pids()
-            if proc.poll() is None:
-                _kill(proc.pid, signal.SIGINT)  # stop at once
-                try:
-                    proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    _killpg(proc.pid)  # the master still leads its group: the group is ours
-                    proc.wait(5)
-            deadline = time.monotonic() + 2
-            while any(_alive(p) for p in workers) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            for pid in workers:
-                if _alive(pid):
-                    _kill(pid, signal.SIGKILL)
-            self.proc = None
-        self.log.close()
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-# ---------------------------------------------------------------------------------------------
-# the Perl original in spawn style
-
-class Perl:
-    """How to run /usr/sbin/hapolicy here (with a syslog socket of ours when /dev/log is absent)."""
-
-    def __init__(self, tmp: str, enabled: bool) -> None:
-        self.missing = ""
-        self.note = ""
-        self.log: LogSink | None = None
-        self.prefix: list[str] = []
-        perl = shutil.which("perl")
-        if not enabled:
-            self.missing = "--no-perl"
-        elif not os.access(PERL_HAPOLICY, os.X_OK) or not perl:
-            self.missing = f"{PERL_HAPOLICY} not installed (apt-get install hapolicy)"
-        elif not os.path.exists("/dev/log"):
-            # Without /dev/log its setlogsock('unix') fails; give it a syslog socket of ours
-            # through a module loaded before the script (as scripts/benchkit/servers.py does).
-            self.log = LogSink(os.path.join(tmp, "perl.log.sock"))
-            with open(os.path.join(tmp, "FailoverSyslog.pm"), "w") as handle:
-                handle.write(PERL_SYSLOG_SHIM.replace("PATH", self.log.path))
-            self.prefix = [perl, "-T", "-w", "-I" + tmp, "-MFailoverSyslog"]
-            self.note = "no /dev/log here: its syslog goes to a socket of this script"
-
-    def argv(self, services: list[str], options: tuple[str, ...] = ()) -> list[str]:
-        args = [*options, *(a for s in services for a in ("-s", s))]
-        return [*self.prefix, PERL_HAPOLICY, *args]
-
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
-
-
-class PerlConn:
-    """One spawn-style process of the Perl original: its stdin and stdout are our socketpair."""
-
-    def __init__(self, argv: list[str]) -> None:
-        ours, theirs = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(argv, stdin=theirs, stdout=theirs,
-                                         stderr=subprocess.DEVNULL, start_new_session=True)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.client = PolicyClient.from_socket(ours)
-        self.ready = wait_reading_stdin(self.proc)
-
-    def ask(self, attrs: dict[str, str] | None = None) -> tuple[str, float]:
-        begin = time.monotonic()
-        answer = self.client.ask(request(**(attrs or {})), timeout=ASK_TIMEOUT)
-        return action_of(answer), time.monotonic() - begin
-
-    def close(self) -> None:
-        self.client.close()  # EOF on its stdin: it exits
-        try:
-            self.proc.wait(1.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # still waiting for a backend
-            self.proc.wait(5.0)
-
-
-def wait_reading_stdin(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
-    """Until the process is blocked reading its stdin (it has compiled and started its loop)."""
-    read_stdin = "0 0x0 " if platform.machine() == "x86_64" else None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        for path, ok in ((f"/proc/{proc.pid}/wchan", lambda s: "unix_stream_read" in s),
-                         (f"/proc/{proc.pid}/syscall",
-                          lambda s: read_stdin is not None and s.startswith(read_stdin))):
-            try:
-                with open(path) as handle:
-                    if ok(handle.read()):
-                        return True
-            except OSError:
-                pass
-        time.sleep(0.005)
-    if proc.poll() is None:
-        time.sleep(0.5)  # /proc tells nothing here: give it time to start
-    return False
 
 
 # ---------------------------------------------------------------------------------------------

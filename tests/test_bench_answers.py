@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
+
+from support.backends import OnceThenDead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "scripts", "bench.py")
@@ -51,33 +51,6 @@ def test_more_right_answers_than_the_backend_served_are_counted():
                       "backend_served": 100, "not_served": 20}
     assert bench.answer_counts([result(70)], served=75)["not_served"] == 0
     assert bench.answer_counts([result(70)], served=None)["not_served"] == 0
-
-
-class OnceThenDead:
-    """A backend that answers `answers` connections with a distinctive action, then stops
-    listening: a proxy in front of it can only answer its default from then on."""
-
-    ANSWER = b"action=DUNNO once-then-dead\n\n"
-
-    def __init__(self, answers: int) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.answers = answers
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        with self.listener:
-            for _ in range(self.answers):
-                conn, _ = self.listener.accept()
-                with conn:
-                    data = b""
-                    while not data.endswith(b"\n\n"):
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                    conn.sendall(self.ANSWER)
 
 
 def test_smoke_run_fails_when_the_daemon_answers_its_default(tmp_path):

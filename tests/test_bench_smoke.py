@@ -7,25 +7,12 @@ backend's own (no default answer), each of them served by the backend.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "scripts", "bench.py")
+from support.scripts import run_script
 
 
 def test_bench_smoke(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, BENCH, "--smoke", "--quiet", "--json", str(out)],
-        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
-        check=False,
-    )
-    detail = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert out.exists(), detail
-    report = json.loads(out.read_text())
+    proc, report, detail = run_script("bench.py", "--smoke", "--quiet",
+                                      json_out=tmp_path / "bench.json")
     rows = {row["row"]: row for row in report["rows"]}
     assert "daemon" in rows, detail
     daemon = rows["daemon"]

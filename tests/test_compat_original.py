@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,11 +29,14 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from fakes import Blackhole, FakeBackend, refused_port, request
-from postfix_harness import ensure_packages
+from support.backends import Blackhole, FakeBackend, RawBackend
+from support.perl import PERL_HAPOLICY, require_original
+from support.ports import refused_port
+from support.protocol import request
+from support.repo import hapolicy_env
+from support.spawn import run_once
 
 REPO = Path(__file__).resolve().parents[1]
-ORIGINAL = "/usr/sbin/hapolicy"
 OURS = [sys.executable, "-m", "hapolicy"]
 IMPLS = ("original", "ours")
 RUN_TIMEOUT = 30.0
@@ -45,24 +46,8 @@ DEFAULT_SPACES = "DEFER_IF_PERMIT policy service unavailable"
 # --------------------------------------------------------------------------- plumbing
 
 
-def ensure_original() -> None:
-    """Install Debian's `hapolicy` package when /usr/sbin/hapolicy is missing (needs root)."""
-    if os.access(ORIGINAL, os.X_OK):
-        return
-    if os.geteuid() != 0:
-        pytest.skip(f"{ORIGINAL} missing and not root: cannot apt-get install hapolicy")
-    ensure_packages("hapolicy")
-    assert os.access(ORIGINAL, os.X_OK), "apt-get install hapolicy did not give " + ORIGINAL
-
-
 def command(impl: str, args: list[str]) -> list[str]:
-    return ([ORIGINAL] if impl == "original" else OURS) + args
-
-
-def environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return ([PERL_HAPOLICY] if impl == "original" else OURS) + args
 
 
 def answers(stdout: bytes) -> list[bytes]:
@@ -76,62 +61,6 @@ class Result:
     stdout: bytes
     stderr: bytes
     seconds: float
-
-
-class RawBackend:
-    """A policy server that writes the given bytes as its answer to each request.
-
-    With `close`, the connection is closed after the reply; otherwise it stays open and the
-    next request on it gets the same reply. Counts connections and keeps the raw requests.
-    """
-
-    def __init__(self, reply: bytes, close: bool = False) -> None:
-        self.reply = reply
-        self.close_after = close
-        self.connections = 0
-        self.raw_requests: list[bytes] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        self.stopping = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def spec(self, name: str, prio: int = 10, weight: int = 1, timeout: int = 1) -> str:
-        return f"{name}=127.0.0.1:{self.port}:{prio}:{weight}:{timeout}"
-
-    def _accept(self) -> None:
-        while not self.stopping:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self.socks.append(sock)
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        buf = b""
-        try:
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buf += data
-                while b"\n\n" in buf:
-                    raw, _, buf = buf.partition(b"\n\n")
-                    self.raw_requests.append(raw + b"\n\n")
-                    sock.sendall(self.reply)
-                    if self.close_after:
-                        sock.close()
-                        return
-        except OSError:
-            return
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.listener.close()
-        for sock in self.socks:
-            sock.close()
 
 
 class Harness:
@@ -167,7 +96,7 @@ class Harness:
             input=stream,
             capture_output=True,
             timeout=RUN_TIMEOUT,
-            env=environment(),
+            env=hapolicy_env(),
             check=False,
         )
         return Result(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
@@ -177,24 +106,8 @@ class Harness:
 
     def spawnlike(self, impl: str, args: list[str], stream: bytes) -> bytes:
         """Run as spawn(8) does, with ONE socket as fds 0, 1 and 2; what the client reads."""
-        ours_end, child_end = socket.socketpair()
-        with ours_end:
-            proc = subprocess.Popen(
-                command(impl, args),
-                stdin=child_end,
-                stdout=child_end,
-                stderr=child_end,
-                env=environment(),
-            )
-            child_end.close()
-            ours_end.sendall(stream)
-            ours_end.shutdown(socket.SHUT_WR)
-            ours_end.settimeout(RUN_TIMEOUT)
-            received = b""
-            while data := ours_end.recv(65536):
-                received += data
-        proc.wait(RUN_TIMEOUT)
-        return received
+        program = [PERL_HAPOLICY] if impl == "original" else None
+        return run_once(args, stream, RUN_TIMEOUT, program=program)[1]
 
     def timed(self, impl: str, args: list[str], requests: list[bytes]) -> list[tuple[float, bytes]]:
         """Send the requests one at a time, each after the previous answer; (seconds, answer)."""
@@ -203,7 +116,7 @@ class Harness:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env=environment(),
+            env=hapolicy_env(),
         )
         out: list[tuple[float, bytes]] = []
         try:
@@ -229,7 +142,7 @@ class Harness:
 
 @pytest.fixture(scope="module", autouse=True)
 def original_installed() -> None:
-    ensure_original()
+    require_original()
 
 
 @pytest.fixture

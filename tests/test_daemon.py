@@ -15,16 +15,13 @@ import socket
 import time
 
 import pytest
-from fakes import FakeBackend, PolicyClient, request
-from test_daemon_helpers import (
-    HOST,
-    Daemon,
-    Load,
-    cmdline,
-    connection_owners,
-    wait_children,
-    wait_for,
-)
+from support.backends import FakeBackend
+from support.daemon import Daemon
+from support.load import Load
+from support.ports import HOST
+from support.processes import cmdline, connection_owners, wait_children
+from support.protocol import PolicyClient, request
+from support.wait import wait_for
 
 
 @pytest.fixture

@@ -14,19 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import FakeBackend, PolicyClient, request
-from test_daemon_helpers import (
-    HOST,
-    REPO,
-    SyslogCollector,
-    alive,
-    cmdline,
-    free_port,
-    short_tmpdir,
-    uid_of,
-    wait_children,
-    wait_for,
-)
+from support.backends import FakeBackend
+from support.daemon import short_tmpdir
+from support.ports import free_port, HOST
+from support.processes import alive, cmdline, uid_of, wait_children
+from support.protocol import PolicyClient, request
+from support.repo import REPO
+from support.syslog import SyslogReceiver
+from support.wait import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 
@@ -53,7 +48,7 @@ def ask(port: int) -> str:
 
 def test_daemonize_as_root_with_workers_as_nobody():
     workdir = short_tmpdir()
-    log = SyslogCollector(workdir)
+    log = SyslogReceiver(workdir / "log.sock")
     pidfile = workdir / "hapolicy.pid"
     port = free_port()
     nobody = pwd.getpwnam("nobody").pw_uid
@@ -90,7 +85,7 @@ def test_daemonize_as_root_with_workers_as_nobody():
 
 def test_daemonized_reload_reads_a_relative_config_file():
     workdir = short_tmpdir()
-    log = SyslogCollector(workdir)
+    log = SyslogReceiver(workdir / "log.sock")
     pidfile = workdir / "hapolicy.pid"
     port = free_port()
     conf = workdir / "relative.conf"

@@ -10,8 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import FakeBackend, PolicyClient, refused_port, request
-from test_daemon_helpers import HOST, Daemon, Load, alive, cmdline, wait_for
+from support.backends import FakeBackend
+from support.daemon import Daemon
+from support.load import Load
+from support.ports import HOST, refused_port
+from support.processes import alive, cmdline
+from support.protocol import PolicyClient, request
+from support.wait import wait_for
 
 
 def ask_new_connection(daemon: Daemon, **attrs) -> str:
@@ -48,7 +53,7 @@ def test_hup_under_load_switches_new_connections_and_keeps_old_ones(tmp_path: Pa
             new_workers = sorted(set(daemon.workers_now()) - set(old_workers))
             conf.write_text("service = X=127.0.0.1:1\nworkers = many\n")
             daemon.send(signal.SIGHUP)
-            text = daemon.log.wait("reload failed")
+            text = daemon.log.wait_text("reload failed")
             assert f"reload failed, keeping the running configuration: {conf}:2: workers" in text
             time.sleep(0.3)
             assert sorted(daemon.workers_now()) == sorted(old_workers + new_workers)

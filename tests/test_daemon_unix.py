@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fakes import FakeBackend, PolicyClient, request
-from test_daemon_helpers import REPO, Daemon, alive, wait_for
+from support.backends import FakeBackend
+from support.daemon import Daemon
+from support.processes import alive
+from support.protocol import PolicyClient, request
+from support.repo import REPO
+from support.wait import wait_for
 
 
 def unix_daemon(backend: FakeBackend, *args: str) -> Daemon:

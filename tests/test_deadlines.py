@@ -19,9 +19,14 @@ import signal
 import time
 
 import pytest
-from fakes import FakeBackend, PolicyClient, request
-from spawnproc import Spawned, Syslog
-from test_daemon_helpers import HOST, Daemon, alive, wait_for
+from support.backends import FakeBackend
+from support.daemon import Daemon
+from support.ports import HOST
+from support.processes import alive
+from support.protocol import PolicyClient, request
+from support.spawn import Spawned
+from support.syslog import SyslogReceiver
+from support.wait import wait_for
 
 from hapolicy.worker import ORPHAN_GRACE
 
@@ -54,7 +59,7 @@ def test_the_daemon_answers_the_default_at_the_total_deadline(silent_pair):
 
 
 def test_spawn_mode_answers_the_default_at_the_total_deadline(silent_pair):
-    syslog = Syslog()
+    syslog = SyslogReceiver()
     try:
         with Spawned(["--syslog-socket", syslog.path, "-s", silent_pair[0], "-s",
                       silent_pair[1], "--total-timeout", f"{TOTAL:g}",

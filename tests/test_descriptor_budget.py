@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from fakes import FakeBackend
+from support.backends import FakeBackend
 from test_scale import LimitedDaemon, answer_for, ask_all
 
 NOFILE = 256

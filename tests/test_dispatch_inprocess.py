@@ -14,11 +14,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import threading
 import time
 
 import pytest
-from fakes import FakeBackend, refused_port, request
+from support.backends import FakeBackend, RawBackend
+from support.ports import refused_port
+from support.protocol import request
 
 from hapolicy import backend as backend_module
 from hapolicy.config import Config, parse_service
@@ -246,32 +247,6 @@ def test_backend_connections_are_kept_for_the_next_requests(runs):
         assert backend.connections == 1
 
 
-class RawBackend:
-    """A policy server answering every request with the same bytes (any bytes at all)."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        conn, _ = self.listener.accept()
-        with conn:
-            data = b""
-            while True:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-                while b"\n\n" in data:
-                    data = data.split(b"\n\n", 1)[1]
-                    conn.sendall(self.answer)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_an_action_that_is_not_utf8_is_relayed_and_logged(runs):
     backend = RawBackend(b"action=REJECT caf\xe9\n\n")
     try:
@@ -279,7 +254,7 @@ def test_an_action_that_is_not_utf8_is_relayed_and_logged(runs):
         assert run.ask(request())[0] == b"action=REJECT caf\xe9\n\n"
         assert run.log.text("info").endswith("action=REJECT caf\ufffd")
     finally:
-        backend.close()
+        backend.stop()
 
 
 def test_no_descriptor_for_a_backend_socket_is_not_the_services_failure(runs, monkeypatch):

@@ -26,12 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes import refused_port
-from postfix_harness import (
+from support.packages import require_packages
+from support.ports import free_port, refused_port
+from support.postfix import (
     PostfixInstance,
     Postfwd,
-    ensure_packages,
-    free_port,
     requires_root,
     smtp_rcpt,
     spawn_entry,
@@ -72,7 +71,7 @@ class World:
         self.postfix: PostfixInstance | None = None
 
     def start(self) -> None:
-        ensure_packages("postfix", "postfwd", "hapolicy")
+        require_packages("postfix", "postfwd", "hapolicy")
         pypath = world_readable_copy(REPO / "hapolicy", self.tmp / "pkg")
         ours = ["/usr/bin/env", f"PYTHONPATH={pypath}", "/usr/bin/python3", "-m", "hapolicy"]
         self.postfwd.start()

@@ -13,12 +13,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
-import threading
 import time
 
 import pytest
-from fakes import Blackhole, FakeBackend, refused_port
+from support.backends import Blackhole, FakeBackend, ScriptedBackend
+from support.ports import refused_port
 
 from hapolicy import backend as backend_module
 from hapolicy.backend import POOL_IDLE_SECONDS, POOL_MAX_IDLE, Backends
@@ -187,57 +186,6 @@ def test_a_request_larger_than_the_socket_buffers_is_sent_whole(attempts):
     with FakeBackend(mode="echo", attr="request") as backend:
         assert attempts.run(backend.port, payload=big)[:2] == (b"action=smtpd_access_policy", "")
         assert backend.raw_requests == [big]
-
-
-class ScriptedBackend:
-    """A one-connection policy server that answers each request with the next answer of a
-    script, each given as pieces sent with a pause between them; `reset` closes the
-    connection with a TCP reset."""
-
-    def __init__(self, *answers: list[bytes], family: int = socket.AF_INET,
-                 path: str = "", reset_after_request: bool = False) -> None:
-        self.answers = list(answers)
-        self.reset_after_request = reset_after_request
-        if family == socket.AF_UNIX:
-            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.listener.bind(path)
-            self.listener.listen(8)
-            self.port = 0
-        else:
-            self.listener = socket.create_server(("127.0.0.1", 0))
-            self.port = self.listener.getsockname()[1]
-        self.conn: socket.socket | None = None
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self.listener.accept()
-        self.conn = conn
-        data = b""
-        if self.reset_after_request:
-            while b"\n\n" not in data:
-                data += conn.recv(65536)
-            self.reset()
-            return
-        for pieces in self.answers:
-            while b"\n\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            data = data.split(b"\n\n", 1)[1]
-            for n, piece in enumerate(pieces):
-                if n:
-                    time.sleep(0.1)
-                conn.sendall(piece)
-
-    def reset(self) -> None:
-        assert self.conn is not None
-        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.conn.close()
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def test_an_answer_split_across_reads_is_put_together(attempts):

@@ -6,25 +6,12 @@ noisy machines): they tell "paid a timeout" from "answered at once", nothing fin
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "failover.py")
+from support.scripts import run_script
 
 
 def test_failover_script_quick(tmp_path):
-    out = tmp_path / "failover.json"
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, "--quick", "--quiet", "--json", str(out)],
-        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
-        check=False,
-    )
-    detail = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert out.exists(), detail
-    report = json.loads(out.read_text())
+    proc, report, detail = run_script("failover.py", "--quick", "--quiet",
+                                      json_out=tmp_path / "failover.json")
     assert report["problems"] == [], detail
     assert proc.returncode == 0, detail
     assert "1-2. First failover" in proc.stdout and "5. Weights" in proc.stdout, detail

@@ -1,4 +1,5 @@
-"""Tests of the test fakes themselves (tests/fakes.py): fast, 127.0.0.1 only."""
+"""Tests of the test fakes themselves (tests/support/backends.py, protocol.py, ports.py): fast,
+127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -9,14 +10,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from fakes import (
-    Blackhole,
-    FakeBackend,
-    PolicyClient,
-    refused_port,
-    request,
-    service_spec,
-)
+from support.backends import Blackhole, FakeBackend
+from support.ports import refused_port
+from support.protocol import PolicyClient, request, service_spec
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 

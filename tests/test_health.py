@@ -13,8 +13,11 @@ import time
 from collections import Counter
 
 import pytest
-from fakes import Blackhole, FakeBackend, PolicyClient, refused_port, request
-from test_daemon_helpers import Daemon, wait_for
+from support.backends import Blackhole, FakeBackend
+from support.daemon import Daemon
+from support.ports import refused_port
+from support.protocol import PolicyClient, request
+from support.wait import wait_for
 
 
 def ask(daemon: Daemon, **attrs) -> tuple[str, float]:
@@ -41,7 +44,7 @@ def test_silent_service_costs_only_the_first_request(good):
         assert all(a == "OK good" for a, _ in later)
         assert sum(t for _, t in later) < 2.0  # together less than one timeout
         assert len(silent.live_requests) == 1  # no other request, from any worker, went there
-        assert "service SILENT (127.0.0.1:" in daemon.log.wait("down: no answer after")
+        assert "service SILENT (127.0.0.1:" in daemon.log.wait_text("down: no answer after")
 
 
 def test_blackholed_service_costs_one_connect_timeout():
@@ -53,7 +56,7 @@ def test_blackholed_service_costs_one_connect_timeout():
         later = [ask(daemon) for _ in range(20)]
         assert all(a == "OK good" for a, _ in later)
         assert sum(t for _, t in later) < 1.0
-        assert "down: connect timeout after 1.0s" in daemon.log.wait("connect timeout")
+        assert "down: connect timeout after 1.0s" in daemon.log.wait_text("connect timeout")
 
 
 def test_healed_service_gets_traffic_back_through_a_probe(good):
@@ -66,7 +69,7 @@ def test_healed_service_gets_traffic_back_through_a_probe(good):
             time.sleep(0.7)
             answers = [ask(daemon)[0] for _ in range(10)]
             assert answers == ["OK main"] * 10
-            assert f"service MAIN (127.0.0.1:{port}) up" in daemon.log.wait(" up")
+            assert f"service MAIN (127.0.0.1:{port}) up" in daemon.log.wait_text(" up")
 
 
 def test_active_checks_find_a_dead_service_before_traffic_and_a_healed_one(good):
@@ -75,7 +78,7 @@ def test_active_checks_find_a_dead_service_before_traffic_and_a_healed_one(good)
                 "--check-interval", "0.3", "--cooldown", "60", workers=2) as daemon:
         daemon.log.wait("down: check: connection refused")
         assert ask(daemon)[0] == "OK good"
-        line = daemon.log.wait("service=GOOD")
+        line = daemon.log.wait_text("service=GOOD")
         assert "failed=" not in line  # traffic never tried the dead service
         with FakeBackend(action="OK main", port=port) as main:
             daemon.log.wait(f"service MAIN (127.0.0.1:{port}) up")  # no traffic needed

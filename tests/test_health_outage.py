@@ -12,8 +12,11 @@ from __future__ import annotations
 import threading
 import time
 
-from fakes import FakeBackend, PolicyClient, refused_port, request
-from test_daemon_helpers import Daemon, wait_for
+from support.backends import FakeBackend
+from support.daemon import Daemon
+from support.ports import refused_port
+from support.protocol import PolicyClient, request
+from support.wait import wait_for
 
 DEFAULT = "DEFER_IF_PERMIT policy service unavailable"
 

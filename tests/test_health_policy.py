@@ -8,7 +8,9 @@ import math
 import time
 
 import pytest
-from fakes import FakeBackend, refused_port, request
+from support.backends import FakeBackend
+from support.ports import refused_port
+from support.protocol import request
 
 from hapolicy import backend as backend_module
 from hapolicy.checks import Checker

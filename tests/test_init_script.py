@@ -14,19 +14,14 @@ import subprocess
 import sys
 
 import pytest
-from fakes import FakeBackend, PolicyClient, request
-from test_daemon_helpers import (
-    HOST,
-    REPO,
-    SyslogCollector,
-    alive,
-    children,
-    cmdline,
-    free_port,
-    short_tmpdir,
-    wait_children,
-    wait_for,
-)
+from support.backends import FakeBackend
+from support.daemon import short_tmpdir
+from support.ports import free_port, HOST
+from support.processes import alive, children, cmdline, wait_children
+from support.protocol import PolicyClient, request
+from support.repo import REPO
+from support.syslog import SyslogReceiver
+from support.wait import wait_for
 
 SCRIPT = REPO / "scripts" / "hapolicy.init"
 
@@ -42,7 +37,7 @@ class Init:
     def __init__(self, backend_port: int) -> None:
         self.dir = short_tmpdir()
         self.dir.chmod(0o755)
-        self.log = SyslogCollector(self.dir)
+        self.log = SyslogReceiver(self.dir / "log.sock")
         self.port = free_port()
         self.pidfile = self.dir / "hapolicy.pid"
         self.config = self.dir / "hapolicy.conf"

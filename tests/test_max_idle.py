@@ -15,8 +15,9 @@ import struct
 import time
 
 import pytest
-from fakes import FakeBackend, PolicyClient, request
-from test_daemon_helpers import Daemon
+from support.backends import FakeBackend
+from support.daemon import Daemon
+from support.protocol import PolicyClient, request
 
 from hapolicy.worker import HOUSEKEEPING_SECONDS
 

@@ -1,4 +1,4 @@
-"""End-to-end checks of tests/postfix_harness.py with real Postfix, postfwd2 and spawn(8).
+"""End-to-end checks of tests/support/postfix.py with real Postfix, postfwd2 and spawn(8).
 
 No hapolicy here: postfwd2 (or a tiny spawned Python policy) is Postfix's
 check_policy_service directly, which proves the harness before hapolicy is put between.
@@ -14,18 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
-from postfix_harness import (
+from support.packages import require_packages
+from support.ports import free_port
+from support.postfix import (
     PostfixInstance,
     Postfwd,
-    _listening,
-    _session_pids,
-    ensure_packages,
-    free_port,
     requires_root,
     smtp_rcpt,
     spawn_entry,
     world_readable_copy,
 )
+from support.processes import listening, session_pids
 
 RULES = "id=R1; sender==bad@example.org; action=REJECT go away\n"
 REQUEST = (
@@ -73,18 +72,28 @@ def test_world_readable_copy(tmp_path: Path) -> None:
 
 
 @requires_root
-def test_ensure_packages_is_fast_when_present() -> None:
-    ensure_packages("postfix", "postfwd")
+def test_require_packages_is_fast_when_present() -> None:
+    require_packages("postfix", "postfwd")
     started = time.monotonic()
-    ensure_packages("postfix", "postfwd")
+    require_packages("postfix", "postfwd")
     assert time.monotonic() - started < 1
+
+
+def test_a_missing_package_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = "hapolicy-test-no-such-package"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=missing):
+        require_packages(missing)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=missing):
+        require_packages(missing)
 
 
 @requires_root
 def test_postfwd_answers_and_stops(tmp_path: Path) -> None:
     with Postfwd(tmp_path, RULES) as postfwd:
         pid = postfwd.pid
-        assert pid is not None and _session_pids(pid)
+        assert pid is not None and session_pids(pid)
         with socket.create_connection(("127.0.0.1", postfwd.port), timeout=10) as sock:
             f = sock.makefile("rwb")
             for sender, action in (
@@ -95,8 +104,8 @@ def test_postfwd_answers_and_stops(tmp_path: Path) -> None:
                 f.flush()
                 assert f.readline() == f"action={action}\n".encode()
                 assert f.readline() == b"\n"
-    assert not _session_pids(pid)
-    assert not _listening(postfwd.port)
+    assert not session_pids(pid)
+    assert not listening(postfwd.port)
 
 
 @requires_root
@@ -111,9 +120,9 @@ def test_postfix_with_postfwd_policy(tmp_path: Path) -> None:
             assert code == 250, (code, text)
             postfix.wait_log("from=<bad@example.org> to=<someone@example.net>")
             master = postfix.master_pid
-            assert master is not None and _session_pids(master)
-        assert not _session_pids(master), "postfix processes left after stop()"
-        assert not _listening(postfix.smtpd_port)
+            assert master is not None and session_pids(master)
+        assert not session_pids(master), "postfix processes left after stop()"
+        assert not listening(postfix.smtpd_port)
         assert "Recipient address rejected: go away" in postfix.log_text()
 
 
@@ -134,6 +143,6 @@ def test_spawn_entry_runs_python_policy_as_nobody(tmp_path: Path) -> None:
         code, text = smtp_rcpt(postfix.smtpd_port, "anyone@example.org", "someone@example.net")
         master = postfix.master_pid
         assert master is not None
-    assert not _session_pids(master), "spawned or postfix processes left after stop()"
+    assert not session_pids(master), "spawned or postfix processes left after stop()"
     nobody = pwd.getpwnam("nobody").pw_uid
     assert code == 554 and f"spawned uid={nobody}" in text, (code, text)

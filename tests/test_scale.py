@@ -20,8 +20,12 @@ import sys
 import time
 
 import pytest
-from fakes import FakeBackend, request
-from test_daemon_helpers import Daemon, Load, alive, cmdline, wait_for
+from support.backends import FakeBackend
+from support.daemon import Daemon
+from support.load import Load
+from support.processes import alive, cmdline
+from support.protocol import request
+from support.wait import wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOFILE = 64  # soft and hard limit of the starved daemon
@@ -130,7 +134,7 @@ def test_out_of_file_descriptors_is_logged_and_survived(echo):
     with daemon:
         master = daemon.pid
         [worker] = daemon.wait_ready()
-        assert daemon.log.wait("master started")
+        assert daemon.log.wait_text("master started")
         assert f"{NOFILE} file descriptors per process" in daemon.log.text()
 
         # more clients than 64 descriptors hold: the rest wait in the listen backlog

@@ -1,7 +1,7 @@
 """Spawn mode end to end: the real `python -m hapolicy` against fake backends on 127.0.0.1.
 
 Each test runs hapolicy as Postfix's spawn(8) does: one socket is its stdin, stdout AND stderr
-(see spawnproc.py), so an exact comparison of what comes back proves that nothing but answers
+(see support/spawn.py), so an exact comparison of what comes back proves that nothing but answers
 was ever written. Services that must be asked first get a lower priority than the fallback, so
 that the order does not depend on the random phase of weighted round robin. A timeout or deadline
 is bounded on both sides (it is kept, plus half a second for a loaded machine), measured once
@@ -19,8 +19,13 @@ from collections.abc import Iterator
 from typing import Callable
 
 import pytest
-from fakes import Blackhole, FakeBackend, refused_port, request
-from spawnproc import Spawned, Syslog, command, hapolicy_env, vm_kib, wait_exit
+from support.backends import Blackhole, FakeBackend
+from support.ports import refused_port
+from support.processes import vm_kib, wait_exit
+from support.protocol import request
+from support.repo import command, hapolicy_env
+from support.spawn import Spawned
+from support.syslog import SyslogReceiver
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -39,8 +44,8 @@ def dead(name: str, prio: int | None = None) -> str:
 
 
 @pytest.fixture
-def syslog() -> Iterator[Syslog]:
-    collector = Syslog()
+def syslog() -> Iterator[SyslogReceiver]:
+    collector = SyslogReceiver()
     yield collector
     collector.close()
 
@@ -49,7 +54,7 @@ SpawnFactory = Callable[..., Spawned]
 
 
 @pytest.fixture
-def spawn(syslog: Syslog) -> Iterator[SpawnFactory]:
+def spawn(syslog: SyslogReceiver) -> Iterator[SpawnFactory]:
     """Start hapolicy with the given arguments; its syslog goes to the `syslog` fixture."""
     started: list[Spawned] = []
 

@@ -1,17 +1,13 @@
-"""Fake Postfix policy backends and a test client, for hapolicy's integration tests.
-
-Everything listens or connects on 127.0.0.1 only.
+"""Fake Postfix policy backends on 127.0.0.1, for hapolicy's tests and scripts.
 
 * :class:`FakeBackend` -- a policy server in a background thread (one selectors loop)
   whose behaviour is chosen by a *mode* and can be changed while it runs.
-* :func:`refused_port` -- a port where nothing listens (connect is refused).
+* :class:`RawBackend` -- a policy server that writes given bytes as each answer.
+* :class:`ScriptedBackend` -- one connection, each answer of a script sent in pieces.
+* :class:`OnceThenDead` -- answers a few connections, then stops listening.
 * :class:`Blackhole` -- an address where ``connect()`` never completes.
-* :class:`PolicyClient` -- a blocking client that speaks the policy protocol.
-* :func:`request` -- a typical Postfix ``smtpd_access_policy`` request.
 
-Protocol (Postfix SMTPD_POLICY_README): the client sends ``name=value`` lines ended by an
-empty line; the server answers ``action=...`` and an empty line; many requests share one
-persistent connection.
+(A port where nothing listens: :func:`support.ports.refused_port`.)
 """
 
 from __future__ import annotations
@@ -20,14 +16,17 @@ import collections
 import select
 import selectors
 import socket
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from support.ports import HOST
+from support.protocol import parse_attrs, service_spec, split_frame
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-HOST = "127.0.0.1"
 CHECK_SENDER = "hapolicy-check@localhost"  # the sender of hapolicy's default check request
 
 MODES = (
@@ -42,104 +41,6 @@ MODES = (
     "huge",  # action= followed by 100000 x
     "multiline",  # foo=1, action=<action>, action=SECOND
 )
-
-DEFAULT_PRIO = 10
-DEFAULT_WEIGHT = 1
-
-
-def service_spec(
-    name: str,
-    port: int,
-    prio: int | None = None,
-    weight: int | None = None,
-    timeout: float | None = None,
-    host: str = HOST,
-) -> str:
-    """Return ``NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`` for hapolicy's ``-s`` option.
-
-    Trailing ``None`` fields are omitted; a ``None`` before a given field is filled with the
-    default (prio 10, weight 1).
-    """
-    if timeout is not None:
-        prio = DEFAULT_PRIO if prio is None else prio
-        weight = DEFAULT_WEIGHT if weight is None else weight
-    if weight is not None and prio is None:
-        prio = DEFAULT_PRIO
-    fields = [host, str(port)] + [_fmt(v) for v in (prio, weight, timeout) if v is not None]
-    return f"{name}={':'.join(fields)}"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def encode_attrs(attrs: dict[str, Any]) -> bytes:
-    """Encode ``attrs`` as ``name=value`` lines plus the final empty line; skip ``None`` values."""
-    lines = []
-    for name, value in attrs.items():
-        if value is None:
-            continue
-        line = f"{name}={value}"
-        if "\n" in line:
-            raise ValueError(f"newline in attribute {name!r}")
-        lines.append(line + "\n")
-    return ("".join(lines) + "\n").encode()
-
-
-def parse_attrs(raw: bytes) -> dict[str, str]:
-    """Parse one request (``name=value`` lines) into a dict; the last duplicate wins."""
-    attrs = {}
-    for line in raw.decode("utf-8", "replace").split("\n"):
-        if line:
-            name, _, value = line.partition("=")
-            attrs[name] = value
-    return attrs
-
-
-def _split_frame(buf: bytes | bytearray) -> int:
-    """Return the length of the first complete frame (ended by an empty line) in buf, or 0."""
-    if buf[:1] == b"\n":
-        return 1
-    end = buf.find(b"\n\n")
-    return end + 2 if end >= 0 else 0
-
-
-def request(**attrs: Any) -> bytes:
-    """Build a typical Postfix RCPT-stage policy request; ``attrs`` override or extend it.
-
-    An attribute given as ``None`` is omitted. The result ends with ``\\n\\n``.
-    """
-    base: dict[str, Any] = {
-        "request": "smtpd_access_policy",
-        "protocol_state": "RCPT",
-        "protocol_name": "SMTP",
-        "helo_name": "mail.example.org",
-        "queue_id": "",
-        "sender": "a@example.org",
-        "recipient": "b@example.net",
-        "recipient_count": "0",
-        "client_address": "192.0.2.10",
-        "client_name": "mail.example.org",
-        "reverse_client_name": "mail.example.org",
-        "instance": "2c8f.6738d1e7.c9b1a.0",
-        "sasl_method": "",
-        "sasl_username": "",
-        "sasl_sender": "",
-        "size": "1234",
-        "ccert_subject": "",
-        "ccert_issuer": "",
-        "ccert_fingerprint": "",
-        "encryption_protocol": "TLSv1.3",
-        "encryption_cipher": "TLS_AES_256_GCM_SHA384",
-        "encryption_keysize": "256",
-        "etrn_domain": "",
-        "stress": "",
-        "server_address": "198.51.100.1",
-        "server_port": "25",
-    }
-    base.update(attrs)
-    return encode_attrs(base)
-
 
 class _Conn:
     """One accepted connection of a FakeBackend (used by its loop thread only)."""
@@ -365,26 +266,27 @@ class FakeBackend:
         self._set_events(sel, conn, selectors.EVENT_READ)
 
     def _service(self, sel: selectors.BaseSelector, conn: _Conn, events: int) -> None:
-        try:
-            if events & selectors.EVENT_READ:
+        if events & selectors.EVENT_READ:
+            try:
                 data = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self._close(sel, conn)
+                return
+            if data is not None:
                 if not data:
                     conn.eof = True
                 conn.inbuf += data
                 self._frame_requests(conn)
-            if events & selectors.EVENT_WRITE and conn.outbuf:
-                sent = conn.sock.send(conn.outbuf)
-                del conn.outbuf[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self._close(sel, conn)
-            return
-        self._update(sel, conn)
+        if events & selectors.EVENT_WRITE:
+            self._flush(sel, conn)
+        else:
+            self._update(sel, conn)
 
     def _frame_requests(self, conn: _Conn) -> None:
         while not conn.closing:
-            size = _split_frame(conn.inbuf)
+            size = split_frame(conn.inbuf)
             if not size:
                 return
             raw = bytes(conn.inbuf[:size])
@@ -431,15 +333,19 @@ class FakeBackend:
             conn.closing = close_after
             moved = True
         if moved:
-            try:
-                sent = conn.sock.send(conn.outbuf) if conn.outbuf else 0
-                del conn.outbuf[:sent]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                self._close(sel, conn)
-                return
-            self._update(sel, conn)
+            self._flush(sel, conn)
+
+    def _flush(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        """Send what the output buffer holds (as much as the socket takes), then update."""
+        try:
+            sent = conn.sock.send(conn.outbuf) if conn.outbuf else 0
+            del conn.outbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(sel, conn)
+            return
+        self._update(sel, conn)
 
     def _update(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         """Close a finished connection, or register the events it now waits for."""
@@ -473,13 +379,6 @@ class FakeBackend:
             sel.unregister(conn.sock)
             conn.events = 0
         conn.sock.close()
-
-
-def refused_port() -> int:
-    """Return a 127.0.0.1 TCP port where nothing listens (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 class Blackhole:
@@ -552,72 +451,135 @@ class Blackhole:
         self.stop()
 
 
-class PolicyClient:
-    """A blocking policy-protocol client (like Postfix's side) for tests."""
+class RawBackend:
+    """A policy server that writes the given bytes as its answer to each request.
 
-    def __init__(self, host: str, port: int, connect_timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=connect_timeout)
-        self._buf = bytearray()
+    With `close`, the connection is closed after the reply; otherwise it stays open and the
+    next request on it gets the same reply. Counts connections and keeps the raw requests.
+    """
 
-    @classmethod
-    def from_socket(cls, sock: socket.socket) -> PolicyClient:
-        """Wrap an already connected socket (e.g. one end of a socketpair)."""
-        client = cls.__new__(cls)
-        client.sock = sock
-        client._buf = bytearray()
-        return client
+    def __init__(self, reply: bytes, close: bool = False) -> None:
+        self.reply = reply
+        self.close_after = close
+        self.connections = 0
+        self.raw_requests: list[bytes] = []
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def send_raw(self, data: bytes) -> None:
-        """Send bytes as they are."""
-        self.sock.sendall(data)
+    def spec(self, name: str, prio: int = 10, weight: int = 1, timeout: int = 1) -> str:
+        return f"{name}={HOST}:{self.port}:{prio}:{weight}:{timeout}"
 
-    def ask(self, attrs: dict[str, Any] | bytes, timeout: float = 10) -> str:
-        """Send one request (a dict of attributes, or raw bytes) and return the answer."""
-        self.send_raw(attrs if isinstance(attrs, bytes) else encode_attrs(attrs))
-        return self.read_answer(timeout)
+    def _accept(self) -> None:
+        while not self.stopping:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.socks.append(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
-    def read_answer(self, timeout: float = 10) -> str:
-        """Return the next answer up to and including its empty line, e.g. "action=OK\\n\\n".
-
-        Raises TimeoutError if none is complete in time, ConnectionError on EOF before.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            size = _split_frame(self._buf)
-            if size:
-                answer = bytes(self._buf[:size])
-                del self._buf[:size]
-                return answer.decode("utf-8", "replace")
-            if not self._recv(deadline):
-                raise ConnectionError(f"connection closed after {bytes(self._buf)[:200]!r}")
-
-    def read_until_eof(self, timeout: float = 10) -> bytes:
-        """Return everything (still unread) until the peer closes; a reset counts as EOF."""
-        deadline = time.monotonic() + timeout
+    def _serve(self, sock: socket.socket) -> None:
+        buf = b""
         try:
-            while self._recv(deadline):
-                pass
-        except ConnectionResetError:
-            pass
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\n\n" in buf:
+                    raw, _, buf = buf.partition(b"\n\n")
+                    self.raw_requests.append(raw + b"\n\n")
+                    sock.sendall(self.reply)
+                    if self.close_after:
+                        sock.close()
+                        return
+        except OSError:
+            return
 
-    def _recv(self, deadline: float) -> bool:
-        """Receive into the buffer before the deadline; return False on EOF."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no complete answer in time")
-        self.sock.settimeout(remaining)
-        data = self.sock.recv(65536)
-        self._buf += data
-        return bool(data)
+    def stop(self) -> None:
+        self.stopping = True
+        self.listener.close()
+        for sock in self.socks:
+            sock.close()
+
+
+class ScriptedBackend:
+    """A one-connection policy server that answers each request with the next answer of a
+    script, each given as pieces sent with a pause between them; `reset` closes the
+    connection with a TCP reset."""
+
+    def __init__(self, *answers: list[bytes], family: int = socket.AF_INET,
+                 path: str = "", reset_after_request: bool = False) -> None:
+        self.answers = list(answers)
+        self.reset_after_request = reset_after_request
+        if family == socket.AF_UNIX:
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.listener.bind(path)
+            self.listener.listen(8)
+            self.port = 0
+        else:
+            self.listener = socket.create_server((HOST, 0))
+            self.port = self.listener.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        self.conn = conn
+        data = b""
+        if self.reset_after_request:
+            while b"\n\n" not in data:
+                data += conn.recv(65536)
+            self.reset()
+            return
+        for pieces in self.answers:
+            while b"\n\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            data = data.split(b"\n\n", 1)[1]
+            for n, piece in enumerate(pieces):
+                if n:
+                    time.sleep(0.1)
+                conn.sendall(piece)
+
+    def reset(self) -> None:
+        assert self.conn is not None
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.conn.close()
 
     def close(self) -> None:
-        self.sock.close()
+        self.listener.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class OnceThenDead:
+    """A backend that answers `answers` connections with a distinctive action, then stops
+    listening: a proxy in front of it can only answer its default from then on."""
+
+    ANSWER = b"action=DUNNO once-then-dead\n\n"
+
+    def __init__(self, answers: int) -> None:
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.answers = answers
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener:
+            for _ in range(self.answers):
+                conn, _ = self.listener.accept()
+                with conn:
+                    data = b""
+                    while not data.endswith(b"\n\n"):
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    conn.sendall(self.ANSWER)

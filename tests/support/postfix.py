@@ -1,9 +1,10 @@
 """Real Postfix and real postfwd2 for hapolicy's end-to-end tests.
 
-Everything listens on 127.0.0.1 only and needs root (Postfix's master runs as root):
+Everything listens on 127.0.0.1 only and needs root (Postfix's master runs as root). The
+Debian packages are installed by scripts/run-tests; a missing one fails the test in CI and
+skips it elsewhere (:func:`support.packages.require_packages`).
 
-* :func:`ensure_packages` -- install ``postfix`` / ``postfwd`` with apt-get when missing.
-* :func:`free_port` -- a free TCP port on 127.0.0.1.
+* :data:`requires_root` -- the mark of a test that needs root.
 * :class:`Postfwd` -- a postfwd2 policy server with its own rules, pidfile and cache socket.
 * :class:`PostfixInstance` -- a Postfix instance with its OWN config, queue and data
   directories, started with ``postfix -c DIR start``; it never touches /etc/postfix's instance.
@@ -34,7 +35,6 @@ PYTHONPATH through env(1)::
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import shutil
 import signal
@@ -50,78 +50,23 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from support.packages import require_packages
+from support.ports import HOST, free_port
+from support.processes import kill_session, listening, session_pids, wait_session_gone
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-HOST = "127.0.0.1"
 POSTFIX = "/usr/sbin/postfix"
 POSTFWD2 = "/usr/sbin/postfwd2"
 
-#: The file whose presence tells that a Debian package is installed.
-PACKAGE_BINARIES = {
-    "postfix": POSTFIX,
-    "postfwd": POSTFWD2,
-    "python3": "/usr/bin/python3",
-}
-
 requires_root = pytest.mark.skipif(
     os.geteuid() != 0,
-    reason="needs root: runs a real Postfix master and installs Debian packages",
+    reason="needs root: runs a real Postfix master",
 )
 
 
-# --------------------------------------------------------------------------- packages
-
-
-def _package_present(name: str) -> bool:
-    binary = PACKAGE_BINARIES.get(name)
-    if binary is not None:
-        return os.access(binary, os.X_OK)
-    query = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", name], check=False, capture_output=True, text=True
-    )
-    return query.returncode == 0 and query.stdout.endswith(" installed")
-
-
-def ensure_packages(*names: str) -> None:
-    """Install the Debian packages *names* whose binaries are missing (idempotent, fast).
-
-    Postfix is preseeded to "No configuration", so installing it neither writes
-    /etc/postfix/main.cf nor starts the default instance. Runs ``apt-get update`` and tries
-    again when the first install fails. Needs root.
-    """
-    if all(_package_present(name) for name in names):
-        return
-    with open("/tmp/hapolicy-test-apt.lock", "w") as lock:  # one apt-get at a time
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = [name for name in names if not _package_present(name)]
-        if not missing:
-            return
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(
-            ["debconf-set-selections"],
-            input="postfix postfix/main_mailer_type select No configuration\n",
-            text=True,
-            check=True,
-            env=env,
-        )
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-        if subprocess.run(install, check=False, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
-            subprocess.run(install, env=env, check=True)
-    still = [name for name in names if not _package_present(name)]
-    if still:
-        raise RuntimeError(f"apt-get did not install {still}")
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _traversable_by_all(path: Path) -> bool:
@@ -143,55 +88,11 @@ def _public_dir(preferred: Path, prefix: str) -> tuple[Path, bool]:
     return path, True
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session *sid*, read from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is the state, fields[3] the session id (fields 3 and 6 of proc(5)).
-        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
-
-
-def _wait_session_gone(sid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _session_pids(sid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _kill_session(sid: int) -> None:
-    for pid in _session_pids(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _wait_session_gone(sid, 5)
-
-
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _listening(port: int) -> bool:
-    """Whether some socket listens on 127.0.0.1:*port* (from /proc/net/tcp, no connect)."""
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as f:
-        return any(
-            line.split()[1] == wanted and line.split()[3] == "0A" for line in f.readlines()[1:]
-        )
 
 
 class _Service:
@@ -237,7 +138,7 @@ class Postfwd(_Service):
 
     def start(self, timeout: float = 20) -> None:
         """Start postfwd2 and wait until it accepts connections."""
-        ensure_packages("postfwd")
+        require_packages("postfwd")
         self.dir, self._temporary = _public_dir(
             self.workdir / f"postfwd-{self.port}", "hapolicy-postfwd-"
         )
@@ -283,8 +184,8 @@ class Postfwd(_Service):
                 os.kill(self.pid, signal.SIGTERM)  # the master terminates its children
             except ProcessLookupError:
                 pass
-            if not _wait_session_gone(self.pid, 5):
-                _kill_session(self.pid)
+            if not wait_session_gone(self.pid, 5):
+                kill_session(self.pid)
             self.pid = None
         if self.dir is not None:
             shutil.rmtree(self.dir / "run", ignore_errors=True)
@@ -398,7 +299,7 @@ class PostfixInstance(_Service):
 
     def start(self) -> None:
         """Write the configuration and start the instance's master; return when it listens."""
-        ensure_packages("postfix")
+        require_packages("postfix")
         self.dir, self._temporary = _public_dir(
             self.workdir / f"postfix-{self.smtpd_port}", "hapolicy-postfix-"
         )
@@ -413,7 +314,7 @@ class PostfixInstance(_Service):
             self.postfix("start")  # runs "postfix check", creates queue/ and data/
             self.master_pid = _read_pid(self.dir / "queue" / "pid" / "master.pid")
             deadline = time.monotonic() + 10
-            while not _listening(self.smtpd_port):
+            while not listening(self.smtpd_port):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"postfix does not listen on {HOST}:{self.smtpd_port}")
                 time.sleep(0.05)
@@ -427,11 +328,11 @@ class PostfixInstance(_Service):
         if self.dir is None:
             return
         pid = self.master_pid or _read_pid(self.dir / "queue" / "pid" / "master.pid")
-        if pid is not None and _session_pids(pid):
+        if pid is not None and session_pids(pid):
             self.postfix("stop", check=False)
-            if not _wait_session_gone(pid, 10):
+            if not wait_session_gone(pid, 10):
                 self.postfix("abort", check=False)
-                _kill_session(pid)
+                kill_session(pid)
         self.master_pid = None
         if self._temporary:
             log = self.dir / "maillog"
