@@ -1,5 +1,5 @@
 """The daemon's signals with real processes: HUP reload under load (and a broken config on
-HUP), TERM drain, INT and QUIT at once, and workers that outlive a SIGKILLed master.
+HUP), TERM drain, INT and QUIT at once (workers that outlive a SIGKILLed master: test_deadlines).
 """
 
 from __future__ import annotations
