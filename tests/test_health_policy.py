@@ -300,3 +300,40 @@ def test_one_release_keeps_one_sweep_timer():
         live = [t for t in loop.timers if t.callback is not None and t.callback == dispatcher.sweep]
         assert len(live) <= 1
         dispatcher.close()
+
+
+def test_checks_run_at_the_up_interval_and_confirm_a_failure_at_the_down_interval():
+    port = refused_port()
+    with FakeBackend(action="OK", port=port) as fake:
+        checker, table, loop = make_checker(f"A=127.0.0.1:{port}", check_fall=2)
+        checker.config = Config(services=checker.config.services, check_interval=30.0,
+                                check_down_interval=0.05, check_fall=2)
+        outcomes: list[int] = []
+        done = checker.done
+        checker.done = lambda i, outcome, detail: (outcomes.append(outcome), done(i, outcome, detail))
+        checker.start()
+        try:
+            run_until(loop, lambda: len(outcomes) == 1)
+            # answered, up: the next check on the up schedule, 30 s after this one started
+            assert 29.0 < checker.timers[0].when - time.monotonic() <= 30.0
+            fake.stop()
+            checker.timers[0].cancel()
+            checker.check(0)  # fails: one of two
+            run_until(loop, lambda: len(outcomes) == 2)
+            assert table.state(0, time.monotonic()) == UP
+            assert checker.timers[0].when - time.monotonic() <= 0.05  # confirmed soon
+            fake.start()
+            run_until(loop, lambda: len(outcomes) == 3)  # answered: the count starts again
+            fake.stop()
+            checker.timers[0].cancel()
+            checker.check(0)
+            run_until(loop, lambda: len(outcomes) == 4)
+            assert table.state(0, time.monotonic()) == UP  # one failure after an answer
+            run_until(loop, lambda: len(outcomes) == 5)  # the second in a row
+            assert table.state(0, time.monotonic()) == DOWN
+            assert checker.timers[0].when - time.monotonic() <= 0.05  # down: watched closely
+        finally:
+            checker.stop()
+    assert any(line.startswith("warning: service A (127.0.0.1:") and
+               line.endswith(") down: check: connection refused, checked every 0.05s until it "
+                             "answers") for line in checker.log.lines), checker.log.lines
