@@ -337,3 +337,73 @@ def test_checks_run_at_the_up_interval_and_confirm_a_failure_at_the_down_interva
     assert any(line.startswith("warning: service A (127.0.0.1:") and
                line.endswith(") down: check: connection refused, checked every 0.05s until it "
                              "answers") for line in checker.log.lines), checker.log.lines
+
+
+def make_dispatcher(*specs: str, **settings) -> tuple[Dispatcher, HealthTable, EventLoop, Lines]:
+    loop = EventLoop()
+    services = tuple(parse_service(s) for s in specs)
+    table = HealthTable(len(services), shared=False)
+    log = Lines()
+    return Dispatcher(loop, Config(services=services, **settings), table, log), table, loop, log
+
+
+def test_a_request_tries_each_service_once_even_when_trying_down_ones():
+    dispatcher, table, loop, log = make_dispatcher(
+        f"A=127.0.0.1:{refused_port()}:10", f"B=127.0.0.1:{refused_port()}:20",
+        all_down="try", log_requests=True)
+    client = Client()
+    dispatcher.submit(framed(), client)
+    run_until(loop, lambda: client.answers)
+    assert client.answers == [b"action=dunno\n\n"]
+    assert log.lines[-1].count("connection refused") == 2  # A once, B once, then the default
+    assert not any(dispatcher.waiting)  # nothing left behind
+    dispatcher.close()
+
+
+def test_a_timeout_of_a_live_request_doubles_the_cooldown_and_a_refusal_does_not():
+    with FakeBackend(mode="silent") as silent, FakeBackend(action="OK") as good:
+        dispatcher, table, loop, _ = make_dispatcher(
+            silent.spec("S", prio=10, timeout=0.2), good.spec("G", prio=20),
+            cooldown=0.3, cooldown_max=10.0)
+        pauses = []
+        for _ in range(2):  # the first finds it dead, the second probes it after the cool-down
+            client = Client()
+            dispatcher.submit(framed(), client)
+            run_until(loop, lambda: client.answers)
+            pauses.append(round(table.f[0] - time.monotonic(), 1))
+            run_until(loop, lambda: table.state(0, time.monotonic()) == PROBE_DUE)
+        assert pauses == [0.3, 0.6]
+        dispatcher.close()
+
+
+def test_requests_waiting_on_a_service_move_on_when_one_of_them_finds_it_dead():
+    with FakeBackend(mode="silent") as silent, FakeBackend(action="OK") as good:
+        dispatcher, table, loop, _ = make_dispatcher(
+            silent.spec("S", prio=10, timeout=0.3), good.spec("G", prio=20))
+        first, second = Client(), Client()
+        dispatcher.submit(framed(), first)
+        run_until(loop, lambda: len(silent.requests) == 1)
+        loop.run_once(0.1)  # the second starts later: its own timeout would be later too
+        dispatcher.submit(framed(), second)
+        run_until(loop, lambda: len(silent.requests) == 2)
+        run_until(loop, lambda: first.answers)
+        answered = time.monotonic()
+        run_until(loop, lambda: second.answers)
+        assert time.monotonic() - answered < 0.05  # released, not its own 0.3 s
+        assert first.answers == second.answers == [b"action=OK\n\n"]
+        assert not any(dispatcher.waiting)
+        dispatcher.close()
+
+
+def test_the_sweep_keeps_watching_while_requests_wait():
+    with FakeBackend(mode="silent") as hung, FakeBackend(action="OK") as good:
+        dispatcher, table, loop, _ = make_dispatcher(
+            hung.spec("H", timeout=20), good.spec("G", prio=20))
+        client = Client()
+        dispatcher.submit(framed(), client)
+        waited = time.monotonic() + 0.35  # past the first sweeps
+        run_until(loop, lambda: time.monotonic() > waited)
+        table.record_failure(0, time.monotonic(), 60.0, 60.0)  # another process takes H down
+        run_until(loop, lambda: client.answers, timeout=1.0)
+        assert client.answers == [b"action=OK\n\n"]
+        dispatcher.close()
