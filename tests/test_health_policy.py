@@ -310,7 +310,8 @@ def test_checks_run_at_the_up_interval_and_confirm_a_failure_at_the_down_interva
                                 check_down_interval=0.05, check_fall=2)
         outcomes: list[int] = []
         done = checker.done
-        checker.done = lambda i, outcome, detail: (outcomes.append(outcome), done(i, outcome, detail))
+        checker.done = lambda i, outcome, detail: (outcomes.append(outcome),
+                                                   done(i, outcome, detail))
         checker.start()
         try:
             run_until(loop, lambda: len(outcomes) == 1)
