@@ -226,9 +226,8 @@ class Health:
             was_up, _ = table.record_failure(i, now, math.inf, math.inf)
             after = f"checked every {self.recheck:g}s until it answers"
         else:
-            timeout = is_timeout(outcome)
-            cap = self.cooldown_max if timeout else self.cooldown
-            was_up, pause = table.record_failure(i, now, self.cooldown, cap, doubling=timeout)
+            was_up, pause = table.record_failure(i, now, self.cooldown, self.cooldown_max,
+                                                 doubling=is_timeout(outcome))
             after = f"retry in {pause:g}s"
         if was_up:
             service = self.services[i]

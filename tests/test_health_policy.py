@@ -17,7 +17,7 @@ from hapolicy.checks import Checker
 from hapolicy.config import Config, parse_service
 from hapolicy.dispatch import Dispatcher
 from hapolicy.eventloop import EventLoop
-from hapolicy.health import DOWN, PROBE_DUE, UP, Health, HealthTable
+from hapolicy.health import DOWN, PROBE_DUE, UP, Health, HealthTable, carry_over
 from hapolicy.outcome import (
     ABANDONED,
     ANSWER_TIMEOUT,
@@ -408,3 +408,27 @@ def test_the_sweep_keeps_watching_while_requests_wait():
         run_until(loop, lambda: client.answers, timeout=1.0)
         assert client.answers == [b"action=OK\n\n"]
         dispatcher.close()
+
+
+def test_a_reload_carries_over_the_state_of_services_that_keep_name_and_address():
+    before = [parse_service(s) for s in ("A=h:1", "B=h:2", "C=h:3")]
+    after = [parse_service(s) for s in ("C=h:3", "NEW=h:4", "B=h:9", "A=h:1")]
+    old = HealthTable(3, shared=False)
+    old.record_failure(0, 10.0, 2.0, 60.0)  # A down
+    old.record_failure(2, 10.0, 60.0, 60.0)  # C down longer
+    old.set_served(2, 7.0)
+    new = carry_over(old, before, after)
+    assert new.count == 4
+    assert new.f[0] == 70.0 and new.served(0) == 7.0  # C, moved to the front
+    assert new.state(1, 11.0) == UP  # a new service starts up
+    assert new.state(2, 11.0) == UP  # B at another address is another service
+    assert new.f[3 * 8] == 12.0  # A keeps its cool-down
+    assert not new.checked  # the checker of the new table says so itself
+
+
+def test_turning_checks_off_frees_every_down_service_whatever_its_place():
+    _, table = make_health("A=h:1", "B=h:2", "C=h:3", checked=True)
+    for i in (1, 2):  # A stays up: the loop must go past it
+        table.record_failure(i, 10.0, math.inf, math.inf)
+    table.set_recovery(False, 11.0)
+    assert [table.state(i, 11.0) for i in range(3)] == [UP, PROBE_DUE, PROBE_DUE]
