@@ -263,22 +263,32 @@ def test_a_checker_owns_its_table_while_it_runs():
 
 
 def test_a_service_a_live_request_took_down_is_checked_at_the_down_interval():
-    port = refused_port()
-    checker, table, loop = make_checker(f"A=127.0.0.1:{port}", check_rise=1)
-    checker.config = Config(services=checker.config.services, check_interval=30.0,
-                            check_down_interval=0.05, check_rise=1)
-    checker.start()
-    try:
-        run_until(loop, lambda: checker.timers[0] is not None and checker.rise == [0])
-        run_until(loop, lambda: checker.timers[0] is not None)  # the first check answered
-        with FakeBackend(action="OK", port=port):
-            # a live request takes it down; the next check is 30 s away on the up schedule
+    with FakeBackend(action="OK") as fake:
+        checker, table, loop = make_checker(fake.spec("A"), check_rise=1)
+        checker.config = Config(services=checker.config.services, check_interval=30.0,
+                                check_down_interval=0.05, check_rise=1)
+        outcomes: list[int] = []
+        done = checker.done
+        checker.done = lambda i, outcome, detail: (outcomes.append(outcome),
+                                                   done(i, outcome, detail))
+        checker.start()
+        try:
+            run_until(loop, lambda: len(outcomes) == 1)  # answered: the next check in 30 s
+            assert checker.timers[0].when - time.monotonic() > 29.0
+            # a live request takes it down; the watch brings its next check forward
             checker.health.mark_down(0, CONNECT_FAILED, "connection refused", time.monotonic())
             started = time.monotonic()
             run_until(loop, lambda: table.state(0, time.monotonic()) == UP, timeout=2.0)
             assert time.monotonic() - started < 0.5
-    finally:
-        checker.stop()
+            assert checker.timers[0].when - time.monotonic() > 29.0  # up: the up schedule again
+            later = time.monotonic() + 0.2  # the watch goes on: a second outage, a while after
+            run_until(loop, lambda: time.monotonic() > later)
+            checker.health.mark_down(0, CONNECT_FAILED, "connection refused", time.monotonic())
+            started = time.monotonic()
+            run_until(loop, lambda: table.state(0, time.monotonic()) == UP, timeout=2.0)
+            assert time.monotonic() - started < 0.5
+        finally:
+            checker.stop()
 
 
 def test_one_release_keeps_one_sweep_timer():
