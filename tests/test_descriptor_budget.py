@@ -13,6 +13,7 @@ import socket
 
 import pytest
 from support.backends import FakeBackend
+from support.protocol import read_frame
 from test_scale import LimitedDaemon, answer_for, ask_all
 
 NOFILE = 256
@@ -20,18 +21,6 @@ BUDGET = NOFILE * 3 // 4  # client connections a worker takes
 KNOCKING = BUDGET + 40  # well over the budget, well under what 256 descriptors could hold
 FULL_LINE = (f"cannot accept: {BUDGET} clients, the most that RLIMIT_NOFILE {NOFILE} allows "
              f"with room for backend connections")
-
-
-def read_answer(sock: socket.socket, timeout: float) -> bytes:
-    """The answer to the request already sent on sock (b"" if it closed first)."""
-    sock.settimeout(timeout)
-    data = b""
-    while not data.endswith(b"\n\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 @pytest.fixture
@@ -69,7 +58,7 @@ def test_a_worker_takes_three_quarters_of_its_descriptors_as_clients(echo):
                 socks[i].close()
             waiting = [i for i in range(KNOCKING) if i not in held][:4]
             for i in waiting:
-                assert read_answer(socks[i], 10.0) == answer_for(f"k{i}")
+                assert read_frame(socks[i], 10.0) == answer_for(f"k{i}")
         finally:
             for sock in socks:
                 sock.close()

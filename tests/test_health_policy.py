@@ -132,12 +132,23 @@ def make_checker(spec: str, **settings) -> tuple[Checker, HealthTable, EventLoop
     return checker, table, loop
 
 
+def record_outcomes(checker: Checker) -> list[int]:
+    """The outcome of every check the checker finishes, in order (it acts on each as usual)."""
+    outcomes: list[int] = []
+    done = checker.done
+
+    def recording(i: int, outcome: int, detail: str) -> None:
+        outcomes.append(outcome)
+        done(i, outcome, detail)
+
+    checker.done = recording
+    return outcomes
+
+
 def test_fall_failed_checks_take_a_service_down_and_rise_answered_ones_bring_it_back():
     port = refused_port()
     checker, table, loop = make_checker(f"A=127.0.0.1:{port}", check_fall=3, check_rise=2)
-    failures: list[int] = []
-    done = checker.done
-    checker.done = lambda i, outcome, detail: (failures.append(outcome), done(i, outcome, detail))
+    failures = record_outcomes(checker)
     checker.start()
     try:
         run_until(loop, lambda: len(failures) == 2)
@@ -164,9 +175,7 @@ def test_a_check_that_cannot_make_a_socket_does_not_count(monkeypatch):
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
-    outcomes: list[int] = []
-    done = checker.done
-    checker.done = lambda i, outcome, detail: (outcomes.append(outcome), done(i, outcome, detail))
+    outcomes = record_outcomes(checker)
     checker.start()
     try:
         run_until(loop, lambda: len(outcomes) >= 3)
@@ -267,10 +276,7 @@ def test_a_service_a_live_request_took_down_is_checked_at_the_down_interval():
         checker, table, loop = make_checker(fake.spec("A"), check_rise=1)
         checker.config = Config(services=checker.config.services, check_interval=30.0,
                                 check_down_interval=0.05, check_rise=1)
-        outcomes: list[int] = []
-        done = checker.done
-        checker.done = lambda i, outcome, detail: (outcomes.append(outcome),
-                                                   done(i, outcome, detail))
+        outcomes = record_outcomes(checker)
         checker.start()
         try:
             run_until(loop, lambda: len(outcomes) == 1)  # answered: the next check in 30 s
@@ -318,10 +324,7 @@ def test_checks_run_at_the_up_interval_and_confirm_a_failure_at_the_down_interva
         checker, table, loop = make_checker(f"A=127.0.0.1:{port}", check_fall=2)
         checker.config = Config(services=checker.config.services, check_interval=30.0,
                                 check_down_interval=0.05, check_fall=2)
-        outcomes: list[int] = []
-        done = checker.done
-        checker.done = lambda i, outcome, detail: (outcomes.append(outcome),
-                                                   done(i, outcome, detail))
+        outcomes = record_outcomes(checker)
         checker.start()
         try:
             run_until(loop, lambda: len(outcomes) == 1)

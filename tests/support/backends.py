@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from support.ports import HOST
-from support.protocol import parse_attrs, service_spec, split_frame
+from support.protocol import parse_attrs, read_frame, service_spec, split_frame
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -576,10 +576,5 @@ class OnceThenDead:
             for _ in range(self.answers):
                 conn, _ = self.listener.accept()
                 with conn:
-                    data = b""
-                    while not data.endswith(b"\n\n"):
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
+                    read_frame(conn)
                     conn.sendall(self.ANSWER)

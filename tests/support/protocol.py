@@ -82,6 +82,19 @@ def split_frame(buf: bytes | bytearray) -> int:
     return end + 2 if end >= 0 else 0
 
 
+def read_frame(sock: socket.socket, timeout: float | None = None) -> bytes:
+    """Read from a blocking socket up to and including an empty line (b"..." cut at EOF)."""
+    if timeout is not None:
+        sock.settimeout(timeout)
+    data = b""
+    while not data.endswith(b"\n\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def request(**attrs: Any) -> bytes:
     """Build a typical Postfix RCPT-stage policy request; ``attrs`` override or extend it.
 
