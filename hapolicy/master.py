@@ -103,6 +103,8 @@ class Master:
         except OSError:
             self.start_dir = "/"
         self.checker: Checker | None = None
+        # checkers of the tables that retiring workers still use: (last generation, checker)
+        self.old_checkers: list[tuple[int, Checker]] = []
 
     # setup
     def start(self) -> None:
@@ -187,8 +189,9 @@ class Master:
         self.log.notice("stopping: " + ("draining in-flight requests" if how == "graceful"
                                         else "at once"))
         self.stopping = how
-        if how == "now" and self.checker is not None:
-            self.checker.stop()  # draining workers still need the checks to bring services back
+        if how == "now":  # a draining worker still needs the checks to bring services back
+            for checker in self.checkers():
+                checker.stop()
         self.listener.close()
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.kill_all(sig)
@@ -215,6 +218,7 @@ class Master:
                 continue
             self._read_messages(worker)  # a max-use retirement said just before the exit
             self._forget(worker)
+            self._stop_unused_checkers()
             code = _exit_code(status)
             now = self.ops.now()
             lived = now - worker.started
@@ -233,6 +237,19 @@ class Master:
             else:
                 self.log.warning(f"worker {pid} exited with status {code} after {lived:.1f}s: "
                                  "replacing it")
+
+    def checkers(self) -> list[Checker]:
+        """Every checker running: the current one and those kept for retiring workers."""
+        current = [self.checker] if self.checker is not None else []
+        return current + [checker for _, checker in self.old_checkers]
+
+    def _stop_unused_checkers(self) -> None:
+        """Stop a kept checker once no worker of its generation (or an older one) is left."""
+        for entry in list(self.old_checkers):
+            generation, checker = entry
+            if not any(w.generation <= generation for w in self.workers.values()):
+                checker.stop()
+                self.old_checkers.remove(entry)
 
     def _forget(self, worker: WorkerProcess) -> None:
         self.loop.remove(worker.sock)
@@ -316,8 +333,8 @@ class Master:
             # and never unregister from it here (that would change the master's interests)
             inherited = list(self.loop.selector.get_map().values())
             self.loop.close()
-            if self.checker is not None:
-                self.checker.backends.pool.abandon()
+            for checker in self.checkers():
+                checker.backends.pool.abandon()
             for key in inherited:
                 # the wake-up pipe, the checks' sockets
                 with contextlib.suppress(OSError):
@@ -390,7 +407,8 @@ class Master:
         self.listener.apply(self.config, config, self.log)
         self.generation += 1
         old = [w for w in self.workers.values() if not w.retiring]
-        if config.services != self.config.services:
+        new_table = config.services != self.config.services
+        if new_table:
             self.health = carry_over(self.health, self.config.services, config.services)
         for worker in old:
             worker.retiring = True
@@ -398,9 +416,13 @@ class Master:
             self._kill(worker.pid, signal.SIGHUP)
         self.config = config
         if self.checker is not None:
-            self.checker.stop()
+            if new_table:  # its table's workers retire: keep checking it for them until gone
+                self.old_checkers.append((self.generation - 1, self.checker))
+            else:
+                self.checker.stop()
         self.checker = Checker(self.loop, config, self.health, self.log)
         self.checker.start()
+        self._stop_unused_checkers()  # no old worker left at all
         self.boot_failures = 0
         self.next_spawn = 0.0
         self.log.notice(f"reloaded: {len(config.services)} services, {config.workers} workers; "

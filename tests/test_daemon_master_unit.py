@@ -171,6 +171,24 @@ def test_reload_retires_old_workers_and_starts_new(master):
     assert master.config.pidfile == ""  # a new pidfile needs a restart
 
 
+def test_retiring_workers_keep_the_checks_of_their_table_until_they_are_gone(master):
+    old_table = master.health
+    master.reload_config = lambda: Config(services=(Service("B", "127.0.0.1", 9),),
+                                          listen="127.0.0.1:1", workers=2)
+    master.step()
+    master.signals.append(signal.SIGHUP)
+    master.step()
+    assert master.health is not old_table and master.health.checked
+    assert old_table.checked  # workers 100 and 101 still serve on it: no live probes there
+    master.ops.deaths = [(100, 0)]
+    master.step()
+    assert old_table.checked
+    master.ops.deaths = [(101, 0)]
+    master.step()
+    assert not old_table.checked and master.old_checkers == []
+    assert master.health.checked
+
+
 def test_term_drains_then_kills_stragglers(master):
     ops = master.ops
     master.step()
