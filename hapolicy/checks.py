@@ -114,3 +114,42 @@ class Checker:
         interval = config.check_interval if up and not self.fall[i] else config.check_down_interval
         wait = max(0.0, self.started[i] + interval - now)
         self.timers[i] = self.loop.call_later(wait, lambda: self.check(i))
+
+
+class CheckerSet:
+    """The checker of the current health table, and those kept for tables still in use.
+
+    On a reload with new services, the workers that retire keep serving on the old table until
+    they exit; its checker keeps running for them (else their down services would go back to
+    live probes), and stops once no worker of its generation or an older one is left."""
+
+    def __init__(self) -> None:
+        self.current: Checker | None = None
+        self.kept: list[tuple[int, Checker]] = []  # (last generation served, checker)
+
+    def all(self) -> list[Checker]:
+        current = [self.current] if self.current is not None else []
+        return current + [checker for _, checker in self.kept]
+
+    def replace(self, checker: Checker, keep_for: int | None) -> None:
+        """Start `checker` as the current one. The old one is kept while workers of generation
+        `keep_for` or older live, or stopped now when `keep_for` is None."""
+        if self.current is not None:
+            if keep_for is None:
+                self.current.stop()
+            else:
+                self.kept.append((keep_for, self.current))
+        self.current = checker
+        checker.start()
+
+    def stop_unused(self, generations: set[int]) -> None:
+        """Stop the kept checkers that no live worker's generation needs any more."""
+        for entry in list(self.kept):
+            generation, checker = entry
+            if not any(g <= generation for g in generations):
+                checker.stop()
+                self.kept.remove(entry)
+
+    def stop_all(self) -> None:
+        for checker in self.all():
+            checker.stop()

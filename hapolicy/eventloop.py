@@ -7,7 +7,9 @@ the heap is rebuilt (a request's deadline is cancelled on nearly every request).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import os
 import selectors
 import time
 from typing import Callable
@@ -100,3 +102,17 @@ class EventLoop:
 
     def close(self) -> None:
         self.selector.close()
+
+    def close_inherited(self) -> None:
+        """In a forked child: close the loop and every descriptor registered in it.
+
+        The epoll instance is shared with the parent, so it is closed first and nothing is
+        unregistered from it (that would change the parent's interests)."""
+        inherited = list(self.selector.get_map().values())
+        self.selector.close()
+        for key in inherited:
+            with contextlib.suppress(OSError):
+                if hasattr(key.fileobj, "close"):
+                    key.fileobj.close()
+                else:
+                    os.close(key.fd)

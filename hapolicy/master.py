@@ -24,7 +24,7 @@ import socket
 import time
 from typing import Callable
 
-from .checks import Checker
+from .checks import Checker, CheckerSet
 from .config import Config
 from .daemon import (
     check_may_switch_user,
@@ -39,11 +39,11 @@ from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable, carry_over
 from .listener import Listener
 from .log import Logger
+from .throttle import BootThrottle, exit_code, failed_by_itself
 from .worker import MSG_READY, MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
 from .workertable import WorkerTable
 
 TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones
-THROTTLE_MAX = 30.0
 WATCHDOG_SECONDS = 60.0  # a worker whose loop has not turned this long is killed
 KILL_GRACE = 5.0
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
@@ -93,8 +93,7 @@ class Master:
         self.signals: list[int] = []
         self.stopping = ""  # "", "graceful" or "now"
         self.stop_deadline = 0.0
-        self.boot_failures = 0
-        self.next_spawn = 0.0
+        self.throttle = BootThrottle()
         self.listener = Listener(config.listen)
         self.fd_limit = 0  # RLIMIT_NOFILE in force, logged at start
         self.pid = os.getpid()
@@ -102,9 +101,7 @@ class Master:
             self.start_dir = os.getcwd()  # a relative -c FILE is read from here on HUP
         except OSError:
             self.start_dir = "/"
-        self.checker: Checker | None = None
-        # checkers of the tables that retiring workers still use: (last generation, checker)
-        self.old_checkers: list[tuple[int, Checker]] = []
+        self.checks = CheckerSet()
 
     # setup
     def start(self) -> None:
@@ -129,8 +126,7 @@ class Master:
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.loop.add(self.wake_r, EVENT_READ, self._drain_wake)
-        self.checker = Checker(self.loop, self.config, self.health, self.log)
-        self.checker.start()
+        self.checks.replace(Checker(self.loop, self.config, self.health, self.log), None)
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -168,7 +164,7 @@ class Master:
     def wait_time(self) -> float:
         wait = 1.0
         if not self.stopping:
-            until = self.next_spawn - self.ops.now()
+            until = self.throttle.next_start - self.ops.now()
             if until > 0:
                 wait = min(wait, until + 0.01)
         return wait
@@ -190,8 +186,7 @@ class Master:
                                         else "at once"))
         self.stopping = how
         if how == "now":  # a draining worker still needs the checks to bring services back
-            for checker in self.checkers():
-                checker.stop()
+            self.checks.stop_all()
         self.listener.close()
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.kill_all(sig)
@@ -218,8 +213,8 @@ class Master:
                 continue
             self._read_messages(worker)  # a max-use retirement said just before the exit
             self._forget(worker)
-            self._stop_unused_checkers()
-            code = _exit_code(status)
+            self.checks.stop_unused(self._generations())
+            code = exit_code(status)
             now = self.ops.now()
             lived = now - worker.started
             if self.stopping or worker.retiring:
@@ -228,28 +223,16 @@ class Master:
                 elif worker.retiring:
                     self.log.info(f"worker {pid} retired")
                 continue
-            if not worker.ready and _failed_by_itself(code):
-                self.boot_failures += 1
-                pause = min(2.0 ** (self.boot_failures - 1), THROTTLE_MAX)
-                self.next_spawn = max(self.next_spawn, now + pause)
+            if not worker.ready and failed_by_itself(code):
+                pause = self.throttle.died_at_boot(now)
                 self.log.error(f"worker {pid} died at boot (status {code}); "
-                               f"{self.boot_failures} in a row: next start in {pause:g}s")
+                               f"{self.throttle.failures} in a row: next start in {pause:g}s")
             else:
                 self.log.warning(f"worker {pid} exited with status {code} after {lived:.1f}s: "
                                  "replacing it")
 
-    def checkers(self) -> list[Checker]:
-        """Every checker running: the current one and those kept for retiring workers."""
-        current = [self.checker] if self.checker is not None else []
-        return current + [checker for _, checker in self.old_checkers]
-
-    def _stop_unused_checkers(self) -> None:
-        """Stop a kept checker once no worker of its generation (or an older one) is left."""
-        for entry in list(self.old_checkers):
-            generation, checker = entry
-            if not any(w.generation <= generation for w in self.workers.values()):
-                checker.stop()
-                self.old_checkers.remove(entry)
+    def _generations(self) -> set[int]:
+        return {w.generation for w in self.workers.values()}
 
     def _forget(self, worker: WorkerProcess) -> None:
         self.loop.remove(worker.sock)
@@ -270,19 +253,16 @@ class Master:
     def maintain(self) -> None:
         now = self.ops.now()
         active = [w for w in self.workers.values() if not w.retiring]
-        if self.boot_failures and any(w.ready and w.generation == self.generation
-                                      for w in active):
+        if self.throttle.failures and any(w.ready and w.generation == self.generation
+                                          for w in active):
             self.log.notice("workers start again")
-            self.boot_failures = 0
-            self.next_spawn = 0.0
+            self.throttle.reset()
         missing = self.config.workers - len(active)
-        while missing > 0 and now >= self.next_spawn:
+        while missing > 0 and self.throttle.may_start(now):
             if not self.spawn():
                 break
             missing -= 1
-            if self.boot_failures:
-                # still dying at boot: one at a time, each after the pause of the last death
-                self.next_spawn = now + min(2.0 ** (self.boot_failures - 1), THROTTLE_MAX)
+            if self.throttle.started(now):
                 break
 
     def spawn(self) -> bool:
@@ -292,7 +272,7 @@ class Master:
         slot = next((s for s in range(self.table.slots) if s not in used), -1)
         if slot < 0:
             self.log.error(f"{self.table.slots} workers alive: not starting another yet")
-            self.next_spawn = self.ops.now() + 1.0
+            self.throttle.defer(self.ops.now() + 1.0)
             return False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         worker = Worker(self.config, self.listener.sock, self.health, self.table, slot, self.log)
@@ -307,7 +287,7 @@ class Master:
             ours.close()
             theirs.close()
             self.log.error(f"cannot fork a worker: {exc.strerror}")
-            self.next_spawn = self.ops.now() + 1.0
+            self.throttle.defer(self.ops.now() + 1.0)
             return False
         if pid == 0:
             self._in_child(worker, ours)  # never returns
@@ -329,19 +309,9 @@ class Master:
             ours.close()
             for other in self.workers.values():
                 other.sock.close()
-            # the epoll instance is shared with the master: close it before anything else,
-            # and never unregister from it here (that would change the master's interests)
-            inherited = list(self.loop.selector.get_map().values())
-            self.loop.close()
-            for checker in self.checkers():
+            self.loop.close_inherited()  # the wake-up pipe, the checks' sockets
+            for checker in self.checks.all():
                 checker.backends.pool.abandon()
-            for key in inherited:
-                # the wake-up pipe, the checks' sockets
-                with contextlib.suppress(OSError):
-                    if isinstance(key.fileobj, socket.socket):
-                        key.fileobj.close()
-                    else:
-                        os.close(key.fd)
             with contextlib.suppress(OSError):
                 os.close(self.wake_w)
             drop_privileges(self.config.user, self.config.group)
@@ -381,9 +351,9 @@ class Master:
             return True
         return False
 
-    def reload(self) -> None:
-        if self.reload_config is None or self.stopping:
-            return
+    def read_new_config(self) -> Config | None:
+        """The configuration a HUP asks for, with what needs a restart kept as it runs; None
+        (logged) when it cannot be used."""
         try:
             with working_dir(self.start_dir):
                 config = self.reload_config()
@@ -391,15 +361,21 @@ class Master:
             check_may_switch_user(config.user, config.group)
         except Exception as exc:  # noqa: BLE001 - whatever is wrong, the running config stays
             self.log.error(f"reload failed, keeping the running configuration: {exc}")
-            return
+            return None
         kept = {}
         for key in ("listen", "pidfile", "daemonize"):
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warning(f"reload: a new {key} needs a restart; keeping "
                                  f"{getattr(self.config, key)!r}")
                 kept[key] = getattr(self.config, key)
-        if kept:
-            config = dataclasses.replace(config, **kept)
+        return dataclasses.replace(config, **kept) if kept else config
+
+    def reload(self) -> None:
+        if self.reload_config is None or self.stopping:
+            return
+        config = self.read_new_config()
+        if config is None:
+            return
         if (config.syslog_socket, config.log_stderr) != (self.config.syslog_socket,
                                                          self.config.log_stderr):
             self.log.close()
@@ -415,16 +391,11 @@ class Master:
             self.table.set_accepting(worker.slot, False)
             self._kill(worker.pid, signal.SIGHUP)
         self.config = config
-        if self.checker is not None:
-            if new_table:  # its table's workers retire: keep checking it for them until gone
-                self.old_checkers.append((self.generation - 1, self.checker))
-            else:
-                self.checker.stop()
-        self.checker = Checker(self.loop, config, self.health, self.log)
-        self.checker.start()
-        self._stop_unused_checkers()  # no old worker left at all
-        self.boot_failures = 0
-        self.next_spawn = 0.0
+        # with new services the retiring workers keep their table: keep checking it for them
+        self.checks.replace(Checker(self.loop, config, self.health, self.log),
+                            self.generation - 1 if new_table else None)
+        self.checks.stop_unused(self._generations())  # no old worker left at all
+        self.throttle.reset()
         self.log.notice(f"reloaded: {len(config.services)} services, {config.workers} workers; "
                         f"{len(old)} old workers retire")
         self.maintain()
@@ -433,18 +404,3 @@ class Master:
         self.listener.cleanup(self.log)
         if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:
             unlink(self.config.pidfile, self.log)
-
-
-def _exit_code(status: int) -> int:
-    try:
-        return os.waitstatus_to_exitcode(status)
-    except ValueError:
-        return status
-
-
-CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
-
-
-def _failed_by_itself(code: int) -> bool:
-    """An exit status or a crash: not a kill from outside (kill -9, an operator's TERM)."""
-    return code > 0 or -code in CRASH_SIGNALS

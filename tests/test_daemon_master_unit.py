@@ -15,7 +15,8 @@ import pytest
 
 from hapolicy.config import Config, ConfigError, Service
 from hapolicy.log import Logger
-from hapolicy.master import THROTTLE_MAX, WATCHDOG_SECONDS, Master, ProcessOps
+from hapolicy.master import WATCHDOG_SECONDS, Master, ProcessOps
+from hapolicy.throttle import THROTTLE_MAX
 
 EXIT_3 = 3 << 8  # a wait status: exited with status 3 (a worker that cannot start)
 KILLED = signal.SIGKILL  # a wait status: killed by SIGKILL
@@ -99,13 +100,13 @@ def test_workers_dying_at_boot_are_throttled(master):
     assert any("died at boot" in line and "next start in 30s" in line
                for line in master.log.lines)
     # then a worker survives its boot (it says READY): the next one starts at once
-    ops.t = max(ops.t, master.next_spawn) + 0.01
+    ops.t = max(ops.t, master.throttle.next_start) + 0.01
     master.step()
     assert len(master.workers) == 1
     master.on_message(next(iter(master.workers.values())), b"Y")
     master.step()
     assert len(master.workers) == 2
-    assert master.boot_failures == 0
+    assert master.throttle.failures == 0
 
 
 def test_killed_worker_replaced_at_once_even_young(master):
@@ -115,7 +116,7 @@ def test_killed_worker_replaced_at_once_even_young(master):
     ops.deaths = [(100, KILLED)]
     master.step()
     assert alive(master) == [101, 102]
-    assert master.boot_failures == 0
+    assert master.throttle.failures == 0
     assert any("worker 100 exited with status -9" in line for line in master.log.lines)
 
 
@@ -185,7 +186,7 @@ def test_retiring_workers_keep_the_checks_of_their_table_until_they_are_gone(mas
     assert old_table.checked
     master.ops.deaths = [(101, 0)]
     master.step()
-    assert not old_table.checked and master.old_checkers == []
+    assert not old_table.checked and master.checks.kept == []
     assert master.health.checked
 
 
@@ -213,7 +214,7 @@ def test_a_ready_worker_that_dies_is_replaced_at_once(master):
     ops.deaths = [(100, EXIT_3)]
     master.step()
     assert alive(master) == [101, 102]
-    assert master.boot_failures == 0
+    assert master.throttle.failures == 0
 
 
 def test_the_watchdog_kills_a_worker_whose_loop_is_stuck(master):
