@@ -5,13 +5,12 @@ And the example never rots: it documents every setting, with the defaults as its
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.repo import run_hapolicy
 
 from hapolicy.cli import make_parser
 from hapolicy.config import Config
@@ -22,9 +21,7 @@ EXAMPLE = REPO / "etc" / "hapolicy.conf.example"
 
 
 def check_config(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hapolicy", *args, "--check-config"],
-                          check=False, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          capture_output=True, text=True, timeout=20)
+    return run_hapolicy([*args, "--check-config"])
 
 
 def test_example_passes_and_prints_the_effective_configuration():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import select
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,11 +32,11 @@ from support.backends import Blackhole, FakeBackend, RawBackend
 from support.perl import PERL_HAPOLICY, require_original
 from support.ports import refused_port
 from support.protocol import request
-from support.repo import hapolicy_env
+from support.repo import command, hapolicy_env
 from support.spawn import run_once
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = [sys.executable, "-m", "hapolicy"]
+OURS = command([])
 IMPLS = ("original", "ours")
 RUN_TIMEOUT = 30.0
 DEFAULT_SPACES = "DEFER_IF_PERMIT policy service unavailable"

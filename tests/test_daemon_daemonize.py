@@ -9,17 +9,16 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from support.backends import FakeBackend
 from support.daemon import short_tmpdir
-from support.ports import free_port, HOST
+from support.ports import HOST, free_port
 from support.processes import alive, cmdline, uid_of, wait_children
 from support.protocol import PolicyClient, request
-from support.repo import REPO
+from support.repo import REPO, run_hapolicy
 from support.syslog import SyslogReceiver
 from support.wait import wait_for
 
@@ -28,9 +27,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch 
 
 def start(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "hapolicy", *argv], check=False, cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          capture_output=True, text=True, timeout=20)
+    done = run_hapolicy(argv, cwd=cwd)
     assert time.monotonic() - started < 10
     return done
 

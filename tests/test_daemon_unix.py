@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from support.backends import FakeBackend
 from support.daemon import Daemon
 from support.processes import alive
 from support.protocol import PolicyClient, request
-from support.repo import REPO
+from support.repo import run_hapolicy
 from support.wait import wait_for
 
 
@@ -62,10 +60,8 @@ def test_live_socket_is_refused():
     with FakeBackend(action="OK") as backend, unix_daemon(backend) as running:
         path = Path(running.listen[5:])
         inode = path.stat().st_ino
-        done = subprocess.run(
-            [sys.executable, "-m", "hapolicy", "--listen", running.listen, "-s",
-             backend.spec("A"), "--syslog-socket", running.log.path],
-            check=False, cwd=REPO, capture_output=True, text=True, timeout=20)
+        done = run_hapolicy(["--listen", running.listen, "-s", backend.spec("A"),
+                             "--syslog-socket", running.log.path])
         assert done.returncode == 2
         assert done.stdout == ""
         assert done.stderr == (f"hapolicy: error: listen address {running.listen}: "
@@ -78,10 +74,8 @@ def test_live_socket_is_refused():
 def test_listen_path_that_is_not_a_socket_is_refused(tmp_path: Path):
     path = tmp_path / "file"
     path.write_text("precious\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "hapolicy", "--listen", f"unix:{path}", "-s", "A=127.0.0.1:1",
-         "--syslog-socket", ""], check=False, cwd=REPO, capture_output=True, text=True,
-        timeout=20)
+    done = run_hapolicy(["--listen", f"unix:{path}", "-s", "A=127.0.0.1:1",
+                         "--syslog-socket", ""])
     assert done.returncode == 2
     assert done.stderr == (f"hapolicy: error: listen address unix:{path}: "
                            "exists and is not a socket\n")

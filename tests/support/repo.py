@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,3 +22,10 @@ def hapolicy_env() -> dict[str, str]:
 def command(args: Sequence[str]) -> list[str]:
     """The argv of ``python -m hapolicy ARGS`` with this interpreter."""
     return [sys.executable, "-m", "hapolicy", *args]
+
+
+def run_hapolicy(args: Sequence[str], cwd: Path | str = REPO,
+                 timeout: float = 20) -> subprocess.CompletedProcess:
+    """Run ``python -m hapolicy ARGS`` to its end; its exit status and text output."""
+    return subprocess.run(command(args), check=False, cwd=cwd, env=hapolicy_env(),
+                          capture_output=True, text=True, timeout=timeout)
