@@ -6,6 +6,9 @@ Rows, each measured only when available (otherwise reported as skipped, with why
   backend         a backend that answers `action=DUNNO hapolicy-bench` at once (epoll loop,
                   SO_REUSEPORT processes, counting the requests it serves), measured alone: the
                   ceiling of this machine and load generator
+  python floor    a minimal relay of the policy protocol in CPython (benchkit/floor.py: as many
+                  SO_REUSEPORT processes as daemon workers, raw epoll, one backend connection
+                  per client, whole messages passed through): what the language costs
   hapolicy daemon python -m hapolicy --listen ... --workers N -s B=127.0.0.1:BACKEND
   hapolicy spawn  python -m hapolicy -s B=... under a spawn(8) emulator (one process per
                   connection, the socket as its stdin, stdout and stderr)

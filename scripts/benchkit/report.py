@@ -22,6 +22,9 @@ SATURATED = 0.90  # a process busier than this share of one core is saturated
 RATIO_NAMES = {
     "daemon_over_haproxy_rps": "hapolicy daemon / haproxy, req/s",
     "daemon_over_backend_rps": "hapolicy daemon / backend, req/s",
+    "daemon_over_floor_rps": "hapolicy daemon / python floor, req/s",
+    "daemon_over_floor_cpu_per_request": "hapolicy daemon / python floor, CPU per request",
+    "floor_over_haproxy_rps": "python floor / haproxy, req/s",
     "daemon_over_haproxy_p99": "hapolicy daemon / haproxy, p99 latency",
     "daemon_over_haproxy_cpu_per_request": "hapolicy daemon / haproxy, CPU per request",
     "spawn_over_perl_rps": "hapolicy spawn / perl original, req/s",
@@ -40,6 +43,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     return {
         "daemon_over_haproxy_rps": div("daemon", "haproxy", "rps"),
         "daemon_over_backend_rps": div("daemon", "backend", "rps"),
+        "daemon_over_floor_rps": div("daemon", "floor", "rps"),
+        "daemon_over_floor_cpu_per_request": div("daemon", "floor", "cpu_us_per_request"),
+        "floor_over_haproxy_rps": div("floor", "haproxy", "rps"),
         "daemon_over_haproxy_p99": div("daemon", "haproxy", "p99_ms"),
         "daemon_over_haproxy_cpu_per_request": div("daemon", "haproxy", "cpu_us_per_request"),
         "spawn_over_perl_rps": div("spawn", "perl", "rps"),

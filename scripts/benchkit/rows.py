@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -68,6 +69,27 @@ def start_daemon(bench: Bench, row: Row) -> Started | None:
 
     return Started(Target(row.name, row.title, (HOST, port), tree, workers), master,
                    " ".join(argv[1:]), bench.args.idle, workers)
+
+
+def start_floor(bench: Bench, row: Row) -> Started | None:
+    """The python floor (floor.py) with as many processes as the daemon has workers."""
+    port = free_port()
+    host, bport = bench.backend_addr
+    argv = [sys.executable, FLOOR, str(port), host, str(bport), str(bench.args.workers)]
+    bench.log("starting: " + " ".join(argv[1:]))
+    parent = bench.start_proxy(row.name, row.title, argv, port)
+    if parent is None:
+        return None
+
+    def relays() -> list[int]:
+        return children_of(parent.pid)
+
+    def tree() -> list[int]:
+        return [parent.pid, *relays()]
+
+    return Started(Target(row.name, row.title, (HOST, port), tree, relays), parent,
+                   "python " + os.path.relpath(FLOOR) + " " + " ".join(argv[2:]),
+                   bench.args.idle, relays)
 
 
 def start_spawn(bench: Bench, row: Row) -> Started | None:
@@ -131,8 +153,10 @@ def haproxy_missing() -> str:
     return ""
 
 
+FLOOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.py")
 ROWS = (
     Row("backend", "backend", lambda: "", start_backend_row),
+    Row("floor", "python floor", lambda: "", start_floor),
     Row("daemon", "hapolicy daemon", hapolicy_missing, start_daemon),
     Row("spawn", "hapolicy spawn", hapolicy_missing, start_spawn),
     Row("haproxy", "haproxy", haproxy_missing, start_haproxy),
