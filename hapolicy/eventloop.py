@@ -1,6 +1,12 @@
-"""A small event loop: a `selectors` selector plus a heap of monotonic-clock timers.
+"""A small event loop: epoll (or poll) with one handler per descriptor, plus monotonic timers.
 
-Handlers are plain callables stored as the selector key's data and called with the event mask.
+Handlers are plain callables kept in a dict by file descriptor and called with the event mask
+(EVENT_READ, EVENT_WRITE; an error or a hang-up is reported as both, so that the handler's own
+read or write meets it). `select.epoll` is used directly: `selectors` builds a key object per
+registration and a tuple per event, which the request path pays for on every request.
+`modify` with the interest unchanged only swaps the handler (no system call). spawn mode asks
+for poll(2), which, unlike epoll, takes regular files and /dev/null on stdin.
+
 Cancelled timers stay in the heap until they come up, unless they outnumber the live ones, then
 the heap is rebuilt (a request's deadline is cancelled on nearly every request).
 """
@@ -10,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
-import selectors
+import select
 import time
 from typing import Callable
 
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
+EVENT_READ = select.EPOLLIN  # the same bits as poll's POLLIN and POLLOUT
+EVENT_WRITE = select.EPOLLOUT
+_BOTH = EVENT_READ | EVENT_WRITE
+_TROUBLE = select.EPOLLERR | select.EPOLLHUP | select.POLLNVAL
 MAX_WAIT = 3600.0  # poll() and epoll() overflow on waits of ~25 days (huge timeouts in config)
 
 
@@ -36,11 +44,23 @@ class Timer:
             self.loop._cancelled += 1
 
 
+def _fd(fileobj) -> int:
+    return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+
+
 class EventLoop:
     """Runs handlers for ready file descriptors and due timers."""
 
-    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
-        self.selector = selector or selectors.DefaultSelector()
+    def __init__(self, use_poll: bool = False) -> None:
+        if use_poll:
+            self._poller = select.poll()
+            self._ms = True  # poll() takes milliseconds
+        else:
+            self._poller = select.epoll()
+            self._ms = False
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.interest: dict[int, int] = {}
+        self.files: dict[int, object] = {}  # what was registered (closed by close_inherited)
         self.timers: list[Timer] = []
         self._cancelled = 0
 
@@ -53,16 +73,30 @@ class EventLoop:
         return self.call_at(time.monotonic() + delay, callback)
 
     def add(self, fileobj, events: int, handler: Callable[[int], None]) -> None:
-        self.selector.register(fileobj, events, handler)
+        fd = _fd(fileobj)
+        if fd in self.handlers:
+            raise KeyError(f"descriptor {fd} is already registered")
+        self._poller.register(fd, events)
+        self.handlers[fd] = handler
+        self.interest[fd] = events
+        self.files[fd] = fileobj
 
     def modify(self, fileobj, events: int, handler: Callable[[int], None]) -> None:
-        self.selector.modify(fileobj, events, handler)
+        fd = _fd(fileobj)
+        if self.interest[fd] != events:
+            self._poller.modify(fd, events)
+            self.interest[fd] = events
+        self.handlers[fd] = handler
 
     def remove(self, fileobj) -> None:
-        try:
-            self.selector.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
+        fd = _fd(fileobj)
+        if fd < 0:  # a socket closed already: find it by what was registered
+            fd = next((k for k, v in self.files.items() if v is fileobj), -1)
+        if self.handlers.pop(fd, None) is None:
+            return
+        del self.interest[fd], self.files[fd]
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            self._poller.unregister(fd)
 
     def run_once(self, max_wait: float | None = None) -> None:
         """Wait for events or the next timer (at most max_wait seconds), then run handlers."""
@@ -74,17 +108,25 @@ class EventLoop:
         if timers:
             until = max(0.0, timers[0].when - time.monotonic())
             timeout = until if timeout is None else min(timeout, until)
-        if timeout is not None:
-            timeout = min(timeout, MAX_WAIT)
-        events = self.selector.select(timeout)
-        if len(events) == 1:
-            events[0][0].data(events[0][1])
+        if timeout is None:
+            timeout = -1 if not self._ms else None
         else:
-            registered = self.selector.get_map()
-            for key, mask in events:
-                # an earlier handler of this round may have closed this fd (and maybe reused it)
-                if registered.get(key.fd) is key:
-                    key.data(mask)
+            timeout = min(timeout, MAX_WAIT)
+            if self._ms:
+                timeout = int(timeout * 1000 + 0.999)
+        events = self._poller.poll(timeout)
+        handlers = self.handlers
+        if len(events) == 1:
+            fd, mask = events[0]
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler(mask | _BOTH if mask & _TROUBLE else mask)
+        elif events:
+            # an earlier handler of this round may have closed an fd (and maybe reused it)
+            ready = [(handlers.get(fd), fd, mask) for fd, mask in events]
+            for handler, fd, mask in ready:
+                if handler is not None and handlers.get(fd) is handler:
+                    handler(mask | _BOTH if mask & _TROUBLE else mask)
         if timers:
             now = time.monotonic()
             while timers and timers[0].when <= now:
@@ -101,18 +143,22 @@ class EventLoop:
                 self._cancelled = 0
 
     def close(self) -> None:
-        self.selector.close()
+        if not self._ms:
+            self._poller.close()
 
     def close_inherited(self) -> None:
         """In a forked child: close the loop and every descriptor registered in it.
 
         The epoll instance is shared with the parent, so it is closed first and nothing is
         unregistered from it (that would change the parent's interests)."""
-        inherited = list(self.selector.get_map().values())
-        self.selector.close()
-        for key in inherited:
+        inherited = list(self.files.items())
+        self.close()
+        self.handlers.clear()
+        self.interest.clear()
+        self.files.clear()
+        for fd, fileobj in inherited:
             with contextlib.suppress(OSError):
-                if hasattr(key.fileobj, "close"):
-                    key.fileobj.close()
+                if hasattr(fileobj, "close"):
+                    fileobj.close()
                 else:
-                    os.close(key.fd)
+                    os.close(fd)

@@ -9,7 +9,6 @@ the same event loop, client connection and dispatcher, with a private health tab
 from __future__ import annotations
 
 import os
-import selectors
 import sys
 
 from .client import ClientConnection
@@ -40,7 +39,7 @@ def run_spawn(config: Config, log: Logger) -> int:
         except OSError:
             pass
     # poll, unlike epoll, accepts regular files and /dev/null on stdin (tests, debugging)
-    loop = EventLoop(selectors.PollSelector())
+    loop = EventLoop(use_poll=True)
     health = HealthTable(len(config.services), shared=False)
     health.randomize_phase([s.weight for s in config.services])
     dispatcher = Dispatcher(loop, config, health, log)

@@ -1,4 +1,4 @@
-"""One preforked worker: the selectors loop over the listener, its clients and their backends.
+"""One preforked worker: the event loop over the listener, its clients and their backends.
 
 The constructor runs in the master before fork and touches nothing; `run` runs in the child and
 never returns (the child leaves through os._exit). The master forks with the signals blocked;
