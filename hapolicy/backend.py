@@ -1,15 +1,21 @@
-"""One exchange with one policy service: non-blocking connect, send, read the answer, deadline.
+"""Exchanges with policy services: non-blocking connect, send, read the answer, deadline.
 
 `Backends` is what the exchanges of one process (a worker, spawn mode, the master's checks)
-share: the event loop, the pool of idle connections, the resolver and the connect timeout; an
-exchange is started with the service, the payload, the deadline and a callback.
+share: the event loop, the pool of idle connections, the resolver, the connect timeout and the
+deadlines of the exchanges in flight. An exchange is started with the service, the payload,
+the deadline and a callback.
 
-`Exchange` is a small state machine driven by the event loop; it ends by calling
-`on_done(action_line, outcome, detail)`: the first `action=` line of a good answer with outcome
-ANSWERED and detail "", or b"", the outcome category (see outcome.py) and why it failed.
-Connections that ended cleanly go back to the process's `Pool` of idle connections for the
-next request. A reused connection that turns out closed before any byte
-of answer is retried once on a fresh connection, and that is not a failure of the service.
+A `Connection` is one connection to one service, a small state machine driven by the event
+loop that runs one exchange at a time. Each exchange ends by calling `on_done(action_line,
+outcome, detail)`: the first `action=` line of a good answer with outcome ANSWERED and detail
+"", or b"", the outcome category (see outcome.py) and why it failed. A connection whose
+exchange ended cleanly waits in the process's `Pool` for the next one, still registered in the
+loop for reading: the common request costs one send and one receive, no registration and no
+object. A reused connection that turns out closed before any byte of answer is retried once on
+a fresh connection, and that is not a failure of the service.
+
+Deadlines are not one timer each: while exchanges are in flight, a tick every DEADLINE_TICK
+seconds ends those past their limit, so a timeout fires at most DEADLINE_TICK late.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ RESOLVE_TTL = 300.0
 RESOLVE_RETRY = 5.0
 POOL_MAX_IDLE = 64  # idle connections kept per service and worker
 POOL_IDLE_SECONDS = 60.0
+DEADLINE_TICK = 0.01
 
 
 class Resolver:
@@ -76,62 +83,58 @@ class Resolver:
 
 
 class Pool:
-    """Idle backend connections of one worker, per service, newest last.
+    """Idle connections of one process, per service, newest last, with the time each came back.
 
     An idle connection stays registered in the event loop for reading: if the service closes
-    it (or sends anything unasked) it is dropped at once, so a request rarely meets a dead
-    one, and taking one from the pool costs no system call (an Exchange just changes what it
-    waits for).
+    it (or sends anything unasked) it leaves the pool at once, so a request rarely meets a dead
+    one, and taking one from the pool costs no system call.
     """
 
     def __init__(self, loop: EventLoop | None = None) -> None:
         self.loop = loop
-        self.idle: dict[str, list[tuple[socket.socket, float]]] = {}
+        self.idle: dict[str, list[tuple[Connection, float]]] = {}
         self.closed = False
 
-    def get(self, name: str, now: float) -> socket.socket | None:
-        """An idle connection, still registered in the loop (or None)."""
+    def get(self, name: str, now: float) -> Connection | None:
+        """An idle connection to service `name` (or None)."""
         stack = self.idle.get(name)
         while stack:
-            sock, since = stack.pop()
+            conn, since = stack.pop()
             if now - since < POOL_IDLE_SECONDS:
-                return sock
-            self._discard(sock)
+                return conn
+            conn.close()
         return None
 
-    def put(self, name: str, sock: socket.socket, now: float) -> bool:
-        """Keep a registered connection; False (and nothing done) if the pool is full."""
-        stack = self.idle.setdefault(name, [])
+    def put(self, conn: Connection, now: float) -> bool:
+        """Keep a connection; False (and nothing done) if the pool is full or closed."""
+        stack = self.idle.get(conn.service.name)
+        if stack is None:
+            stack = self.idle[conn.service.name] = []
         if len(stack) >= POOL_MAX_IDLE or self.loop is None or self.closed:
             return False
-        stack.append((sock, now))
-        self.loop.modify(sock, EVENT_READ, lambda mask: self._on_idle_event(name, sock))
+        stack.append((conn, now))
         return True
 
-    def _on_idle_event(self, name: str, sock: socket.socket) -> None:
-        stack = self.idle.get(name, [])
+    def drop(self, conn: Connection) -> None:
+        """An idle connection that the service closed (or spoke on): out, and closed."""
+        stack = self.idle.get(conn.service.name, [])
         for n, (pooled, _) in enumerate(stack):
-            if pooled is sock:
+            if pooled is conn:
                 del stack[n]
                 break
-        self._discard(sock)
-
-    def _discard(self, sock: socket.socket) -> None:
-        if self.loop is not None:
-            self.loop.remove(sock)
-        sock.close()
+        conn.close()
 
     def sweep(self, now: float) -> None:
         """Close connections idle longer than POOL_IDLE_SECONDS."""
         for stack in self.idle.values():
             while stack and now - stack[0][1] >= POOL_IDLE_SECONDS:
-                self._discard(stack.pop(0)[0])
+                stack.pop(0)[0].close()
 
     def close(self) -> None:
         self.closed = True
         for stack in self.idle.values():
-            for sock, _ in stack:
-                self._discard(sock)
+            for conn, _ in stack:
+                conn.close(unregister=self.loop is not None)
         self.idle.clear()
 
     def abandon(self) -> None:
@@ -141,83 +144,106 @@ class Pool:
 
 
 class Backends:
-    """The exchanges of one process: its loop, idle connections, addresses, connect timeout."""
+    """The exchanges of one process: its loop, idle connections, addresses, connect timeout,
+    and the deadlines of the exchanges in flight."""
 
     def __init__(self, loop: EventLoop, connect_timeout: float) -> None:
         self.loop = loop
         self.pool = Pool(loop)
         self.resolver = Resolver()
         self.connect_timeout = connect_timeout
+        self.in_flight: set[Connection] = set()
+        self.tick: Timer | None = None
+
+    def connection(self, service: Service, now: float) -> Connection:
+        """An idle connection to service from the pool, or a new one (not connected yet)."""
+        conn = self.pool.get(service.name, now)
+        return conn if conn is not None else Connection(self, service)
 
     def exchange(self, service: Service, payload: bytes, deadline: float,
-                 on_done: Callable[[bytes, int, str], None]) -> Exchange:
+                 on_done: Callable[[bytes, int, str], None]) -> Connection:
         """Start one exchange; on_done(action, outcome, detail) is called exactly once."""
-        exchange = Exchange(self, service, payload, deadline, on_done)
-        exchange.start()
-        return exchange
+        now = time.monotonic()
+        conn = self.connection(service, now)
+        conn.run(payload, deadline, on_done, now)
+        return conn
+
+    def watch(self, conn: Connection) -> None:
+        self.in_flight.add(conn)
+        if self.tick is None:
+            self.tick = self.loop.call_later(DEADLINE_TICK, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self.tick = None
+        now = time.monotonic()
+        for conn in [c for c in self.in_flight if c.limit <= now]:
+            conn.timeout(now)
+        if self.in_flight and self.tick is None:
+            self.tick = self.loop.call_later(DEADLINE_TICK, self._on_tick)
 
     def close(self) -> None:
+        if self.tick is not None:
+            self.tick.cancel()
+            self.tick = None
         self.pool.close()
 
 
-CONNECTING, SENDING, READING, DONE = range(4)
+IDLE, CONNECTING, SENDING, READING, CLOSED_STATE = range(5)
 
 
-class Exchange:
-    """Send one request to one service and read its answer before a deadline."""
+class Connection:
+    """One connection to one service; runs one exchange at a time (see the module doc)."""
 
     __slots__ = (
         "answer",
-        "connect_timeout",
+        "backends",
         "deadline",
+        "limit",
         "loop",
         "on_done",
         "payload",
-        "pool",
-        "registered",
-        "resolver",
         "reused",
         "sent",
         "service",
         "sock",
         "started",
         "state",
-        "timer",
     )
 
-    def __init__(self, backends: Backends, service: Service, payload: bytes, deadline: float,
-                 on_done: Callable[[bytes, int, str], None]) -> None:
+    def __init__(self, backends: Backends, service: Service) -> None:
+        self.backends = backends
         self.loop = backends.loop
         self.service = service
+        self.sock: socket.socket | None = None
+        self.state = CLOSED_STATE
+        self.payload = b""
+        self.sent = 0
+        self.answer = b""
+        self.on_done: Callable[[bytes, int, str], None] | None = None
+        self.started = 0.0
+        self.deadline = 0.0  # the request's total deadline
+        self.limit = 0.0  # when the current step times out
+        self.reused = False
+
+    def run(self, payload: bytes, deadline: float, on_done: Callable[[bytes, int, str], None],
+            now: float) -> None:
+        """Start an exchange: send payload, read the answer before the deadline."""
         self.payload = payload
         self.deadline = deadline
-        self.connect_timeout = backends.connect_timeout
         self.on_done = on_done
-        self.pool = backends.pool
-        self.resolver = backends.resolver
-        self.sock: socket.socket | None = None
-        self.state = CONNECTING
-        self.sent = 0
-        self.answer = bytearray()
-        self.timer: Timer | None = None
-        self.reused = False
-        self.registered = False
-        self.started = 0.0
-
-    def start(self) -> None:
-        now = time.monotonic()
         self.started = now
-        sock = self.pool.get(self.service.name, now)
-        if sock is not None:
+        self.answer = b""
+        self.sent = 0
+        self.backends.watch(self)
+        if self.sock is not None:
             self.reused = True
-            self.registered = True  # the pool keeps idle connections registered
-            self.sock = sock
-            self._begin_send(now)
-            return
-        self._connect(now)
+            self._send_first(now)
+        else:
+            self.reused = False
+            self._connect(now)
 
     def _connect(self, now: float) -> None:
-        family, address, error = self.resolver.address(self.service, now)
+        family, address, error = self.backends.resolver.address(self.service, now)
         if error:
             self._fail(CONNECT_FAILED, error)
             return
@@ -236,7 +262,8 @@ class Exchange:
             self._fail(CONNECT_FAILED, f"cannot connect: {exc}")
             return
         if code == 0:
-            self._begin_send(now)
+            self.loop.add(sock, EVENT_READ, self._on_event)
+            self._send_first(now)
             return
         if self.service.path and code == errno.EAGAIN:
             self._fail(CONNECT_FAILED, "unix socket backlog full")
@@ -246,18 +273,15 @@ class Exchange:
             return
         # the service's timeout bounds the whole attempt, connect included (as the original's
         # alarm did): a blackholed service with TIMEOUT 1 costs 1 s, not connect_timeout
-        limit = min(now + self.connect_timeout, self._attempt_deadline())
-        self.timer = self.loop.call_at(limit, self._timeout)
-        self._register(EVENT_WRITE)
+        self.limit = min(now + self.backends.connect_timeout, self._attempt_deadline())
+        self.loop.add(sock, EVENT_WRITE, self._on_event)
 
-    def _begin_send(self, now: float) -> None:
+    def _send_first(self, now: float) -> None:
+        """Connected (or reused): send what the socket takes, then wait for the answer."""
         self.state = SENDING
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(self._attempt_deadline(), self._timeout)
-        sock = self.sock
+        self.limit = self._attempt_deadline()
         try:
-            self.sent = sock.send(self.payload)  # type: ignore[union-attr]
+            self.sent = self.sock.send(self.payload)  # type: ignore[union-attr]
         except BlockingIOError:
             self.sent = 0
         except OSError as exc:
@@ -265,37 +289,43 @@ class Exchange:
             return
         if self.sent == len(self.payload):
             self.state = READING
-            self._register(EVENT_READ)
         else:
-            self._register(EVENT_WRITE)
+            self.loop.modify(self.sock, EVENT_WRITE, self._on_event)
 
     def _attempt_deadline(self) -> float:
         return min(self.started + self.service.timeout, self.deadline)
 
-    def _register(self, events: int) -> None:
-        if self.registered:
-            self.loop.modify(self.sock, events, self._on_event)
-        else:
-            self.loop.add(self.sock, events, self._on_event)
-            self.registered = True
-
     def _on_event(self, mask: int) -> None:
-        sock = self.sock
-        if self.state == CONNECTING:
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
+        state = self.state
+        if state == READING:
+            self._read()
+        elif state == IDLE:
+            self.backends.pool.drop(self)  # closed by the service, or it spoke unasked
+        elif state == CONNECTING:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore
             if code:
                 self._fail(*_connect_error(code))
-            else:
-                self._begin_send(time.monotonic())
-            return
+            elif mask & EVENT_WRITE:
+                self.loop.modify(self.sock, EVENT_READ, self._on_event)
+                self._send_first(time.monotonic())
+        elif state == SENDING:
+            self._send_more()
+
+    def _send_more(self) -> None:
         try:
-            if self.state == SENDING:
-                self.sent += sock.send(self.payload[self.sent:])  # type: ignore[union-attr]
-                if self.sent == len(self.payload):
-                    self.state = READING
-                    self._register(EVENT_READ)
-                return
-            data = sock.recv(65536)  # type: ignore[union-attr]
+            self.sent += self.sock.send(self.payload[self.sent:])  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._io_error(exc)
+            return
+        if self.sent == len(self.payload):
+            self.state = READING
+            self.loop.modify(self.sock, EVENT_READ, self._on_event)
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(65536)  # type: ignore[union-attr]
         except BlockingIOError:
             return
         except OSError as exc:
@@ -307,19 +337,20 @@ class Exchange:
             else:
                 self._fail(CLOSED, "closed the connection before a full answer")
             return
-        answer = self.answer
-        answer += data
+        answer = self.answer + data if self.answer else data
         end = answer_complete(answer)
         if end < 0:
             if len(answer) > MAX_ANSWER_BYTES:
                 self._fail(INVALID, f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            else:
+                self.answer = answer
             return
         if end > MAX_ANSWER_BYTES:
             self._fail(INVALID, f"answer larger than {MAX_ANSWER_BYTES} bytes")
             return
-        action = answer_action(bytes(answer[:end]))
+        action = answer_action(answer[:end] if end < len(answer) else answer)
         if not action:
-            self._fail(INVALID, "answer without action: " + repr(bytes(answer[:80]))[2:-1])
+            self._fail(INVALID, "answer without action: " + repr(answer[:80])[2:-1])
             return
         self._finish(action, ANSWERED, "", keep=end == len(answer))
 
@@ -330,19 +361,17 @@ class Exchange:
             self._fail(*_connect_error(exc.errno or 0))
 
     def _retry_fresh(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self._close()
+        self.close()
         self.reused = False
-        self.started = time.monotonic()  # a stale idle connection is not the service's time
-        self.answer.clear()
+        now = time.monotonic()
+        self.started = now  # a stale idle connection is not the service's time
+        self.answer = b""
         self.sent = 0
-        self._connect(time.monotonic())
+        self._connect(now)
 
-    def _timeout(self) -> None:
-        self.timer = None
-        waited = time.monotonic() - self.started
+    def timeout(self, now: float) -> None:
+        """The current step is past its limit (called by Backends' tick)."""
+        waited = now - self.started
         if self.state == CONNECTING:
             self._fail(CONNECT_TIMEOUT, f"connect timeout after {waited:.1f}s")
         else:
@@ -356,26 +385,27 @@ class Exchange:
         self._finish(b"", outcome, detail, keep=False)
 
     def _finish(self, action: bytes, outcome: int, detail: str, keep: bool) -> None:
-        if self.state == DONE:
-            return
-        self.state = DONE
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if keep and self.sock is not None and self.pool.put(self.service.name, self.sock,
-                                                             time.monotonic()):
-            self.sock = None
-            self.registered = False
+        on_done = self.on_done
+        if on_done is None:
+            return  # ended already
+        self.on_done = None
+        self.payload = b""
+        self.answer = b""
+        self.backends.in_flight.discard(self)
+        if keep and self.backends.pool.put(self, time.monotonic()):
+            self.state = IDLE
         else:
-            self._close()
-        self.on_done(action, outcome, detail)
+            self.close()
+        on_done(action, outcome, detail)
 
-    def _close(self) -> None:
-        if self.sock is not None:
-            if self.registered:
-                self.loop.remove(self.sock)
-                self.registered = False
-            self.sock.close()
+    def close(self, unregister: bool = True) -> None:
+        """Close the socket (and leave the loop); the connection can connect again."""
+        self.state = CLOSED_STATE
+        sock = self.sock
+        if sock is not None:
+            if unregister:
+                self.loop.remove(sock)
+            sock.close()
             self.sock = None
 
 

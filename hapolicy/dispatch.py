@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Protocol
 
-from .backend import Backends, Exchange
+from .backend import Backends, Connection
 from .config import Config
 from .eventloop import EventLoop, Timer
 from .health import UP, Health, HealthTable
@@ -165,7 +165,7 @@ class Job:
         if dispatcher.hash_attrs:
             self.key = b"\0".join(request.attr_bytes(a) for a in dispatcher.hash_attrs)
         self.instance = request.attr_bytes(b"instance") if dispatcher.config.sticky_instance else b""
-        self.exchange: Exchange | None = None
+        self.exchange: Connection | None = None  # the connection of the attempt in progress
         self.current = -1
 
     def next_attempt(self) -> None:
@@ -184,10 +184,9 @@ class Job:
         self.tried |= 1 << index
         self.current = index
         service = d.config.services[index]
-        self.exchange = Exchange(d.backends, service, self.request.raw, self.deadline,
-                                 self.on_exchange_done)
-        d.wait_on(index, self)
-        self.exchange.start()
+        self.exchange = conn = d.backends.connection(service, now)
+        d.wait_on(index, self)  # before run: the exchange may end at once
+        conn.run(self.request.raw, self.deadline, self.on_exchange_done, now)
 
     def on_exchange_done(self, action: bytes, outcome: int, reason: str) -> None:
         d = self.d

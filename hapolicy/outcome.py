@@ -1,6 +1,6 @@
 """How one exchange with a service ended: a small fixed set of categories, as HAProxy's checks.
 
-Every `Exchange` ends with one category and a detail text for the logs. Health, logging and the
+Every exchange (backend.Connection.run) ends with one category and a detail text for the logs. Health, logging and the
 active checks read the category, never the text:
 
 - ANSWERED: a complete answer with an `action=` line.

@@ -163,6 +163,9 @@ def answer_complete(buf: bytes | bytearray) -> int:
 
 def answer_action(answer: bytes) -> bytes:
     """The first `action=` line of a complete answer, without line ending; b'' if none or empty."""
+    if answer.startswith(b"action="):  # nearly always: no need to split the answer
+        line = answer[:answer.find(b"\n")].rstrip(b"\r")
+        return line if len(line) > 7 else b""
     for line in answer.split(b"\n"):
         if line.startswith(b"action="):
             line = line.rstrip(b"\r")

@@ -1,4 +1,4 @@
-"""One exchange with one policy service (hapolicy.backend.Exchange), in-process: an event
+"""One exchange with one policy service (hapolicy.backend.Connection), in-process: an event
 loop of ours against FakeBackend threads and a Blackhole on 127.0.0.1.
 
 What README's "What it does with a request" promises of one attempt: the first `action=`
@@ -327,8 +327,8 @@ def test_an_idle_connection_closed_by_the_service_leaves_the_pool_at_once(attemp
 
 def pooled_socket(attempts: Attempts, backend: FakeBackend) -> socket.socket:
     attempts.run(backend.port)
-    [(sock, _since)] = attempts.pool.idle["S"]
-    return sock
+    [(conn, _since)] = attempts.pool.idle["S"]
+    return conn.sock
 
 
 def test_idle_connections_expire_after_a_minute(attempts):
@@ -336,7 +336,8 @@ def test_idle_connections_expire_after_a_minute(attempts):
         sock = pooled_socket(attempts, backend)
         now = time.monotonic()
         attempts.pool.sweep(now + POOL_IDLE_SECONDS - 1)
-        assert attempts.pool.idle["S"] == [(sock, attempts.pool.idle["S"][0][1])]
+        [(conn, _since)] = attempts.pool.idle["S"]
+        assert conn.sock is sock
         attempts.pool.sweep(now + POOL_IDLE_SECONDS + 1)
         assert attempts.pool.idle["S"] == [] and sock.fileno() == -1
         assert registered(attempts.loop) == 0
