@@ -85,6 +85,12 @@ class ClientConnection:
         self.last_active = time.monotonic()
         if not data:
             self.eof = True
+        elif (not self.busy and not self.queue and not self.framer.buffer
+              and (request := self.framer.whole(data)) is not None):
+            # the common case: nothing waits and data is one whole request; reading goes on
+            self.busy = True
+            self.dispatcher.submit(request, self)
+            return
         else:
             room = max(0, MAX_QUEUED_REQUESTS - len(self.queue))
             self.queue.extend(self.framer.feed(data, room))
@@ -126,6 +132,8 @@ class ClientConnection:
                 return
             if written < len(answer):
                 self.out += answer[written:]
+            elif self.reading and not self.queue and not self.framer.buffer and not self.eof:
+                return  # nothing else to do, and the interest stays: reading
         else:
             self.out += answer
         self._next()

@@ -53,7 +53,9 @@ class Dispatcher:
         self.backends = Backends(loop, config.connect_timeout)
         self.default_answer = format_action(config.default_action)
         self.in_flight = 0
-        self.on_request: Callable[[], None] = _nothing  # the worker counts requests for max_use
+        self.requests = 0
+        self.max_use = 0  # on_max_use is called at the max_use-th request (0: never)
+        self.on_max_use: Callable[[], None] = _nothing
         self.waiting: list[set[Job]] = [set() for _ in config.services]  # by service
         self.sweep_timer: Timer | None = None
         self.warn_quiet_until = 0.0
@@ -62,7 +64,9 @@ class Dispatcher:
 
     def submit(self, request: Request, client: Client) -> None:
         """Answer one request, now or later, through client.deliver."""
-        self.on_request()
+        self.requests += 1
+        if self.requests == self.max_use:
+            self.on_max_use()
         if request.error:
             self.log.warning(f"request refused: {request.error}, "
                              f"answering action={self.config.default_action}")
@@ -160,7 +164,7 @@ class Job:
         self.started = time.monotonic()
         self.deadline = self.started + dispatcher.config.total_timeout
         self.tried = 0
-        self.failed: list[str] = []
+        self.failed: list[str] | None = None  # why each service tried failed
         self.key = None
         if dispatcher.hash_attrs:
             self.key = b"\0".join(request.attr_bytes(a) for a in dispatcher.hash_attrs)
@@ -209,6 +213,8 @@ class Job:
                 d.release(index, now, "marked down while waiting")
         if d.config.verbose:
             d.log.info(f"service={service.name} address={service.address} failed: {reason}")
+        if self.failed is None:
+            self.failed = []
         self.failed.append(f"{service.name}: {reason}")
         self.next_attempt()
 

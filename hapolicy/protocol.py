@@ -127,6 +127,15 @@ class RequestFramer:
             buf.clear()
         return out
 
+    def whole(self, data: bytes) -> Request | None:
+        """The request that data is when, with nothing buffered, it is exactly one complete
+        request with LF line ends (nearly every read from Postfix); else None: feed it."""
+        end = data.find(b"\n\n")
+        if (end < 1 or end != len(data) - 2 or data[0] == 10 or self.skipping
+                or b"\r" in data or end > MAX_REQUEST_BYTES):
+            return None
+        return Request(data, check_limits(data) if len(data) > 512 else "")
+
     def _skip(self, data: bytes, out: list[Request]) -> bytes:
         joined = self.tail + data
         lf = joined.find(b"\n\n")

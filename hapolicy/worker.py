@@ -97,7 +97,6 @@ class Worker:
         self.loop: EventLoop | None = None
         self.dispatcher: Dispatcher | None = None
         self.clients: set[ClientConnection] = set()
-        self.requests = 0
         self.phase = SERVING
         self.asked = SERVING  # the phase a signal, max-use or the master's end asked for
         self.deadline = 0.0  # when the current phase gives up waiting
@@ -126,7 +125,8 @@ class Worker:
         self.loop = loop = EventLoop()
         self.max_clients = max_clients()
         self.dispatcher = Dispatcher(loop, self.config, self.health, self.log)
-        self.dispatcher.on_request = self._count_request
+        self.dispatcher.max_use = self.config.max_use
+        self.dispatcher.on_max_use = self._max_use_reached
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
@@ -328,9 +328,8 @@ class Worker:
             if self.full:
                 self._update_accepting()
 
-    def _count_request(self) -> None:
-        self.requests += 1
-        if self.requests == self.config.max_use and self.asked < RETIRING:
+    def _max_use_reached(self) -> None:
+        if self.asked < RETIRING:
             self.asked = RETIRING
             self._tell_master(MSG_RETIRING)
 
@@ -349,7 +348,7 @@ class Worker:
 
     def _update_title(self) -> None:
         state = " (retiring)" if self.phase != SERVING else ""
-        title = (f"hapolicy: worker{state} requests={self.requests} "
+        title = (f"hapolicy: worker{state} requests={self.dispatcher.requests} "
                  f"clients={len(self.clients)}")
         if title != self.title:
             self.title = title

@@ -225,8 +225,9 @@ def test_a_service_going_down_and_up_is_logged_once_each(runs):
 def test_requests_in_flight_are_counted_and_each_counted_request_once(runs):
     with FakeBackend(action="OK", delay=0.2) as backend:
         run = runs(backend.spec("B"))
-        counted: list[int] = []
-        run.dispatcher.on_request = lambda: counted.append(1)
+        reached: list[int] = []
+        run.dispatcher.max_use = 2
+        run.dispatcher.on_max_use = lambda: reached.append(run.dispatcher.requests)
         clients = [Client(), Client()]
         for client in clients:
             [framed] = RequestFramer().feed(request())
@@ -236,7 +237,8 @@ def test_requests_in_flight_are_counted_and_each_counted_request_once(runs):
         while any(not c.answers for c in clients) and time.monotonic() < deadline:
             run.loop.run_once(0.1)
         assert [c.answers for c in clients] == [[b"action=OK\n\n"]] * 2
-        assert run.dispatcher.in_flight == 0 and counted == [1, 1]
+        assert run.dispatcher.in_flight == 0 and run.dispatcher.requests == 2
+        assert reached == [2]  # max-use is told once, at the request that reached it
 
 
 def test_backend_connections_are_kept_for_the_next_requests(runs):

@@ -133,3 +133,32 @@ def test_framing_is_lazy_with_a_limit():
     while batch := framer.feed(b"", 32):
         rest += batch
     assert len(rest) == 68 and not framer.complete and not framer.pending
+
+
+WHOLE_CASES = [
+    b"a=1\nb=2\n\n",
+    b"request=smtpd_access_policy\n" + b"x=" + b"y" * 600 + b"\n\n",
+    b"\n",  # an empty request
+    b"\n\n",  # two of them
+    b"\na=1\n\n",  # an empty request, then one
+    b"a=1\n\nb=2\n\n",  # two requests
+    b"a=1\nb=2\n",  # not complete
+    b"a=1\r\nb=2\r\n\r\n",  # CRLF: made LF by feed
+    b"a=1\n\r\n",
+    b"".join(b"a%d=1\n" % i for i in range(MAX_ATTRIBUTES + 5)) + b"\n",  # too many attributes
+    b"a=" + b"x" * (MAX_LINE_BYTES + 1) + b"\n\n",  # a line too long
+]
+
+
+def test_the_whole_request_shortcut_frames_as_feed_does():
+    """The client's shortcut for a read that is exactly one request: the same Request as
+    feed() gives, or None where feed would give anything else."""
+    for data in WHOLE_CASES:
+        fed = RequestFramer().feed(data)
+        whole = RequestFramer().whole(data)
+        one = len(fed) == 1 and fed[0].raw == data
+        if whole is None:
+            assert not (one and data[:1] != b"\n" and b"\r" not in data), data[:40]
+        else:
+            assert one, data[:40]
+            assert (whole.raw, whole.error) == (fed[0].raw, fed[0].error), data[:40]
