@@ -52,6 +52,11 @@ class Dispatcher:
         self.selector = Selector(config.services, table, config.all_down == "try")
         self.backends = Backends(loop, config.connect_timeout)
         self.default_answer = format_action(config.default_action)
+        # read on every request: plain attributes, not through config
+        self.services = config.services
+        self.total_timeout = config.total_timeout
+        self.sticky = config.sticky_instance
+        self.log_requests = config.log_requests
         self.in_flight = 0
         self.requests = 0
         self.max_use = 0  # on_max_use is called at the max_use-th request (0: never)
@@ -78,10 +83,8 @@ class Dispatcher:
             client.deliver(self.default_answer)
             return
         self.in_flight += 1
-        Job(self, request, client).next_attempt()
-
-    def job_done(self) -> None:
-        self.in_flight -= 1
+        job = Job(self, request, client)
+        job.next_attempt(job.started)
 
     def wait_on(self, index: int, job: Job) -> None:
         self.waiting[index].add(job)
@@ -162,19 +165,18 @@ class Job:
         self.request = request
         self.client = client
         self.started = time.monotonic()
-        self.deadline = self.started + dispatcher.config.total_timeout
+        self.deadline = self.started + dispatcher.total_timeout
         self.tried = 0
         self.failed: list[str] | None = None  # why each service tried failed
         self.key = None
         if dispatcher.hash_attrs:
             self.key = b"\0".join(request.attr_bytes(a) for a in dispatcher.hash_attrs)
-        self.instance = request.attr_bytes(b"instance") if dispatcher.config.sticky_instance else b""
+        self.instance = request.attr_bytes(b"instance") if dispatcher.sticky else b""
         self.exchange: Connection | None = None  # the connection of the attempt in progress
         self.current = -1
 
-    def next_attempt(self) -> None:
+    def next_attempt(self, now: float) -> None:
         d = self.d
-        now = time.monotonic()
         if now >= self.deadline:
             self.answer_default(f"total timeout {d.config.total_timeout:g}s reached")
             return
@@ -187,7 +189,7 @@ class Job:
             return
         self.tried |= 1 << index
         self.current = index
-        service = d.config.services[index]
+        service = d.services[index]
         self.exchange = conn = d.backends.connection(service, now)
         d.wait_on(index, self)  # before run: the exchange may end at once
         conn.run(self.request.raw, self.deadline, self.on_exchange_done, now)
@@ -195,7 +197,6 @@ class Job:
     def on_exchange_done(self, action: bytes, outcome: int, reason: str) -> None:
         d = self.d
         index = self.current
-        service = d.config.services[index]
         self.exchange = None
         d.waiting[index].discard(self)
         if outcome == ANSWERED:
@@ -203,20 +204,24 @@ class Job:
             if self.instance:
                 self.client.instance = self.instance
                 self.client.instance_service = index
-            self.finish(action + b"\n\n", service.name, action[7:].decode("utf-8", "replace"))
+            if d.log_requests:
+                self.log_request(d.services[index].name,
+                                 action[7:].decode("utf-8", "replace"), "")
+            self.client.deliver(action + b"\n\n")
+            d.in_flight -= 1
             return
+        service = d.services[index]
+        now = time.monotonic()
         if outcome == LOCAL:
             d.log.error(f"service={service.name} not asked: {reason}")
-        else:
-            now = time.monotonic()
-            if d.health.failed(index, outcome, reason, now):
-                d.release(index, now, "marked down while waiting")
+        elif d.health.failed(index, outcome, reason, now):
+            d.release(index, now, "marked down while waiting")
         if d.config.verbose:
             d.log.info(f"service={service.name} address={service.address} failed: {reason}")
         if self.failed is None:
             self.failed = []
         self.failed.append(f"{service.name}: {reason}")
-        self.next_attempt()
+        self.next_attempt(now)
 
     def answer_default(self, why: str) -> None:
         d = self.d
@@ -224,12 +229,12 @@ class Job:
 
     def finish(self, answer: bytes, service: str, action: str, default_why: str = "") -> None:
         d = self.d
-        if d.config.log_requests or (default_why and d.config.verbose):
+        if d.log_requests or (default_why and d.config.verbose):
             self.log_request(service, action, default_why)
         elif default_why:
             d.warn_default(default_why)
         self.client.deliver(answer)
-        d.job_done()
+        d.in_flight -= 1
 
     def log_request(self, service: str, action: str, default_why: str) -> None:
         attrs = self.request.attrs

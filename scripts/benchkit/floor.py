@@ -58,7 +58,11 @@ def serve(port: int, backend: tuple[str, int]) -> None:
                     client, _ = lsock.accept()
                 except BlockingIOError:
                     continue
-                server = socket.create_connection(backend)
+                try:
+                    server = socket.create_connection(backend, timeout=10)
+                except OSError:
+                    client.close()
+                    continue
                 for sock in (client, server):
                     sock.setblocking(False)
                     own[sock.fileno()] = sock
@@ -66,15 +70,17 @@ def serve(port: int, backend: tuple[str, int]) -> None:
                     ep.register(sock.fileno(), select.EPOLLIN)
                 peer[client.fileno()], peer[server.fileno()] = server, client
                 continue
+            if fd not in own:
+                continue  # closed with its peer earlier in this round
             try:
                 data = own[fd].recv(65536)
+                if data:
+                    bufs[fd] = relay(data, bufs[fd], peer[fd])
+                    continue
             except BlockingIOError:
                 continue
             except OSError:
-                data = b""
-            if data:
-                bufs[fd] = relay(data, bufs[fd], peer[fd])
-                continue
+                pass
             other = peer.pop(fd)
             for sock in (own[fd], other):
                 ep.unregister(sock.fileno())
