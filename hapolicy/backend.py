@@ -168,18 +168,14 @@ class Backends:
         conn.run(payload, deadline, on_done, now)
         return conn
 
-    def watch(self, conn: Connection) -> None:
-        self.in_flight.add(conn)
-        if self.tick is None:
-            self.tick = self.loop.call_later(DEADLINE_TICK, self._on_tick)
-
-    def _on_tick(self) -> None:
+    def on_tick(self) -> None:
+        """End the exchanges past their limit; again in DEADLINE_TICK while any is in flight."""
         self.tick = None
         now = time.monotonic()
         for conn in [c for c in self.in_flight if c.limit <= now]:
             conn.timeout(now)
         if self.in_flight and self.tick is None:
-            self.tick = self.loop.call_later(DEADLINE_TICK, self._on_tick)
+            self.tick = self.loop.call_later(DEADLINE_TICK, self.on_tick)
 
     def close(self) -> None:
         if self.tick is not None:
@@ -234,7 +230,10 @@ class Connection:
         self.started = now
         self.answer = b""
         self.sent = 0
-        self.backends.watch(self)
+        backends = self.backends
+        backends.in_flight.add(self)
+        if backends.tick is None:
+            backends.tick = self.loop.call_later(DEADLINE_TICK, backends.on_tick)
         if self.sock is not None:
             self.reused = True
             self._send_first(now)
@@ -279,7 +278,8 @@ class Connection:
     def _send_first(self, now: float) -> None:
         """Connected (or reused): send what the socket takes, then wait for the answer."""
         self.state = SENDING
-        self.limit = self._attempt_deadline()
+        limit = self.started + self.service.timeout
+        self.limit = limit if limit < self.deadline else self.deadline
         try:
             self.sent = self.sock.send(self.payload)  # type: ignore[union-attr]
         except BlockingIOError:

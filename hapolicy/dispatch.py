@@ -86,11 +86,6 @@ class Dispatcher:
         job = Job(self, request, client)
         job.next_attempt(job.started)
 
-    def wait_on(self, index: int, job: Job) -> None:
-        self.waiting[index].add(job)
-        if self.sweep_timer is None:
-            self.sweep_timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
-
     def release(self, index: int, since: float, why: str) -> None:
         """Move the requests waiting on service `index` since before `since` on at once."""
         jobs = self.waiting[index]
@@ -191,7 +186,10 @@ class Job:
         self.current = index
         service = d.services[index]
         self.exchange = conn = d.backends.connection(service, now)
-        d.wait_on(index, self)  # before run: the exchange may end at once
+        # before run, which may end the exchange at once
+        d.waiting[index].add(self)
+        if d.sweep_timer is None:
+            d.sweep_timer = d.loop.call_later(SWEEP_SECONDS, d.sweep)
         conn.run(self.request.raw, self.deadline, self.on_exchange_done, now)
 
     def on_exchange_done(self, action: bytes, outcome: int, reason: str) -> None:

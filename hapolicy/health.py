@@ -203,7 +203,8 @@ class Health:
 
     def ok(self, i: int) -> None:
         """A live request got a good answer from service i."""
-        if not self.table.checked:
+        table = self.table
+        if table.f[i * SLOT] != 0.0 and not table.checked:  # down, and no checks own it
             self.mark_up(i)
 
     def failed(self, i: int, outcome: int, detail: str, now: float) -> bool:

@@ -165,9 +165,12 @@ def format_action(action: str) -> bytes:
     return b"action=" + action.encode("utf-8", "replace") + b"\n\n"
 
 
-def answer_complete(buf: bytes | bytearray) -> int:
+def answer_complete(buf: bytes) -> int:
     """Length of the complete answer at the start of buf (through its empty line), or -1."""
-    return _request_end(buf, 0)
+    end = buf.find(b"\n\n") + 2
+    if end < 3 or end != len(buf) or buf[0] == 10 or b"\r" in buf:
+        return _request_end(buf, 0)  # not simply one whole answer with LF line ends
+    return end
 
 
 def answer_action(answer: bytes) -> bytes:

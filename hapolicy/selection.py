@@ -56,6 +56,8 @@ class Selector:
                 elif state == PROBE_DUE and health.claim_probe(i, now, self._lease(i)):
                     return i
             if candidates:
+                if len(group) == 1:
+                    return candidates[0]  # alone in its group: no round-robin clock to keep
                 if len(candidates) == 1:
                     return self._commit(candidates[0])
                 if key is not None:

@@ -7,6 +7,7 @@ from hapolicy.protocol import (
     RequestFramer,
     answer_action,
     answer_complete,
+    _request_end,
     parse_attributes,
 )
 
@@ -162,3 +163,11 @@ def test_the_whole_request_shortcut_frames_as_feed_does():
         else:
             assert one, data[:40]
             assert (whole.raw, whole.error) == (fed[0].raw, fed[0].error), data[:40]
+
+
+def test_the_whole_answer_shortcut_ends_answers_as_the_framing_does():
+    cases = [b"action=OK\n\n", b"action=OK\n", b"x", b"\n", b"\n\n", b"\naction=OK\n\n",
+             b"action=OK\r\n\r\n", b"action=OK\n\r\n", b"action=OK\n\nmore", b"a\n\n",
+             b"action=OK\nfoo=bar\n\n", b"action=OK\r\nx\n\n", b""]
+    for answer in cases:
+        assert answer_complete(answer) == _request_end(answer, 0), answer
