@@ -157,8 +157,16 @@ class Backends:
 
     def connection(self, service: Service, now: float) -> Connection:
         """An idle connection to service from the pool, or a new one (not connected yet)."""
-        conn = self.pool.get(service.name, now)
-        return conn if conn is not None else Connection(self, service)
+        stack = self.pool.idle.get(service.name)
+        if stack:
+            conn, since = stack[-1]
+            if now - since < POOL_IDLE_SECONDS:  # the common case, without a call
+                stack.pop()
+                return conn
+            conn = self.pool.get(service.name, now)
+            if conn is not None:
+                return conn
+        return Connection(self, service)
 
     def exchange(self, service: Service, payload: bytes, deadline: float,
                  on_done: Callable[[bytes, int, str], None]) -> Connection:

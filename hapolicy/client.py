@@ -167,10 +167,12 @@ class ClientConnection:
         if self.rfd == self.wfd:
             if (want_read, want_write) != (self.reading, self.writing):
                 events = (EVENT_READ if want_read else 0) | (EVENT_WRITE if want_write else 0)
+                # reading only (nearly always): the read handler itself, one call less
+                handler = self._on_readable if events == EVENT_READ else self._on_event
                 if not (self.reading or self.writing):
-                    self.loop.add(self.rfd, events, self._on_event)
+                    self.loop.add(self.rfd, events, handler)
                 elif events:
-                    self.loop.modify(self.rfd, events, self._on_event)
+                    self.loop.modify(self.rfd, events, handler)
                 else:
                     self.loop.remove(self.rfd)
         else:

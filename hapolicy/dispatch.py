@@ -166,7 +166,7 @@ class Job:
         self.key = None
         if dispatcher.hash_attrs:
             self.key = b"\0".join(request.attr_bytes(a) for a in dispatcher.hash_attrs)
-        self.instance = request.attr_bytes(b"instance") if dispatcher.sticky else b""
+        self.instance = request.instance() if dispatcher.sticky else b""
         self.exchange: Connection | None = None  # the connection of the attempt in progress
         self.current = -1
 

@@ -53,6 +53,15 @@ class Request:
             start = pos + 1 + len(key)
         return raw[start : raw.find(b"\n", start)].rstrip(b"\r")
 
+    def instance(self) -> bytes:
+        """The `instance` attribute (attr_bytes(b"instance"), asked of every request)."""
+        raw = self.raw
+        pos = raw.find(b"\ninstance=")
+        if pos < 0:
+            return self.attr_bytes(b"instance")  # first, or absent
+        start = pos + 10
+        return raw[start : raw.find(b"\n", start)].rstrip(b"\r")
+
 
 def parse_attributes(raw: bytes) -> dict[str, str]:
     """name=value lines to a dict; the value keeps every '=' after the first; later names win."""

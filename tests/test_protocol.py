@@ -171,3 +171,12 @@ def test_the_whole_answer_shortcut_ends_answers_as_the_framing_does():
              b"action=OK\nfoo=bar\n\n", b"action=OK\r\nx\n\n", b""]
     for answer in cases:
         assert answer_complete(answer) == _request_end(answer, 0), answer
+
+
+def test_the_instance_shortcut_reads_what_attr_bytes_reads():
+    from hapolicy.protocol import Request
+    for raw in [b"instance=a\nb=1\n\n", b"x=1\ninstance=abc\n\n", b"x=1\n\n",
+                b"x=1\ninstance=\n\n", b"x=1\ninstance=ab\r\r\n\r\n", b"x=1\ninstance=a\rb\n\n",
+                b"x=1\ninstance=last"]:
+        request = Request(raw)
+        assert request.instance() == request.attr_bytes(b"instance"), raw
