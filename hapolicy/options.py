@@ -15,9 +15,8 @@ services it balances ("pool": timeouts, health, balancing), or a command-line-on
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable
 
+from . import frozen
 from .config import (
     Config,
     ConfigError,
@@ -35,11 +34,15 @@ from .config import (
     parse_service,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 DAEMON, POOL, COMMAND = "daemon", "pool", "command"
 MAX_COUNT = 100  # check-rise and check-fall
 
 
-@dataclass(frozen=True)
+@frozen.frozen
 class Option:
     """One option. `key` is its `Config` field ("" for the command-line-only actions)."""
 
@@ -197,7 +200,7 @@ def default_of(option: Option) -> str:
     """The default as the docs say it."""
     if option.default_text or not option.key:
         return option.default_text
-    value = Config.__dataclass_fields__[option.key].default
+    value = frozen.default_of(Config, option.key)
     if option.flag:
         return "on" if value else "off"
     return format_value(option, value)
