@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import math
 import mmap
-import random
-from collections.abc import Sequence
 
-from .config import Config, Service
-from .log import Logger
 from .outcome import counts_against_service, is_timeout
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .config import Config, Service
+    from .log import Logger
 
 
 class F:
@@ -161,7 +164,9 @@ class HealthTable:
             self.set_served(i, max(self.served(i), min(others)))
 
     def randomize_phase(self, weights: list[int]) -> None:
-        """Start round robin at a random phase (spawn mode: each process is new)."""
+        """Start round robin at a random phase (a spawned process with a table of its own)."""
+        import random
+
         for i, weight in enumerate(weights):
             self.set_served(i, -random.random() / weight)
 
