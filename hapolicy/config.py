@@ -189,6 +189,17 @@ def parse_all_down(text: str) -> str:
     return text
 
 
+def parse_state_file(text: str) -> str:
+    """'' (the default place), `none` (no file: each spawned process keeps its own table) or
+    an absolute path to a file."""
+    text = text.strip()
+    if text in ("", "none"):
+        return text
+    if not text.startswith("/") or text.endswith("/") or "\0" in text:
+        raise ConfigError(f"state file {text!r}: expected an absolute path to a file, or none")
+    return text
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "yes", "true", "on"):
@@ -246,6 +257,7 @@ class Config:
     # health and balancing
     cooldown: float = 2.0
     cooldown_max: float = 60.0
+    state_file: str = ""  # spawn mode: "" the default place (statefile.py), "none" no file
     all_down: str = "default"  # or "try": try services marked down, in order, when all are
     check_interval: float = 5.0
     check_down_interval: float = 1.0

@@ -32,6 +32,7 @@ from .config import (
     parse_mode,
     parse_seconds,
     parse_service,
+    parse_state_file,
 )
 
 TYPE_CHECKING = False
@@ -148,6 +149,11 @@ OPTIONS: tuple[Option, ...] = (
            _seconds("cooldown"), "S"),
     Option("cooldown_max", ("--cooldown-max",), "the longest cool-down", _seconds("cooldown max"),
            "S"),
+    Option("state_file", ("--state-file",), "spawn mode: the file in which every process "
+           "spawned with the same services shares their health (down, cool-down, probe, round "
+           "robin); `none`: each process keeps its own", parse_state_file, "PATH", DAEMON,
+           default_text="`$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a file per "
+           "service list"),
     Option("check_interval", ("--check-interval",), "the daemon checks every service every S "
            "seconds (0: off, requests probe instead)",
            _interval("check interval", allow_zero=True), "S"),

@@ -36,7 +36,7 @@ COMMON = [
     ["--listen", "127.0.0.1:10060", "--user", "nobody", "--group", "nogroup", "--workers", "2",
      "-s", "A=h:1", "--all-down", "try", "--sticky-instance=no", "--check-config"],
     ["-c", "/etc/hapolicy.conf", "--connect-timeout", "1", "--cooldown", "2",
-     "-s", "A=h:1"],
+     "--state-file", "/run/hapolicy/health", "-s", "A=h:1"],
 ]
 
 
