@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import pwd
 import socket
 import subprocess
 import threading
@@ -39,7 +40,9 @@ class Spawned:
             self.proc = subprocess.Popen(
                 argv, stdin=theirs, stdout=theirs,
                 stderr=subprocess.PIPE if stderr_pipe else theirs,
-                cwd="/" if user else REPO, env=env or hapolicy_env(), user=user)
+                cwd="/" if user else REPO, env=env or hapolicy_env(), user=user,
+                group=pwd.getpwnam(user).pw_gid if user else None,
+                extra_groups=[] if user else None)
         except BaseException:
             ours.close()
             raise
