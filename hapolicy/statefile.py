@@ -18,7 +18,8 @@ opened without following a symbolic link, a regular file owned by the running us
 writable by group or others, with exactly the header expected and the size that follows from
 it. So a file of another service list, another layout or an earlier boot (whose monotonic
 times mean nothing now), or a truncated, empty, garbage or foreign one is never read as a
-table: it is replaced.
+table: it is replaced (what is not a regular file or a symbolic link, such as a device or a
+directory, is left alone: then no file is used).
 
 Making or replacing it: the directory is locked (flock, waited for at most LOCK_WAIT seconds),
 the file looked at again (another process may have just made it), and when it is still not
@@ -122,6 +123,8 @@ def open_table(setting: str, services: Sequence[Service]) -> tuple[HealthTable |
             table, why = map_existing(dfd, name, expected, len(services))
         if table is not None:
             return table, ""
+        if not replaceable(dfd, name):
+            raise Unusable(f"{why}, which is not replaced")
         table = make(dfd, name, expected, len(services))
         return table, ("" if why == MISSING else f"state file {path}: {why}: replaced")
     except Unusable as exc:
@@ -178,6 +181,18 @@ def map_existing(dfd: int, name: str, expected: bytes,
         return (None, why) if why else (mapped(fd, count), "")
     finally:
         os.close(fd)
+
+
+def replaceable(dfd: int, name: str) -> bool:
+    """Whether what is at name may be renamed over: nothing, a regular file or a symbolic link
+    (itself, not what it points to); never a directory, a device, a pipe or a socket."""
+    try:
+        st = os.lstat(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
 
 
 def check(fd: int, expected: bytes, count: int) -> str:

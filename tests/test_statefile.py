@@ -151,6 +151,17 @@ def test_a_symbolic_link_is_not_followed_but_replaced(tmp_path):
 
 
 @requires_root
+def test_a_device_is_never_replaced(tmp_path):
+    """`--state-file /dev/null` must not turn /dev/null into a file (here a copy of it)."""
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    table, note = opened(null)
+    assert table is None and "which is not replaced" in note
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+
+
+@requires_root
 def test_a_file_of_another_user_is_replaced(tmp_path):
     path = tmp_path / "state"
     opened(path)[0].close()
@@ -166,8 +177,12 @@ def test_what_cannot_be_used_or_made_gives_no_table_and_one_line(tmp_path):
     (tmp_path / "dir").mkdir()
     table, note = opened(tmp_path / "dir")
     assert table is None
-    assert note.startswith(f"state file {tmp_path / 'dir'}: cannot write it: ")
-    assert note.endswith("; this process keeps a health table of its own")
+    assert note == (f"state file {tmp_path / 'dir'}: a directory, which is not replaced; "
+                    "this process keeps a health table of its own")
+    os.mkfifo(tmp_path / "fifo")
+    table, note = opened(tmp_path / "fifo")
+    assert table is None and "not a regular file, which is not replaced" in note
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
     table, note = opened(tmp_path / "no" / "such" / "state")
     assert table is None and "cannot open directory" in note and "\n" not in note
 
