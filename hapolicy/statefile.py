@@ -178,6 +178,9 @@ def map_existing(dfd: int, name: str, expected: bytes,
         return None, _why(exc)
     try:
         why = check(fd, expected, count)
+    except OSError as exc:  # fstat or pread (an I/O error): not a file to trust
+        why = _why(exc)
+    try:
         return (None, why) if why else (mapped(fd, count), "")
     finally:
         os.close(fd)
