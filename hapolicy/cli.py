@@ -2,20 +2,28 @@
 
 `hapolicy [-d ACTION] [-l] [-v] [-L] -s NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]] ...` works as
 the Perl original's did. Every error in a command line or config file exits 2 with one line.
+
+A command line is read by cmdline.py straight from the option table when it can; argparse (made
+from the same table) is imported only for what cmdline.py leaves to it: `--help`, `--version`,
+errors and rare spellings. Spawn mode starts a new process per SMTP connection, and argparse
+would cost it a few milliseconds each time.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, cmdline
 from .config import Config, ConfigError, build_config, parse_service
 from .log import Logger
 from .options import OPTIONS, SETTINGS, default_of, read_config_file, summary
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 
@@ -24,15 +32,16 @@ class UsageError(Exception):
     pass
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports an error as one line instead of printing the usage."""
+def make_parser() -> argparse.ArgumentParser:
+    """The command line as argparse reads it, from the option table."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+    class Parser(argparse.ArgumentParser):
+        """argparse that reports an error as one line instead of printing the usage."""
 
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(message)
 
-def make_parser() -> Parser:
-    """The command line, from the option table."""
     p = Parser(prog="hapolicy", allow_abbrev=False, description=(
         "High availability, weighted load balancing and a fallback action for Postfix policy "
         "delegation services. Without --listen, serves one client on stdin/stdout (spawn(8))."))
@@ -40,7 +49,7 @@ def make_parser() -> Parser:
         default = default_of(option).replace("`", "")
         text = option.help.replace("`", "") + (f" (default: {default})" if default else "")
         text = text.replace("%", "%%")
-        dest = option.key or option.name.replace("-", "_")
+        dest = cmdline.dest(option)
         if option.flag:
             p.add_argument(*option.flags, dest=dest, action="store_true", default=None, help=text)
         elif option.choices:
@@ -54,38 +63,26 @@ def make_parser() -> Parser:
     return p
 
 
-# The original's long options. Its Getopt::Long took any unique prefix of them (`--serv`,
-# `--def`); so do we, but only of these five: prefixes of the daemon's options stay errors.
-ORIGINAL_LONG = ("service", "default", "logging", "verbose", "stdout")
+def parse_command_line(argv: Sequence[str]) -> dict[str, Any]:
+    """Every option's value by destination (None when not given); UsageError when wrong."""
+    expanded = cmdline.expand_original_abbreviations(argv)
+    values = cmdline.parse(expanded)
+    if values is None:
+        values = vars(make_parser().parse_args(expanded))
+    return values
 
 
-def expand_original_abbreviations(argv: Sequence[str]) -> list[str]:
-    """`--serv=X` -> `--service=X` when the prefix names exactly one of ORIGINAL_LONG and no
-    option of ours; everything after a bare `--` is left alone."""
-    known = {a for action in make_parser()._actions for a in action.option_strings}
-    out: list[str] = []
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            return out + list(argv[i:])
-        name, eq, value = arg.partition("=")
-        if name.startswith("--") and len(name) > 2 and name not in known:
-            full = [o for o in ORIGINAL_LONG if o.startswith(name[2:])]
-            if len(full) == 1:
-                arg = "--" + full[0] + eq + value
-        out.append(arg)
-    return out
-
-
-def load_config(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
-    """Build the Config from a config file (if any) and the command line, which wins."""
-    args = make_parser().parse_args(expand_original_abbreviations(argv))
+def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
+    """Build the Config from a config file (if any) and the command line, which wins; with
+    the command line's values (parse_command_line)."""
+    args = parse_command_line(argv)
     settings: dict[str, Any] = {}
     services = []
-    if args.config:
-        settings, services = read_config_file(args.config)
-        settings["config_file"] = os.path.abspath(args.config)
+    if args["config"]:
+        settings, services = read_config_file(args["config"])
+        settings["config_file"] = os.path.abspath(args["config"])
     for key, option in SETTINGS.items():
-        value = getattr(args, key)
+        value = args[key]
         if value is None:
             continue
         if option.flag:
@@ -95,8 +92,8 @@ def load_config(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
             settings[key] = option.parse(value)  # type: ignore[misc]
         except ConfigError as exc:
             raise ConfigError(f"--{option.name}: {exc}") from None
-    if args.service:
-        services = [parse_service(spec) for spec in args.service]
+    if args["service"]:
+        services = [parse_service(spec) for spec in args["service"]]
     return build_config(settings, services), args
 
 
@@ -107,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         return _fail(str(exc), argv)
     log = Logger(config.syslog_socket, config.log_stderr)
-    if args.check_config:
+    if args["check_config"]:
         print("\n".join(summary(config)))
         return 0
     if config.listen:

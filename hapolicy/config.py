@@ -1,4 +1,4 @@
-"""Configuration: the `Service` and `Config` dataclasses, service specs and the config file.
+"""Configuration: the `Service` and `Config` frozen records, service specs, value parsers.
 
 A service spec is the original's `NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`; HOST is a name, an
 IPv4 address or a bracketed IPv6 address, and `NAME=unix:/path[:PRIO[:WEIGHT[:TIMEOUT]]]` names a
@@ -13,23 +13,31 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+
+from .frozen import factory, frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 DEFAULT_PRIO = 10
 DEFAULT_WEIGHT = 1
 DEFAULT_TIMEOUT = 30.0
 MIN_INTERVAL = 0.1  # the shortest check interval or timeout: a check must be able to answer
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the final NUL
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; str() is one line for the postmaster."""
 
 
-@dataclass(frozen=True)
+def is_name(text: str) -> bool:
+    """1-64 of A-Z a-z 0-9 _ . - (a service's name, an attribute's)."""
+    return 0 < len(text) <= 64 and NAME_CHARS.issuperset(text)
+
+
+@frozen
 class Service:
     """One backend policy service."""
 
@@ -99,7 +107,7 @@ def parse_service(spec: str) -> Service:
     name = name.strip()
     if not sep or not rest:
         raise ConfigError(f"service {spec!r}: expected NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]")
-    if not NAME_RE.match(name):
+    if not is_name(name):
         raise ConfigError(f"service {spec!r}: name {name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
     host, port, path = "", 0, ""
     if rest.startswith("unix:"):
@@ -169,7 +177,7 @@ def parse_balance(text: str) -> str:
     text = text.strip()
     if text == "weighted":
         return text
-    if text.startswith("hash:") and all(NAME_RE.match(a) for a in text[5:].split(",")):
+    if text.startswith("hash:") and all(is_name(a) for a in text[5:].split(",")):
         return text
     raise ConfigError(f"balance {text!r}: expected 'weighted' or 'hash:ATTR[,ATTR...]'")
 
@@ -178,6 +186,17 @@ def parse_all_down(text: str) -> str:
     text = text.strip()
     if text not in ("default", "try"):
         raise ConfigError(f"all-down {text!r}: expected 'default' or 'try'")
+    return text
+
+
+def parse_state_file(text: str) -> str:
+    """'' (the default place), `none` (no file: each spawned process keeps its own table) or
+    an absolute path to a file."""
+    text = text.strip()
+    if text in ("", "none"):
+        return text
+    if not text.startswith("/") or text.endswith("/") or "\0" in text:
+        raise ConfigError(f"state file {text!r}: expected an absolute path to a file, or none")
     return text
 
 
@@ -210,7 +229,7 @@ def nonempty(what: str) -> Callable[[str], str]:
     return parse
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
     """Everything one hapolicy process needs; built once, never changed (HUP builds a new one)."""
 
@@ -224,7 +243,7 @@ class Config:
     connect_timeout: float = 5.0
     # daemon mode
     listen: str = ""
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = factory(lambda: os.cpu_count() or 1)
     max_use: int = 100000
     max_idle: float = 600.0
     retire_timeout: float = 1200.0
@@ -238,6 +257,7 @@ class Config:
     # health and balancing
     cooldown: float = 2.0
     cooldown_max: float = 60.0
+    state_file: str = ""  # spawn mode: "" the default place (statefile.py), "none" no file
     all_down: str = "default"  # or "try": try services marked down, in order, when all are
     check_interval: float = 5.0
     check_down_interval: float = 1.0

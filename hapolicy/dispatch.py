@@ -14,7 +14,6 @@ one taken down by another process (or by a check) is noticed within SWEEP_SECOND
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
 
 from .backend import Backends, Connection
 from .config import Config
@@ -25,17 +24,22 @@ from .outcome import ANSWERED, LOCAL
 from .protocol import Request, format_action
 from .selection import Selector
 
+# typing is imported for the type checker only: it costs a spawned process 3 ms of its start
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Protocol
+
+    class Client(Protocol):
+        """What a request needs to know of the connection it came on."""
+
+        instance: bytes  # Postfix's `instance` of the transaction last answered by a service
+        instance_service: int
+
+        def deliver(self, answer: bytes) -> None: ...
+
+
 SWEEP_SECONDS = 0.1  # how soon a service taken down elsewhere releases our waiting requests
 WARN_SECONDS = 1.0  # at most one "no service answered" warning this often (without -l)
-
-
-class Client(Protocol):
-    """What a request needs to know of the connection it came on."""
-
-    instance: bytes  # Postfix's `instance` of the transaction last answered by a service
-    instance_service: int
-
-    def deliver(self, answer: bytes) -> None: ...
 
 
 class Dispatcher:

@@ -1,6 +1,7 @@
 """Per-service health and balancing state, shared by all workers through one anonymous mmap.
 
-The master makes the table before it forks, so every worker sees the same memory. Each service
+The master makes the table before it forks, so every worker sees the same memory; in spawn
+mode the table is a file that every spawned process maps (statefile.py). Each service
 has a fixed slot of float64 fields (see FIELDS). No locks: every field is one aligned 8-byte
 word, written whole (atomic on the platforms Python runs on), and every race is benign by
 construction: two workers that both see a failure at the same instant may both log it, two
@@ -22,12 +23,15 @@ from __future__ import annotations
 
 import math
 import mmap
-import random
-from collections.abc import Sequence
 
-from .config import Config, Service
-from .log import Logger
 from .outcome import counts_against_service, is_timeout
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .config import Config, Service
+    from .log import Logger
 
 
 class F:
@@ -46,16 +50,27 @@ UP, DOWN, PROBE_DUE = 0, 1, 2
 CHECKED = 0  # word 0 of the table's own slot, after the services': 1.0 while checks own it
 
 
-class HealthTable:
-    """The shared table; `shared=False` makes a private one (spawn mode, tests)."""
+def table_bytes(count: int) -> int:
+    """The size of the table of count services: their slots and the table's own."""
+    return (count + 1) * SLOT * 8
 
-    def __init__(self, count: int, shared: bool = True) -> None:
+
+class HealthTable:
+    """The shared table; `shared=False` makes a private one (spawn mode without its file,
+    tests). `mapping` gives the memory instead, from `offset` on: a file mapped shared by the
+    processes of spawn mode (statefile.py); the table owns it and closes it."""
+
+    def __init__(self, count: int, shared: bool = True, mapping: mmap.mmap | None = None,
+                 offset: int = 0) -> None:
         self.count = count
         self.header = count * SLOT  # the table's own words, after the services' slots
-        size = (count + 1) * SLOT * 8
-        flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
-        self._map = mmap.mmap(-1, size, flags=flags | mmap.MAP_ANONYMOUS)
-        self.f = memoryview(self._map).cast("d")
+        size = table_bytes(count)
+        if mapping is None:
+            flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+            mapping = mmap.mmap(-1, size, flags=flags | mmap.MAP_ANONYMOUS)
+        self._map = mapping
+        self._bytes = memoryview(mapping)
+        self.f = self._bytes[offset:offset + size].cast("d")
 
     def state(self, i: int, now: float) -> int:
         f = self.f
@@ -161,12 +176,15 @@ class HealthTable:
             self.set_served(i, max(self.served(i), min(others)))
 
     def randomize_phase(self, weights: list[int]) -> None:
-        """Start round robin at a random phase (spawn mode: each process is new)."""
+        """Start round robin at a random phase (a spawned process with a table of its own)."""
+        import random
+
         for i, weight in enumerate(weights):
             self.set_served(i, -random.random() / weight)
 
     def close(self) -> None:
         self.f.release()
+        self._bytes.release()
         self._map.close()
 
 

@@ -17,13 +17,13 @@ killed and replaced.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import socket
 import time
 from typing import Callable
 
+from . import frozen
 from .checks import Checker, CheckerSet
 from .config import Config
 from .daemon import (
@@ -368,7 +368,7 @@ class Master:
                 self.log.warning(f"reload: a new {key} needs a restart; keeping "
                                  f"{getattr(self.config, key)!r}")
                 kept[key] = getattr(self.config, key)
-        return dataclasses.replace(config, **kept) if kept else config
+        return frozen.replace(config, **kept) if kept else config
 
     def reload(self) -> None:
         if self.reload_config is None or self.stopping:

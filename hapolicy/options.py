@@ -15,9 +15,8 @@ services it balances ("pool": timeouts, health, balancing), or a command-line-on
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable
 
+from . import frozen
 from .config import (
     Config,
     ConfigError,
@@ -33,13 +32,18 @@ from .config import (
     parse_mode,
     parse_seconds,
     parse_service,
+    parse_state_file,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 DAEMON, POOL, COMMAND = "daemon", "pool", "command"
 MAX_COUNT = 100  # check-rise and check-fall
 
 
-@dataclass(frozen=True)
+@frozen.frozen
 class Option:
     """One option. `key` is its `Config` field ("" for the command-line-only actions)."""
 
@@ -145,6 +149,11 @@ OPTIONS: tuple[Option, ...] = (
            _seconds("cooldown"), "S"),
     Option("cooldown_max", ("--cooldown-max",), "the longest cool-down", _seconds("cooldown max"),
            "S"),
+    Option("state_file", ("--state-file",), "spawn mode: the file in which every process "
+           "spawned with the same services shares their health (down, cool-down, probe, round "
+           "robin); `none`: each process keeps its own", parse_state_file, "PATH", DAEMON,
+           default_text="`$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a file per "
+           "service list"),
     Option("check_interval", ("--check-interval",), "the daemon checks every service every S "
            "seconds (0: off, requests probe instead)",
            _interval("check interval", allow_zero=True), "S"),
@@ -197,7 +206,7 @@ def default_of(option: Option) -> str:
     """The default as the docs say it."""
     if option.default_text or not option.key:
         return option.default_text
-    value = Config.__dataclass_fields__[option.key].default
+    value = frozen.default_of(Config, option.key)
     if option.flag:
         return "on" if value else "off"
     return format_value(option, value)

@@ -15,12 +15,16 @@ order: each costs its timeout when it is still dead. A request never tries a ser
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Sequence
 
-from .config import Service
-from .health import PROBE_DUE, UP, HealthTable
+from .health import PROBE_DUE, UP
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .config import Service
+    from .health import HealthTable
 
 
 class Selector:
@@ -35,6 +39,7 @@ class Selector:
         self.step = [1.0 / s.weight for s in services]
         self.names = [s.name.encode() for s in services]
         self.last_resort = [i for group in self.groups for i in group] if try_down else []
+        self.blake2b = None
 
     def pick(self, tried: int, now: float, key: bytes | None = None, sticky: int = -1) -> int:
         """The next service to try (index), or -1 when none is left to try.
@@ -85,6 +90,10 @@ class Selector:
 
     def hash_score(self, i: int, key: bytes) -> float:
         """Weighted rendezvous score of service i for key (highest wins)."""
-        digest = hashlib.blake2b(key + b"\0" + self.names[i], digest_size=8).digest()
+        if self.blake2b is None:
+            import hashlib  # here: loading OpenSSL costs a spawned process 2 ms of its start
+
+            self.blake2b = hashlib.blake2b
+        digest = self.blake2b(key + b"\0" + self.names[i], digest_size=8).digest()
         unit = (int.from_bytes(digest, "big") + 1) / 2.0**64  # in (0, 1]
         return -self.services[i].weight / math.log(unit) if unit < 1.0 else math.inf

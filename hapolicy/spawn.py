@@ -3,7 +3,9 @@
 spawn(8) connects stdin, stdout AND stderr to Postfix's socket, so nothing but answers may ever
 reach fds 1 and 2: stderr is pointed at /dev/null before anything can write to it (unless -L asks
 for log lines on stderr, for debugging at a terminal). The request path is the workers' own:
-the same event loop, client connection and dispatcher, with a private health table.
+the same event loop, client connection and dispatcher. The health table is the state file that
+every process spawned with the same services maps (statefile.py), or, with `--state-file none`
+or when that file cannot be used (logged once), one of this process's own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .dispatch import Dispatcher
 from .eventloop import EventLoop
 from .health import HealthTable
 from .log import Logger
+from .statefile import open_table
 
 
 def silence_stderr() -> None:
@@ -40,8 +43,7 @@ def run_spawn(config: Config, log: Logger) -> int:
             pass
     # poll, unlike epoll, accepts regular files and /dev/null on stdin (tests, debugging)
     loop = EventLoop(use_poll=True)
-    health = HealthTable(len(config.services), shared=False)
-    health.randomize_phase([s.weight for s in config.services])
+    health = health_table(config, log)
     dispatcher = Dispatcher(loop, config, health, log)
     client = ClientConnection(loop, dispatcher, 0, 1, lambda _client: None)
     client.start()
@@ -49,3 +51,20 @@ def run_spawn(config: Config, log: Logger) -> int:
         loop.run_once()
     dispatcher.close()
     return 0
+
+
+def health_table(config: Config, log: Logger) -> HealthTable:
+    """The table shared through the state file, else a private one (and the reason logged)."""
+    if config.state_file != "none":
+        try:
+            table, note = open_table(config.state_file, config.services)
+        except Exception as exc:  # noqa: BLE001 - a bug there must not cost the answers
+            table, note = None, f"state file: internal error: {type(exc).__name__}: {exc}"
+        if table is not None:
+            if note:
+                log.notice(note)
+            return table
+        log.warning(note)
+    table = HealthTable(len(config.services), shared=False)
+    table.randomize_phase([s.weight for s in config.services])
+    return table

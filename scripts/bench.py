@@ -14,6 +14,10 @@ Rows, each measured only when available (otherwise reported as skipped, with why
                   connection, the socket as its stdin, stdout and stderr)
   haproxy         HAProxy in TCP mode, one thread (/usr/sbin/haproxy, Debian package haproxy)
   perl original   /usr/sbin/hapolicy -s B=...:10 (Debian package hapolicy) under the emulator
+  spawn start     no load: from a process's start to its first answer, as spawn(8) starts one
+                  per SMTP connection (one socket as its fds 0-2, a request waiting): hapolicy
+                  spawn, the Perl original, and `python -c pass` (to its exit: the
+                  interpreter's own floor); medians of 30 interleaved runs of each
 
 The load generator keeps C persistent connections busy (closed loop: send a ~600-byte
 smtpd_access_policy request, wait for the whole answer, check it, repeat) for T seconds after a

@@ -2,7 +2,8 @@
 
 Runs `scripts/bench.py --smoke --json FILE` as CI does and reads the JSON it writes: the
 hapolicy daemon row must have answered requests without a single error, every answer the
-backend's own (no default answer), each of them served by the backend.
+backend's own (no default answer), each of them served by the backend; the spawn start row
+must have timed hapolicy's starts to its first answer (the backend's own) and the python floor.
 """
 
 from __future__ import annotations
@@ -22,5 +23,12 @@ def test_bench_smoke(tmp_path):
     assert daemon["default_answers"] == 0 and daemon["wrong_answers"] == 0, detail
     assert 0 < daemon["correct_answers"] <= daemon["backend_served"], detail
     assert proc.returncode == 0, detail
+    starts = {p["title"]: p for p in rows["start"]["programs"]}
+    assert rows["start"]["status"] == "ok", detail
+    for title in ("hapolicy spawn", "python floor"):
+        assert starts[title]["status"] == "ok" and starts[title]["runs"] == 3, detail
+        assert 0 < starts[title]["min_ms"] <= starts[title]["median_ms"], detail
+    assert report["ratios"]["spawn_start_over_perl"] is not None or \
+        starts["perl original"]["status"] == "skipped", detail
     for row in report["rows"]:
         assert row["status"] in ("ok", "skipped"), detail

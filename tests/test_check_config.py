@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.repo import run_hapolicy
 
+from hapolicy import frozen
 from hapolicy.cli import make_parser
 from hapolicy.config import Config
 from hapolicy.options import FILE_KEYS, OPTIONS, SETTINGS, markdown_table, read_config_file, summary
@@ -128,7 +129,7 @@ def test_example_values_are_the_defaults():
 
 
 def test_every_config_field_has_an_option():
-    fields = {f for f in Config.__dataclass_fields__ if f not in ("services", "config_file")}
+    fields = {f for f in frozen.fields(Config) if f not in ("services", "config_file")}
     assert fields == set(SETTINGS)
 
 

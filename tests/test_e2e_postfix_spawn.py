@@ -18,6 +18,7 @@ need. Runs as root (Postfix's master); installs postfix, postfwd and hapolicy wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -36,6 +37,9 @@ from support.postfix import (
     spawn_entry,
     world_readable_copy,
 )
+
+from hapolicy import statefile
+from hapolicy.config import parse_service
 
 REPO = Path(__file__).resolve().parents[1]
 REJECT_TEXT = "bad sender, says postfwd"
@@ -68,6 +72,7 @@ class World:
         self.alldead_smtpd_port = free_port()
         self.original_smtpd_port = free_port()
         self.marker = ""  # an argument only our main entry's processes have
+        self.state_files: list[str] = []  # made by our processes, as nobody: removed at stop
         self.postfix: PostfixInstance | None = None
 
     def start(self) -> None:
@@ -81,6 +86,10 @@ class World:
             "-s", f"DEAD1=127.0.0.1:{refused_port()}:10:1:2",
             "-s", f"DEAD2=127.0.0.1:{refused_port()}:20:1:2",
         ]  # fmt: skip
+        nobody = pwd.getpwnam("nobody").pw_uid
+        self.state_files = [
+            statefile.default_path([parse_service(s) for s in specs[1::2]], {}, nobody)
+            for specs in (services, dead_services)]
         # spawn_entry refuses white space: the { } grouping is put in afterwards
         dead = spawn_entry(self.spawn_dead_port, [*ours, "-d", PLACEHOLDER, *dead_services])
         dead = dead.replace(PLACEHOLDER, "{ " + DEFAULT_ACTION + " }")
@@ -105,6 +114,9 @@ class World:
         self.postfix.start()
 
     def stop(self) -> None:
+        for path in self.state_files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         if self.postfix is not None:
             self.postfix.stop()
         self.postfwd.stop()

@@ -4,6 +4,7 @@ wire: requests, answers and their kinds; procs: start, track and always stop pro
 /proc accounting; servers: our backend, the spawn(8) emulator, how each proxy is started;
 loadgen: the load generator processes; measure: the closed loop of one row and its figures;
 idle: --idle connections; runner: the state of a run (backend, rows, warnings, cleanup);
-rows: the rows as data and the one function that measures a row; soak: --soak; report: the
-table, ratios, warnings, JSON and exit status; cli: the command line and signals.
+rows: the rows as data and the one function that measures a row; startup: the spawn start
+row (process start to first answer); soak: --soak; report: the table, ratios, warnings, JSON
+and exit status; cli: the command line and signals.
 """

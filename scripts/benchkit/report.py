@@ -17,6 +17,7 @@ from typing import Any
 
 from .rows import ROW_TITLES
 from .runner import Bench
+from .startup import median_of, render_start
 
 SATURATED = 0.90  # a process busier than this share of one core is saturated
 RATIO_NAMES = {
@@ -28,12 +29,19 @@ RATIO_NAMES = {
     "daemon_over_haproxy_p99": "hapolicy daemon / haproxy, p99 latency",
     "daemon_over_haproxy_cpu_per_request": "hapolicy daemon / haproxy, CPU per request",
     "spawn_over_perl_rps": "hapolicy spawn / perl original, req/s",
+    "spawn_start_over_perl": "hapolicy spawn / perl original, start to first answer",
     "daemon_over_spawn_rps": "hapolicy daemon / hapolicy spawn, req/s",
 }
 
 
+def start_ratio(rows: list[dict[str, Any]], a: str, b: str) -> float | None:
+    top, bottom = median_of(rows, a), median_of(rows, b)
+    return top / bottom if top is not None and bottom else None
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    by = {r["row"]: r for r in rows if r["status"] in ("ok", "errors") and r.get("requests")}
+    by = {r["row"]: r for r in rows if r["status"] in ("ok", "errors") and r.get("requests")
+          and r.get("kind") != "start"}
 
     def div(a: str, b: str, key: str) -> float | None:
         if a in by and b in by and by[b][key]:
@@ -49,6 +57,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "daemon_over_haproxy_p99": div("daemon", "haproxy", "p99_ms"),
         "daemon_over_haproxy_cpu_per_request": div("daemon", "haproxy", "cpu_us_per_request"),
         "spawn_over_perl_rps": div("spawn", "perl", "rps"),
+        "spawn_start_over_perl": start_ratio(rows, "hapolicy spawn", "perl original"),
         "daemon_over_spawn_rps": div("daemon", "spawn", "rps"),
     }
 
@@ -81,8 +90,11 @@ def render(report: dict[str, Any]) -> str:
     rows = report["rows"]
     table = [[c[0] for c in COLUMNS]]
     notes = []
+    starts = []
     for row in rows:
-        if row["status"] in ("ok", "errors"):
+        if row.get("kind") == "start":
+            starts.extend(render_start(row, align))
+        elif row["status"] in ("ok", "errors"):
             table.append(["-" if row.get(key) is None else fmt.format(row[key])
                           for _h, key, fmt in COLUMNS])
         else:
@@ -93,8 +105,10 @@ def render(report: dict[str, Any]) -> str:
                f"processes, {cfg['seconds']:g} s after {cfg['warmup']:g} s warm-up, "
                f"{cfg['cpus']} CPUs, daemon workers {cfg['workers']}, backend "
                f"{cfg['backend']}")
-    out.extend(align(table))
+    if len(table) > 1:
+        out.extend(align(table))
     out.extend(notes)
+    out.extend(starts)
     shown = [(RATIO_NAMES[k], v) for k, v in report["ratios"].items() if v is not None]
     if shown:
         out.append("ratios:")
@@ -129,6 +143,7 @@ def idle_line(name: str, idle: dict[str, Any]) -> str:
 
 
 def check_rows(rows: list[dict[str, Any]], warnings: list[str]) -> None:
+    rows = [r for r in rows if r.get("kind") != "start"]  # no load: nothing to say of its CPU
     busy = [r["title"] for r in rows if r["status"] in ("ok", "errors") and r["host_idle"] < 0.05]
     if busy:
         warnings.append(f"no CPU left idle on the host in rows: {', '.join(busy)}. Proxy, backend "

@@ -39,6 +39,8 @@ class Bench:
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                     else "")
         env.pop("PYTHONDEVMODE", None)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # hapolicy as installed: its bytecode cached
+        env["XDG_RUNTIME_DIR"] = self.tmp  # spawn mode's state files go where the bench cleans
         self.env = env
 
     def log(self, message: str) -> None:
@@ -59,7 +61,11 @@ class Bench:
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        if row["status"] in ("ok", "errors"):
+        if row.get("kind") == "start":
+            self.log(f"{row['title']}: " + ", ".join(
+                f"{p['title']} {p['median_ms']:.1f} ms" if p["status"] == "ok" else
+                f"{p['title']} {p['status']}" for p in row["programs"]))
+        elif row["status"] in ("ok", "errors"):
             self.log(f"{row['title']}: {row['rps']:.0f} req/s, p99 {row['p99_ms']:.2f} ms, "
                      f"{row['errors']} errors")
         else:

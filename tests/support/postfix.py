@@ -407,10 +407,12 @@ def _remove_temporary_dirs() -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def world_readable_copy(src_pkg_dir: Path, dest: Path) -> Path:
+def world_readable_copy(src_pkg_dir: Path, dest: Path, compile_with: str = "") -> Path:
     """Copy the package directory *src_pkg_dir* into *dest* so that nobody can import it.
 
-    Directories get mode 755 and files 644 (``__pycache__`` is left out). When *dest*'s
+    Directories get mode 755 and files 644 (``__pycache__`` is left out, or made anew by the
+    interpreter *compile_with*, as a system-wide ``pip install`` does: then a process that
+    cannot write there does not compile every module at each start). When *dest*'s
     parents cannot be traversed by everyone (pytest's tmp_path), a directory under /tmp
     is used instead and removed when the test process exits. Returns the directory to put
     on PYTHONPATH (it contains the package directory).
@@ -422,6 +424,9 @@ def world_readable_copy(src_pkg_dir: Path, dest: Path) -> Path:
     target = dest / src_pkg_dir.name
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(src_pkg_dir, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if compile_with:
+        subprocess.run([compile_with, "-m", "compileall", "-q", str(target)], check=True,
+                       capture_output=True, timeout=60)
     for path in (target, *target.rglob("*")):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return dest

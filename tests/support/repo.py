@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,11 +15,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def hapolicy_env() -> dict[str, str]:
-    """This process's environment with the repository first on PYTHONPATH."""
+    """This process's environment with the repository first on PYTHONPATH, and XDG_RUNTIME_DIR
+    a private directory of this process (runtime_dir): the state files that spawn mode makes
+    by default land there, not in the user's own."""
     env = dict(os.environ)
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + old if old else "")
+    env["XDG_RUNTIME_DIR"] = runtime_dir()
     return env
+
+
+_runtime: list[str] = []
+
+
+def runtime_dir() -> str:
+    """A directory of this test process (mode 0700, removed when it exits)."""
+    if not _runtime:
+        _runtime.append(tempfile.mkdtemp(prefix="hapolicy-xdg-"))
+        atexit.register(shutil.rmtree, _runtime[0], True)
+    return _runtime[0]
 
 
 def command(args: Sequence[str]) -> list[str]:

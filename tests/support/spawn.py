@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import pwd
 import socket
 import subprocess
 import threading
@@ -25,18 +26,23 @@ if TYPE_CHECKING:
 class Spawned:
     """One hapolicy process in spawn mode; the test holds the other end of its socket.
 
-    *program* replaces ``python -m hapolicy`` (e.g. ``["/usr/sbin/hapolicy"]``, the original).
+    *program* replaces ``python -m hapolicy`` (e.g. ``["/usr/sbin/hapolicy"]``, the original);
+    *user* runs it as that user (as spawn(8)'s ``user=``), with *env* as its whole environment
+    and ``/`` as its directory when given (the repository may be closed to that user).
     """
 
     def __init__(self, args: Sequence[str], stderr_pipe: bool = False,
-                 program: Sequence[str] | None = None) -> None:
+                 program: Sequence[str] | None = None, user: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         ours, theirs = socket.socketpair()
         argv = [*program, *args] if program is not None else command(args)
         try:
             self.proc = subprocess.Popen(
                 argv, stdin=theirs, stdout=theirs,
                 stderr=subprocess.PIPE if stderr_pipe else theirs,
-                cwd=REPO, env=hapolicy_env())
+                cwd="/" if user else REPO, env=env or hapolicy_env(), user=user,
+                group=pwd.getpwnam(user).pw_gid if user else None,
+                extra_groups=[] if user else None)
         except BaseException:
             ours.close()
             raise
