@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop
 from .protocol import MAX_REQUEST_BYTES, Request, RequestFramer
 

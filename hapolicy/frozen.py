@@ -43,7 +43,7 @@ def factory(make: Callable[[], Any]) -> Any:
 def frozen(cls: type[T]) -> type[T]:
     """Make cls a frozen record of the fields its body annotates (see the module doc)."""
     title = cls.__name__
-    names = tuple(cls.__dict__.get("__annotations__", {}))
+    names = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063 (the class own)
     known = frozenset(names)
     defaults = {}
     for name in names:
@@ -118,5 +118,5 @@ def replace(record: T, **changes: Any) -> T:
     cls = record.__class__
     unknown = set(changes) - set(fields(cls))
     if unknown:
-        raise TypeError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
+        raise TypeError(f"{cls.__name__} has no field {min(unknown)!r}")
     return cls(**{**{n: record.__dict__[n] for n in fields(cls)}, **changes})

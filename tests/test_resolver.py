@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from hapolicy.backend import RESOLVE_RETRY, RESOLVE_TTL, Resolver
+from hapolicy.resolver import RESOLVE_RETRY, RESOLVE_TTL, Resolver
 from hapolicy.config import Service
 
 SERVICE = Service(name="GREY1", host="policy.example.org", port=10023)
