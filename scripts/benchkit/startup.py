@@ -63,7 +63,7 @@ def programs(bench: Bench) -> list[Program]:
         if sink is not None:
             sink.setblocking(False)
         found.append(Program("perl original", argv, answer, sink=sink, note=note))
-    found.append(Program("python floor", [sys.executable, "-c", "pass"], None))
+    found.append(Program("python -c pass", [sys.executable, "-c", "pass"], None))
     return found
 
 
@@ -194,7 +194,7 @@ def render_start(row: dict[str, Any], align: Any) -> list[str]:
             notes.append(f"  {entry['title']}: {_short(entry['command'])}")
         else:
             notes.append(f"  {entry['title']}: {entry['status']}: {entry.get('reason', '')}")
-    lines = [f"{row['title']}: from the process's start to its first answer (python floor: to "
+    lines = [f"{row['title']}: from the process's start to its first answer (python -c pass: to "
              f"its exit), {row['runs']} runs of each, interleaved"]
     return lines + align(table) + notes
 
