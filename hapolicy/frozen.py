@@ -40,11 +40,9 @@ def factory(make: Callable[[], Any]) -> Any:
     return _Factory(make)
 
 
-def frozen(cls: type[T]) -> type[T]:
-    """Make cls a frozen record of the fields its body annotates (see the module doc)."""
-    title = cls.__name__
+def _fields_of(cls: type) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The annotated field names of cls's own body, in order, and their defaults."""
     names = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063 (the class own)
-    known = frozenset(names)
     defaults = {}
     for name in names:
         value = cls.__dict__.get(name, _MISSING)
@@ -53,52 +51,72 @@ def frozen(cls: type[T]) -> type[T]:
             if isinstance(value, _Factory):
                 delattr(cls, name)  # the class attribute would read as the factory
         elif defaults:
-            raise TypeError(f"{title}: field {name!r} without a default follows one with a default")
+            raise TypeError(f"{cls.__name__}: field {name!r} without a default follows one "
+                            "with a default")
+    return names, defaults
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if len(args) > len(names):
-            raise TypeError(f"{title}() takes {len(names)} arguments, {len(args)} given")
-        values = self.__dict__
-        for name, value in zip(names, args):
-            values[name] = value
-        for name, value in kwargs.items():
-            if name not in known or name in values:
-                raise TypeError(f"{title}() got an unexpected or repeated argument {name!r}")
-            values[name] = value
-        for name in names:
-            if name not in values:
-                default = defaults.get(name, _MISSING)
-                if default is _MISSING:
-                    raise TypeError(f"{title}() missing argument {name!r}")
-                values[name] = default.make() if isinstance(default, _Factory) else default
 
-    def __setattr__(self: Any, name: str, value: Any) -> None:
-        raise FrozenError(f"cannot assign to field {name!r} of a frozen {title}")
+def _init(self: Any, *args: Any, **kwargs: Any) -> None:
+    cls = self.__class__
+    names, defaults = cls._frozen_fields, cls._frozen_defaults
+    if len(args) > len(names):
+        raise TypeError(f"{cls.__name__}() takes {len(names)} arguments, {len(args)} given")
+    values = self.__dict__
+    for name, value in zip(names, args):
+        values[name] = value
+    for name, value in kwargs.items():
+        if name not in cls._frozen_known or name in values:
+            raise TypeError(f"{cls.__name__}() got an unexpected or repeated argument {name!r}")
+        values[name] = value
+    for name in names:
+        if name not in values:
+            default = defaults.get(name, _MISSING)
+            if default is _MISSING:
+                raise TypeError(f"{cls.__name__}() missing argument {name!r}")
+            values[name] = default.make() if isinstance(default, _Factory) else default
 
-    def __delattr__(self: Any, name: str) -> None:
-        raise FrozenError(f"cannot delete field {name!r} of a frozen {title}")
 
-    def _values(self: Any) -> tuple:
-        values = self.__dict__
-        return tuple(values[n] for n in names)
+def _setattr(self: Any, name: str, value: Any) -> None:
+    raise FrozenError(f"cannot assign to field {name!r} of a frozen {self.__class__.__name__}")
 
-    def __eq__(self: Any, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return _values(self) == _values(other)
 
-    def __hash__(self: Any) -> int:
-        return hash(_values(self))
+def _delattr(self: Any, name: str) -> None:
+    raise FrozenError(f"cannot delete field {name!r} of a frozen {self.__class__.__name__}")
 
-    def __repr__(self: Any) -> str:
-        values = self.__dict__
-        return f"{title}(" + ", ".join(f"{n}={values[n]!r}" for n in names) + ")"
 
-    for method in (__init__, __setattr__, __delattr__, __eq__, __hash__, __repr__):
-        method.__qualname__ = f"{title}.{method.__name__}"
-        setattr(cls, method.__name__, method)
+def _values(self: Any) -> tuple:
+    values = self.__dict__
+    return tuple(values[n] for n in self.__class__._frozen_fields)
+
+
+def _eq(self: Any, other: object) -> bool:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _values(self) == _values(other)
+
+
+def _hash(self: Any) -> int:
+    return hash(_values(self))
+
+
+def _repr(self: Any) -> str:
+    values = self.__dict__
+    return (f"{self.__class__.__name__}("
+            + ", ".join(f"{n}={values[n]!r}" for n in self.__class__._frozen_fields) + ")")
+
+
+_METHODS = {"__init__": _init, "__setattr__": _setattr, "__delattr__": _delattr,
+            "__eq__": _eq, "__hash__": _hash, "__repr__": _repr}
+
+
+def frozen(cls: type[T]) -> type[T]:
+    """Make cls a frozen record of the fields its body annotates (see the module doc)."""
+    names, defaults = _fields_of(cls)
     cls._frozen_fields = names  # type: ignore[attr-defined]
+    cls._frozen_known = frozenset(names)  # type: ignore[attr-defined]
     cls._frozen_defaults = defaults  # type: ignore[attr-defined]
+    for name, method in _METHODS.items():
+        setattr(cls, name, method)
     return cls
 
 
