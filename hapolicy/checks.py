@@ -23,7 +23,7 @@ from .config import Config
 from .eventloop import EventLoop, Timer
 from .health import UP, Health, HealthTable
 from .log import Logger
-from .outcome import ANSWERED, LOCAL
+from .outcome import ANSWERED, FAIL_ANSWER, LOCAL
 
 
 class Checker:
@@ -36,6 +36,11 @@ class Checker:
         self.health = Health(table, config.services, config, log)
         self.log = log
         self.payload = config.check_request.encode() + b"\n"
+        self.fail_answer = None
+        if config.fail_answer:
+            import re
+
+            self.fail_answer = re.compile(config.fail_answer.encode(), re.IGNORECASE).search
         self.backends = Backends(loop, config.connect_timeout)
         count = len(config.services)
         self.rise = [0] * count  # consecutive answered checks while down
@@ -84,16 +89,22 @@ class Checker:
         now = self.started[i] = time.monotonic()
         deadline = now + min(service.timeout, self.config.check_timeout)
         self.backends.exchange(service, self.payload, deadline,
-                               lambda action, outcome, detail: self.done(i, outcome, detail))
+                               lambda action, outcome, detail:
+                               self.done(i, outcome, detail, action))
 
-    def done(self, i: int, outcome: int, detail: str) -> None:
+    def done(self, i: int, outcome: int, detail: str, action: bytes = b"") -> None:
         if self.stopped:
             return
+        fail_answer = self.fail_answer
+        if outcome == ANSWERED and fail_answer is not None and fail_answer(action[7:]):
+            outcome = FAIL_ANSWER
+            detail = "answer matched fail-answer: " + action[7:].decode("utf-8", "replace")
         now = time.monotonic()
         up = self.table.state(i, now) == UP
         config = self.config
         if outcome == LOCAL:
-            self.log.error(f"service={config.services[i].name} not checked: {detail}")
+            self.log.error(f"pool={config.name} service={config.services[i].name} not checked: "
+                           f"{detail}")
         elif outcome == ANSWERED:
             self.fall[i] = 0
             if not up:
@@ -117,30 +128,35 @@ class Checker:
 
 
 class CheckerSet:
-    """The checker of the current health table, and those kept for tables still in use.
+    """The checker of each pool's current health table, and those kept for tables still in use.
 
-    On a reload with new services, the workers that retire keep serving on the old table until
-    they exit; its checker keeps running for them (else their down services would go back to
-    live probes), and stops once no worker of its generation or an older one is left."""
+    On a reload with new services (or without a pool), the workers that retire keep serving on
+    the old table until they exit; its checker keeps running for them (else their down services
+    would go back to live probes), and stops once no worker of its generation or an older one is
+    left."""
 
     def __init__(self) -> None:
-        self.current: Checker | None = None
+        self.current: dict[str, Checker] = {}  # by pool name
         self.kept: list[tuple[int, Checker]] = []  # (last generation served, checker)
 
     def all(self) -> list[Checker]:
-        current = [self.current] if self.current is not None else []
-        return current + [checker for _, checker in self.kept]
+        return [*self.current.values(), *(checker for _, checker in self.kept)]
 
-    def replace(self, checker: Checker, keep_for: int | None) -> None:
-        """Start `checker` as the current one. The old one is kept while workers of generation
-        `keep_for` or older live, or stopped now when `keep_for` is None."""
-        if self.current is not None:
-            if keep_for is None:
-                self.current.stop()
-            else:
-                self.kept.append((keep_for, self.current))
-        self.current = checker
+    def replace(self, pool: str, checker: Checker, keep_for: int | None) -> None:
+        """Start `checker` as the pool's current one. The old one is kept while workers of
+        generation `keep_for` or older live, or stopped now when `keep_for` is None."""
+        self.retire(pool, keep_for)
+        self.current[pool] = checker
         checker.start()
+
+    def retire(self, pool: str, keep_for: int | None) -> None:
+        """The pool's current checker is no longer current: kept for `keep_for`, or stopped."""
+        old = self.current.pop(pool, None)
+        if old is not None:
+            if keep_for is None:
+                old.stop()
+            else:
+                self.kept.append((keep_for, old))
 
     def stop_unused(self, generations: set[int]) -> None:
         """Stop the kept checkers that no live worker's generation needs any more."""

@@ -15,9 +15,10 @@ import os
 import sys
 
 from . import __version__, cmdline
-from .config import Config, ConfigError, build_config, parse_service
+from .config import Config, ConfigError, parse_service
+from .configfile import assemble, read_config_file
 from .log import Logger
-from .options import OPTIONS, SETTINGS, default_of, read_config_file, summary
+from .options import OPTIONS, SETTINGS, default_of, summary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -78,8 +79,9 @@ def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
     args = parse_command_line(argv)
     settings: dict[str, Any] = {}
     services = []
+    parsed = None
     if args["config"]:
-        settings, services = read_config_file(args["config"])
+        parsed = read_config_file(args["config"])
         settings["config_file"] = os.path.abspath(args["config"])
     for key, option in SETTINGS.items():
         value = args[key]
@@ -94,7 +96,7 @@ def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
             raise ConfigError(f"--{option.name}: {exc}") from None
     if args["service"]:
         services = [parse_service(spec) for spec in args["service"]]
-    return build_config(settings, services), args
+    return assemble(parsed, settings, services), args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,7 @@ class ClientConnection:
         "queue",
         "reading",
         "rfd",
+        "route",
         "sock",
         "submitting",
         "wfd",
@@ -69,6 +70,7 @@ class ClientConnection:
         self.last_active = time.monotonic()
         self.instance = b""
         self.instance_service = -1
+        self.route = None  # the pool last asked, where pools share an address (routing.py)
         self.submitting = False
 
     def start(self) -> None:

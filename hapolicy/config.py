@@ -145,11 +145,14 @@ def parse_service(spec: str) -> Service:
 
 
 def parse_listen(text: str) -> str:
-    """Validate `HOST:PORT`, `[IPv6]:PORT` or `unix:/path` ('' for none); returns it stripped."""
-    text = text.strip()
-    if text:
-        split_listen(text)
-    return text
+    """Validate one or more of `HOST:PORT`, `[IPv6]:PORT` or `unix:/path`, separated by blanks
+    or commas ('' for none); returns them joined by one space, each once."""
+    addresses: list[str] = []
+    for address in text.replace(",", " ").split():
+        split_listen(address)
+        if address not in addresses:
+            addresses.append(address)
+    return " ".join(addresses)
 
 
 def split_listen(text: str) -> tuple[str, int, str]:
@@ -177,9 +180,40 @@ def parse_balance(text: str) -> str:
     text = text.strip()
     if text == "weighted":
         return text
-    if text.startswith("hash:") and all(is_name(a) for a in text[5:].split(",")):
-        return text
-    raise ConfigError(f"balance {text!r}: expected 'weighted' or 'hash:ATTR[,ATTR...]'")
+    if text.startswith("hash:"):
+        for attr in text[5:].split(","):
+            name, slash, bits = attr.partition("/")
+            if not is_name(name) or (slash and not _is_prefix(bits)):
+                break
+        else:
+            return text
+    raise ConfigError(f"balance {text!r}: expected 'weighted' or 'hash:ATTR[/N][,ATTR...]' "
+                      "(N: a prefix length, 0-32 for IPv4, 33-128 for IPv6)")
+
+
+def _is_prefix(bits: str) -> bool:
+    return bits.isdigit() and len(bits) <= 3 and int(bits) <= 128
+
+
+def parse_fail_answer(text: str) -> str:
+    """A regular expression searched (case-insensitive) in a service's action ('' for none)."""
+    text = text.strip()
+    if text:
+        import re  # here: spawn mode's start pays for it only when the option is given
+
+        try:
+            re.compile(text)
+        except re.error as exc:
+            raise ConfigError(f"fail-answer {text!r} is not a regular expression: {exc}") from None
+    return text
+
+
+def parse_context(text: str) -> str:
+    """A `policy_context` value, or `*` for requests of no known context."""
+    text = text.strip()
+    if not text or any(c.isspace() for c in text):
+        raise ConfigError(f"policy context {text!r} must be one word, or *")
+    return text
 
 
 def parse_all_down(text: str) -> str:
@@ -271,13 +305,38 @@ class Config:
     )
     balance: str = "weighted"
     sticky_instance: bool = True
+    fail_answer: str = ""  # a regular expression: an action it matches is a failure
     config_file: str = ""
+    # pools: a Config per pool (a file's [pool NAME] sections); none: this Config is the one pool
+    name: str = "default"
+    policy_context: str = ""  # the policy_context value this pool serves ("*": any other)
+    log_prefix: str = ""  # `pool NAME: ` before a pool's log lines, when it is a file's section
+    pool_configs: tuple = ()
+
+    @property
+    def pools(self) -> tuple[Config, ...]:
+        """Every pool, in the order of the file; a Config without sections is its own pool."""
+        return self.pool_configs or (self,)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every listen address of every pool, each once, in order."""
+        seen: dict[str, None] = {}
+        for pool in self.pools:
+            seen.update(dict.fromkeys(pool.listen.split()))
+        return list(seen)
+
+    def pools_on(self, address: str) -> list[Config]:
+        """The pools that listen on one address."""
+        return [p for p in self.pools if address in p.listen.split()]
 
 
-def build_config(settings: dict[str, Any], services: list[Service]) -> Config:
-    """Check the whole and make the frozen Config."""
+def build_config(settings: dict[str, Any], services: list[Service], where: str = "") -> Config:
+    """Check the whole and make the frozen Config (`where`: the pool named in errors)."""
     if not services:
-        raise ConfigError("no service given: use -s NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]")
+        raise ConfigError(f"{where}no service given: use "
+                          + ("service = NAME=HOST:PORT[...]" if where else
+                             "-s NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]"))
     names: set[str] = set()
     for service in services:
         if service.name in names:
@@ -285,5 +344,6 @@ def build_config(settings: dict[str, Any], services: list[Service]) -> Config:
         names.add(service.name)
     config = Config(services=tuple(services), **settings)
     if config.cooldown_max < config.cooldown:
-        raise ConfigError(f"cooldown-max {config.cooldown_max} is below cooldown {config.cooldown}")
+        raise ConfigError(f"{where}cooldown-max {config.cooldown_max} is below cooldown "
+                          f"{config.cooldown}")
     return config

@@ -18,9 +18,10 @@ import time
 from .backend import Backends, Connection
 from .config import Config
 from .eventloop import EventLoop, Timer
+from .hashkey import key_function
 from .health import UP, Health, HealthTable
 from .log import Logger
-from .outcome import ANSWERED, LOCAL
+from .outcome import ANSWERED, FAIL_ANSWER, LOCAL
 from .protocol import Request, format_action
 from .selection import Selector
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
         instance: bytes  # Postfix's `instance` of the transaction last answered by a service
         instance_service: int
+        route: object  # the pool last asked on a shared address (routing.py)
 
         def deliver(self, answer: bytes) -> None: ...
 
@@ -51,8 +53,12 @@ class Dispatcher:
         self.table = table
         self.health = Health(table, config.services, config, log)
         self.log = log
-        hash_attrs = config.balance[5:].split(",") if config.balance.startswith("hash:") else ()
-        self.hash_attrs = [a.encode() for a in hash_attrs]
+        self.hash_key = key_function(config.balance)
+        self.fail_answer = None  # the search of fail-answer's pattern in an action line
+        if config.fail_answer:
+            import re  # here: spawn mode's start pays for it only when the option is given
+
+            self.fail_answer = re.compile(config.fail_answer.encode(), re.IGNORECASE).search
         self.selector = Selector(config.services, table, config.all_down == "try")
         self.backends = Backends(loop, config.connect_timeout)
         self.default_answer = format_action(config.default_action)
@@ -114,7 +120,8 @@ class Dispatcher:
         each WARN_SECONDS as one line per reason (an outage must not flood syslog)."""
         now = time.monotonic()
         if now >= self.warn_quiet_until and not self.warn_held:
-            self.log.warning(f"no service answered ({why}): action={self.config.default_action}")
+            self.log.warning(f"{self.config.log_prefix}no service answered ({why}): "
+                             f"action={self.config.default_action}")
             self.warn_quiet_until = now + WARN_SECONDS
             return
         self.warn_held[why] = self.warn_held.get(why, 0) + 1
@@ -124,7 +131,8 @@ class Dispatcher:
     def _warn_held(self) -> None:
         self.warn_timer = None
         for why, count in self.warn_held.items():
-            self.log.warning(f"no service answered ({why}): action={self.config.default_action}"
+            self.log.warning(f"{self.config.log_prefix}no service answered ({why}): "
+                             f"action={self.config.default_action}"
                              f" ({count} request{'s' if count > 1 else ''} in {WARN_SECONDS:g}s)")
         self.warn_held.clear()
         self.warn_quiet_until = time.monotonic() + WARN_SECONDS
@@ -168,8 +176,8 @@ class Job:
         self.tried = 0
         self.failed: list[str] | None = None  # why each service tried failed
         self.key = None
-        if dispatcher.hash_attrs:
-            self.key = b"\0".join(request.attr_bytes(a) for a in dispatcher.hash_attrs)
+        if dispatcher.hash_key is not None:
+            self.key = dispatcher.hash_key(request)
         self.instance = request.instance() if dispatcher.sticky else b""
         self.exchange: Connection | None = None  # the connection of the attempt in progress
         self.current = -1
@@ -201,6 +209,9 @@ class Job:
         index = self.current
         self.exchange = None
         d.waiting[index].discard(self)
+        if outcome == ANSWERED and d.fail_answer is not None and d.fail_answer(action[7:]):
+            outcome = FAIL_ANSWER
+            reason = "answer matched fail-answer: " + action[7:].decode("utf-8", "replace")
         if outcome == ANSWERED:
             d.health.ok(index)
             if self.instance:
@@ -241,7 +252,7 @@ class Job:
     def log_request(self, service: str, action: str, default_why: str) -> None:
         attrs = self.request.attrs
         line = (
-            f"service={service} client={attrs.get('client_name', '')}"
+            f"pool={self.d.config.name} service={service} client={attrs.get('client_name', '')}"
             f"[{attrs.get('client_address', '')}] helo=<{attrs.get('helo_name', '')}>"
             f" sender=<{attrs.get('sender', '')}> recipient=<{attrs.get('recipient', '')}>"
             f" delay={time.monotonic() - self.started:.3f}s action={action}"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import mmap
 
-from .outcome import counts_against_service, is_timeout
+from .outcome import counts_against_service, doubles_pause
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ class Health:
         self.cooldown = config.cooldown
         self.cooldown_max = config.cooldown_max
         self.recheck = config.check_down_interval
+        self.prefix = config.log_prefix
         self.log = log
         self.peers = [[j for j, t in enumerate(services) if t.prio == s.prio] for s in services]
 
@@ -236,7 +237,7 @@ class Health:
         if self.table.record_success(i):
             self.table.rejoin(i, self.peers[i])
             service = self.services[i]
-            self.log.notice(f"service {service.name} ({service.address}) up{why}")
+            self.log.notice(f"{self.prefix}service {service.name} ({service.address}) up{why}")
 
     def mark_down(self, i: int, outcome: int, detail: str, now: float) -> bool:
         """Mark service i down after a failure; True when it was up before."""
@@ -246,10 +247,10 @@ class Health:
             after = f"checked every {self.recheck:g}s until it answers"
         else:
             was_up, pause = table.record_failure(i, now, self.cooldown, self.cooldown_max,
-                                                 doubling=is_timeout(outcome))
+                                                 doubling=doubles_pause(outcome))
             after = f"retry in {pause:g}s"
         if was_up:
             service = self.services[i]
-            self.log.warning(f"service {service.name} ({service.address}) down: {detail}, "
-                             f"{after}")
+            self.log.warning(f"{self.prefix}service {service.name} ({service.address}) down: "
+                             f"{detail}, {after}")
         return was_up

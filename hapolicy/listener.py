@@ -1,9 +1,12 @@
-"""The daemon's listening socket: bind it, apply a reload's settings to it, clean up after it.
+"""The daemon's listening sockets: bind them, apply a reload's settings, clean up after them.
 
-The master binds once, before it forks, and keeps the socket for the workers it starts later;
-a reload can change the backlog and a unix socket's mode, not the address (that needs a
-restart). At exit a unix socket is removed only while it is still ours: a successor that
-already bound the same path keeps its own.
+`Listeners` holds one `Listener` per address of every pool. The master binds them before it
+forks and keeps them for the workers it starts later. A reload binds the addresses that are
+new before any new worker starts (a failure keeps the running configuration), applies the
+backlog and a unix socket's mode, and closes the addresses that went away: the retiring workers
+close their own copies at once, so the address is closed when the last of them did. At exit a
+unix socket is removed only while it is still ours: a successor that already bound the same
+path keeps its own.
 """
 
 from __future__ import annotations
@@ -69,6 +72,14 @@ class Listener:
             self.sock.close()
             self.sock = None
 
+    def cleanup_quietly(self) -> None:
+        """Close, and remove a unix socket that is still ours, without logging."""
+        self.close()
+        if self.path and self.inode:
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_ino == self.inode:
+                    os.unlink(self.path)
+
     def cleanup(self, log: Logger) -> None:
         """Close, and remove a unix socket that is still ours."""
         self.close()
@@ -76,3 +87,59 @@ class Listener:
             with contextlib.suppress(OSError):
                 if os.stat(self.path).st_ino == self.inode:  # ours, not a successor's
                     unlink(self.path, log)
+
+
+class Listeners:
+    """The listeners of every address the pools listen on, by address."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, Listener] = {}
+
+    def sockets(self) -> dict[str, socket.socket]:
+        """The open sockets by address, for a new worker."""
+        return {a: l.sock for a, l in self.by_address.items() if l.sock is not None}
+
+    def bind(self, config: Config) -> None:
+        """Bind every address; raises ConfigError `cannot listen on ADDR: why` (none kept)."""
+        self.by_address = self._bind_new(config.addresses, config)
+
+    def _bind_new(self, addresses: list[str], config: Config) -> dict[str, Listener]:
+        bound: dict[str, Listener] = {}
+        for address in addresses:
+            listener = Listener(address)
+            try:
+                listener.bind(config)
+            except OSError as exc:
+                for other in bound.values():
+                    other.cleanup_quietly()
+                raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+            bound[address] = listener
+        return bound
+
+    def add_new(self, old: Config, new: Config, log: Logger) -> None:
+        """Before a reload's workers start: bind the new addresses, apply the settings of the
+        kept ones. Raises ListenError (nothing changed) when a new address cannot be bound."""
+        added = self._bind_new([a for a in new.addresses if a not in self.by_address], new)
+        for listener in self.by_address.values():
+            listener.apply(old, new, log)
+        self.by_address.update(added)
+        for address in added:
+            log.notice(f"reload: listening on {address}")
+
+    def remove_gone(self, new: Config, log: Logger) -> None:
+        """After the old workers were told to retire: close the addresses no pool wants."""
+        for address in [a for a in self.by_address if a not in new.addresses]:
+            self.by_address.pop(address).cleanup(log)
+            log.notice(f"reload: no longer listening on {address}")
+
+    def close(self) -> None:
+        for listener in self.by_address.values():
+            listener.close()
+
+    def cleanup(self, log: Logger) -> None:
+        for listener in self.by_address.values():
+            listener.cleanup(log)
+
+
+class ListenError(Exception):
+    """An address could not be bound: one line, `cannot listen on ADDR: why`."""

@@ -1,8 +1,9 @@
 """The daemon's master: bind, prefork, reap, respawn, recycle, reload on HUP, drain on TERM.
 
-Modelled on gunicorn's arbiter and Postfix's master. The master binds the listening socket and
-makes the shared tables before it forks; it stays root (workers drop privileges after fork), so
-that it can remove its pidfile and unix socket at exit. Signal handlers only queue the signal
+Modelled on gunicorn's arbiter and Postfix's master. The master binds the listening sockets of
+every pool and makes the shared tables (a health table per pool) before it forks; it stays
+root (workers drop privileges after fork), so that it can remove its pidfile and unix sockets
+at exit. Signal handlers only queue the signal
 and wake the loop through `signal.set_wakeup_fd`; the master forks with those signals blocked,
 and the worker unblocks them once its own handlers are in place. Process operations and the
 clock go through `ProcessOps`, a thin seam that the unit tests replace.
@@ -23,22 +24,14 @@ import socket
 import time
 from typing import Callable
 
-from . import frozen
 from .checks import Checker, CheckerSet
 from .config import Config
-from .daemon import (
-    check_may_switch_user,
-    drop_privileges,
-    preload_lazy_modules,
-    read_pid,
-    resolve_ids,
-    unlink,
-    working_dir,
-)
+from .daemon import drop_privileges, preload_lazy_modules, read_pid, unlink
 from .eventloop import EVENT_READ, EventLoop
-from .health import HealthTable, carry_over
-from .listener import Listener
+from .health import HealthTable
+from .listener import Listeners
 from .log import Logger
+from .reload import Reloading, describe_pools
 from .throttle import BootThrottle, exit_code, failed_by_itself
 from .worker import MSG_READY, MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
 from .workertable import WorkerTable
@@ -79,7 +72,7 @@ class WorkerProcess:
         self.retiring = False
 
 
-class Master:
+class Master(Reloading):
     """Keeps `workers` accepting workers of the current configuration alive."""
 
     def __init__(self, config: Config, log: Logger, reload_config: Callable[[], Config] | None = None,
@@ -94,7 +87,7 @@ class Master:
         self.stopping = ""  # "", "graceful" or "now"
         self.stop_deadline = 0.0
         self.throttle = BootThrottle()
-        self.listener = Listener(config.listen)
+        self.listeners = Listeners()
         self.fd_limit = 0  # RLIMIT_NOFILE in force, logged at start
         self.pid = os.getpid()
         try:
@@ -113,20 +106,22 @@ class Master:
         signal.set_wakeup_fd(self.wake_w)
         for sig in MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
-        self.log.notice(f"master started: listening on {self.config.listen}, "
-                        f"{self.config.workers} workers, {len(self.config.services)} services, "
+        self.log.notice(f"master started: listening on {', '.join(self.config.addresses)}, "
+                        f"{self.config.workers} workers, {describe_pools(self.config)}, "
                         f"{self.fd_limit} file descriptors per process")
 
     def setup(self) -> None:
         """The shared tables, the event loop and its wake-up pipe, the health checks."""
         self.table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
-        self.health = HealthTable(len(self.config.services))
+        self.health = {p.name: HealthTable(len(p.services)) for p in self.config.pools}
         self.loop = EventLoop()
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.loop.add(self.wake_r, EVENT_READ, self._drain_wake)
-        self.checks.replace(Checker(self.loop, self.config, self.health, self.log), None)
+        for pool in self.config.pools:
+            self.checks.replace(pool.name, Checker(self.loop, pool, self.health[pool.name],
+                                                   self.log), None)
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -187,7 +182,7 @@ class Master:
         self.stopping = how
         if how == "now":  # a draining worker still needs the checks to bring services back
             self.checks.stop_all()
-        self.listener.close()
+        self.listeners.close()
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.kill_all(sig)
         grace = self.config.drain_timeout + KILL_GRACE if how == "graceful" else KILL_GRACE
@@ -266,7 +261,8 @@ class Master:
                 break
 
     def spawn(self) -> bool:
-        if self.listener.sock is None:
+        listeners = self.listeners.sockets()
+        if not listeners:
             return False
         used = {w.slot for w in self.workers.values()}
         slot = next((s for s in range(self.table.slots) if s not in used), -1)
@@ -275,7 +271,7 @@ class Master:
             self.throttle.defer(self.ops.now() + 1.0)
             return False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        worker = Worker(self.config, self.listener.sock, self.health, self.table, slot, self.log)
+        worker = Worker(self.config, listeners, self.health, self.table, slot, self.log)
         worker.master_sock = theirs
         self.table.clear(slot)
         self.table.set_accepting(slot, False)
@@ -351,56 +347,7 @@ class Master:
             return True
         return False
 
-    def read_new_config(self) -> Config | None:
-        """The configuration a HUP asks for, with what needs a restart kept as it runs; None
-        (logged) when it cannot be used."""
-        try:
-            with working_dir(self.start_dir):
-                config = self.reload_config()
-            resolve_ids(config.user, config.group)
-            check_may_switch_user(config.user, config.group)
-        except Exception as exc:  # noqa: BLE001 - whatever is wrong, the running config stays
-            self.log.error(f"reload failed, keeping the running configuration: {exc}")
-            return None
-        kept = {}
-        for key in ("listen", "pidfile", "daemonize"):
-            if getattr(config, key) != getattr(self.config, key):
-                self.log.warning(f"reload: a new {key} needs a restart; keeping "
-                                 f"{getattr(self.config, key)!r}")
-                kept[key] = getattr(self.config, key)
-        return frozen.replace(config, **kept) if kept else config
-
-    def reload(self) -> None:
-        if self.reload_config is None or self.stopping:
-            return
-        config = self.read_new_config()
-        if config is None:
-            return
-        if (config.syslog_socket, config.log_stderr) != (self.config.syslog_socket,
-                                                         self.config.log_stderr):
-            self.log.close()
-            self.log = Logger(config.syslog_socket, config.log_stderr)
-        self.listener.apply(self.config, config, self.log)
-        self.generation += 1
-        old = [w for w in self.workers.values() if not w.retiring]
-        new_table = config.services != self.config.services
-        if new_table:
-            self.health = carry_over(self.health, self.config.services, config.services)
-        for worker in old:
-            worker.retiring = True
-            self.table.set_accepting(worker.slot, False)
-            self._kill(worker.pid, signal.SIGHUP)
-        self.config = config
-        # with new services the retiring workers keep their table: keep checking it for them
-        self.checks.replace(Checker(self.loop, config, self.health, self.log),
-                            self.generation - 1 if new_table else None)
-        self.checks.stop_unused(self._generations())  # no old worker left at all
-        self.throttle.reset()
-        self.log.notice(f"reloaded: {len(config.services)} services, {config.workers} workers; "
-                        f"{len(old)} old workers retire")
-        self.maintain()
-
     def cleanup(self) -> None:
-        self.listener.cleanup(self.log)
+        self.listeners.cleanup(self.log)
         if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:
             unlink(self.config.pidfile, self.log)

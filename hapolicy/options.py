@@ -9,7 +9,9 @@ Config file: `key = value` lines, the key being an option's long name (`-` or `_
 `Config` field, `service = SPEC` once per service, `#` comments.
 
 Scope says whom a setting belongs to: the process ("daemon": workers, users, syslog), the
-services it balances ("pool": timeouts, health, balancing), or a command-line-only action.
+services it balances ("pool": timeouts, health, balancing; in a file with `[pool NAME]`
+sections, set before the first section it is every pool's default), a pool alone
+("section": not a default for every pool), or a command-line-only action.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from . import frozen
 from .config import (
     Config,
     ConfigError,
-    Service,
     fmt_num,
     nonempty,
     parse_all_down,
     parse_balance,
     parse_bool,
+    parse_context,
+    parse_fail_answer,
     parse_int,
     parse_interval,
     parse_listen,
@@ -39,7 +42,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-DAEMON, POOL, COMMAND = "daemon", "pool", "command"
+DAEMON, POOL, SECTION, COMMAND = "daemon", "pool", "section", "command"
 MAX_COUNT = 100  # check-rise and check-fall
 
 
@@ -121,7 +124,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("", ("--check-config",), "validate, print the effective configuration, exit 0 (or 2 "
            "with `FILE:LINE: what`)", scope=COMMAND, flag=True),
     Option("listen", ("--listen",), "run the daemon on `HOST:PORT`, `[IPv6]:PORT` or "
-           "`unix:/path`", parse_listen, "ADDR", DAEMON, default_text="spawn mode"),
+           "`unix:/path` (several: separated by blanks or commas)", parse_listen, "ADDR",
+           default_text="spawn mode"),
     Option("workers", ("--workers",), "worker processes", _whole("workers", 1), "N", DAEMON,
            default_text="cores"),
     Option("max_use", ("--max-use",), "requests a worker serves before it is replaced; it keeps "
@@ -176,6 +180,13 @@ OPTIONS: tuple[Option, ...] = (
            "weighted|hash:ATTR[,ATTR...]"),
     Option("sticky_instance", ("--sticky-instance",), "keep the requests of one SMTP "
            "transaction on one service", parse_bool, choices=("yes", "no")),
+    Option("fail_answer", ("--fail-answer",), "an answer whose action matches this regular "
+           "expression (case-insensitive search) is the service's failure: the next service "
+           "is asked, and health counts it as a timeout", parse_fail_answer, "REGEX",
+           default_text="none"),
+    Option("policy_context", ("--policy-context",), "the `policy_context` of the requests "
+           "this pool answers, when pools share a listen address; `*`: requests of no "
+           "other pool's context", parse_context, "VALUE", SECTION, default_text="any"),
 )
 
 SETTINGS = {o.key: o for o in OPTIONS if o.key}
@@ -213,51 +224,22 @@ def default_of(option: Option) -> str:
 
 
 def summary(config: Config) -> list[str]:
-    """The effective configuration as `key = value` lines (what --check-config prints)."""
-    lines = [f"{o.name} = {format_value(o, getattr(config, o.key))}" for o in SETTINGS.values()]
-    lines.extend(f"service = {s.spec}" for s in config.services)
+    """The effective configuration as `key = value` lines (what --check-config prints); with
+    pools, the daemon's settings and then each pool's section."""
+    if not config.pool_configs:
+        return _lines(config, SETTINGS.values(), config.services)
+    lines = _lines(config, [o for o in SETTINGS.values() if o.scope == DAEMON], ())
+    for pool in config.pools:
+        lines.extend(("", f"[pool {pool.name}]"))
+        lines.extend(_lines(pool, [o for o in SETTINGS.values() if o.scope != DAEMON],
+                            pool.services))
     return lines
 
 
-def read_config_file(path: str) -> tuple[dict[str, Any], list[Service]]:
-    """Parse a config file into (settings, services); raises ConfigError `FILE:LINE: ...`."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', exc)}") from None
-    settings: dict[str, Any] = {}
-    services: list[Service] = []
-    seen: dict[str, int] = {}
-    service_lines: dict[str, int] = {}
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        key, sep, value = text.partition("=")
-        key = key.strip().lower().replace("-", "_")
-        try:
-            if not sep:
-                raise ConfigError(f"expected 'key = value', got {text!r}")
-            value = value.strip()
-            if key == "service":
-                service = parse_service(value)
-                if service.name in service_lines:
-                    raise ConfigError(f"service name {service.name!r} is given twice "
-                                      f"(first on line {service_lines[service.name]})")
-                service_lines[service.name] = number
-                services.append(service)
-                continue
-            option = FILE_KEYS.get(key)
-            if option is None:
-                raise ConfigError(f"unknown setting {key.replace('_', '-')!r}")
-            if option.key in seen:
-                raise ConfigError(f"{option.name} set again (first on line {seen[option.key]})")
-            seen[option.key] = number
-            settings[option.key] = option.parse(value)  # type: ignore[misc]
-        except ConfigError as exc:
-            raise ConfigError(f"{path}:{number}: {exc}") from None
-    return settings, services
+def _lines(config: Config, options: Any, services: Any) -> list[str]:
+    lines = [f"{o.name} = {format_value(o, getattr(config, o.key))}" for o in options]
+    lines.extend(f"service = {s.spec}" for s in services)
+    return lines
 
 
 def flags_text(option: Option) -> str:

@@ -9,11 +9,14 @@ active checks read the category, never the text:
 - CONNECT_TIMEOUT, ANSWER_TIMEOUT: the connect, or the answer, did not come in time.
 - CLOSED: the service closed the connection before a full answer.
 - INVALID: an answer without `action=`, or larger than the limit.
+- FAIL_ANSWER: an answer whose action matches fail-answer (a service that answers, but
+  whose database is gone): the next service is asked.
 - LOCAL: our own failure (no file descriptor left): not the service's fault, not counted.
 - ABANDONED: the service was marked down while this exchange waited on it, so the request
   moved on; the failure that marked it down was counted, this one is not.
 
-A timeout cost a request real time, so the pause after it doubles with each consecutive one;
+A timeout cost a request real time, so the pause after it doubles with each consecutive one
+(so does a fail-answer: a broken database rarely mends within seconds);
 every other failure is cheap to try again (a refused connect costs a millisecond), so the
 pause after it stays the base cool-down and a restarted service is found soon.
 """
@@ -29,9 +32,10 @@ CLOSED = 5
 INVALID = 6
 LOCAL = 7
 ABANDONED = 8
+FAIL_ANSWER = 9
 
 NAMES = ("answered", "connect failed", "reset", "connect timeout", "answer timeout",
-         "closed early", "invalid answer", "local failure", "abandoned")
+         "closed early", "invalid answer", "local failure", "abandoned", "fail answer")
 
 
 def counts_against_service(outcome: int) -> bool:
@@ -40,5 +44,10 @@ def counts_against_service(outcome: int) -> bool:
 
 
 def is_timeout(outcome: int) -> bool:
-    """Whether the failure cost a request time (the pause after it doubles)."""
+    """Whether the failure cost a request time."""
     return outcome == CONNECT_TIMEOUT or outcome == ANSWER_TIMEOUT
+
+
+def doubles_pause(outcome: int) -> bool:
+    """Whether the cool-down after this failure doubles at each consecutive one."""
+    return outcome == CONNECT_TIMEOUT or outcome == ANSWER_TIMEOUT or outcome == FAIL_ANSWER

@@ -20,6 +20,7 @@ from .daemon import (
     resolve_ids,
     write_pidfile,
 )
+from .listener import ListenError
 from .log import Logger
 from .master import MASTER_SIGNALS, Master
 
@@ -34,10 +35,10 @@ def run_daemon(config: Config, log: Logger,
         if config.pidfile:
             check_pidfile(config.pidfile)
         master.fd_limit = raise_fd_limit()
-        master.listener.bind(config)
-    except (ConfigError, OSError) as exc:
-        message = str(exc) if isinstance(exc, ConfigError) else (
-            f"cannot listen on {config.listen}: {exc.strerror or exc}")
+        master.listeners.bind(config)
+    except (ConfigError, ListenError, OSError) as exc:
+        message = str(exc) if not isinstance(exc, OSError) else (
+            f"cannot start: {exc.strerror or exc}")
         log.error(message)
         if not log.to_stderr:
             print_error(message)

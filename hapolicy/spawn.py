@@ -43,8 +43,9 @@ def run_spawn(config: Config, log: Logger) -> int:
             pass
     # poll, unlike epoll, accepts regular files and /dev/null on stdin (tests, debugging)
     loop = EventLoop(use_poll=True)
-    health = health_table(config, log)
-    dispatcher = Dispatcher(loop, config, health, log)
+    pool = config.pools[0]  # the command line's, or a file's one pool
+    health = health_table(pool, log)
+    dispatcher = Dispatcher(loop, pool, health, log)
     client = ClientConnection(loop, dispatcher, 0, 1, lambda _client: None)
     client.start()
     while not client.closed:

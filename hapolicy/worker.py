@@ -34,6 +34,7 @@ from .dispatch import Dispatcher
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .log import Logger
+from .routing import target
 from .workertable import WorkerTable
 
 ACCEPT_BATCH = 64
@@ -84,18 +85,20 @@ def _has_input(client: ClientConnection) -> bool:
 class Worker:
     """Everything a worker needs; forked by the master."""
 
-    def __init__(self, config: Config, listener: socket.socket, health: HealthTable,
-                 table: WorkerTable, slot: int, log: Logger) -> None:
+    def __init__(self, config: Config, listeners: dict[str, socket.socket],
+                 health: dict[str, HealthTable], table: WorkerTable, slot: int,
+                 log: Logger) -> None:
         self.config = config
-        self.listener = listener
-        self.health = health
+        self.listeners = listeners  # by address; every pool's
+        self.health = health  # by pool name
         self.table = table
         self.slot = slot
         self.log = log
         self.master_sock: socket.socket | None = None  # its end of the socketpair, from the master
         # the child's own state, made in _run after fork
         self.loop: EventLoop | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.dispatchers: list[Dispatcher] = []  # one per pool
+        self.routes: dict[socket.socket, object] = {}  # listener: what takes its requests
         self.clients: set[ClientConnection] = set()
         self.phase = SERVING
         self.asked = SERVING  # the phase a signal, max-use or the master's end asked for
@@ -124,9 +127,7 @@ class Worker:
     def _run(self) -> None:
         self.loop = loop = EventLoop()
         self.max_clients = max_clients()
-        self.dispatcher = Dispatcher(loop, self.config, self.health, self.log)
-        self.dispatcher.max_use = self.config.max_use
-        self.dispatcher.on_max_use = self._max_use_reached
+        self._make_dispatchers(loop)
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
@@ -140,7 +141,8 @@ class Worker:
         if self.master_sock is not None:
             self.master_sock.setblocking(False)
             loop.add(self.master_sock, EVENT_READ, self._on_master)
-        self.listener.setblocking(False)
+        for listener in self.routes:
+            listener.setblocking(False)
         loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
         self._update_accepting()
         self._tell_master(MSG_READY)
@@ -148,7 +150,43 @@ class Worker:
         self._update_title()
         while not self._advance():
             loop.run_once(HOUSEKEEPING_SECONDS)
-        self.dispatcher.close()  # logs what it held back
+        for dispatcher in self.dispatchers:
+            dispatcher.close()  # logs what it held back
+
+    def _make_dispatchers(self, loop: EventLoop) -> None:
+        """A dispatcher per pool, and what takes the requests of each listener."""
+        by_name = {}
+        for pool in self.config.pools:
+            dispatcher = Dispatcher(loop, pool, self.health[pool.name], self.log)
+            dispatcher.on_max_use = self._max_use_step
+            self.dispatchers.append(dispatcher)
+            by_name[pool.name] = dispatcher
+        self._share_max_use()
+        for address, listener in self.listeners.items():
+            self.routes[listener] = target(self.config.pools_on(address), by_name, self.log)
+
+    def _share_max_use(self) -> None:
+        """Give each dispatcher a share of the requests left before max-use: the first to
+        serve its share calls _max_use_step, so the total is never passed unseen, and one
+        pool costs nothing per request but its own count."""
+        served = sum(d.requests for d in self.dispatchers)
+        share = max(1, (self.config.max_use - served) // len(self.dispatchers))
+        for dispatcher in self.dispatchers:
+            dispatcher.max_use = dispatcher.requests + share
+
+    def _max_use_step(self) -> None:
+        if sum(d.requests for d in self.dispatchers) >= self.config.max_use:
+            self._max_use_reached()
+        else:
+            self._share_max_use()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(d.in_flight for d in self.dispatchers)
+
+    @property
+    def requests(self) -> int:
+        return sum(d.requests for d in self.dispatchers)
 
     def _ask(self, phase: int) -> None:
         """A signal handler: only asks; the loop acts."""
@@ -193,7 +231,7 @@ class Worker:
             return False
         if phase == STOPPING:
             return True
-        in_flight = self.dispatcher.in_flight  # type: ignore[union-attr]
+        in_flight = self.in_flight
         if phase == DRAINING:
             # every request received gets its answer written; then its connection is closed
             self._close_idle_clients()
@@ -252,9 +290,12 @@ class Worker:
             self.table.set_accepting(self.slot, available)
         want = available and time.monotonic() >= self.paused_until
         if want and not self.accepting:
-            self.loop.add(self.listener, EVENT_READ, self._on_accept)  # type: ignore[union-attr]
+            for listener in self.routes:
+                self.loop.add(listener, EVENT_READ,  # type: ignore[union-attr]
+                              lambda mask, listener=listener: self._on_accept(listener))
         elif not want and self.accepting:
-            self.loop.remove(self.listener)  # type: ignore[union-attr]
+            for listener in self.routes:
+                self.loop.remove(listener)  # type: ignore[union-attr]
         self.accepting = want
 
     def _pause_accepting(self, seconds: float) -> None:
@@ -269,9 +310,10 @@ class Worker:
         self._update_accepting()  # not SERVING any more: unregistered
         self.listening = False
         self.table.set_accepting(self.slot, False)
-        self.listener.close()
+        for listener in self.routes:
+            listener.close()
 
-    def _on_accept(self, mask: int) -> None:
+    def _on_accept(self, listener: socket.socket) -> None:
         if not self.accepting:
             return  # an event of this loop round, come after the listener was removed
         now = time.monotonic()
@@ -283,7 +325,7 @@ class Worker:
                 self._update_accepting()
                 return
             try:
-                sock, _addr = self.listener.accept()
+                sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return  # a sibling was faster: normal
             except OSError as exc:
@@ -300,8 +342,8 @@ class Worker:
                 self._pause_accepting(FD_PAUSE_SECONDS)
                 return
             sock.setblocking(False)
-            client = ClientConnection(self.loop, self.dispatcher, sock.fileno(), sock.fileno(),
-                                      self._on_client_closed, sock)
+            client = ClientConnection(self.loop, self.routes[listener], sock.fileno(),
+                                      sock.fileno(), self._on_client_closed, sock)
             self.clients.add(client)
             self.table.set_clients(self.slot, len(self.clients))
             client.start()
@@ -341,14 +383,15 @@ class Worker:
             # a half-sent request or an unread answer that old is abandoned too
             if client.last_active < limit and not client.busy:
                 client.close()
-        self.dispatcher.backends.pool.sweep(now)
+        for dispatcher in self.dispatchers:
+            dispatcher.backends.pool.sweep(now)
         self.table.beat(self.slot, now)
         self._update_title()
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
 
     def _update_title(self) -> None:
         state = " (retiring)" if self.phase != SERVING else ""
-        title = (f"hapolicy: worker{state} requests={self.dispatcher.requests} "
+        title = (f"hapolicy: worker{state} requests={self.requests} "
                  f"clients={len(self.clients)}")
         if title != self.title:
             self.title = title

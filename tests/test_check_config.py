@@ -15,7 +15,8 @@ from support.repo import run_hapolicy
 from hapolicy import frozen
 from hapolicy.cli import make_parser
 from hapolicy.config import Config
-from hapolicy.options import FILE_KEYS, OPTIONS, SETTINGS, markdown_table, read_config_file, summary
+from hapolicy.configfile import assemble, read_config_file
+from hapolicy.options import FILE_KEYS, OPTIONS, SETTINGS, markdown_table, summary
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "etc" / "hapolicy.conf.example"
@@ -29,10 +30,12 @@ def test_example_passes_and_prints_the_effective_configuration():
     done = check_config("-c", str(EXAMPLE))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    settings, services = read_config_file(str(EXAMPLE))
-    expected = summary(Config(services=tuple(services), **settings))
+    expected = summary(assemble(read_config_file(str(EXAMPLE)), {}, []))
     assert done.stdout.splitlines() == expected
-    assert "service = GREY1=127.0.0.1:10031:10:2:30" in done.stdout
+    pools = [line for line in expected if line.startswith("[pool ")]
+    assert pools == ["[pool grey]", "[pool rate]", "[pool spf]"]
+    assert "service = GREY1=127.0.0.1:10023:10:1:30" in done.stdout
+    assert "balance = hash:client_address/24,sender,recipient" in done.stdout
     assert "default = dunno" in done.stdout
 
 
@@ -119,17 +122,17 @@ def test_example_documents_every_setting():
 
 
 def test_example_values_are_the_defaults():
-    settings, _services = read_config_file(str(EXAMPLE))
+    settings = read_config_file(str(EXAMPLE)).top.settings  # before the pools' sections
     defaults = Config()
     wrong = {key: (value, getattr(defaults, key)) for key, value in settings.items()
              if value != getattr(defaults, key)}
     assert wrong == {}, "example value != default: " + repr(wrong)
-    # all but `workers` (the number of cores of the machine) are shown active
-    assert set(SETTINGS) - set(settings) == {"workers"}
+    # all but `workers` (the number of cores of the machine) and a pool's own policy-context
+    assert set(SETTINGS) - set(settings) == {"workers", "policy_context"}
 
 
 def test_every_config_field_has_an_option():
-    fields = {f for f in frozen.fields(Config) if f not in ("services", "config_file")}
+    fields = {f for f in frozen.fields(Config) if f not in ("services", "config_file", "name", "pool_configs", "log_prefix")}
     assert fields == set(SETTINGS)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from hapolicy.cli import load_config
 from hapolicy.config import ConfigError, parse_service
-from hapolicy.options import read_config_file
+from hapolicy.configfile import read_config_file
 
 
 @pytest.mark.parametrize("spec, expected", [

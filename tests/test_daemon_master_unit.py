@@ -14,6 +14,7 @@ import socket
 import pytest
 
 from hapolicy.config import Config, ConfigError, Service
+from hapolicy.listener import Listener
 from hapolicy.log import Logger
 from hapolicy.master import WATCHDOG_SECONDS, Master, ProcessOps
 from hapolicy.throttle import THROTTLE_MAX
@@ -60,10 +61,12 @@ def master():
     config = Config(services=(Service("A", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=2)
     ops = FakeOps()
     m = Master(config, ListLogger(), ops=ops)
-    m.listener.sock = socket.socket()
+    listener = Listener("127.0.0.1:1")
+    listener.sock = socket.socket()
+    m.listeners.by_address["127.0.0.1:1"] = listener
     m.setup()
     yield m
-    m.listener.close()
+    m.listeners.close()
     for worker in list(m.workers.values()):
         m._forget(worker)
     os.close(m.wake_r)
@@ -173,13 +176,13 @@ def test_reload_retires_old_workers_and_starts_new(master):
 
 
 def test_retiring_workers_keep_the_checks_of_their_table_until_they_are_gone(master):
-    old_table = master.health
+    old_table = master.health["default"]
     master.reload_config = lambda: Config(services=(Service("B", "127.0.0.1", 9),),
                                           listen="127.0.0.1:1", workers=2)
     master.step()
     master.signals.append(signal.SIGHUP)
     master.step()
-    assert master.health is not old_table and master.health.checked
+    assert master.health["default"] is not old_table and master.health["default"].checked
     assert old_table.checked  # workers 100 and 101 still serve on it: no live probes there
     master.ops.deaths = [(100, 0)]
     master.step()
@@ -187,7 +190,7 @@ def test_retiring_workers_keep_the_checks_of_their_table_until_they_are_gone(mas
     master.ops.deaths = [(101, 0)]
     master.step()
     assert not old_table.checked and master.checks.kept == []
-    assert master.health.checked
+    assert master.health["default"].checked
 
 
 def test_term_drains_then_kills_stragglers(master):

@@ -111,7 +111,7 @@ def test_a_failed_service_is_skipped_for_the_next_by_priority(runs):
         assert run.health.state(1, time.monotonic()) == UP
         assert "service DEAD (127.0.0.1:" in run.log.text("warning")
         line = run.log.text("info")
-        assert line.startswith("service=GOOD client=mail.example.org[192.0.2.10] "
+        assert line.startswith("pool=default service=GOOD client=mail.example.org[192.0.2.10] "
                                "helo=<mail.example.org> sender=<s@example.org> "
                                "recipient=<b@example.net> delay="), line
         assert line.endswith('s action=OK second failed="DEAD: connection refused"'), line
@@ -199,7 +199,7 @@ def test_a_default_answer_is_logged_with_every_failure_and_why(runs):
                log_requests=True)
     assert run.ask(b"request=smtpd_access_policy\n\n")[0] == b"action=dunno\n\n"
     line = run.log.text("info")
-    assert line.startswith("service=- client=[] helo=<> sender=<> recipient=<> delay=0.0"), line
+    assert line.startswith("pool=default service=- client=[] helo=<> sender=<> recipient=<> delay=0.0"), line
     delay = float(line.split(" delay=")[1].split("s ")[0])
     assert 0 <= delay < 1, line
     assert line.endswith(' action=dunno failed="A: connection refused; '

@@ -137,9 +137,9 @@ def record_outcomes(checker: Checker) -> list[int]:
     outcomes: list[int] = []
     done = checker.done
 
-    def recording(i: int, outcome: int, detail: str) -> None:
+    def recording(i: int, outcome: int, detail: str, action: bytes = b"") -> None:
         outcomes.append(outcome)
-        done(i, outcome, detail)
+        done(i, outcome, detail, action)
 
     checker.done = recording
     return outcomes

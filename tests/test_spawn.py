@@ -33,7 +33,7 @@ DUNNO = "action=dunno\n\n"
 OK = "action=OK\n\n"
 LOG_LINE = re.compile(r"^<(\d+)>\w{3} [ \d]\d \d\d:\d\d:\d\d hapolicy\[(\d+)\]: (.*)$")
 REQUEST_LOG = re.compile(
-    r"service=(\S+) client=([^\[\s]*)\[([^\]]*)\] helo=<([^>]*)> sender=<([^>]*)> "
+    r"pool=\S+ service=(\S+) client=([^\[\s]*)\[([^\]]*)\] helo=<([^>]*)> sender=<([^>]*)> "
     r"recipient=<([^>]*)> delay=(\d+\.\d{3})s action=(.*?)(?: failed=\"([^\"]*)\")?(?: default=\"(.*)\")?$")
 
 
@@ -519,7 +519,7 @@ def test_L_logs_to_stderr_and_answers_stay_clean(spawn, syslog, backends) -> Non
     assert proc.ask(request()) == OK
     finish_clean(proc)
     err = proc.stderr_text()
-    assert re.search(rf"^hapolicy\[{proc.pid}\]: info: service=good client=", err,
+    assert re.search(rf"^hapolicy\[{proc.pid}\]: info: pool=default service=good client=", err,
                      re.MULTILINE), err
     assert "failed: connection refused" in err
     assert "Traceback" not in err

@@ -1,0 +1,160 @@
+"""The config file: `key = value` lines, `service = SPEC` lines and `[pool NAME]` sections.
+
+A key is an option's long name (`-` or `_`) or its `Config` field (options.py), `#` starts a
+comment line. Keys before the first section are the daemon's and the defaults of every pool;
+the keys of a section are its pool's. A file without sections is one pool named `default`.
+`read_config_file` reads the lines into sections; `assemble` (with the command line's
+settings) checks the whole and makes the `Config`. Every error is a `ConfigError` naming
+`FILE:LINE:` where a line is to blame.
+"""
+
+from __future__ import annotations
+
+from .config import Config, ConfigError, build_config, is_name, parse_service
+from .options import DAEMON, FILE_KEYS, SECTION
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .config import Service
+
+
+class Section:
+    """The lines of one part of the file: before the first section (name ""), or a pool's."""
+
+    def __init__(self, name: str, line: int) -> None:
+        self.name = name
+        self.line = line
+        self.settings: dict[str, Any] = {}
+        self.lines: dict[str, int] = {}  # the line of each setting, and of the first service
+        self.services: list[Service] = []
+
+
+class ConfigFile:
+    """A parsed file: its path, what comes before any section, and the pool sections."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.top = Section("", 0)
+        self.sections: list[Section] = []
+
+
+def read_config_file(path: str) -> ConfigFile:
+    """Parse a config file into its sections; raises ConfigError `FILE:LINE: ...`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', exc)}") from None
+    parsed = ConfigFile(path)
+    section = parsed.top
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            if text.startswith("["):
+                section = _new_section(parsed, text, number)
+            else:
+                _read_line(section, text, number)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{number}: {exc}") from None
+    return parsed
+
+
+def _new_section(parsed: ConfigFile, text: str, number: int) -> Section:
+    kind, _, name = text[1:-1].strip().partition(" ") if text.endswith("]") else ("", "", "")
+    name = name.strip()
+    if kind != "pool" or not is_name(name):
+        raise ConfigError(f"expected a section '[pool NAME]' (NAME: 1-64 of A-Z a-z 0-9 _ . -), "
+                          f"got {text!r}")
+    for other in parsed.sections:
+        if other.name == name:
+            raise ConfigError(f"pool {name!r} is given twice (first on line {other.line})")
+    section = Section(name, number)
+    parsed.sections.append(section)
+    return section
+
+
+def _read_line(section: Section, text: str, number: int) -> None:
+    key, sep, value = text.partition("=")
+    key = key.strip().lower().replace("-", "_")
+    if not sep:
+        raise ConfigError(f"expected 'key = value', got {text!r}")
+    value = value.strip()
+    where = f" in pool {section.name}" if section.name else ""
+    if key == "service":
+        service = parse_service(value)
+        for other in section.services:
+            if other.name == service.name:
+                raise ConfigError(f"service name {service.name!r} is given twice{where} "
+                                  f"(first on line {section.lines['service ' + other.name]})")
+        section.lines["service " + service.name] = number
+        section.lines.setdefault("service", number)
+        section.services.append(service)
+        return
+    option = FILE_KEYS.get(key)
+    if option is None:
+        raise ConfigError(f"unknown setting {key.replace('_', '-')!r}")
+    if section.name and option.scope == DAEMON:
+        raise ConfigError(f"{option.name} is a setting of the daemon, not of pool "
+                          f"{section.name}: set it before the first [pool] section")
+    if option.key in section.lines:
+        raise ConfigError(f"{option.name} set again{where} (first on line "
+                          f"{section.lines[option.key]})")
+    section.lines[option.key] = number
+    section.settings[option.key] = option.parse(value)  # type: ignore[misc]
+
+
+def assemble(parsed: ConfigFile | None, settings: dict[str, Any],
+             services: list[Service]) -> Config:
+    """The Config of a file (or none) and the command line's settings and services, which
+    win over the file's; with [pool] sections, a Config of every pool."""
+    if parsed is None or not parsed.sections:
+        top = parsed.top if parsed is not None else Section("", 0)
+        return build_config({**top.settings, **settings}, services or top.services)
+    path, top = parsed.path, parsed.top
+    if services:
+        raise ConfigError(f"{path}: -s cannot be used with a file of [pool] sections")
+    for key in ("service", *(k for k, o in FILE_KEYS.items() if o.scope == SECTION)):
+        if key in top.lines:
+            raise ConfigError(f"{path}:{top.lines[key]}: {key.replace('_', '-')} outside any "
+                              "[pool] section: in a file of pools, it belongs to one pool")
+    pools = []
+    for section in parsed.sections:
+        where = f"{path}:{section.line}: pool {section.name}: "
+        values = {**top.settings, **section.settings, **settings, "name": section.name,
+                  "log_prefix": f"pool {section.name}: "}
+        try:
+            pools.append(build_config(values, section.services, where))
+        except ConfigError as exc:
+            message = str(exc)
+            raise ConfigError(message if message.startswith(path) else where + message) from None
+    _check_addresses(parsed, pools)
+    daemon = {k: v for k, v in {**top.settings, **settings}.items()
+              if k not in FILE_KEYS or FILE_KEYS[k].scope == DAEMON}
+    listen = " ".join(dict.fromkeys(a for p in pools for a in p.listen.split()))
+    return Config(listen=listen, pool_configs=tuple(pools), **daemon)
+
+
+def _check_addresses(parsed: ConfigFile, pools: list[Config]) -> None:
+    """Every pool listens (or none: one pool in spawn mode); pools that share an address each
+    name a policy context, no context twice."""
+    lines = {s.name: s.line for s in parsed.sections}
+    listening = [p for p in pools if p.listen]
+    for pool in pools:
+        where = f"{parsed.path}:{lines[pool.name]}: pool {pool.name}"
+        if not pool.listen and (listening or len(pools) > 1):
+            raise ConfigError(f"{where}: no listen address (several pools need the daemon)")
+        for address in pool.listen.split():
+            before = [p for p in listening[:listening.index(pool)] if address in p.listen.split()]
+            if not before:
+                continue
+            if not pool.policy_context or not before[0].policy_context:
+                raise ConfigError(f"{where}: shares {address} with pool {before[0].name}; pools "
+                                  "on one address need a policy-context each")
+            same = [p for p in before if p.policy_context == pool.policy_context]
+            if same:
+                raise ConfigError(f"{where}: policy-context {pool.policy_context} on {address} "
+                                  f"is pool {same[0].name}'s already")
