@@ -48,7 +48,7 @@ class Daemon:
         self.new_session = new_session
         self.pids: list[int] = []
         self.port = 0
-        if listen is None:
+        if listen is None:  # a free port; "" for the listen addresses of a config file
             self.port = free_port()
             listen = f"{HOST}:{self.port}"
         self.listen = listen
@@ -60,7 +60,8 @@ class Daemon:
         self.stdout = self.stderr = ""
 
     def argv(self) -> list[str]:
-        return command(["--listen", self.listen, "--workers", str(self.workers),
+        listen = ["--listen", self.listen] if self.listen else []  # "": the config file's
+        return command([*listen, "--workers", str(self.workers),
                         "--syslog-socket", self.log.path, *self.args])
 
     def start(self, wait: bool = True, timeout: float = 15.0) -> Daemon:

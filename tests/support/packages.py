@@ -18,6 +18,7 @@ PACKAGE_BINARIES = {
     "postfwd": "/usr/sbin/postfwd2",
     "hapolicy": "/usr/sbin/hapolicy",
     "haproxy": "/usr/sbin/haproxy",
+    "postgrey": "/usr/sbin/postgrey",
     "python3": "/usr/bin/python3",
 }
 

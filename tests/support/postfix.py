@@ -367,13 +367,17 @@ def smtp_rcpt(
     recipient: str,
     helo: str = "client.example.org",
     timeout: float = 60,
+    source: str = "",
 ) -> tuple[int, str]:
-    """EHLO, MAIL FROM:<sender>, RCPT TO:<recipient> at 127.0.0.1:*port*, then QUIT.
+    """EHLO, MAIL FROM:<sender>, RCPT TO:<recipient> at 127.0.0.1:*port*, then QUIT; from
+    the address *source* (e.g. 127.0.0.2: Postfix's client_address) when given.
 
     Returns the RCPT TO reply as (code, text). Raises smtplib.SMTPSenderRefused when
     MAIL FROM is not accepted.
     """
-    with smtplib.SMTP(HOST, port, local_hostname=helo, timeout=timeout) as smtp:
+    source_address = (source, 0) if source else None
+    with smtplib.SMTP(HOST, port, local_hostname=helo, timeout=timeout,
+                      source_address=source_address) as smtp:
         smtp.ehlo(helo)
         code, text = smtp.mail(sender)
         if code != 250:
