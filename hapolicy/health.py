@@ -2,11 +2,14 @@
 
 The master makes the table before it forks, so every worker sees the same memory; in spawn
 mode the table is a file that every spawned process maps (statefile.py). Each service
-has a fixed slot of float64 fields (see FIELDS). No locks: every field is one aligned 8-byte
-word, written whole (atomic on the platforms Python runs on), and every race is benign by
-construction: two workers that both see a failure at the same instant may both log it, two
-that both see a cool-down end may both send a probe request, and a concurrent increment of a
-counter may be lost. None of these loses an answer or keeps a dead service in use.
+has a fixed slot of float64 fields (see FIELDS). No locks on the way of a request: every field
+is one aligned 8-byte word, written whole (atomic on the platforms Python runs on), and every
+race is benign by construction: two workers that both see a failure at the same instant may
+both log it, two that both see a cool-down end may both send a probe request, and a
+concurrent increment of a counter may be lost. None of these loses an answer or keeps a dead
+service in use. The one lock: spawned processes claim a probe under a record lock of the
+state file, once per cool-down, since they start in bursts and would otherwise often probe
+a dead service two or three at a time.
 
 A service is up, or down until `down_until`. When the cool-down is over, the first request to
 claim it (`claim_probe`) tries it; others keep skipping it for the probe's lease. Success
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 
 from .outcome import counts_against_service, doubles_pause
 
@@ -61,8 +65,11 @@ class HealthTable:
     processes of spawn mode (statefile.py); the table owns it and closes it."""
 
     def __init__(self, count: int, shared: bool = True, mapping: mmap.mmap | None = None,
-                 offset: int = 0) -> None:
+                 offset: int = 0, probe_lock: int = -1) -> None:
         self.count = count
+        # a descriptor of the state file: its record locks make claiming a probe exclusive
+        # among spawned processes, which start in bursts (many ask at once); -1: no lock
+        self.probe_lock = probe_lock
         self.header = count * SLOT  # the table's own words, after the services' slots
         size = table_bytes(count)
         if mapping is None:
@@ -87,8 +94,22 @@ class HealthTable:
         base = i * SLOT
         if self.f[base] == 0.0 or now < self.f[base] or now < self.f[base + F.PROBE_UNTIL]:
             return False
-        self.f[base + F.PROBE_UNTIL] = now + lease
-        return True
+        if self.probe_lock < 0:
+            self.f[base + F.PROBE_UNTIL] = now + lease
+            return True
+        import fcntl  # here: only a spawned process at the end of a cool-down needs it
+
+        try:
+            fcntl.lockf(self.probe_lock, fcntl.LOCK_EX, 1, i)
+        except OSError:
+            return False  # cannot tell whether another took it: leave it to them
+        try:
+            if now < self.f[base + F.PROBE_UNTIL]:  # another took it meanwhile
+                return False
+            self.f[base + F.PROBE_UNTIL] = now + lease
+            return True
+        finally:
+            fcntl.lockf(self.probe_lock, fcntl.LOCK_UN, 1, i)
 
     def record_success(self, i: int) -> bool:
         """Count a good answer; True when this brought the service back up."""
@@ -186,6 +207,9 @@ class HealthTable:
         self.f.release()
         self._bytes.release()
         self._map.close()
+        if self.probe_lock >= 0:
+            os.close(self.probe_lock)
+            self.probe_lock = -1
 
 
 def carry_over(old: HealthTable, before: Sequence[Service],

@@ -234,7 +234,7 @@ def mapped(fd: int, count: int) -> HealthTable:
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except (OSError, ValueError) as exc:
         raise Unusable(f"cannot map it: {exc}") from None
-    return HealthTable(count, mapping=memory, offset=HEADER_BYTES)
+    return HealthTable(count, mapping=memory, offset=HEADER_BYTES, probe_lock=os.dup(fd))
 
 
 def lock(dfd: int) -> None:
