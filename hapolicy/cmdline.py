@@ -62,52 +62,67 @@ def parse(argv: Sequence[str]) -> dict[str, Any] | None:
 
     argv must have gone through expand_original_abbreviations."""
     values: dict[str, Any] = {dest(option): None for option in OPTIONS}
-    count = len(argv)
     i = 0
-    while i < count:
+    while i < len(argv):
         arg = argv[i]
         i += 1
         if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            option = LONG.get(name)
-            if option is None:
-                return None
-            if option.flag:
-                if eq:
-                    return None
-                values[dest(option)] = True
-                continue
-            if not eq:
-                if i == count or argv[i].startswith("-"):
-                    return None
-                value = argv[i]
-                i += 1
-            if not _store(values, option, value):
-                return None
+            i = _long(arg, argv, i, values)
         elif arg.startswith("-") and len(arg) > 1:
-            j = 1
-            while j < len(arg):
-                option = SHORT.get("-" + arg[j])
-                if option is None:
-                    return None
-                if option.flag:
-                    values[dest(option)] = True
-                    j += 1
-                    continue
-                value = arg[j + 1:]
-                if value.startswith("="):
-                    return None
-                if not value:
-                    if i == count or argv[i].startswith("-"):
-                        return None
-                    value = argv[i]
-                    i += 1
-                if not _store(values, option, value):
-                    return None
-                break
+            i = _short(arg, argv, i, values)
         else:
             return None
+        if i < 0:
+            return None
     return values
+
+
+def _following(argv: Sequence[str], i: int) -> str | None:
+    """argv[i] as the value of the option before it; None when there is none or it looks like
+    an option (argparse's way)."""
+    if i == len(argv) or argv[i].startswith("-"):
+        return None
+    return argv[i]
+
+
+def _long(arg: str, argv: Sequence[str], i: int, values: dict[str, Any]) -> int:
+    """Take `--name[=value]` (its value maybe argv[i]); the next index, or -1: argparse's."""
+    name, eq, value = arg.partition("=")
+    option = LONG.get(name)
+    if option is None:
+        return -1
+    if option.flag:
+        if eq:
+            return -1
+        values[dest(option)] = True
+        return i
+    if not eq:
+        value = _following(argv, i)
+        if value is None:
+            return -1
+        i += 1
+    return i if _store(values, option, value) else -1
+
+
+def _short(arg: str, argv: Sequence[str], i: int, values: dict[str, Any]) -> int:
+    """Take a bundle of short options (`-lv`, `-sX`, `-s X`); the next index, or -1."""
+    for j in range(1, len(arg)):
+        option = SHORT.get("-" + arg[j])
+        if option is None:
+            return -1
+        if option.flag:
+            values[dest(option)] = True
+            continue
+        value = arg[j + 1:]
+        if value.startswith("="):
+            return -1
+        if not value:
+            value = _following(argv, i)
+            if value is None:
+                return -1
+            i += 1
+        return i if _store(values, option, value) else -1
+    return i
 
 
 def _store(values: dict[str, Any], option: Option, value: str) -> bool:
