@@ -36,7 +36,10 @@ class Selector:
         self.health = health
         prios = sorted({s.prio for s in services})
         self.groups = [[i for i, s in enumerate(services) if s.prio == p] for p in prios]
-        self.step = [1.0 / s.weight for s in services]
+        # 1/weight per pick on the service's round-robin clock; 0.0 when it is alone in its
+        # priority group: then there is no clock to keep (and no shared write per request)
+        self.step = [1.0 / s.weight if sum(t.prio == s.prio for t in services) > 1 else 0.0
+                     for s in services]
         self.names = [s.name.encode() for s in services]
         self.last_resort = [i for group in self.groups for i in group] if try_down else []
         self.blake2b = None
@@ -61,8 +64,6 @@ class Selector:
                 elif state == PROBE_DUE and health.claim_probe(i, now, self._lease(i)):
                     return i
             if candidates:
-                if len(group) == 1:
-                    return candidates[0]  # alone in its group: no round-robin clock to keep
                 if len(candidates) == 1:
                     return self._commit(candidates[0])
                 if key is not None:
@@ -77,7 +78,9 @@ class Selector:
         return self.services[i].timeout + 5.0
 
     def _commit(self, i: int) -> int:
-        self.health.add_served(i, self.step[i])
+        step = self.step[i]
+        if step:
+            self.health.add_served(i, step)
         return i
 
     def _by_weight(self, candidates: list[int]) -> int:
