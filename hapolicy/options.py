@@ -34,7 +34,6 @@ from .config import (
     parse_listen,
     parse_mode,
     parse_seconds,
-    parse_service,
     parse_state_file,
 )
 
