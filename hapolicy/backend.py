@@ -126,16 +126,8 @@ class Backends:
 
     def connection(self, service: Service, now: float) -> Connection:
         """An idle connection to service from the pool, or a new one (not connected yet)."""
-        stack = self.pool.idle.get(service.name)
-        if stack:
-            conn, since = stack[-1]
-            if now - since < POOL_IDLE_SECONDS:  # the common case, without a call
-                stack.pop()
-                return conn
-            conn = self.pool.get(service.name, now)
-            if conn is not None:
-                return conn
-        return Connection(self, service)
+        conn = self.pool.get(service.name, now) if self.pool.idle.get(service.name) else None
+        return conn if conn is not None else Connection(self, service)
 
     def exchange(self, service: Service, payload: bytes, deadline: float,
                  on_done: Callable[[bytes, int, str], None]) -> Connection:
@@ -155,9 +147,15 @@ class Backends:
             self.tick = self.loop.call_later(DEADLINE_TICK, self.on_tick)
 
     def close(self) -> None:
+        """Close every connection, idle or in flight; exchanges in flight end without their
+        callback (a stopped checker, a worker on its way out: nobody waits for them)."""
         if self.tick is not None:
             self.tick.cancel()
             self.tick = None
+        for conn in list(self.in_flight):
+            conn.on_done = None
+            conn.close(unregister=self.pool.loop is not None)
+        self.in_flight.clear()
         self.pool.close()
 
 

@@ -1,7 +1,7 @@
 """Active health checks: the master asks each service a harmless request on a timer.
 
-Run by the master in its own event loop, with the workers' own backend connections. Each service is
-checked every check-interval seconds while it is up and every check-down-interval seconds
+Run by the master in its own event loop, with the workers' own backend connections. Each
+service is checked every check-interval seconds while it is up and every check-down-interval seconds
 while it is down (also when a live request took it down: the next check is brought forward);
 a check waits at most min(TIMEOUT, check-timeout) for its answer. With checks on, they own the
 recovery (the checker says so in the table, which every worker reads): live requests never

@@ -192,7 +192,7 @@ def parse_balance(text: str) -> str:
 
 
 def _is_prefix(bits: str) -> bool:
-    return bits.isdigit() and len(bits) <= 3 and int(bits) <= 128
+    return bits.isascii() and bits.isdigit() and len(bits) <= 3 and int(bits) <= 128
 
 
 def parse_fail_answer(text: str) -> str:

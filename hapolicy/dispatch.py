@@ -77,6 +77,13 @@ class Dispatcher:
         self.warn_held: dict[str, int] = {}  # default answers not logged yet, by reason
         self.warn_timer: Timer | None = None
 
+    def count(self) -> None:
+        """Count a request answered for this pool without it (a policy_context no pool serves):
+        max-use counts every request the worker answered. submit counts its own inline."""
+        self.requests += 1
+        if self.requests == self.max_use:
+            self.on_max_use()
+
     def submit(self, request: Request, client: Client) -> None:
         """Answer one request, now or later, through client.deliver."""
         self.requests += 1

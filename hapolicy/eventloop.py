@@ -8,7 +8,7 @@ registration and a tuple per event, which the request path pays for on every req
 for poll(2), which, unlike epoll, takes regular files and /dev/null on stdin.
 
 Cancelled timers stay in the heap until they come up, unless they outnumber the live ones, then
-the heap is rebuilt (a request's deadline is cancelled on nearly every request).
+the heap is rebuilt. The request path makes no timer per request (backend.py's deadline tick).
 """
 
 from __future__ import annotations

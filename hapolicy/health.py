@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import time
 
 from .outcome import counts_against_service, doubles_pause
 
@@ -104,9 +105,13 @@ class HealthTable:
         except OSError:
             return False  # cannot tell whether another took it: leave it to them
         try:
-            if now < self.f[base + F.PROBE_UNTIL]:  # another took it meanwhile
+            # again under the lock, at the time now: another may have probed meanwhile,
+            # failed and started a new cool-down, or brought the service back
+            now = time.monotonic()
+            f = self.f
+            if f[base] == 0.0 or now < f[base] or now < f[base + F.PROBE_UNTIL]:
                 return False
-            self.f[base + F.PROBE_UNTIL] = now + lease
+            f[base + F.PROBE_UNTIL] = now + lease
             return True
         finally:
             fcntl.lockf(self.probe_lock, fcntl.LOCK_UN, 1, i)

@@ -47,6 +47,7 @@ class ContextRouter:
         dispatcher = self.by_context.get(context, self.fallback)
         if dispatcher is None:
             self._warn(context)
+            self.first.count()
             client.deliver(self.first.default_answer)
             return
         if client.route is not dispatcher:  # an instance is sticky to a service of one pool

@@ -72,16 +72,20 @@ def digest(services: Sequence[Service]) -> bytes:
     return blake2b("\n".join(s.spec for s in services).encode(), digest_size=16).digest()
 
 
-def boot_digest(path: str = BOOT_ID) -> bytes:
-    """16 bytes that differ between boots (zeros when the kernel does not say)."""
+def boot_digest(path: str | None = None) -> bytes:
+    """16 bytes that differ between boots; Unusable when the kernel does not say (a chroot
+    without /proc): the table holds monotonic times, which a file kept over a reboot (a /tmp
+    on disk) would make mean days of cool-down."""
+    path = path or BOOT_ID
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             text = os.read(fd, 256)
         finally:
             os.close(fd)
-    except OSError:
-        return bytes(16)
+    except OSError as exc:
+        raise Unusable(f"no boot id to tell this boot's file from an earlier one's ({path}: "
+                       f"{exc.strerror})") from None
     return blake2b(text.strip(), digest_size=16).digest()
 
 

@@ -151,3 +151,9 @@ def test_the_readme_option_table_is_the_option_table():
     start = readme.index("| option | meaning | default |")
     table = readme[start:readme.index("\n\n", start) + 1]
     assert table == markdown_table(), "README's table is stale: python -m hapolicy.options"
+
+
+def test_a_prefix_of_digits_int_cannot_read_is_a_one_line_error():
+    done = check_config("-s", "A=127.0.0.1:1", "--balance", "hash:client_address/\u00b2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("hapolicy: error: --balance:") and done.stderr.count("\n") == 1

@@ -382,3 +382,21 @@ def test_the_pool_keeps_at_most_its_limit_per_service(attempts):
         assert backend.connections == count
         assert len(attempts.pool.idle["S"]) == POOL_MAX_IDLE
         assert registered(attempts.loop) == POOL_MAX_IDLE  # the others are closed
+
+
+def test_closing_the_backends_ends_the_exchanges_in_flight_too(attempts):
+    """A stopped checker (a reload) must not keep a socket waiting on a hung service for ever:
+    closing the Backends closes it, without calling back."""
+    with FakeBackend(mode="silent") as backend:
+        service = Service(name="S", host="127.0.0.1", port=backend.port, timeout=1.0)
+        done: list[object] = []
+        conn = attempts.backends.exchange(service, REQUEST, time.monotonic() + 1,
+                                          lambda *result: done.append(result))
+        deadline = time.monotonic() + 5
+        while backend.connections == 0 and time.monotonic() < deadline:
+            attempts.loop.run_once(0.05)
+        attempts.backends.close()
+        assert conn.sock is None and registered(attempts.loop) == 0
+        for _ in range(30):  # past its deadline: no tick, no callback
+            attempts.loop.run_once(0.05)
+        assert done == [] and not attempts.backends.in_flight

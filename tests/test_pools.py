@@ -206,3 +206,23 @@ def test_a_file_of_pools_assembles_every_pool_with_the_defaults_before_the_secti
     assert config.pools[1].services == (Service("A", "127.0.0.1", 2),)
     with pytest.raises(ConfigError, match="-s cannot be used"):
         assemble(read_config_file(str(path)), {}, [Service("S", "127.0.0.1", 3)])
+
+
+def test_a_request_of_no_pool_counts_toward_max_use():
+    """The router answers it itself, with the first pool's default: the worker's max-use
+    counts it all the same (else a stream of them would never retire the worker)."""
+    from types import SimpleNamespace
+
+    from hapolicy.protocol import Request
+    from hapolicy.routing import ContextRouter
+
+    counted: list[int] = []
+    first = SimpleNamespace(default_answer=b"action=DUNNO\n\n", count=lambda: counted.append(1),
+                            config=SimpleNamespace(name="grey", default_action="DUNNO"))
+    other = SimpleNamespace(submit=lambda request, client: None)
+    log = SimpleNamespace(warning=lambda line: None)
+    router = ContextRouter([("grey", first), ("rate", other)], log)
+    answers: list[bytes] = []
+    client = SimpleNamespace(deliver=answers.append, route=None, instance=b"")
+    router.submit(Request(b"policy_context=spf\nsender=a@b\n\n"), client)
+    assert answers == [b"action=DUNNO\n\n"] and counted == [1]

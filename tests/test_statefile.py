@@ -12,6 +12,7 @@ import fcntl
 import os
 import pwd
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,36 @@ def test_a_default_directory_of_another_user_is_not_used(tmp_path, monkeypatch):
     os.chown(directory, pwd.getpwnam("nobody").pw_uid, -1)
     table, note = statefile.open_table("", SERVICES)
     assert table is None and "is owned by uid" in note
+
+
+def test_without_a_boot_id_no_file_is_used(tmp_path, monkeypatch):
+    """A file kept over a reboot would hold the monotonic times of the boot before: without
+    the kernel's boot id nothing tells them apart, so no file (and a line saying why)."""
+    monkeypatch.setattr(statefile, "BOOT_ID", str(tmp_path / "no-such-boot-id"))
+    table, why = opened(tmp_path / "state")
+    assert table is None and "no boot id" in why and "a health table of its own" in why
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_probe_claimed_while_another_process_probed_and_failed_is_refused(tmp_path):
+    """Claiming a probe re-reads the service under the lock: another process that took the
+    lock first, probed, failed and gave a new cool-down leaves no probe to claim."""
+    table, _ = opened(tmp_path / "state")
+    assert table is not None
+    table.f[F.DOWN_UNTIL] = 1.0  # service A: its cool-down long over, no probe out
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other process: holds A's probe lock, "probes", fails, lets go
+        try:
+            fcntl.lockf(table.probe_lock, fcntl.LOCK_EX, 1, 0)
+            os.write(ready_w, b"x")
+            time.sleep(0.3)
+            table.record_failure(0, time.monotonic(), 5.0, 5.0)
+            fcntl.lockf(table.probe_lock, fcntl.LOCK_UN, 1, 0)
+        finally:
+            os._exit(0)
+    os.read(ready_r, 1)
+    assert table.claim_probe(0, time.monotonic(), 10.0) is False  # waited, then saw it
+    os.waitpid(pid, 0)
+    assert table.state(0, time.monotonic()) == DOWN
+    table.close()
