@@ -31,6 +31,7 @@ from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .listener import Listeners
 from .log import Logger
+from .notify import Notifier, ServiceNotes
 from .reload import Reloading, describe_pools
 from .throttle import BootThrottle, exit_code, failed_by_itself
 from .worker import MSG_READY, MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
@@ -95,6 +96,7 @@ class Master(Reloading):
         except OSError:
             self.start_dir = "/"
         self.checks = CheckerSet()
+        self.notes = ServiceNotes(Notifier("", 0, None))  # systemd's, from start()
 
     # setup
     def start(self) -> None:
@@ -103,6 +105,8 @@ class Master(Reloading):
         set_title("hapolicy: master")
         preload_lazy_modules()
         self.setup()
+        self.notes = ServiceNotes(Notifier.from_environ(self.log))
+        self.notes.start(self)
         signal.set_wakeup_fd(self.wake_w)
         for sig in MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
@@ -154,6 +158,7 @@ class Master(Reloading):
         else:
             self.watchdog()
             self.maintain()
+            self.notes.update(self)
         return True
 
     def wait_time(self) -> float:
@@ -168,6 +173,8 @@ class Master(Reloading):
         while self.signals:
             sig = self.signals.pop(0)
             if sig == signal.SIGHUP:
+                if self.reload_config is not None and not self.stopping:
+                    self.notes.reloading()
                 self.reload()
             elif sig == signal.SIGTERM:
                 self.stop("graceful")
@@ -180,6 +187,7 @@ class Master(Reloading):
         self.log.notice("stopping: " + ("draining in-flight requests" if how == "graceful"
                                         else "at once"))
         self.stopping = how
+        self.notes.stopping()
         if how == "now":  # a draining worker still needs the checks to bring services back
             self.checks.stop_all()
         self.listeners.close()

@@ -17,8 +17,12 @@ REPO = Path(__file__).resolve().parents[2]
 def hapolicy_env() -> dict[str, str]:
     """This process's environment with the repository first on PYTHONPATH, and XDG_RUNTIME_DIR
     a private directory of this process (runtime_dir): the state files that spawn mode makes
-    by default land there, not in the user's own."""
+    by default land there, not in the user's own. Without the variables of systemd's notify
+    and socket activation protocols (a test sets them itself)."""
     env = dict(os.environ)
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                "LISTEN_FDNAMES"):  # a test that wants systemd's variables sets them itself
+        env.pop(key, None)
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + old if old else "")
     env["XDG_RUNTIME_DIR"] = runtime_dir()
