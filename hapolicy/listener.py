@@ -7,6 +7,11 @@ backlog and a unix socket's mode, and closes the addresses that went away: the r
 close their own copies at once, so the address is closed when the last of them did. At exit a
 unix socket is removed only while it is still ours: a successor that already bound the same
 path keeps its own.
+
+Sockets passed by systemd (socket activation, activation.py) are adopted instead of bound:
+the master keeps them all its life (a reload that drops an address and a later one that takes
+it again use the same socket), and never removes a passed unix socket; a passed socket that
+matches no listen address at start is an error.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import os
 import socket
 
+from .activation import ActivationError, describe, find_passed, passed_sockets
 from .config import Config, split_listen
 from .daemon import remove_stale_socket, unlink
 from .log import Logger
@@ -28,6 +34,13 @@ class Listener:
         self.path = split_listen(address)[2]
         self.sock: socket.socket | None = None
         self.inode = 0  # of a unix socket we made
+        self.passed = False  # systemd's socket: Listeners keeps it open, never removes it
+
+    def adopt(self, sock: socket.socket, config: Config) -> None:
+        """Listen on a socket passed by systemd instead of binding one."""
+        sock.listen(config.backlog)
+        self.sock = sock
+        self.passed = True
 
     def bind(self, config: Config) -> None:
         """Bind and listen; raises OSError as the kernel says."""
@@ -60,7 +73,7 @@ class Listener:
         if self.sock is None:
             return
         try:
-            if self.path and new.socket_mode != old.socket_mode:
+            if self.path and not self.passed and new.socket_mode != old.socket_mode:
                 os.chmod(self.path, new.socket_mode)
             if new.backlog != old.backlog:
                 self.sock.listen(new.backlog)
@@ -68,9 +81,9 @@ class Listener:
             log.warning(f"reload: cannot apply the listener settings: {exc.strerror}")
 
     def close(self) -> None:
-        if self.sock is not None:
+        if self.sock is not None and not self.passed:
             self.sock.close()
-            self.sock = None
+        self.sock = None
 
     def cleanup_quietly(self) -> None:
         """Close, and remove a unix socket that is still ours, without logging."""
@@ -94,21 +107,44 @@ class Listeners:
 
     def __init__(self) -> None:
         self.by_address: dict[str, Listener] = {}
+        self.passed: list[socket.socket] = []  # by systemd, kept open for the master's life
 
     def sockets(self) -> dict[str, socket.socket]:
         """The open sockets by address, for a new worker."""
         return {a: l.sock for a, l in self.by_address.items() if l.sock is not None}
 
     def bind(self, config: Config) -> None:
-        """Bind every address; raises ConfigError `cannot listen on ADDR: why` (none kept)."""
+        """Bind every address, or adopt the socket systemd passed for it; raises ListenError
+        `cannot listen on ADDR: why` (none kept), ActivationError for a passed socket that
+        cannot be used or matches no address."""
+        self.passed = passed_sockets()
         self.by_address = self._bind_new(config.addresses, config)
+        unused = self._unused_passed([])
+        if unused:
+            for listener in self.by_address.values():
+                listener.cleanup_quietly()
+            self.by_address = {}
+            raise ActivationError(f"socket passed by systemd on {describe(unused[0])} matches "
+                                  f"no listen address ({', '.join(config.addresses)})")
+
+    def adopted(self) -> list[str]:
+        """The addresses that listen on a socket passed by systemd."""
+        return [a for a, l in self.by_address.items() if l.passed]
+
+    def _unused_passed(self, more: list[Listener]) -> list[socket.socket]:
+        used = {id(l.sock) for l in [*self.by_address.values(), *more]}
+        return [sock for sock in self.passed if id(sock) not in used]
 
     def _bind_new(self, addresses: list[str], config: Config) -> dict[str, Listener]:
         bound: dict[str, Listener] = {}
         for address in addresses:
             listener = Listener(address)
             try:
-                listener.bind(config)
+                sock = find_passed(address, self._unused_passed(list(bound.values())))
+                if sock is not None:
+                    listener.adopt(sock, config)
+                else:
+                    listener.bind(config)
             except OSError as exc:
                 for other in bound.values():
                     other.cleanup_quietly()

@@ -36,6 +36,9 @@ def run_daemon(config: Config, log: Logger,
             check_pidfile(config.pidfile)
         master.fd_limit = raise_fd_limit()
         master.listeners.bind(config)
+        if master.listeners.adopted():
+            log.info("socket activation: listening on the sockets passed by systemd for "
+                     + ", ".join(master.listeners.adopted()))
     except (ConfigError, ListenError, OSError) as exc:
         message = str(exc) if not isinstance(exc, OSError) else (
             f"cannot start: {exc.strerror or exc}")

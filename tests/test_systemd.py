@@ -4,15 +4,24 @@ socket of the test), socket activation (systemd-socket-activate), and the unit f
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 
 from support.backends import FakeBackend
 from support.daemon import Daemon, short_tmpdir
-from support.ports import HOST
+from support.ports import HOST, free_port
+from support.processes import children
+from support.protocol import PolicyClient, request
+from support.repo import REPO, command, hapolicy_env
+from support.syslog import SyslogReceiver
 from support.wait import wait_for
+
+ACTIVATE = "/usr/bin/systemd-socket-activate"
 
 
 class NotifyReceiver:
@@ -101,3 +110,98 @@ def test_a_missing_notify_socket_is_logged_once_and_ignored():
         lines = [line for line in d.log.text().splitlines() if "cannot notify" in line]
         assert len(lines) == 1, lines
         assert "cannot notify systemd at /nonexistent/notify: " in lines[0]
+
+
+def activate(*args: str, listen: list[str], env: dict | None = None) -> list[str]:
+    """The argv of systemd-socket-activate listening on *listen*, then hapolicy ARGS."""
+    argv = [ACTIVATE]
+    for address in listen:
+        argv += ["-l", address]
+    for key, value in (env or {}).items():
+        argv += ["-E", f"{key}={value}"]
+    return [*argv, *command(args)]
+
+
+def trigger(port: int, proc: subprocess.Popen) -> PolicyClient:
+    """Connect to the port systemd-socket-activate listens on: it starts hapolicy then."""
+    def connected():
+        assert proc.poll() is None, proc.communicate()
+        try:
+            return PolicyClient(HOST, port)
+        except ConnectionRefusedError:
+            return None
+    return wait_for(connected, 10, what="systemd-socket-activate to listen")
+
+
+def test_socket_activation_answers_on_the_passed_socket_and_binds_the_others():
+    port, other = free_port(), free_port()
+    unix_dir = short_tmpdir()
+    path = str(unix_dir / "policy")
+    log = SyslogReceiver(unix_dir / "log")
+    with FakeBackend(mode="echo", attr="recipient") as echo:
+        argv = activate("--listen", f"{HOST}:{port},unix:{path},{HOST}:{other}", "--workers", "2",
+                        "-s", f"A={HOST}:{echo.port}", "-d", "dunno",
+                        "--syslog-socket", log.path,
+                        listen=[f"{HOST}:{port}", path], env={"PYTHONPATH": str(REPO)})
+        proc = subprocess.Popen(argv, cwd=REPO, env=hapolicy_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            first = trigger(port, proc)
+            assert first.ask(request(recipient="first@x"), timeout=15) == "action=first@x\n\n"
+            first.close()
+            log.wait_text("socket activation: listening on the sockets passed by systemd for "
+                          f"{HOST}:{port}, unix:{path}")
+            wait_for(lambda: len(children(proc.pid)) == 2, 10, what="the workers")
+            for target in ((HOST, port), (HOST, other)):
+                with PolicyClient(*target) as client:
+                    assert client.ask(request(recipient="a@x")) == "action=a@x\n\n"
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(path)
+                client = PolicyClient.from_socket(sock)
+                assert client.ask(request(recipient="u@x")) == "action=u@x\n\n"
+            proc.send_signal(signal.SIGHUP)
+            log.wait_text("reloaded:")
+            with PolicyClient(HOST, port) as client:
+                assert client.ask(request(recipient="b@x")) == "action=b@x\n\n"
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, err
+            assert b"Traceback" not in err
+            assert os.path.exists(path)  # systemd's socket: not removed at exit
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            log.close()
+    shutil.rmtree(unix_dir, ignore_errors=True)
+
+
+def test_a_passed_socket_matching_no_listen_address_is_an_error():
+    port = free_port()
+    argv = activate("--listen", f"{HOST}:{free_port()}", "-s", f"A={HOST}:1", "--stdout",
+                    listen=[f"{HOST}:{port}"], env={"PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(argv, cwd=REPO, env=hapolicy_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        trigger(port, proc).close()
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2
+    lines = [line for line in err.splitlines() if line.startswith("hapolicy")]
+    assert len(lines) == 1, err
+    assert f"socket passed by systemd on {HOST}:{port} matches no listen address" in lines[0]
+
+
+def test_garbage_in_listen_fds_is_one_line_and_status_2():
+    env = {**hapolicy_env(), "LISTEN_FDS": "lots"}
+    done = subprocess.run([*command(["--listen", f"{HOST}:{free_port()}", "-s", f"A={HOST}:1"]),
+                           "--stdout"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=20, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "LISTEN_FDS 'lots': expected a number of sockets from 1 to 1024" in lines[0]
