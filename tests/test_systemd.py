@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from support.backends import FakeBackend
 from support.daemon import Daemon, short_tmpdir
@@ -22,6 +23,7 @@ from support.syslog import SyslogReceiver
 from support.wait import wait_for
 
 ACTIVATE = "/usr/bin/systemd-socket-activate"
+ANALYZE = "/usr/bin/systemd-analyze"
 
 
 class NotifyReceiver:
@@ -205,3 +207,33 @@ def test_garbage_in_listen_fds_is_one_line_and_status_2():
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "LISTEN_FDS 'lots': expected a number of sockets from 1 to 1024" in lines[0]
+
+
+def verify_units(directory: Path) -> tuple[int, list[str]]:
+    """systemd-analyze verify of hapolicy.socket and hapolicy.service in *directory*: its exit
+    status, and the lines it said about them (an unknown key or a bad value is only a warning)."""
+    units = [str(directory / "hapolicy.socket"), str(directory / "hapolicy.service")]
+    done = subprocess.run([ANALYZE, "verify", "--man=no", *units], cwd=directory,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice"})
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "hapolicy" in line]
+    return done.returncode, said
+
+
+def test_systemd_analyze_verifies_both_units():
+    """The units as shipped, with ExecStart's binary (not installed here) an existing one."""
+    directory = short_tmpdir()
+    try:
+        for name in ("hapolicy.service", "hapolicy.socket"):
+            text = (REPO / "scripts" / name).read_text()
+            (directory / name).write_text(text.replace("/usr/local/bin/hapolicy", "/bin/true"))
+        assert "Type=notify" in (directory / "hapolicy.service").read_text()
+        assert "--daemonize" not in (directory / "hapolicy.service").read_text()
+        assert verify_units(directory) == (0, [])
+        # and it would tell: a misspelt key in the socket unit
+        sock = directory / "hapolicy.socket"
+        sock.write_text(sock.read_text().replace("Backlog=", "Backlogg="))
+        status, said = verify_units(directory)
+        assert any("Unknown key" in line and "Backlogg" in line for line in said), said
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
