@@ -129,10 +129,10 @@ class Listeners:
 
     def adopted(self) -> list[str]:
         """The addresses that listen on a socket passed by systemd."""
-        return [a for a, l in self.by_address.items() if l.passed]
+        return [a for a, listener in self.by_address.items() if listener.passed]
 
     def _unused_passed(self, more: list[Listener]) -> list[socket.socket]:
-        used = {id(l.sock) for l in [*self.by_address.values(), *more]}
+        used = {id(listener.sock) for listener in [*self.by_address.values(), *more]}
         return [sock for sock in self.passed if id(sock) not in used]
 
     def _bind_new(self, addresses: list[str], config: Config) -> dict[str, Listener]:
