@@ -78,8 +78,11 @@ class Notifier:
         return bool(self.address)
 
     def watchdog_interval(self) -> float:
-        """Seconds between two WATCHDOG=1 (half of WATCHDOG_USEC); 0 without a watchdog."""
-        return self.watchdog_usec / 2e6 if self.enabled else 0.0
+        """Seconds between two WATCHDOG=1 (half of WATCHDOG_USEC, at least 10 ms); 0 without
+        a watchdog."""
+        if not self.enabled or not self.watchdog_usec:
+            return 0.0
+        return max(self.watchdog_usec / 2e6, 0.01)
 
     def send(self, *lines: str) -> bool:
         """Send `KEY=VALUE` lines as one datagram; False when not sent. Never raises."""

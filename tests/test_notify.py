@@ -69,6 +69,7 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_our_pid():
     assert Notifier.from_environ(log, {**env, "WATCHDOG_USEC": "soon"}).watchdog_interval() == 0
     assert log.lines == ["WATCHDOG_USEC 'soon' is not a positive number: ignored"]
     assert Notifier.from_environ(Log(), {"WATCHDOG_USEC": "200000"}).watchdog_interval() == 0
+    assert Notifier.from_environ(Log(), {**env, "WATCHDOG_USEC": "1"}).watchdog_interval() == 0.01
 
 
 def test_another_process_never_sends(tmp_path: Path):
