@@ -19,11 +19,23 @@ from .backend import Backends, Connection
 from .config import Config
 from .eventloop import EventLoop, Timer
 from .hashkey import key_function
-from .health import UP, Health, HealthTable
+from .health import (
+    DEFAULT_DOWN,
+    DEFAULT_FAILED,
+    DEFAULT_TIMEOUT,
+    REQUESTS,
+    SLOT,
+    UP,
+    F,
+    Health,
+    HealthTable,
+)
 from .log import Logger
 from .outcome import ANSWERED, FAIL_ANSWER, LOCAL
 from .protocol import Request, format_action
 from .selection import Selector
+
+ANSWERS = F.ANSWERS  # a module global: read on every answered request
 
 # typing is imported for the type checker only: it costs a spawned process 3 ms of its start
 TYPE_CHECKING = False
@@ -69,6 +81,10 @@ class Dispatcher:
         self.log_requests = config.log_requests
         self.in_flight = 0
         self.requests = 0
+        # the table's counters (health.py), added to in place: no call on the request path
+        self.counts = table.f
+        self.requests_word = table.header + REQUESTS
+        self.default_word = table.header  # + DEFAULT_*
         self.max_use = 0  # on_max_use is called at the max_use-th request (0: never)
         self.on_max_use: Callable[[], None] = _nothing
         self.waiting: list[set[Job]] = [set() for _ in config.services]  # by service
@@ -100,6 +116,7 @@ class Dispatcher:
             client.deliver(self.default_answer)
             return
         self.in_flight += 1
+        self.counts[self.requests_word] += 1.0
         job = Job(self, request, client)
         job.next_attempt(job.started)
 
@@ -192,14 +209,18 @@ class Job:
     def next_attempt(self, now: float) -> None:
         d = self.d
         if now >= self.deadline:
-            self.answer_default(f"total timeout {d.config.total_timeout:g}s reached")
+            self.answer_default(f"total timeout {d.config.total_timeout:g}s reached",
+                                DEFAULT_TIMEOUT)
             return
         sticky = -1
         if self.instance and self.instance == self.client.instance:
             sticky = self.client.instance_service
         index = d.selector.pick(self.tried, now, self.key, sticky)
         if index < 0:
-            self.answer_default("all services failed" if self.tried else "all services down")
+            if self.tried:
+                self.answer_default("all services failed", DEFAULT_FAILED)
+            else:
+                self.answer_default("all services down", DEFAULT_DOWN)
             return
         self.tried |= 1 << index
         self.current = index
@@ -220,6 +241,7 @@ class Job:
             outcome = FAIL_ANSWER
             reason = "answer matched fail-answer: " + action[7:].decode("utf-8", "replace")
         if outcome == ANSWERED:
+            d.counts[index * SLOT + ANSWERS] += 1.0
             d.health.ok(index)
             if self.instance:
                 self.client.instance = self.instance
@@ -243,8 +265,10 @@ class Job:
         self.failed.append(f"{service.name}: {reason}")
         self.next_attempt(now)
 
-    def answer_default(self, why: str) -> None:
+    def answer_default(self, why: str, word: int) -> None:
+        """Answer the default action; word is the reason's counter (health.DEFAULT_*)."""
         d = self.d
+        d.counts[d.default_word + word] += 1.0
         self.finish(d.default_answer, "-", d.config.default_action, why)
 
     def finish(self, answer: bytes, service: str, action: str, default_why: str = "") -> None:

@@ -6,7 +6,8 @@ has a fixed slot of float64 fields (see FIELDS). No locks on the way of a reques
 is one aligned 8-byte word, written whole (atomic on the platforms Python runs on), and every
 race is benign by construction: two workers that both see a failure at the same instant may
 both log it, two that both see a cool-down end may both send a probe request, and a
-concurrent increment of a counter may be lost. None of these loses an answer or keeps a dead
+concurrent increment of a counter may be lost (the counters below are statistics, not
+accounting: a rare lost count under a race is accepted). None of these loses an answer or keeps a dead
 service in use. The one lock: spawned processes claim a probe under a record lock of the
 state file, once per cool-down, since they start in bursts and would otherwise often probe
 a dead service two or three at a time.
@@ -17,6 +18,12 @@ brings it back; a timeout doubles the cool-down, up to the cap; any other failur
 reset: cheap to try again) gives the base cool-down again. When active checks run, they own the
 recovery: a service is down until a check brings it back (`down_until` is infinite), so no live
 request ever probes it.
+
+Counters (float64, exact up to 2**53): per service ANSWERS and FAILURES in its slot, per pool
+REQUESTS and the default answers by reason in the table's own slot. Workers add to them in
+place (`f[word] += 1.0`, no call on the request path); the master reads them for its summary
+line (summary.py). Once every request in flight is answered, REQUESTS equals the sum of
+ANSWERS plus the default answers.
 
 `Health` is the one path through which a process changes a service's state: `ok` and `failed`
 for live requests, `mark_up` and `mark_down` for the checks. It logs each change once.
@@ -47,12 +54,20 @@ class F:
     SERVED = 2  # virtual time of weighted round robin (+1/weight per pick)
     STREAK = 3  # consecutive failures that doubled the cool-down
     DOWN_SINCE = 4  # monotonic time it was last marked down
-    # 5..7 reserved (the slot keeps 8 words, one 64-byte cache line per service)
+    ANSWERS = 5  # counter: good answers of live requests
+    FAILURES = 6  # counter: live requests' failures that count against the service
+    # 7 reserved (the slot keeps 8 words, one 64-byte cache line per service)
 
 
 SLOT = 8
 UP, DOWN, PROBE_DUE = 0, 1, 2
-CHECKED = 0  # word 0 of the table's own slot, after the services': 1.0 while checks own it
+# words of the table's own slot, after the services'
+CHECKED = 0  # 1.0 while checks own it
+REQUESTS = 1  # counter: requests the pool's dispatchers sent on their way (a Job each)
+DEFAULT_FAILED = 2  # counters of default answers, by reason: all services failed,
+DEFAULT_DOWN = 3  # all services down,
+DEFAULT_TIMEOUT = 4  # total timeout reached
+POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT)
 
 
 def table_bytes(count: int) -> int:
@@ -195,6 +210,19 @@ class HealthTable:
         """Take over service j's state from another table as service i's (on reload)."""
         self.f[i * SLOT:(i + 1) * SLOT] = other.f[j * SLOT:(j + 1) * SLOT]
 
+    def copy_counters(self, other: HealthTable) -> None:
+        """Take over the pool's counters from another table of the same pool (on reload)."""
+        for word in POOL_COUNTERS:
+            self.f[self.header + word] = other.f[other.header + word]
+
+    def counter(self, word: int) -> int:
+        """One of the pool's counters (REQUESTS, DEFAULT_*)."""
+        return int(self.f[self.header + word])
+
+    def service_counter(self, i: int, field: int) -> int:
+        """One of service i's counters (F.ANSWERS, F.FAILURES)."""
+        return int(self.f[i * SLOT + field])
+
     def rejoin(self, i: int, peers: list[int]) -> None:
         """A service came back: start its clock level with its peers', not far behind them."""
         others = [self.served(j) for j in peers if j != i]
@@ -220,8 +248,9 @@ class HealthTable:
 def carry_over(old: HealthTable, before: Sequence[Service],
                after: Sequence[Service]) -> HealthTable:
     """A new table for a reload's services: one that stays (same name and address) keeps what
-    is known of it; a new one starts up."""
+    is known of it and its counters; a new one starts up. The pool keeps its counters."""
     table = HealthTable(len(after))
+    table.copy_counters(old)
     index = {(s.name, s.address): i for i, s in enumerate(before)}
     for i, service in enumerate(after):
         j = index.get((service.name, service.address))
@@ -259,6 +288,7 @@ class Health:
         """A live request failed on service i; True when that took it down just now."""
         if not counts_against_service(outcome):
             return False
+        self.table.f[i * SLOT + F.FAILURES] += 1.0
         return self.mark_down(i, outcome, detail, now)
 
     def mark_up(self, i: int, why: str = "") -> None:

@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from .config import Service
 
 MAGIC = b"hapolicy health\n"  # 16 bytes
-LAYOUT = 1  # the header's and the table's layout; a change makes old files be replaced
+LAYOUT = 2  # the header's and the table's layout; a change makes old files be replaced
+# (2: counters in the words 5, 6 of a service's slot and 1..4 of the table's own)
 HEADER_BYTES = 64
 MODE = 0o600
 LOCK_WAIT = 1.0  # seconds a process waits for another that makes the file
