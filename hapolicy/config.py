@@ -282,6 +282,7 @@ class Config:
     max_idle: float = 600.0
     retire_timeout: float = 1200.0
     drain_timeout: float = 30.0
+    summary_interval: float = 0.0  # the master's summary line every S seconds (0: none)
     pidfile: str = ""
     daemonize: bool = False
     user: str = ""

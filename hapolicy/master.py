@@ -33,6 +33,7 @@ from .listener import Listeners
 from .log import Logger
 from .notify import Notifier, ServiceNotes
 from .reload import Reloading, describe_pools
+from .summary import Summary
 from .throttle import BootThrottle, exit_code, failed_by_itself
 from .worker import MSG_READY, MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
 from .workertable import WorkerTable
@@ -97,6 +98,7 @@ class Master(Reloading):
             self.start_dir = "/"
         self.checks = CheckerSet()
         self.notes = ServiceNotes(Notifier("", 0, None))  # systemd's, from start()
+        self.summary = Summary(config.summary_interval, self.ops.now())
 
     # setup
     def start(self) -> None:
@@ -159,6 +161,8 @@ class Master(Reloading):
             self.watchdog()
             self.maintain()
             self.notes.update(self)
+            self.summary.tick(self.config, self.health, self.log, self.ops.now(),
+                              time.monotonic())
         return True
 
     def wait_time(self) -> float:
@@ -167,6 +171,7 @@ class Master(Reloading):
             until = self.throttle.next_start - self.ops.now()
             if until > 0:
                 wait = min(wait, until + 0.01)
+            wait = min(wait, self.summary.wait(self.ops.now()) + 0.001)
         return wait
 
     def handle_signals(self) -> None:

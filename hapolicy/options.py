@@ -136,6 +136,8 @@ OPTIONS: tuple[Option, ...] = (
            "clients (Postfix's max_ttl is 1000 s)", _seconds("retire timeout"), "S", DAEMON),
     Option("drain_timeout", ("--drain-timeout",), "on SIGTERM, time for in-flight requests to "
            "finish", _seconds("drain timeout", allow_zero=True), "S", DAEMON),
+    Option("summary_interval", ("--summary",), "the master logs one line of counters per pool "
+           "every S seconds (0: never)", _interval("summary", allow_zero=True), "S", DAEMON),
     Option("pidfile", ("--pidfile",), "write the master's pid here (removed at exit)", _text,
            "PATH", DAEMON),
     Option("daemonize", ("--daemonize",), "detach; return once the pidfile is written and the "

@@ -74,6 +74,7 @@ class Reloading:
             self._kill(worker.pid, signal.SIGHUP)
         self.listeners.remove_gone(config, self.log)
         self._new_tables(config)
+        self.summary.reconfigure(config.summary_interval, self.ops.now())
         self.config = config
         self.checks.stop_unused(self._generations())  # no old worker left at all
         self.throttle.reset()
