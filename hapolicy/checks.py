@@ -87,6 +87,10 @@ class Checker:
             return
         service = self.config.services[i]
         now = self.started[i] = time.monotonic()
+        if self.table.disabled(i):  # taken out by the operator: not checked until enabled
+            self.timers[i] = self.loop.call_later(self.config.check_interval,
+                                                  lambda: self.check(i))
+            return
         deadline = now + min(service.timeout, self.config.check_timeout)
         self.backends.exchange(service, self.payload, deadline,
                                lambda action, outcome, detail:

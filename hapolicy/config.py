@@ -284,6 +284,8 @@ class Config:
     drain_timeout: float = 30.0
     summary_interval: float = 0.0  # the master's summary line every S seconds (0: none)
     pidfile: str = ""
+    control: str = ""  # the master's control socket (control.py); "" none
+    control_group: str = ""  # a group let in to the control socket too
     daemonize: bool = False
     user: str = ""
     group: str = ""

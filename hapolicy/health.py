@@ -19,6 +19,10 @@ reset: cheap to try again) gives the base cool-down again. When active checks ru
 recovery: a service is down until a check brings it back (`down_until` is infinite), so no live
 request ever probes it.
 
+The operator's admin state (control.py) is word ADMIN of the slot: inf when disabled, added to
+DOWN_UNTIL by `state`, so a disabled service reads as DOWN (never as due for a probe) at the
+cost of one more read; the checks skip it, and its health is kept as it was.
+
 Counters (float64, exact up to 2**53): per service ANSWERS and FAILURES in its slot, per pool
 REQUESTS and the default answers by reason in the table's own slot. Workers add to them in
 place (`f[word] += 1.0`, no call on the request path); the master reads them for its summary
@@ -56,7 +60,8 @@ class F:
     DOWN_SINCE = 4  # monotonic time it was last marked down
     ANSWERS = 5  # counter: good answers of live requests
     FAILURES = 6  # counter: live requests' failures that count against the service
-    # 7 reserved (the slot keeps 8 words, one 64-byte cache line per service)
+    ADMIN = 7  # 0.0 enabled; inf: disabled by the operator (control.py): reads as DOWN
+    # (the slot keeps 8 words, one 64-byte cache line per service)
 
 
 SLOT = 8
@@ -98,7 +103,8 @@ class HealthTable:
     def state(self, i: int, now: float) -> int:
         f = self.f
         base = i * SLOT
-        down_until = f[base]
+        # ADMIN is 0.0 or inf: a disabled service is down for ever, never due for a probe
+        down_until = f[base] + f[base + 7]
         if down_until == 0.0:
             return UP
         if now < down_until or now < f[base + F.PROBE_UNTIL]:
@@ -196,6 +202,19 @@ class HealthTable:
             elif f[base] == math.inf:
                 f[base] = now
                 f[base + F.PROBE_UNTIL] = 0.0
+
+    def disabled(self, i: int) -> bool:
+        """Whether the operator took service i out (its admin state)."""
+        return self.f[i * SLOT + F.ADMIN] != 0.0
+
+    def set_disabled(self, i: int, disabled: bool) -> None:
+        """Take service i out of every worker's choice at once, or give it back."""
+        self.f[i * SLOT + F.ADMIN] = math.inf if disabled else 0.0
+
+    def is_down(self, i: int, now: float) -> bool:
+        """Whether service i is down by its health, whatever its admin state."""
+        down_until = self.f[i * SLOT]
+        return down_until != 0.0 and (now < down_until or now < self.f[i * SLOT + F.PROBE_UNTIL])
 
     def served(self, i: int) -> float:
         return self.f[i * SLOT + F.SERVED]

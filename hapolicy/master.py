@@ -25,7 +25,9 @@ import time
 from typing import Callable
 
 from .checks import Checker, CheckerSet
+from .commands import answer
 from .config import Config
+from .control import start_control
 from .daemon import drop_privileges, preload_lazy_modules, read_pid, unlink
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
@@ -128,6 +130,11 @@ class Master(Reloading):
         for pool in self.config.pools:
             self.checks.replace(pool.name, Checker(self.loop, pool, self.health[pool.name],
                                                    self.log), None)
+        if self.config.control:
+            self.control = start_control(self.loop, self.config, self._command, self.log)
+
+    def _command(self, line: str) -> str:
+        return answer(line, self.config, self.health, self.workers, self.table, self.log)
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -361,6 +368,8 @@ class Master(Reloading):
         return False
 
     def cleanup(self) -> None:
+        if getattr(self, "control", None) is not None:
+            self.control.close()
         self.listeners.cleanup(self.log)
         if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:
             unlink(self.config.pidfile, self.log)

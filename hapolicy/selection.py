@@ -10,7 +10,8 @@ always lands on the same service, and when one dies only its share moves.
 Services that are down are skipped; one whose cool-down is over is given to a single request as
 a probe. When no service of any group is usable the pick is -1 and the request gets the default
 answer at once, unless `try_down` (all-down = try) asks to try the ones marked down anyway, in
-order: each costs its timeout when it is still dead. A request never tries a service twice.
+order: each costs its timeout when it is still dead. A request never tries a service twice. A
+service the operator disabled reads as down and is never tried, not even as a last resort.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Selector:
                     return self._by_hash(candidates, key)
                 return self._commit(self._by_weight(candidates))
         for i in self.last_resort:
-            if not tried >> i & 1:
+            if not tried >> i & 1 and not health.disabled(i):
                 return i
         return -1
 

@@ -385,7 +385,7 @@ class Worker:
                 client.close()
         for dispatcher in self.dispatchers:
             dispatcher.backends.pool.sweep(now)
-        self.table.beat(self.slot, now)
+        self.table.beat(self.slot, now, self.requests)
         self._update_title()
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
 

@@ -5,14 +5,15 @@ each looks here first and leaves the connection to a sibling that accepts and ho
 fewer clients, so that Postfix's long-lived connections spread evenly instead of piling onto
 whichever worker the scheduler happens to wake first. Fields are whole 8-byte words; a stale
 read only makes the spread a little less even for a moment. The heartbeat is the monotonic
-time of the worker's last housekeeping pass: the master's watchdog reads it.
+time of the worker's last housekeeping pass: the master's watchdog reads it; the requests the
+worker served, as of that pass, are for the control socket's `workers` (control.py).
 """
 
 from __future__ import annotations
 
 import mmap
 
-FIELDS = 3  # clients, accepting (1.0 or 0.0), heartbeat
+FIELDS = 4  # clients, accepting (1.0 or 0.0), heartbeat, requests served
 YIELD_MARGIN = 2  # accept anyway unless a sibling holds at least this many fewer clients
 
 
@@ -30,8 +31,17 @@ class WorkerTable:
     def set_accepting(self, slot: int, on: bool) -> None:
         self.f[slot * FIELDS + 1] = 1.0 if on else 0.0
 
-    def beat(self, slot: int, now: float) -> None:
+    def beat(self, slot: int, now: float, requests: int = -1) -> None:
         self.f[slot * FIELDS + 2] = now
+        if requests >= 0:
+            self.f[slot * FIELDS + 3] = requests
+
+    def clients(self, slot: int) -> int:
+        return int(self.f[slot * FIELDS])
+
+    def requests(self, slot: int) -> int:
+        """The requests the worker in slot served, as of its last housekeeping pass."""
+        return int(self.f[slot * FIELDS + 3])
 
     def last_beat(self, slot: int) -> float:
         """When the worker in slot last turned its loop (0.0: not yet)."""

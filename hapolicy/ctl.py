@@ -1,0 +1,106 @@
+"""hapolicyctl: send one command to a running daemon's control socket and print the answer.
+
+    hapolicyctl [--control PATH | -c CONFIG] COMMAND [ARGS]
+
+The socket is PATH, or the `control = PATH` line of the daemon's config file CONFIG (before
+any `[pool ...]` section), or DEFAULT_PATH when neither is given. Commands: see commands.py
+(`hapolicyctl help`). Exit status: 0, or 1 when the answer is an `error:` line, 2 for a usage
+error or a socket that cannot be reached (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+DEFAULT_PATH = "/run/hapolicy/control"
+TIMEOUT = 10.0
+USAGE = "usage: hapolicyctl [--control PATH | -c CONFIG] COMMAND [ARGS]"
+
+
+class UsageError(Exception):
+    pass
+
+
+def path_from_config(path: str) -> str:
+    """The `control` setting of a config file ('' when it has none)."""
+    value = ""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for raw in handle:
+            line = raw.strip()
+            if line.startswith("["):
+                break
+            key, eq, rest = line.partition("=")
+            if eq and key.strip() == "control":
+                value = rest.strip()
+    return value
+
+
+def parse(argv: Sequence[str]) -> tuple[str, str]:
+    """(socket path, command line) from the arguments; UsageError when they are wrong."""
+    args = list(argv)
+    path = config = ""
+    while args and args[0].startswith("-"):
+        flag = args.pop(0)
+        if flag in ("-h", "--help"):
+            raise UsageError("")
+        if flag.startswith("--control="):
+            path = flag.partition("=")[2]
+            continue
+        if flag not in ("--control", "-c", "--config") or not args:
+            raise UsageError(f"unknown option or missing value: {flag}")
+        value = args.pop(0)
+        if flag == "--control":
+            path = value
+        else:
+            config = value
+    if path and config:
+        raise UsageError("give --control or -c, not both")
+    if not args:
+        raise UsageError("no command")
+    if config:
+        try:
+            path = path_from_config(config)
+        except OSError as exc:
+            raise UsageError(f"cannot read {config}: {exc.strerror}") from None
+        if not path:
+            raise UsageError(f"{config} sets no control socket (control = PATH)")
+    return path or DEFAULT_PATH, " ".join(args)
+
+
+def ask(path: str, line: str, timeout: float = TIMEOUT) -> str:
+    """Send one command line, read the answer until the daemon closes; OSError on failure."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(line.encode() + b"\n")
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        path, line = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"hapolicyctl: {exc}\n{USAGE}" if str(exc) else USAGE, file=sys.stderr)
+        return 2
+    try:
+        text = ask(path, line)
+    except OSError as exc:
+        print(f"hapolicyctl: {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 1 if text.startswith("error:") or not text else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

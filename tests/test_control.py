@@ -1,0 +1,215 @@
+"""The control socket (control.py, commands.py) and hapolicyctl (ctl.py) against a live daemon.
+
+Two FakeBackends under a little load: `status` and `csv` show counters that move and add up
+with what the backends counted; `disable` takes a service out of every worker at once (no
+request reaches it afterwards), `enable` brings it back, and a HUP keeps the admin state. The
+socket refuses a peer of another uid, a garbage line, a 10 MB line and a client that never
+finishes its line, while the daemon keeps answering requests.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from itertools import count
+
+from support.backends import FakeBackend
+from support.daemon import Daemon
+from support.ports import HOST
+from support.protocol import PolicyClient, request
+from support.repo import REPO, hapolicy_env
+from support.wait import wait_for
+
+
+def ctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hapolicy.ctl", *args], cwd=REPO,
+                          env=hapolicy_env(), capture_output=True, text=True, timeout=20)
+
+
+def csv_rows(path: str) -> dict[str, dict[str, str]]:
+    result = ctl("--control", path, "csv")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "# pool,service,address,state,admin,weight,answers,failures"
+    header = lines[0][2:].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    return {f"{r['pool']}/{r['service']}": r for r in rows}
+
+
+class Load:
+    """Requests from 4 connections in a thread until stopped; counts the answers."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.answers = 0
+        self.bad: list[str] = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        clients = [PolicyClient(HOST, self.daemon.port) for _ in range(4)]
+        try:
+            while not self.stopping:
+                for client in clients:
+                    answer = client.ask(fresh())
+                    if answer != "action=DUNNO\n\n":
+                        self.bad.append(answer)
+                    self.answers += 1
+                time.sleep(0.005)
+        finally:
+            for client in clients:
+                client.sock.close()
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping = True
+        self.thread.join(10)
+
+
+INSTANCES = count()
+
+
+def fresh() -> bytes:
+    """A request of a new SMTP transaction (no stickiness to the last service)."""
+    return request(instance=f"ctl{next(INSTANCES)}")
+
+
+def ask_all(daemon: Daemon, count: int) -> None:
+    with PolicyClient(HOST, daemon.port) as client:
+        for _ in range(count):
+            assert client.ask(fresh()) == "action=DUNNO\n\n"
+
+
+def test_counters_disable_enable_and_hup():
+    with FakeBackend(name="A") as a, FakeBackend(name="B") as b:
+        daemon = Daemon("-s", a.spec(prio=10), "-s", b.spec(prio=10), workers=2)
+        path = str(daemon.dir / "control")
+        daemon.args += ["--control", path]
+        with daemon.start():
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            ask_all(daemon, 40)
+            rows = csv_rows(path)
+            assert set(rows) == {"default/A", "default/B"}
+            assert int(rows["default/A"]["answers"]) == len(a.live_requests) > 0
+            assert int(rows["default/B"]["answers"]) == len(b.live_requests) > 0
+            assert sum(int(r["answers"]) for r in rows.values()) == 40
+            status = ctl("--control", path, "status")
+            assert status.returncode == 0
+            assert status.stdout.split("\n")[0].split() == [
+                "pool", "service", "address", "state", "admin", "weight", "answers", "failures"]
+            with Load(daemon) as load:
+                assert ctl("--control", path, "disable", "default/A").stdout == \
+                    "ok: default/A disabled\n"
+                time.sleep(0.3)  # requests already on their way to A
+                before_a, before_b = len(a.live_requests), len(b.live_requests)
+                wait_for(lambda: len(b.live_requests) > before_b + 50, 10, what="load on B")
+                assert len(a.live_requests) == before_a
+                assert csv_rows(path)["default/A"]["admin"] == "disabled"
+                daemon.send(signal.SIGHUP)
+                time.sleep(1.5)
+                wait_for(lambda: len(b.live_requests) > before_b + 150, 10, what="load on B")
+                assert len(a.live_requests) == before_a
+                assert csv_rows(path)["default/A"]["admin"] == "disabled"
+                assert ctl("--control", path, "enable", "default/A").returncode == 0
+                wait_for(lambda: len(a.live_requests) > before_a + 20, 10, what="load on A")
+                assert csv_rows(path)["default/A"]["admin"] == "enabled"
+            assert load.answers > 200 and not load.bad
+            workers = ctl("--control", path, "workers")
+            assert workers.returncode == 0 and workers.stdout.startswith("pid")
+            assert len(workers.stdout.splitlines()) >= 3
+        assert not os.path.exists(path)
+
+
+def as_nobody(path: str) -> bytes:
+    """What a client of user nobody reads from the control socket."""
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(path)
+                sock.sendall(b"status\n")
+                os.write(w, sock.recv(4096))
+        except BaseException as exc:  # noqa: BLE001
+            os.write(w, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    return data
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_bad_peers_and_bad_lines():
+    with FakeBackend(name="A") as a:
+        daemon = Daemon("-s", a.spec(), workers=1)
+        path = str(daemon.dir / "control")
+        daemon.args += ["--control", path]
+        with daemon.start(), Load(daemon) as load:
+            os.chmod(daemon.dir, 0o755)
+            os.chmod(path, 0o666)  # let nobody connect: SO_PEERCRED must still refuse it
+            assert as_nobody(path) == b"error: not allowed\n"
+            for line, error in ((b"garbage\n", b"error: unknown command"),
+                                (b"disable nosuchpool/A\n", b"error: no pool"),
+                                (b"disable default/NOPE\n", b"error: no service"),
+                                (b"disable A\n", b"error: 'A' is not POOL/SERVICE"),
+                                (b"\xff\xfe\n", b"error: not an ASCII line")):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(5)
+                    sock.connect(path)
+                    sock.sendall(line)
+                    assert read_all(sock).startswith(error), line
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(path)
+                try:
+                    sock.sendall(b"x" * 10_000_000)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                assert read_all(sock).startswith(b"error: line longer than 4096 bytes")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(8)
+                sock.connect(path)
+                sock.sendall(b"stat")
+                started = time.monotonic()
+                assert read_all(sock).startswith(b"error: no command line within 5s")
+                assert time.monotonic() - started < 6.5
+            result = ctl("--control", path, "nonsense")
+            assert result.returncode == 1 and result.stdout.startswith("error:")
+            assert ctl("--control", path).returncode == 2
+            assert ctl("--control", str(daemon.dir / "nothere"), "status").returncode == 2
+            conf = daemon.dir / "hapolicy.conf"
+            conf.write_text(f"# a config\ncontrol = {path}\n")
+            assert ctl("-c", str(conf), "status").returncode == 0
+            assert daemon.proc.poll() is None
+        assert load.answers > 100 and not load.bad
