@@ -142,7 +142,7 @@ def test_help_says_what_every_option_does_and_its_default():
     for option in OPTIONS:
         text = helped[option.flags[-1]]
         assert text and len(text) > 15, option.flags
-        if option.key and option.key != "pidfile" and option.key not in ("user", "group"):
+        if option.key and option.key not in ("pidfile", "user", "group", "control", "control_group"):
             assert "(default: " in text, option.flags
 
 
