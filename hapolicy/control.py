@@ -39,7 +39,7 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class _Conn:
-    __slots__ = ("sock", "data", "out", "timer")
+    __slots__ = ("data", "out", "sock", "timer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
