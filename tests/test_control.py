@@ -144,7 +144,10 @@ def as_nobody(path: str) -> bytes:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(5)
                 sock.connect(path)
-                sock.sendall(b"status\n")
+                try:
+                    sock.sendall(b"status\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # refused, and closed, before the line was sent: the answer waits
                 os.write(w, sock.recv(4096))
         except BaseException as exc:  # noqa: BLE001
             os.write(w, repr(exc).encode())
