@@ -126,7 +126,7 @@ class Backends:
 
     def connection(self, service: Service, now: float) -> Connection:
         """An idle connection to service from the pool, or a new one (not connected yet)."""
-        conn = self.pool.get(service.name, now) if self.pool.idle.get(service.name) else None
+        conn = self.pool.get(service.name, now)
         return conn if conn is not None else Connection(self, service)
 
     def exchange(self, service: Service, payload: bytes, deadline: float,

@@ -246,11 +246,7 @@ class Job:
             if self.instance:
                 self.client.instance = self.instance
                 self.client.instance_service = index
-            if d.log_requests:
-                self.log_request(d.services[index].name,
-                                 action[7:].decode("utf-8", "replace"), "")
-            self.client.deliver(action + b"\n\n")
-            d.in_flight -= 1
+            self.finish(action + b"\n\n", d.services[index].name)
             return
         service = d.services[index]
         now = time.monotonic()
@@ -269,12 +265,13 @@ class Job:
         """Answer the default action; word is the reason's counter (health.DEFAULT_*)."""
         d = self.d
         d.counts[d.default_word + word] += 1.0
-        self.finish(d.default_answer, "-", d.config.default_action, why)
+        self.finish(d.default_answer, "-", why)
 
-    def finish(self, answer: bytes, service: str, action: str, default_why: str = "") -> None:
+    def finish(self, answer: bytes, service: str, default_why: str = "") -> None:
+        """Deliver the answer (a service's, or the default with why), logged as asked."""
         d = self.d
         if d.log_requests or (default_why and d.config.verbose):
-            self.log_request(service, action, default_why)
+            self.log_request(service, answer[7:-2].decode("utf-8", "replace"), default_why)
         elif default_why:
             d.warn_default(default_why)
         self.client.deliver(answer)

@@ -43,11 +43,6 @@ def counts_against_service(outcome: int) -> bool:
     return outcome not in (ANSWERED, LOCAL, ABANDONED)
 
 
-def is_timeout(outcome: int) -> bool:
-    """Whether the failure cost a request time."""
-    return outcome == CONNECT_TIMEOUT or outcome == ANSWER_TIMEOUT
-
-
 def doubles_pause(outcome: int) -> bool:
     """Whether the cool-down after this failure doubles at each consecutive one."""
     return outcome == CONNECT_TIMEOUT or outcome == ANSWER_TIMEOUT or outcome == FAIL_ANSWER

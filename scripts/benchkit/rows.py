@@ -63,15 +63,20 @@ def start_daemon(bench: Bench, row: Row) -> Started | None:
     master = bench.start_proxy(row.name, row.title, argv, port, signal.SIGINT)
     if master is None:
         return None
+    return preforked(row, port, master, " ".join(argv[1:]), bench.args.idle)
 
-    def workers() -> list[int]:
-        return children_of(master.pid)
+
+def preforked(row: Row, port: int, parent: Child, command: str, idle: int) -> Started:
+    """A row's proxy that is a parent and the children serving (their memory is the row's)."""
+
+    def children() -> list[int]:
+        return children_of(parent.pid)
 
     def tree() -> list[int]:
-        return [master.pid, *workers()]
+        return [parent.pid, *children()]
 
-    return Started(Target(row.name, row.title, (HOST, port), tree, workers), master,
-                   " ".join(argv[1:]), bench.args.idle, workers)
+    return Started(Target(row.name, row.title, (HOST, port), tree, children), parent,
+                   command, idle, children)
 
 
 def start_floor(bench: Bench, row: Row) -> Started | None:
@@ -83,16 +88,8 @@ def start_floor(bench: Bench, row: Row) -> Started | None:
     parent = bench.start_proxy(row.name, row.title, argv, port)
     if parent is None:
         return None
-
-    def relays() -> list[int]:
-        return children_of(parent.pid)
-
-    def tree() -> list[int]:
-        return [parent.pid, *relays()]
-
-    return Started(Target(row.name, row.title, (HOST, port), tree, relays), parent,
-                   "python " + os.path.relpath(FLOOR) + " " + " ".join(argv[2:]),
-                   bench.args.idle, relays)
+    return preforked(row, port, parent, "python " + os.path.relpath(FLOOR) + " "
+                     + " ".join(argv[2:]), bench.args.idle)
 
 
 def start_spawn(bench: Bench, row: Row) -> Started | None:

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .servers import hapolicy_missing, perl_argv, perl_missing, spawn_argv
-from .wire import make_request
+from .wire import make_request, read_frame
 
 if TYPE_CHECKING:
     from .rows import Row
@@ -88,12 +88,7 @@ def run_once(program: Program, env: dict[str, str], request: bytes) -> tuple[flo
             elapsed = time.perf_counter() - begin
             proc.wait(RUN_TIMEOUT)
             return elapsed, ""
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = ours.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_frame(ours)
         elapsed = time.perf_counter() - begin
         if data != program.answer:
             return elapsed, f"answered {data[:80]!r}, not {program.answer!r}"

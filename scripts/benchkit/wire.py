@@ -65,18 +65,26 @@ def classify(answer: bytes, expected: bytes) -> str:
     return "wrong"
 
 
+def read_frame(sock: socket.socket) -> bytes:
+    """Read from a blocking socket up to and including an empty line (cut short at EOF)."""
+    data = b""
+    while not data.endswith(b"\n\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def exchange_once(addr: tuple[str, int], timeout: float) -> tuple[str, bytes]:
     """One request on a fresh connection: ('', answer) when answered with action=..., else
     (why not, b"")."""
     try:
         with socket.create_connection(addr, timeout=timeout) as sock:
             sock.sendall(make_request(0))
-            data = b""
-            while not data.endswith(b"\n\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return f"connection closed after {data[:60]!r}", b""
-                data += chunk
+            data = read_frame(sock)
+            if not data.endswith(b"\n\n"):
+                return f"connection closed after {data[:60]!r}", b""
     except OSError as exc:
         return str(exc), b""
     if not data.startswith(b"action="):
