@@ -1,24 +1,21 @@
 """The control socket's commands (control.py), answered from the master's shared tables.
 
-    status                 a table, one line per service (the columns of csv)
-    csv                    `# pool,service,address,state,admin,weight,answers,failures`, then
-                           one row per service (HAProxy `show stat` style; new columns are only
-                           ever appended)
-    disable POOL/SERVICE   take a service out: no worker sends it a new request from now on
-    enable POOL/SERVICE    give it back
-    workers                pid, requests served (as of its last heartbeat), clients, per worker
-    help                   the commands
-
-state is the service's health (up or down); admin is `enabled` or `disabled`, kept in the
-service's slot of the pool's health table (health.py), so every worker sees it at once and a
-reload keeps it for a service that stays (same name and address). A daemon without pool
-sections has one pool, `default`. Each answer ends in a newline; an error is one line that
-starts with `error:`.
+COMMANDS lists them, with what each does: `help` prints that list, and the man page and the
+README are made from it. state is the service's health (up or down); admin is its admin state,
+`enabled`, `drain` or `disabled`, and weight its effective weight (the operator's, else the
+configured one). The three are kept in the service's slot of the pool's health table
+(health.py), so every worker obeys them at once, a reload keeps them for a service that stays
+(same name and address; a reload that changes the configured weight resets the operator's)
+and the master saves them in --state-file so that a restart keeps them too (adminstate.py). A
+daemon without pool sections has one pool, `default`. Each answer ends in a newline; an error
+is one line that starts with `error:`.
 """
 
 from __future__ import annotations
 
 import time
+
+from .health import DISABLED, DRAINING, ENABLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,8 +26,25 @@ if TYPE_CHECKING:
     from .log import Logger
     from .workertable import WorkerTable
 
+MAX_WEIGHT = 10000  # of the weight command; a configured weight has no bound
+COMMANDS = (
+    ("status", "a table, one line per service: the columns of csv"),
+    ("csv", ("`# pool,service,address,state,admin,weight,answers,failures`, then one row per "
+            "service (HAProxy `show stat` style; new columns are only ever appended)")),
+    ("disable POOL/SERVICE", ("take a service out: no worker sends it a request from now on, "
+                             "and the checks leave it alone")),
+    ("drain POOL/SERVICE", ("no new transaction and no hash key goes to the service; the "
+                           "transactions sticky to it finish there (asked by others only when "
+                           "no other service is up)")),
+    ("enable POOL/SERVICE", "give a disabled or drained service back"),
+    ("weight POOL/SERVICE N", (f"set its weight to N (1..{MAX_WEIGHT}) in every worker at once; "
+                              "`weight POOL/SERVICE reset` gives back the configured one")),
+    ("workers", "pid, requests served (as of its last heartbeat) and clients of each worker"),
+    ("help", "this list"),
+)
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures")
-HELP = "commands: status, csv, disable POOL/SERVICE, enable POOL/SERVICE, workers, help\n"
+HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
+ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
 
 
 def rows(config: Config, health: Mapping[str, HealthTable], now: float) -> list[list[str]]:
@@ -44,8 +58,8 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float) -> list[
             continue
         for i, service in enumerate(pool.services):
             out.append([pool.name, service.name, service.address,
-                        "down" if table.is_down(i, now) else "up",
-                        "disabled" if table.disabled(i) else "enabled", str(service.weight),
+                        "down" if table.is_down(i, now) else "up", table.admin(i),
+                        str(table.weight(i, service.weight)),
                         str(table.service_counter(i, F.ANSWERS)),
                         str(table.service_counter(i, F.FAILURES))])
     return out
@@ -59,22 +73,50 @@ def aligned(header: Sequence[str], body: list[list[str]]) -> str:
                    for line in lines)
 
 
-def set_admin(config: Config, health: Mapping[str, HealthTable], name: str, disabled: bool,
-              log: Logger) -> str:
+def find(config: Config, health: Mapping[str, HealthTable],
+         name: str) -> tuple[HealthTable | None, list[int], str]:
+    """The table of POOL/SERVICE and the service's indexes in it, or an error line."""
     pool_name, slash, service_name = name.partition("/")
     if not slash or not pool_name or not service_name:
-        return f"error: {name!r} is not POOL/SERVICE\n"
+        return None, [], f"error: {name[:80]!r} is not POOL/SERVICE\n"
     pool = next((p for p in config.pools if p.name == pool_name), None)
     if pool is None or pool.name not in health:
-        return f"error: no pool {pool_name!r}\n"
+        return None, [], f"error: no pool {pool_name[:80]!r}\n"
     found = [i for i, s in enumerate(pool.services) if s.name == service_name]
     if not found:
-        return f"error: no service {service_name!r} in pool {pool_name!r}\n"
-    word = "disabled" if disabled else "enabled"
+        return None, [], f"error: no service {service_name[:80]!r} in pool {pool_name!r}\n"
+    return health[pool.name], found, ""
+
+
+def set_admin(config: Config, health: Mapping[str, HealthTable], name: str, state: str,
+              log: Logger) -> str:
+    table, found, error = find(config, health, name)
+    if error:
+        return error
     for i in found:
-        health[pool.name].set_disabled(i, disabled)
+        table.set_admin(i, state)
+    word = {DISABLED: "disabled", DRAINING: "draining", ENABLED: "enabled"}[state]
     log.notice(f"control: service {name} {word}")
     return f"ok: {name} {word}\n"
+
+
+def set_weight(config: Config, health: Mapping[str, HealthTable], name: str, text: str,
+               log: Logger) -> str:
+    table, found, error = find(config, health, name)
+    if error:
+        return error
+    if text.lower() == "reset":
+        weight = 0
+    elif text.isdigit() and 1 <= int(text) <= MAX_WEIGHT:
+        weight = int(text)
+    else:
+        return f"error: weight {text[:40]!r}: expected 1..{MAX_WEIGHT} or reset\n"
+    for i in found:
+        table.set_weight(i, weight)
+    pool = next(p for p in config.pools if p.name == name.partition("/")[0])
+    now = table.weight(found[0], pool.services[found[0]].weight)
+    log.notice(f"control: service {name} weight {now}" + (" (configured)" if not weight else ""))
+    return f"ok: {name} weight {now}\n"
 
 
 def workers_answer(workers: Mapping[int, object], table: WorkerTable) -> str:
@@ -88,12 +130,16 @@ def answer(line: str, config: Config, health: Mapping[str, HealthTable],
     """The answer of one command line."""
     words = line.split()
     if not words:
-        return "error: empty command; " + HELP
+        return "error: empty command; try help\n"
     command, args = words[0].lower(), words[1:]
-    if command in ("disable", "enable"):
+    if command in ADMIN_COMMANDS:
         if len(args) != 1:
             return f"error: usage: {command} POOL/SERVICE\n"
-        return set_admin(config, health, args[0], command == "disable", log)
+        return set_admin(config, health, args[0], ADMIN_COMMANDS[command], log)
+    if command == "weight":
+        if len(args) != 2:
+            return "error: usage: weight POOL/SERVICE N\n"
+        return set_weight(config, health, args[0], args[1], log)
     if args:
         return f"error: {command} takes no arguments\n"
     if command == "status":
@@ -105,4 +151,4 @@ def answer(line: str, config: Config, health: Mapping[str, HealthTable],
         return workers_answer(workers, table)
     if command == "help":
         return HELP
-    return f"error: unknown command {command[:40]!r}; " + HELP
+    return f"error: unknown command {command[:40]!r}; try help\n"

@@ -209,6 +209,19 @@ class ControlServer:
             unlink(self.path, self.log)
 
 
+def check_control(config: Config) -> None:
+    """ConfigError at start for a control setting that cannot work (before anything is bound)."""
+    if not config.control:
+        return
+    try:
+        group_id(config.control_group)
+    except KeyError:
+        raise ConfigError(f"control group {config.control_group!r} does not exist") from None
+    directory = os.path.dirname(config.control) or "."
+    if not os.path.isdir(directory):
+        raise ConfigError(f"control socket {config.control}: no directory {directory}")
+
+
 def start_control(loop: EventLoop, config: Config, answer: Callable[[str], str],
                   log: Logger) -> ControlServer:
     """The control socket of config.control; ConfigError when it cannot be made."""

@@ -19,9 +19,14 @@ reset: cheap to try again) gives the base cool-down again. When active checks ru
 recovery: a service is down until a check brings it back (`down_until` is infinite), so no live
 request ever probes it.
 
-The operator's admin state (control.py) is word ADMIN of the slot: inf when disabled, added to
-DOWN_UNTIL by `state`, so a disabled service reads as DOWN (never as due for a probe) at the
-cost of one more read; the checks skip it, and its health is kept as it was.
+The operator's admin state (control.py) is one of enabled, drain and disabled. Disabled is word
+ADMIN of the slot: inf, added to DOWN_UNTIL by `state`, so a disabled service reads as DOWN
+(never as due for a probe) at the cost of one more read; the checks skip it, and its health is
+kept as it was. Drain is word DRAIN: the service stays up (checked, probed, asked by the
+transactions sticky to it) but selection gives it no new transaction and no hash key while
+another service can answer. Word WEIGHT is the operator's weight, 0.0 for the configured one.
+A reload keeps all three for a service that stays (same name and address), except the weight
+when the reload changed the configured one: the new configuration wins.
 
 Counters (float64, exact up to 2**53): per service ANSWERS and FAILURES in its slot, per pool
 REQUESTS and the default answers by reason in the table's own slot. Workers add to them in
@@ -61,11 +66,14 @@ class F:
     ANSWERS = 5  # counter: good answers of live requests
     FAILURES = 6  # counter: live requests' failures that count against the service
     ADMIN = 7  # 0.0 enabled; inf: disabled by the operator (control.py): reads as DOWN
-    # (the slot keeps 8 words, one 64-byte cache line per service)
+    DRAIN = 8  # 1.0: drained by the operator: no new transaction, no hash key goes there
+    WEIGHT = 9  # the operator's weight (control.py); 0.0: the configured one
 
 
-SLOT = 8
+SLOT = 16  # words per service: two 64-byte cache lines, the first one read on every pick
 UP, DOWN, PROBE_DUE = 0, 1, 2
+ENABLED, DRAINING, DISABLED = "enabled", "drain", "disabled"
+ADMIN_STATES = (ENABLED, DRAINING, DISABLED)
 # words of the table's own slot, after the services'
 CHECKED = 0  # 1.0 while checks own it
 REQUESTS = 1  # counter: requests the pool's dispatchers sent on their way (a Job each)
@@ -207,9 +215,29 @@ class HealthTable:
         """Whether the operator took service i out (its admin state)."""
         return self.f[i * SLOT + F.ADMIN] != 0.0
 
-    def set_disabled(self, i: int, disabled: bool) -> None:
-        """Take service i out of every worker's choice at once, or give it back."""
-        self.f[i * SLOT + F.ADMIN] = math.inf if disabled else 0.0
+    def draining(self, i: int) -> bool:
+        """Whether the operator drains service i."""
+        return self.f[i * SLOT + F.DRAIN] != 0.0
+
+    def admin(self, i: int) -> str:
+        """Service i's admin state: one of ADMIN_STATES."""
+        if self.disabled(i):
+            return DISABLED
+        return DRAINING if self.draining(i) else ENABLED
+
+    def set_admin(self, i: int, state: str) -> None:
+        """Set service i's admin state for every worker at once (one of ADMIN_STATES)."""
+        base = i * SLOT
+        self.f[base + F.DRAIN] = 1.0 if state == DRAINING else 0.0
+        self.f[base + F.ADMIN] = math.inf if state == DISABLED else 0.0
+
+    def weight(self, i: int, configured: int) -> int:
+        """Service i's effective weight: the operator's, else the configured one."""
+        return int(self.f[i * SLOT + F.WEIGHT]) or configured
+
+    def set_weight(self, i: int, weight: int) -> None:
+        """The operator's weight of service i (0: back to the configured one)."""
+        self.f[i * SLOT + F.WEIGHT] = float(weight)
 
     def is_down(self, i: int, now: float) -> bool:
         """Whether service i is down by its health, whatever its admin state."""
@@ -275,6 +303,8 @@ def carry_over(old: HealthTable, before: Sequence[Service],
         j = index.get((service.name, service.address))
         if j is not None:
             table.copy_slot(i, old, j)
+            if before[j].weight != service.weight:
+                table.set_weight(i, 0)
     return table
 
 

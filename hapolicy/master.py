@@ -24,6 +24,7 @@ import socket
 import time
 from typing import Callable
 
+from .adminstate import AdminFile
 from .checks import Checker, CheckerSet
 from .commands import answer
 from .config import Config
@@ -99,6 +100,7 @@ class Master(Reloading):
         except OSError:
             self.start_dir = "/"
         self.checks = CheckerSet()
+        self.admin_file: AdminFile | None = None  # the daemon's --state-file
         self.notes = ServiceNotes(Notifier("", 0, None))  # systemd's, from start()
         self.summary = Summary(config.summary_interval, self.ops.now())
 
@@ -122,6 +124,9 @@ class Master(Reloading):
         """The shared tables, the event loop and its wake-up pipe, the health checks."""
         self.table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
         self.health = {p.name: HealthTable(len(p.services)) for p in self.config.pools}
+        if self.config.state_file not in ("", "none"):
+            self.admin_file = AdminFile(self.config.state_file, self.log)
+            self.admin_file.restore(self.config, self.health)
         self.loop = EventLoop()
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
@@ -168,6 +173,8 @@ class Master(Reloading):
             self.watchdog()
             self.maintain()
             self.notes.update(self)
+            if self.admin_file is not None:
+                self.admin_file.save_if_changed(self.config, self.health)
             self.summary.tick(self.config, self.health, self.log, self.ops.now(),
                               time.monotonic())
         return True
@@ -368,6 +375,8 @@ class Master(Reloading):
         return False
 
     def cleanup(self) -> None:
+        if self.admin_file is not None and hasattr(self, "health"):
+            self.admin_file.save_if_changed(self.config, self.health)
         if getattr(self, "control", None) is not None:
             self.control.close()
         self.listeners.cleanup(self.log)

@@ -160,9 +160,11 @@ OPTIONS: tuple[Option, ...] = (
            "S"),
     Option("state_file", ("--state-file",), "spawn mode: the file in which every process "
            "spawned with the same services shares their health (down, cool-down, probe, round "
-           "robin); `none`: each process keeps its own", parse_state_file, "PATH", DAEMON,
-           default_text="`$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a file per "
-           "service list"),
+           "robin); `none`: each process keeps its own. Daemon: the file in which the master "
+           "keeps the operator's disable, drain and weight across a restart (default: none)",
+           parse_state_file, "PATH", DAEMON,
+           default_text="spawn mode: `$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a "
+           "file per service list"),
     Option("check_interval", ("--check-interval",), "the daemon checks every service every S "
            "seconds (0: off, requests probe instead)",
            _interval("check interval", allow_zero=True), "S"),

@@ -9,7 +9,9 @@ import os
 import signal
 from typing import Callable
 
+from .adminstate import check_writable
 from .config import Config, ConfigError
+from .control import check_control
 from .daemon import (
     check_may_switch_user,
     check_pidfile,
@@ -34,6 +36,9 @@ def run_daemon(config: Config, log: Logger,
         check_may_switch_user(config.user, config.group)
         if config.pidfile:
             check_pidfile(config.pidfile)
+        check_control(config)
+        if config.state_file not in ("", "none"):
+            check_writable(config.state_file)
         master.fd_limit = raise_fd_limit()
         master.listeners.bind(config)
         if master.listeners.adopted():

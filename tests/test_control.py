@@ -14,33 +14,16 @@ import pwd
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 from itertools import count
 
 from support.backends import FakeBackend
+from support.ctl import csv_rows, ctl
 from support.daemon import Daemon
 from support.ports import HOST
 from support.protocol import PolicyClient, request
-from support.repo import REPO, hapolicy_env
 from support.wait import wait_for
-
-
-def ctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hapolicy.ctl", *args], cwd=REPO,
-                          env=hapolicy_env(), capture_output=True, text=True, timeout=20)
-
-
-def csv_rows(path: str) -> dict[str, dict[str, str]]:
-    result = ctl("--control", path, "csv")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "# pool,service,address,state,admin,weight,answers,failures"
-    header = lines[0][2:].split(",")
-    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
-    return {f"{r['pool']}/{r['service']}": r for r in rows}
 
 
 class Load:

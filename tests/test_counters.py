@@ -23,6 +23,7 @@ from hapolicy.health import (
     DEFAULT_FAILED,
     DEFAULT_TIMEOUT,
     REQUESTS,
+    SLOT,
     F,
     HealthTable,
     carry_over,
@@ -98,9 +99,9 @@ def test_carry_over_keeps_the_counters():
     before = tuple(parse_service(s) for s in ("A=127.0.0.1:1", "B=127.0.0.1:2"))
     after = tuple(parse_service(s) for s in ("C=127.0.0.1:3", "B=127.0.0.1:2"))
     old = HealthTable(2, shared=False)
-    old.f[1 * 8 + F.ANSWERS] = 7.0
-    old.f[1 * 8 + F.FAILURES] = 2.0
-    old.f[0 * 8 + F.ANSWERS] = 5.0
+    old.f[1 * SLOT + F.ANSWERS] = 7.0
+    old.f[1 * SLOT + F.FAILURES] = 2.0
+    old.f[0 * SLOT + F.ANSWERS] = 5.0
     old.f[old.header + REQUESTS] = 13.0
     old.f[old.header + DEFAULT_DOWN] = 1.0
     new = carry_over(old, before, after)

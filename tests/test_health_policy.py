@@ -17,7 +17,7 @@ from hapolicy.checks import Checker
 from hapolicy.config import Config, parse_service
 from hapolicy.dispatch import Dispatcher
 from hapolicy.eventloop import EventLoop
-from hapolicy.health import DOWN, PROBE_DUE, UP, Health, HealthTable, carry_over
+from hapolicy.health import DOWN, PROBE_DUE, SLOT, UP, Health, HealthTable, carry_over
 from hapolicy.outcome import (
     ABANDONED,
     ANSWER_TIMEOUT,
@@ -435,7 +435,7 @@ def test_a_reload_carries_over_the_state_of_services_that_keep_name_and_address(
     assert new.f[0] == 70.0 and new.served(0) == 7.0  # C, moved to the front
     assert new.state(1, 11.0) == UP  # a new service starts up
     assert new.state(2, 11.0) == UP  # B at another address is another service
-    assert new.f[3 * 8] == 12.0  # A keeps its cool-down
+    assert new.f[3 * SLOT] == 12.0  # A keeps its cool-down
     assert not new.checked  # the checker of the new table says so itself
 
 
