@@ -45,6 +45,7 @@ COMMANDS = (
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures")
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
+Target = tuple  # (HealthTable, index of the service in it)
 
 
 def rows(config: Config, health: Mapping[str, HealthTable], now: float) -> list[list[str]]:
@@ -73,27 +74,35 @@ def aligned(header: Sequence[str], body: list[list[str]]) -> str:
                    for line in lines)
 
 
-def find(config: Config, health: Mapping[str, HealthTable],
-         name: str) -> tuple[HealthTable | None, list[int], str]:
-    """The table of POOL/SERVICE and the service's indexes in it, or an error line."""
+def find(config: Config, health: Mapping[str, HealthTable], name: str,
+         kept: Sequence[tuple[Config, HealthTable]] = ()) -> tuple[list[Target], int, str]:
+    """Where POOL/SERVICE is: (table, index) in the pool's table and in each older table of the
+    pool that retiring workers still use (the same name and address), and its configured
+    weight; or an error line."""
     pool_name, slash, service_name = name.partition("/")
     if not slash or not pool_name or not service_name:
-        return None, [], f"error: {name[:80]!r} is not POOL/SERVICE\n"
+        return [], 0, f"error: {name[:80]!r} is not POOL/SERVICE\n"
     pool = next((p for p in config.pools if p.name == pool_name), None)
     if pool is None or pool.name not in health:
-        return None, [], f"error: no pool {pool_name[:80]!r}\n"
+        return [], 0, f"error: no pool {pool_name[:80]!r}\n"
     found = [i for i, s in enumerate(pool.services) if s.name == service_name]
     if not found:
-        return None, [], f"error: no service {service_name[:80]!r} in pool {pool_name!r}\n"
-    return health[pool.name], found, ""
+        return [], 0, f"error: no service {service_name[:80]!r} in pool {pool_name!r}\n"
+    targets = [(health[pool.name], i) for i in found]
+    addresses = {pool.services[i].address for i in found}
+    for old, table in kept:
+        if old.name == pool.name and table is not health[pool.name]:
+            targets += [(table, i) for i, s in enumerate(old.services)
+                        if s.name == service_name and s.address in addresses]
+    return targets, pool.services[found[0]].weight, ""
 
 
 def set_admin(config: Config, health: Mapping[str, HealthTable], name: str, state: str,
-              log: Logger) -> str:
-    table, found, error = find(config, health, name)
+              log: Logger, kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+    targets, _, error = find(config, health, name, kept)
     if error:
         return error
-    for i in found:
+    for table, i in targets:
         table.set_admin(i, state)
     word = {DISABLED: "disabled", DRAINING: "draining", ENABLED: "enabled"}[state]
     log.notice(f"control: service {name} {word}")
@@ -101,8 +110,8 @@ def set_admin(config: Config, health: Mapping[str, HealthTable], name: str, stat
 
 
 def set_weight(config: Config, health: Mapping[str, HealthTable], name: str, text: str,
-               log: Logger) -> str:
-    table, found, error = find(config, health, name)
+               log: Logger, kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+    targets, configured, error = find(config, health, name, kept)
     if error:
         return error
     if text.lower() == "reset":
@@ -111,12 +120,11 @@ def set_weight(config: Config, health: Mapping[str, HealthTable], name: str, tex
         weight = int(text)
     else:
         return f"error: weight {text[:40]!r}: expected 1..{MAX_WEIGHT} or reset\n"
-    for i in found:
+    for table, i in targets:
         table.set_weight(i, weight)
-    pool = next(p for p in config.pools if p.name == name.partition("/")[0])
-    now = table.weight(found[0], pool.services[found[0]].weight)
-    log.notice(f"control: service {name} weight {now}" + (" (configured)" if not weight else ""))
-    return f"ok: {name} weight {now}\n"
+    log.notice(f"control: service {name} weight {weight or configured}"
+               + (" (configured)" if not weight else ""))
+    return f"ok: {name} weight {weight or configured}\n"
 
 
 def workers_answer(workers: Mapping[int, object], table: WorkerTable) -> str:
@@ -126,8 +134,11 @@ def workers_answer(workers: Mapping[int, object], table: WorkerTable) -> str:
 
 
 def answer(line: str, config: Config, health: Mapping[str, HealthTable],
-           workers: Mapping[int, object], table: WorkerTable, log: Logger) -> str:
-    """The answer of one command line."""
+           workers: Mapping[int, object], table: WorkerTable, log: Logger,
+           kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+    """The answer of one command line. kept: (pool config, table) of the older tables that
+    retiring workers still use (a reload gave their pools new ones): disable, drain and
+    weight reach them too, so that every worker obeys at once."""
     words = line.split()
     if not words:
         return "error: empty command; try help\n"
@@ -135,11 +146,11 @@ def answer(line: str, config: Config, health: Mapping[str, HealthTable],
     if command in ADMIN_COMMANDS:
         if len(args) != 1:
             return f"error: usage: {command} POOL/SERVICE\n"
-        return set_admin(config, health, args[0], ADMIN_COMMANDS[command], log)
+        return set_admin(config, health, args[0], ADMIN_COMMANDS[command], log, kept)
     if command == "weight":
         if len(args) != 2:
             return "error: usage: weight POOL/SERVICE N\n"
-        return set_weight(config, health, args[0], args[1], log)
+        return set_weight(config, health, args[0], args[1], log, kept)
     if args:
         return f"error: {command} takes no arguments\n"
     if command == "status":

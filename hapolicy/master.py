@@ -139,7 +139,8 @@ class Master(Reloading):
             self.control = start_control(self.loop, self.config, self._command, self.log)
 
     def _command(self, line: str) -> str:
-        return answer(line, self.config, self.health, self.workers, self.table, self.log)
+        kept = [(checker.config, checker.table) for _, checker in self.checks.kept]
+        return answer(line, self.config, self.health, self.workers, self.table, self.log, kept)
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)

@@ -5,7 +5,8 @@ ones and stands in when nothing else is up; the operator's weight changes the sp
 a reload that changes the configured weight resets it; the state file's text is read strictly
 and bounded, saved only on a change, a failed save logged once. Against a live daemon:
 `weight` gives a 3:1 split over a few hundred requests, `drain` keeps a sticky transaction and
-moves new ones, and all of it survives a HUP and a restart with --state-file. Settings that
+moves new ones, all of it survives a HUP and a restart with --state-file, and `disable` reaches
+a worker that retires on the table of before a reload. Settings that
 cannot work (a state file or control socket in a missing directory, an unknown control group)
 fail at start with one line and exit status 2.
 """
@@ -282,3 +283,29 @@ def test_the_readme_names_every_command():
     readme = (REPO / "README.md").read_text()
     for usage, _ in COMMANDS:
         assert f"| `{usage}` |" in readme, usage
+
+
+def test_disable_reaches_a_worker_that_retires_on_the_old_table_after_a_reload(tmp_path):
+    with FakeBackend(name="A") as a, FakeBackend(name="B") as b, FakeBackend(name="C") as c:
+        where = short_tmpdir()
+        path, conf = str(where / "control"), tmp_path / "h.conf"
+        services = f"service = {a.spec(prio=10)}\nservice = {b.spec(prio=10)}\n"
+        conf.write_text(f"check-interval = 0\ncontrol = {path}\n{services}")
+        with Daemon("-c", str(conf), workers=1) as daemon, \
+                PolicyClient(HOST, daemon.port) as old_client:
+            assert old_client.ask(request(instance="r0")) == "action=DUNNO\n\n"
+            conf.write_text(f"check-interval = 0\ncontrol = {path}\n{services}"
+                            f"service = {c.spec(prio=20)}\n")  # new services: a new table
+            daemon.send(signal.SIGHUP)
+            daemon.log.wait("reloaded: 3 services, 1 workers; 1 old workers retire")
+            assert ctl("--control", path, "disable", "default/A").returncode == 0
+            before = serving(a)
+            for k in range(20):  # on the retiring worker, which keeps its client
+                assert old_client.ask(request(instance=f"r{k + 1}")) == "action=DUNNO\n\n"
+            ask_new_transactions(daemon, 20)  # on the new worker
+            assert serving(a) == before
+            assert ctl("--control", path, "enable", "default/A").returncode == 0
+            for k in range(20):
+                old_client.ask(request(instance=f"s{k}"))
+            assert serving(a) > before
+        shutil.rmtree(where)
