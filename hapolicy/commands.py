@@ -1,4 +1,4 @@
-"""The control socket's commands (control.py), answered from the master's shared tables.
+"""The control socket's commands (control.py), answered from the shared tables by the monitor.
 
 COMMANDS lists them, with what each does: `help` prints that list, and the man page and the
 README are made from it. state is the service's health (up or down); admin is its admin state,
@@ -127,14 +127,15 @@ def set_weight(config: Config, health: Mapping[str, HealthTable], name: str, tex
     return f"ok: {name} weight {weight or configured}\n"
 
 
-def workers_answer(workers: Mapping[int, object], table: WorkerTable) -> str:
-    body = [[str(pid), str(table.requests(w.slot)), str(table.clients(w.slot))]
-            for pid, w in sorted(workers.items())]
+def workers_answer(workers: Mapping[int, int], table: WorkerTable) -> str:
+    """`workers` is pid: slot in the worker table (WorkerTable.workers())."""
+    body = [[str(pid), str(table.requests(slot)), str(table.clients(slot))]
+            for pid, slot in sorted(workers.items())]
     return aligned(("pid", "requests", "clients"), body)
 
 
 def answer(line: str, config: Config, health: Mapping[str, HealthTable],
-           workers: Mapping[int, object], table: WorkerTable, log: Logger,
+           workers: Mapping[int, int], table: WorkerTable, log: Logger,
            kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
     """The answer of one command line. kept: (pool config, table) of the older tables that
     retiring workers still use (a reload gave their pools new ones): disable, drain and

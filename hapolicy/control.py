@@ -1,15 +1,18 @@
-"""The master's control socket (--control PATH): one command line in, one answer out, closed.
+"""The control socket (--control PATH): one command line in, one answer out, closed.
 
-The master listens on a unix stream socket at PATH, mode 0600 and owned by its own user (root
-when it starts as root), or mode 0660 and group --control-group; the file is removed at exit.
-It is served in the master's event loop, never blocking it: a connection sends one line (at
-most MAX_LINE bytes), gets the answer of that command (commands.py) and is closed. A longer
-line, or a client that has not sent its line within IDLE_SECONDS, gets a one-line `error: ...`
-and is closed; beyond MAX_CONNECTIONS at once, a new connection is closed at once.
+The master binds a unix stream socket at PATH (`bind_control`), mode 0600 and owned by its own
+user (root when it starts as root), or mode 0660 and group --control-group; it keeps it open
+through reloads and removes the file at exit (`ControlSocket`). The monitor (monitor.py), which
+runs as --user, serves it (`ControlServer`) in its event loop, never blocking it: a connection
+sends one line (at most MAX_LINE bytes), gets the answer of that command (commands.py) and is
+closed. A longer line, or a client that has not sent its line within IDLE_SECONDS, gets a
+one-line `error: ...` and is closed; beyond MAX_CONNECTIONS at once, a new connection is closed
+at once. While no monitor runs (a reload replaces it), connections wait in the backlog.
 
 The peer is checked with SO_PEERCRED (the uid and gid of the process that connected): root,
-the master's effective uid and members of --control-group are let in; anyone else gets
-`error: not allowed`. Bad input is answered, never raised: the master is not affected by it.
+the socket's owner (the master's user, not the monitor's) and members of --control-group are
+let in; anyone else gets `error: not allowed`. Bad input is answered, never raised: the monitor
+is not affected by it.
 """
 
 from __future__ import annotations
@@ -57,43 +60,74 @@ def group_id(group: str) -> int:
     return grp.getgrnam(group).gr_gid
 
 
-class ControlServer:
-    """Serves the control socket in `loop`; `answer(line)` gives the answer of one command."""
+class ControlSocket:
+    """The master's listening socket at `path`, its owner and group: what the monitor serves."""
 
-    def __init__(self, loop: EventLoop, path: str, group: str, answer: Callable[[str], str],
+    def __init__(self, sock: socket.socket, path: str, owner: int, gid: int) -> None:
+        self.sock = sock
+        self.path = path
+        self.owner = owner  # the uid let in besides root: the master's, who owns the file
+        self.gid = gid
+
+    def close(self, log: Logger | None = None, remove: bool = True) -> None:
+        """Close it; in the master, also remove its file."""
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+            if remove:
+                unlink(self.path, log)
+
+
+def _bind(path: str, gid: int) -> socket.socket:
+    remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177 if gid < 0 else 0o117)  # no moment with a wider mode
+    try:
+        sock.bind(path)
+        if gid >= 0:
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+        else:
+            os.chmod(path, 0o600)
+        sock.listen(MAX_CONNECTIONS)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_control(config: Config) -> ControlSocket:
+    """The master's control socket at config.control; ConfigError when it cannot be made."""
+    try:
+        gid = group_id(config.control_group)
+    except KeyError:
+        raise ConfigError(f"control group {config.control_group!r} does not exist") from None
+    try:
+        sock = _bind(config.control, gid)
+    except OSError as exc:
+        raise ConfigError(f"control socket {config.control}: {exc.strerror}") from None
+    return ControlSocket(sock, config.control, os.geteuid(), gid)
+
+
+class ControlServer:
+    """Serves a ControlSocket in `loop`; `answer(line)` gives the answer of one command."""
+
+    def __init__(self, loop: EventLoop, listening: ControlSocket, answer: Callable[[str], str],
                  log: Logger) -> None:
         self.loop = loop
-        self.path = path
         self.answer = answer
         self.log = log
-        self.gid = group_id(group)
+        self.owner = listening.owner
+        self.gid = listening.gid
         self.conns: dict[int, _Conn] = {}
-        self.sock = self._bind()
+        self.sock = listening.sock
         loop.add(self.sock, EVENT_READ, self._accept)
 
-    def _bind(self) -> socket.socket:
-        remove_stale_socket(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177 if self.gid < 0 else 0o117)  # no moment with a wider mode
-        try:
-            sock.bind(self.path)
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            os.umask(old)
-        if self.gid >= 0:
-            os.chown(self.path, -1, self.gid)
-            os.chmod(self.path, 0o660)
-        else:
-            os.chmod(self.path, 0o600)
-        sock.listen(MAX_CONNECTIONS)
-        sock.setblocking(False)
-        return sock
-
     def allowed(self, uid: int, gid: int) -> bool:
-        """root, the master's own user, or a member of --control-group."""
-        if uid == 0 or uid == os.geteuid():
+        """root, the socket's owner, or a member of --control-group."""
+        if uid == 0 or uid == self.owner:
             return True
         if self.gid < 0:
             return False
@@ -200,13 +234,11 @@ class ControlServer:
         conn.sock.close()
 
     def close(self) -> None:
-        """Close every connection and the socket, and remove its file."""
+        """Close every connection and stop accepting (the master keeps the socket)."""
         for conn in list(self.conns.values()):
             self._close(conn)
         if self.sock.fileno() >= 0:
             self.loop.remove(self.sock)
-            self.sock.close()
-            unlink(self.path, self.log)
 
 
 def check_control(config: Config) -> None:
@@ -220,14 +252,3 @@ def check_control(config: Config) -> None:
     directory = os.path.dirname(config.control) or "."
     if not os.path.isdir(directory):
         raise ConfigError(f"control socket {config.control}: no directory {directory}")
-
-
-def start_control(loop: EventLoop, config: Config, answer: Callable[[str], str],
-                  log: Logger) -> ControlServer:
-    """The control socket of config.control; ConfigError when it cannot be made."""
-    try:
-        return ControlServer(loop, config.control, config.control_group, answer, log)
-    except KeyError:
-        raise ConfigError(f"control group {config.control_group!r} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"control socket {config.control}: {exc.strerror}") from None

@@ -113,8 +113,10 @@ class Worker:
         self.title = ""
         self.wake_r = -1
 
-    def run(self) -> None:
-        """The child's life; never returns."""
+    def run(self, master_sock: socket.socket | None = None) -> None:
+        """The child's life (master_sock: its end of the socketpair); never returns."""
+        if master_sock is not None:
+            self.master_sock = master_sock
         status = 0
         try:
             self._run()

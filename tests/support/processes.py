@@ -38,12 +38,26 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+MONITOR_TITLE = "hapolicy: monitor"
+
+
+def workers_of(pid: int) -> list[int]:
+    """The live children of a master but its monitor: its workers."""
+    return [child for child in children(pid) if not cmdline(child).startswith(MONITOR_TITLE)]
+
+
+def monitor_of(pid: int) -> int:
+    """The pid of a master's monitor, 0 when none runs."""
+    return next((child for child in children(pid)
+                 if cmdline(child).startswith(MONITOR_TITLE)), 0)
+
+
 def wait_children(pid: int, count: int, timeout: float = 10.0) -> list[int]:
-    """Until pid has exactly count live children; returns them."""
+    """Until the master pid has exactly count live workers (its monitor aside); returns them."""
     found: list[int] = []
 
     def enough() -> bool:
-        found[:] = children(pid)
+        found[:] = workers_of(pid)
         return len(found) == count
 
     wait_for(enough, timeout, what=f"{count} children of {pid}")
