@@ -122,6 +122,36 @@ def connection_owners(server_port: int, client_socks: list[socket.socket],
     return owners
 
 
+def holders(inode: int, pids: list[int]) -> list[int]:
+    """The pids (among pids) that hold the socket of inode."""
+    return [pid for pid in pids if inode in _socket_inodes(pid)]
+
+
+def tcp_client_inodes(server_port: int) -> list[int]:
+    """Inodes of the client sides of the TCP connections established to 127.0.0.1:port."""
+    remote = f"0100007F:{server_port:04X}"
+    with open("/proc/net/tcp") as handle:
+        return [int(fields[9]) for fields in (line.split() for line in handle.readlines()[1:])
+                if fields[2] == remote and fields[3] == "01"]
+
+
+def unix_inodes(path: str) -> tuple[list[int], list[int]]:
+    """(listening, accepted): inodes of the unix stream sockets bound at path, from
+    /proc/net/unix (an accepted connection's server side carries the listener's path)."""
+    listening, accepted = [], []
+    with open("/proc/net/unix") as handle:
+        for line in handle.readlines()[1:]:
+            fields = line.split()
+            if len(fields) < 8 or fields[7] != path:
+                continue
+            flags, state = int(fields[3], 16), fields[5]
+            if flags & 0x10000:  # __SO_ACCEPTCON: listening
+                listening.append(int(fields[6]))
+            elif state == "03":  # SS_CONNECTED
+                accepted.append(int(fields[6]))
+    return listening, accepted
+
+
 def vm_kib(pid: int, field: str = "VmRSS") -> int:
     """A memory figure of /proc/PID/status (VmRSS, VmHWM, ...) in KiB."""
     with open(f"/proc/{pid}/status") as status:
