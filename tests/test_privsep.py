@@ -19,9 +19,10 @@ import time
 
 from support.backends import CHECK_SENDER, FakeBackend
 from support.daemon import Daemon
+from support.ctl import csv_rows, ctl
 from support.processes import alive, holders, tcp_client_inodes, uid_of, unix_inodes
 from support.wait import wait_for
-from test_control import Load, ask_all, csv_rows, ctl
+from test_control import Load, ask_all
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 FAST_CHECKS = ("--check-interval", "0.2", "--check-down-interval", "0.2", "--check-rise", "1")
