@@ -8,7 +8,7 @@ unix sockets at exit. It talks to no network itself: the checks and the control 
 the monitor's (monitor.py), which it supervises as a worker. Signal handlers only queue the signal
 and wake the loop through `signal.set_wakeup_fd`; the master forks with those signals blocked,
 and the worker unblocks them once its own handlers are in place. Process operations and the
-clock go through `ProcessOps`, a thin seam that the unit tests replace.
+clock go through `ProcessOps` (children.py), a thin seam that the unit tests replace.
 
 Each worker has a socketpair to the master (as Postfix's status pipe): it says READY once it
 accepts and RETIRING at max-use; when the master dies, the end of file tells it. A worker that
@@ -28,6 +28,7 @@ from typing import Callable
 
 from .adminstate import AdminFile
 from .checks import CheckerSet
+from .children import ProcessOps, WorkerProcess, fork_child
 from .config import Config
 from .control import bind_control
 from .daemon import drop_privileges, preload_lazy_modules, read_pid, unlink
@@ -40,48 +41,12 @@ from .notify import Notifier, ServiceNotes
 from .reload import Reloading, describe_pools
 from .summary import Summary
 from .throttle import BootThrottle, exit_code, failed_by_itself
-from .worker import MSG_READY, MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
+from .worker import MSG_READY, MSG_RETIRING, Worker, set_title
 from .workertable import WATCHDOG_SECONDS, WorkerTable
 
 TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones
 KILL_GRACE = 5.0
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
-
-
-class ProcessOps:
-    """fork, waitpid, kill and the clock: the seam between the master's logic and the OS."""
-
-    fork = staticmethod(os.fork)
-    kill = staticmethod(os.kill)
-    now = staticmethod(time.monotonic)
-
-    @staticmethod
-    def wait(pid: int) -> None:
-        """Wait for the end of a child that was killed (SIGKILL: it is quick)."""
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-    @staticmethod
-    def reap() -> tuple[int, int]:
-        """(pid, status) of one exited child, or (0, 0)."""
-        try:
-            return os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return 0, 0
-
-
-class WorkerProcess:
-    """The master's record of one worker."""
-
-    def __init__(self, pid: int, slot: int, generation: int, sock: socket.socket,
-                 started: float) -> None:
-        self.pid = pid
-        self.slot = slot
-        self.generation = generation
-        self.sock = sock  # the master's end of the socketpair
-        self.started = started
-        self.ready = False  # it said READY: it accepts, its boot is over
-        self.retiring = False
 
 
 class Master(Reloading):
@@ -323,56 +288,30 @@ class Master(Reloading):
 
     def fork_child(self, what: str, run: Callable[[socket.socket], None]
                    ) -> tuple[int, socket.socket] | None:
-        """Fork a worker or the monitor with a socketpair to it: (pid, the master's end), or
-        None (logged). The child sheds the master's state, drops privileges and calls
-        run(its end), which never returns."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
-        try:
-            pid = self.ops.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            ours.close()
-            theirs.close()
-            self.log.error(f"cannot fork a {what}: {exc.strerror}")
-            return None
-        if pid == 0:
-            self._in_child(what, ours, theirs, run)  # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        theirs.close()
-        ours.setblocking(False)
-        return pid, ours
+        """A worker or the monitor (children.fork_child): (pid, the master's end), or None."""
+        return fork_child(self.ops, what, run, lambda ours: self._shed(what, ours), self.log)
 
-    def _in_child(self, what: str, ours: socket.socket, theirs: socket.socket,
-                  run: Callable[[socket.socket], None]) -> None:
-        """In the new child: shed the master's state, drop privileges, run; never returns.
+    def _shed(self, what: str, ours: socket.socket) -> None:
+        """In a new child: close what is the master's, drop privileges.
 
         Every copy of a master's end of a socketpair must go, or a child would not see the
         end of file when the master dies. A worker keeps the listen sockets and nothing of
         what the monitor serves; the monitor, the other way round."""
-        try:
-            signal.set_wakeup_fd(-1)
-            ours.close()
-            for other in self.workers.values():
-                other.sock.close()
-            if self.monitor.sock is not None:
-                self.monitor.sock.close()
-            self.loop.close_inherited()  # the wake-up pipe, the socketpairs
-            with contextlib.suppress(OSError):
-                os.close(self.wake_w)
-            if what == "worker":
-                self.served.close_copies()
-            else:
-                for sock in self.listeners.sockets().values():
-                    sock.close()
-            drop_privileges(self.config.user, self.config.group)
-        except BaseException as exc:  # noqa: BLE001
-            try:
-                self.log.error(f"{what} cannot start: {exc}")
-            finally:
-                os._exit(3)
-        run(theirs)
-        os._exit(1)  # not reached: run leaves through os._exit
+        signal.set_wakeup_fd(-1)
+        ours.close()
+        for other in self.workers.values():
+            other.sock.close()
+        if self.monitor.sock is not None:
+            self.monitor.sock.close()
+        self.loop.close_inherited()  # the wake-up pipe, the socketpairs
+        with contextlib.suppress(OSError):
+            os.close(self.wake_w)
+        if what == "worker":
+            self.served.close_copies()
+        else:
+            for sock in self.listeners.sockets().values():
+                sock.close()
+        drop_privileges(self.config.user, self.config.group)
 
     def _on_worker_message(self, worker: WorkerProcess) -> None:
         if self._read_messages(worker) and not self.stopping:

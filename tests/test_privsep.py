@@ -18,8 +18,8 @@ import stat
 import time
 
 from support.backends import CHECK_SENDER, FakeBackend
-from support.daemon import Daemon
 from support.ctl import csv_rows, ctl
+from support.daemon import Daemon
 from support.processes import alive, holders, tcp_client_inodes, uid_of, unix_inodes
 from support.wait import wait_for
 from test_control import Load, ask_all
