@@ -140,14 +140,14 @@ OPTIONS: tuple[Option, ...] = (
            "every S seconds (0: never)", _interval("summary", allow_zero=True), "S", DAEMON),
     Option("pidfile", ("--pidfile",), "write the master's pid here (removed at exit)", _text,
            "PATH", DAEMON),
-    Option("control", ("--control",), "the master listens for `hapolicyctl` commands on a unix "
-           "socket here (mode 0600, removed at exit; empty: none)", _text, "PATH", DAEMON),
+    Option("control", ("--control",), "a unix socket here (the master's, mode 0600, removed at "
+           "exit; empty: none) answers `hapolicyctl` commands", _text, "PATH", DAEMON),
     Option("control_group", ("--control-group",), "let this group use the control socket too "
            "(mode 0660)", _text, "GROUP", DAEMON),
     Option("daemonize", ("--daemonize",), "detach; return once the pidfile is written and the "
            "master runs (for init scripts)", parse_bool, scope=DAEMON, flag=True),
-    Option("user", ("--user",), "workers drop to this user after the master bound the socket",
-           _text, "USER", DAEMON),
+    Option("user", ("--user",), "the workers and the monitor (checks, control socket) drop to "
+           "this user after the master bound the sockets", _text, "USER", DAEMON),
     Option("group", ("--group",), "and to this group", _text, "GROUP", DAEMON),
     Option("socket_mode", ("--socket-mode",), "mode of a unix listening socket", parse_mode,
            "MODE", DAEMON),
