@@ -164,7 +164,10 @@ class MonitorKeeper:
         return self.master.checks.checking or self.master.served.any
 
     def maintain(self, now: float) -> None:
-        """Start one if it is needed and none runs (and the throttle allows)."""
+        """Start one if it is needed and none runs (and the throttle allows); stop one that
+        has nothing left to do (a reload turned the checks off, the old tables are gone)."""
+        if self.pid and not self.needed():
+            self.stop()
         if self.pid or not self.needed() or not self.throttle.may_start(now):
             return
         m = self.master

@@ -274,6 +274,20 @@ def test_no_monitor_without_checks_or_control(master):
     assert master.monitor.pid == 0 and len(master.ops.forks) == 2
 
 
+def test_a_reload_that_turns_the_checks_off_ends_the_monitor_with_the_old_tables(checked):
+    master, ops = checked, checked.ops
+    master.reload_config = lambda: Config(services=(Service("B", "127.0.0.1", 9),),
+                                          listen="127.0.0.1:1", workers=2, check_interval=0.0)
+    master.step()
+    master.signals.append(signal.SIGHUP)
+    master.step()
+    assert master.monitor.pid == 103  # it checks the old table for workers 101 and 102
+    assert not master.health["default"].checked
+    ops.deaths = [(101, 0), (102, 0)]
+    master.step()
+    assert master.monitor.pid == 0 and ops.waited == [100, 103]
+
+
 def test_term_drains_then_kills_stragglers(master):
     ops = master.ops
     master.step()

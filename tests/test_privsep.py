@@ -5,7 +5,8 @@ on the control socket is the monitor, running as nobody (its Uid line in /proc/P
 who holds the sockets: /proc/PID/fd against /proc/net/tcp and /proc/net/unix). Control
 commands still act on every worker, checks still bring a service down and back, a HUP replaces
 the monitor and keeps the admin state, a killed monitor is replaced while the daemon keeps
-answering, and a shutdown leaves no process and no control socket file.
+answering, a shutdown leaves no process and no control socket file, and when the master is
+killed the monitor exits with the workers.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def test_the_monitor_runs_as_nobody_and_holds_the_check_connections_and_control_
             assert f"hapolicy[{monitor}]: " in line and "down" in line  # the monitor's check
             _, line = daemon.log.wait("up: check answered")
             assert f"hapolicy[{monitor}]: service A" in line
+            os.kill(daemon.pid, signal.SIGKILL)  # the master dies: so do the others
+            wait_for(lambda: not any(alive(pid) for pid in [monitor, *workers]), 10,
+                     what="the monitor and the workers to exit")
         daemon.assert_clean_output()
 
 
