@@ -233,13 +233,6 @@ class ControlServer:
         self.conns.pop(fd, None)
         conn.sock.close()
 
-    def close(self) -> None:
-        """Close every connection and stop accepting (the master keeps the socket)."""
-        for conn in list(self.conns.values()):
-            self._close(conn)
-        if self.sock.fileno() >= 0:
-            self.loop.remove(self.sock)
-
 
 def check_control(config: Config) -> None:
     """ConfigError at start for a control setting that cannot work (before anything is bound)."""
