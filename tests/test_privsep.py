@@ -21,9 +21,16 @@ import time
 from support.backends import CHECK_SENDER, FakeBackend
 from support.ctl import csv_rows, ctl
 from support.daemon import Daemon
-from support.processes import alive, holders, tcp_client_inodes, uid_of, unix_inodes
+from support.processes import (
+    alive,
+    holders,
+    proc_stat,
+    tcp_client_inodes,
+    uid_of,
+    unix_inodes,
+)
 from support.wait import wait_for
-from test_control import Load, ask_all
+from test_control import Load, ask_all, read_all
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 FAST_CHECKS = ("--check-interval", "0.2", "--check-down-interval", "0.2", "--check-rise", "1")
@@ -108,7 +115,16 @@ def test_control_hup_and_a_killed_monitor_as_nobody_then_a_clean_stop():
                 assert csv_rows(path)["default/A"]["admin"] == "disabled"
                 wait_for(lambda: len(b.live_requests) > before_b + 150, 10, what="load on B")
                 assert len(a.live_requests) == before_a
-                os.kill(second, signal.SIGKILL)
+                # a client the monitor has not accepted waits in the backlog, which is the
+                # master's socket: the next monitor answers it
+                os.kill(second, signal.SIGSTOP)
+                wait_for(lambda: proc_stat(second)[0] == "T", 10, what="the monitor stopped")
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting:
+                    waiting.settimeout(10)
+                    waiting.connect(path)
+                    waiting.sendall(b"csv\n")
+                    os.kill(second, signal.SIGKILL)
+                    assert read_all(waiting).startswith(b"# pool,service,")
                 third = wait_for(lambda: daemon.monitor() not in (0, second) and
                                  daemon.monitor(), 10, what="the monitor replaced")
                 assert uid_of(third) == NOBODY
