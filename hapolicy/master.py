@@ -123,7 +123,8 @@ class Master(Reloading):
     def setup(self) -> None:
         """The shared tables, the event loop and its wake-up pipe, the health checks."""
         self.table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
-        self.health = {p.name: HealthTable(len(p.services)) for p in self.config.pools}
+        self.health = {p.name: HealthTable(len(p.services), workers=self.table.slots)
+                       for p in self.config.pools}
         if self.config.state_file not in ("", "none"):
             self.admin_file = AdminFile(self.config.state_file, self.log)
             self.admin_file.restore(self.config, self.health)
@@ -303,6 +304,8 @@ class Master(Reloading):
         worker.master_sock = theirs
         self.table.clear(slot)
         self.table.set_accepting(slot, False)
+        for health in self.health.values():  # not a dead worker's requests in flight
+            health.set_in_flight(slot, 0)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         try:
             pid = self.ops.fork()

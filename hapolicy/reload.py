@@ -95,7 +95,8 @@ class Reloading:
             if old is not None and old.services == pool.services:
                 health[pool.name] = self.health[pool.name]
             else:
-                health[pool.name] = (HealthTable(len(pool.services)) if old is None else
+                health[pool.name] = (HealthTable(len(pool.services), workers=self.table.slots)
+                                     if old is None else
                                      carry_over(self.health[pool.name], old.services,
                                                 pool.services))
                 keep_for = self.generation - 1
