@@ -28,12 +28,13 @@ from .adminstate import AdminFile
 from .checks import Checker, CheckerSet
 from .commands import answer
 from .config import Config
-from .control import start_control
+from .control import ControlServer, start_control
 from .daemon import drop_privileges, preload_lazy_modules, read_pid, unlink
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .listener import Listeners
 from .log import Logger
+from .metrics import MetricsServer, Tables
 from .notify import Notifier, ServiceNotes
 from .reload import Reloading, describe_pools
 from .summary import Summary
@@ -103,6 +104,10 @@ class Master(Reloading):
         self.admin_file: AdminFile | None = None  # the daemon's --state-file
         self.notes = ServiceNotes(Notifier("", 0, None))  # systemd's, from start()
         self.summary = Summary(config.summary_interval, self.ops.now())
+        # what operators talk to: the control socket and /metrics (serve_operators)
+        self.metrics_sock: socket.socket | None = None  # bound by the runner at start
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
 
     # setup
     def start(self) -> None:
@@ -136,12 +141,23 @@ class Master(Reloading):
         for pool in self.config.pools:
             self.checks.replace(pool.name, Checker(self.loop, pool, self.health[pool.name],
                                                    self.log), None)
+        self.serve_operators()
+
+    def serve_operators(self) -> None:
+        """The control socket and /metrics, served in the master's loop from the shared
+        tables; each reads the running tables through a function, at each request."""
         if self.config.control:
             self.control = start_control(self.loop, self.config, self._command, self.log)
+        if self.metrics_sock is not None:
+            self.metrics = MetricsServer(self.metrics_sock, self.loop, self._tables, self.log)
 
     def _command(self, line: str) -> str:
         kept = [(checker.config, checker.table) for _, checker in self.checks.kept]
         return answer(line, self.config, self.health, self.workers, self.table, self.log, kept)
+
+    def _tables(self) -> Tables:
+        return Tables(self.config, self.health, self.table,
+                      [w.slot for w in self.workers.values()])
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -381,8 +397,12 @@ class Master(Reloading):
     def cleanup(self) -> None:
         if self.admin_file is not None and hasattr(self, "health"):
             self.admin_file.save_if_changed(self.config, self.health)
-        if getattr(self, "control", None) is not None:
+        if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        elif self.metrics_sock is not None:
+            self.metrics_sock.close()
         self.listeners.cleanup(self.log)
         if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:
             unlink(self.config.pidfile, self.log)

@@ -44,7 +44,8 @@ class Reloading:
             self.log.error(f"reload failed, keeping the running configuration: {exc}")
             return None
         kept = {}
-        for key in ("pidfile", "daemonize", "control", "control_group", "state_file"):
+        for key in ("pidfile", "daemonize", "control", "control_group", "state_file",
+                    "metrics_listen"):
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warning(f"reload: a new {key} needs a restart; keeping "
                                  f"{getattr(self.config, key)!r}")
