@@ -15,7 +15,9 @@ milliseconds, from its histogram of fixed buckets (stats.py; interpolated inside
 `-` in status and empty in csv without answers, `>10000` and `inf` above the last bucket);
 last_change is the seconds since it last went down or came back (or since its table was made:
 the start, or the reload that added it), shown as `4m05s` by status; down_s is the seconds it
-has been down in all (not counting the time it was disabled while up).
+has been down in all (checks and live failures alike; not the time it was disabled while up).
+state is up, or down from a failure until it answered again (a check, or without checks a
+probe after its cool-down).
 """
 
 from __future__ import annotations

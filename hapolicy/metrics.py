@@ -132,7 +132,7 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
     )
 
     from .outcome import NAMES
-    from .stats import ACTIONS, BOUNDS, S, answers_by_action, buckets, down_seconds, word
+    from .stats import ACTIONS, BOUNDS, S, answers_by_action, buckets, down_seconds, is_up, word
     from .stats import failures_by_outcome as failures_of
 
     labels = ["pool", "service"]
@@ -144,11 +144,14 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
     latency = HistogramMetricFamily("hapolicy_service_latency_seconds", "time from sending a "
                                     "request to a service to its good answer", labels=labels)
     up = GaugeMetricFamily("hapolicy_service_up", "1 when the service is up by its health, "
-                           "0 when down", labels=labels)
+                           "0 when down (until a check or a probe brings it back)",
+                           labels=labels)
     disabled = GaugeMetricFamily("hapolicy_service_disabled", "1 when the operator disabled "
                                  "the service (hapolicyctl disable)", labels=labels)
-    weight = GaugeMetricFamily("hapolicy_service_weight", "the weight selection uses",
-                               labels=labels)
+    draining = GaugeMetricFamily("hapolicy_service_draining", "1 when the operator drains "
+                                 "the service (hapolicyctl drain)", labels=labels)
+    weight = GaugeMetricFamily("hapolicy_service_weight", "the weight selection uses (the "
+                               "operator's, else the configured one)", labels=labels)
     change = GaugeMetricFamily("hapolicy_service_last_change_timestamp_seconds", "when the "
                                "service last went down or came back (or its table was made)",
                                labels=labels)
@@ -167,12 +170,13 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
                 total += count
                 cumulative.append((bound, total))
             latency.add_metric(names, cumulative, word(table, i, S.LATENCY_SUM))
-            up.add_metric(names, 0.0 if table.is_down(i, now) else 1.0)
+            up.add_metric(names, 1.0 if is_up(table, i) else 0.0)
             disabled.add_metric(names, 1.0 if table.disabled(i) else 0.0)
-            weight.add_metric(names, service.weight)
+            draining.add_metric(names, 1.0 if table.draining(i) else 0.0)
+            weight.add_metric(names, table.weight(i, service.weight))
             change.add_metric(names, word(table, i, S.LAST_CHANGE) or wall)
             down.add_metric(names, down_seconds(table, i, now))
-    yield from (answers, failures, latency, up, disabled, weight, change, down)
+    yield from (answers, failures, latency, up, disabled, draining, weight, change, down)
 
 
 READING, WRITING, LINGERING = range(3)

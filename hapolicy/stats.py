@@ -105,13 +105,19 @@ def quantile(counts: list[int], q: float) -> float | None:
     return math.inf  # not reached: the counts add up to total
 
 
+def is_up(table: HealthTable, i: int) -> bool:
+    """Whether service i is up by its health: no failure since it last came back. Without
+    checks, a service whose cool-down is over stays down until a probe answers."""
+    from .health import SLOT
+
+    return table.f[i * SLOT] == 0.0
+
+
 def down_seconds(table: HealthTable, i: int, now: float) -> float:
     """Seconds service i has been down (by its health) in total, the current period included;
     now is the monotonic time."""
-    from .health import SLOT
-
     total = word(table, i, S.DOWN_TOTAL)
-    if table.f[i * SLOT] != 0.0:  # down (or due a probe) since DOWN_SINCE
+    if not is_up(table, i):  # down (or due a probe) since DOWN_SINCE
         total += max(0.0, now - table.down_since(i))
     return total
 
