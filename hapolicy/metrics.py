@@ -25,6 +25,7 @@ import sys
 from . import __version__
 from .config import split_listen
 from .eventloop import EVENT_READ, EVENT_WRITE
+from .health import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_TIMEOUT, REQUESTS
 from .listener import ListenError
 
 TYPE_CHECKING = False
@@ -44,7 +45,7 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 MAX_CONNECTIONS = 16
 BACKLOG = 64
-REASONS = (("failed", "DEFAULT_FAILED"), ("down", "DEFAULT_DOWN"), ("timeout", "DEFAULT_TIMEOUT"))
+REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN), ("timeout", DEFAULT_TIMEOUT))
 
 
 class Tables:
@@ -107,8 +108,6 @@ def pool_families(pools: list[tuple[Config, HealthTable]],
                   slots: Sequence[int]) -> Iterator[object]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    from . import health
-
     requests = CounterMetricFamily("hapolicy_requests", "requests sent on their way to a "
                                    "pool's services", labels=["pool"])
     defaults = CounterMetricFamily("hapolicy_default_answers", "requests answered with the "
@@ -116,9 +115,9 @@ def pool_families(pools: list[tuple[Config, HealthTable]],
     in_flight = GaugeMetricFamily("hapolicy_requests_in_flight", "requests not answered yet, "
                                   "as of each worker's last second", labels=["pool"])
     for pool, table in pools:
-        requests.add_metric([pool.name], table.counter(health.REQUESTS))
+        requests.add_metric([pool.name], table.counter(REQUESTS))
         for reason, word in REASONS:
-            defaults.add_metric([pool.name, reason], table.counter(getattr(health, word)))
+            defaults.add_metric([pool.name, reason], table.counter(word))
         in_flight.add_metric([pool.name], table.requests_in_flight(slots))
     yield from (requests, defaults, in_flight)
 

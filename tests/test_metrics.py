@@ -17,6 +17,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 from support.backends import FakeBackend
+from support.ctl import csv_rows, ctl
 from support.daemon import Daemon
 from support.packages import package_present
 from support.ports import HOST, free_port
@@ -24,7 +25,6 @@ from support.prometheus import PROMTOOL, Prometheus, fetch
 from support.protocol import PolicyClient, request
 from support.repo import run_hapolicy
 from support.wait import wait_for
-from support.ctl import csv_rows, ctl
 from test_control import Load, ask_all, read_all
 
 from hapolicy.metrics import IDLE_SECONDS, MAX_CONNECTIONS, MAX_HEAD
@@ -124,7 +124,7 @@ def test_prometheus_scrapes_the_metrics_and_promtool_finds_them_clean():
                         "action=REJECT no\n\n"
             status, body, _ = fetch(f"http://{HOST}:{mport}/metrics")
             assert status == 200
-            lint = subprocess.run([PROMTOOL, "check", "metrics"], input=body,
+            lint = subprocess.run([PROMTOOL, "check", "metrics"], input=body, check=False,
                                   capture_output=True, timeout=30)
             assert lint.returncode == 0 and not lint.stdout and not lint.stderr, lint
             with Prometheus(f"{HOST}:{mport}") as prometheus:
@@ -141,7 +141,7 @@ def test_prometheus_scrapes_the_metrics_and_promtool_finds_them_clean():
         assert len(a.live_requests) == 30
 
 
-def http(port: int, data: bytes, timeout: float = 30.0) -> bytes:
+def http(port: int, data: bytes, timeout: float = IDLE_SECONDS + 25) -> bytes:
     """Send data, read until the server closes; what it answered."""
     with socket.create_connection((HOST, port), timeout=timeout) as sock:
         try:
@@ -167,8 +167,8 @@ def test_bad_http_requests_get_an_answer_and_the_master_goes_on():
                                  (b"garbage\r\n\r\n", b"400"),
                                  (b"\x00\xff\xfe\r\n\r\n", b"400"),
                                  (b"GET /metrics SMTP/1.0\r\n\r\n", b"400"),
-                                 (b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 2000 + b"\r\n",
-                                  b"431"),
+                                 (b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEAD // 6)
+                                  + b"\r\n", b"431"),
                                  (b"x" * 10_000_000, b"431")):
                 answer = http(mport, data)
                 assert answer.startswith(b"HTTP/1.1 " + status + b" "), (data[:40], answer[:80])
@@ -188,7 +188,6 @@ def test_bad_http_requests_get_an_answer_and_the_master_goes_on():
             assert ctl("--control", path, "status").returncode == 0
             assert daemon.proc.poll() is None
         assert load.answers > 100 and not load.bad
-        assert IDLE_SECONDS < 30 and MAX_HEAD < 10_000_000
 
 
 def test_a_bad_or_busy_metrics_address_is_a_one_line_error_at_start():
@@ -197,8 +196,8 @@ def test_a_bad_or_busy_metrics_address_is_a_one_line_error_at_start():
         busy.listen(1)
         for address, code, message in (
                 (f"{HOST}:{busy.getsockname()[1]}", 1,
-                 f"cannot listen on metrics address {HOST}:{busy.getsockname()[1]}: "
-                 "Address already in use"),
+                 (f"cannot listen on metrics address {HOST}:{busy.getsockname()[1]}: "
+                  "Address already in use")),
                 ("unix:/tmp/x", 2, "expected one HOST:PORT or [IPv6]:PORT"),
                 (f"{HOST}:99999", 2, "port must be at most 65535")):
             done = run_hapolicy(["--listen", f"{HOST}:{free_port()}", "-s", a.spec(),
@@ -227,7 +226,7 @@ def test_counters_survive_a_reload_for_the_services_that_stay():
             after = samples(mport)
             assert total(after, "hapolicy_requests_total") == 40
             assert total(after, "hapolicy_service_answers_total", service="A") == \
-                20 + len(a.live_requests) - 20
+                len(a.live_requests) >= 20  # the 20 of before the reload, and any after
             assert total(after, "hapolicy_service_answers_total", service="B") == \
                 len(b.live_requests) > 0
             assert total(after, "hapolicy_service_latency_seconds_count", service="A") >= 20
