@@ -258,11 +258,6 @@ class HealthTable:
         """The operator's weight of service i (0: back to the configured one)."""
         self.f[i * SLOT + F.WEIGHT] = float(weight)
 
-    def is_down(self, i: int, now: float) -> bool:
-        """Whether service i is down by its health, whatever its admin state."""
-        down_until = self.f[i * SLOT]
-        return down_until != 0.0 and (now < down_until or now < self.f[i * SLOT + F.PROBE_UNTIL])
-
     def served(self, i: int) -> float:
         return self.f[i * SLOT + F.SERVED]
 
