@@ -23,6 +23,7 @@ from .hashkey import key_function
 from .health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
+    DEFAULT_REFUSED,
     DEFAULT_TIMEOUT,
     REQUESTS,
     SLOT,
@@ -113,6 +114,8 @@ class Dispatcher:
         if self.requests == self.max_use:
             self.on_max_use()
         if request.error:
+            self.counts[self.requests_word] += 1.0
+            self.counts[self.default_word + DEFAULT_REFUSED] += 1.0
             self.log.warning(f"request refused: {request.error}, "
                              f"answering action={self.config.default_action}")
             client.deliver(self.default_answer)

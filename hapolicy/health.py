@@ -83,8 +83,9 @@ CHECKED = 0  # 1.0 while checks own it
 REQUESTS = 1  # counter: requests the pool's dispatchers sent on their way (a Job each)
 DEFAULT_FAILED = 2  # counters of default answers, by reason: all services failed,
 DEFAULT_DOWN = 3  # all services down,
-DEFAULT_TIMEOUT = 4  # total timeout reached
-POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT)
+DEFAULT_TIMEOUT = 4  # total timeout reached,
+DEFAULT_REFUSED = 5  # the request refused unread (too large, a line without `=`)
+POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED)
 
 
 def table_bytes(count: int, workers: int = 0) -> int:

@@ -25,7 +25,7 @@ import sys
 from . import __version__
 from .config import split_listen
 from .eventloop import EVENT_READ, EVENT_WRITE
-from .health import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_TIMEOUT, REQUESTS
+from .health import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_REFUSED, DEFAULT_TIMEOUT, REQUESTS
 from .listener import ListenError
 
 TYPE_CHECKING = False
@@ -45,7 +45,8 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 MAX_CONNECTIONS = 16
 BACKLOG = 64
-REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN), ("timeout", DEFAULT_TIMEOUT))
+REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN), ("timeout", DEFAULT_TIMEOUT),
+           ("refused", DEFAULT_REFUSED))
 
 
 class Tables:
