@@ -9,6 +9,15 @@ configured one). The three are kept in the service's slot of the pool's health t
 and the master saves them in --state-file so that a restart keeps them too (adminstate.py). A
 daemon without pool sections has one pool, `default`. Each answer ends in a newline; an error
 is one line that starts with `error:`.
+
+p50_ms and p99_ms are the median and 99th percentile of a service's good answers' latency in
+milliseconds, from its histogram of fixed buckets (stats.py; interpolated inside the bucket;
+`-` in status and empty in csv without answers, `>10000` and `inf` above the last bucket);
+last_change is the seconds since it last went down or came back (or since its table was made:
+the start, or the reload that added it), shown as `4m05s` by status; down_s is the seconds it
+has been down in all (checks and live failures alike; not the time it was disabled while up).
+state is up, or down from a failure until it answered again (a check, or without checks a
+probe after its cool-down).
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ if TYPE_CHECKING:
 
 MAX_WEIGHT = 10000  # of the weight command; a configured weight has no bound
 COMMANDS = (
-    ("status", "a table, one line per service: the columns of csv"),
-    ("csv", ("`# pool,service,address,state,admin,weight,answers,failures`, then one row per "
-            "service (HAProxy `show stat` style; new columns are only ever appended)")),
+    ("status", "a table, one line per service: the columns of csv but down_s"),
+    ("csv", ("`# pool,service,address,state,admin,weight,answers,failures,p50_ms,p99_ms,"
+             "last_change,down_s`, then one row per service (HAProxy `show stat` style; new "
+             "columns are only ever appended)")),
     ("disable POOL/SERVICE", ("take a service out: no worker sends it a request from now on, "
                              "and the checks leave it alone")),
     ("drain POOL/SERVICE", ("no new transaction and no hash key goes to the service; the "
@@ -42,15 +52,20 @@ COMMANDS = (
     ("workers", "pid, requests served (as of its last heartbeat) and clients of each worker"),
     ("help", "this list"),
 )
-COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures")
+COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
+           "p50_ms", "p99_ms", "last_change", "down_s")
+STATUS_COLUMNS = COLUMNS[:-1]
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
 Target = tuple  # (HealthTable, index of the service in it)
 
 
-def rows(config: Config, health: Mapping[str, HealthTable], now: float) -> list[list[str]]:
-    """One row of COLUMNS per service of every pool."""
+def rows(config: Config, health: Mapping[str, HealthTable], now: float,
+         wall: float) -> list[list[str]]:
+    """One row of COLUMNS per service of every pool (raw values, as csv gives them); now is
+    the monotonic time, wall the time of day."""
     from .health import F
+    from .stats import S, buckets, down_seconds, is_up, quantile, word
 
     out = []
     for pool in config.pools:
@@ -58,12 +73,44 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float) -> list[
         if table is None:
             continue
         for i, service in enumerate(pool.services):
+            latency = buckets(table, i)
             out.append([pool.name, service.name, service.address,
-                        "down" if table.is_down(i, now) else "up", table.admin(i),
+                        "up" if is_up(table, i) else "down", table.admin(i),
                         str(table.weight(i, service.weight)),
                         str(table.service_counter(i, F.ANSWERS)),
-                        str(table.service_counter(i, F.FAILURES))])
+                        str(table.service_counter(i, F.FAILURES)),
+                        milliseconds(quantile(latency, 0.5)),
+                        milliseconds(quantile(latency, 0.99)),
+                        str(max(0, int(wall - word(table, i, S.LAST_CHANGE)))),
+                        str(int(down_seconds(table, i, now)))])
     return out
+
+
+def milliseconds(seconds: float | None) -> str:
+    """A latency in ms with three significant digits at most; '' for none, 'inf'."""
+    if seconds is None:
+        return ""
+    if seconds == float("inf"):
+        return "inf"
+    ms = seconds * 1000.0
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
+def status_row(row: list[str]) -> list[str]:
+    """A csv row as status shows it: no down_s, `-` and `>10000` latencies, ages as 4m05s."""
+    latencies = ["-" if v == "" else ">10000" if v == "inf" else v for v in row[8:10]]
+    return [*row[:8], *latencies, age(int(row[10]))]
+
+
+def age(seconds: int) -> str:
+    """`12s`, `4m05s`, `3h02m`, `2d03h`."""
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def aligned(header: Sequence[str], body: list[list[str]]) -> str:
@@ -155,10 +202,11 @@ def answer(line: str, config: Config, health: Mapping[str, HealthTable],
     if args:
         return f"error: {command} takes no arguments\n"
     if command == "status":
-        return aligned(COLUMNS, rows(config, health, time.monotonic()))
+        return aligned(STATUS_COLUMNS, [status_row(row) for row in
+                                        rows(config, health, time.monotonic(), time.time())])
     if command == "csv":
         return "# " + ",".join(COLUMNS) + "\n" + "".join(
-            ",".join(row) + "\n" for row in rows(config, health, time.monotonic()))
+            ",".join(row) + "\n" for row in rows(config, health, time.monotonic(), time.time()))
     if command == "workers":
         return workers_answer(workers, table)
     if command == "help":

@@ -36,6 +36,7 @@ from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .listener import Listeners
 from .log import Logger
+from .metrics import preload as preload_metrics
 from .monitor import MonitorKeeper, Served
 from .notify import Notifier, ServiceNotes
 from .reload import Reloading, describe_pools
@@ -84,6 +85,8 @@ class Master(Reloading):
         self.pid = os.getpid()
         set_title("hapolicy: master")
         preload_lazy_modules()
+        if self.served.metrics is not None:
+            preload_metrics()
         self.setup()
         self.notes = ServiceNotes(Notifier.from_environ(self.log))
         self.notes.start(self)
@@ -97,7 +100,8 @@ class Master(Reloading):
     def setup(self) -> None:
         """The shared tables, the event loop and its wake-up pipe, what the monitor serves."""
         self.table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
-        self.health = {p.name: HealthTable(len(p.services)) for p in self.config.pools}
+        self.health = {p.name: HealthTable(len(p.services), workers=self.table.slots)
+                       for p in self.config.pools}
         if self.config.state_file not in ("", "none"):
             self.admin_file = AdminFile(self.config.state_file, self.log)
             self.admin_file.restore(self.config, self.health)
@@ -275,6 +279,8 @@ class Master(Reloading):
         worker = Worker(self.config, listeners, self.health, self.table, slot, self.log)
         self.table.clear(slot)
         self.table.set_accepting(slot, False)
+        for health in self.health.values():  # not a dead worker's requests in flight
+            health.set_in_flight(slot, 0)
         forked = self.fork_child("worker", worker.run)
         if forked is None:
             self.throttle.defer(self.ops.now() + 1.0)

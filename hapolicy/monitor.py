@@ -4,7 +4,7 @@ The master stays root (a reload binds new listen addresses and may read a root-o
 file; it removes its pidfile and unix sockets at exit), so what talks to the network is not
 done in it: the active checks of every table in use (checks.py, including the tables kept for
 workers that retire after a reload), the control socket (control.py) and what else `serve`
-lists. The master binds those listening sockets itself (`Served`: the control socket's file is
+lists: the Prometheus metrics (metrics.py) too. The master binds those listening sockets itself (`Served`: the control socket's file is
 the master's, with its modes; a privileged port works) and keeps them open; it forks the
 monitor after binding, as it forks a worker (`Master.fork_child`: the same shedding of the
 master's state and the same privilege drop), and the monitor serves them in its own event loop.
@@ -38,6 +38,7 @@ import time
 from .commands import answer
 from .control import ControlServer, ControlSocket
 from .eventloop import EVENT_READ, EventLoop
+from .metrics import MetricsServer, Tables
 from .throttle import BootThrottle, exit_code, failed_by_itself
 from .worker import MSG_READY, WORKER_SIGNALS, set_title
 from .workertable import WATCHDOG_SECONDS
@@ -55,25 +56,31 @@ HOUSEKEEPING_SECONDS = 1.0
 
 
 class Served:
-    """The listening sockets the master made for the monitor: --control's (and, with the
-    metrics, --metrics-listen's). The master keeps them open from start to exit."""
+    """The listening sockets the master made for the monitor: --control's and
+    --metrics-listen's. The master keeps them open from start to exit."""
 
-    def __init__(self, control: ControlSocket | None = None) -> None:
+    def __init__(self, control: ControlSocket | None = None,
+                 metrics: socket.socket | None = None) -> None:
         self.control = control
+        self.metrics = metrics
 
     @property
     def any(self) -> bool:
-        return self.control is not None
+        return self.control is not None or self.metrics is not None
 
     def close_copies(self) -> None:
         """In a worker: it serves none of them."""
         if self.control is not None:
             self.control.close(remove=False)
+        if self.metrics is not None:
+            self.metrics.close()
 
     def close(self, log: Logger) -> None:
         """In the master at exit: close them, remove the control socket's file."""
         if self.control is not None:
             self.control.close(log)
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def serve(loop: EventLoop, monitor: Monitor) -> None:
@@ -81,6 +88,8 @@ def serve(loop: EventLoop, monitor: Monitor) -> None:
     monitor.checks.start(loop, monitor.log)
     if monitor.served.control is not None:
         ControlServer(loop, monitor.served.control, monitor.command, monitor.log)
+    if monitor.served.metrics is not None:
+        MetricsServer(monitor.served.metrics, loop, monitor.tables, monitor.log)
 
 
 class Monitor:
@@ -102,6 +111,10 @@ class Monitor:
         kept = [(entry.config, entry.table) for _, entry in self.checks.kept]
         return answer(line, self.config, self.health, self.table.workers(), self.table,
                       self.log, kept)
+
+    def tables(self) -> Tables:
+        """What a scrape of /metrics reads: the shared tables and the live workers' slots."""
+        return Tables(self.config, self.health, self.table, list(self.table.workers().values()))
 
     def run(self, master_sock: socket.socket) -> None:
         """The child's life, after the privilege drop; never returns."""

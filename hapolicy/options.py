@@ -32,6 +32,7 @@ from .config import (
     parse_int,
     parse_interval,
     parse_listen,
+    parse_metrics_listen,
     parse_mode,
     parse_seconds,
     parse_state_file,
@@ -144,6 +145,9 @@ OPTIONS: tuple[Option, ...] = (
            "exit; empty: none) answers `hapolicyctl` commands", _text, "PATH", DAEMON),
     Option("control_group", ("--control-group",), "let this group use the control socket too "
            "(mode 0660)", _text, "GROUP", DAEMON),
+    Option("metrics_listen", ("--metrics-listen",), "the monitor serves Prometheus metrics at "
+           "`http://HOST:PORT/metrics` (`[IPv6]:PORT` too; empty: none)", parse_metrics_listen,
+           "HOST:PORT", DAEMON),
     Option("daemonize", ("--daemonize",), "detach; return once the pidfile is written and the "
            "master runs (for init scripts)", parse_bool, scope=DAEMON, flag=True),
     Option("user", ("--user",), "the workers and the monitor (checks, control socket) drop to "

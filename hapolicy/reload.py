@@ -46,7 +46,8 @@ class Reloading:
             self.log.error(f"reload failed, keeping the running configuration: {exc}")
             return None
         kept = {}
-        for key in ("pidfile", "daemonize", "control", "control_group", "state_file"):
+        for key in ("pidfile", "daemonize", "control", "control_group", "state_file",
+                    "metrics_listen"):
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warning(f"reload: a new {key} needs a restart; keeping "
                                  f"{getattr(self.config, key)!r}")
@@ -98,7 +99,8 @@ class Reloading:
             if old is not None and old.services == pool.services:
                 health[pool.name] = self.health[pool.name]
             else:
-                health[pool.name] = (HealthTable(len(pool.services)) if old is None else
+                health[pool.name] = (HealthTable(len(pool.services), workers=self.table.slots)
+                                     if old is None else
                                      carry_over(self.health[pool.name], old.services,
                                                 pool.services))
                 keep_for = self.generation - 1

@@ -25,6 +25,7 @@ from .daemon import (
 from .listener import ListenError
 from .log import Logger
 from .master import MASTER_SIGNALS, Master
+from .metrics import bind_metrics
 
 
 def run_daemon(config: Config, log: Logger,
@@ -40,6 +41,8 @@ def run_daemon(config: Config, log: Logger,
         if config.state_file not in ("", "none"):
             check_writable(config.state_file)
         master.fd_limit = raise_fd_limit()
+        if config.metrics_listen:  # first: nothing else to undo when it fails
+            master.served.metrics = bind_metrics(config.metrics_listen)
         master.listeners.bind(config)
         if master.listeners.adopted():
             log.info("socket activation: listening on the sockets passed by systemd for "

@@ -1,6 +1,6 @@
 """The master's summary line: every --summary seconds, one line of counters per pool.
 
-    summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0)
+    summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0 refused=0)
     services: GREY1 up answers=600 failures=0, GREY2 down answers=630 failures=12
 
 (one line in the log). A service's state is up or down, or `disabled` or `drain` while the
@@ -14,7 +14,16 @@ its last requests in the old table: those are not in the summary.
 
 from __future__ import annotations
 
-from .health import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_TIMEOUT, ENABLED, REQUESTS, UP, F
+from .health import (
+    DEFAULT_DOWN,
+    DEFAULT_FAILED,
+    DEFAULT_REFUSED,
+    DEFAULT_TIMEOUT,
+    ENABLED,
+    REQUESTS,
+    UP,
+    F,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,14 +48,15 @@ def pool_line(name: str, table: HealthTable, names: Sequence[str], rate: float,
     failed = table.counter(DEFAULT_FAILED)
     down = table.counter(DEFAULT_DOWN)
     timeout = table.counter(DEFAULT_TIMEOUT)
+    refused = table.counter(DEFAULT_REFUSED)
     services = ", ".join(
         f"{service} {service_state(table, i, now)}"
         f" answers={table.service_counter(i, F.ANSWERS)}"
         f" failures={table.service_counter(i, F.FAILURES)}"
         for i, service in enumerate(names))
     return (f"summary pool={name} requests={table.counter(REQUESTS)} rate={rate:.1f}/s "
-            f"defaults={failed + down + timeout} (failed={failed} down={down} "
-            f"timeout={timeout}) services: {services}")
+            f"defaults={failed + down + timeout + refused} (failed={failed} down={down} "
+            f"timeout={timeout} refused={refused}) services: {services}")
 
 
 class Summary:

@@ -89,7 +89,8 @@ def test_counters_disable_enable_and_hup():
             status = ctl("--control", path, "status")
             assert status.returncode == 0
             assert status.stdout.split("\n")[0].split() == [
-                "pool", "service", "address", "state", "admin", "weight", "answers", "failures"]
+                "pool", "service", "address", "state", "admin", "weight", "answers", "failures",
+                "p50_ms", "p99_ms", "last_change"]
             with Load(daemon) as load:
                 assert ctl("--control", path, "disable", "default/A").stdout == \
                     "ok: default/A disabled\n"

@@ -1,7 +1,7 @@
 """With --user nobody (the tests run as root), nothing that talks to the network runs as root.
 
 The master stays root; the process that makes the check connections and the one that accepts
-on the control socket is the monitor, running as nobody (its Uid line in /proc/PID/status, and
+on the control socket and the metrics port is the monitor, running as nobody (its Uid line in /proc/PID/status, and
 who holds the sockets: /proc/PID/fd against /proc/net/tcp and /proc/net/unix). Control
 commands still act on every worker, checks still bring a service down and back, a HUP replaces
 the monitor and keeps the admin state, a killed monitor is replaced while the daemon keeps
@@ -21,8 +21,10 @@ import time
 from support.backends import CHECK_SENDER, FakeBackend
 from support.ctl import csv_rows, ctl
 from support.daemon import Daemon
+from support.ports import HOST, free_port
 from support.processes import (
     alive,
+    connection_owners,
     holders,
     proc_stat,
     tcp_client_inodes,
@@ -50,7 +52,9 @@ def checks_seen(backend: FakeBackend) -> int:
 
 def test_the_monitor_runs_as_nobody_and_holds_the_check_connections_and_control_clients():
     with FakeBackend(name="A") as a, FakeBackend(name="B") as b:
-        daemon, path = daemon_as_nobody("-s", a.spec(prio=10), "-s", b.spec(prio=20))
+        mport = free_port()
+        daemon, path = daemon_as_nobody("-s", a.spec(prio=10), "-s", b.spec(prio=20),
+                                        "--metrics-listen", f"{HOST}:{mport}")
         with daemon.start():
             monitor = wait_for(daemon.monitor, 10, what="the monitor")
             workers = daemon.workers_now()
@@ -79,6 +83,13 @@ def test_the_monitor_runs_as_nobody_and_holds_the_check_connections_and_control_
                 answer = client.recv(4096).decode()
             assert sorted(int(line.split()[0]) for line in answer.splitlines()[1:]) == \
                 sorted(workers)
+            # a scrape of /metrics is accepted by the monitor alone
+            with socket.create_connection((HOST, mport), timeout=5) as scrape:
+                wait_for(lambda: connection_owners(mport, [scrape], everyone) != [0], 10,
+                         what="the accept of the scrape")
+                assert connection_owners(mport, [scrape], everyone) == [monitor]
+                scrape.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_all(scrape).startswith(b"HTTP/1.1 200 ")
             # the checks bring a service down and back up
             a.stop()
             wait_for(lambda: csv_rows(path)["default/A"]["state"] == "down", 10, what="A down")
