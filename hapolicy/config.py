@@ -235,6 +235,42 @@ def parse_all_down(text: str) -> str:
     return text
 
 
+def parse_pool_name(text: str) -> str:
+    """The name of another pool (shadow), or '' for none."""
+    text = text.strip()
+    if text and not is_name(text):
+        raise ConfigError(f"pool name {text!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+    return text
+
+
+def parse_percent(text: str, what: str) -> float:
+    """A share of requests: more than 0, at most 100 (a trailing % is allowed)."""
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a percentage") from None
+    if not 0 < value <= 100:
+        raise ConfigError(f"{what} {text!r} must be more than 0 and at most 100")
+    return value
+
+
+def parse_hedge(text: str) -> str:
+    """'' (off), seconds (`0.05`), or `pNN`: that percentile of the service's recent answer
+    times (p50..p99.9); returned as written, normalized."""
+    text = text.strip().lower()
+    if text in ("", "off", "none", "0"):
+        return ""
+    if text.startswith("p"):
+        try:
+            value = float(text[1:])
+        except ValueError:
+            value = -1.0
+        if not 50 <= value < 100:
+            raise ConfigError(f"hedge {text!r}: a percentile is p50 to p99.9")
+        return "p" + fmt_num(value)
+    return fmt_num(parse_seconds(text, "hedge"))
+
+
 def parse_state_file(text: str) -> str:
     """'' (the default place), `none` (no file: each spawned process keeps its own table) or
     an absolute path to a file."""
@@ -322,6 +358,10 @@ class Config:
     balance: str = "weighted"
     sticky_instance: bool = True
     fail_answer: str = ""  # a regular expression: an action it matches is a failure
+    shadow: str = ""  # a pool that gets a copy of each request answered (shadow.py)
+    shadow_share: float = 100.0  # percent of the answered requests copied to the shadow
+    hedge: str = ""  # "", seconds, or pNN: when to ask a second service too (hedge.py)
+    hedge_max: float = 5.0  # percent of the requests that may be hedged (a token bucket)
     config_file: str = ""
     # pools: a Config per pool (a file's [pool NAME] sections); none: this Config is the one pool
     name: str = "default"

@@ -113,7 +113,12 @@ def assemble(parsed: ConfigFile | None, settings: dict[str, Any],
     win over the file's; with [pool] sections, a Config of every pool."""
     if parsed is None or not parsed.sections:
         top = parsed.top if parsed is not None else Section("", 0)
-        return build_config({**top.settings, **settings}, services or top.services)
+        config = build_config({**top.settings, **settings}, services or top.services)
+        if config.shadow:
+            where = f"{parsed.path}:{top.lines['shadow']}: " if "shadow" in top.lines else ""
+            raise ConfigError(f"{where}shadow {config.shadow}: no such pool (a shadow is "
+                              "another [pool] section of the config file)")
+        return config
     path, top = parsed.path, parsed.top
     if services:
         raise ConfigError(f"{path}: -s cannot be used with a file of [pool] sections")
@@ -131,6 +136,7 @@ def assemble(parsed: ConfigFile | None, settings: dict[str, Any],
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(message if message.startswith(path) else where + message) from None
+    _check_shadows(parsed, pools)
     _check_addresses(parsed, pools)
     daemon = {k: v for k, v in {**top.settings, **settings}.items()
               if k not in FILE_KEYS or FILE_KEYS[k].scope == DAEMON}
@@ -143,8 +149,11 @@ def _check_addresses(parsed: ConfigFile, pools: list[Config]) -> None:
     name a policy context, no context twice."""
     lines = {s.name: s.line for s in parsed.sections}
     listening = [p for p in pools if p.listen]
+    shadows = {p.shadow for p in pools}
     for pool in pools:
         where = f"{parsed.path}:{lines[pool.name]}: pool {pool.name}"
+        if not pool.listen and pool.name in shadows and listening:
+            continue  # a shadow only: asked by the pools it shadows
         if not pool.listen and (listening or len(pools) > 1):
             raise ConfigError(f"{where}: no listen address (several pools need the daemon)")
         for address in pool.listen.split():
@@ -158,3 +167,26 @@ def _check_addresses(parsed: ConfigFile, pools: list[Config]) -> None:
             if same:
                 raise ConfigError(f"{where}: policy-context {pool.policy_context} on {address} "
                                   f"is pool {same[0].name}'s already")
+
+
+def _check_shadows(parsed: ConfigFile, pools: list[Config]) -> None:
+    """A shadow is another pool of the file, and following shadows never comes back to a pool
+    (a copied request is not copied again, but a loop is a mistake)."""
+    by_name = {p.name: p for p in pools}
+    for section, pool in zip(parsed.sections, pools):
+        if not pool.shadow:
+            continue
+        line = section.lines.get("shadow", section.line)
+        where = f"{parsed.path}:{line}: pool {pool.name}: shadow {pool.shadow}"
+        if pool.shadow == pool.name:
+            raise ConfigError(f"{where}: a pool cannot be its own shadow")
+        if pool.shadow not in by_name:
+            raise ConfigError(f"{where}: no such pool")
+        seen = [pool.name]
+        name = pool.shadow
+        while name:
+            if name in seen:
+                chain = " -> ".join([*seen, name])
+                raise ConfigError(f"{where}: shadows go round in a loop ({chain})")
+            seen.append(name)
+            name = by_name[name].shadow if name in by_name else ""

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
         def deliver(self, answer: bytes) -> None: ...
 
+    from .hedge import Hedge, Hedger
+    from .shadow import Mirror
+
 
 SWEEP_SECONDS = 0.1  # how soon a service taken down elsewhere releases our waiting requests
 WARN_SECONDS = 1.0  # at most one "no service answered" warning this often (without -l)
@@ -100,6 +103,12 @@ class Dispatcher:
         self.warn_quiet_until = 0.0
         self.warn_held: dict[str, int] = {}  # default answers not logged yet, by reason
         self.warn_timer: Timer | None = None
+        self.shadow: Mirror | None = None  # copies answered requests to a shadow (worker.py)
+        self.hedger: Hedger | None = None
+        if config.hedge:
+            from .hedge import Hedger  # here: only a pool that hedges pays for its import
+
+            self.hedger = Hedger(self)
 
     def count(self) -> None:
         """Count a request answered for this pool without it (a policy_context no pool serves):
@@ -194,6 +203,7 @@ class Job:
         "deadline",
         "exchange",
         "failed",
+        "hedge",
         "instance",
         "key",
         "request",
@@ -215,6 +225,7 @@ class Job:
         self.instance = request.instance() if dispatcher.sticky else b""
         self.exchange: Connection | None = None  # the connection of the attempt in progress
         self.current = -1
+        self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
 
     def next_attempt(self, now: float) -> None:
         d = self.d
@@ -240,6 +251,8 @@ class Job:
         d.waiting[index].add(self)
         if d.sweep_timer is None:
             d.sweep_timer = d.loop.call_later(SWEEP_SECONDS, d.sweep)
+        if d.hedger is not None and self.hedge is None:
+            self.hedge = d.hedger.arm(self, index, now)
         conn.run(self.request.raw, self.deadline, self.on_exchange_done, now)
 
     def on_exchange_done(self, action: bytes, outcome: int, reason: str) -> None:
@@ -269,6 +282,14 @@ class Job:
                 self.client.instance_service = index
             self.finish(action + b"\n\n", d.services[index].name)
             return
+        now = self.note_failure(index, outcome, reason)
+        if self.hedge is not None and self.hedge.take_over():
+            return  # the hedge's exchange goes on as the attempt in progress
+        self.next_attempt(now)
+
+    def note_failure(self, index: int, outcome: int, reason: str) -> float:
+        """Tell health and the log that service index failed this request; the time now."""
+        d = self.d
         service = d.services[index]
         now = time.monotonic()
         if outcome == LOCAL:
@@ -280,7 +301,7 @@ class Job:
         if self.failed is None:
             self.failed = []
         self.failed.append(f"{service.name}: {reason}")
-        self.next_attempt(now)
+        return now
 
     def answer_default(self, why: str, word: int) -> None:
         """Answer the default action; word is the reason's counter (health.DEFAULT_*)."""
@@ -291,12 +312,16 @@ class Job:
     def finish(self, answer: bytes, service: str, default_why: str = "") -> None:
         """Deliver the answer (a service's, or the default with why), logged as asked."""
         d = self.d
+        if self.hedge is not None:
+            self.hedge.end(default_why)
         if d.log_requests or (default_why and d.config.verbose):
             self.log_request(service, answer[7:-2].decode("utf-8", "replace"), default_why)
         elif default_why:
             d.warn_default(default_why)
         self.client.deliver(answer)
         d.in_flight -= 1
+        if d.shadow is not None and not default_why:
+            d.shadow.copy(self.request, answer)
 
     def log_request(self, service: str, action: str, default_why: str) -> None:
         attrs = self.request.attrs
@@ -308,6 +333,8 @@ class Job:
         )
         if self.failed:
             line += ' failed="' + "; ".join(self.failed).replace('"', "'") + '"'
+        if self.hedge is not None and self.hedge.index >= 0:
+            line += f" hedged={self.d.services[self.hedge.index].name}"
         if default_why:
             line += f' default="{default_why}"'
         self.d.log.info(line)

@@ -29,7 +29,8 @@ A reload keeps all three for a service that stays (same name and address), excep
 when the reload changed the configured one: the new configuration wins.
 
 Counters (float64, exact up to 2**53): per service ANSWERS and FAILURES in its slot, per pool
-REQUESTS and the default answers by reason in the table's own slot. Workers add to them in
+REQUESTS, the default answers by reason, the results of the copies sent to its shadow and
+its hedges in the table's own slot. Workers add to them in
 place (`f[word] += 1.0`, no call on the request path); the master reads them for its summary
 line (summary.py), the control socket and /metrics. Once every request in flight is answered,
 REQUESTS equals the sum of ANSWERS plus the default answers. The finer statistics (failures by
@@ -85,7 +86,15 @@ DEFAULT_FAILED = 2  # counters of default answers, by reason: all services faile
 DEFAULT_DOWN = 3  # all services down,
 DEFAULT_TIMEOUT = 4  # total timeout reached,
 DEFAULT_REFUSED = 5  # the request refused unread (too large, a line without `=`)
-POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED)
+SHADOW_AGREE = 6  # counters of the copies sent to the pool's shadow (shadow.py): same verdict,
+SHADOW_DISAGREE = 7  # another verdict,
+SHADOW_FAILED = 8  # the shadow's default answer (it failed, timed out),
+SHADOW_DROPPED = 9  # not sent: too many in flight, or the worker busy
+HEDGED = 10  # counter: second services asked by a hedge (hedge.py)
+HEDGE_WON = 11  # counter: requests answered by the hedge's service
+SHADOW_COUNTERS = (SHADOW_AGREE, SHADOW_DISAGREE, SHADOW_FAILED, SHADOW_DROPPED)
+POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED,
+                 *SHADOW_COUNTERS, HEDGED, HEDGE_WON)
 
 
 def table_bytes(count: int, workers: int = 0) -> int:

@@ -29,11 +29,14 @@ from .config import (
     parse_bool,
     parse_context,
     parse_fail_answer,
+    parse_hedge,
     parse_int,
     parse_interval,
     parse_listen,
     parse_metrics_listen,
     parse_mode,
+    parse_percent,
+    parse_pool_name,
     parse_seconds,
     parse_state_file,
 )
@@ -198,6 +201,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("policy_context", ("--policy-context",), "the `policy_context` of the requests "
            "this pool answers, when pools share a listen address; `*`: requests of no "
            "other pool's context", parse_context, "VALUE", SECTION, default_text="any"),
+    Option("shadow", ("--shadow",), "another pool that gets a copy of each request this pool "
+           "answered, after the answer went back; its answer is only compared, counted and "
+           "logged (a pool used only as a shadow needs no listen)", parse_pool_name, "POOL",
+           SECTION, default_text="none"),
+    Option("shadow_share", ("--shadow-share",), "the share of answered requests copied to the "
+           "shadow (every 100/P-th, spread evenly)", lambda text: parse_percent(text, "shadow "
+           "share"), "PERCENT"),
+    Option("hedge", ("--hedge",), "when a service has not answered within S seconds (or pNN: "
+           "that percentile of its recent answer times), ask the next service too; the first "
+           "good answer wins. Only for pools without state (see Hedged requests)", parse_hedge,
+           "S|pNN", default_text="off"),
+    Option("hedge_max", ("--hedge-max",), "at most this share of the requests is hedged (a "
+           "token bucket per worker)", lambda text: parse_percent(text, "hedge max"),
+           "PERCENT"),
 )
 
 SETTINGS = {o.key: o for o in OPTIONS if o.key}

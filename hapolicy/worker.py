@@ -99,6 +99,7 @@ class Worker:
         # the child's own state, made in _run after fork
         self.loop: EventLoop | None = None
         self.dispatchers: list[Dispatcher] = []  # one per pool
+        self.mirrors: list[Dispatcher] = []  # one per shadow pool (shadow.py)
         self.routes: dict[socket.socket, object] = {}  # listener: what takes its requests
         self.clients: set[ClientConnection] = set()
         self.phase = SERVING
@@ -153,7 +154,7 @@ class Worker:
         self._update_title()
         while not self._advance():
             loop.run_once(HOUSEKEEPING_SECONDS)
-        for dispatcher in self.dispatchers:
+        for dispatcher in (*self.dispatchers, *self.mirrors):
             dispatcher.close()  # logs what it held back
 
     def _make_dispatchers(self, loop: EventLoop) -> None:
@@ -165,6 +166,11 @@ class Worker:
             self.dispatchers.append(dispatcher)
             by_name[pool.name] = dispatcher
         self._share_max_use()
+        if any(pool.shadow for pool in self.config.pools):
+            from .shadow import make_mirrors
+
+            self.mirrors = make_mirrors(loop, self.config.pools, by_name, self.health,
+                                        self.log, lambda: self.in_flight)
         for address, listener in self.listeners.items():
             self.routes[listener] = target(self.config.pools_on(address), by_name, self.log)
 
@@ -386,7 +392,7 @@ class Worker:
             # a half-sent request or an unread answer that old is abandoned too
             if client.last_active < limit and not client.busy:
                 client.close()
-        for dispatcher in self.dispatchers:
+        for dispatcher in (*self.dispatchers, *self.mirrors):
             dispatcher.backends.pool.sweep(now)
             dispatcher.table.set_in_flight(self.slot, dispatcher.in_flight)
         self.table.beat(self.slot, now, self.requests)

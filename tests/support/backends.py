@@ -64,7 +64,8 @@ class FakeBackend:
     Use as a context manager or call :meth:`start` / :meth:`stop`. Behaviour is set by
     ``mode`` (see :data:`MODES`) and may be changed at run time with :meth:`set_mode`; it
     applies to requests received afterwards. ``delay`` applies to every mode that writes
-    (or closes after a request). After :meth:`stop`, :meth:`start` binds the same port
+    (or closes after a request); with ``slow_every`` N, every N-th request received waits
+    ``slow_delay`` instead (a backend slow on a known share of requests). After :meth:`stop`, :meth:`start` binds the same port
     again, which simulates a restart of the service.
 
     Observations: ``requests`` (parsed), ``raw_requests`` (exact bytes, final empty line
@@ -80,6 +81,8 @@ class FakeBackend:
         attr: str | None = None,
         name: str = "",
         port: int = 0,
+        slow_every: int = 0,
+        slow_delay: float = 0.0,
     ) -> None:
         self.host = HOST
         self.port = port
@@ -100,6 +103,8 @@ class FakeBackend:
         self.action = action
         self.delay = delay
         self.attr = attr
+        self.slow_every = slow_every
+        self.slow_delay = slow_delay
         self.set_mode(mode)
 
     # -- control ---------------------------------------------------------------
@@ -298,6 +303,8 @@ class FakeBackend:
                 self._cond.notify_all()
                 reply = self._reply(attrs)
                 delay = self.delay
+                if self.slow_every and len(self.requests) % self.slow_every == 0:
+                    delay = self.slow_delay
             if reply is not None:
                 due = max(time.monotonic() + delay, conn.last_due)
                 conn.last_due = due
