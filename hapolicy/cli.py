@@ -108,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Logger(config.syslog_socket, config.log_stderr)
     if args["check_config"]:
         print("\n".join(summary(config)))
+        if any(pool.hedge for pool in config.pools):
+            from .hedge import warnings
+
+            for line in warnings(config):
+                sys.stderr.write(f"hapolicy: warning: {line}\n")
         return 0
     if config.listen:
         from .runner import run_daemon

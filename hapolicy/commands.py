@@ -39,8 +39,10 @@ MAX_WEIGHT = 10000  # of the weight command; a configured weight has no bound
 COMMANDS = (
     ("status", "a table, one line per service: the columns of csv but down_s"),
     ("csv", ("`# pool,service,address,state,admin,weight,answers,failures,p50_ms,p99_ms,"
-             "last_change,down_s`, then one row per service (HAProxy `show stat` style; new "
-             "columns are only ever appended)")),
+             "last_change,down_s,hedged,hedge_won,shadow_agree,shadow_disagree,shadow_failed,"
+             "shadow_dropped`, then one row per service (HAProxy `show stat` style; new "
+             "columns are only ever appended; the hedge and shadow columns are the pool's, on "
+             "each of its rows)")),
     ("disable POOL/SERVICE", ("take a service out: no worker sends it a request from now on, "
                              "and the checks leave it alone")),
     ("drain POOL/SERVICE", ("no new transaction and no hash key goes to the service; the "
@@ -53,8 +55,9 @@ COMMANDS = (
     ("help", "this list"),
 )
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
-           "p50_ms", "p99_ms", "last_change", "down_s")
-STATUS_COLUMNS = COLUMNS[:-1]
+           "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
+           "shadow_disagree", "shadow_failed", "shadow_dropped")
+STATUS_COLUMNS = COLUMNS[:11] + COLUMNS[12:]  # all but down_s
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
 Target = tuple  # (HealthTable, index of the service in it)
@@ -64,7 +67,7 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float,
          wall: float) -> list[list[str]]:
     """One row of COLUMNS per service of every pool (raw values, as csv gives them); now is
     the monotonic time, wall the time of day."""
-    from .health import F
+    from .health import HEDGE_WON, HEDGED, SHADOW_COUNTERS, F
     from .stats import S, buckets, down_seconds, is_up, quantile, word
 
     out = []
@@ -72,6 +75,7 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float,
         table = health.get(pool.name)
         if table is None:
             continue
+        pooled = [str(table.counter(word)) for word in (HEDGED, HEDGE_WON, *SHADOW_COUNTERS)]
         for i, service in enumerate(pool.services):
             latency = buckets(table, i)
             out.append([pool.name, service.name, service.address,
@@ -82,7 +86,7 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float,
                         milliseconds(quantile(latency, 0.5)),
                         milliseconds(quantile(latency, 0.99)),
                         str(max(0, int(wall - word(table, i, S.LAST_CHANGE)))),
-                        str(int(down_seconds(table, i, now)))])
+                        str(int(down_seconds(table, i, now))), *pooled])
     return out
 
 
@@ -99,7 +103,7 @@ def milliseconds(seconds: float | None) -> str:
 def status_row(row: list[str]) -> list[str]:
     """A csv row as status shows it: no down_s, `-` and `>10000` latencies, ages as 4m05s."""
     latencies = ["-" if v == "" else ">10000" if v == "inf" else v for v in row[8:10]]
-    return [*row[:8], *latencies, age(int(row[10]))]
+    return [*row[:8], *latencies, age(int(row[10])), *row[12:]]
 
 
 def age(seconds: int) -> str:

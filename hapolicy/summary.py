@@ -3,7 +3,9 @@
     summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0 refused=0)
     services: GREY1 up answers=600 failures=0, GREY2 down answers=630 failures=12
 
-(one line in the log). A service's state is up or down, or `disabled` or `drain` while the
+(one line in the log), followed, for a pool that hedges, by `hedged=N (won=N)` and, for
+one with a shadow, by `shadow NAME: agree=N disagree=N failed=N dropped=N`. A service's
+state is up or down, or `disabled` or `drain` while the
 operator (hapolicyctl) keeps it so. The counters are the health table's (health.py), kept by
 the workers without locks: totals since the pool's table was made (a reload keeps them for a
 pool that stays and for each service that keeps its name and address). `rate` is the requests per second over
@@ -20,7 +22,13 @@ from .health import (
     DEFAULT_REFUSED,
     DEFAULT_TIMEOUT,
     ENABLED,
+    HEDGE_WON,
+    HEDGED,
     REQUESTS,
+    SHADOW_AGREE,
+    SHADOW_DISAGREE,
+    SHADOW_DROPPED,
+    SHADOW_FAILED,
     UP,
     F,
 )
@@ -59,6 +67,19 @@ def pool_line(name: str, table: HealthTable, names: Sequence[str], rate: float,
             f"timeout={timeout} refused={refused}) services: {services}")
 
 
+def extras(pool: Config, table: HealthTable) -> str:
+    """What a pool that hedges or has a shadow adds to its line."""
+    text = ""
+    if pool.hedge:
+        text += f" hedged={table.counter(HEDGED)} (won={table.counter(HEDGE_WON)})"
+    if pool.shadow:
+        text += (f" shadow {pool.shadow}: agree={table.counter(SHADOW_AGREE)} "
+                 f"disagree={table.counter(SHADOW_DISAGREE)} "
+                 f"failed={table.counter(SHADOW_FAILED)} "
+                 f"dropped={table.counter(SHADOW_DROPPED)}")
+    return text
+
+
 class Summary:
     """The schedule of the summary lines and the request counts they compute the rate from."""
 
@@ -94,7 +115,7 @@ class Summary:
             # a pool new since the last line counts from zero
             rate = max(requests - self.requests.get(pool.name, 0), 0) / elapsed
             names = [s.name for s in pool.services]
-            log.info(pool_line(pool.name, table, names, rate, clock))
+            log.info(pool_line(pool.name, table, names, rate, clock) + extras(pool, table))
         self.requests = counts
         self.last = now
         self.next = max(self.next + self.interval, now)

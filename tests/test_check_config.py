@@ -128,7 +128,8 @@ def test_example_values_are_the_defaults():
              if value != getattr(defaults, key)}
     assert wrong == {}, "example value != default: " + repr(wrong)
     # all but `workers` (the number of cores of the machine) and a pool's own policy-context
-    assert set(SETTINGS) - set(settings) == {"workers", "policy_context"}
+    # and shadow
+    assert set(SETTINGS) - set(settings) == {"workers", "policy_context", "shadow"}
 
 
 def test_every_config_field_has_an_option():
