@@ -34,6 +34,9 @@ Blackhole (connect never completes) and a refused port. Figures:
 7. requests waiting on a service when it is found dead: 20 requests sent 20 ms apart to a
    silent P (TIMEOUT 1 s), S behind it: when the first times out, how soon the last one is
    answered (one worker; and two workers, where the other learns it from the shared table).
+8. the latency tail (p50, p99, p99.9) with and without hedging, with and without a shadow
+   (a fast one, one that answers after 10 s), in one daemon (scripts/failover_tail.py);
+   `--tail` runs this figure alone.
 
 Every backend answers a distinctive action, and every answer is checked against the backend
 it should come from; an answer beyond the requests that backend served is a problem too.
@@ -64,6 +67,7 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))
 
 import support.daemon  # noqa: E402 - after the path
 from support.backends import Blackhole, FakeBackend  # noqa: E402
@@ -72,6 +76,8 @@ from support.ports import HOST, refused_port  # noqa: E402
 from support.processes import connection_owners  # noqa: E402
 from support.protocol import PolicyClient, action_of, request  # noqa: E402
 from support.protocol import service_spec as spec  # noqa: E402
+
+from failover_tail import render_tail, tail_figure  # noqa: E402
 
 SILENT_TIMEOUT = 2
 BLACKHOLE_TIMEOUT = 30
@@ -256,7 +262,7 @@ class Run:
         self.report: dict[str, Any] = {"failover": {c: {} for c in CASES},
                                        "recovery": {"probe": {}, "check": {}},
                                        "hash": {}, "weighted": {}, "all_down": {},
-                                       "released": {}}
+                                       "released": {}, "tail": {}}
         self._lock = threading.Lock()
         self.stopping = False  # interrupted: failures from here on are the cleanup's doing
         self.probe_answers: Counter[str] = Counter()  # of one recovery-by-probe figure
@@ -618,7 +624,23 @@ class Run:
 
     # -- all ----------------------------------------------------------------------------------
 
+    def tail(self) -> None:
+        self.report["tail"] = tail_figure(self.tmp, self.quick, Daemon, summary, self.log)
+        rows = self.report["tail"]["rows"]
+        for name, row in rows.items():
+            if row["wrong"]:
+                self.problem(f"tail/{name}: {row['wrong']} answers not from P or S")
+        hedged, slow = rows.get("hedged"), rows.get("slow")
+        if hedged and slow and not hedged["p99"] < slow["p99"] / 2:
+            self.problem(f"tail: hedged p99 {hedged['p99']:.3f} s is not below half of "
+                         f"{slow['p99']:.3f} s without hedging")
+        if hedged and hedged["hedged"] > hedged["n"] * 15 // 100:
+            self.problem(f"tail: {hedged['hedged']} hedges of {hedged['n']} requests")
+
     def run(self) -> None:
+        if self.args.tail:
+            self.guarded("tail", self.tail)
+            return
         background = []
         for case in ("silent", "blackhole"):  # mostly waiting for timeouts: run alongside
             thread = threading.Thread(target=self.guarded, daemon=True, name=f"perl-{case}",
@@ -642,6 +664,7 @@ class Run:
         self.guarded("all down/daemon, checks", self.all_down, "daemon", "5")
         for workers in (1, 2):
             self.guarded(f"released/{workers}", self.released, workers)
+        self.guarded("tail", self.tail)
         for thread in background:
             while thread.is_alive():
                 self.log(f"waiting for {thread.name} (the original pays every timeout)")
@@ -681,6 +704,11 @@ class Run:
 
 def render(report: dict[str, Any]) -> str:
     cfg = report["config"]
+    if cfg.get("tail_only"):
+        out = render_tail(report["tail"], fmt_s, table) if report["tail"] else []
+        if report["problems"]:
+            out += ["", "problems:"] + [f"  - {p}" for p in report["problems"]]
+        return "\n".join(out)
     notes: list[str] = []
 
     def note(text: str) -> str:
@@ -804,6 +832,8 @@ def render(report: dict[str, Any]) -> str:
              fmt_s(r["without_release"])] for workers, r in report["released"].items()]
     out += table(["workers", "1st answered after", "last after 1st",
                   "without the release"], rows)
+    if report["tail"]:
+        out += ["", *render_tail(report["tail"], fmt_s, table)]
     flush_notes(out)
     if report["problems"]:
         out += ["", "problems:"] + [f"  - {p}" for p in report["problems"]]
@@ -820,6 +850,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fewer requests and trials, skip the original's 30 s blackhole case")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     p.add_argument("--no-perl", action="store_true", help="do not run the Perl original")
+    p.add_argument("--tail", action="store_true",
+                   help="only figure 8: the latency tail with and without hedging and shadows")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--verbose", action="store_true", help="tracebacks of failed figures")
     return p.parse_args(argv)
@@ -853,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     perl = (f"{PERL_HAPOLICY} in spawn style, one process on a socketpair, requests one at a "
             "time" + (f" ({run.perl.note})" if run.perl.note else "")
             if not run.perl.missing else f"skipped: {run.perl.missing}")
-    report = {"config": {"units": "seconds", "quick": args.quick, "following": run.following,
+    report = {"config": {"units": "seconds", "quick": args.quick, "tail_only": args.tail, "following": run.following,
                          "perl_following": run.perl_following, "trials": run.trials,
                          "hash_keys": run.keys, "cpus": os.cpu_count(),
                          "python": sys.version.split()[0], "perl": perl,
