@@ -108,14 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Logger(config.syslog_socket, config.log_stderr)
     if args["check_config"]:
         print("\n".join(summary(config)))
-        if any(pool.hedge for pool in config.pools):
-            from .hedge import warnings
-
-            for line in warnings(config):
-                sys.stderr.write(f"hapolicy: warning: {line}\n")
+        for line in _hedge_warnings(config):
+            sys.stderr.write(f"hapolicy: warning: {line}\n")
         return 0
     if config.listen:
         from .runner import run_daemon
+
+        for line in _hedge_warnings(config):
+            log.warning(line)
 
         return run_daemon(config, log, lambda: load_config(argv)[0])
     from .spawn import run_spawn, silence_stderr
@@ -127,6 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug: log it on one line, never on Postfix's socket
         log.error(f"internal error: {type(exc).__name__}: {exc}")
         return 1
+
+
+def _hedge_warnings(config: Config) -> list[str]:
+    if not any(pool.hedge for pool in config.pools):
+        return []
+    from .hedge import warnings
+
+    return warnings(config)
 
 
 def _fail(message: str, argv: Sequence[str]) -> int:

@@ -52,3 +52,10 @@ def test_failover_script_quick(tmp_path):
     weighted = report["weighted"]["daemon"]
     assert abs(weighted["A"] - 200) <= 6 and weighted["A"] + weighted["B"] == 300, weighted
     assert sum(weighted["connections_per_worker"]) == 30, weighted
+
+    tail = report["tail"]["rows"]  # figure 8: hedging and shadows
+    assert all(row["wrong"] == 0 for row in tail.values()), tail
+    assert tail["hedged"]["hedged"] == tail["hedged"]["second_requests"] > 0, tail
+    assert tail["hedged"]["p99"] < tail["slow"]["p99"] / 2, tail  # a ratio, not a time
+    assert tail["plain"]["hedged"] == tail["slow"]["hedged"] == 0, tail
+    assert tail["shadow"]["shadow_agree"] > 0 and tail["shadow slow"]["shadow_dropped"] > 0, tail
