@@ -124,6 +124,7 @@ class Hedge:
 
     def on_done(self, action: bytes, outcome: int, reason: str) -> None:
         """The hedge's exchange ended while the first attempt still runs."""
+        conn = self.conn
         self.conn = None
         job = self.job
         d = job.d
@@ -139,6 +140,7 @@ class Hedge:
             first.on_done = _ignore
             first.abandon("another service answered first")
         job.current = self.index
+        job.exchange = conn  # whose start the answer's latency counts from
         job.on_exchange_done(action, outcome, reason)
 
     def take_over(self) -> bool:

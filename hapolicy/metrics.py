@@ -27,7 +27,16 @@ import sys
 from . import __version__
 from .config import split_listen
 from .eventloop import EVENT_READ, EVENT_WRITE
-from .health import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_REFUSED, DEFAULT_TIMEOUT, REQUESTS
+from .health import (
+    DEFAULT_DOWN,
+    DEFAULT_FAILED,
+    DEFAULT_REFUSED,
+    DEFAULT_TIMEOUT,
+    HEDGE_WON,
+    HEDGED,
+    REQUESTS,
+    SHADOW_COUNTERS,
+)
 from .listener import ListenError
 
 TYPE_CHECKING = False
@@ -131,6 +140,29 @@ def pool_families(pools: list[tuple[Config, HealthTable]],
             defaults.add_metric([pool.name, reason], table.counter(word))
         in_flight.add_metric([pool.name], table.requests_in_flight(slots))
     yield from (requests, defaults, in_flight)
+    yield from feature_families(pools)
+
+
+def feature_families(pools: list[tuple[Config, HealthTable]]) -> Iterator[object]:
+    """Of the pools that have a shadow (shadow.py) or hedge (hedge.py) only."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from .shadow import RESULTS
+
+    shadow = CounterMetricFamily("hapolicy_shadow", "copies of the pool's answered requests "
+                                 "sent to its shadow, by result", labels=["pool", "result"])
+    hedges = CounterMetricFamily("hapolicy_hedges", "requests for which a hedge asked a "
+                                 "second service", labels=["pool"])
+    won = CounterMetricFamily("hapolicy_hedges_won", "hedged requests answered by the "
+                              "hedge's service", labels=["pool"])
+    for pool, table in pools:
+        if pool.shadow:
+            for word in SHADOW_COUNTERS:
+                shadow.add_metric([pool.name, RESULTS[word]], table.counter(word))
+        if pool.hedge:
+            hedges.add_metric([pool.name], table.counter(HEDGED))
+            won.add_metric([pool.name], table.counter(HEDGE_WON))
+    yield from (shadow, hedges, won)
 
 
 def service_families(pools: list[tuple[Config, HealthTable]], now: float,

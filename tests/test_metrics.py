@@ -72,7 +72,8 @@ def test_status_and_csv_under_load_add_up_and_match_the_backends():
             ask_all(daemon, 1)  # F fails and is down: from now on only probes reach it
             header = ctl("--control", path, "csv").stdout.splitlines()[0]
             assert header == ("# pool,service,address,state,admin,weight,answers,failures,"
-                              "p50_ms,p99_ms,last_change,down_s")
+                              "p50_ms,p99_ms,last_change,down_s,hedged,hedge_won,shadow_agree,"
+                              "shadow_disagree,shadow_failed,shadow_dropped")
             with Load(daemon) as load:
                 def answered() -> int:
                     return sum(int(r["answers"]) for r in csv_rows(path).values())
@@ -82,7 +83,7 @@ def test_status_and_csv_under_load_add_up_and_match_the_backends():
                 during = samples(mport)
                 assert total(during, "hapolicy_requests_total") > first
                 status = ctl("--control", path, "status").stdout.splitlines()
-                assert status[0].split()[8:] == ["p50_ms", "p99_ms", "last_change"]
+                assert status[0].split()[8:11] == ["p50_ms", "p99_ms", "last_change"]
                 cells = {line.split()[1]: line.split() for line in status[1:]}
                 assert cells["A"][3] == "up" and cells["F"][3] == "down"
                 assert float(cells["A"][8]) > 0 and cells["F"][8] == "-"

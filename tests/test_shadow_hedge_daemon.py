@@ -15,13 +15,14 @@ from support.ports import HOST, free_port
 from support.protocol import PolicyClient, request
 from support.repo import run_hapolicy
 from support.wait import wait_for
+from test_metrics import samples
 
 from hapolicy.config import ConfigError
 from hapolicy.configfile import assemble, read_config_file
 
 
 def test_a_shadow_pool_is_asked_counted_and_shown(tmp_path: Path):
-    port = free_port()
+    port, metrics = free_port(), free_port()
     conf = tmp_path / "shadow.conf"
     with FakeBackend(action="DUNNO") as real, \
             FakeBackend(mode="echo", attr="x_verdict") as shadow:
@@ -30,7 +31,8 @@ def test_a_shadow_pool_is_asked_counted_and_shown(tmp_path: Path):
             f"[pool grey]\nlisten = {HOST}:{port}\nservice = GREY={HOST}:{real.port}\n"
             "shadow = next\nshadow-share = 50\n"
             f"[pool next]\nservice = NEXT={HOST}:{shadow.port}\n")
-        daemon = Daemon("-c", str(conf), "-l", listen="", workers=1)
+        daemon = Daemon("-c", str(conf), "-l", "--metrics-listen", f"{HOST}:{metrics}",
+                        listen="", workers=1)
         path = str(daemon.dir / "control")
         daemon.args += ["--control", path]
         with daemon.start():
@@ -53,12 +55,19 @@ def test_a_shadow_pool_is_asked_counted_and_shown(tmp_path: Path):
             assert "action=DUNNO shadow_action=DEFER_IF_PERMIT greylisted" in line
             summary = daemon.log.wait_text("summary pool=grey requests=40")
             assert "shadow next: agree=10 disagree=10 failed=0 dropped=0" in summary
+            found = samples(metrics)
+            assert {result: found[("hapolicy_shadow_total", (("pool", "grey"),
+                                                             ("result", result)))]
+                    for result in ("agree", "disagree", "failed", "dropped")} == {
+                "agree": 10, "disagree": 10, "failed": 0, "dropped": 0}
+            assert not any(name == "hapolicy_shadow_total" and ("pool", "next") in labels
+                           for name, labels in found)
             assert daemon.stop() == 0
         daemon.assert_clean_output()
 
 
 def test_a_hedged_pool_through_the_daemon(tmp_path: Path):
-    port = free_port()
+    port, metrics = free_port(), free_port()
     conf = tmp_path / "hedge.conf"
     with FakeBackend(action="OK primary", slow_every=5, slow_delay=1.0) as primary, \
             FakeBackend(action="OK second") as second:
@@ -66,7 +75,8 @@ def test_a_hedged_pool_through_the_daemon(tmp_path: Path):
             f"check-interval = 0\n[pool spf]\nlisten = {HOST}:{port}\n"
             f"service = P={HOST}:{primary.port}:1\nservice = S={HOST}:{second.port}:2\n"
             "hedge = 0.1\nhedge-max = 50\nsticky-instance = no\n")
-        daemon = Daemon("-c", str(conf), "-l", listen="", workers=1)
+        daemon = Daemon("-c", str(conf), "-l", "--metrics-listen", f"{HOST}:{metrics}",
+                        listen="", workers=1)
         path = str(daemon.dir / "control")
         daemon.args += ["--control", path]
         with daemon.start():
@@ -77,6 +87,9 @@ def test_a_hedged_pool_through_the_daemon(tmp_path: Path):
             assert answers.count("action=OK second\n\n") == 4  # the 5th, 10th, ...
             row = csv_rows(path)["spf/P"]
             assert (row["hedged"], row["hedge_won"], row["failures"]) == ("4", "4", "0")
+            found = samples(metrics)
+            assert found[("hapolicy_hedges_total", (("pool", "spf"),))] == 4
+            assert found[("hapolicy_hedges_won_total", (("pool", "spf"),))] == 4
             assert " hedged=S" in daemon.log.wait_text("service=S")
             assert daemon.stop() == 0
         daemon.assert_clean_output()
