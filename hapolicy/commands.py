@@ -1,19 +1,15 @@
 """The control socket's commands (control.py), answered from the master's shared tables.
 
-    status                 a table, one line per service (the columns of csv)
-    csv                    `# pool,service,address,state,admin,weight,answers,failures`, then
-                           one row per service (HAProxy `show stat` style; new columns are only
-                           ever appended)
-    disable POOL/SERVICE   take a service out: no worker sends it a new request from now on
-    enable POOL/SERVICE    give it back
-    workers                pid, requests served (as of its last heartbeat), clients, per worker
-    help                   the commands
+The commands are declared once, in COMMANDS (usage, what it does): `help`'s answer (HELP), the
+list below and hapolicyctl(8) (manpage.py) are made from it.
 
 state is the service's health (up or down); admin is `enabled` or `disabled`, kept in the
 service's slot of the pool's health table (health.py), so every worker sees it at once and a
 reload keeps it for a service that stays (same name and address). A daemon without pool
 sections has one pool, `default`. Each answer ends in a newline; an error is one line that
 starts with `error:`.
+
+Commands:
 """
 
 from __future__ import annotations
@@ -30,7 +26,21 @@ if TYPE_CHECKING:
     from .workertable import WorkerTable
 
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures")
-HELP = "commands: status, csv, disable POOL/SERVICE, enable POOL/SERVICE, workers, help\n"
+#: Every command: its usage and what it does (the man page's text). `answer` dispatches them.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("status", "a table, one line per service: pool, service, address, state (up or down: its "
+     "health), admin (enabled or disabled), weight, answers, failures"),
+    ("csv", "the same as `# pool,service,address,state,admin,weight,answers,failures` and one "
+     "row per service (HAProxy `show stat` style; new columns are only ever appended)"),
+    ("disable POOL/SERVICE", "take a service out: no worker sends it a new request from now on "
+     "(requests already on their way finish); it is not checked while disabled; a HUP keeps it "
+     "disabled if it keeps its name and address"),
+    ("enable POOL/SERVICE", "give it back"),
+    ("workers", "pid, requests served (as of its last heartbeat) and clients of each worker"),
+    ("help", "the commands"),
+)
+HELP = "commands: " + ", ".join(usage for usage, _ in COMMANDS) + "\n"
+__doc__ = (__doc__ or "") + "".join(f"    {usage:22} {text}\n" for usage, text in COMMANDS)
 
 
 def rows(config: Config, health: Mapping[str, HealthTable], now: float) -> list[list[str]]:
