@@ -7,7 +7,8 @@ then ``chroot``) see the machine as it is, installed packages and users included
 change they make (dpkg's database, /usr/sbin, /etc/passwd) lands in the tmpfs: the machine
 itself never changes, so a test that replaces a system package cannot disturb tests that run
 at the same time, nor leave the machine changed if it dies half-way. When the holder process
-ends the namespace goes, and the tmpfs with it.
+ends (when the test closes its stdin, or dies) it kills whatever still runs in the copy,
+and the namespace goes, the tmpfs with it.
 
 Root only (mount). The test reaches the copy's files from outside through ``path``
 (``/proc/PID/root`` of the holder), and a host directory can be bound in (``share``) for
@@ -36,7 +37,12 @@ mount -t tmpfs -o mode=1777 tmpfs "$base/root/tmp"
 mkdir -p "$base/root$share"
 mount --bind "$share" "$base/root$share"
 echo ready
-exec sleep 100000
+# until the test closes our stdin (or dies): then nothing may go on running in the copy
+read -r _ || true
+for proc in /proc/[0-9]*; do
+    [ "$(readlink "$proc/root" 2>/dev/null)" = "$base/root" ] && kill -9 "${proc#/proc/}"
+done 2>/dev/null
+exit 0
 """
 
 #: The environment of a command in the copy: what an administrator's root shell has, no more
@@ -59,7 +65,7 @@ class OverlayRoot:
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", SETUP, "sh",
              str(base), str(share)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.holder.stdout.readline()
         if line.strip() != "ready":
             self.holder.wait(10)
@@ -111,8 +117,12 @@ class OverlayRoot:
                 except ProcessLookupError:
                     pass
             time.sleep(0.2)
-        self.holder.kill()
-        self.holder.wait(10)
+        self.holder.stdin.close()  # it kills what is left, then exits: the namespace goes
+        try:
+            self.holder.wait(10)
+        except subprocess.TimeoutExpired:
+            self.holder.kill()
+            self.holder.wait(10)
         self.holder.stdout.close()
         self.holder.stderr.close()
         try:
