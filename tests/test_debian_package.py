@@ -9,8 +9,10 @@ root (support/overlay.py): the same installed packages, the Perl original `hapol
 them when it is there (CI installs it), so apt upgrades over it as on a postmaster's server,
 and the same maintainer scripts, users and init script; but every change lands in a tmpfs
 that goes with the test. So this machine's /usr/sbin/hapolicy stays the Perl original all
-along, for the tests that compare against it while this one runs (the suite runs in four
-processes), and a test that dies half-way leaves nothing changed; the last test checks it.
+along, for the tests that compare against it while this one runs (on a developer's machine
+other suites may run beside it), and a test that dies half-way leaves nothing changed; the
+last test checks it. scripts/run-tests runs this module (marker debian_package) after the
+others, only so that its build, lintian and apt take no CPU from the tests that time things.
 
 In the copy: policy-rc.d is removed (as on a real server, the postinst runs the init script,
 which must not fail while /etc/hapolicy.conf has no service), /usr/sbin/hapolicy is ours and
@@ -66,6 +68,8 @@ DEBIAN_SOURCES = {f"debian/{name}" for name in (
     "hapolicy.postrm", "rules", "sbin", "source")}
 PAGES = {"hapolicy.8": "man8", "hapolicyctl.8": "man8", "hapolicy.conf.5": "man5"}
 SERVICE_LINE = re.compile(r"^\s*service\s*=", re.M)
+
+pytestmark = pytest.mark.debian_package
 
 
 @dataclass
