@@ -16,7 +16,7 @@ import sys
 import pytest
 from support.backends import FakeBackend
 from support.daemon import short_tmpdir
-from support.ports import free_port, HOST
+from support.ports import HOST, free_port
 from support.processes import alive, children, cmdline, wait_children, workers_of
 from support.protocol import PolicyClient, request
 from support.repo import REPO
