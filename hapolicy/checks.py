@@ -1,13 +1,15 @@
-"""Active health checks: the master asks each service a harmless request on a timer.
+"""Active health checks: the monitor asks each service a harmless request on a timer.
 
-Run by the master in its own event loop, with the workers' own backend connections. Each
+Run by the monitor (monitor.py) in its own event loop, with the workers' own backend
+connections, after it dropped to --user. Each
 service is checked every check-interval seconds while it is up and every check-down-interval seconds
 while it is down (also when a live request took it down: the next check is brought forward);
 a check waits at most min(TIMEOUT, check-timeout) for its answer. With checks on, they own the
-recovery (the checker says so in the table, which every worker reads): live requests never
+recovery (the master says so in the table, which every worker reads: `CheckerSet.replace`, so
+that a monitor that dies or is replaced never changes who owns it): live requests never
 probe a service that is down, and only check-rise consecutive answered checks bring it back. check-fall consecutive failed checks take
 an up service down (a failed live request takes it down at once: a live timeout is expensive).
-A local failure (the master out of descriptors) says nothing of the service and is not counted.
+A local failure (the monitor out of descriptors) says nothing of the service and is not counted.
 
 The request sent is check-request (default: an RCPT-stage request from
 hapolicy-check@localhost to postmaster@localhost at 127.0.0.1, which greylisting and rate-limit
@@ -51,15 +53,13 @@ class Checker:
         self.stopped = False
 
     def start(self) -> None:
-        checking = self.config.check_interval > 0
-        self.table.set_recovery(checking, time.monotonic())
-        if checking:
+        if self.config.check_interval > 0:
             for i in range(len(self.config.services)):
                 self.timers[i] = self.loop.call_later(0.0, lambda i=i: self.check(i))
             self.watch_timer = self.loop.call_later(self.config.check_down_interval, self.watch)
 
     def stop(self) -> None:
-        """Stop checking; the table's services go back to being probed by live requests."""
+        """Stop checking (who owns the table's recovery is the master's to say)."""
         if self.stopped:
             return
         self.stopped = True
@@ -67,7 +67,6 @@ class Checker:
             if timer is not None:
                 timer.cancel()
         self.backends.close()
-        self.table.set_recovery(False, time.monotonic())
 
     def watch(self) -> None:
         """Bring forward the next check of a service that a live request took down."""
@@ -131,45 +130,77 @@ class Checker:
         self.timers[i] = self.loop.call_later(wait, lambda: self.check(i))
 
 
-class CheckerSet:
-    """The checker of each pool's current health table, and those kept for tables still in use.
+class Checked:
+    """One table to check with one pool's configuration; its Checker once the monitor runs it."""
 
-    On a reload with new services (or without a pool), the workers that retire keep serving on
-    the old table until they exit; its checker keeps running for them (else their down services
-    would go back to live probes), and stops once no worker of its generation or an older one is
-    left."""
+    def __init__(self, config: Config, table: HealthTable) -> None:
+        self.config = config
+        self.table = table
+        self.checker: Checker | None = None
+
+    def stop(self) -> None:
+        if self.checker is not None:
+            self.checker.stop()
+            self.checker = None
+
+
+class CheckerSet:
+    """What is checked: each pool's current table, and the tables kept for workers still using
+    them.
+
+    The master keeps this plan (no Checker runs in it) and says in each current table whether
+    checks own its recovery; the monitor, forked with a copy, starts a Checker per entry
+    (`start`). On a reload with new services (or without a pool), the workers that retire keep
+    serving on the old table until they exit; its entry is kept for them (else their down
+    services would wait for a check that never comes), until no worker of its generation or an
+    older one is left (`stop_unused`: the master on its reaps, the monitor from the worker
+    table)."""
 
     def __init__(self) -> None:
-        self.current: dict[str, Checker] = {}  # by pool name
-        self.kept: list[tuple[int, Checker]] = []  # (last generation served, checker)
+        self.current: dict[str, Checked] = {}  # by pool name
+        self.kept: list[tuple[int, Checked]] = []  # (last generation served, entry)
 
-    def all(self) -> list[Checker]:
-        return [*self.current.values(), *(checker for _, checker in self.kept)]
+    def all(self) -> list[Checked]:
+        return [*self.current.values(), *(entry for _, entry in self.kept)]
 
-    def replace(self, pool: str, checker: Checker, keep_for: int | None) -> None:
-        """Start `checker` as the pool's current one. The old one is kept while workers of
-        generation `keep_for` or older live, or stopped now when `keep_for` is None."""
-        self.retire(pool, keep_for)
-        self.current[pool] = checker
-        checker.start()
+    @property
+    def checking(self) -> bool:
+        """Whether any table is checked at all (the monitor has this to do)."""
+        return any(entry.config.check_interval > 0 for entry in self.all())
+
+    def replace(self, config: Config, table: HealthTable, keep_for: int | None,
+                now: float) -> None:
+        """`table` is the pool's current table, checked with `config`. The old entry is kept
+        while workers of generation `keep_for` or older live, or dropped when it is None."""
+        self.retire(config.name, keep_for)
+        self.current[config.name] = Checked(config, table)
+        table.set_recovery(config.check_interval > 0, now)
 
     def retire(self, pool: str, keep_for: int | None) -> None:
-        """The pool's current checker is no longer current: kept for `keep_for`, or stopped."""
+        """The pool's current entry is no longer current: kept for `keep_for`, or dropped."""
         old = self.current.pop(pool, None)
-        if old is not None:
-            if keep_for is None:
-                old.stop()
-            else:
-                self.kept.append((keep_for, old))
+        if old is None:
+            return
+        if keep_for is not None:  # checked, and reached by the control commands
+            self.kept.append((keep_for, old))
+        else:
+            old.stop()
+
+    def start(self, loop: EventLoop, log: Logger) -> None:
+        """In the monitor: a Checker for every table checked."""
+        for entry in self.all():
+            if entry.config.check_interval > 0 and entry.checker is None:
+                entry.checker = Checker(loop, entry.config, entry.table, log)
+                entry.checker.start()
 
     def stop_unused(self, generations: set[int]) -> None:
-        """Stop the kept checkers that no live worker's generation needs any more."""
-        for entry in list(self.kept):
-            generation, checker = entry
+        """Drop (and stop) the kept entries that no live worker's generation needs any more."""
+        for item in list(self.kept):
+            generation, entry = item
             if not any(g <= generation for g in generations):
-                checker.stop()
-                self.kept.remove(entry)
+                entry.stop()
+                self.kept.remove(item)
 
     def stop_all(self) -> None:
-        for checker in self.all():
-            checker.stop()
+        for entry in self.all():
+            entry.stop()

@@ -1,20 +1,30 @@
-"""The control socket's commands (control.py), answered from the master's shared tables.
+"""The control socket's commands (control.py), answered from the shared tables by the monitor.
 
-The commands are declared once, in COMMANDS (usage, what it does): `help`'s answer (HELP), the
-list below and hapolicyctl(8) (manpage.py) are made from it.
+COMMANDS lists them, with what each does: `help` prints that list, and the man page and the
+README are made from it. state is the service's health (up or down); admin is its admin state,
+`enabled`, `drain` or `disabled`, and weight its effective weight (the operator's, else the
+configured one). The three are kept in the service's slot of the pool's health table
+(health.py), so every worker obeys them at once, a reload keeps them for a service that stays
+(same name and address; a reload that changes the configured weight resets the operator's)
+and the master saves them in --state-file so that a restart keeps them too (adminstate.py). A
+daemon without pool sections has one pool, `default`. Each answer ends in a newline; an error
+is one line that starts with `error:`.
 
-state is the service's health (up or down); admin is `enabled` or `disabled`, kept in the
-service's slot of the pool's health table (health.py), so every worker sees it at once and a
-reload keeps it for a service that stays (same name and address). A daemon without pool
-sections has one pool, `default`. Each answer ends in a newline; an error is one line that
-starts with `error:`.
-
-Commands:
+p50_ms and p99_ms are the median and 99th percentile of a service's good answers' latency in
+milliseconds, from its histogram of fixed buckets (stats.py; interpolated inside the bucket;
+`-` in status and empty in csv without answers, `>10000` and `inf` above the last bucket);
+last_change is the seconds since it last went down or came back (or since its table was made:
+the start, or the reload that added it), shown as `4m05s` by status; down_s is the seconds it
+has been down in all (checks and live failures alike; not the time it was disabled while up).
+state is up, or down from a failure until it answered again (a check, or without checks a
+probe after its cool-down).
 """
 
 from __future__ import annotations
 
 import time
+
+from .health import DISABLED, DRAINING, ENABLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,27 +35,37 @@ if TYPE_CHECKING:
     from .log import Logger
     from .workertable import WorkerTable
 
-COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures")
-#: Every command: its usage and what it does (the man page's text). `answer` dispatches them.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("status", "a table, one line per service: pool, service, address, state (up or down: its "
-     "health), admin (enabled or disabled), weight, answers, failures"),
-    ("csv", "the same as `# pool,service,address,state,admin,weight,answers,failures` and one "
-     "row per service (HAProxy `show stat` style; new columns are only ever appended)"),
-    ("disable POOL/SERVICE", "take a service out: no worker sends it a new request from now on "
-     "(requests already on their way finish); it is not checked while disabled; a HUP keeps it "
-     "disabled if it keeps its name and address"),
-    ("enable POOL/SERVICE", "give it back"),
+MAX_WEIGHT = 10000  # of the weight command; a configured weight has no bound
+COMMANDS = (
+    ("status", "a table, one line per service: the columns of csv but down_s"),
+    ("csv", ("`# pool,service,address,state,admin,weight,answers,failures,p50_ms,p99_ms,"
+             "last_change,down_s`, then one row per service (HAProxy `show stat` style; new "
+             "columns are only ever appended)")),
+    ("disable POOL/SERVICE", ("take a service out: no worker sends it a request from now on, "
+                             "and the checks leave it alone")),
+    ("drain POOL/SERVICE", ("no new transaction and no hash key goes to the service; the "
+                           "transactions sticky to it finish there (asked by others only when "
+                           "no other service is up)")),
+    ("enable POOL/SERVICE", "give a disabled or drained service back"),
+    ("weight POOL/SERVICE N", (f"set its weight to N (1..{MAX_WEIGHT}) in every worker at once; "
+                              "`weight POOL/SERVICE reset` gives back the configured one")),
     ("workers", "pid, requests served (as of its last heartbeat) and clients of each worker"),
-    ("help", "the commands"),
+    ("help", "this list"),
 )
-HELP = "commands: " + ", ".join(usage for usage, _ in COMMANDS) + "\n"
-__doc__ = (__doc__ or "") + "".join(f"    {usage:22} {text}\n" for usage, text in COMMANDS)
+COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
+           "p50_ms", "p99_ms", "last_change", "down_s")
+STATUS_COLUMNS = COLUMNS[:-1]
+HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
+ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
+Target = tuple  # (HealthTable, index of the service in it)
 
 
-def rows(config: Config, health: Mapping[str, HealthTable], now: float) -> list[list[str]]:
-    """One row of COLUMNS per service of every pool."""
+def rows(config: Config, health: Mapping[str, HealthTable], now: float,
+         wall: float) -> list[list[str]]:
+    """One row of COLUMNS per service of every pool (raw values, as csv gives them); now is
+    the monotonic time, wall the time of day."""
     from .health import F
+    from .stats import S, buckets, down_seconds, is_up, quantile, word
 
     out = []
     for pool in config.pools:
@@ -53,12 +73,44 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float) -> list[
         if table is None:
             continue
         for i, service in enumerate(pool.services):
+            latency = buckets(table, i)
             out.append([pool.name, service.name, service.address,
-                        "down" if table.is_down(i, now) else "up",
-                        "disabled" if table.disabled(i) else "enabled", str(service.weight),
+                        "up" if is_up(table, i) else "down", table.admin(i),
+                        str(table.weight(i, service.weight)),
                         str(table.service_counter(i, F.ANSWERS)),
-                        str(table.service_counter(i, F.FAILURES))])
+                        str(table.service_counter(i, F.FAILURES)),
+                        milliseconds(quantile(latency, 0.5)),
+                        milliseconds(quantile(latency, 0.99)),
+                        str(max(0, int(wall - word(table, i, S.LAST_CHANGE)))),
+                        str(int(down_seconds(table, i, now)))])
     return out
+
+
+def milliseconds(seconds: float | None) -> str:
+    """A latency in ms with three significant digits at most; '' for none, 'inf'."""
+    if seconds is None:
+        return ""
+    if seconds == float("inf"):
+        return "inf"
+    ms = seconds * 1000.0
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
+def status_row(row: list[str]) -> list[str]:
+    """A csv row as status shows it: no down_s, `-` and `>10000` latencies, ages as 4m05s."""
+    latencies = ["-" if v == "" else ">10000" if v == "inf" else v for v in row[8:10]]
+    return [*row[:8], *latencies, age(int(row[10]))]
+
+
+def age(seconds: int) -> str:
+    """`12s`, `4m05s`, `3h02m`, `2d03h`."""
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def aligned(header: Sequence[str], body: list[list[str]]) -> str:
@@ -69,50 +121,94 @@ def aligned(header: Sequence[str], body: list[list[str]]) -> str:
                    for line in lines)
 
 
-def set_admin(config: Config, health: Mapping[str, HealthTable], name: str, disabled: bool,
-              log: Logger) -> str:
+def find(config: Config, health: Mapping[str, HealthTable], name: str,
+         kept: Sequence[tuple[Config, HealthTable]] = ()) -> tuple[list[Target], int, str]:
+    """Where POOL/SERVICE is: (table, index) in the pool's table and in each older table of the
+    pool that retiring workers still use (the same name and address), and its configured
+    weight; or an error line."""
     pool_name, slash, service_name = name.partition("/")
     if not slash or not pool_name or not service_name:
-        return f"error: {name!r} is not POOL/SERVICE\n"
+        return [], 0, f"error: {name[:80]!r} is not POOL/SERVICE\n"
     pool = next((p for p in config.pools if p.name == pool_name), None)
     if pool is None or pool.name not in health:
-        return f"error: no pool {pool_name!r}\n"
+        return [], 0, f"error: no pool {pool_name[:80]!r}\n"
     found = [i for i, s in enumerate(pool.services) if s.name == service_name]
     if not found:
-        return f"error: no service {service_name!r} in pool {pool_name!r}\n"
-    word = "disabled" if disabled else "enabled"
-    for i in found:
-        health[pool.name].set_disabled(i, disabled)
+        return [], 0, f"error: no service {service_name[:80]!r} in pool {pool_name!r}\n"
+    targets = [(health[pool.name], i) for i in found]
+    addresses = {pool.services[i].address for i in found}
+    for old, table in kept:
+        if old.name == pool.name and table is not health[pool.name]:
+            targets += [(table, i) for i, s in enumerate(old.services)
+                        if s.name == service_name and s.address in addresses]
+    return targets, pool.services[found[0]].weight, ""
+
+
+def set_admin(config: Config, health: Mapping[str, HealthTable], name: str, state: str,
+              log: Logger, kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+    targets, _, error = find(config, health, name, kept)
+    if error:
+        return error
+    for table, i in targets:
+        table.set_admin(i, state)
+    word = {DISABLED: "disabled", DRAINING: "draining", ENABLED: "enabled"}[state]
     log.notice(f"control: service {name} {word}")
     return f"ok: {name} {word}\n"
 
 
-def workers_answer(workers: Mapping[int, object], table: WorkerTable) -> str:
-    body = [[str(pid), str(table.requests(w.slot)), str(table.clients(w.slot))]
-            for pid, w in sorted(workers.items())]
+def set_weight(config: Config, health: Mapping[str, HealthTable], name: str, text: str,
+               log: Logger, kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+    targets, configured, error = find(config, health, name, kept)
+    if error:
+        return error
+    if text.lower() == "reset":
+        weight = 0
+    elif text.isdigit() and 1 <= int(text) <= MAX_WEIGHT:
+        weight = int(text)
+    else:
+        return f"error: weight {text[:40]!r}: expected 1..{MAX_WEIGHT} or reset\n"
+    for table, i in targets:
+        table.set_weight(i, weight)
+    log.notice(f"control: service {name} weight {weight or configured}"
+               + (" (configured)" if not weight else ""))
+    return f"ok: {name} weight {weight or configured}\n"
+
+
+def workers_answer(workers: Mapping[int, int], table: WorkerTable) -> str:
+    """`workers` is pid: slot in the worker table (WorkerTable.workers())."""
+    body = [[str(pid), str(table.requests(slot)), str(table.clients(slot))]
+            for pid, slot in sorted(workers.items())]
     return aligned(("pid", "requests", "clients"), body)
 
 
 def answer(line: str, config: Config, health: Mapping[str, HealthTable],
-           workers: Mapping[int, object], table: WorkerTable, log: Logger) -> str:
-    """The answer of one command line."""
+           workers: Mapping[int, int], table: WorkerTable, log: Logger,
+           kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+    """The answer of one command line. kept: (pool config, table) of the older tables that
+    retiring workers still use (a reload gave their pools new ones): disable, drain and
+    weight reach them too, so that every worker obeys at once."""
     words = line.split()
     if not words:
-        return "error: empty command; " + HELP
+        return "error: empty command; try help\n"
     command, args = words[0].lower(), words[1:]
-    if command in ("disable", "enable"):
+    if command in ADMIN_COMMANDS:
         if len(args) != 1:
             return f"error: usage: {command} POOL/SERVICE\n"
-        return set_admin(config, health, args[0], command == "disable", log)
+        return set_admin(config, health, args[0], ADMIN_COMMANDS[command], log, kept)
+    if command == "weight":
+        if len(args) != 2:
+            return "error: usage: weight POOL/SERVICE N\n"
+        return set_weight(config, health, args[0], args[1], log, kept)
     if args:
         return f"error: {command} takes no arguments\n"
     if command == "status":
-        return aligned(COLUMNS, rows(config, health, time.monotonic()))
+        return aligned(STATUS_COLUMNS, [status_row(row) for row in
+                                        rows(config, health, time.monotonic(), time.time())])
     if command == "csv":
         return "# " + ",".join(COLUMNS) + "\n" + "".join(
-            ",".join(row) + "\n" for row in rows(config, health, time.monotonic()))
+            ",".join(row) + "\n" for row in rows(config, health, time.monotonic(), time.time()))
     if command == "workers":
         return workers_answer(workers, table)
     if command == "help":
         return HELP
-    return f"error: unknown command {command[:40]!r}; " + HELP
+    return f"error: unknown command {command[:40]!r}; try help\n"

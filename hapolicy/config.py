@@ -155,6 +155,18 @@ def parse_listen(text: str) -> str:
     return " ".join(addresses)
 
 
+def parse_metrics_listen(text: str) -> str:
+    """--metrics-listen: one `HOST:PORT` or `[IPv6]:PORT` ('' for none)."""
+    text = text.strip()
+    if not text:
+        return ""
+    if text.startswith("unix:") or len(text.replace(",", " ").split()) > 1:
+        raise ConfigError(f"metrics listen address {text!r}: expected one HOST:PORT or "
+                          "[IPv6]:PORT")
+    split_listen(text)
+    return text
+
+
 def split_listen(text: str) -> tuple[str, int, str]:
     """(host, port, path) of a listen address."""
     if text.startswith("unix:"):
@@ -286,6 +298,7 @@ class Config:
     pidfile: str = ""
     control: str = ""  # the master's control socket (control.py); "" none
     control_group: str = ""  # a group let in to the control socket too
+    metrics_listen: str = ""  # the monitor serves GET /metrics here (metrics.py); "" none
     daemonize: bool = False
     user: str = ""
     group: str = ""

@@ -14,6 +14,7 @@ one taken down by another process (or by a check) is noticed within SWEEP_SECOND
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 
 from .backend import Backends, Connection
 from .config import Config
@@ -22,6 +23,7 @@ from .hashkey import key_function
 from .health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
+    DEFAULT_REFUSED,
     DEFAULT_TIMEOUT,
     REQUESTS,
     SLOT,
@@ -34,8 +36,12 @@ from .log import Logger
 from .outcome import ANSWERED, FAIL_ANSWER, LOCAL
 from .protocol import Request, format_action
 from .selection import Selector
+from .stats import BOUNDS, STATS, S, action_offset
 
-ANSWERS = F.ANSWERS  # a module global: read on every answered request
+# module globals: read on every answered request
+ANSWERS = F.ANSWERS
+LATENCY_SUM = S.LATENCY_SUM
+BUCKETS = S.BUCKETS
 
 # typing is imported for the type checker only: it costs a spawned process 3 ms of its start
 TYPE_CHECKING = False
@@ -85,6 +91,8 @@ class Dispatcher:
         self.counts = table.f
         self.requests_word = table.header + REQUESTS
         self.default_word = table.header  # + DEFAULT_*
+        self.stats = [table.stats + i * STATS for i in range(len(config.services))]
+        self.actions: dict[bytes, int] = {}  # an action's first bytes: its S.ACTIONS + k
         self.max_use = 0  # on_max_use is called at the max_use-th request (0: never)
         self.on_max_use: Callable[[], None] = _nothing
         self.waiting: list[set[Job]] = [set() for _ in config.services]  # by service
@@ -106,6 +114,8 @@ class Dispatcher:
         if self.requests == self.max_use:
             self.on_max_use()
         if request.error:
+            self.counts[self.requests_word] += 1.0
+            self.counts[self.default_word + DEFAULT_REFUSED] += 1.0
             self.log.warning(f"request refused: {request.error}, "
                              f"answering action={self.config.default_action}")
             client.deliver(self.default_answer)
@@ -235,13 +245,24 @@ class Job:
     def on_exchange_done(self, action: bytes, outcome: int, reason: str) -> None:
         d = self.d
         index = self.current
+        conn = self.exchange
         self.exchange = None
         d.waiting[index].discard(self)
         if outcome == ANSWERED and d.fail_answer is not None and d.fail_answer(action[7:]):
             outcome = FAIL_ANSWER
             reason = "answer matched fail-answer: " + action[7:].decode("utf-8", "replace")
         if outcome == ANSWERED:
-            d.counts[index * SLOT + ANSWERS] += 1.0
+            counts = d.counts
+            counts[index * SLOT + ANSWERS] += 1.0
+            # the statistics (stats.py): latency histogram and sum, answers by action word
+            base = d.stats[index]
+            elapsed = time.monotonic() - conn.started
+            counts[base + LATENCY_SUM] += elapsed
+            counts[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
+            offset = d.actions.get(action[7:23])
+            if offset is None:
+                offset = action_offset(d.actions, action)
+            counts[base + offset] += 1.0
             d.health.ok(index)
             if self.instance:
                 self.client.instance = self.instance

@@ -19,15 +19,23 @@ reset: cheap to try again) gives the base cool-down again. When active checks ru
 recovery: a service is down until a check brings it back (`down_until` is infinite), so no live
 request ever probes it.
 
-The operator's admin state (control.py) is word ADMIN of the slot: inf when disabled, added to
-DOWN_UNTIL by `state`, so a disabled service reads as DOWN (never as due for a probe) at the
-cost of one more read; the checks skip it, and its health is kept as it was.
+The operator's admin state (control.py) is one of enabled, drain and disabled. Disabled is word
+ADMIN of the slot: inf, added to DOWN_UNTIL by `state`, so a disabled service reads as DOWN
+(never as due for a probe) at the cost of one more read; the checks skip it, and its health is
+kept as it was. Drain is word DRAIN: the service stays up (checked, probed, asked by the
+transactions sticky to it) but selection gives it no new transaction and no hash key while
+another service can answer. Word WEIGHT is the operator's weight, 0.0 for the configured one.
+A reload keeps all three for a service that stays (same name and address), except the weight
+when the reload changed the configured one: the new configuration wins.
 
 Counters (float64, exact up to 2**53): per service ANSWERS and FAILURES in its slot, per pool
 REQUESTS and the default answers by reason in the table's own slot. Workers add to them in
 place (`f[word] += 1.0`, no call on the request path); the master reads them for its summary
-line (summary.py). Once every request in flight is answered, REQUESTS equals the sum of
-ANSWERS plus the default answers.
+line (summary.py), the control socket and /metrics. Once every request in flight is answered,
+REQUESTS equals the sum of ANSWERS plus the default answers. The finer statistics (failures by
+outcome, answers by action, latency, time of the last change, time down) are in a region of
+their own after the pool's slot, one STATS-word slot per service (stats.py), and after them one
+word per worker slot: its requests in flight for the pool (`workers` words; 0 in spawn mode).
 
 `Health` is the one path through which a process changes a service's state: `ok` and `failed`
 for live requests, `mark_up` and `mark_down` for the checks. It logs each change once.
@@ -41,10 +49,11 @@ import os
 import time
 
 from .outcome import counts_against_service, doubles_pause
+from .stats import STATS, S
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from .config import Config, Service
     from .log import Logger
@@ -61,44 +70,58 @@ class F:
     ANSWERS = 5  # counter: good answers of live requests
     FAILURES = 6  # counter: live requests' failures that count against the service
     ADMIN = 7  # 0.0 enabled; inf: disabled by the operator (control.py): reads as DOWN
-    # (the slot keeps 8 words, one 64-byte cache line per service)
+    DRAIN = 8  # 1.0: drained by the operator: no new transaction, no hash key goes there
+    WEIGHT = 9  # the operator's weight (control.py); 0.0: the configured one
 
 
-SLOT = 8
+SLOT = 16  # words per service: two 64-byte cache lines, the first one read on every pick
 UP, DOWN, PROBE_DUE = 0, 1, 2
+ENABLED, DRAINING, DISABLED = "enabled", "drain", "disabled"
+ADMIN_STATES = (ENABLED, DRAINING, DISABLED)
 # words of the table's own slot, after the services'
 CHECKED = 0  # 1.0 while checks own it
 REQUESTS = 1  # counter: requests the pool's dispatchers sent on their way (a Job each)
 DEFAULT_FAILED = 2  # counters of default answers, by reason: all services failed,
 DEFAULT_DOWN = 3  # all services down,
-DEFAULT_TIMEOUT = 4  # total timeout reached
-POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT)
+DEFAULT_TIMEOUT = 4  # total timeout reached,
+DEFAULT_REFUSED = 5  # the request refused unread (too large, a line without `=`)
+POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED)
 
 
-def table_bytes(count: int) -> int:
-    """The size of the table of count services: their slots and the table's own."""
-    return (count + 1) * SLOT * 8
+def table_bytes(count: int, workers: int = 0) -> int:
+    """The size of the table of count services: their slots, the table's own, their statistics
+    slots and a word per worker slot."""
+    return ((count + 1) * SLOT + count * STATS + workers) * 8
 
 
 class HealthTable:
     """The shared table; `shared=False` makes a private one (spawn mode without its file,
     tests). `mapping` gives the memory instead, from `offset` on: a file mapped shared by the
-    processes of spawn mode (statefile.py); the table owns it and closes it."""
+    processes of spawn mode (statefile.py); the table owns it and closes it. `workers`: the
+    worker slots that say their requests in flight (the daemon's worker table's slots)."""
 
     def __init__(self, count: int, shared: bool = True, mapping: mmap.mmap | None = None,
-                 offset: int = 0, probe_lock: int = -1) -> None:
+                 offset: int = 0, probe_lock: int = -1, workers: int = 0) -> None:
         self.count = count
+        self.workers = workers
         # a descriptor of the state file: its record locks make claiming a probe exclusive
         # among spawned processes, which start in bursts (many ask at once); -1: no lock
         self.probe_lock = probe_lock
         self.header = count * SLOT  # the table's own words, after the services' slots
-        size = table_bytes(count)
+        self.stats = (count + 1) * SLOT  # the statistics slots (stats.py)
+        self.in_flight = self.stats + count * STATS  # a word per worker slot
+        size = table_bytes(count, workers)
+        fresh = mapping is None
         if mapping is None:
             flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
             mapping = mmap.mmap(-1, size, flags=flags | mmap.MAP_ANONYMOUS)
         self._map = mapping
         self._bytes = memoryview(mapping)
         self.f = self._bytes[offset:offset + size].cast("d")
+        if fresh:  # the last change of a service never changed: when its table was made
+            wall = time.time()
+            for i in range(count):
+                self.f[self.stats + i * STATS + S.LAST_CHANGE] = wall
 
     def state(self, i: int, now: float) -> int:
         f = self.f
@@ -137,8 +160,9 @@ class HealthTable:
         finally:
             fcntl.lockf(self.probe_lock, fcntl.LOCK_UN, 1, i)
 
-    def record_success(self, i: int) -> bool:
-        """Count a good answer; True when this brought the service back up."""
+    def record_success(self, i: int, now: float = 0.0) -> bool:
+        """Count a good answer; True when this brought the service back up (at monotonic time
+        now, the clock's if 0: the time it was down is added to its total)."""
         f = self.f
         base = i * SLOT
         if f[base] == 0.0:
@@ -146,6 +170,9 @@ class HealthTable:
         f[base + F.STREAK] = 0.0
         f[base] = 0.0
         f[base + F.PROBE_UNTIL] = 0.0
+        stats = self.stats + i * STATS
+        f[stats + S.DOWN_TOTAL] += max(0.0, (now or time.monotonic()) - f[base + F.DOWN_SINCE])
+        f[stats + S.LAST_CHANGE] = time.time()
         return True
 
     def record_failure(self, i: int, now: float, cooldown: float, cap: float,
@@ -170,6 +197,7 @@ class HealthTable:
             pause = cooldown
         if was_up:  # first: a worker that sees it down must not read an old DOWN_SINCE
             f[base + F.DOWN_SINCE] = now
+            f[self.stats + i * STATS + S.LAST_CHANGE] = time.time()
         f[base] = now + pause
         f[base + F.PROBE_UNTIL] = 0.0
         return was_up, pause
@@ -207,14 +235,29 @@ class HealthTable:
         """Whether the operator took service i out (its admin state)."""
         return self.f[i * SLOT + F.ADMIN] != 0.0
 
-    def set_disabled(self, i: int, disabled: bool) -> None:
-        """Take service i out of every worker's choice at once, or give it back."""
-        self.f[i * SLOT + F.ADMIN] = math.inf if disabled else 0.0
+    def draining(self, i: int) -> bool:
+        """Whether the operator drains service i."""
+        return self.f[i * SLOT + F.DRAIN] != 0.0
 
-    def is_down(self, i: int, now: float) -> bool:
-        """Whether service i is down by its health, whatever its admin state."""
-        down_until = self.f[i * SLOT]
-        return down_until != 0.0 and (now < down_until or now < self.f[i * SLOT + F.PROBE_UNTIL])
+    def admin(self, i: int) -> str:
+        """Service i's admin state: one of ADMIN_STATES."""
+        if self.disabled(i):
+            return DISABLED
+        return DRAINING if self.draining(i) else ENABLED
+
+    def set_admin(self, i: int, state: str) -> None:
+        """Set service i's admin state for every worker at once (one of ADMIN_STATES)."""
+        base = i * SLOT
+        self.f[base + F.DRAIN] = 1.0 if state == DRAINING else 0.0
+        self.f[base + F.ADMIN] = math.inf if state == DISABLED else 0.0
+
+    def weight(self, i: int, configured: int) -> int:
+        """Service i's effective weight: the operator's, else the configured one."""
+        return int(self.f[i * SLOT + F.WEIGHT]) or configured
+
+    def set_weight(self, i: int, weight: int) -> None:
+        """The operator's weight of service i (0: back to the configured one)."""
+        self.f[i * SLOT + F.WEIGHT] = float(weight)
 
     def served(self, i: int) -> float:
         return self.f[i * SLOT + F.SERVED]
@@ -226,8 +269,11 @@ class HealthTable:
         self.f[i * SLOT + F.SERVED] = value
 
     def copy_slot(self, i: int, other: HealthTable, j: int) -> None:
-        """Take over service j's state from another table as service i's (on reload)."""
+        """Take over service j's state and statistics from another table as service i's (on
+        reload)."""
         self.f[i * SLOT:(i + 1) * SLOT] = other.f[j * SLOT:(j + 1) * SLOT]
+        mine, theirs = self.stats + i * STATS, other.stats + j * STATS
+        self.f[mine:mine + STATS] = other.f[theirs:theirs + STATS]
 
     def copy_counters(self, other: HealthTable) -> None:
         """Take over the pool's counters from another table of the same pool (on reload)."""
@@ -241,6 +287,15 @@ class HealthTable:
     def service_counter(self, i: int, field: int) -> int:
         """One of service i's counters (F.ANSWERS, F.FAILURES)."""
         return int(self.f[i * SLOT + field])
+
+    def set_in_flight(self, slot: int, count: int) -> None:
+        """The requests the worker in slot has in flight for this pool (its housekeeping)."""
+        if slot < self.workers:
+            self.f[self.in_flight + slot] = count
+
+    def requests_in_flight(self, slots: Iterable[int]) -> int:
+        """The requests in flight of the workers in these slots, as of their last pass."""
+        return sum(int(self.f[self.in_flight + s]) for s in slots if s < self.workers)
 
     def rejoin(self, i: int, peers: list[int]) -> None:
         """A service came back: start its clock level with its peers', not far behind them."""
@@ -268,13 +323,15 @@ def carry_over(old: HealthTable, before: Sequence[Service],
                after: Sequence[Service]) -> HealthTable:
     """A new table for a reload's services: one that stays (same name and address) keeps what
     is known of it and its counters; a new one starts up. The pool keeps its counters."""
-    table = HealthTable(len(after))
+    table = HealthTable(len(after), workers=old.workers)
     table.copy_counters(old)
     index = {(s.name, s.address): i for i, s in enumerate(before)}
     for i, service in enumerate(after):
         j = index.get((service.name, service.address))
         if j is not None:
             table.copy_slot(i, old, j)
+            if before[j].weight != service.weight:
+                table.set_weight(i, 0)
     return table
 
 
@@ -307,7 +364,9 @@ class Health:
         """A live request failed on service i; True when that took it down just now."""
         if not counts_against_service(outcome):
             return False
-        self.table.f[i * SLOT + F.FAILURES] += 1.0
+        f = self.table.f
+        f[i * SLOT + F.FAILURES] += 1.0
+        f[self.table.stats + i * STATS + S.FAILURES + outcome] += 1.0
         return self.mark_down(i, outcome, detail, now)
 
     def mark_up(self, i: int, why: str = "") -> None:

@@ -287,12 +287,14 @@ def hapolicy_8() -> str:
         para("Put `listen` and the services in /etc/hapolicy.conf and start it with the "
              "init script or systemd; nothing goes in master.cf. main.cf:"),
         example(DAEMON_MAIN_CF),
-        para("The master keeps root (to bind, reload and clean up); the workers run as "
-             "`--user` and `--group` (the package's init script and unit give `hapolicy`). "
-             "The master checks every service every `--check-interval` seconds; with checks "
-             "on, only `--check-rise` answered checks in a row bring a service back. `ps` "
-             "shows `hapolicy: master` and `hapolicy: worker requests=N clients=N`. "
-             "With `--control PATH` the master answers hapolicyctl(8)."),
+        para("The master keeps root (to bind, reload and clean up) and talks to no network; "
+             "the workers and the monitor run as `--user` and `--group` (the package's init "
+             "script and unit give `hapolicy`). The monitor checks every service every "
+             "`--check-interval` seconds; with checks on, only `--check-rise` answered checks "
+             "in a row bring a service back. It also answers hapolicyctl(8) on `--control "
+             "PATH` and serves Prometheus metrics on `--metrics-listen HOST:PORT`. `ps` shows "
+             "`hapolicy: master`, `hapolicy: monitor` and `hapolicy: worker requests=N "
+             "clients=N`."),
         section("SIGNALS"),
         table(SIGNALS),
         section("LOGGING"),

@@ -1,12 +1,14 @@
 """The daemon's master: bind, prefork, reap, respawn, recycle, reload on HUP, drain on TERM.
 
 Modelled on gunicorn's arbiter and Postfix's master. The master binds the listening sockets of
-every pool and makes the shared tables (a health table per pool) before it forks; it stays
-root (workers drop privileges after fork), so that it can remove its pidfile and unix sockets
-at exit. Signal handlers only queue the signal
+every pool (and the control socket) and makes the shared tables (a health table per pool)
+before it forks; it stays root (its children drop privileges after fork: `fork_child`), so that
+a reload can bind new addresses and read a root-only config, and it can remove its pidfile and
+unix sockets at exit. It talks to no network itself: the checks and the control socket are
+the monitor's (monitor.py), which it supervises as a worker. Signal handlers only queue the signal
 and wake the loop through `signal.set_wakeup_fd`; the master forks with those signals blocked,
 and the worker unblocks them once its own handlers are in place. Process operations and the
-clock go through `ProcessOps`, a thin seam that the unit tests replace.
+clock go through `ProcessOps` (children.py), a thin seam that the unit tests replace.
 
 Each worker has a socketpair to the master (as Postfix's status pipe): it says READY once it
 accepts and RETIRING at max-use; when the master dies, the end of file tells it. A worker that
@@ -24,56 +26,28 @@ import socket
 import time
 from typing import Callable
 
-from .checks import Checker, CheckerSet
-from .commands import answer
+from .adminstate import AdminFile
+from .checks import CheckerSet
+from .children import ProcessOps, WorkerProcess, fork_child
 from .config import Config
-from .control import start_control
+from .control import bind_control
 from .daemon import drop_privileges, preload_lazy_modules, read_pid, unlink
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .listener import Listeners
 from .log import Logger
+from .metrics import preload as preload_metrics
+from .monitor import MonitorKeeper, Served
 from .notify import Notifier, ServiceNotes
 from .reload import Reloading, describe_pools
 from .summary import Summary
 from .throttle import BootThrottle, exit_code, failed_by_itself
-from .worker import MSG_READY, MSG_RETIRING, WORKER_SIGNALS, Worker, set_title
-from .workertable import WorkerTable
+from .worker import MSG_READY, MSG_RETIRING, Worker, set_title
+from .workertable import WATCHDOG_SECONDS, WorkerTable
 
 TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones
-WATCHDOG_SECONDS = 60.0  # a worker whose loop has not turned this long is killed
 KILL_GRACE = 5.0
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
-
-
-class ProcessOps:
-    """fork, waitpid, kill and the clock: the seam between the master's logic and the OS."""
-
-    fork = staticmethod(os.fork)
-    kill = staticmethod(os.kill)
-    now = staticmethod(time.monotonic)
-
-    @staticmethod
-    def reap() -> tuple[int, int]:
-        """(pid, status) of one exited child, or (0, 0)."""
-        try:
-            return os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return 0, 0
-
-
-class WorkerProcess:
-    """The master's record of one worker."""
-
-    def __init__(self, pid: int, slot: int, generation: int, sock: socket.socket,
-                 started: float) -> None:
-        self.pid = pid
-        self.slot = slot
-        self.generation = generation
-        self.sock = sock  # the master's end of the socketpair
-        self.started = started
-        self.ready = False  # it said READY: it accepts, its boot is over
-        self.retiring = False
 
 
 class Master(Reloading):
@@ -99,6 +73,9 @@ class Master(Reloading):
         except OSError:
             self.start_dir = "/"
         self.checks = CheckerSet()
+        self.admin_file: AdminFile | None = None  # the daemon's --state-file
+        self.served = Served()
+        self.monitor = MonitorKeeper(self)
         self.notes = ServiceNotes(Notifier("", 0, None))  # systemd's, from start()
         self.summary = Summary(config.summary_interval, self.ops.now())
 
@@ -108,6 +85,8 @@ class Master(Reloading):
         self.pid = os.getpid()
         set_title("hapolicy: master")
         preload_lazy_modules()
+        if self.served.metrics is not None:
+            preload_metrics()
         self.setup()
         self.notes = ServiceNotes(Notifier.from_environ(self.log))
         self.notes.start(self)
@@ -119,22 +98,22 @@ class Master(Reloading):
                         f"{self.fd_limit} file descriptors per process")
 
     def setup(self) -> None:
-        """The shared tables, the event loop and its wake-up pipe, the health checks."""
+        """The shared tables, the event loop and its wake-up pipe, what the monitor serves."""
         self.table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
-        self.health = {p.name: HealthTable(len(p.services)) for p in self.config.pools}
+        self.health = {p.name: HealthTable(len(p.services), workers=self.table.slots)
+                       for p in self.config.pools}
+        if self.config.state_file not in ("", "none"):
+            self.admin_file = AdminFile(self.config.state_file, self.log)
+            self.admin_file.restore(self.config, self.health)
         self.loop = EventLoop()
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.loop.add(self.wake_r, EVENT_READ, self._drain_wake)
         for pool in self.config.pools:
-            self.checks.replace(pool.name, Checker(self.loop, pool, self.health[pool.name],
-                                                   self.log), None)
+            self.checks.replace(pool, self.health[pool.name], None, time.monotonic())
         if self.config.control:
-            self.control = start_control(self.loop, self.config, self._command, self.log)
-
-    def _command(self, line: str) -> str:
-        return answer(line, self.config, self.health, self.workers, self.table, self.log)
+            self.served.control = bind_control(self.config)
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -159,6 +138,7 @@ class Master(Reloading):
         self.reap()
         if self.stopping:
             if not self.workers:
+                self.monitor.stop()  # it checked for the draining workers until now
                 return False
             if self.ops.now() >= self.stop_deadline:
                 self.log.warning(f"{len(self.workers)} workers still alive: killing them")
@@ -168,6 +148,8 @@ class Master(Reloading):
             self.watchdog()
             self.maintain()
             self.notes.update(self)
+            if self.admin_file is not None:
+                self.admin_file.save_if_changed(self.config, self.health)
             self.summary.tick(self.config, self.health, self.log, self.ops.now(),
                               time.monotonic())
         return True
@@ -175,7 +157,7 @@ class Master(Reloading):
     def wait_time(self) -> float:
         wait = 1.0
         if not self.stopping:
-            until = self.throttle.next_start - self.ops.now()
+            until = min(self.throttle.next_start, self.monitor.throttle.next_start) - self.ops.now()
             if until > 0:
                 wait = min(wait, until + 0.01)
             wait = min(wait, self.summary.wait(self.ops.now()) + 0.001)
@@ -201,7 +183,7 @@ class Master(Reloading):
         self.stopping = how
         self.notes.stopping()
         if how == "now":  # a draining worker still needs the checks to bring services back
-            self.checks.stop_all()
+            self.monitor.stop()
         self.listeners.close()
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.kill_all(sig)
@@ -223,6 +205,8 @@ class Master(Reloading):
             pid, status = self.ops.reap()
             if not pid:
                 return
+            if self.monitor.reaped(pid, status, self.ops.now()):
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -255,8 +239,9 @@ class Master(Reloading):
         self.table.clear(worker.slot)
 
     def watchdog(self) -> None:
-        """Kill a worker whose loop is stuck; reap() replaces it."""
+        """Kill a worker (or the monitor) whose loop is stuck; reap() replaces it."""
         now = self.ops.now()
+        self.monitor.watchdog(now)
         for worker in self.workers.values():
             beat = self.table.last_beat(worker.slot)
             if worker.ready and beat and now - beat > WATCHDOG_SECONDS:
@@ -267,6 +252,7 @@ class Master(Reloading):
 
     def maintain(self) -> None:
         now = self.ops.now()
+        self.monitor.maintain(now)
         active = [w for w in self.workers.values() if not w.retiring]
         if self.throttle.failures and any(w.ready and w.generation == self.generation
                                           for w in active):
@@ -290,54 +276,48 @@ class Master(Reloading):
             self.log.error(f"{self.table.slots} workers alive: not starting another yet")
             self.throttle.defer(self.ops.now() + 1.0)
             return False
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         worker = Worker(self.config, listeners, self.health, self.table, slot, self.log)
-        worker.master_sock = theirs
         self.table.clear(slot)
         self.table.set_accepting(slot, False)
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
-        try:
-            pid = self.ops.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            ours.close()
-            theirs.close()
-            self.log.error(f"cannot fork a worker: {exc.strerror}")
+        for health in self.health.values():  # not a dead worker's requests in flight
+            health.set_in_flight(slot, 0)
+        forked = self.fork_child("worker", worker.run)
+        if forked is None:
             self.throttle.defer(self.ops.now() + 1.0)
             return False
-        if pid == 0:
-            self._in_child(worker, ours)  # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        theirs.close()
-        ours.setblocking(False)
+        pid, ours = forked
+        self.table.set_worker(slot, pid, self.generation)
         record = WorkerProcess(pid, slot, self.generation, ours, self.ops.now())
         self.workers[pid] = record
         self.loop.add(ours, EVENT_READ, lambda mask, w=record: self._on_worker_message(w))
         return True
 
-    def _in_child(self, worker: Worker, ours: socket.socket) -> None:
-        """In the new child: shed the master's state, drop privileges, run; never returns.
+    def fork_child(self, what: str, run: Callable[[socket.socket], None]
+                   ) -> tuple[int, socket.socket] | None:
+        """A worker or the monitor (children.fork_child): (pid, the master's end), or None."""
+        return fork_child(self.ops, what, run, lambda ours: self._shed(what, ours), self.log)
 
-        Every copy of a master's end of a socketpair must go, or a worker would not see the
-        end of file when the master dies."""
-        try:
-            signal.set_wakeup_fd(-1)
-            ours.close()
-            for other in self.workers.values():
-                other.sock.close()
-            self.loop.close_inherited()  # the wake-up pipe, the checks' sockets
-            for checker in self.checks.all():
-                checker.backends.pool.abandon()
-            with contextlib.suppress(OSError):
-                os.close(self.wake_w)
-            drop_privileges(self.config.user, self.config.group)
-        except BaseException as exc:  # noqa: BLE001
-            try:
-                self.log.error(f"worker cannot start: {exc}")
-            finally:
-                os._exit(3)
-        worker.run()
-        os._exit(1)  # not reached: Worker.run leaves through os._exit
+    def _shed(self, what: str, ours: socket.socket) -> None:
+        """In a new child: close what is the master's, drop privileges.
+
+        Every copy of a master's end of a socketpair must go, or a child would not see the
+        end of file when the master dies. A worker keeps the listen sockets and nothing of
+        what the monitor serves; the monitor, the other way round."""
+        signal.set_wakeup_fd(-1)
+        ours.close()
+        for other in self.workers.values():
+            other.sock.close()
+        if self.monitor.sock is not None:
+            self.monitor.sock.close()
+        self.loop.close_inherited()  # the wake-up pipe, the socketpairs
+        with contextlib.suppress(OSError):
+            os.close(self.wake_w)
+        if what == "worker":
+            self.served.close_copies()
+        else:
+            for sock in self.listeners.sockets().values():
+                sock.close()
+        drop_privileges(self.config.user, self.config.group)
 
     def _on_worker_message(self, worker: WorkerProcess) -> None:
         if self._read_messages(worker) and not self.stopping:
@@ -368,8 +348,10 @@ class Master(Reloading):
         return False
 
     def cleanup(self) -> None:
-        if getattr(self, "control", None) is not None:
-            self.control.close()
+        self.monitor.stop()  # first: no command changes the admin state after its last save
+        if self.admin_file is not None and hasattr(self, "health"):
+            self.admin_file.save_if_changed(self.config, self.health)
+        self.served.close(self.log)
         self.listeners.cleanup(self.log)
         if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:
             unlink(self.config.pidfile, self.log)

@@ -12,7 +12,8 @@ ignored.
 `ServiceNotes` is what the master says, when: READY=1 once at least one worker of the running
 configuration accepts (at start and after each reload; waiting for all of them would fail a
 start on one worker that dies at boot), RELOADING=1 with MONOTONIC_USEC when a HUP starts a
-reload, STOPPING=1 on TERM or INT, STATUS=workers N, services up M of K when that changes, and
+reload, STOPPING=1 on TERM or INT, STATUS=workers N, services up M of K (and `(D disabled)` when the
+operator disabled some) when that changes, and
 WATCHDOG=1 every half WATCHDOG_USEC (when WATCHDOG_PID is unset or the master's pid).
 """
 
@@ -139,12 +140,15 @@ class ServiceNotes:
             self.ready = True
             lines.append("READY=1")
         now = master.ops.now()
-        up = total = 0
+        up = total = disabled = 0
         for pool in master.config.pools:
             table = master.health[pool.name]
             total += len(pool.services)
             up += sum(table.state(i, now) == UP for i in range(len(pool.services)))
+            disabled += sum(table.disabled(i) for i in range(len(pool.services)))
         status = f"workers {len(current)}, services up {up} of {total}"
+        if disabled:
+            status += f" ({disabled} disabled)"
         if status != self.status:
             self.status = status
             lines.append(f"STATUS={status}")

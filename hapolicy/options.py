@@ -32,6 +32,7 @@ from .config import (
     parse_int,
     parse_interval,
     parse_listen,
+    parse_metrics_listen,
     parse_mode,
     parse_seconds,
     parse_state_file,
@@ -140,14 +141,17 @@ OPTIONS: tuple[Option, ...] = (
            "every S seconds (0: never)", _interval("summary", allow_zero=True), "S", DAEMON),
     Option("pidfile", ("--pidfile",), "write the master's pid here (removed at exit)", _text,
            "PATH", DAEMON),
-    Option("control", ("--control",), "the master listens for `hapolicyctl` commands on a unix "
-           "socket here (mode 0600, removed at exit; empty: none)", _text, "PATH", DAEMON),
+    Option("control", ("--control",), "a unix socket here (the master's, mode 0600, removed at "
+           "exit; empty: none) answers `hapolicyctl` commands", _text, "PATH", DAEMON),
     Option("control_group", ("--control-group",), "let this group use the control socket too "
            "(mode 0660)", _text, "GROUP", DAEMON),
+    Option("metrics_listen", ("--metrics-listen",), "the monitor serves Prometheus metrics at "
+           "`http://HOST:PORT/metrics` (`[IPv6]:PORT` too; empty: none)", parse_metrics_listen,
+           "HOST:PORT", DAEMON),
     Option("daemonize", ("--daemonize",), "detach; return once the pidfile is written and the "
            "master runs (for init scripts)", parse_bool, scope=DAEMON, flag=True),
-    Option("user", ("--user",), "workers drop to this user after the master bound the socket",
-           _text, "USER", DAEMON),
+    Option("user", ("--user",), "the workers and the monitor (checks, control socket) drop to "
+           "this user after the master bound the sockets", _text, "USER", DAEMON),
     Option("group", ("--group",), "and to this group", _text, "GROUP", DAEMON),
     Option("socket_mode", ("--socket-mode",), "mode of a unix listening socket", parse_mode,
            "MODE", DAEMON),
@@ -160,9 +164,11 @@ OPTIONS: tuple[Option, ...] = (
            "S"),
     Option("state_file", ("--state-file",), "spawn mode: the file in which every process "
            "spawned with the same services shares their health (down, cool-down, probe, round "
-           "robin); `none`: each process keeps its own", parse_state_file, "PATH", DAEMON,
-           default_text="`$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a file per "
-           "service list"),
+           "robin); `none`: each process keeps its own. Daemon: the file in which the master "
+           "keeps the operator's disable, drain and weight across a restart (default: none)",
+           parse_state_file, "PATH", DAEMON,
+           default_text="spawn mode: `$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a "
+           "file per service list"),
     Option("check_interval", ("--check-interval",), "the daemon checks every service every S "
            "seconds (0: off, requests probe instead)",
            _interval("check interval", allow_zero=True), "S"),

@@ -1,17 +1,19 @@
 """The master's reload on SIGHUP: read the new configuration, bind the new listen addresses,
-retire the old workers, close the addresses gone, carry each pool's health table over.
+stop the monitor, retire the old workers, close the addresses gone, carry each pool's health
+table over; the next `maintain` starts the new workers and a new monitor.
 
 `Reloading` is a part of `Master` (master.py), in a module of its own for its size: what a
 reload keeps (a pidfile, daemonizing: they need a restart), what it changes, and in what order,
-so that no worker of the new configuration starts before its listeners are bound.
+so that no worker of the new configuration starts before its listeners are bound, and no
+command of the old monitor writes in a table after it was carried over.
 """
 
 from __future__ import annotations
 
 import signal
+import time
 
 from . import frozen
-from .checks import Checker
 from .config import Config
 from .daemon import check_may_switch_user, resolve_ids, working_dir
 from .health import HealthTable, carry_over
@@ -44,7 +46,8 @@ class Reloading:
             self.log.error(f"reload failed, keeping the running configuration: {exc}")
             return None
         kept = {}
-        for key in ("pidfile", "daemonize", "control", "control_group"):
+        for key in ("pidfile", "daemonize", "control", "control_group", "state_file",
+                    "metrics_listen"):
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warning(f"reload: a new {key} needs a restart; keeping "
                                  f"{getattr(self.config, key)!r}")
@@ -66,6 +69,7 @@ class Reloading:
         except ListenError as exc:
             self.log.error(f"reload failed, keeping the running configuration: {exc}")
             return
+        self.monitor.stop()  # the next has the new configuration and tables
         self.generation += 1
         old = [w for w in self.workers.values() if not w.retiring]
         for worker in old:
@@ -83,10 +87,10 @@ class Reloading:
         self.maintain()
 
     def _new_tables(self, config: Config) -> None:
-        """Each pool's table and checker for a reload: a pool that keeps its services keeps its
+        """Each pool's table and checks for a reload: a pool that keeps its services keeps its
         table; one whose services changed gets a new one, where a service that keeps its name and
-        address keeps its state. The retiring workers keep their old tables: keep checking those
-        for them until they are gone."""
+        address keeps its state. The retiring workers keep their old tables: the monitors keep
+        checking those for them until they are gone."""
         before = {p.name: p for p in self.config.pools}
         health = {}
         for pool in config.pools:
@@ -95,12 +99,12 @@ class Reloading:
             if old is not None and old.services == pool.services:
                 health[pool.name] = self.health[pool.name]
             else:
-                health[pool.name] = (HealthTable(len(pool.services)) if old is None else
+                health[pool.name] = (HealthTable(len(pool.services), workers=self.table.slots)
+                                     if old is None else
                                      carry_over(self.health[pool.name], old.services,
                                                 pool.services))
                 keep_for = self.generation - 1
-            self.checks.replace(pool.name, Checker(self.loop, pool, health[pool.name], self.log),
-                                keep_for)
+            self.checks.replace(pool, health[pool.name], keep_for, time.monotonic())
         for name in before:  # pools gone
             self.checks.retire(name, self.generation - 1)
         self.health = health

@@ -9,7 +9,9 @@ import os
 import signal
 from typing import Callable
 
+from .adminstate import check_writable
 from .config import Config, ConfigError
+from .control import check_control
 from .daemon import (
     check_may_switch_user,
     check_pidfile,
@@ -23,6 +25,7 @@ from .daemon import (
 from .listener import ListenError
 from .log import Logger
 from .master import MASTER_SIGNALS, Master
+from .metrics import bind_metrics
 
 
 def run_daemon(config: Config, log: Logger,
@@ -34,7 +37,12 @@ def run_daemon(config: Config, log: Logger,
         check_may_switch_user(config.user, config.group)
         if config.pidfile:
             check_pidfile(config.pidfile)
+        check_control(config)
+        if config.state_file not in ("", "none"):
+            check_writable(config.state_file)
         master.fd_limit = raise_fd_limit()
+        if config.metrics_listen:  # first: nothing else to undo when it fails
+            master.served.metrics = bind_metrics(config.metrics_listen)
         master.listeners.bind(config)
         if master.listeners.adopted():
             log.info("socket activation: listening on the sockets passed by systemd for "

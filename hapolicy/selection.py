@@ -11,14 +11,19 @@ Services that are down are skipped; one whose cool-down is over is given to a si
 a probe. When no service of any group is usable the pick is -1 and the request gets the default
 answer at once, unless `try_down` (all-down = try) asks to try the ones marked down anyway, in
 order: each costs its timeout when it is still dead. A request never tries a service twice. A
-service the operator disabled reads as down and is never tried, not even as a last resort.
+service the operator disabled reads as down and is never tried, not even as a last resort. One
+the operator drains is up but gets no new transaction and no hash key: it is asked by requests
+sticky to it, and by the others only when no other service is up (then it is better than the
+default answer). The operator's weight (health.py) replaces the configured one at once.
 """
 
 from __future__ import annotations
 
 import math
 
-from .health import PROBE_DUE, UP
+from .health import PROBE_DUE, SLOT, UP, F
+
+DRAIN, WEIGHT = F.DRAIN, F.WEIGHT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,6 +59,8 @@ class Selector:
         health = self.health
         if sticky >= 0 and not tried >> sticky & 1 and health.state(sticky, now) == UP:
             return self._commit(sticky)
+        f = health.f
+        drained = -1  # the first up service the operator drains: asked when no other can be
         for group in self.groups:
             candidates = []
             for i in group:
@@ -61,6 +68,10 @@ class Selector:
                     continue
                 state = health.state(i, now)
                 if state == UP:
+                    if f[i * SLOT + DRAIN]:
+                        if drained < 0:
+                            drained = i
+                        continue
                     candidates.append(i)
                 elif state == PROBE_DUE and health.claim_probe(i, now, self._lease(i)):
                     return i
@@ -70,6 +81,8 @@ class Selector:
                 if key is not None:
                     return self._by_hash(candidates, key)
                 return self._commit(self._by_weight(candidates))
+        if drained >= 0:
+            return self._commit(drained)
         for i in self.last_resort:
             if not tried >> i & 1 and not health.disabled(i):
                 return i
@@ -78,16 +91,20 @@ class Selector:
     def _lease(self, i: int) -> float:
         return self.services[i].timeout + 5.0
 
+    def _step(self, i: int) -> float:
+        """What one pick adds to service i's clock: 1/weight, the operator's weight first."""
+        weight = self.health.f[i * SLOT + WEIGHT]
+        return 1.0 / weight if weight else self.step[i]
+
     def _commit(self, i: int) -> int:
-        step = self.step[i]
-        if step:
-            self.health.add_served(i, step)
+        if self.step[i]:
+            self.health.add_served(i, self._step(i))
         return i
 
     def _by_weight(self, candidates: list[int]) -> int:
         served = self.health.served
-        step = self.step
-        return min(candidates, key=lambda i: (served(i) + step[i], i))
+        step = self._step
+        return min(candidates, key=lambda i: (served(i) + step(i), i))
 
     def _by_hash(self, candidates: list[int], key: bytes) -> int:
         return max(candidates, key=lambda i: self.hash_score(i, key))
@@ -100,4 +117,5 @@ class Selector:
             self.blake2b = hashlib.blake2b
         digest = self.blake2b(key + b"\0" + self.names[i], digest_size=8).digest()
         unit = (int.from_bytes(digest, "big") + 1) / 2.0**64  # in (0, 1]
-        return -self.services[i].weight / math.log(unit) if unit < 1.0 else math.inf
+        weight = self.health.weight(i, self.services[i].weight)
+        return -weight / math.log(unit) if unit < 1.0 else math.inf

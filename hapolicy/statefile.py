@@ -54,8 +54,10 @@ if TYPE_CHECKING:
     from .config import Service
 
 MAGIC = b"hapolicy health\n"  # 16 bytes
-LAYOUT = 2  # the header's and the table's layout; a change makes old files be replaced
-# (2: counters in the words 5, 6 of a service's slot and 1..4 of the table's own)
+LAYOUT = 4  # the header's and the table's layout; a change makes old files be replaced
+# (2: counters in the words 5, 6 of a service's slot and 1..4 of the table's own;
+# 3: 16 words a slot, with the operator's drain and weight; 4: a statistics slot per service
+# after the table's own, stats.py)
 HEADER_BYTES = 64
 MODE = 0o600
 LOCK_WAIT = 1.0  # seconds a process waits for another that makes the file

@@ -1,11 +1,12 @@
 """The master's summary line: every --summary seconds, one line of counters per pool.
 
-    summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0)
+    summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0 refused=0)
     services: GREY1 up answers=600 failures=0, GREY2 down answers=630 failures=12
 
-(one line in the log). The counters are the health table's (health.py), kept by the workers
-without locks: totals since the pool's table was made (a reload keeps them for a pool that stays
-and for each service that keeps its name and address). `rate` is the requests per second over
+(one line in the log). A service's state is up or down, or `disabled` or `drain` while the
+operator (hapolicyctl) keeps it so. The counters are the health table's (health.py), kept by
+the workers without locks: totals since the pool's table was made (a reload keeps them for a
+pool that stays and for each service that keeps its name and address). `rate` is the requests per second over
 the last interval. Requests still in flight are counted in `requests` but not yet in the
 answers or defaults. A worker that retires after a reload that gave its pool a new table counts
 its last requests in the old table: those are not in the summary.
@@ -13,7 +14,16 @@ its last requests in the old table: those are not in the summary.
 
 from __future__ import annotations
 
-from .health import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_TIMEOUT, REQUESTS, UP, F
+from .health import (
+    DEFAULT_DOWN,
+    DEFAULT_FAILED,
+    DEFAULT_REFUSED,
+    DEFAULT_TIMEOUT,
+    ENABLED,
+    REQUESTS,
+    UP,
+    F,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,20 +34,29 @@ if TYPE_CHECKING:
     from .log import Logger
 
 
+def service_state(table: HealthTable, i: int, now: float) -> str:
+    """up or down, or the admin state when the operator disabled or drains it."""
+    admin = table.admin(i)
+    if admin != ENABLED:
+        return admin
+    return "up" if table.state(i, now) == UP else "down"
+
+
 def pool_line(name: str, table: HealthTable, names: Sequence[str], rate: float,
               now: float) -> str:
     """The summary line of one pool; now is the monotonic time the states are read at."""
     failed = table.counter(DEFAULT_FAILED)
     down = table.counter(DEFAULT_DOWN)
     timeout = table.counter(DEFAULT_TIMEOUT)
+    refused = table.counter(DEFAULT_REFUSED)
     services = ", ".join(
-        f"{service} {'up' if table.state(i, now) == UP else 'down'}"
+        f"{service} {service_state(table, i, now)}"
         f" answers={table.service_counter(i, F.ANSWERS)}"
         f" failures={table.service_counter(i, F.FAILURES)}"
         for i, service in enumerate(names))
     return (f"summary pool={name} requests={table.counter(REQUESTS)} rate={rate:.1f}/s "
-            f"defaults={failed + down + timeout} (failed={failed} down={down} "
-            f"timeout={timeout}) services: {services}")
+            f"defaults={failed + down + timeout + refused} (failed={failed} down={down} "
+            f"timeout={timeout} refused={refused}) services: {services}")
 
 
 class Summary:

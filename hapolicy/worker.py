@@ -15,7 +15,8 @@ descriptor budget, and a pause (a sibling's turn, or no descriptor left).
 
 It talks with the master over a socketpair: READY once it accepts, RETIRING when it reached
 max-use (the master starts its replacement at once). End of file on it means the master is
-gone. Each housekeeping pass writes a heartbeat in the worker table for the master's watchdog.
+gone. Each housekeeping pass writes a heartbeat in the worker table for the master's watchdog,
+and each pool's requests in flight in its health table (stats.py).
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ class Worker:
         self.title = ""
         self.wake_r = -1
 
-    def run(self) -> None:
-        """The child's life; never returns."""
+    def run(self, master_sock: socket.socket | None = None) -> None:
+        """The child's life (master_sock: its end of the socketpair); never returns."""
+        if master_sock is not None:
+            self.master_sock = master_sock
         status = 0
         try:
             self._run()
@@ -385,6 +388,7 @@ class Worker:
                 client.close()
         for dispatcher in self.dispatchers:
             dispatcher.backends.pool.sweep(now)
+            dispatcher.table.set_in_flight(self.slot, dispatcher.in_flight)
         self.table.beat(self.slot, now, self.requests)
         self._update_title()
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)

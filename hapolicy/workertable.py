@@ -1,4 +1,5 @@
-"""Per-worker load (open clients, accepting or not) and heartbeat, in one mmap made by the master.
+"""Per-worker load (open clients, accepting or not), heartbeat and pid, in one mmap made by the
+master.
 
 Every worker listens on the same socket and every idle one wakes when a connection arrives;
 each looks here first and leaves the connection to a sibling that accepts and holds clearly
@@ -6,24 +7,45 @@ fewer clients, so that Postfix's long-lived connections spread evenly instead of
 whichever worker the scheduler happens to wake first. Fields are whole 8-byte words; a stale
 read only makes the spread a little less even for a moment. The heartbeat is the monotonic
 time of the worker's last housekeeping pass: the master's watchdog reads it; the requests the
-worker served, as of that pass, are for the control socket's `workers` (control.py).
+worker served, as of that pass, are for the control socket's `workers` (control.py). The
+master writes each worker's pid and generation when it forks it and clears the slot when it
+reaps it: the monitor (monitor.py) answers `workers` from them and stops checking a table kept
+for retiring workers once no worker of its generation is left. One more slot, after the
+workers', is the monitor's: its heartbeat, for the same watchdog.
 """
 
 from __future__ import annotations
 
 import mmap
 
-FIELDS = 4  # clients, accepting (1.0 or 0.0), heartbeat, requests served
+FIELDS = 6  # clients, accepting (1.0 or 0.0), heartbeat, requests served, pid, generation
+WATCHDOG_SECONDS = 60.0  # a process whose heartbeat is older than this is stuck: killed
 YIELD_MARGIN = 2  # accept anyway unless a sibling holds at least this many fewer clients
 
 
 class WorkerTable:
-    """Slot k is the worker the master started in slot k."""
+    """Slot k is the worker the master started in slot k; slot `monitor_slot` the monitor."""
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._map = mmap.mmap(-1, max(1, slots) * FIELDS * 8)
+        self.monitor_slot = slots  # after the workers': should_yield never looks at it
+        self._map = mmap.mmap(-1, (slots + 1) * FIELDS * 8)
         self.f = memoryview(self._map).cast("d")
+
+    def set_worker(self, slot: int, pid: int, generation: int) -> None:
+        """Whose slot it is (the master, after the fork)."""
+        self.f[slot * FIELDS + 5] = generation
+        self.f[slot * FIELDS + 4] = pid
+
+    def workers(self) -> dict[int, int]:
+        """pid: slot of every live worker."""
+        f = self.f
+        return {int(f[s * FIELDS + 4]): s for s in range(self.slots) if f[s * FIELDS + 4]}
+
+    def generations(self) -> set[int]:
+        """The generations of the live workers."""
+        f = self.f
+        return {int(f[s * FIELDS + 5]) for s in range(self.slots) if f[s * FIELDS + 4]}
 
     def set_clients(self, slot: int, count: int) -> None:
         self.f[slot * FIELDS] = count

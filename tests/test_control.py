@@ -14,80 +14,12 @@ import pwd
 import signal
 import socket
 import stat
-import subprocess
-import sys
-import threading
 import time
-from itertools import count
 
 from support.backends import FakeBackend
+from support.ctl import Load, ask_all, csv_rows, ctl, read_all
 from support.daemon import Daemon
-from support.ports import HOST
-from support.protocol import PolicyClient, request
-from support.repo import REPO, hapolicy_env
 from support.wait import wait_for
-
-
-def ctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hapolicy.ctl", *args], cwd=REPO,
-                          env=hapolicy_env(), capture_output=True, text=True, timeout=20)
-
-
-def csv_rows(path: str) -> dict[str, dict[str, str]]:
-    result = ctl("--control", path, "csv")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "# pool,service,address,state,admin,weight,answers,failures"
-    header = lines[0][2:].split(",")
-    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
-    return {f"{r['pool']}/{r['service']}": r for r in rows}
-
-
-class Load:
-    """Requests from 4 connections in a thread until stopped; counts the answers."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.answers = 0
-        self.bad: list[str] = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        clients = [PolicyClient(HOST, self.daemon.port) for _ in range(4)]
-        try:
-            while not self.stopping:
-                for client in clients:
-                    answer = client.ask(fresh())
-                    if answer != "action=DUNNO\n\n":
-                        self.bad.append(answer)
-                    self.answers += 1
-                time.sleep(0.005)
-        finally:
-            for client in clients:
-                client.sock.close()
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping = True
-        self.thread.join(10)
-
-
-INSTANCES = count()
-
-
-def fresh() -> bytes:
-    """A request of a new SMTP transaction (no stickiness to the last service)."""
-    return request(instance=f"ctl{next(INSTANCES)}")
-
-
-def ask_all(daemon: Daemon, count: int) -> None:
-    with PolicyClient(HOST, daemon.port) as client:
-        for _ in range(count):
-            assert client.ask(fresh()) == "action=DUNNO\n\n"
 
 
 def test_counters_disable_enable_and_hup():
@@ -106,7 +38,8 @@ def test_counters_disable_enable_and_hup():
             status = ctl("--control", path, "status")
             assert status.returncode == 0
             assert status.stdout.split("\n")[0].split() == [
-                "pool", "service", "address", "state", "admin", "weight", "answers", "failures"]
+                "pool", "service", "address", "state", "admin", "weight", "answers", "failures",
+                "p50_ms", "p99_ms", "last_change"]
             with Load(daemon) as load:
                 assert ctl("--control", path, "disable", "default/A").stdout == \
                     "ok: default/A disabled\n"
@@ -158,19 +91,6 @@ def as_nobody(path: str) -> bytes:
         data = handle.read()
     os.waitpid(pid, 0)
     return data
-
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 def test_bad_peers_and_bad_lines():

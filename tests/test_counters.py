@@ -21,8 +21,10 @@ from hapolicy.config import parse_service
 from hapolicy.health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
+    DEFAULT_REFUSED,
     DEFAULT_TIMEOUT,
     REQUESTS,
+    SLOT,
     F,
     HealthTable,
     carry_over,
@@ -30,7 +32,7 @@ from hapolicy.health import (
 from hapolicy.protocol import Request
 from hapolicy.summary import pool_line
 
-DEFAULTS = (DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT)
+DEFAULTS = (DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED)
 
 
 def counts(table: HealthTable) -> dict[str, object]:
@@ -53,12 +55,12 @@ def test_answers_and_failures_are_counted():
         try:
             for _ in range(3):
                 assert run.ask(request())[0] == b"action=OK\n\n"
-            # refused before any service is asked: not a request of the pool
+            # refused before any service is asked: a request, and a default answer
             run.dispatcher.submit(Request(b"", "too large"), _Sink())
         finally:
             run.close()
     # DEAD failed once, then was skipped while down
-    assert counts(run.health) == {"requests": 3, "defaults": [0, 0, 0], "answers": [0, 3],
+    assert counts(run.health) == {"requests": 4, "defaults": [0, 0, 0, 1], "answers": [0, 3],
                                   "failures": [1, 0]}
     assert len(good.requests) == 3
 
@@ -73,11 +75,11 @@ def test_default_answers_are_counted_by_reason():
         c = counts(table)
         assert c["requests"] == 3 and c["answers"] == [0, 0]
         assert c["failures"] == [1, 1]  # tried once each, then down
-        assert c["defaults"] == [1, 2, 0]  # all failed, then all down
+        assert c["defaults"] == [1, 2, 0, 0]  # all failed, then all down
         assert balanced(table)
         line = pool_line("default", table, ["A", "B"], 1.5, 0.0)
         assert line == ("summary pool=default requests=3 rate=1.5/s defaults=3 (failed=1 down=2 "
-                        "timeout=0) services: A down answers=0 failures=1, B down answers=0 "
+                        "timeout=0 refused=0) services: A down answers=0 failures=1, B down answers=0 "
                         "failures=1")
     finally:
         run.close()
@@ -90,7 +92,7 @@ def test_total_timeout_default_is_counted():
             assert run.ask(request())[0] == b"action=dunno\n\n"
         finally:
             run.close()
-    assert counts(run.health)["defaults"] == [0, 0, 1]
+    assert counts(run.health)["defaults"] == [0, 0, 1, 0]
     assert balanced(run.health)
 
 
@@ -98,13 +100,13 @@ def test_carry_over_keeps_the_counters():
     before = tuple(parse_service(s) for s in ("A=127.0.0.1:1", "B=127.0.0.1:2"))
     after = tuple(parse_service(s) for s in ("C=127.0.0.1:3", "B=127.0.0.1:2"))
     old = HealthTable(2, shared=False)
-    old.f[1 * 8 + F.ANSWERS] = 7.0
-    old.f[1 * 8 + F.FAILURES] = 2.0
-    old.f[0 * 8 + F.ANSWERS] = 5.0
+    old.f[1 * SLOT + F.ANSWERS] = 7.0
+    old.f[1 * SLOT + F.FAILURES] = 2.0
+    old.f[0 * SLOT + F.ANSWERS] = 5.0
     old.f[old.header + REQUESTS] = 13.0
     old.f[old.header + DEFAULT_DOWN] = 1.0
     new = carry_over(old, before, after)
-    assert counts(new) == {"requests": 13, "defaults": [0, 1, 0], "answers": [0, 7],
+    assert counts(new) == {"requests": 13, "defaults": [0, 1, 0, 0], "answers": [0, 7],
                            "failures": [0, 2]}
     old.close()
     new.close()
@@ -119,7 +121,7 @@ class _Sink:
 
 
 SUMMARY = re.compile(r"summary pool=(\S+) requests=(\d+) rate=([\d.]+)/s defaults=(\d+) "
-                     r"\(failed=(\d+) down=(\d+) timeout=(\d+)\) services: (.*)$")
+                     r"\(failed=(\d+) down=(\d+) timeout=(\d+) refused=(\d+)\) services: (.*)$")
 
 
 def test_the_daemon_logs_a_summary_line_that_adds_up():
@@ -140,7 +142,7 @@ def test_the_daemon_logs_a_summary_line_that_adds_up():
         assert match.group(4) == "0"
         services = {name: (int(a), int(f)) for name, a, f in
                     re.findall(r"(\w+) (?:up|down) answers=(\d+) failures=(\d+)",
-                               match.group(8))}
+                               match.group(9))}
         assert services == {"S1": (len(s1.live_requests), 0), "S2": (len(s2.live_requests), 0),
                             "DEAD": (0, 0)}, summary
         assert len(s1.live_requests) + len(s2.live_requests) == 40

@@ -1,5 +1,6 @@
 """The master's logic with a fake ProcessOps (fork, kill, reap and the clock): workers that
-die at boot are throttled, killed ones are replaced at once, reload failures keep the config.
+die at boot are throttled, killed ones are replaced at once, reload failures keep the config;
+the monitor is supervised as a worker, replaced on reload, stopped last.
 
 No process is forked: the fake fork returns made-up pids, the fake reap reports the deaths a
 test scripts, and the clock only moves when the test moves it.
@@ -30,6 +31,7 @@ class FakeOps(ProcessOps):
         self.forks: list[tuple[float, int]] = []
         self.kills: list[tuple[int, int]] = []
         self.deaths: list[tuple[int, int]] = []
+        self.waited: list[int] = []
 
     def now(self) -> float:
         return self.t
@@ -46,6 +48,9 @@ class FakeOps(ProcessOps):
     def reap(self) -> tuple[int, int]:
         return self.deaths.pop(0) if self.deaths else (0, 0)
 
+    def wait(self, pid: int) -> None:
+        self.waited.append(pid)
+
 
 class ListLogger(Logger):
     def __init__(self) -> None:
@@ -56,22 +61,41 @@ class ListLogger(Logger):
         self.lines.append(f"{level}: {message}")
 
 
-@pytest.fixture
-def master():
-    config = Config(services=(Service("A", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=2)
-    ops = FakeOps()
-    m = Master(config, ListLogger(), ops=ops)
+def make_master(**settings) -> Master:
+    config = Config(services=(Service("A", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=2,
+                    **settings)
+    m = Master(config, ListLogger(), ops=FakeOps())
     listener = Listener("127.0.0.1:1")
     listener.sock = socket.socket()
     m.listeners.by_address["127.0.0.1:1"] = listener
     m.setup()
-    yield m
+    return m
+
+
+def close_master(m: Master) -> None:
     m.listeners.close()
     for worker in list(m.workers.values()):
         m._forget(worker)
+    m.monitor._forget()
     os.close(m.wake_r)
     os.close(m.wake_w)
     m.loop.close()
+
+
+@pytest.fixture
+def master():
+    """Without checks nor control socket: no monitor, only workers are forked."""
+    m = make_master(check_interval=0.0)
+    yield m
+    close_master(m)
+
+
+@pytest.fixture
+def checked():
+    """With checks (the default): the first fork is the monitor's (pid 100)."""
+    m = make_master()
+    yield m
+    close_master(m)
 
 
 def alive(m: Master) -> list[int]:
@@ -164,7 +188,7 @@ def test_failed_reload_keeps_everything(master):
 
 def test_reload_retires_old_workers_and_starts_new(master):
     new = Config(services=(Service("B", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=3,
-                 pidfile="/elsewhere.pid")
+                 pidfile="/elsewhere.pid", check_interval=0.0)
     master.reload_config = lambda: new
     master.step()
     master.signals.append(signal.SIGHUP)
@@ -175,22 +199,93 @@ def test_reload_retires_old_workers_and_starts_new(master):
     assert master.config.pidfile == ""  # a new pidfile needs a restart
 
 
-def test_retiring_workers_keep_the_checks_of_their_table_until_they_are_gone(master):
+def test_retiring_workers_keep_the_checks_of_their_table_until_they_are_gone(checked):
+    master = checked
     old_table = master.health["default"]
     master.reload_config = lambda: Config(services=(Service("B", "127.0.0.1", 9),),
                                           listen="127.0.0.1:1", workers=2)
     master.step()
+    assert master.monitor.pid == 100 and alive(master) == [101, 102]
+    assert master.table.workers() == {101: 0, 102: 1}
     master.signals.append(signal.SIGHUP)
     master.step()
+    assert (100, signal.SIGKILL) in master.ops.kills and master.ops.waited == [100]
+    assert master.monitor.pid == 103  # the new one, with the new tables and the old one kept
     assert master.health["default"] is not old_table and master.health["default"].checked
-    assert old_table.checked  # workers 100 and 101 still serve on it: no live probes there
-    master.ops.deaths = [(100, 0)]
-    master.step()
-    assert old_table.checked
+    assert old_table.checked  # workers 101 and 102 still serve on it: no live probes there
+    assert [entry.table for entry in master.checks.all()] == [master.health["default"],
+                                                               old_table]
+    assert master.table.generations() == {0, 1}
     master.ops.deaths = [(101, 0)]
     master.step()
-    assert not old_table.checked and master.checks.kept == []
+    assert len(master.checks.kept) == 1
+    master.ops.deaths = [(102, 0)]
+    master.step()
+    assert master.checks.kept == [] and master.table.generations() == {1}
     assert master.health["default"].checked
+
+
+def test_the_monitor_is_started_first_and_supervised_as_a_worker(checked):
+    master, ops = checked, checked.ops
+    master.step()
+    assert master.monitor.pid == 100 and alive(master) == [101, 102]
+    ops.t += 0.2
+    ops.deaths = [(100, EXIT_3)]  # died before READY, by itself: a boot failure
+    master.step()
+    assert master.monitor.pid == 0
+    assert any("monitor 100 died at boot (status 3)" in line for line in master.log.lines)
+    ops.t += 1.01
+    master.step()
+    assert master.monitor.pid == 103
+    master.monitor.on_ready()  # it said READY
+    assert master.monitor.throttle.failures == 0
+    ops.deaths = [(103, KILLED)]  # killed from outside: replaced at once
+    master.step()
+    assert master.monitor.pid == 104 and alive(master) == [101, 102]
+
+
+def test_the_watchdog_kills_a_stuck_monitor(checked):
+    master, ops = checked, checked.ops
+    master.step()
+    master.monitor.on_ready()
+    master.table.beat(master.table.monitor_slot, ops.t)
+    ops.t += WATCHDOG_SECONDS + 1
+    master.step()
+    master.step()
+    assert ops.kills == [(100, signal.SIGKILL)]  # once
+    assert any("monitor 100 has not turned its loop for 61s" in line
+               for line in master.log.lines)
+
+
+def test_the_monitor_checks_for_draining_workers_and_is_stopped_last(checked):
+    master, ops = checked, checked.ops
+    master.step()
+    master.signals.append(signal.SIGTERM)
+    assert master.step()
+    assert sorted(ops.kills) == [(101, signal.SIGTERM), (102, signal.SIGTERM)]
+    ops.deaths = [(101, 0), (102, 0)]
+    assert not master.step()
+    assert ops.kills[-1] == (100, signal.SIGKILL) and ops.waited == [100]
+    assert master.monitor.pid == 0
+
+
+def test_no_monitor_without_checks_or_control(master):
+    master.step()
+    assert master.monitor.pid == 0 and len(master.ops.forks) == 2
+
+
+def test_a_reload_that_turns_the_checks_off_ends_the_monitor_with_the_old_tables(checked):
+    master, ops = checked, checked.ops
+    master.reload_config = lambda: Config(services=(Service("B", "127.0.0.1", 9),),
+                                          listen="127.0.0.1:1", workers=2, check_interval=0.0)
+    master.step()
+    master.signals.append(signal.SIGHUP)
+    master.step()
+    assert master.monitor.pid == 103  # it checks the old table for workers 101 and 102
+    assert not master.health["default"].checked
+    ops.deaths = [(101, 0), (102, 0)]
+    master.step()
+    assert master.monitor.pid == 0 and ops.waited == [100, 103]
 
 
 def test_term_drains_then_kills_stragglers(master):

@@ -13,11 +13,12 @@ from support.ports import refused_port
 from support.protocol import request
 
 from hapolicy import backend as backend_module
-from hapolicy.checks import Checker
+from hapolicy import frozen
+from hapolicy.checks import Checker, CheckerSet
 from hapolicy.config import Config, parse_service
 from hapolicy.dispatch import Dispatcher
 from hapolicy.eventloop import EventLoop
-from hapolicy.health import DOWN, PROBE_DUE, UP, Health, HealthTable, carry_over
+from hapolicy.health import DOWN, PROBE_DUE, SLOT, UP, Health, HealthTable, carry_over
 from hapolicy.outcome import (
     ABANDONED,
     ANSWER_TIMEOUT,
@@ -128,6 +129,7 @@ def make_checker(spec: str, **settings) -> tuple[Checker, HealthTable, EventLoop
     config = Config(services=(parse_service(spec),), check_interval=0.05,
                     check_down_interval=0.05, **settings)
     table = HealthTable(1, shared=False)
+    table.set_recovery(True, 0.0)  # as the master's plan says (CheckerSet.replace)
     checker = Checker(loop, config, table, Lines())
     return checker, table, loop
 
@@ -262,13 +264,31 @@ def test_the_table_says_who_owns_recovery_so_old_and_new_workers_agree():
     assert table.state(0, 20.0) == UP
 
 
-def test_a_checker_owns_its_table_while_it_runs():
-    checker, table, loop = make_checker(f"A=127.0.0.1:{refused_port()}")
-    assert not table.checked
-    checker.start()
-    assert table.checked
-    checker.stop()
-    assert not table.checked
+def test_the_masters_plan_says_who_owns_a_table_and_the_monitor_runs_it():
+    """CheckerSet.replace (the master) sets the table's flag; a Checker (the monitor) never
+    changes it, so a monitor that dies or is replaced leaves the table as the plan says."""
+    loop = EventLoop()
+    checked = Config(services=(parse_service(f"A=127.0.0.1:{refused_port()}"),),
+                     check_interval=0.05, check_down_interval=0.05)
+    table = HealthTable(1, shared=False)
+    plan = CheckerSet()
+    plan.replace(checked, table, None, 0.0)
+    assert table.checked and plan.checking
+    assert all(entry.checker is None for entry in plan.all())  # nothing runs in the master
+    plan.start(loop, Lines())
+    (entry,) = plan.all()
+    assert entry.checker is not None and entry.checker.timers[0] is not None
+    plan.stop_all()
+    assert entry.checker is None and table.checked
+    new_table = HealthTable(1, shared=False)
+    plan.replace(frozen.replace(checked, check_interval=0.0), new_table, 3, 0.0)
+    assert not new_table.checked and not plan.current["default"].config.check_interval
+    assert [generation for generation, _ in plan.kept] == [3]  # the old table, for its workers
+    assert plan.checking
+    plan.stop_unused({3, 4})
+    assert plan.kept
+    plan.stop_unused({4})
+    assert plan.kept == [] and not plan.checking
 
 
 def test_a_service_a_live_request_took_down_is_checked_at_the_down_interval():
@@ -435,7 +455,7 @@ def test_a_reload_carries_over_the_state_of_services_that_keep_name_and_address(
     assert new.f[0] == 70.0 and new.served(0) == 7.0  # C, moved to the front
     assert new.state(1, 11.0) == UP  # a new service starts up
     assert new.state(2, 11.0) == UP  # B at another address is another service
-    assert new.f[3 * 8] == 12.0  # A keeps its cool-down
+    assert new.f[3 * SLOT] == 12.0  # A keeps its cool-down
     assert not new.checked  # the checker of the new table says so itself
 
 

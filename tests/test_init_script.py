@@ -16,8 +16,8 @@ import sys
 import pytest
 from support.backends import FakeBackend
 from support.daemon import short_tmpdir
-from support.ports import free_port, HOST
-from support.processes import alive, children, cmdline, wait_children
+from support.ports import HOST, free_port
+from support.processes import alive, children, cmdline, wait_children, workers_of
 from support.protocol import PolicyClient, request
 from support.repo import REPO
 from support.syslog import SyslogReceiver
@@ -108,7 +108,7 @@ def test_start_status_reload_stop(init):
     done = init.run("start")
     assert done.returncode == 0, done.stdout + done.stderr
     assert init.pid() == pid
-    assert sorted(children(pid)) == sorted(workers)
+    assert sorted(workers_of(pid)) == sorted(workers)
 
     # reload: the service is gone from the new file, the default answers
     init.write_config(1, "DEFER reloaded")

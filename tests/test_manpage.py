@@ -101,9 +101,8 @@ def test_hapolicyctl_8_and_help_have_every_command_and_option(pages):
 
 def test_commands_are_declared_once_and_each_is_answered():
     usages = [usage for usage, _ in commands.COMMANDS]
-    assert commands.HELP == "commands: " + ", ".join(usages) + "\n"
-    for usage in usages:
-        assert usage in commands.__doc__
+    helped = [line.split("  ")[1] for line in commands.HELP.splitlines()[1:]]
+    assert [h.strip() for h in helped] == usages
     idle = SimpleNamespace(pools=[])
     for usage in usages:
         line = re.sub(r"\b[A-Z]+/[A-Z]+\b", "p/s", usage)  # disable POOL/SERVICE: no pool p
@@ -118,7 +117,7 @@ def test_the_readme_command_table_lists_the_commands():
     start = README.index("| command | answer |")
     table = README[start:README.index("\n\n", start)]
     listed = re.findall(r"^\| `([^`]+)` \|", table, re.M)
-    assert listed == [usage for usage, _ in commands.COMMANDS if usage != "help"]
+    assert listed == [usage for usage, _ in commands.COMMANDS]
 
 
 def block(text: str, indent: str = "    ") -> str:

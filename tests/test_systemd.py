@@ -16,7 +16,7 @@ from pathlib import Path
 from support.backends import FakeBackend
 from support.daemon import Daemon, short_tmpdir
 from support.ports import HOST, free_port
-from support.processes import children
+from support.processes import workers_of
 from support.protocol import PolicyClient, request
 from support.repo import REPO, command, hapolicy_env
 from support.syslog import SyslogReceiver
@@ -153,7 +153,7 @@ def test_socket_activation_answers_on_the_passed_socket_and_binds_the_others():
             first.close()
             log.wait_text("socket activation: listening on the sockets passed by systemd for "
                           f"{HOST}:{port}, unix:{path}")
-            wait_for(lambda: len(children(proc.pid)) == 2, 10, what="the workers")
+            wait_for(lambda: len(workers_of(proc.pid)) == 2, 10, what="the workers")
             for target in ((HOST, port), (HOST, other)):
                 with PolicyClient(*target) as client:
                     assert client.ask(request(recipient="a@x")) == "action=a@x\n\n"

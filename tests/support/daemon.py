@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from support.ports import HOST, free_port
-from support.processes import children, cmdline
+from support.processes import children, cmdline, monitor_of, workers_of
 from support.repo import REPO, command, hapolicy_env
 from support.syslog import SyslogReceiver
 from support.wait import wait_for
@@ -92,8 +92,12 @@ class Daemon:
         return self.proc.pid
 
     def workers_now(self) -> list[int]:
-        """The master's live children now."""
-        return children(self.pid)
+        """The master's live workers now (its children but the monitor)."""
+        return workers_of(self.pid)
+
+    def monitor(self) -> int:
+        """The pid of the monitor now, 0 when none runs."""
+        return monitor_of(self.pid)
 
     def output_text(self) -> str:
         """What it wrote on stderr (and, with *output*, on stdout) so far or in all."""
@@ -165,7 +169,7 @@ class Daemon:
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            pids = self.workers_now()
+            pids = children(self.pid)
             self.proc.kill()
             self.proc.communicate()
             for pid in pids:

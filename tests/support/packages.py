@@ -20,6 +20,7 @@ PACKAGE_BINARIES = {
     "haproxy": "/usr/sbin/haproxy",
     "postgrey": "/usr/sbin/postgrey",
     "python3": "/usr/bin/python3",
+    "prometheus": "/usr/bin/prometheus",
 }
 
 

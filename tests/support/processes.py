@@ -38,12 +38,26 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+MONITOR_TITLE = "hapolicy: monitor"
+
+
+def workers_of(pid: int) -> list[int]:
+    """The live children of a master but its monitor: its workers."""
+    return [child for child in children(pid) if not cmdline(child).startswith(MONITOR_TITLE)]
+
+
+def monitor_of(pid: int) -> int:
+    """The pid of a master's monitor, 0 when none runs."""
+    return next((child for child in children(pid)
+                 if cmdline(child).startswith(MONITOR_TITLE)), 0)
+
+
 def wait_children(pid: int, count: int, timeout: float = 10.0) -> list[int]:
-    """Until pid has exactly count live children; returns them."""
+    """Until the master pid has exactly count live workers (its monitor aside); returns them."""
     found: list[int] = []
 
     def enough() -> bool:
-        found[:] = children(pid)
+        found[:] = workers_of(pid)
         return len(found) == count
 
     wait_for(enough, timeout, what=f"{count} children of {pid}")
@@ -106,6 +120,36 @@ def connection_owners(server_port: int, client_socks: list[socket.socket],
         inode = by_port.get(sock.getsockname()[1], -1)
         owners.append(next((pid for pid, inodes in holders.items() if inode in inodes), 0))
     return owners
+
+
+def holders(inode: int, pids: list[int]) -> list[int]:
+    """The pids (among pids) that hold the socket of inode."""
+    return [pid for pid in pids if inode in _socket_inodes(pid)]
+
+
+def tcp_client_inodes(server_port: int) -> list[int]:
+    """Inodes of the client sides of the TCP connections established to 127.0.0.1:port."""
+    remote = f"0100007F:{server_port:04X}"
+    with open("/proc/net/tcp") as handle:
+        return [int(fields[9]) for fields in (line.split() for line in handle.readlines()[1:])
+                if fields[2] == remote and fields[3] == "01"]
+
+
+def unix_inodes(path: str) -> tuple[list[int], list[int]]:
+    """(listening, accepted): inodes of the unix stream sockets bound at path, from
+    /proc/net/unix (an accepted connection's server side carries the listener's path)."""
+    listening, accepted = [], []
+    with open("/proc/net/unix") as handle:
+        for line in handle.readlines()[1:]:
+            fields = line.split()
+            if len(fields) < 8 or fields[7] != path:
+                continue
+            flags, state = int(fields[3], 16), fields[5]
+            if flags & 0x10000:  # __SO_ACCEPTCON: listening
+                listening.append(int(fields[6]))
+            elif state == "03":  # SS_CONNECTED
+                accepted.append(int(fields[6]))
+    return listening, accepted
 
 
 def vm_kib(pid: int, field: str = "VmRSS") -> int:

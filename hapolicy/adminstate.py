@@ -1,0 +1,164 @@
+"""The daemon's --state-file: the operator's admin state and weights, kept across a restart.
+
+`hapolicyctl disable`, `drain` and `weight` write into the shared health tables (commands.py),
+which a HUP keeps but a restart does not. With --state-file PATH the master saves them in PATH
+within a second of each change and restores them at start, before the first worker forks. The
+file is text, one line per service that is not at its defaults:
+
+    # hapolicy admin state: POOL SERVICE ADDRESS ADMIN WEIGHT
+    grey GREY1 127.0.0.1:10023 disabled -
+    grey GREY2 127.0.0.1:10024 enabled 3
+
+ADMIN is enabled, drain or disabled, WEIGHT the operator's weight or `-` for the configured
+one. A line is applied to the service of that pool, name and address; a line for a service the
+configuration no longer has is dropped at the next save. The file is written to a temporary
+name and renamed over PATH, mode 0600. A missing file is an empty state; a bad line, a file too
+large or unreadable gives one warning and is ignored (the daemon starts with the services
+enabled). A save that fails is logged once, and tried again at the next change.
+
+In spawn mode --state-file names the shared health table instead (statefile.py).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .commands import MAX_WEIGHT
+from .config import ConfigError
+from .health import ADMIN_STATES, ENABLED
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .config import Config
+    from .health import HealthTable
+    from .log import Logger
+
+HEADER = "# hapolicy admin state: POOL SERVICE ADDRESS ADMIN WEIGHT\n"
+MAX_BYTES = 1 << 20
+Key = tuple  # (pool, service, address)
+
+
+def snapshot(config: Config, health: Mapping[str, HealthTable]) -> dict[Key, tuple[str, int]]:
+    """(admin state, operator's weight or 0) of every service not at its defaults."""
+    state = {}
+    for pool in config.pools:
+        table = health.get(pool.name)
+        if table is None:
+            continue
+        for i, service in enumerate(pool.services):
+            admin, weight = table.admin(i), table.weight(i, 0)
+            if admin != ENABLED or weight:
+                state[(pool.name, service.name, service.address)] = (admin, weight)
+    return state
+
+
+def parse(text: str, path: str) -> tuple[dict[Key, tuple[str, int]], list[str]]:
+    """The entries of a state file's text, and a warning per line that is not one."""
+    entries, problems = {}, []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        weight = fields[4] if len(fields) == 5 else ""
+        if len(fields) != 5 or fields[3] not in ADMIN_STATES or not (
+                weight == "-" or weight.isdigit() and 1 <= int(weight) <= MAX_WEIGHT):
+            problems.append(f"state file {path}:{number}: not POOL SERVICE ADDRESS "
+                            f"enabled|drain|disabled WEIGHT|-: ignored")
+            continue
+        entries[tuple(fields[:3])] = (fields[3], 0 if weight == "-" else int(weight))
+    return entries, problems
+
+
+def format_state(state: Mapping[Key, tuple[str, int]]) -> str:
+    return HEADER + "".join(f"{pool} {name} {address} {admin} {weight or '-'}\n"
+                            for (pool, name, address), (admin, weight) in sorted(state.items()))
+
+
+def read(path: str) -> tuple[dict[Key, tuple[str, int]], list[str]]:
+    """The entries of the file at path (none when it does not exist) and what was wrong."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return {}, []
+    except OSError as exc:
+        return {}, [f"state file {path}: cannot read: {exc.strerror}: ignored"]
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}, [f"state file {path}: not a regular file: ignored"]
+        data = os.read(fd, MAX_BYTES + 1)
+    except OSError as exc:
+        return {}, [f"state file {path}: cannot read: {exc.strerror}: ignored"]
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        return {}, [f"state file {path}: larger than {MAX_BYTES} bytes: ignored"]
+    return parse(data.decode("utf-8", "replace"), path)
+
+
+def check_writable(path: str) -> None:
+    """ConfigError at start when the directory of path cannot take the file."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ConfigError(f"state file {path}: no directory {directory}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"state file {path}: directory {directory} is not writable")
+
+
+class AdminFile:
+    """The master's --state-file: restore at start, save after each change."""
+
+    def __init__(self, path: str, log: Logger) -> None:
+        self.path = path
+        self.log = log
+        self.saved: dict[Key, tuple[str, int]] | None = None  # what the file holds
+        self.failed: dict[Key, tuple[str, int]] | None = None  # a save of this failed
+
+    def restore(self, config: Config, health: Mapping[str, HealthTable]) -> None:
+        """Apply the file's entries to the services that are still there, and log them."""
+        entries, problems = read(self.path)
+        for problem in problems[:3]:
+            self.log.warning(problem)
+        if len(problems) > 3:
+            self.log.warning(f"state file {self.path}: {len(problems) - 3} more bad lines ignored")
+        by_key = {(p.name, s.name, s.address): (p.name, i)
+                  for p in config.pools for i, s in enumerate(p.services)}
+        for key, (admin, weight) in entries.items():
+            where = by_key.get(key)
+            if where is None or where[0] not in health:
+                self.log.info(f"state file {self.path}: no service {key[0]}/{key[1]} at "
+                              f"{key[2]} now: dropped")
+                continue
+            table = health[where[0]]
+            table.set_admin(where[1], admin)
+            table.set_weight(where[1], weight)
+            self.log.notice(f"state file: service {key[0]}/{key[1]} {admin}"
+                            + (f", weight {weight}" if weight else ""))
+        self.saved = entries
+
+    def save_if_changed(self, config: Config, health: Mapping[str, HealthTable]) -> None:
+        """Write the file when the admin state differs from what it holds."""
+        state = snapshot(config, health)
+        if state == self.saved or state == self.failed:
+            return
+        temporary = f"{self.path}.tmp{os.getpid()}"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(format_state(state))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            self.log.warning(f"state file {self.path}: cannot save the admin state: "
+                             f"{exc.strerror}")
+            self.failed = state
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            return
+        self.saved, self.failed = state, None
