@@ -7,7 +7,7 @@ runs as --user, serves it (`ControlServer`) in its event loop, never blocking it
 sends one line (at most MAX_LINE bytes), gets the answer of that command (commands.py) and is
 closed. A longer line, or a client that has not sent its line within IDLE_SECONDS, gets a
 one-line `error: ...` and is closed; beyond MAX_CONNECTIONS at once, a new connection is closed
-at once. While no monitor runs (a reload replaces it), connections wait in the backlog.
+at once (the connection handling is oneshot.py's, shared with /metrics). While no monitor runs (a reload replaces it), connections wait in the backlog.
 
 The peer is checked with SO_PEERCRED (the uid and gid of the process that connected): root,
 the socket's owner (the master's user, not the monitor's) and members of --control-group are
@@ -25,30 +25,18 @@ import struct
 
 from .config import ConfigError
 from .daemon import remove_stale_socket, unlink
-from .eventloop import EVENT_READ, EVENT_WRITE
+from .oneshot import IDLE_SECONDS, MAX_CONNECTIONS, OneShotServer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
     from .config import Config
-    from .eventloop import EventLoop, Timer
+    from .eventloop import EventLoop
     from .log import Logger
 
 MAX_LINE = 4096
-IDLE_SECONDS = 5.0
-MAX_CONNECTIONS = 16
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class _Conn:
-    __slots__ = ("data", "out", "sock", "timer")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.data = b""
-        self.out = b""
-        self.timer: Timer | None = None
 
 
 def group_id(group: str) -> int:
@@ -111,19 +99,31 @@ def bind_control(config: Config) -> ControlSocket:
     return ControlSocket(sock, config.control, os.geteuid(), gid)
 
 
-class ControlServer:
-    """Serves a ControlSocket in `loop`; `answer(line)` gives the answer of one command."""
+def check_control(config: Config) -> None:
+    """ConfigError at start for a control setting that cannot work (before anything is bound)."""
+    if not config.control:
+        return
+    try:
+        group_id(config.control_group)
+    except KeyError:
+        raise ConfigError(f"control group {config.control_group!r} does not exist") from None
+    directory = os.path.dirname(config.control) or "."
+    if not os.path.isdir(directory):
+        raise ConfigError(f"control socket {config.control}: no directory {directory}")
 
-    def __init__(self, loop: EventLoop, listening: ControlSocket, answer: Callable[[str], str],
+
+class ControlServer(OneShotServer):
+    """Serves a ControlSocket in `loop`; `command(line)` gives the answer of one command."""
+
+    what = "control socket"
+    max_request = MAX_LINE
+
+    def __init__(self, loop: EventLoop, listening: ControlSocket, command: Callable[[str], str],
                  log: Logger) -> None:
-        self.loop = loop
-        self.answer = answer
-        self.log = log
+        self.command = command
         self.owner = listening.owner
         self.gid = listening.gid
-        self.conns: dict[int, _Conn] = {}
-        self.sock = listening.sock
-        loop.add(self.sock, EVENT_READ, self._accept)
+        super().__init__(listening.sock, loop, log)
 
     def allowed(self, uid: int, gid: int) -> bool:
         """root, the socket's owner, or a member of --control-group."""
@@ -139,109 +139,30 @@ class ControlServer:
         except KeyError:
             return False
 
-    def _accept(self, mask: int) -> None:
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.log.warning(f"control socket: cannot accept: {exc.strerror}")
-                return
-            if len(self.conns) >= MAX_CONNECTIONS:
-                sock.close()
-                continue
-            sock.setblocking(False)
-            conn = _Conn(sock)
-            self.conns[sock.fileno()] = conn
-            _, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                        _UCRED.size))
-            if not self.allowed(uid, gid):
-                self.log.warning(f"control socket: uid {uid} gid {gid} not allowed")
-                self._reply(conn, "error: not allowed\n")
-                continue
-            conn.timer = self.loop.call_later(IDLE_SECONDS, lambda c=conn: self._idle(c))
-            self.loop.add(sock, EVENT_READ, lambda m, c=conn: self._read(c))
+    def admit(self, sock: socket.socket) -> bytes | None:
+        _, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                    _UCRED.size))
+        if self.allowed(uid, gid):
+            return None
+        self.log.warning(f"control socket: uid {uid} gid {gid} not allowed")
+        return b"error: not allowed\n"
 
-    def _idle(self, conn: _Conn) -> None:
-        conn.timer = None
-        self._reply(conn, f"error: no command line within {IDLE_SECONDS:g}s\n")
-
-    def _read(self, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(MAX_LINE + 1 - len(conn.data))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close(conn)
-            return
-        conn.data += data
-        line, newline, _ = conn.data.partition(b"\n")
-        if newline:
-            self._reply(conn, self._run(line))
-        elif len(conn.data) > MAX_LINE:
-            self._reply(conn, f"error: line longer than {MAX_LINE} bytes\n")
-
-    def _run(self, line: bytes) -> str:
+    def answer(self, data: bytes) -> bytes | None:
+        line, newline, _ = data.partition(b"\n")
+        if not newline:
+            return None
         try:
             text = line.decode("ascii").strip()
         except UnicodeDecodeError:
-            return "error: not an ASCII line\n"
+            return b"error: not an ASCII line\n"
         try:
-            return self.answer(text)
-        except Exception as exc:  # noqa: BLE001 - a bug in a command must not stop the master
+            return self.command(text).encode()
+        except Exception as exc:  # noqa: BLE001 - a bug in a command must not stop the monitor
             self.log.error(f"control socket: command {text[:60]!r} failed: {exc!r}")
-            return "error: internal error\n"
+            return b"error: internal error\n"
 
-    def _reply(self, conn: _Conn, answer: str) -> None:
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
-        conn.out = answer.encode()
-        if conn.sock.fileno() in self.loop.files:
-            self.loop.remove(conn.sock)
-        self._write(conn)
+    def too_long(self) -> bytes:
+        return f"error: line longer than {MAX_LINE} bytes\n".encode()
 
-    def _write(self, conn: _Conn) -> None:
-        try:
-            sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._close(conn)
-            return
-        conn.out = conn.out[sent:]
-        if not conn.out:
-            self._close(conn)
-            return
-        if conn.timer is None:  # a reader that never reads is closed too
-            conn.timer = self.loop.call_later(IDLE_SECONDS, lambda: self._close(conn))
-        if conn.sock.fileno() not in self.loop.files:
-            self.loop.add(conn.sock, EVENT_WRITE, lambda m: self._write(conn))
-
-    def _close(self, conn: _Conn) -> None:
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
-        fd = conn.sock.fileno()
-        if fd < 0:
-            return
-        if fd in self.loop.files:
-            self.loop.remove(conn.sock)
-        self.conns.pop(fd, None)
-        conn.sock.close()
-
-
-def check_control(config: Config) -> None:
-    """ConfigError at start for a control setting that cannot work (before anything is bound)."""
-    if not config.control:
-        return
-    try:
-        group_id(config.control_group)
-    except KeyError:
-        raise ConfigError(f"control group {config.control_group!r} does not exist") from None
-    directory = os.path.dirname(config.control) or "."
-    if not os.path.isdir(directory):
-        raise ConfigError(f"control socket {config.control}: no directory {directory}")
+    def too_slow(self) -> bytes:
+        return f"error: no command line within {IDLE_SECONDS:g}s\n".encode()

@@ -4,8 +4,10 @@
 
 The socket is PATH, or the `control = PATH` line of the daemon's config file CONFIG (before
 any `[pool ...]` section), or DEFAULT_PATH when neither is given. Commands: see commands.py
-(`hapolicyctl help`). Exit status: 0, or 1 when the answer is an `error:` line, 2 for a usage
-error or a socket that cannot be reached (one line on stderr).
+(`hapolicyctl help` asks the daemon; `hapolicyctl --help` prints the options and
+commands.COMMANDS without it). Exit status (EXIT_STATUS): 0, or 1 when the answer is an
+`error:` line, 2 for a usage error or a socket that cannot be reached (one line on stderr).
+OPTIONS and EXIT_STATUS are also hapolicyctl(8)'s text (manpage.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,18 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/run/hapolicy/control"
 TIMEOUT = 10.0
 USAGE = "usage: hapolicyctl [--control PATH | -c CONFIG] COMMAND [ARGS]"
+#: The options, as --help and hapolicyctl(8) (manpage.py) say them.
+OPTIONS = (
+    ("--control PATH", "the daemon's control socket (its `--control`, or `control` in its "
+     "config file)"),
+    ("-c, --config CONFIG", "the daemon's config file: the socket is its `control` line"),
+    ("-h, --help", "print the options and the commands, and exit"),
+)
+EXIT_STATUS = (
+    ("0", "the daemon answered"),
+    ("1", "the answer is an `error:` line (an unknown command or name, a peer not allowed)"),
+    ("2", "a usage error, or a socket that cannot be reached (one line on stderr)"),
+)
 
 
 class UsageError(Exception):
@@ -87,11 +101,29 @@ def ask(path: str, line: str, timeout: float = TIMEOUT) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def help_text() -> str:
+    """USAGE, the options and the commands (commands.COMMANDS), wrapped to 79 columns."""
+    import textwrap
+
+    from .commands import COMMANDS
+
+    out = [USAGE, ""]
+    for title, rows in (("options:", OPTIONS), ("commands:", COMMANDS)):
+        out.append(title)
+        for key, text in rows:
+            out.append(textwrap.fill(text.replace("`", ""), 79, initial_indent=f"  {key:22} ",
+                                     subsequent_indent=" " * 25))
+    return "\n".join(out) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         path, line = parse(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
-        print(f"hapolicyctl: {exc}\n{USAGE}" if str(exc) else USAGE, file=sys.stderr)
+        if not str(exc):  # --help
+            print(help_text(), end="")
+            return 0
+        print(f"hapolicyctl: {exc}\n{USAGE}", file=sys.stderr)
         return 2
     try:
         text = ask(path, line)

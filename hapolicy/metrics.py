@@ -3,14 +3,13 @@
 `bind_metrics` binds the address at start (before the master forks or detaches), so a bad
 address or a port in use is a one-line error then; the master keeps the socket and the
 monitor (monitor.py) serves it, as --user. `preload` imports prometheus_client in the master
-before the fork: after the privilege drop its files may not be readable (a Python under /root). `MetricsServer` takes that socket, an event
-loop and a function giving the shared tables (`Tables`); it serves one request per connection,
-never blocking the loop: a request head of at most MAX_HEAD bytes that arrives within
-IDLE_SECONDS, at most MAX_CONNECTIONS at once (more are closed at once). `GET /metrics` (a query
-string is ignored) gets the exposition; another path 404, another method 405, a head that is not
-HTTP 400, a longer one 431, a slow one 408; each answer closes the connection, after the client's
-remaining input is read and dropped for at most LINGER_SECONDS (so that it reads the answer
-instead of a reset).
+before the fork: after the privilege drop its files may not be readable (a Python under
+/root). `MetricsServer` takes that socket, an event loop and a function giving the shared
+tables (`Tables`), and answers one request per connection (the connection handling is
+oneshot.py's, shared with the control socket: at most MAX_CONNECTIONS at once, a request head
+of at most MAX_HEAD bytes within IDLE_SECONDS, the client's remaining input read and dropped
+after the answer). `GET /metrics` (a query string is ignored) gets the exposition; another
+path 404, another method 405, a head that is not HTTP 400, a longer one 431, a slow one 408.
 
 The exposition is prometheus_client's (`generate_latest`) of `Collector`, which reads the
 tables at each scrape: nothing is kept between scrapes, nothing is written to the tables, and
@@ -26,7 +25,6 @@ import sys
 
 from . import __version__
 from .config import split_listen
-from .eventloop import EVENT_READ, EVENT_WRITE
 from .health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
@@ -38,6 +36,7 @@ from .health import (
     SHADOW_COUNTERS,
 )
 from .listener import ListenError
+from .oneshot import IDLE_SECONDS, OneShotServer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,16 +44,12 @@ if TYPE_CHECKING:
     from typing import Callable
 
     from .config import Config
-    from .eventloop import EventLoop, Timer
+    from .eventloop import EventLoop
     from .health import HealthTable
     from .log import Logger
     from .workertable import WorkerTable
 
 MAX_HEAD = 8192
-IDLE_SECONDS = 5.0
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 1 << 20
-MAX_CONNECTIONS = 16
 BACKLOG = 64
 REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN), ("timeout", DEFAULT_TIMEOUT),
            ("refused", DEFAULT_REFUSED))
@@ -221,164 +216,54 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
     yield from (answers, failures, latency, up, disabled, draining, weight, change, down)
 
 
-READING, WRITING, LINGERING = range(3)
-
-
-class _Conn:
-    __slots__ = ("data", "dropped", "out", "sock", "state", "timer")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.state = READING
-        self.data = b""  # the request head read so far
-        self.out = b""  # the answer not sent yet
-        self.dropped = 0  # bytes read and dropped after the answer
-        self.timer: Timer | None = None
-
-
-class MetricsServer:
+class MetricsServer(OneShotServer):
     """Serves GET /metrics on a listening socket in `loop` (see the module doc)."""
+
+    what = "metrics"
+    max_request = MAX_HEAD
 
     def __init__(self, sock: socket.socket, loop: EventLoop, tables: Callable[[], Tables],
                  log: Logger) -> None:
         from prometheus_client import CollectorRegistry, exposition
 
-        self.sock = sock
-        self.loop = loop
-        self.log = log
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Collector(tables))
         self.generate = exposition.generate_latest
         self.content_type = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4",
                                     exposition.CONTENT_TYPE_LATEST)
-        self.conns: dict[int, _Conn] = {}
-        sock.setblocking(False)
-        loop.add(sock, EVENT_READ, self._accept)
+        super().__init__(sock, loop, log)
 
-    def _accept(self, mask: int) -> None:
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.log.warning(f"metrics: cannot accept: {exc.strerror}")
-                return
-            if len(self.conns) >= MAX_CONNECTIONS:
-                sock.close()
-                continue
-            sock.setblocking(False)
-            conn = _Conn(sock)
-            self.conns[sock.fileno()] = conn
-            self._deadline(conn, IDLE_SECONDS)
-            self.loop.add(sock, EVENT_READ, lambda m, c=conn: self._read(c))
-
-    def _deadline(self, conn: _Conn, seconds: float) -> None:
-        """The one timer of a connection: the end of its current state."""
-        if conn.timer is not None:
-            conn.timer.cancel()
-        conn.timer = self.loop.call_later(seconds, lambda: self._expired(conn))
-
-    def _expired(self, conn: _Conn) -> None:
-        conn.timer = None
-        if conn.state == READING:
-            self._reply(conn, 408, "Request Timeout",
-                        f"no request within {IDLE_SECONDS:g}s\n".encode())
-        else:  # an answer never read, or a client that never ends its input
-            self._close(conn)
-
-    def _read(self, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close(conn)
-            return
-        if conn.state == LINGERING:
-            conn.dropped += len(data)
-            if conn.dropped > LINGER_BYTES:
-                self._close(conn)
-            return
-        conn.data += data
-        end = conn.data.find(b"\r\n\r\n")
+    def answer(self, data: bytes) -> bytes | None:
+        end = data.find(b"\r\n\r\n")
         if end < 0:
-            end = conn.data.find(b"\n\n")
-        if 0 <= end <= MAX_HEAD:
-            self._answer(conn, conn.data[:end])
-        elif len(conn.data) > MAX_HEAD:
-            self._reply(conn, 431, "Request Header Fields Too Large",
-                        f"a request head of at most {MAX_HEAD} bytes\n".encode())
-
-    def _answer(self, conn: _Conn, head: bytes) -> None:
-        line = head.split(b"\n", 1)[0].strip().split()
+            end = data.find(b"\n\n")
+        if end < 0 or end > MAX_HEAD:
+            return None
+        line = data[:end].split(b"\n", 1)[0].strip().split()
         if len(line) != 3 or not line[2].startswith(b"HTTP/1."):
-            self._reply(conn, 400, "Bad Request", b"not an HTTP/1 request\n")
-        elif line[1].split(b"?", 1)[0] != b"/metrics":
-            self._reply(conn, 404, "Not Found", b"only /metrics is served here\n")
-        elif line[0] != b"GET":
-            self._reply(conn, 405, "Method Not Allowed", b"only GET\n", b"Allow: GET\r\n")
-        else:
-            try:
-                body = self.generate(self.registry)
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop the master
-                self.log.error(f"metrics: cannot make the exposition: {exc!r}")
-                self._reply(conn, 500, "Internal Server Error", b"internal error\n")
-                return
-            self._reply(conn, 200, "OK", body, f"Content-Type: {self.content_type}\r\n".encode())
-
-    def _reply(self, conn: _Conn, code: int, why: str, body: bytes, extra: bytes = b"") -> None:
-        if not extra.startswith(b"Content-Type:"):
-            extra += b"Content-Type: text/plain; charset=utf-8\r\n"
-        conn.state = WRITING
-        conn.data = b""
-        conn.out = (f"HTTP/1.1 {code} {why}\r\nContent-Length: {len(body)}\r\n"
-                    f"Connection: close\r\n").encode() + extra + b"\r\n" + body
-        self._deadline(conn, IDLE_SECONDS)  # for the client to read it
-        self.loop.modify(conn.sock, EVENT_WRITE, lambda m: self._write(conn))
-        self._write(conn)
-
-    def _write(self, conn: _Conn) -> None:
+            return http(400, "Bad Request", b"not an HTTP/1 request\n")
+        if line[1].split(b"?", 1)[0] != b"/metrics":
+            return http(404, "Not Found", b"only /metrics is served here\n")
+        if line[0] != b"GET":
+            return http(405, "Method Not Allowed", b"only GET\n", b"Allow: GET\r\n")
         try:
-            sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._close(conn)
-            return
-        conn.out = conn.out[sent:]
-        if conn.out:
-            return
-        # all sent: read and drop what the client still sends (a reset would lose the
-        # answer), then close at its end of file, or after LINGER_SECONDS or LINGER_BYTES
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(conn)
-            return
-        conn.state = LINGERING
-        self._deadline(conn, LINGER_SECONDS)
-        self.loop.modify(conn.sock, EVENT_READ, lambda m: self._read(conn))
+            body = self.generate(self.registry)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the monitor
+            self.log.error(f"metrics: cannot make the exposition: {exc!r}")
+            return http(500, "Internal Server Error", b"internal error\n")
+        return http(200, "OK", body, f"Content-Type: {self.content_type}\r\n".encode())
 
-    def _close(self, conn: _Conn) -> None:
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
-        fd = conn.sock.fileno()
-        if fd < 0:
-            return
-        if fd in self.loop.files:
-            self.loop.remove(conn.sock)
-        self.conns.pop(fd, None)
-        conn.sock.close()
+    def too_long(self) -> bytes:
+        return http(431, "Request Header Fields Too Large",
+                    f"a request head of at most {MAX_HEAD} bytes\n".encode())
 
-    def close(self) -> None:
-        """Close every connection and the listening socket."""
-        for conn in list(self.conns.values()):
-            self._close(conn)
-        if self.sock.fileno() >= 0:
-            if self.sock.fileno() in self.loop.files:
-                self.loop.remove(self.sock)
-            self.sock.close()
+    def too_slow(self) -> bytes:
+        return http(408, "Request Timeout", f"no request within {IDLE_SECONDS:g}s\n".encode())
+
+
+def http(code: int, why: str, body: bytes, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection."""
+    if not extra.startswith(b"Content-Type:"):
+        extra += b"Content-Type: text/plain; charset=utf-8\r\n"
+    return (f"HTTP/1.1 {code} {why}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n").encode() + extra + b"\r\n" + body

@@ -7,9 +7,9 @@ import os
 import socket
 
 import pytest
+from support.daemon import short_tmpdir
 
 from hapolicy.activation import ActivationError, describe, find_passed, passed_sockets
-from support.daemon import short_tmpdir
 
 
 def test_variables_of_another_pid_are_not_ours_and_stay():

@@ -14,63 +14,12 @@ import pwd
 import signal
 import socket
 import stat
-import threading
 import time
-from itertools import count
 
 from support.backends import FakeBackend
-from support.ctl import csv_rows, ctl
+from support.ctl import Load, ask_all, csv_rows, ctl, read_all
 from support.daemon import Daemon
-from support.ports import HOST
-from support.protocol import PolicyClient, request
 from support.wait import wait_for
-
-
-class Load:
-    """Requests from 4 connections in a thread until stopped; counts the answers."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.answers = 0
-        self.bad: list[str] = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        clients = [PolicyClient(HOST, self.daemon.port) for _ in range(4)]
-        try:
-            while not self.stopping:
-                for client in clients:
-                    answer = client.ask(fresh())
-                    if answer != "action=DUNNO\n\n":
-                        self.bad.append(answer)
-                    self.answers += 1
-                time.sleep(0.005)
-        finally:
-            for client in clients:
-                client.sock.close()
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping = True
-        self.thread.join(10)
-
-
-INSTANCES = count()
-
-
-def fresh() -> bytes:
-    """A request of a new SMTP transaction (no stickiness to the last service)."""
-    return request(instance=f"ctl{next(INSTANCES)}")
-
-
-def ask_all(daemon: Daemon, count: int) -> None:
-    with PolicyClient(HOST, daemon.port) as client:
-        for _ in range(count):
-            assert client.ask(fresh()) == "action=DUNNO\n\n"
 
 
 def test_counters_disable_enable_and_hup():
@@ -143,19 +92,6 @@ def as_nobody(path: str) -> bytes:
         data = handle.read()
     os.waitpid(pid, 0)
     return data
-
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 def test_bad_peers_and_bad_lines():

@@ -16,7 +16,7 @@ import sys
 import pytest
 from support.backends import FakeBackend
 from support.daemon import short_tmpdir
-from support.ports import free_port, HOST
+from support.ports import HOST, free_port
 from support.processes import alive, children, cmdline, wait_children, workers_of
 from support.protocol import PolicyClient, request
 from support.repo import REPO
@@ -49,6 +49,7 @@ class Init:
         self.defaults = self.dir / "defaults"
         self.defaults.write_text(
             f"DAEMON={wrapper}\nCONFIG={self.config}\nPIDFILE={self.pidfile}\n"
+            f"RUNDIR={self.dir / 'run'}\n"
             f'DAEMON_ARGS="--user nobody --group nogroup --workers 2 '
             f'--syslog-socket {self.log.path}"\nSTOP_TIMEOUT=10\n')
 
@@ -159,6 +160,29 @@ def test_stale_pidfile_does_not_block_start(init):
     assert not alive(new)
 
 
+def test_without_a_service_start_and_restart_do_nothing_and_succeed(init):
+    # the Debian package's /etc/hapolicy.conf until the postmaster configures it: the
+    # postinst's start (restart on an upgrade) must neither fail nor start anything
+    init.config.write_text(f"listen = {HOST}:{init.port}\n#service = A={HOST}:1\n"
+                           "[pool x]\n# service = B=127.0.0.1:2\n")
+    for action in ("start", "restart"):
+        done = init.run(action)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout == f"hapolicy: not starting: no service in {init.config} yet " \
+                              "(see hapolicy.conf(5))\n"
+        assert not init.pidfile.exists()
+    # configured, it starts (and makes its RUNDIR); unconfigured again, restart stops it
+    init.write_config(init.backend.port, "dunno")
+    assert init.run("start").returncode == 0
+    pid = init.pid()
+    assert (init.dir / "run").is_dir()
+    init.config.write_text(f"listen = {HOST}:{init.port}\n")
+    done = init.run("restart")
+    assert done.returncode == 0 and "not starting" in done.stdout, done.stdout + done.stderr
+    wait_for(lambda: not alive(pid), 10, what="the daemon stopped")
+    assert not init.pidfile.exists()
+
+
 def test_start_with_a_broken_config_fails(init):
     init.write_config(init.backend.port, "dunno", "workers = none\n")
     done = init.run("start")
@@ -199,6 +223,6 @@ def test_systemd_unit_verifies(init):
     unit = init.dir / "hapolicy.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/hapolicy",
                                              str(init.dir / "hapolicy")))
-    done = subprocess.run(["systemd-analyze", "verify", str(unit)], check=False,
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], check=False,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -17,7 +17,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 from support.backends import FakeBackend
-from support.ctl import csv_rows, ctl
+from support.ctl import Load, ask_all, csv_rows, ctl, read_all
 from support.daemon import Daemon
 from support.packages import package_present
 from support.ports import HOST, free_port
@@ -25,9 +25,9 @@ from support.prometheus import PROMTOOL, Prometheus, fetch
 from support.protocol import PolicyClient, request
 from support.repo import run_hapolicy
 from support.wait import wait_for
-from test_control import Load, ask_all, read_all
 
-from hapolicy.metrics import IDLE_SECONDS, MAX_CONNECTIONS, MAX_HEAD
+from hapolicy.metrics import MAX_HEAD
+from hapolicy.oneshot import IDLE_SECONDS, MAX_CONNECTIONS
 
 
 def near(counted: float, true: float) -> bool:

@@ -8,8 +8,9 @@ import socket
 import time
 from pathlib import Path
 
-from hapolicy.notify import Notifier, monotonic_usec
 from support.daemon import short_tmpdir
+
+from hapolicy.notify import Notifier, monotonic_usec
 
 
 class Log:

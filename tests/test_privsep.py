@@ -19,7 +19,7 @@ import stat
 import time
 
 from support.backends import CHECK_SENDER, FakeBackend
-from support.ctl import csv_rows, ctl
+from support.ctl import Load, ask_all, csv_rows, ctl, read_all
 from support.daemon import Daemon
 from support.ports import HOST, free_port
 from support.processes import (
@@ -32,7 +32,6 @@ from support.processes import (
     unix_inodes,
 )
 from support.wait import wait_for
-from test_control import Load, ask_all, read_all
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 FAST_CHECKS = ("--check-interval", "0.2", "--check-down-interval", "0.2", "--check-rise", "1")

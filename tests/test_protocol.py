@@ -5,9 +5,9 @@ from hapolicy.protocol import (
     MAX_LINE_BYTES,
     MAX_REQUEST_BYTES,
     RequestFramer,
+    _request_end,
     answer_action,
     answer_complete,
-    _request_end,
     parse_attributes,
 )
 

@@ -1,10 +1,18 @@
-"""`hapolicyctl` as a subprocess, and its csv read into rows by POOL/SERVICE."""
+"""`hapolicyctl` as a subprocess, its csv read into rows by POOL/SERVICE, and the traffic the
+control tests watch (`Load` in a thread, `ask_all`, one new SMTP transaction a request)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
+import time
+from itertools import count
 
+from support.daemon import Daemon
+from support.ports import HOST
+from support.protocol import PolicyClient, request
 from support.repo import REPO, hapolicy_env
 
 
@@ -22,3 +30,63 @@ def csv_rows(path: str) -> dict[str, dict[str, str]]:
     header = lines[0][2:].split(",")
     rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
     return {f"{r['pool']}/{r['service']}": r for r in rows}
+
+
+class Load:
+    """Requests from 4 connections in a thread until stopped; counts the answers."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.answers = 0
+        self.bad: list[str] = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        clients = [PolicyClient(HOST, self.daemon.port) for _ in range(4)]
+        try:
+            while not self.stopping:
+                for client in clients:
+                    answer = client.ask(fresh())
+                    if answer != "action=DUNNO\n\n":
+                        self.bad.append(answer)
+                    self.answers += 1
+                time.sleep(0.005)
+        finally:
+            for client in clients:
+                client.sock.close()
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping = True
+        self.thread.join(10)
+
+
+INSTANCES = count()
+
+
+def fresh() -> bytes:
+    """A request of a new SMTP transaction (no stickiness to the last service)."""
+    return request(instance=f"ctl{next(INSTANCES)}")
+
+
+def ask_all(daemon: Daemon, count: int) -> None:
+    with PolicyClient(HOST, daemon.port) as client:
+        for _ in range(count):
+            assert client.ask(fresh()) == "action=DUNNO\n\n"
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)

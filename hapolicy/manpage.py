@@ -1,0 +1,432 @@
+"""The man pages hapolicy(8), hapolicyctl(8) and hapolicy.conf(5), made from the sources.
+
+    python -m hapolicy.manpage PAGE         one page (hapolicy.8, hapolicyctl.8, hapolicy.conf.5)
+    python -m hapolicy.manpage --dir DIR    every page, as DIR/PAGE
+
+Every option and its default comes from the option table (options.py), the control commands
+from `commands.COMMANDS`, hapolicyctl's options from `ctl.OPTIONS`; what has no other home
+(signals, exit status, files, the examples) is declared here once, and tests hold the README
+to it (the config file example with pools, the signal table). The Debian package runs this at
+build time (debian/rules), so a page is never older than the code it describes. The pages say
+the paths of the package (/usr/sbin/hapolicy, /etc/hapolicy.conf); a date comes from
+SOURCE_DATE_EPOCH, so that a build is reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import __version__
+from .commands import COMMANDS
+from .ctl import DEFAULT_PATH
+from .ctl import EXIT_STATUS as CTL_EXIT
+from .ctl import OPTIONS as CTL_OPTIONS
+from .options import COMMAND, DAEMON, OPTIONS, SERVICE_FIELDS, Option, default_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+#: Signals of the daemon's master (the README's signal table is held to these).
+SIGNALS = (
+    ("HUP", "re-read the config file (pools and listen addresses may come and go); new "
+     "workers take new connections, old ones retire (they keep serving their connections "
+     "until the clients close them). A config that fails validation is logged and the old "
+     "one keeps running"),
+    ("TERM", "stop accepting, let in-flight requests finish (`--drain-timeout`), exit 0, "
+     "remove the pidfile and unix socket"),
+    ("INT, QUIT", "stop at once"),
+)
+
+EXIT_STATUS = (
+    ("0", "spawn mode: the client closed its connection; the daemon: stopped by a signal; "
+     "`--check-config`: the configuration is valid"),
+    ("1", "the daemon could not start or run (one line on stderr and in syslog); "
+     "`--daemonize` returns 1 when the master did not start"),
+    ("2", "a bad command line or config file: one line on stderr (and syslog) naming the bad "
+     "value, `FILE:LINE: what` for a file; under spawn(8) hapolicy then exits before reading a "
+     "request, so Postfix defers the mail (451 4.3.5) instead of passing it"),
+)
+
+FILES = (
+    ("/etc/hapolicy.conf", "the config file of the init script and the systemd unit; see "
+     "hapolicy.conf(5). As the package installs it, it sets every setting to its default and "
+     "has its example pools commented out: the daemon starts once it has a `service` line"),
+    ("/etc/default/hapolicy", "the init script's settings: `DAEMON_ARGS` (by default `--user "
+     "hapolicy --group hapolicy`), `CONFIG`, `PIDFILE`, `DAEMON`, `STOP_TIMEOUT`"),
+    ("/etc/init.d/hapolicy", "the LSB init script: start, stop, status, reload (HUP), "
+     "restart"),
+    ("/lib/systemd/system/hapolicy.service", "the systemd unit (`Type=notify`, the master in "
+     "the foreground)"),
+    ("/lib/systemd/system/hapolicy.socket", "socket activation: systemd holds the listening "
+     "socket, so Postfix finds it while hapolicy restarts; not enabled by the package (its "
+     "`ListenStream=` must be one of the `listen` addresses)"),
+    ("/run/hapolicy.pid", "the init script's pidfile"),
+    ("/run/hapolicy/control", "the control socket (`control` in the packaged config file), "
+     "for hapolicyctl(8)"),
+    ("/tmp/hapolicy-UID/health-DIGEST", "spawn mode: the state file in which every process "
+     "spawned with one service list shares their health (in `$XDG_RUNTIME_DIR/hapolicy/` "
+     "when that is set); `--state-file`"),
+    ("/dev/log", "where syslog lines go (`--syslog-socket`)"),
+    ("/usr/share/doc/hapolicy/README.md.gz", "the whole documentation: health, balancing, "
+     "logging, scale and limits"),
+)
+
+#: The config file example with three pools on one address (the README shows the same lines).
+EXAMPLE_POOLS = """\
+workers = 4
+# every pool's address, unless a pool says otherwise
+listen = 127.0.0.1:10060
+check-interval = 5
+
+[pool grey]
+policy-context = grey
+service = GREY1=10.0.0.1:10023
+service = GREY2=10.0.0.2:10023
+balance = hash:client_address/24,sender,recipient
+fail-answer = ^451 4\\.3\\.5|^DEFER_IF_PERMIT Service temporarily unavailable
+
+[pool rate]
+policy-context = rate
+service = RATE1=10.0.0.1:10033
+service = RATE2=10.0.0.2:10033
+balance = hash:sasl_username
+total-timeout = 10
+
+[pool spf]
+policy-context = spf
+service = SPF1=10.0.0.1:10045:10
+service = SPF2=10.0.0.2:10045:20
+"""
+
+#: main.cf for EXAMPLE_POOLS (the README shows the same lines).
+EXAMPLE_POOLS_MAIN_CF = """\
+smtpd_recipient_restrictions =
+    permit_mynetworks,
+    reject_unauth_destination,
+    check_policy_service { inet:127.0.0.1:10060, policy_context=grey },
+    check_policy_service { inet:127.0.0.1:10060, policy_context=spf }
+smtpd_data_restrictions =
+    check_policy_service { inet:127.0.0.1:10060, policy_context=rate }
+"""
+
+SPAWN_MASTER_CF = (
+    "127.0.0.1:10060 inet  n  n  n  -  0  spawn\n"
+    "  user=nobody argv=/usr/sbin/hapolicy -l -s GREY1=10.0.0.1:10023:10 "
+    "-s GREY2=10.0.0.2:10023:20 -d { DEFER_IF_PERMIT policy service unavailable }\n")
+
+SPAWN_MAIN_CF = """\
+127.0.0.1:10060_time_limit = 3600
+smtpd_recipient_restrictions = ..., check_policy_service inet:127.0.0.1:10060
+"""
+
+DAEMON_MAIN_CF = """\
+smtpd_recipient_restrictions =
+    permit_mynetworks,
+    reject_unauth_destination,
+    check_policy_service inet:127.0.0.1:10060
+"""
+
+
+# --- roff ----------------------------------------------------------------------------------
+
+def escape(text: str) -> str:
+    """Plain text as roff: backslashes, minus signs and other than ASCII escaped."""
+    out = []
+    for char in text.replace("\\", "\\e").replace("-", "\\-"):
+        out.append(char if ord(char) < 128 else f"\\[u{ord(char):04X}]")
+    return "".join(out)
+
+
+def inline(text: str) -> str:
+    """Text with `code` spans (the option table's help) as roff: code in bold."""
+    parts = text.split("`")
+    return "".join(f"\\fB{escape(part)}\\fR" if i % 2 else escape(part)
+                   for i, part in enumerate(parts))
+
+
+def lines(*texts: str) -> str:
+    """Roff text lines: none may start with a dot or an apostrophe (a request)."""
+    out = []
+    for text in texts:
+        for line in text.split("\n"):
+            out.append("\\&" + line if line[:1] in (".", "'") else line)
+    return "\n".join(out) + "\n"
+
+
+def example(text: str) -> str:
+    """A block of literal lines, indented."""
+    return ".PP\n.RS 4\n.nf\n" + lines(escape(text.rstrip("\n"))) + ".fi\n.RE\n"
+
+
+def section(title: str) -> str:
+    return f".SH {title}\n"
+
+
+def para(text: str) -> str:
+    return ".PP\n" + lines(inline(text))
+
+
+def item(tag: str, text: str) -> str:
+    """A tagged paragraph: tag (roff already) and its text, as a sentence."""
+    text = text[:1].upper() + text[1:]
+    return ".TP\n" + lines(tag) + lines(inline(text if text.endswith(".") else text + "."))
+
+
+def header(name: str, number: str, summary: str) -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    date = time.strftime("%Y-%m-%d", time.gmtime(int(epoch))) if epoch.isdigit() else ""
+    return (f'.TH {name.upper()} {number} "{date}" "hapolicy {__version__}" '
+            f'"{"File Formats" if number == "5" else "System Manager" + chr(39) + "s Manual"}"\n'
+            + section("NAME") + lines(f"{escape(name)} \\- {escape(summary)}"))
+
+
+def table(rows: Iterable[tuple[str, str]], bold: bool = True) -> str:
+    font = "B" if bold else "R"
+    return "".join(item(f"\\f{font}{escape(key)}\\fR", text) for key, text in rows)
+
+
+# --- options -------------------------------------------------------------------------------
+
+def option_tag(option: Option, config_file: bool = False) -> str:
+    """`-d, --default ACTION` (the command line) or `default = ACTION` (the config file)."""
+    if option.choices:
+        value = "|".join(f"\\fB{escape(c)}\\fR" for c in option.choices)
+    elif option.metavar:
+        value = f"\\fI{escape(option.metavar)}\\fR"
+    else:
+        value = "\\fByes\\fR|\\fBno\\fR" if config_file else ""
+    if config_file:
+        return f"\\fB{escape(option.name)} =\\fR {value}".rstrip()
+    flags = ", ".join(f"\\fB{escape(flag)}\\fR" for flag in option.flags)
+    return f"{flags} {value}".rstrip()
+
+
+def default_sentence(option: Option, config_file: bool = False) -> str:
+    """"Default: ..." as --help and the README say it ('yes' or 'no' for a switch in the
+    config file); '' for the command-line actions."""
+    if option.scope == COMMAND:
+        return ""
+    text = default_of(option)
+    if config_file and option.flag:
+        text = "yes" if text == "on" else "no"
+    return f" Default: {text}." if text else " No default."
+
+
+def option_items(options: Sequence[Option], config_file: bool = False) -> str:
+    out = []
+    for option in options:
+        out.append(item(option_tag(option, config_file),
+                        option.help + "." + default_sentence(option, config_file)))
+        if option.flags[0] == "-s":
+            out.append(".RS\n" + "".join(
+                item(f"\\fI{name}\\fR", f"{text}. Default: {default}.")
+                for name, text, default in SERVICE_FIELDS) + ".RE\n")
+    return "".join(out)
+
+
+# --- the pages -----------------------------------------------------------------------------
+
+def hapolicy_8() -> str:
+    return "".join((
+        header("hapolicy", "8", "high availability and load balancing for Postfix policy "
+               "services"),
+        section("SYNOPSIS"),
+        lines("\\fBhapolicy\\fR [\\fB\\-d\\fR \\fIACTION\\fR] [\\fB\\-l\\fR] [\\fB\\-v\\fR] "
+              "[\\fB\\-L\\fR] \\fB\\-s\\fR \\fINAME\\fR\\fB=\\fR\\fIHOST\\fR\\fB:\\fR\\fIPORT"
+              "\\fR[\\fB:\\fR\\fIPRIO\\fR[\\fB:\\fR\\fIWEIGHT\\fR[\\fB:\\fR\\fITIMEOUT\\fR]]] "
+              "[\\fB\\-s\\fR ...] [\\fIOPTION\\fR...]"),
+        ".br\n",
+        lines("\\fBhapolicy \\-c\\fR \\fIFILE\\fR [\\fIOPTION\\fR...]"),
+        ".br\n",
+        lines("\\fBhapolicy \\-c\\fR \\fIFILE\\fR \\fB\\-\\-check\\-config\\fR"),
+        section("DESCRIPTION"),
+        para("hapolicy answers Postfix's policy delegation requests (`check_policy_service`) by "
+             "asking one of several policy services (postgrey, postfwd, policyd-weight, SPF "
+             "and rate-limit daemons), and answers a default action when none does. When a "
+             "service dies, Postfix keeps getting answers: hapolicy asks the next one, and "
+             "never makes an SMTP session wait for a dead service more than once: a service "
+             "that fails is marked down in a table that every process shares, and skipped by "
+             "all of them until it answers again."),
+        para("Services are tried by priority, lowest first; inside one priority by weighted "
+             "round robin, or with `--balance hash:ATTR,...` the same attribute values always "
+             "reach the same service. The answer relayed is the service's first `action=` "
+             "line, unchanged."),
+        para("It keeps the command line of the Perl hapolicy of the postfwd project, option "
+             "for option. Without `--listen` (and without `listen` in the config file) it "
+             "serves one client on its standard input and output, as spawn(8) runs it; with "
+             "it, it is a preforked daemon: a master binds the listening sockets and forks "
+             "the workers, each of which serves many connections. One daemon can serve "
+             "several pools of services, each with its own addresses, services, health and "
+             "default action: see hapolicy.conf(5)."),
+        section("OPTIONS"),
+        para("Every setting of the config file may be given on the command line, which "
+             "overrides the file (in every pool)."),
+        option_items(OPTIONS),
+        item("\\fB\\-\\-version\\fR", "print the version and exit."),
+        item("\\fB\\-h\\fR, \\fB\\-\\-help\\fR", "print the options, each with its default, "
+             "and exit."),
+        section("SPAWN MODE"),
+        para("As the original: master.cf (the second line starts with blanks; `{ }` keeps an "
+             "argument with spaces together):"),
+        example(SPAWN_MASTER_CF),
+        para("main.cf:"),
+        example(SPAWN_MAIN_CF),
+        para("hapolicy serves the one connection and exits when Postfix closes it. spawn(8) "
+             "connects standard input, output and error to Postfix's socket, so hapolicy "
+             "writes nothing but answers there: its logs go to syslog and standard error is "
+             "pointed at /dev/null, except for a bad command line (see EXIT STATUS). Every "
+             "process spawned with the same services shares what is known of them through "
+             "a state file (`--state-file`): a dead service costs its timeout once per "
+             "cool-down for the whole server, not once per SMTP connection. Spawn mode has "
+             "no active checks: after its cool-down one request probes a service that is "
+             "down."),
+        section("DAEMON"),
+        para("Put `listen` and the services in /etc/hapolicy.conf and start it with the "
+             "init script or systemd; nothing goes in master.cf. main.cf:"),
+        example(DAEMON_MAIN_CF),
+        para("The master keeps root (to bind, reload and clean up) and talks to no network; "
+             "the workers and the monitor run as `--user` and `--group` (the package's init "
+             "script and unit give `hapolicy`). The monitor checks every service every "
+             "`--check-interval` seconds; with checks on, only `--check-rise` answered checks "
+             "in a row bring a service back. It also answers hapolicyctl(8) on `--control "
+             "PATH` and serves Prometheus metrics on `--metrics-listen HOST:PORT`. `ps` shows "
+             "`hapolicy: master`, `hapolicy: monitor` and `hapolicy: worker requests=N "
+             "clients=N`."),
+        section("SIGNALS"),
+        table(SIGNALS),
+        section("LOGGING"),
+        para("Syslog, facility mail, ident `hapolicy[PID]`; without /dev/log lines are "
+             "dropped and hapolicy keeps working. A state change of a service is logged once, "
+             "a request answered with the default action as a warning. With `-l`, one line "
+             "per request:"),
+        example("pool=grey service=GREY1 client=mail.example.org[192.0.2.10] "
+                "helo=<mail.example.org> sender=<a@example.org> recipient=<b@example.net> "
+                "delay=0.004s action=DUNNO"),
+        section("EXIT STATUS"),
+        table(EXIT_STATUS),
+        section("FILES"),
+        table(FILES, bold=False),
+        section("SEE ALSO"),
+        lines("\\fBhapolicy.conf\\fR(5), \\fBhapolicyctl\\fR(8), \\fBspawn\\fR(8), "
+              "\\fBmaster\\fR(5), \\fBpostconf\\fR(5), Postfix's SMTPD_POLICY_README"),
+    ))
+
+
+def hapolicy_conf_5() -> str:
+    daemon = [o for o in OPTIONS if o.scope == DAEMON]
+    pool = [o for o in OPTIONS if o.scope not in (DAEMON, COMMAND)]
+    service = next(o for o in OPTIONS if o.flags[0] == "-s")
+    return "".join((
+        header("hapolicy.conf", "5", "configuration file of hapolicy"),
+        section("SYNOPSIS"),
+        lines("/etc/hapolicy.conf"),
+        section("DESCRIPTION"),
+        para("The settings and services of hapolicy(8), read with `hapolicy -c FILE`. Lines "
+             "are `key = value`; a key is the long command-line option without its leading "
+             "`--` (`-` and `_` alike); a line that starts with `#` is a comment (there are "
+             "no comments after a value). A switch of the command line (`-l`, `--daemonize`) "
+             "is `yes` or `no` here. The command line overrides the file. "
+             "`hapolicy -c FILE --check-config` prints the daemon's settings and every pool, "
+             "or names `FILE:LINE` and what is wrong (exit status 2). SIGHUP makes the "
+             "daemon read the file again: pools and listen addresses may come and go, and a "
+             "service that keeps its pool, name and address keeps its health."),
+        section("SERVICES"),
+        item(f"\\fBservice =\\fR \\fI{escape(service.metavar)}\\fR", service.help +
+             ". Once per service; in a file with pools, inside each pool's section."),
+        ".RS\n", "".join(item(f"\\fI{name}\\fR", f"{text}. Default: {default}.")
+                         for name, text, default in SERVICE_FIELDS), ".RE\n",
+        section("POOLS"),
+        para("Each `[pool NAME]` section is a pool: its own listen addresses, services, "
+             "health, balancing and default action; one master and one set of workers serve "
+             "every pool. The keys before the first section are the daemon's (DAEMON "
+             "SETTINGS below) and the defaults of every pool (POOL SETTINGS); a section "
+             "holds pool settings only. A file without sections is one pool named `default`. "
+             "The command line is always one pool: its settings override every pool's, and "
+             "`-s` cannot be combined with a file of pools."),
+        para("Postfix 3.1 and later send `policy_context=VALUE` when main.cf says "
+             "`check_policy_service { inet:127.0.0.1:10060, policy_context=grey }`. Pools may "
+             "share a listen address when each names the context it serves "
+             "(`policy-context = grey`): a request is answered by the pool of its context; "
+             "one without a known context by the pool that says `policy-context = *`, or "
+             "else with the first pool's default action and a warning in the log. Without "
+             "policy_context (Postfix before 3.1), give each pool its own `listen` port."),
+        section("DAEMON SETTINGS"),
+        para("Before the first section only."),
+        option_items(daemon, config_file=True),
+        section("POOL SETTINGS"),
+        para("In a pool's section, or before the first one as the default of every pool "
+             "(`policy-context` only in a section)."),
+        option_items(pool, config_file=True),
+        section("EXAMPLE"),
+        para("Three pools (two postgrey servers with separate databases, a rate limiter "
+             "keyed on the SASL user, SPF) on one address, told apart by policy_context:"),
+        example(EXAMPLE_POOLS),
+        para("main.cf:"),
+        example(EXAMPLE_POOLS_MAIN_CF),
+        section("FILES"),
+        table(FILES[:2], bold=False),
+        section("SEE ALSO"),
+        lines("\\fBhapolicy\\fR(8), \\fBhapolicyctl\\fR(8), \\fBpostconf\\fR(5)"),
+    ))
+
+
+def hapolicyctl_8() -> str:
+    return "".join((
+        header("hapolicyctl", "8", "send a command to a running hapolicy daemon"),
+        section("SYNOPSIS"),
+        lines("\\fBhapolicyctl\\fR [\\fB\\-\\-control\\fR \\fIPATH\\fR | \\fB\\-c\\fR "
+              "\\fICONFIG\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]"),
+        section("DESCRIPTION"),
+        para("With `--control PATH` (config file: `control = PATH`) the master of hapolicy(8) "
+             "answers commands on a unix socket, mode 0600 and owned by its user "
+             f"(`--control-group GROUP`: 0660, that group too). hapolicyctl sends one command "
+             f"and prints the answer. It finds the socket with `--control PATH`, in the "
+             f"daemon's config file with `-c CONFIG` (its `control` line), or at "
+             f"`{DEFAULT_PATH}`. A daemon without pool sections has one pool, `default`."),
+        section("OPTIONS"),
+        table(CTL_OPTIONS),
+        section("COMMANDS"),
+        table(COMMANDS),
+        section("EXIT STATUS"),
+        table(CTL_EXIT),
+        section("EXAMPLE"),
+        example("$ hapolicyctl status\n"
+                "pool     service  address          state  admin     weight  answers  "
+                "failures\n"
+                "grey     GREY1    10.0.0.1:10023   up     enabled   1       6012     0\n"
+                "grey     GREY2    10.0.0.2:10023   up     disabled  1       5998     3\n"
+                "$ hapolicyctl disable grey/GREY2\nok: grey/GREY2 disabled"),
+        section("FILES"),
+        table(((DEFAULT_PATH, "the control socket when neither `--control` nor `-c` is "
+                "given"), FILES[0]), bold=False),
+        section("SEE ALSO"),
+        lines("\\fBhapolicy\\fR(8), \\fBhapolicy.conf\\fR(5)"),
+    ))
+
+
+PAGES: dict[str, Callable[[], str]] = {
+    "hapolicy.8": hapolicy_8,
+    "hapolicyctl.8": hapolicyctl_8,
+    "hapolicy.conf.5": hapolicy_conf_5,
+}
+USAGE = "usage: python -m hapolicy.manpage PAGE | --dir DIR   (PAGE: " + ", ".join(PAGES) + ")"
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--dir":
+        for name, page in PAGES.items():
+            with open(os.path.join(argv[1], name), "w", encoding="utf-8") as handle:
+                handle.write(page())
+        return 0
+    if len(argv) == 1 and argv[0] in PAGES:
+        sys.stdout.write(PAGES[argv[0]]())
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
