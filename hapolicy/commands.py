@@ -36,13 +36,15 @@ if TYPE_CHECKING:
     from .workertable import WorkerTable
 
 MAX_WEIGHT = 10000  # of the weight command; a configured weight has no bound
+COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
+           "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
+           "shadow_disagree", "shadow_failed", "shadow_dropped")
 COMMANDS = (
     ("status", "a table, one line per service: the columns of csv but down_s"),
-    ("csv", ("`# pool,service,address,state,admin,weight,answers,failures,p50_ms,p99_ms,"
-             "last_change,down_s,hedged,hedge_won,shadow_agree,shadow_disagree,shadow_failed,"
-             "shadow_dropped`, then one row per service (HAProxy `show stat` style; new "
+    ("csv", ("a `#` header line that names the columns, then one row per service, "
+             "comma-separated (HAProxy `show stat` style): " + ", ".join(COLUMNS) + ". New "
              "columns are only ever appended; the hedge and shadow columns are the pool's, on "
-             "each of its rows)")),
+             "each of its rows")),
     ("disable POOL/SERVICE", ("take a service out: no worker sends it a request from now on, "
                              "and the checks leave it alone")),
     ("drain POOL/SERVICE", ("no new transaction and no hash key goes to the service; the "
@@ -54,9 +56,6 @@ COMMANDS = (
     ("workers", "pid, requests served (as of its last heartbeat) and clients of each worker"),
     ("help", "this list"),
 )
-COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
-           "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
-           "shadow_disagree", "shadow_failed", "shadow_dropped")
 STATUS_COLUMNS = COLUMNS[:11] + COLUMNS[12:]  # all but down_s
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
