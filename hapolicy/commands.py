@@ -40,7 +40,8 @@ COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", 
            "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
            "shadow_disagree", "shadow_failed", "shadow_dropped")
 COMMANDS = (
-    ("status", "a table, one line per service: the columns of csv but down_s"),
+    ("status", ("a table, one line per service: the columns of csv but down_s (and but the "
+               "hedge and shadow columns when no pool hedges or has a shadow)")),
     ("csv", ("a `#` header line that names the columns, then one row per service, "
              "comma-separated (HAProxy `show stat` style): " + ", ".join(COLUMNS) + ". New "
              "columns are only ever appended; the hedge and shadow columns are the pool's, on "
@@ -57,6 +58,7 @@ COMMANDS = (
     ("help", "this list"),
 )
 STATUS_COLUMNS = COLUMNS[:11] + COLUMNS[12:]  # all but down_s
+PLAIN_COLUMNS = 11  # status's columns when no pool hedges or has a shadow
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
 Target = tuple  # (HealthTable, index of the service in it)
@@ -205,8 +207,10 @@ def answer(line: str, config: Config, health: Mapping[str, HealthTable],
     if args:
         return f"error: {command} takes no arguments\n"
     if command == "status":
-        return aligned(STATUS_COLUMNS, [status_row(row) for row in
-                                        rows(config, health, time.monotonic(), time.time())])
+        body = [status_row(row) for row in rows(config, health, time.monotonic(), time.time())]
+        if not any(pool.hedge or pool.shadow for pool in config.pools):
+            return aligned(STATUS_COLUMNS[:PLAIN_COLUMNS], [row[:PLAIN_COLUMNS] for row in body])
+        return aligned(STATUS_COLUMNS, body)
     if command == "csv":
         return "# " + ",".join(COLUMNS) + "\n" + "".join(
             ",".join(row) + "\n" for row in rows(config, health, time.monotonic(), time.time()))

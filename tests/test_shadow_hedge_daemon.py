@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.backends import FakeBackend
-from support.ctl import csv_rows
+from support.ctl import ctl, csv_rows
 from support.daemon import Daemon
 from support.ports import HOST, free_port
 from support.protocol import PolicyClient, request
@@ -87,6 +87,9 @@ def test_a_hedged_pool_through_the_daemon(tmp_path: Path):
             assert answers.count("action=OK second\n\n") == 4  # the 5th, 10th, ...
             row = csv_rows(path)["spf/P"]
             assert (row["hedged"], row["hedge_won"], row["failures"]) == ("4", "4", "0")
+            status = ctl("--control", path, "status").stdout.splitlines()
+            assert status[0].split()[11:13] == ["hedged", "hedge_won"]  # a pool hedges
+            assert status[1].split()[:2] == ["spf", "P"] and status[1].split()[11:13] == ["4", "4"]
             found = samples(metrics)
             assert found[("hapolicy_hedges_total", (("pool", "spf"),))] == 4
             assert found[("hapolicy_hedges_won_total", (("pool", "spf"),))] == 4
