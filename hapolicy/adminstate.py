@@ -65,7 +65,7 @@ def parse(text: str, path: str) -> tuple[dict[Key, tuple[str, int]], list[str]]:
         fields = line.split()
         weight = fields[4] if len(fields) == 5 else ""
         if len(fields) != 5 or fields[3] not in ADMIN_STATES or not (
-                weight == "-" or weight.isdigit() and 1 <= int(weight) <= MAX_WEIGHT):
+                weight == "-" or weight.isascii() and weight.isdigit() and 1 <= int(weight) <= MAX_WEIGHT):
             problems.append(f"state file {path}:{number}: not POOL SERVICE ADDRESS "
                             f"enabled|drain|disabled WEIGHT|-: ignored")
             continue

@@ -25,7 +25,7 @@ from .config import Config
 from .eventloop import EventLoop, Timer
 from .health import UP, Health, HealthTable
 from .log import Logger
-from .outcome import ANSWERED, FAIL_ANSWER, LOCAL
+from .outcome import ANSWERED, LOCAL, fail_answer
 
 
 class Checker:
@@ -38,11 +38,7 @@ class Checker:
         self.health = Health(table, config.services, config, log)
         self.log = log
         self.payload = config.check_request.encode() + b"\n"
-        self.fail_answer = None
-        if config.fail_answer:
-            import re
-
-            self.fail_answer = re.compile(config.fail_answer.encode(), re.IGNORECASE).search
+        self.fail_answer = fail_answer(config.fail_answer)
         self.backends = Backends(loop, config.connect_timeout)
         count = len(config.services)
         self.rise = [0] * count  # consecutive answered checks while down
@@ -98,10 +94,8 @@ class Checker:
     def done(self, i: int, outcome: int, detail: str, action: bytes = b"") -> None:
         if self.stopped:
             return
-        fail_answer = self.fail_answer
-        if outcome == ANSWERED and fail_answer is not None and fail_answer(action[7:]):
-            outcome = FAIL_ANSWER
-            detail = "answer matched fail-answer: " + action[7:].decode("utf-8", "replace")
+        if self.fail_answer is not None:
+            outcome, detail = self.fail_answer.judge(action, outcome, detail)
         now = time.monotonic()
         up = self.table.state(i, now) == UP
         config = self.config

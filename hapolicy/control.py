@@ -66,7 +66,7 @@ class ControlSocket:
 
 
 def _bind(path: str, gid: int) -> socket.socket:
-    remove_stale_socket(path)
+    remove_stale_socket(path, f"control socket {path}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177 if gid < 0 else 0o117)  # no moment with a wider mode
     try:
@@ -87,29 +87,20 @@ def _bind(path: str, gid: int) -> socket.socket:
 
 
 def bind_control(config: Config) -> ControlSocket:
-    """The master's control socket at config.control; ConfigError when it cannot be made."""
+    """The master's control socket at config.control, bound at start with the other early
+    checks; ConfigError (exit 2) when it cannot be made."""
     try:
         gid = group_id(config.control_group)
-    except KeyError:
-        raise ConfigError(f"control group {config.control_group!r} does not exist") from None
-    try:
-        sock = _bind(config.control, gid)
-    except OSError as exc:
-        raise ConfigError(f"control socket {config.control}: {exc.strerror}") from None
-    return ControlSocket(sock, config.control, os.geteuid(), gid)
-
-
-def check_control(config: Config) -> None:
-    """ConfigError at start for a control setting that cannot work (before anything is bound)."""
-    if not config.control:
-        return
-    try:
-        group_id(config.control_group)
     except KeyError:
         raise ConfigError(f"control group {config.control_group!r} does not exist") from None
     directory = os.path.dirname(config.control) or "."
     if not os.path.isdir(directory):
         raise ConfigError(f"control socket {config.control}: no directory {directory}")
+    try:
+        sock = _bind(config.control, gid)
+    except OSError as exc:
+        raise ConfigError(f"control socket {config.control}: {exc.strerror}") from None
+    return ControlSocket(sock, config.control, os.geteuid(), gid)
 
 
 class ControlServer(OneShotServer):
@@ -160,6 +151,9 @@ class ControlServer(OneShotServer):
         except Exception as exc:  # noqa: BLE001 - a bug in a command must not stop the monitor
             self.log.error(f"control socket: command {text[:60]!r} failed: {exc!r}")
             return b"error: internal error\n"
+
+    def at_end(self, data: bytes) -> bytes | None:
+        return self.answer(data + b"\n")  # `printf status | socat - UNIX:PATH`: a last line
 
     def too_long(self) -> bytes:
         return f"error: line longer than {MAX_LINE} bytes\n".encode()

@@ -24,8 +24,8 @@ TIMEOUT = 10.0
 USAGE = "usage: hapolicyctl [--control PATH | -c CONFIG] COMMAND [ARGS]"
 #: The options, as --help and hapolicyctl(8) (manpage.py) say them.
 OPTIONS = (
-    ("--control PATH", "the daemon's control socket (its `--control`, or `control` in its "
-     "config file)"),
+    ("--control PATH", ("the daemon's control socket (its `--control`, or `control` in its "
+     "config file)")),
     ("-c, --config CONFIG", "the daemon's config file: the socket is its `control` line"),
     ("-h, --help", "print the options and the commands, and exit"),
 )

@@ -37,14 +37,16 @@ def unlink(path: str, log: Logger | None = None) -> None:
         (log or Logger()).warning(f"cannot remove {path}: {exc.strerror}")
 
 
-def remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead daemon; refuse if a live one still answers there."""
+def remove_stale_socket(path: str, what: str = "") -> None:
+    """Remove a socket file left by a dead daemon; refuse if a live one still answers there.
+    what names the socket in the error (default: the listen address)."""
+    what = what or f"listen address unix:{path}"
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"listen address unix:{path}: exists and is not a socket")
+        raise ConfigError(f"{what}: exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)
     try:
@@ -57,10 +59,10 @@ def remove_stale_socket(path: str) -> None:
     except BlockingIOError:
         pass  # a full backlog: someone listens
     except OSError as exc:
-        raise ConfigError(f"listen address unix:{path}: {exc.strerror}") from None
+        raise ConfigError(f"{what}: {exc.strerror}") from None
     finally:
         probe.close()
-    raise ConfigError(f"listen address unix:{path}: another process is listening there")
+    raise ConfigError(f"{what}: another process is listening there")
 
 
 def resolve_ids(user: str, group: str) -> tuple[int, int] | None:

@@ -33,7 +33,7 @@ from .health import (
     HealthTable,
 )
 from .log import Logger
-from .outcome import ANSWERED, FAIL_ANSWER, LOCAL
+from .outcome import ANSWERED, LOCAL, fail_answer, is_timeout
 from .protocol import Request, format_action
 from .selection import Selector
 from .stats import BOUNDS, STATS, S, action_offset
@@ -75,11 +75,7 @@ class Dispatcher:
         self.health = Health(table, config.services, config, log)
         self.log = log
         self.hash_key = key_function(config.balance)
-        self.fail_answer = None  # the search of fail-answer's pattern in an action line
-        if config.fail_answer:
-            import re  # here: spawn mode's start pays for it only when the option is given
-
-            self.fail_answer = re.compile(config.fail_answer.encode(), re.IGNORECASE).search
+        self.fail_answer = fail_answer(config.fail_answer)
         self.selector = Selector(config.services, table, config.all_down == "try")
         self.backends = Backends(loop, config.connect_timeout)
         self.default_answer = format_action(config.default_action)
@@ -89,6 +85,10 @@ class Dispatcher:
         self.sticky = config.sticky_instance
         self.log_requests = config.log_requests
         self.in_flight = 0
+        # a timeout at the request's total deadline counts against the service (a service
+        # that needs longer is no use); a shadow's mirror dispatcher (shadow.py) says no: its
+        # short deadline is its own, not the shadow pool's measure
+        self.blames_deadline = True
         self.requests = 0
         # the table's counters (health.py), added to in place: no call on the request path
         self.counts = table.f
@@ -261,9 +261,8 @@ class Job:
         conn = self.exchange
         self.exchange = None
         d.waiting[index].discard(self)
-        if outcome == ANSWERED and d.fail_answer is not None and d.fail_answer(action[7:]):
-            outcome = FAIL_ANSWER
-            reason = "answer matched fail-answer: " + action[7:].decode("utf-8", "replace")
+        if d.fail_answer is not None:
+            outcome, reason = d.fail_answer.judge(action, outcome, reason)
         if outcome == ANSWERED:
             counts = d.counts
             counts[index * SLOT + ANSWERS] += 1.0
@@ -294,6 +293,8 @@ class Job:
         now = time.monotonic()
         if outcome == LOCAL:
             d.log.error(f"service={service.name} not asked: {reason}")
+        elif not d.blames_deadline and now >= self.deadline and is_timeout(outcome):
+            pass
         elif d.health.failed(index, outcome, reason, now):
             d.release(index, now, "marked down while waiting")
         if d.config.verbose:

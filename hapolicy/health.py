@@ -97,6 +97,12 @@ POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAUL
                  *SHADOW_COUNTERS, HEDGED, HEDGE_WON)
 
 
+def whole(word: float) -> int:
+    """A counter word as an int; 0 for what no counter holds (NaN, inf: the master, which reads
+    what unprivileged processes write, must not raise on a bad word)."""
+    return int(word) if -9e15 < word < 9e15 else 0
+
+
 def table_bytes(count: int, workers: int = 0) -> int:
     """The size of the table of count services: their slots, the table's own, their statistics
     slots and a word per worker slot."""
@@ -262,7 +268,9 @@ class HealthTable:
 
     def weight(self, i: int, configured: int) -> int:
         """Service i's effective weight: the operator's, else the configured one."""
-        return int(self.f[i * SLOT + F.WEIGHT]) or configured
+        weight = self.f[i * SLOT + F.WEIGHT]
+        # only the master's control path writes it; the bound keeps a bad word from raising
+        return int(weight) if 1.0 <= weight <= 1e9 else configured
 
     def set_weight(self, i: int, weight: int) -> None:
         """The operator's weight of service i (0: back to the configured one)."""
@@ -291,11 +299,11 @@ class HealthTable:
 
     def counter(self, word: int) -> int:
         """One of the pool's counters (REQUESTS, DEFAULT_*)."""
-        return int(self.f[self.header + word])
+        return whole(self.f[self.header + word])
 
     def service_counter(self, i: int, field: int) -> int:
         """One of service i's counters (F.ANSWERS, F.FAILURES)."""
-        return int(self.f[i * SLOT + field])
+        return whole(self.f[i * SLOT + field])
 
     def set_in_flight(self, slot: int, count: int) -> None:
         """The requests the worker in slot has in flight for this pool (its housekeeping)."""
@@ -304,7 +312,7 @@ class HealthTable:
 
     def requests_in_flight(self, slots: Iterable[int]) -> int:
         """The requests in flight of the workers in these slots, as of their last pass."""
-        return sum(int(self.f[self.in_flight + s]) for s in slots if s < self.workers)
+        return sum(whole(self.f[self.in_flight + s]) for s in slots if s < self.workers)
 
     def rejoin(self, i: int, peers: list[int]) -> None:
         """A service came back: start its clock level with its peers', not far behind them."""

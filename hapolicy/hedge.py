@@ -27,9 +27,9 @@ from __future__ import annotations
 import time
 from array import array
 
-from .health import HEDGE_WON, HEDGED
 from .dispatch import SWEEP_SECONDS
-from .outcome import ANSWERED, FAIL_ANSWER
+from .health import HEDGE_WON, HEDGED
+from .outcome import ANSWERED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class Hedge:
         now = time.monotonic()
         if job.exchange is None or hedger.tokens < 1.0 or now >= job.deadline:
             return
-        index = d.selector.pick(job.tried, now, job.key, -1)
+        index = d.selector.pick(job.tried, now, job.key, -1, last_resort=False)  # no dead one
         if index < 0:
             return
         hedger.tokens -= 1.0
@@ -128,9 +128,8 @@ class Hedge:
         self.conn = None
         job = self.job
         d = job.d
-        if outcome == ANSWERED and d.fail_answer is not None and d.fail_answer(action[7:]):
-            outcome = FAIL_ANSWER
-            reason = "answer matched fail-answer: " + action[7:].decode("utf-8", "replace")
+        if d.fail_answer is not None:
+            outcome, reason = d.fail_answer.judge(action, outcome, reason)
         if outcome != ANSWERED:
             job.note_failure(self.index, outcome, reason)
             return

@@ -31,47 +31,47 @@ if TYPE_CHECKING:
 
 #: Signals of the daemon's master (the README's signal table is held to these).
 SIGNALS = (
-    ("HUP", "re-read the config file (pools and listen addresses may come and go); new "
+    ("HUP", ("re-read the config file (pools and listen addresses may come and go); new "
      "workers take new connections, old ones retire (they keep serving their connections "
      "until the clients close them). A config that fails validation is logged and the old "
-     "one keeps running"),
-    ("TERM", "stop accepting, let in-flight requests finish (`--drain-timeout`), exit 0, "
-     "remove the pidfile and unix socket"),
+     "one keeps running")),
+    ("TERM", ("stop accepting, let in-flight requests finish (`--drain-timeout`), exit 0, "
+     "remove the pidfile and unix socket")),
     ("INT, QUIT", "stop at once"),
 )
 
 EXIT_STATUS = (
-    ("0", "spawn mode: the client closed its connection; the daemon: stopped by a signal; "
-     "`--check-config`: the configuration is valid"),
-    ("1", "the daemon could not start or run (one line on stderr and in syslog); "
-     "`--daemonize` returns 1 when the master did not start"),
-    ("2", "a bad command line or config file: one line on stderr (and syslog) naming the bad "
+    ("0", ("spawn mode: the client closed its connection; the daemon: stopped by a signal; "
+     "`--check-config`: the configuration is valid")),
+    ("1", ("the daemon could not start or run (one line on stderr and in syslog); "
+     "`--daemonize` returns 1 when the master did not start")),
+    ("2", ("a bad command line or config file: one line on stderr (and syslog) naming the bad "
      "value, `FILE:LINE: what` for a file; under spawn(8) hapolicy then exits before reading a "
-     "request, so Postfix defers the mail (451 4.3.5) instead of passing it"),
+     "request, so Postfix defers the mail (451 4.3.5) instead of passing it")),
 )
 
 FILES = (
-    ("/etc/hapolicy.conf", "the config file of the init script and the systemd unit; see "
+    ("/etc/hapolicy.conf", ("the config file of the init script and the systemd unit; see "
      "hapolicy.conf(5). As the package installs it, it sets every setting to its default and "
-     "has its example pools commented out: the daemon starts once it has a `service` line"),
-    ("/etc/default/hapolicy", "the init script's settings: `DAEMON_ARGS` (by default `--user "
-     "hapolicy --group hapolicy`), `CONFIG`, `PIDFILE`, `DAEMON`, `STOP_TIMEOUT`"),
-    ("/etc/init.d/hapolicy", "the LSB init script: start, stop, status, reload (HUP), "
-     "restart"),
-    ("/lib/systemd/system/hapolicy.service", "the systemd unit (`Type=notify`, the master in "
-     "the foreground)"),
-    ("/lib/systemd/system/hapolicy.socket", "socket activation: systemd holds the listening "
+     "has its example pools commented out: the daemon starts once it has a `service` line")),
+    ("/etc/default/hapolicy", ("the init script's settings: `DAEMON_ARGS` (by default `--user "
+     "hapolicy --group hapolicy`), `CONFIG`, `PIDFILE`, `DAEMON`, `STOP_TIMEOUT`")),
+    ("/etc/init.d/hapolicy", ("the LSB init script: start, stop, status, reload (HUP), "
+     "restart")),
+    ("/lib/systemd/system/hapolicy.service", ("the systemd unit (`Type=notify`, the master in "
+     "the foreground)")),
+    ("/lib/systemd/system/hapolicy.socket", ("socket activation: systemd holds the listening "
      "socket, so Postfix finds it while hapolicy restarts; not enabled by the package (its "
-     "`ListenStream=` must be one of the `listen` addresses)"),
+     "`ListenStream=` must be one of the `listen` addresses)")),
     ("/run/hapolicy.pid", "the init script's pidfile"),
-    ("/run/hapolicy/control", "the control socket (`control` in the packaged config file), "
-     "for hapolicyctl(8)"),
-    ("/tmp/hapolicy-UID/health-DIGEST", "spawn mode: the state file in which every process "
+    ("/run/hapolicy/control", ("the control socket (`control` in the packaged config file), "
+     "for hapolicyctl(8)")),
+    ("/tmp/hapolicy-UID/health-DIGEST", ("spawn mode: the state file in which every process "
      "spawned with one service list shares their health (in `$XDG_RUNTIME_DIR/hapolicy/` "
-     "when that is set); `--state-file`"),
+     "when that is set); `--state-file`")),
     ("/dev/log", "where syslog lines go (`--syslog-socket`)"),
-    ("/usr/share/doc/hapolicy/README.md.gz", "the whole documentation: health, balancing, "
-     "logging, scale and limits"),
+    ("/usr/share/doc/hapolicy/README.md.gz", ("the whole documentation: health, balancing, "
+     "logging, scale and limits")),
 )
 
 #: The config file example with three pools on one address (the README shows the same lines).
@@ -99,6 +99,14 @@ total-timeout = 10
 policy-context = spf
 service = SPF1=10.0.0.1:10045:10
 service = SPF2=10.0.0.2:10045:20
+"""
+
+#: hapolicyctl status during a failover (the README shows the same lines)
+STATUS_EXAMPLE = """\
+$ hapolicyctl status
+pool  service  address         state  admin    weight  answers  failures  p50_ms  p99_ms  last_change
+grey  GREY1    10.0.0.1:10023  up     enabled  1       5127     0         0.50    0.99    2d03h
+grey  GREY2    10.0.0.2:10023  down   enabled  1       825      1         1.78    4.59    3s
 """
 
 #: main.cf for EXAMPLE_POOLS (the README shows the same lines).
@@ -380,8 +388,9 @@ def hapolicyctl_8() -> str:
         lines("\\fBhapolicyctl\\fR [\\fB\\-\\-control\\fR \\fIPATH\\fR | \\fB\\-c\\fR "
               "\\fICONFIG\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]"),
         section("DESCRIPTION"),
-        para("With `--control PATH` (config file: `control = PATH`) the master of hapolicy(8) "
-             "answers commands on a unix socket, mode 0600 and owned by its user "
+        para("With `--control PATH` (config file: `control = PATH`) hapolicy(8) answers "
+             "commands on a unix socket (bound by its master, served by its monitor), mode "
+             "0600 and owned by the master's user "
              f"(`--control-group GROUP`: 0660, that group too). hapolicyctl sends one command "
              f"and prints the answer. It finds the socket with `--control PATH`, in the "
              f"daemon's config file with `-c CONFIG` (its `control` line), or at "
@@ -393,15 +402,10 @@ def hapolicyctl_8() -> str:
         section("EXIT STATUS"),
         table(CTL_EXIT),
         section("EXAMPLE"),
-        example("$ hapolicyctl status\n"
-                "pool     service  address          state  admin     weight  answers  "
-                "failures\n"
-                "grey     GREY1    10.0.0.1:10023   up     enabled   1       6012     0\n"
-                "grey     GREY2    10.0.0.2:10023   up     disabled  1       5998     3\n"
-                "$ hapolicyctl disable grey/GREY2\nok: grey/GREY2 disabled"),
+        example(STATUS_EXAMPLE + "$ hapolicyctl disable grey/GREY2\nok: grey/GREY2 disabled"),
         section("FILES"),
-        table(((DEFAULT_PATH, "the control socket when neither `--control` nor `-c` is "
-                "given"), FILES[0]), bold=False),
+        table(((DEFAULT_PATH, ("the control socket when neither `--control` nor `-c` is "
+                "given")), FILES[0]), bold=False),
         section("SEE ALSO"),
         lines("\\fBhapolicy\\fR(8), \\fBhapolicy.conf\\fR(5)"),
     ))

@@ -30,7 +30,6 @@ from .adminstate import AdminFile
 from .checks import CheckerSet
 from .children import ProcessOps, WorkerProcess, fork_child
 from .config import Config
-from .control import bind_control
 from .daemon import drop_privileges, preload_lazy_modules, read_pid, unlink
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
@@ -112,8 +111,6 @@ class Master(Reloading):
         self.loop.add(self.wake_r, EVENT_READ, self._drain_wake)
         for pool in self.config.pools:
             self.checks.replace(pool, self.health[pool.name], None, time.monotonic())
-        if self.config.control:
-            self.served.control = bind_control(self.config)
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -140,6 +137,7 @@ class Master(Reloading):
             if not self.workers:
                 self.monitor.stop()  # it checked for the draining workers until now
                 return False
+            self.monitor.maintain(self.ops.now())  # one that died while they drain
             if self.ops.now() >= self.stop_deadline:
                 self.log.warning(f"{len(self.workers)} workers still alive: killing them")
                 self.kill_all(signal.SIGKILL)

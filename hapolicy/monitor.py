@@ -259,7 +259,9 @@ class MonitorKeeper:
         pid = self.pid
         if not pid:
             return
-        self._forget()
+        # killed before its socketpair closes: it must not see the end of file first and
+        # log that the master is gone
         self.master._kill(pid, signal.SIGKILL)
         self.master.ops.wait(pid)
+        self._forget()
         self.throttle.reset()

@@ -70,6 +70,11 @@ class OneShotServer:
         """The answer once data holds a whole request, else None (read on)."""
         raise NotImplementedError
 
+    def at_end(self, data: bytes) -> bytes | None:
+        """The answer when the client ended its input after data, not a whole request; None:
+        close without one."""
+        return None
+
     def too_long(self) -> bytes:
         return f"error: a request longer than {self.max_request} bytes\n".encode()
 
@@ -120,7 +125,11 @@ class OneShotServer:
         except OSError:
             data = b""
         if not data:
-            self._close(conn)
+            answer = self.at_end(conn.data) if conn.state == READING and conn.data else None
+            if answer is None:
+                self._close(conn)
+            else:  # the client shut down its side only: it may still read
+                self._reply(conn, answer)
             return
         if conn.state == LINGERING:
             conn.dropped += len(data)

@@ -38,9 +38,36 @@ NAMES = ("answered", "connect failed", "reset", "connect timeout", "answer timeo
          "closed early", "invalid answer", "local failure", "abandoned", "fail answer")
 
 
+class FailAnswer:
+    """fail-answer's test: `judge` turns ANSWERED into FAIL_ANSWER when the action matches the
+    pattern (a case-insensitive search of the text after `action=`)."""
+
+    __slots__ = ("search",)
+
+    def __init__(self, pattern: str) -> None:
+        import re  # here: spawn mode's start pays for it only when the option is given
+
+        self.search = re.compile(pattern.encode(), re.IGNORECASE).search
+
+    def judge(self, action: bytes, outcome: int, reason: str) -> tuple[int, str]:
+        if outcome == ANSWERED and self.search(action[7:]):
+            return FAIL_ANSWER, "answer matched fail-answer: " + action[7:].decode("utf-8",
+                                                                                  "replace")
+        return outcome, reason
+
+
+def fail_answer(pattern: str) -> FailAnswer | None:
+    """The test of --fail-answer PATTERN, or None without one."""
+    return FailAnswer(pattern) if pattern else None
+
+
 def counts_against_service(outcome: int) -> bool:
     """Whether this outcome is the service's failure (health is told)."""
     return outcome not in (ANSWERED, LOCAL, ABANDONED)
+
+
+def is_timeout(outcome: int) -> bool:
+    return outcome == CONNECT_TIMEOUT or outcome == ANSWER_TIMEOUT
 
 
 def doubles_pause(outcome: int) -> bool:

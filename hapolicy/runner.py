@@ -11,7 +11,7 @@ from typing import Callable
 
 from .adminstate import check_writable
 from .config import Config, ConfigError
-from .control import check_control
+from .control import bind_control
 from .daemon import (
     check_may_switch_user,
     check_pidfile,
@@ -37,17 +37,19 @@ def run_daemon(config: Config, log: Logger,
         check_may_switch_user(config.user, config.group)
         if config.pidfile:
             check_pidfile(config.pidfile)
-        check_control(config)
         if config.state_file not in ("", "none"):
             check_writable(config.state_file)
         master.fd_limit = raise_fd_limit()
         if config.metrics_listen:  # first: nothing else to undo when it fails
             master.served.metrics = bind_metrics(config.metrics_listen)
         master.listeners.bind(config)
+        if config.control:  # last: a failure after it would leave its file
+            master.served.control = bind_control(config)
         if master.listeners.adopted():
             log.info("socket activation: listening on the sockets passed by systemd for "
                      + ", ".join(master.listeners.adopted()))
     except (ConfigError, ListenError, OSError) as exc:
+        master.listeners.cleanup(log)  # a unix socket bound before the failure
         message = str(exc) if not isinstance(exc, OSError) else (
             f"cannot start: {exc.strerror or exc}")
         log.error(message)

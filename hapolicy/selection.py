@@ -50,7 +50,8 @@ class Selector:
         self.last_resort = [i for group in self.groups for i in group] if try_down else []
         self.blake2b = None
 
-    def pick(self, tried: int, now: float, key: bytes | None = None, sticky: int = -1) -> int:
+    def pick(self, tried: int, now: float, key: bytes | None = None, sticky: int = -1,
+             last_resort: bool = True) -> int:
         """The next service to try (index), or -1 when none is left to try.
 
         `tried` is a bit mask of services this request already tried; `key` the hash key in
@@ -83,9 +84,10 @@ class Selector:
                 return self._commit(self._by_weight(candidates))
         if drained >= 0:
             return self._commit(drained)
-        for i in self.last_resort:
-            if not tried >> i & 1 and not health.disabled(i):
-                return i
+        if last_resort:
+            for i in self.last_resort:
+                if not tried >> i & 1 and not health.disabled(i):
+                    return i
         return -1
 
     def _lease(self, i: int) -> float:

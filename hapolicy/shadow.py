@@ -6,7 +6,9 @@ answer was delivered (Job.finish: client.deliver already called), `Mirror.copy` 
 request's share (`shadow-share`: the n-th answered request is copied when floor(n * P / 100)
 grows, so P % of them, spread evenly, the same ones in every run) and submits it to the
 shadow pool's mirror dispatcher (one per shadow pool and worker, apart from the pool's own
-dispatcher: its total timeout is at most TIMEOUT, it logs no request line of its own, and its
+dispatcher: its total timeout is at most TIMEOUT, and a copy cut there is a failure of the
+copy but does not mark the shadow's service down (the shadow may be a pool of its own, whose
+health is by its own timeouts and checks); it logs no request line of its own, and its
 requests count neither toward max-use nor toward the worker's requests in flight) with a
 `Sink` as its client. The sink compares the first words of the two actions, case-insensitive
 (`DEFER_IF_PERMIT see http://...` agrees with `defer_if_permit 30 s`): agree or disagree; a
@@ -179,5 +181,6 @@ def make_mirrors(loop: EventLoop, pools: Sequence[Config], dispatchers: Mapping[
             config = replace(shadow, log_requests=False,
                              total_timeout=min(shadow.total_timeout, TIMEOUT))
             target = made[pool.shadow] = Dispatcher(loop, config, health[shadow.name], log)
+            target.blames_deadline = False  # a copy cut at TIMEOUT: not a down service
         dispatchers[pool.name].shadow = Mirror(pool, target, health[pool.name], budget, log)
     return list(made.values())

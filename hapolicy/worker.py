@@ -392,9 +392,10 @@ class Worker:
             # a half-sent request or an unread answer that old is abandoned too
             if client.last_active < limit and not client.busy:
                 client.close()
-        for dispatcher in (*self.dispatchers, *self.mirrors):
-            dispatcher.backends.pool.sweep(now)
+        for dispatcher in self.dispatchers:
             dispatcher.table.set_in_flight(self.slot, dispatcher.in_flight)
+        for dispatcher in (*self.dispatchers, *self.mirrors):  # copies are not in flight
+            dispatcher.backends.pool.sweep(now)
         self.table.beat(self.slot, now, self.requests)
         self._update_title()
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)

@@ -13,6 +13,7 @@ fail at start with one line and exit status 2.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -31,7 +32,7 @@ from hapolicy import adminstate
 from hapolicy.adminstate import AdminFile
 from hapolicy.commands import COMMANDS, answer
 from hapolicy.config import Config, parse_service
-from hapolicy.health import DISABLED, DRAINING, ENABLED, HealthTable, carry_over
+from hapolicy.health import DISABLED, DRAINING, ENABLED, F, HealthTable, carry_over
 from hapolicy.selection import Selector
 
 
@@ -79,6 +80,16 @@ def test_hash_keys_leave_a_drained_service_and_only_its_keys_move():
     assert 1 not in after.values()
     assert all(after[k] == before[k] for k in keys if before[k] != 1)
     assert sum(before[k] == 1 for k in keys) > 50
+
+
+def test_a_bad_word_in_the_table_reads_as_the_default_in_the_master():
+    table = HealthTable(1, shared=False)
+    for bad in (math.nan, math.inf, -1.0, 0.5, 1e300):
+        table.set_weight(0, 0)
+        table.f[F.WEIGHT] = bad  # what only a broken or hostile worker could write
+        assert table.weight(0, 2) == 2
+        table.f[F.ANSWERS] = bad if bad != -1.0 else math.nan
+        assert table.service_counter(0, F.ANSWERS) in (0, 1)  # never raises
 
 
 def test_the_operators_weight_changes_the_split_at_once():
@@ -151,9 +162,9 @@ def test_the_state_file_round_trips_and_reads_bad_lines_as_warnings(tmp_path):
     assert text.splitlines()[1:] == ["default A h:1 disabled -", "default B h:2 drain 4"]
     assert adminstate.parse(text, "f") == (state, [])
     entries, problems = adminstate.parse(
-        text + "default C h:3 sideways -\ndefault C h:3 enabled 0\ntoo few\n\x00\xff garbage\n",
-        "f")
-    assert entries == state and len(problems) == 4
+        text + "default C h:3 sideways -\ndefault C h:3 enabled 0\ntoo few\n\x00\xff garbage\n"
+        "default C h:3 enabled \u00b2\n", "f")  # a digit to str.isdigit, not to int()
+    assert entries == state and len(problems) == 5
     assert problems[0] == ("state file f:4: not POOL SERVICE ADDRESS enabled|drain|disabled "
                            "WEIGHT|-: ignored")
     big = tmp_path / "big"
@@ -268,13 +279,17 @@ def test_weight_drain_and_disable_survive_a_hup_and_a_restart_with_the_state_fil
 
 def test_settings_that_cannot_work_fail_at_start_with_one_line(tmp_path):
     missing = tmp_path / "missing"
+    regular = tmp_path / "a-file"
+    regular.write_text("")
     for args, text in (
             (["--state-file", f"{missing}/state"], (f"state file {missing}/state: no directory "
                                                   f"{missing}")),
             (["--control", f"{missing}/control"], (f"control socket {missing}/control: no "
                                                   f"directory {missing}")),
             (["--control", f"{tmp_path}/control", "--control-group", "no-such-group-x"],
-             "control group 'no-such-group-x' does not exist")):
+             "control group 'no-such-group-x' does not exist"),
+            (["--control", str(regular)], (f"control socket {regular}: exists and is not a "
+                                          "socket"))):
         result = run_hapolicy(["-L", "--listen", f"{HOST}:{free_port()}", "-s", "A=127.0.0.1:9", *args])
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.strip().splitlines()[-1].endswith(text), result.stderr

@@ -121,6 +121,12 @@ def test_bad_peers_and_bad_lines():
                     pass
                 assert read_all(sock).startswith(b"error: line longer than 4096 bytes")
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)  # `printf status | socat - UNIX:PATH`: no newline, then EOF
+                sock.connect(path)
+                sock.sendall(b"workers")
+                sock.shutdown(socket.SHUT_WR)
+                assert read_all(sock).startswith(b"pid")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(8)
                 sock.connect(path)
                 sock.sendall(b"stat")

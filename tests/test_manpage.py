@@ -130,6 +130,7 @@ def test_the_readme_shows_the_pages_examples_and_signals():
     assert block(manpage.SPAWN_MASTER_CF).replace("/usr/sbin/", "/usr/local/bin/") in README
     assert block(manpage.SPAWN_MAIN_CF) in README
     assert block(manpage.DAEMON_MAIN_CF) in README
+    assert block(manpage.STATUS_EXAMPLE) in README
     start = README.index("| signal | effect |")
     rows = re.findall(r"^\| (.+?) \| (.+?) \|$", README[start:README.index("\n\n", start)],
                       re.M)

@@ -122,6 +122,7 @@ def test_control_hup_and_a_killed_monitor_as_nobody_then_a_clean_stop():
                 second = wait_for(lambda: daemon.monitor() not in (0, first) and
                                   daemon.monitor(), 10, what="a new monitor")
                 assert not alive(first) and uid_of(second) == NOBODY
+                assert "master is gone" not in daemon.log.text()  # killed before it could see
                 assert csv_rows(path)["default/A"]["admin"] == "disabled"
                 wait_for(lambda: len(b.live_requests) > before_b + 150, 10, what="load on B")
                 assert len(a.live_requests) == before_a

@@ -50,6 +50,7 @@ def test_the_last_resort_skips_services_already_tried_and_ends_with_minus_one():
     assert sel.pick(0b011, 101.0) == 2
     assert sel.pick(0b101, 101.0) == 1
     assert sel.pick(0b111, 101.0) == -1
+    assert sel.pick(0, 101.0, last_resort=False) == -1  # a hedge never asks a dead one
 
 
 def test_a_probe_holds_its_service_for_its_timeout_and_five_seconds():
