@@ -28,26 +28,32 @@ from .master import MASTER_SIGNALS, Master
 from .metrics import bind_metrics
 
 
+def prepare(master: Master, config: Config, log: Logger) -> None:
+    """The checks a postmaster's mistakes fail early, and the binding of every socket, before
+    anything detaches; ConfigError (exit 2), ListenError or OSError (exit 1)."""
+    resolve_ids(config.user, config.group)
+    check_may_switch_user(config.user, config.group)
+    if config.pidfile:
+        check_pidfile(config.pidfile)
+    if config.state_file not in ("", "none"):
+        check_writable(config.state_file)
+    master.fd_limit = raise_fd_limit()
+    if config.metrics_listen:  # first: nothing else to undo when it fails
+        master.served.metrics = bind_metrics(config.metrics_listen)
+    master.listeners.bind(config)
+    if config.control:  # last: a failure after it would leave its file
+        master.served.control = bind_control(config)
+    if master.listeners.adopted():
+        log.info("socket activation: listening on the sockets passed by systemd for "
+                 + ", ".join(master.listeners.adopted()))
+
+
 def run_daemon(config: Config, log: Logger,
                reload_config: Callable[[], Config] | None = None) -> int:
     """Run the daemon in the foreground (or detached with --daemonize); the exit status."""
     master = Master(config, log, reload_config)
     try:
-        resolve_ids(config.user, config.group)
-        check_may_switch_user(config.user, config.group)
-        if config.pidfile:
-            check_pidfile(config.pidfile)
-        if config.state_file not in ("", "none"):
-            check_writable(config.state_file)
-        master.fd_limit = raise_fd_limit()
-        if config.metrics_listen:  # first: nothing else to undo when it fails
-            master.served.metrics = bind_metrics(config.metrics_listen)
-        master.listeners.bind(config)
-        if config.control:  # last: a failure after it would leave its file
-            master.served.control = bind_control(config)
-        if master.listeners.adopted():
-            log.info("socket activation: listening on the sockets passed by systemd for "
-                     + ", ".join(master.listeners.adopted()))
+        prepare(master, config, log)
     except (ConfigError, ListenError, OSError) as exc:
         master.listeners.cleanup(log)  # a unix socket bound before the failure
         message = str(exc) if not isinstance(exc, OSError) else (
