@@ -17,7 +17,7 @@ import stat
 import time
 
 from support.backends import FakeBackend
-from support.ctl import Load, ask_all, csv_rows, ctl, read_all
+from support.ctl import Load, ask_all, csv_rows, ctl, disable_under_load, read_all
 from support.daemon import Daemon
 from support.wait import wait_for
 
@@ -41,12 +41,7 @@ def test_counters_disable_enable_and_hup():
                 "pool", "service", "address", "state", "admin", "weight", "answers", "failures",
                 "p50_ms", "p99_ms", "last_change"]  # no pool hedges or has a shadow
             with Load(daemon) as load:
-                assert ctl("--control", path, "disable", "default/A").stdout == \
-                    "ok: default/A disabled\n"
-                time.sleep(0.3)  # requests already on their way to A
-                before_a, before_b = len(a.live_requests), len(b.live_requests)
-                wait_for(lambda: len(b.live_requests) > before_b + 50, 10, what="load on B")
-                assert len(a.live_requests) == before_a
+                before_a, before_b = disable_under_load(path, "default/A", a, b)
                 assert csv_rows(path)["default/A"]["admin"] == "disabled"
                 daemon.send(signal.SIGHUP)
                 time.sleep(1.5)

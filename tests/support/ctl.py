@@ -14,6 +14,7 @@ from support.daemon import Daemon
 from support.ports import HOST
 from support.protocol import PolicyClient, request
 from support.repo import REPO, hapolicy_env
+from support.wait import wait_for
 
 
 def ctl(*args: str) -> subprocess.CompletedProcess:
@@ -90,3 +91,15 @@ def read_all(sock: socket.socket) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+def disable_under_load(path: str, name: str, off, on) -> tuple[int, int]:
+    """`disable POOL/SERVICE` while a Load runs: once the requests already on their way to it
+    are answered, none reaches backend `off` while `on` serves 50 more. The two backends'
+    live request counts then, for later comparisons."""
+    assert ctl("--control", path, "disable", name).stdout == f"ok: {name} disabled\n"
+    time.sleep(0.3)  # requests already on their way
+    before_off, before_on = len(off.live_requests), len(on.live_requests)
+    wait_for(lambda: len(on.live_requests) > before_on + 50, 10, what=f"load on {on.name}")
+    assert len(off.live_requests) == before_off  # no worker sends it any more
+    return before_off, before_on
