@@ -40,7 +40,7 @@ from .monitor import MonitorKeeper, Served
 from .notify import Notifier, ServiceNotes
 from .reload import Reloading, describe_pools
 from .summary import Summary
-from .throttle import BootThrottle, exit_code, failed_by_itself
+from .throttle import BootThrottle, exit_code
 from .worker import MSG_READY, MSG_RETIRING, Worker, set_title
 from .workertable import WATCHDOG_SECONDS, WorkerTable
 
@@ -212,21 +212,14 @@ class Master(Reloading):
             self._forget(worker)
             self.checks.stop_unused(self._generations())
             code = exit_code(status)
-            now = self.ops.now()
-            lived = now - worker.started
             if self.stopping or worker.retiring:
                 if code:
                     self.log.warning(f"worker {pid} exited with status {code}")
                 elif worker.retiring:
                     self.log.info(f"worker {pid} retired")
                 continue
-            if not worker.ready and failed_by_itself(code):
-                pause = self.throttle.died_at_boot(now)
-                self.log.error(f"worker {pid} died at boot (status {code}); "
-                               f"{self.throttle.failures} in a row: next start in {pause:g}s")
-            else:
-                self.log.warning(f"worker {pid} exited with status {code} after {lived:.1f}s: "
-                                 "replacing it")
+            self.throttle.judge_death("worker", pid, code, worker.ready, worker.started,
+                                      self.ops.now(), self.log)
 
     def _generations(self) -> set[int]:
         return {w.generation for w in self.workers.values()}

@@ -39,7 +39,7 @@ from .commands import answer
 from .control import ControlServer, ControlSocket
 from .eventloop import EVENT_READ, EventLoop
 from .metrics import MetricsServer, Tables
-from .throttle import BootThrottle, exit_code, failed_by_itself
+from .throttle import BootThrottle, exit_code
 from .worker import MSG_READY, WORKER_SIGNALS, set_title
 from .workertable import WATCHDOG_SECONDS
 
@@ -234,13 +234,8 @@ class MonitorKeeper:
         if self.master.stopping:
             if code:
                 log.warning(f"monitor {pid} exited with status {code}")
-        elif not self.ready and failed_by_itself(code):
-            pause = self.throttle.died_at_boot(now)
-            log.error(f"monitor {pid} died at boot (status {code}); "
-                      f"{self.throttle.failures} in a row: next start in {pause:g}s")
         else:
-            log.warning(f"monitor {pid} exited with status {code} after "
-                        f"{now - self.started:.1f}s: replacing it")
+            self.throttle.judge_death("monitor", pid, code, self.ready, self.started, now, log)
         return True
 
     def watchdog(self, now: float) -> None:

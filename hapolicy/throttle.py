@@ -4,13 +4,18 @@ A worker that dies before it says READY died at boot (a config it cannot use, a 
 become, a crash on import). Restarting it in a tight loop would only fill the log, so each such
 death doubles the pause before the next start (1 s, 2 s, 4 s … up to THROTTLE_MAX), and while
 workers keep dying they start one at a time. The first worker of the current generation that
-says READY ends the streak: the missing ones then start at once.
+says READY ends the streak: the missing ones then start at once. The monitor has a throttle of
+its own, judged the same way (`judge_death`).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .log import Logger
 
 THROTTLE_MAX = 30.0
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
@@ -49,6 +54,18 @@ class BootThrottle:
 
     def may_start(self, now: float) -> bool:
         return now >= self.next_start
+
+    def judge_death(self, what: str, pid: int, code: int, ready: bool, started: float,
+                    now: float, log: Logger) -> None:
+        """A child (a worker, the monitor) died unasked: count a death at boot, or log that it
+        is replaced. The one judgement of such a death."""
+        if not ready and failed_by_itself(code):
+            pause = self.died_at_boot(now)
+            log.error(f"{what} {pid} died at boot (status {code}); {self.failures} in a row: "
+                      f"next start in {pause:g}s")
+        else:
+            log.warning(f"{what} {pid} exited with status {code} after {now - started:.1f}s: "
+                        "replacing it")
 
 
 def exit_code(status: int) -> int:
