@@ -275,10 +275,20 @@ class Job:
             if offset is None:
                 offset = action_offset(d.actions, action)
             counts[base + offset] += 1.0
-            d.health.ok(index)
+            if counts[index * SLOT]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
+                d.health.ok(index)
+            client = self.client
             if self.instance:
-                self.client.instance = self.instance
-                self.client.instance_service = index
+                client.instance = self.instance
+                client.instance_service = index
+            if self.hedge is None and not d.log_requests:
+                # the common case, finish inline: no hedge to end, no line to log
+                answer = action + b"\n\n"
+                client.deliver(answer)
+                d.in_flight -= 1
+                if d.shadow is not None:
+                    d.shadow.copy(self.request, answer)
+                return
             self.finish(action + b"\n\n", d.services[index].name)
             return
         now = self.note_failure(index, outcome, reason)

@@ -143,7 +143,10 @@ class RequestFramer:
         if (end < 1 or end != len(data) - 2 or data[0] == 10 or self.skipping
                 or b"\r" in data or end > MAX_REQUEST_BYTES):
             return None
-        return Request(data, check_limits(data) if len(data) > 512 else "")
+        if len(data) > 512 and (len(data) > MAX_LINE_BYTES
+                                or data.count(b"\n") > MAX_ATTRIBUTES + 1):
+            return Request(data, check_limits(data))  # what check_limits may refuse
+        return Request(data)
 
     def _skip(self, data: bytes, out: list[Request]) -> bytes:
         joined = self.tail + data

@@ -23,7 +23,7 @@ import math
 
 from .health import PROBE_DUE, SLOT, UP, F
 
-DRAIN, WEIGHT = F.DRAIN, F.WEIGHT
+ADMIN, DRAIN, SERVED, WEIGHT = F.ADMIN, F.DRAIN, F.SERVED, F.WEIGHT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,27 +58,32 @@ class Selector:
         hash mode; `sticky` a service to prefer while it is up (same SMTP transaction).
         """
         health = self.health
-        if sticky >= 0 and not tried >> sticky & 1 and health.state(sticky, now) == UP:
-            return self._commit(sticky)
         f = health.f
+        # a service is UP when DOWN_UNTIL + ADMIN is 0.0: HealthTable.state inline, as the
+        # common pick (the sticky service, or the first group's) needs nothing else
+        if sticky >= 0 and not tried >> sticky & 1 and f[sticky * SLOT] + f[sticky * SLOT
+                                                                                + ADMIN] == 0.0:
+            return self._commit(sticky) if self.step[sticky] else sticky
         drained = -1  # the first up service the operator drains: asked when no other can be
         for group in self.groups:
             candidates = []
             for i in group:
                 if tried >> i & 1:
                     continue
-                state = health.state(i, now)
-                if state == UP:
-                    if f[i * SLOT + DRAIN]:
+                base = i * SLOT
+                if f[base] + f[base + ADMIN] == 0.0:  # UP
+                    if f[base + DRAIN]:
                         if drained < 0:
                             drained = i
                         continue
                     candidates.append(i)
-                elif state == PROBE_DUE and health.claim_probe(i, now, self._lease(i)):
+                elif (health.state(i, now) == PROBE_DUE
+                      and health.claim_probe(i, now, self._lease(i))):
                     return i
             if candidates:
                 if len(candidates) == 1:
-                    return self._commit(candidates[0])
+                    i = candidates[0]
+                    return self._commit(i) if self.step[i] else i
                 if key is not None:
                     return self._by_hash(candidates, key)
                 return self._commit(self._by_weight(candidates))
@@ -104,9 +109,16 @@ class Selector:
         return i
 
     def _by_weight(self, candidates: list[int]) -> int:
-        served = self.health.served
-        step = self._step
-        return min(candidates, key=lambda i: (served(i) + step(i), i))
+        """The candidate whose clock after this pick is lowest (the first of equals)."""
+        f = self.health.f
+        steps = self.step
+        best, lowest = -1, 0.0
+        for i in candidates:  # in index order: the first of equal clocks wins, as min's key
+            weight = f[i * SLOT + WEIGHT]  # _step inline
+            clock = f[i * SLOT + SERVED] + (1.0 / weight if weight else steps[i])
+            if best < 0 or clock < lowest:
+                best, lowest = i, clock
+        return best
 
     def _by_hash(self, candidates: list[int], key: bytes) -> int:
         return max(candidates, key=lambda i: self.hash_score(i, key))
