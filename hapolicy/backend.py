@@ -173,6 +173,7 @@ class Connection:
         "answer",
         "backends",
         "deadline",
+        "ended",
         "limit",
         "loop",
         "on_done",
@@ -196,6 +197,7 @@ class Connection:
         self.answer = b""
         self.on_done: Callable[[bytes, int, str], None] | None = None
         self.started = 0.0
+        self.ended = 0.0  # when the last exchange ended (its answer read)
         self.deadline = 0.0  # the request's total deadline
         self.limit = 0.0  # when the current step times out
         self.reused = False
@@ -315,11 +317,12 @@ class Connection:
                     backends.in_flight.discard(self)
                     pool = backends.pool
                     stack = pool.idle.get(self.service.name)  # Pool.put inline
+                    self.ended = now = time.monotonic()
                     if (stack is not None and len(stack) < POOL_MAX_IDLE and not pool.closed
                             and pool.loop is not None):
-                        stack.append((self, time.monotonic()))
+                        stack.append((self, now))
                         self.state = IDLE
-                    elif pool.put(self, time.monotonic()):
+                    elif pool.put(self, now):
                         self.state = IDLE
                     else:
                         self.close()
@@ -413,7 +416,8 @@ class Connection:
         self.payload = b""
         self.answer = b""
         self.backends.in_flight.discard(self)
-        if keep and self.backends.pool.put(self, time.monotonic()):
+        self.ended = time.monotonic()
+        if keep and self.backends.pool.put(self, self.ended):
             self.state = IDLE
         else:
             self.close()

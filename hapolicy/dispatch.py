@@ -222,7 +222,12 @@ class Job:
         self.key = None
         if dispatcher.hash_key is not None:
             self.key = dispatcher.hash_key(request)
-        self.instance = request.instance() if dispatcher.sticky else b""
+        self.instance = b""
+        if dispatcher.sticky:
+            raw = request.raw
+            start = raw.find(b"\ninstance=") + 10  # Request.instance inline, for the common case
+            self.instance = (raw[start:raw.find(b"\n", start)].rstrip(b"\r") if start >= 10
+                             else request.instance())
         self.exchange: Connection | None = None  # the connection of the attempt in progress
         self.current = -1
         self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
@@ -268,7 +273,7 @@ class Job:
             counts[index * SLOT + ANSWERS] += 1.0
             # the statistics (stats.py): latency histogram and sum, answers by action word
             base = d.stats[index]
-            elapsed = time.monotonic() - conn.started
+            elapsed = conn.ended - conn.started
             counts[base + LATENCY_SUM] += elapsed
             counts[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
             offset = d.actions.get(action[7:23])

@@ -4,7 +4,10 @@ Handlers are plain callables kept in a dict by file descriptor and called with t
 (EVENT_READ, EVENT_WRITE; an error or a hang-up is reported as both, so that the handler's own
 read or write meets it). `select.epoll` is used directly: `selectors` builds a key object per
 registration and a tuple per event, which the request path pays for on every request.
-`modify` with the interest unchanged only swaps the handler (no system call). spawn mode asks
+`modify` with the interest unchanged only swaps the handler (no system call). Of the events
+of one poll, those of a descriptor removed by an earlier handler of the same round are dropped
+(the descriptor may already be another file's); the others go to the handler registered when
+their turn comes. spawn mode asks
 for poll(2), which, unlike epoll, takes regular files and /dev/null on stdin.
 
 Cancelled timers stay in the heap until they come up, unless they outnumber the live ones, then
@@ -67,6 +70,7 @@ class EventLoop:
         self.files: dict[int, object] = {}  # what was registered (closed by close_inherited)
         self.timers: list[Timer] = []
         self._cancelled = 0
+        self.removed: set[int] = set()  # descriptors removed since the last poll
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, callback, self)
@@ -98,6 +102,7 @@ class EventLoop:
             fd = next((k for k, v in self.files.items() if v is fileobj), -1)
         if self.handlers.pop(fd, None) is None:
             return
+        self.removed.add(fd)
         del self.interest[fd], self.files[fd]
         with contextlib.suppress(OSError, KeyError, ValueError):
             self._poller.unregister(fd)
@@ -118,6 +123,9 @@ class EventLoop:
             timeout = min(timeout, MAX_WAIT)
             if self._ms:
                 timeout = int(timeout * 1000 + 0.999)
+        removed = self.removed
+        if removed:
+            removed.clear()
         events = self._poller.poll(timeout)
         handlers = self.handlers
         if len(events) == 1:
@@ -126,10 +134,11 @@ class EventLoop:
             if handler is not None:
                 handler(mask | _BOTH if mask & _TROUBLE else mask)
         elif events:
-            # an earlier handler of this round may have closed an fd (and maybe reused it)
-            ready = [(handlers.get(fd), fd, mask) for fd, mask in events]
-            for handler, fd, mask in ready:
-                if handler is not None and handlers.get(fd) is handler:
+            for fd, mask in events:
+                handler = handlers.get(fd)
+                # an earlier handler of this round may have closed this fd (and maybe reused
+                # it for another file): its event is not for what is registered now
+                if handler is not None and not (removed and fd in removed):
                     handler(mask | _BOTH if mask & _TROUBLE else mask)
         if timers:
             now = time.monotonic()

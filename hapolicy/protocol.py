@@ -139,12 +139,12 @@ class RequestFramer:
     def whole(self, data: bytes) -> Request | None:
         """The request that data is when, with nothing buffered, it is exactly one complete
         request with LF line ends (nearly every read from Postfix); else None: feed it."""
-        end = data.find(b"\n\n")
-        if (end < 1 or end != len(data) - 2 or data[0] == 10 or self.skipping
-                or b"\r" in data or end > MAX_REQUEST_BYTES):
+        end = data.find(b"\n\n") + 2
+        size = len(data)
+        if (end < 3 or end != size or data[0] == 10 or self.skipping
+                or b"\r" in data or end > MAX_REQUEST_BYTES + 2):
             return None
-        if len(data) > 512 and (len(data) > MAX_LINE_BYTES
-                                or data.count(b"\n") > MAX_ATTRIBUTES + 1):
+        if size > 512 and (size > MAX_LINE_BYTES or data.count(b"\n") > MAX_ATTRIBUTES + 1):
             return Request(data, check_limits(data))  # what check_limits may refuse
         return Request(data)
 

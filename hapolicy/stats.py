@@ -19,7 +19,7 @@ A service's statistics slot (offsets in S):
   answer read), and how many fell in each bucket: b is the first bound of BOUNDS at or above
   the latency, len(BOUNDS) for those above the last (+Inf). Buckets are not cumulative here.
 
-A good answer costs the request path three float adds, a clock read, a bisect of BOUNDS and one
+A good answer costs the request path three float adds, a bisect of BOUNDS and one
 dict look-up of its action's first 16 bytes (`action_offset` fills that cache, bounded).
 """
 
