@@ -39,6 +39,7 @@ def children(pid: int) -> list[int]:
 
 
 MONITOR_TITLE = "hapolicy: monitor"
+WORKER_TITLE = "hapolicy: worker"
 
 
 def workers_of(pid: int) -> list[int]:
@@ -53,12 +54,14 @@ def monitor_of(pid: int) -> int:
 
 
 def wait_children(pid: int, count: int, timeout: float = 10.0) -> list[int]:
-    """Until the master pid has exactly count live workers (its monitor aside); returns them."""
+    """Until the master pid has exactly count live workers (its monitor aside), each titled
+    as one; returns them. A child just forked still has the master's title: it may be the
+    monitor, which would be taken for a worker until it sets its own."""
     found: list[int] = []
 
     def enough() -> bool:
         found[:] = workers_of(pid)
-        return len(found) == count
+        return len(found) == count and all(cmdline(c).startswith(WORKER_TITLE) for c in found)
 
     wait_for(enough, timeout, what=f"{count} children of {pid}")
     return found
