@@ -40,8 +40,8 @@ COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", 
            "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
            "shadow_disagree", "shadow_failed", "shadow_dropped")
 COMMANDS = (
-    ("status", ("a table, one line per service: the columns of csv but down_s (and but the "
-               "hedge and shadow columns when no pool hedges or has a shadow)")),
+    ("status", ("a table, one line per service: the columns of csv except down_s, and except "
+                "the hedge and shadow columns when no pool hedges or has a shadow")),
     ("csv", ("a `#` header line that names the columns, then one row per service, "
              "comma-separated (HAProxy `show stat` style): " + ", ".join(COLUMNS) + ". New "
              "columns are only ever appended; the hedge and shadow columns are the pool's, on "

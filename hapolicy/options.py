@@ -153,8 +153,9 @@ OPTIONS: tuple[Option, ...] = (
            "HOST:PORT", DAEMON),
     Option("daemonize", ("--daemonize",), "detach; return once the pidfile is written and the "
            "master runs (for init scripts)", parse_bool, scope=DAEMON, flag=True),
-    Option("user", ("--user",), "the workers and the monitor (checks, control socket) drop to "
-           "this user after the master bound the sockets", _text, "USER", DAEMON),
+    Option("user", ("--user",), "the workers and the monitor (checks, control socket, "
+           "metrics) drop to this user after the master bound the sockets", _text, "USER",
+           DAEMON),
     Option("group", ("--group",), "and to this group", _text, "GROUP", DAEMON),
     Option("socket_mode", ("--socket-mode",), "mode of a unix listening socket", parse_mode,
            "MODE", DAEMON),
