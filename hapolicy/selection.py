@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from .health import PROBE_DUE, SLOT, UP, F
+from .health import PROBE_DUE, SLOT, F
 
 ADMIN, DRAIN, SERVED, WEIGHT = F.ADMIN, F.DRAIN, F.SERVED, F.WEIGHT
 
