@@ -38,7 +38,7 @@ from .outcome import (
     LOCAL,
     RESET,
 )
-from .pool import POOL_IDLE_SECONDS, POOL_MAX_IDLE, Pool
+from .pool import POOL_IDLE_SECONDS, Pool
 from .protocol import MAX_ANSWER_BYTES, answer_action, answer_complete
 from .resolver import Resolver
 
@@ -253,14 +253,8 @@ class Connection:
                     self.payload = b""
                     backends = self.backends
                     backends.in_flight.discard(self)
-                    pool = backends.pool
-                    stack = pool.idle.get(self.service.name)  # Pool.put inline
                     self.ended = now = time.monotonic()
-                    if (stack is not None and len(stack) < POOL_MAX_IDLE and not pool.closed
-                            and pool.loop is not None):
-                        stack.append((self, now))
-                        self.state = IDLE
-                    elif pool.put(self, now):
+                    if backends.pool.put(self, now):
                         self.state = IDLE
                     else:
                         self.close()

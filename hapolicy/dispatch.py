@@ -222,12 +222,7 @@ class Job:
         self.key = None
         if dispatcher.hash_key is not None:
             self.key = dispatcher.hash_key(request)
-        self.instance = b""
-        if dispatcher.sticky:
-            raw = request.raw
-            start = raw.find(b"\ninstance=") + 10  # Request.instance inline, for the common case
-            self.instance = (raw[start:raw.find(b"\n", start)].rstrip(b"\r") if start >= 10
-                             else request.instance())
+        self.instance = request.instance() if dispatcher.sticky else b""
         self.exchange: Connection | None = None  # the connection of the attempt in progress
         self.current = -1
         self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
@@ -282,18 +277,9 @@ class Job:
             counts[base + offset] += 1.0
             if counts[index * SLOT]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
                 d.health.ok(index)
-            client = self.client
             if self.instance:
-                client.instance = self.instance
-                client.instance_service = index
-            if self.hedge is None and not d.log_requests:
-                # the common case, finish inline: no hedge to end, no line to log
-                answer = action + b"\n\n"
-                client.deliver(answer)
-                d.in_flight -= 1
-                if d.shadow is not None:
-                    d.shadow.copy(self.request, answer)
-                return
+                self.client.instance = self.instance
+                self.client.instance_service = index
             self.finish(action + b"\n\n", d.services[index].name)
             return
         now = self.note_failure(index, outcome, reason)

@@ -20,7 +20,7 @@ from support.backends import Blackhole, FakeBackend, ScriptedBackend
 from support.ports import refused_port
 
 from hapolicy import backend as backend_module
-from hapolicy.backend import POOL_IDLE_SECONDS, POOL_MAX_IDLE, Backends
+from hapolicy.backend import Backends
 from hapolicy.config import Service
 from hapolicy.eventloop import EventLoop
 from hapolicy.outcome import (
@@ -32,6 +32,7 @@ from hapolicy.outcome import (
     LOCAL,
     RESET,
 )
+from hapolicy.pool import POOL_IDLE_SECONDS, POOL_MAX_IDLE
 from hapolicy.protocol import MAX_ANSWER_BYTES
 
 REQUEST = b"request=smtpd_access_policy\nsender=a@example.org\n\n"
