@@ -4,11 +4,14 @@ Two FakeBackends under a little load: `status` and `csv` show counters that move
 with what the backends counted; `disable` takes a service out of every worker at once (no
 request reaches it afterwards), `enable` brings it back, and a HUP keeps the admin state. The
 socket refuses a peer of another uid, a garbage line, a 10 MB line and a client that never
-finishes its line, while the daemon keeps answering requests.
+finishes its line, while the daemon keeps answering requests. With --control-group the socket
+is mode 0660 and that group's members are let in; a user outside it is refused by the mode,
+and by SO_PEERCRED when the mode would let it connect.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import signal
@@ -58,9 +61,10 @@ def test_counters_disable_enable_and_hup():
         assert not os.path.exists(path)
 
 
-def as_nobody(path: str) -> bytes:
-    """What a client of user nobody reads from the control socket."""
-    nobody = pwd.getpwnam("nobody")
+def as_user(path: str, user: str = "nobody") -> bytes:
+    """What a client of this user (and only its primary group) reads from the control
+    socket after sending `status`."""
+    nobody = pwd.getpwnam(user)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -96,7 +100,7 @@ def test_bad_peers_and_bad_lines():
         with daemon.start(), Load(daemon) as load:
             os.chmod(daemon.dir, 0o755)
             os.chmod(path, 0o666)  # let nobody connect: SO_PEERCRED must still refuse it
-            assert as_nobody(path) == b"error: not allowed\n"
+            assert as_user(path) == b"error: not allowed\n"
             for line, error in ((b"garbage\n", b"error: unknown command"),
                                 (b"disable nosuchpool/A\n", b"error: no pool"),
                                 (b"disable default/NOPE\n", b"error: no service"),
@@ -137,3 +141,19 @@ def test_bad_peers_and_bad_lines():
             assert ctl("-c", str(conf), "status").returncode == 0
             assert daemon.proc.poll() is None
         assert load.answers > 100 and not load.bad
+
+
+def test_the_control_group_is_let_in_and_others_are_not():
+    with FakeBackend(name="A") as a:
+        daemon = Daemon("-s", a.spec(), workers=1)
+        path = str(daemon.dir / "control")
+        daemon.args += ["--control", path, "--control-group", "nogroup"]
+        with daemon.start():
+            os.chmod(daemon.dir, 0o755)
+            info = os.stat(path)
+            assert stat.S_IMODE(info.st_mode) == 0o660
+            assert info.st_gid == grp.getgrnam("nogroup").gr_gid
+            assert as_user(path, "nobody").startswith(b"pool ")  # its group is nogroup
+            assert b"PermissionError" in as_user(path, "daemon")  # the file's mode says no
+            os.chmod(path, 0o666)  # and if the mode let it connect, SO_PEERCRED says no
+            assert as_user(path, "daemon") == b"error: not allowed\n"
