@@ -15,7 +15,11 @@ object. A reused connection that turns out closed before any byte of answer is r
 a fresh connection, and that is not a failure of the service.
 
 Deadlines are not one timer each: while exchanges are in flight, a tick every DEADLINE_TICK
-seconds ends those past their limit, so a timeout fires at most DEADLINE_TICK late.
+seconds ends those past their limit, so a timeout fires at most DEADLINE_TICK late. The same
+tick runs the dispatcher's sweep (`on_sweep`) at most every so often.
+
+A dispatcher with a lane (lane.py) makes its connections of `connection_type`, the lane's
+subclass, whose event handler answers the lane's exchanges itself.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ class Backends:
         self.connect_timeout = connect_timeout
         self.in_flight: set[Connection] = set()
         self.tick: Timer | None = None
+        self.connection_type: type[Connection] = Connection  # lane.LaneConnection with a lane
+        self.sweep: Callable[[float], None] | None = None
+        self.sweep_every = 0.0
+        self.next_sweep = 0.0
 
     def connection(self, service: Service, now: float) -> Connection:
         """An idle connection to service from the pool, or a new one (not connected yet)."""
@@ -69,7 +77,7 @@ class Backends:
         if stack and now - stack[-1][1] < POOL_IDLE_SECONDS:
             return stack.pop()[0]
         conn = self.pool.get(service.name, now)
-        return conn if conn is not None else Connection(self, service)
+        return conn if conn is not None else self.connection_type(self, service)
 
     def exchange(self, service: Service, payload: bytes, deadline: float,
                  on_done: Callable[[bytes, int, str], None]) -> Connection:
@@ -79,12 +87,21 @@ class Backends:
         conn.run(payload, deadline, on_done, now)
         return conn
 
+    def on_sweep(self, sweep: Callable[[float], None], every: float) -> None:
+        """Call sweep(now) from the tick, at most every `every` seconds, while exchanges are
+        in flight."""
+        self.sweep = sweep
+        self.sweep_every = every
+
     def on_tick(self) -> None:
         """End the exchanges past their limit; again in DEADLINE_TICK while any is in flight."""
         self.tick = None
         now = time.monotonic()
         for conn in [c for c in self.in_flight if c.limit <= now]:
             conn.timeout(now)
+        if self.sweep is not None and now >= self.next_sweep and self.in_flight:
+            self.next_sweep = now + self.sweep_every
+            self.sweep(now)
         if self.in_flight and self.tick is None:
             self.tick = self.loop.call_later(DEADLINE_TICK, self.on_tick)
 

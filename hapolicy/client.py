@@ -88,9 +88,12 @@ class ClientConnection:
             return
         except OSError:
             data = b""
-        self.last_active = time.monotonic()
+        self.last_active = now = time.monotonic()
         if not data:
             self.eof = True
+        elif not self.busy and not self.queue and not self.framer.buffer and (
+                (lane := self.dispatcher.lane) is not None and lane.take(self, data, now)):
+            return  # the commonest case: the lane took it (lane.py); reading goes on
         elif (not self.busy and not self.queue and not self.framer.buffer
               and (request := self.framer.whole(data)) is not None):
             # the common case: nothing waits and data is one whole request; reading goes on

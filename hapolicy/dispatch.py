@@ -8,7 +8,12 @@ answer bytes.
 
 A request waiting on a service that is found dead meanwhile does not wait out its own timeout:
 when a request of this process takes a service down, the others waiting on it move on at once;
-one taken down by another process (or by a check) is noticed within SWEEP_SECONDS.
+one taken down by another process (or by a check) is noticed within SWEEP_SECONDS (the sweep
+rides on the deadline tick of the exchanges in flight, backend.py). Who waits on a service is
+read from those exchanges, not kept per request.
+
+The common request of a pool whose first priority is one service takes the lane (lane.py),
+which makes no `Job` unless its exchange fails; everything here is what it falls back on.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .health import (
     Health,
     HealthTable,
 )
+from .lane import Lane, LaneConnection, qualifies
 from .log import Logger
 from .outcome import ANSWERED, LOCAL, fail_answer, is_timeout
 from .protocol import Request, format_action
@@ -98,8 +104,6 @@ class Dispatcher:
         self.actions: dict[bytes, int] = {}  # an action's first bytes: its S.ACTIONS + k
         self.max_use = 0  # on_max_use is called at the max_use-th request (0: never)
         self.on_max_use: Callable[[], None] = _nothing
-        self.waiting: list[set[Job]] = [set() for _ in config.services]  # by service
-        self.sweep_timer: Timer | None = None
         self.warn_quiet_until = 0.0
         self.warn_held: dict[str, int] = {}  # default answers not logged yet, by reason
         self.warn_timer: Timer | None = None
@@ -109,6 +113,10 @@ class Dispatcher:
             from .hedge import Hedger  # here: only a pool that hedges pays for its import
 
             self.hedger = Hedger(self)
+        self.backends.on_sweep(self.sweep, SWEEP_SECONDS)
+        self.lane: Lane | None = Lane(self) if qualifies(self) else None
+        if self.lane is not None:
+            self.backends.connection_type = LaneConnection
 
     def count(self) -> None:
         """Count a request answered for this pool without it (a policy_context no pool serves):
@@ -141,22 +149,33 @@ class Dispatcher:
 
     def release(self, index: int, since: float, why: str) -> None:
         """Move the requests waiting on service `index` since before `since` on at once."""
-        jobs = self.waiting[index]
-        for job in [j for j in jobs if j.exchange is not None and j.exchange.started < since]:
-            if job in jobs and job.exchange is not None:
-                job.exchange.abandon(why)
+        service = self.services[index]
+        for conn in [c for c in self.backends.in_flight
+                     if c.service is service and c.started < since]:
+            conn.abandon(why)  # nothing when it ended meanwhile (a release moved it on)
 
-    def sweep(self) -> None:
+    def sweep(self, now: float) -> None:
         """Release requests waiting on services that another process took down."""
-        self.sweep_timer = None
-        now = time.monotonic()
         table = self.table
-        for index, jobs in enumerate(self.waiting):
-            if jobs and table.state(index, now) != UP:
+        waited = {conn.service.name for conn in self.backends.in_flight}
+        for index, service in enumerate(self.services):
+            if service.name in waited and table.state(index, now) != UP:
                 self.release(index, table.down_since(index), "marked down while waiting")
-        # a release may have started new waits, and with them a timer already
-        if any(self.waiting) and self.sweep_timer is None:
-            self.sweep_timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    def count_answer(self, index: int, action: bytes, elapsed: float) -> None:
+        """Count a good answer of service index (its first line, action) that took elapsed."""
+        counts = self.counts
+        counts[index * SLOT + ANSWERS] += 1.0
+        # the statistics (stats.py): latency histogram and sum, answers by action word
+        base = self.stats[index]
+        counts[base + LATENCY_SUM] += elapsed
+        counts[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
+        offset = self.actions.get(action[7:23])
+        if offset is None:
+            offset = action_offset(self.actions, action)
+        counts[base + offset] += 1.0
+        if counts[index * SLOT]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
+            self.health.ok(index)
 
     def warn_default(self, why: str) -> None:
         """Log that a request got the default answer: the first at once, then what came in
@@ -181,8 +200,6 @@ class Dispatcher:
         self.warn_quiet_until = time.monotonic() + WARN_SECONDS
 
     def close(self) -> None:
-        if self.sweep_timer is not None:
-            self.sweep_timer.cancel()
         if self.warn_timer is not None:
             self.warn_timer.cancel()
             self._warn_held()
@@ -247,10 +264,6 @@ class Job:
         self.current = index
         service = d.services[index]
         self.exchange = conn = d.backends.connection(service, now)
-        # before run, which may end the exchange at once
-        d.waiting[index].add(self)
-        if d.sweep_timer is None:
-            d.sweep_timer = d.loop.call_later(SWEEP_SECONDS, d.sweep)
         if d.hedger is not None and self.hedge is None:
             self.hedge = d.hedger.arm(self, index, now)
         conn.run(self.request.raw, self.deadline, self.on_exchange_done, now)
@@ -260,23 +273,10 @@ class Job:
         index = self.current
         conn = self.exchange
         self.exchange = None
-        d.waiting[index].discard(self)
         if d.fail_answer is not None:
             outcome, reason = d.fail_answer.judge(action, outcome, reason)
         if outcome == ANSWERED:
-            counts = d.counts
-            counts[index * SLOT + ANSWERS] += 1.0
-            # the statistics (stats.py): latency histogram and sum, answers by action word
-            base = d.stats[index]
-            elapsed = conn.ended - conn.started
-            counts[base + LATENCY_SUM] += elapsed
-            counts[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
-            offset = d.actions.get(action[7:23])
-            if offset is None:
-                offset = action_offset(d.actions, action)
-            counts[base + offset] += 1.0
-            if counts[index * SLOT]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
-                d.health.ok(index)
+            d.count_answer(index, action, conn.ended - conn.started)
             if self.instance:
                 self.client.instance = self.instance
                 self.client.instance_service = index

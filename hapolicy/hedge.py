@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from array import array
 
-from .dispatch import SWEEP_SECONDS
 from .health import HEDGE_WON, HEDGED
 from .outcome import ANSWERED
 
@@ -135,7 +134,6 @@ class Hedge:
             return
         first = job.exchange
         if first is not None:  # abandoned: closed, counted against nobody, its end ignored
-            d.waiting[job.current].discard(job)
             first.on_done = _ignore
             first.abandon("another service answered first")
         job.current = self.index
@@ -149,13 +147,9 @@ class Hedge:
             return False
         self.conn = None
         job = self.job
-        d = job.d
         job.exchange = conn
         job.current = self.index
         conn.on_done = job.on_exchange_done
-        d.waiting[self.index].add(job)
-        if d.sweep_timer is None:
-            d.sweep_timer = d.loop.call_later(SWEEP_SECONDS, d.sweep)
         return True
 
     def end(self, default_why: str) -> None:

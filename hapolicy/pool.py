@@ -38,11 +38,19 @@ class Pool:
             conn.close()
         return None
 
+    def stack(self, name: str) -> list[tuple[Connection, float]]:
+        """The idle connections to service `name`, newest last: a list kept for the pool's
+        life (taken from and added to in place)."""
+        stack = self.idle.get(name)
+        if stack is None:
+            stack = self.idle[name] = []
+        return stack
+
     def put(self, conn: Connection, now: float) -> bool:
         """Keep a connection; False (and nothing done) if the pool is full or closed."""
         stack = self.idle.get(conn.service.name)
         if stack is None:
-            stack = self.idle[conn.service.name] = []
+            stack = self.stack(conn.service.name)
         if len(stack) >= POOL_MAX_IDLE or self.loop is None or self.closed:
             return False
         stack.append((conn, now))
@@ -68,6 +76,7 @@ class Pool:
         for stack in self.idle.values():
             for conn, _ in stack:
                 conn.close(unregister=self.loop is not None)
+            stack.clear()  # the lists may be held (Pool.stack)
         self.idle.clear()
 
     def abandon(self) -> None:

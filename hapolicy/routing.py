@@ -34,6 +34,8 @@ def target(pools: list[Config], dispatchers: dict[str, Dispatcher],
 class ContextRouter:
     """Hands each request to the dispatcher of its policy_context."""
 
+    lane = None  # the pool is known once a request is read (lane.py)
+
     def __init__(self, pools: list[tuple[str, Dispatcher]], log: Logger) -> None:
         self.by_context = {context.encode(): d for context, d in pools if context != "*"}
         self.fallback = next((d for context, d in pools if context == "*"), None)

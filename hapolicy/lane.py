@@ -1,0 +1,236 @@
+"""The common request without a Job: one whole request, one service, one pooled connection.
+
+Most requests of a pool whose first priority has a single service take the same way: the
+client's read is one whole request, that service is up, an idle connection to it waits in the
+pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no `Job`,
+no pick and no callback chain: `take` sends the request on the pooled connection (the
+connection carries the client and the request), and the connection's whole-answer read hands
+the answer to `answered`, which counts it as `Job.on_exchange_done` does and delivers it.
+
+Anything else goes the general way, decided before anything is done, so the general path
+sees the request as if the lane did not exist: `take` returns False when the pool's settings
+or the request's conditions do not allow the lane (see `qualifies` and `take`), and an
+exchange of the lane that does not end in a whole answer (a failure, a timeout, an abandon, a
+split or odd answer) becomes a `Job` at that point (`resume`), with the service marked tried,
+the request's own start and deadline, and the exchange's outcome: failover, health, counters
+and the default answer are the general path's from there on. tests/test_lane.py holds the
+lane to what the general path gives.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from bisect import bisect_left
+
+from .backend import DEADLINE_TICK, IDLE, READING, SENDING, Connection
+from .eventloop import EVENT_WRITE
+from .health import SLOT, F
+from .pool import POOL_IDLE_SECONDS, POOL_MAX_IDLE
+from .protocol import MAX_ANSWER_BYTES, MAX_ATTRIBUTES, MAX_LINE_BYTES, Request
+from .stats import BOUNDS, S, action_offset
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .backend import Backends
+    from .client import ClientConnection
+    from .config import Service
+    from .dispatch import Dispatcher
+
+ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN
+LATENCY_SUM, BUCKETS = S.LATENCY_SUM, S.BUCKETS
+
+
+def qualifies(d: Dispatcher) -> bool:
+    """Whether pool settings leave the lane's requests nothing to do beyond one exchange:
+    the first priority group is one service, and no hashing, hedge, shadow, fail-answer,
+    per-request log line or verbose logging asks for more."""
+    config = d.config
+    return (len(d.selector.groups[0]) == 1 and d.hash_key is None and not config.hedge
+            and not config.shadow and d.fail_answer is None and not config.log_requests
+            and not config.verbose)
+
+
+class Lane:
+    """The lane of one dispatcher (made only when `qualifies`)."""
+
+    __slots__ = ("actions", "backends", "base", "d", "f", "index", "limit", "pool",
+                 "requests_word", "service", "stack", "stats", "sticky", "total_timeout")
+
+    def __init__(self, d: Dispatcher) -> None:
+        self.d = d
+        self.index = index = d.selector.groups[0][0]
+        self.service = service = d.services[index]
+        self.base = index * SLOT
+        self.f = d.counts
+        self.stats = d.stats[index]
+        self.actions = d.actions
+        self.requests_word = d.requests_word
+        self.total_timeout = d.total_timeout
+        self.limit = min(service.timeout, d.total_timeout)  # an attempt's, from its start
+        self.sticky = d.sticky
+        self.backends = d.backends
+        self.pool = d.backends.pool
+        # the pool's stack of idle connections to the service, kept for ever by the pool
+        self.stack = self.pool.stack(service.name)
+
+    def take(self, client: ClientConnection, data: bytes, now: float) -> bool:
+        """Send data, a client's read while it has nothing in progress, on an idle connection
+        to the lane's service when data is one whole request and that service is what the
+        general path would pick; False, with nothing done, when not."""
+        f = self.f
+        base = self.base
+        if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
+            return False  # down, disabled or drained: the pick decides
+        if client.instance_service != self.index and client.instance_service >= 0:
+            return False  # the transaction may be sticky to another service
+        stack = self.stack
+        if not stack or now - stack[-1][1] >= POOL_IDLE_SECONDS:
+            return False  # no fresh idle connection: the general path connects
+        size = len(data)
+        # what RequestFramer.whole takes, less what check_limits might refuse
+        if (data.find(b"\n\n") != size - 2 or size < 3 or data[0] == 10 or size > MAX_LINE_BYTES
+                or b"\r" in data or client.framer.skipping
+                or size > 512 and data.count(b"\n") > MAX_ATTRIBUTES + 1):
+            return False
+        conn: LaneConnection = stack.pop()[0]  # type: ignore[assignment]
+        d = self.d
+        d.requests += 1
+        if d.requests == d.max_use:
+            d.on_max_use()
+        d.in_flight += 1
+        f[self.requests_word] += 1.0
+        client.busy = True
+        conn.client = client
+        conn.lane = self
+        conn.request = data
+        # Connection.run's way with a pooled connection, inline; its fallbacks as it has them
+        conn.payload = data
+        conn.deadline = now + self.total_timeout
+        conn.on_done = conn.resume
+        conn.started = now
+        conn.answer = b""
+        conn.reused = True
+        conn.limit = now + self.limit
+        backends = self.backends
+        backends.in_flight.add(conn)
+        if backends.tick is None:
+            backends.tick = backends.loop.call_later(DEADLINE_TICK, backends.on_tick)
+        try:
+            conn.sent = sent = conn.sock.send(data)  # type: ignore[union-attr]
+        except OSError:  # a full buffer or an error: _send_first takes them as run does
+            conn._send_first(now)
+            return True
+        if sent == size:
+            conn.state = READING
+        else:
+            conn.state = SENDING
+            conn.loop.modify(conn.sock, EVENT_WRITE, conn._on_event)
+        return True
+
+
+
+class LaneConnection(Connection):
+    """A connection of a dispatcher with a lane: one of the lane's exchanges (`client` set)
+    ends here when its answer is read whole in one piece; anything else is Connection's."""
+
+    __slots__ = ("client", "lane", "request", "resume")
+
+    def __init__(self, backends: Backends, service: Service) -> None:
+        super().__init__(backends, service)
+        self.client: ClientConnection | None = None  # of the lane's exchange in progress
+        self.lane: Lane | None = None
+        self.request = b""  # its request
+        self.resume = self._resume  # made once: the on_done of every exchange of the lane
+
+    def _on_event(self, mask: int) -> None:
+        client = self.client
+        if client is None or self.state != READING:
+            Connection._on_event(self, mask)
+            return
+        try:
+            data = self.sock.recv(65536)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._io_error(exc)
+            return
+        # Connection._on_event's whole answer: one read, LF line ends, a non-empty action
+        size = len(data)
+        end = data.find(b"\n\n")
+        line = data.find(b"\n")
+        if (end != size - 2 or line < 8 or not data.startswith(b"action=") or self.answer
+                or size > MAX_ANSWER_BYTES or b"\r" in data):
+            self._received(data)
+            return
+        lane: Lane = self.lane  # type: ignore[assignment]
+        raw = self.request
+        self.client = None
+        self.on_done = None
+        self.payload = b""
+        lane.backends.in_flight.discard(self)
+        self.ended = now = time.monotonic()
+        stack = lane.stack
+        if len(stack) < POOL_MAX_IDLE and not lane.pool.closed:  # Pool.put
+            stack.append((self, now))
+            self.state = IDLE
+        else:
+            self.close()
+        # Dispatcher.count_answer
+        f = lane.f
+        f[lane.base + ANSWERS] += 1.0
+        base = lane.stats
+        elapsed = now - self.started
+        f[base + LATENCY_SUM] += elapsed
+        f[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
+        offset = lane.actions.get(data[7:min(23, line)])  # action[7:23]
+        if offset is None:
+            offset = action_offset(lane.actions, data[:line])
+        f[base + offset] += 1.0
+        if f[lane.base]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
+            lane.d.health.ok(lane.index)
+        if lane.sticky:  # Request.instance, on bytes with LF line ends
+            pos = raw.find(b"\ninstance=")
+            if pos >= 0:
+                instance = raw[pos + 10:raw.find(b"\n", pos + 10)]
+            elif raw.startswith(b"instance="):
+                instance = raw[9:raw.find(b"\n")]
+            else:
+                instance = b""
+            if instance:
+                client.instance = instance
+                client.instance_service = lane.index
+        if line != end:  # more lines than the action: only the action goes to the client
+            data = data[:line] + b"\n\n"
+            size = line + 2
+        # ClientConnection.deliver's way when nothing else waits; else deliver itself
+        written = 0
+        if (not client.out and client.reading and not client.queue and not client.eof
+                and not client.framer.buffer and not client.closed):
+            try:
+                written = os.write(client.wfd, data)
+            except OSError:
+                written = 0
+            if written == size:
+                client.busy = False
+                client.last_active = now
+                lane.d.in_flight -= 1
+                return
+        client.deliver(data[written:] if written else data)
+        lane.d.in_flight -= 1
+
+    def _resume(self, action: bytes, outcome: int, reason: str) -> None:
+        """The lane's exchange ended another way: the general path from here, as though a
+        Job had made that attempt."""
+        client = self.client
+        lane: Lane = self.lane  # type: ignore[assignment]
+        self.client = None
+        from .dispatch import Job
+
+        job = Job(lane.d, Request(self.request), client)  # type: ignore[arg-type]
+        job.deadline = self.deadline
+        job.started = self.deadline - lane.total_timeout
+        job.tried = 1 << lane.index
+        job.current = lane.index
+        job.exchange = self
+        job.on_exchange_done(action, outcome, reason)
