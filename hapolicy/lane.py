@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN
 LATENCY_SUM, BUCKETS = S.LATENCY_SUM, S.BUCKETS
+monotonic = time.monotonic
 
 
 def qualifies(d: Dispatcher) -> bool:
@@ -54,7 +55,7 @@ def qualifies(d: Dispatcher) -> bool:
 class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
-    __slots__ = ("actions", "backends", "base", "d", "f", "index", "limit", "pool",
+    __slots__ = ("actions", "backends", "base", "d", "f", "in_flight", "index", "limit",
                  "requests_word", "service", "stack", "stats", "sticky", "total_timeout")
 
     def __init__(self, d: Dispatcher) -> None:
@@ -70,9 +71,9 @@ class Lane:
         self.limit = min(service.timeout, d.total_timeout)  # an attempt's, from its start
         self.sticky = d.sticky
         self.backends = d.backends
-        self.pool = d.backends.pool
+        self.in_flight = d.backends.in_flight
         # the pool's stack of idle connections to the service, kept for ever by the pool
-        self.stack = self.pool.stack(service.name)
+        self.stack = d.backends.pool.stack(service.name)
 
     def take(self, client: ClientConnection, data: bytes, now: float) -> bool:
         """Send data, a client's read while it has nothing in progress, on an idle connection
@@ -82,7 +83,8 @@ class Lane:
         base = self.base
         if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
             return False  # down, disabled or drained: the pick decides
-        if client.instance_service != self.index and client.instance_service >= 0:
+        sticky = client.instance_service
+        if sticky != self.index and sticky >= 0:
             return False  # the transaction may be sticky to another service
         stack = self.stack
         if not stack or now - stack[-1][1] >= POOL_IDLE_SECONDS:
@@ -112,8 +114,8 @@ class Lane:
         conn.answer = b""
         conn.reused = True
         conn.limit = now + self.limit
+        self.in_flight.add(conn)
         backends = self.backends
-        backends.in_flight.add(conn)
         if backends.tick is None:
             backends.tick = backends.loop.call_later(DEADLINE_TICK, backends.on_tick)
         try:
@@ -168,10 +170,11 @@ class LaneConnection(Connection):
         self.client = None
         self.on_done = None
         self.payload = b""
-        lane.backends.in_flight.discard(self)
-        self.ended = now = time.monotonic()
+        lane.in_flight.discard(self)
+        self.ended = now = monotonic()
         stack = lane.stack
-        if len(stack) < POOL_MAX_IDLE and not lane.pool.closed:  # Pool.put
+        # Pool.put (the pool is not closed: that closes the exchanges in flight first)
+        if len(stack) < POOL_MAX_IDLE:
             stack.append((self, now))
             self.state = IDLE
         else:

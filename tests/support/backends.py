@@ -40,6 +40,8 @@ MODES = (
     "partial",  # write "action=DUN", then close
     "huge",  # action= followed by 100000 x
     "multiline",  # foo=1, action=<action>, action=SECOND
+    "extra",  # action=<action>, extra=1
+    "crlf",  # action=<action> ended by CRLF, extra=1 by LF
 )
 
 class _Conn:
@@ -327,6 +329,10 @@ class FakeBackend:
             return b"action=DUN", True
         if mode == "huge":
             return b"action=" + b"x" * 100000 + b"\n\n", False
+        if mode == "crlf":
+            return f"action={action}\r\nextra=1\n\n".encode(), False
+        if mode == "extra":
+            return f"action={action}\nextra=1\n\n".encode(), False
         if mode == "multiline":
             return f"foo=1\naction={action}\naction=SECOND\n\n".encode(), False
         return None  # silent (and close, whose connections never get here)

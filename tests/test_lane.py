@@ -1,0 +1,267 @@
+"""The lane (hapolicy/lane.py) gives what the general path gives, request for request.
+
+Each scenario runs twice through a real ClientConnection on a socketpair, the real event loop
+and dispatcher, and FakeBackends on 127.0.0.1: once with the lane, once with it turned off
+(`dispatcher.lane = None`). The answers, the table's counters and health words, the
+statistics (but for latencies), the client's sticky instance and what the backends received
+must be the same; and the lane must have taken the requests it is for.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from support.backends import FakeBackend
+from support.protocol import request
+
+from hapolicy import lane as lane_module
+from hapolicy.client import ClientConnection
+from hapolicy.config import Config, parse_service
+from hapolicy.dispatch import Dispatcher
+from hapolicy.eventloop import EventLoop
+from hapolicy.health import (
+    DEFAULT_DOWN,
+    DEFAULT_FAILED,
+    DEFAULT_TIMEOUT,
+    REQUESTS,
+    SLOT,
+    F,
+    HealthTable,
+)
+from hapolicy.log import Logger
+from hapolicy.stats import STATS, S
+
+
+class Quiet(Logger):
+    def __init__(self) -> None:
+        super().__init__(syslog_socket="")
+        self.lines: list[str] = []
+
+    def log(self, level: str, message: str) -> None:
+        self.lines.append(f"{level}: {message}")
+
+
+class Harness:
+    """One client of a dispatcher over a socketpair, the lane on or off."""
+
+    def __init__(self, lane: bool, specs: list[str], **settings) -> None:
+        services = tuple(parse_service(s) for s in specs)
+        self.loop = EventLoop()
+        self.table = HealthTable(len(services), shared=False)
+        self.log = Quiet()
+        self.dispatcher = Dispatcher(self.loop, Config(services=services, **settings),
+                                     self.table, self.log)
+        if not lane:
+            self.dispatcher.lane = None
+        ours, self.theirs = socket.socketpair()
+        ours.setblocking(False)
+        self.theirs.settimeout(0)
+        self.client = ClientConnection(self.loop, self.dispatcher, ours.fileno(), ours.fileno(),
+                                       lambda _c: None, sock=ours)
+        self.client.start()
+        self.instances: list[tuple[bytes, int]] = []  # the client's, after each answer
+
+    def ask(self, data: bytes, answers: int = 1) -> list[bytes]:
+        """Send data; the answers it gets (each ends with an empty line)."""
+        self.theirs.sendall(data)
+        got = b""
+        started = time.monotonic()
+        while got.count(b"\n\n") < answers:
+            assert time.monotonic() - started < 20, f"no answer to {data[:40]!r}: {got!r}"
+            self.loop.run_once(0.05)
+            try:
+                got += self.theirs.recv(65536)
+            except BlockingIOError:
+                pass
+        self.instances.append((self.client.instance, self.client.instance_service))
+        return [part + b"\n\n" for part in got.split(b"\n\n")[:-1]]
+
+    def settle(self, seconds: float = 0.05) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.loop.run_once(0.01)
+
+    def words(self) -> dict[str, object]:
+        """What must not tell the lane from the general path."""
+        f, table = self.table.f, self.table
+        out: dict[str, object] = {
+            "requests": f[table.header + REQUESTS],
+            "defaults": [f[table.header + w] for w in (DEFAULT_FAILED, DEFAULT_DOWN,
+                                                        DEFAULT_TIMEOUT)],
+            "instances": self.instances,
+            "in_flight": self.dispatcher.in_flight,
+        }
+        for i in range(table.count):
+            base, stats = i * SLOT, table.stats + i * STATS
+            out[f"service {i}"] = {
+                "answers": f[base + F.ANSWERS],
+                "failures": f[base + F.FAILURES],
+                "down": f[base] != 0.0,
+                "by outcome": [f[stats + S.FAILURES + k] for k in range(10)],
+                "by action": [f[stats + S.ACTIONS + k] for k in range(8)],
+                "timed": sum(f[stats + S.BUCKETS + k] for k in range(14)),
+            }
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+        self.dispatcher.close()
+        self.theirs.close()
+        self.loop.close()
+
+
+def counting_takes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    taken: list[bool] = []
+    take = lane_module.Lane.take
+
+    def counted(self, client, data, now):
+        result = take(self, client, data, now)
+        taken.append(result)
+        return result
+
+    monkeypatch.setattr(lane_module.Lane, "take", counted)
+    return taken
+
+
+def both(monkeypatch, specs, steps, **settings):
+    """Run steps (a function of the harness and the backends) with the lane and without;
+    the results, and how many requests the lane took."""
+    results = []
+    taken = counting_takes(monkeypatch)
+    for lane in (True, False):
+        del taken[:]
+        with FakeBackend(action="OK") as first, FakeBackend(action="SECOND") as second:
+            backends = (first, second)
+            harness = Harness(lane, [b.spec(f"S{n}", prio=10 * (n + 1), timeout=0.5)
+                                     for n, b in enumerate(backends)][:len(specs)], **settings)
+            try:
+                answers = steps(harness, backends)
+                harness.settle()
+                results.append((answers, harness.words(),
+                                [b.raw_requests for b in backends]))
+            finally:
+                harness.close()
+        if lane:
+            took = taken.count(True)
+    return results, took
+
+
+def test_answers_counters_and_instances_are_the_general_paths(monkeypatch):
+    def steps(h, backends):
+        out = []
+        for n in range(20):
+            out += h.ask(request(instance=f"tx{n // 4}", recipient=f"r{n}@example.org"))
+        backends[0].set_mode("extra", action="REJECT no")  # only the action line goes on
+        out += h.ask(request(instance="tx9"))
+        backends[0].set_mode("multiline", action="REJECT no")  # the first action line
+        out += h.ask(request(instance="tx9"))
+        backends[0].set_mode("crlf", action="OK crlf")  # its line end is the general path's
+        out += h.ask(request(instance="tx9"))
+        backends[0].set_mode("answer", action="DEFER_IF_PERMIT later")
+        out += h.ask(request(instance="tx9"))
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert with_lane[0][:2] == [b"action=OK\n\n"] * 2
+    assert with_lane[0][20] == b"action=REJECT no\n\n"
+    assert took == 23  # every request but the first, which made the connection
+
+
+def test_failures_in_the_lane_fail_over_as_the_general_path_does(monkeypatch):
+    def steps(h, backends):
+        first = backends[0]
+        out = h.ask(request(instance="a")) + h.ask(request(instance="a"))
+        for mode in ("garbage", "noaction", "partial", "close_after_request", "silent"):
+            first.set_mode(mode)
+            out += h.ask(request(instance=mode))  # the second service answers
+            first.set_mode("answer", action="OK")
+            h.table.f[0] = 0.0  # up again for the next round (no checks, no cool-down wait)
+            out += h.ask(request(instance="x" + mode))
+            out += h.ask(request(instance="x" + mode))
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert b"action=SECOND\n\n" in with_lane[0]
+    assert took >= 6
+
+
+def test_a_service_taken_down_or_drained_or_a_sticky_transaction_elsewhere_leaves_the_lane(
+        monkeypatch):
+    def steps(h, backends):
+        f = h.table.f
+        out = h.ask(request(instance="t1")) + h.ask(request(instance="t1"))
+        f[F.DRAIN] = 1.0  # drained: the transaction t1 stays, a new one goes to S1
+        out += h.ask(request(instance="t1")) + h.ask(request(instance="t2"))
+        f[F.DRAIN] = 0.0
+        out += h.ask(request(instance="t2"))  # sticky to S1, which is up
+        out += h.ask(request(instance="t3")) + h.ask(request(instance="t3"))
+        f[F.ADMIN] = float("inf")  # disabled
+        out += h.ask(request(instance="t3"))
+        f[F.ADMIN] = 0.0
+        backends[0].drop_connections()  # the idle connection closed by the service
+        h.settle(0.2)
+        out += h.ask(request(instance="t4")) + h.ask(request(instance="t4"))
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert with_lane[0] == [b"action=OK\n\n"] * 3 + [b"action=SECOND\n\n"] * 2 + [
+        b"action=OK\n\n"] * 2 + [b"action=SECOND\n\n"] + [b"action=OK\n\n"] * 2
+    assert took >= 3
+
+
+def test_what_is_not_one_whole_request_goes_the_general_way(monkeypatch):
+    def steps(h, backends):
+        out = h.ask(request(instance="a"))
+        out += h.ask(request(instance="b") + request(instance="c"), answers=2)  # pipelined
+        out += h.ask(request(instance="d").replace(b"\n", b"\r\n"))  # CRLF
+        out += h.ask(b"x=1\r\n" + request(instance="e"))  # one CRLF line
+        out += h.ask(b"a=" + b"x" * 9000 + b"\n\n")  # a line over the limit: refused
+        out += h.ask(b"a=1\n" * 300 + b"\n")  # too many attributes: refused
+        out += h.ask(b"a=1\n" * 200 + b"\n")  # many, but within the limit
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert with_lane[0][5:7] == [b"action=dunno\n\n"] * 2  # the default action
+    assert took == 1  # the last one; the others are the general path's
+
+
+def test_a_timeout_of_the_total_deadline_in_the_lane_is_the_general_paths(monkeypatch):
+    def steps(h, backends):
+        out = h.ask(request(instance="a"))
+        backends[0].set_mode("answer", delay=1.0, action="LATE")
+        out += h.ask(request(instance="b"))  # 0.5 s per service, total 0.6 s: default
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0"], steps, total_timeout=0.6)
+    assert with_lane == without
+    assert with_lane[0] == [b"action=OK\n\n", b"action=dunno\n\n"]
+    assert took == 1
+
+
+def test_pools_the_lane_is_not_for():
+    for settings in ({"balance": "hash:sender"}, {"log_requests": True}, {"verbose": True},
+                     {"fail_answer": "^defer"}, {"hedge": "0.1"}):
+        harness = Harness(True, ["S0=127.0.0.1:1"], **_settings(settings))
+        try:
+            assert harness.dispatcher.lane is None, settings
+        finally:
+            harness.close()
+    two = Harness(True, ["A=127.0.0.1:1", "B=127.0.0.1:2"])  # round robin: a pick each
+    try:
+        assert two.dispatcher.lane is None
+    finally:
+        two.close()
+
+
+def _settings(settings: dict) -> dict:
+    from hapolicy.config import parse_balance, parse_fail_answer, parse_hedge
+
+    parsers = {"balance": parse_balance, "fail_answer": parse_fail_answer,
+               "hedge": parse_hedge}
+    return {k: parsers[k](v) if k in parsers else v for k, v in settings.items()}
