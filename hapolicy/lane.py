@@ -3,18 +3,21 @@
 Most requests of a pool whose first priority has a single service take the same way: the
 client's read is one whole request, that service is up, an idle connection to it waits in the
 pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no `Job`,
-no pick and no callback chain: `take` sends the request on the pooled connection (the
-connection carries the client and the request), and the connection's whole-answer read hands
-the answer to `answered`, which counts it as `Job.on_exchange_done` does and delivers it.
+no pick and no callback chain: `Lane.take` sends the request on the pooled connection (which
+then carries the client and the request), and that connection's event handler
+(`LaneConnection._on_event`) reads the whole answer, puts the connection back, counts the
+answer as `Dispatcher.count_answer` does and writes it to the client as
+`ClientConnection.deliver` does. Those twins are inlined, not called: a call is about 2% of
+the daemon's CPU per request here (scripts/bench.py).
 
 Anything else goes the general way, decided before anything is done, so the general path
 sees the request as if the lane did not exist: `take` returns False when the pool's settings
-or the request's conditions do not allow the lane (see `qualifies` and `take`), and an
-exchange of the lane that does not end in a whole answer (a failure, a timeout, an abandon, a
-split or odd answer) becomes a `Job` at that point (`resume`), with the service marked tried,
-the request's own start and deadline, and the exchange's outcome: failover, health, counters
-and the default answer are the general path's from there on. tests/test_lane.py holds the
-lane to what the general path gives.
+(`qualifies`) or the request's conditions do not allow the lane, and an exchange of the lane
+that does not end in a whole answer (a failure, a timeout, an abandon, a split or odd answer)
+becomes a `Job` at that point (`LaneConnection._resume`), with the service marked tried, the
+request's own start and deadline, and the exchange's outcome: failover, health, counters and
+the default answer are the general path's from there on. tests/test_lane.py holds the lane
+to what the general path gives, request for request.
 """
 
 from __future__ import annotations
