@@ -17,6 +17,9 @@ the two is told to health as any failure is, and the request waits for the other
 first attempt fails, the hedge's exchange becomes the attempt in progress (`take_over`);
 when the hedge fails, the first attempt goes on. A request is hedged at most once.
 
+A hedge's exchange on a service that is found dead meanwhile is abandoned like any request
+waiting there (Dispatcher.release): it cannot win on a dead service; the first attempt goes on.
+
 Only for pools of services without state (SPF, DNSBL checks, policyd-weight): a hedged
 request may reach two servers, which for greylisting or rate limiting counts it twice.
 `warnings` says so for pools that hash or keep instances sticky (--check-config).

@@ -122,10 +122,15 @@ class Lane:
         if backends.tick is None:
             backends.tick = backends.loop.call_later(DEADLINE_TICK, backends.on_tick)
         try:
-            conn.sent = sent = conn.sock.send(data)  # type: ignore[union-attr]
-        except OSError:  # a full buffer or an error: _send_first takes them as run does
-            conn._send_first(now)
+            sent = conn.sock.send(data)  # type: ignore[union-attr]
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # as Connection.run: the error is the exchange's outcome
+            conn.sent = 0
+            conn.state = SENDING
+            conn._io_error(exc)
             return True
+        conn.sent = sent
         if sent == size:
             conn.state = READING
         else:

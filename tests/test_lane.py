@@ -265,3 +265,22 @@ def _settings(settings: dict) -> dict:
     parsers = {"balance": parse_balance, "fail_answer": parse_fail_answer,
                "hedge": parse_hedge}
     return {k: parsers[k](v) if k in parsers else v for k, v in settings.items()}
+
+
+def test_a_lane_request_waiting_on_a_service_taken_down_elsewhere_is_released(monkeypatch):
+    def steps(h, backends):
+        out = h.ask(request(instance="a"))
+        backends[0].set_mode("silent")
+        h.theirs.sendall(request(instance="b"))
+        h.settle(0.05)  # sent, waiting on S0
+        started = time.monotonic()
+        h.table.record_failure(0, started, 60.0, 60.0)  # another process takes S0 down
+        out += h.ask(b"")
+        released = time.monotonic() - started
+        assert released < 0.45, released  # by the sweep, not by its own 0.5 s timeout
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert with_lane[0] == [b"action=OK\n\n", b"action=SECOND\n\n"]
+    assert took == 1
