@@ -91,16 +91,17 @@ class ClientConnection:
         self.last_active = now = time.monotonic()
         if not data:
             self.eof = True
-        elif not self.busy and not self.queue and not self.framer.buffer and (
-                (lane := self.dispatcher.lane) is not None and lane.take(self, data, now)):
-            return  # the commonest case: the lane took it (lane.py); reading goes on
-        elif (not self.busy and not self.queue and not self.framer.buffer
-              and (request := self.framer.whole(data)) is not None):
-            # the common case: nothing waits and data is one whole request; reading goes on
-            self.busy = True
-            self.dispatcher.submit(request, self)
-            return
         else:
+            if not self.busy and not self.queue and not self.framer.buffer:
+                # nothing waits: the lane takes data (lane.py), or it is one whole request
+                lane = self.dispatcher.lane
+                if lane is not None and lane.take(self, data, now):
+                    return  # reading goes on
+                request = self.framer.whole(data)
+                if request is not None:
+                    self.busy = True
+                    self.dispatcher.submit(request, self)
+                    return
             room = max(0, MAX_QUEUED_REQUESTS - len(self.queue))
             self.queue.extend(self.framer.feed(data, room))
             self._next()

@@ -59,12 +59,12 @@ class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
     __slots__ = ("actions", "backends", "base", "d", "f", "in_flight", "index", "limit",
-                 "requests_word", "service", "stack", "stats", "sticky", "total_timeout")
+                 "requests_word", "stack", "stats", "sticky", "total_timeout")
 
     def __init__(self, d: Dispatcher) -> None:
         self.d = d
         self.index = index = d.selector.groups[0][0]
-        self.service = service = d.services[index]
+        service = d.services[index]
         self.base = index * SLOT
         self.f = d.counts
         self.stats = d.stats[index]
@@ -194,7 +194,7 @@ class LaneConnection(Connection):
         elapsed = now - self.started
         f[base + LATENCY_SUM] += elapsed
         f[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
-        offset = lane.actions.get(data[7:min(23, line)])  # action[7:23]
+        offset = lane.actions.get(data[7:line if line < 23 else 23])  # noqa: FURB136 (no call)
         if offset is None:
             offset = action_offset(lane.actions, data[:line])
         f[base + offset] += 1.0
