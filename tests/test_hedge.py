@@ -186,6 +186,32 @@ def test_a_first_attempt_that_fails_leaves_the_hedge_to_answer():
             pool.close()
 
 
+def test_a_hedge_on_a_service_taken_down_elsewhere_is_abandoned_and_the_first_answers():
+    with FakeBackend(action="OK primary", delay=0.5) as primary, \
+            FakeBackend(mode="silent") as second:
+        pool = Pool(primary.spec("P", prio=1), second.spec("S", prio=2, timeout=5),
+                    hedge="0.05", hedge_max=100, log_requests=True)
+        try:
+            pool.dispatcher.hedger.tokens = 1.0
+            client = Client()
+            [framed] = RequestFramer().feed(request())
+            pool.dispatcher.submit(framed, client)
+            deadline = time.monotonic() + 10
+            while not second.requests:  # the hedge asked S, which never answers
+                assert time.monotonic() < deadline
+                pool.loop.run_once(0.01)
+            pool.table.record_failure(1, time.monotonic(), 60.0, 60.0)  # another process
+            while not client.answers:
+                assert time.monotonic() < deadline
+                pool.loop.run_once(0.01)
+            assert client.answers == [b"action=OK primary\n\n"]
+            line = pool.log.text("info")
+            assert 'failed="S: marked down while waiting"' in line and " hedged=S" in line, line
+            assert pool.table.service_counter(1, F.FAILURES) == 0  # abandoned: not counted
+        finally:
+            pool.close()
+
+
 def test_a_percentile_hedge_follows_the_service_answer_times():
     with FakeBackend(action="OK primary") as primary, FakeBackend(action="OK second") as second:
         pool = Pool(primary.spec("P", prio=1), second.spec("S", prio=2), hedge="p90",
