@@ -262,7 +262,7 @@ class Connection:
             # answer, LF line ends, its first line a non-empty action; _received does the rest
             end = data.find(b"\n\n")
             if (end == len(data) - 2 and not self.answer and data.startswith(b"action=")
-                    and end <= MAX_ANSWER_BYTES - 2 and b"\r" not in data):
+                    and end <= MAX_ANSWER_BYTES - 2 and 13 not in data):
                 action = data[:data.find(b"\n")]
                 on_done = self.on_done
                 if len(action) > 7 and on_done is not None:

@@ -94,9 +94,10 @@ class Lane:
             return False  # no fresh idle connection: the general path connects
         size = len(data)
         # what RequestFramer.whole takes, less what check_limits might refuse
-        if (data.find(b"\n\n") != size - 2 or size < 3 or data[0] == 10 or size > MAX_LINE_BYTES
-                or b"\r" in data or client.framer.skipping
-                or size > 512 and data.count(b"\n") > MAX_ATTRIBUTES + 1):
+        if (size < 3 or data[-1] != 10 or data[-2] != 10 or data[0] == 10 or 13 in data
+                or size > MAX_LINE_BYTES or client.framer.skipping
+                or data.rfind(b"\n\n", 0, size - 1) >= 0
+                or size > 512 and data.count(10) > MAX_ATTRIBUTES + 1):
             return False
         conn: LaneConnection = stack.pop()[0]  # type: ignore[assignment]
         d = self.d
@@ -170,7 +171,7 @@ class LaneConnection(Connection):
         end = data.find(b"\n\n")
         line = data.find(b"\n")
         if (end != size - 2 or line < 8 or not data.startswith(b"action=") or self.answer
-                or size > MAX_ANSWER_BYTES or b"\r" in data):
+                or size > MAX_ANSWER_BYTES or 13 in data):
             self._received(data)
             return
         lane: Lane = self.lane  # type: ignore[assignment]
