@@ -36,6 +36,7 @@ not counted.
     python scripts/bench.py --idle 2000          # + memory per idle connection of the daemon
     python scripts/bench.py --soak 1000000       # the daemon's worker RSS over 1M requests
     python scripts/bench.py --smoke --json out.json   # CI: ~1 s per row, non-zero on errors
+    python scripts/bench.py --inprocess 100000   # each relay's CPU per request, one process
 
 With --idle N the bench holds N idle connections itself: it raises its RLIMIT_NOFILE to the
 hard limit and stops at once if that is still too low. HAProxy needs two descriptors per
@@ -45,6 +46,13 @@ proxied connection; when its limit cannot hold N, it gets fewer, and the report 
 requests are answered, cycling through 4096 distinct requests, and samples each worker's
 VmRSS every second: RSS after warm-up (N/10 requests), at the end, growth, the least-squares
 slope, and a timeline. It exits non-zero on errors or when a worker was replaced.
+
+--inprocess N runs no row and starts no process: N requests, one at a time, go through each
+relay inside this process (the python floor's, the daemon's lane, its general path), between
+a client and a backend connection on 127.0.0.1 that the bench itself drives, 5 interleaved
+rounds (--rounds); each relay's user+sys CPU per request, less the driver's own, and its ratio
+to the floor's. Nothing else runs, so its rounds agree within a few percent: the figure for a
+small change on the request path. The rows remain what a user gets on a loaded machine.
 
 Stdlib only, Linux only (/proc, epoll). Every process it starts is killed at the end, also on
 Ctrl-C, SIGTERM or an exception.

@@ -5,6 +5,7 @@ wire: requests, answers and their kinds; procs: start, track and always stop pro
 loadgen: the load generator processes; measure: the closed loop of one row and its figures;
 idle: --idle connections; runner: the state of a run (backend, rows, warnings, cleanup);
 rows: the rows as data and the one function that measures a row; startup: the spawn start
-row (process start to first answer); soak: --soak; report: the table, ratios, warnings, JSON
+row (process start to first answer); soak: --soak; inprocess: --inprocess (each relay's CPU
+per request inside one process); report: the table, ratios, warnings, JSON
 and exit status; cli: the command line and signals.
 """

@@ -2,7 +2,8 @@
 
 Contract: main(argv) parses the options (parse_args: argparse errors exit 2), raises
 RLIMIT_NOFILE for --idle (exit 2 when it cannot), runs the rows (or --soak) with SIGINT,
-SIGTERM and SIGHUP turned into KeyboardInterrupt, always stops every process it started
+SIGTERM and SIGHUP turned into KeyboardInterrupt (or, with --inprocess, only measures inside
+this process: inprocess.py), always stops every process it started
 (exit 130 when interrupted), prints the report and returns its exit status (report.py,
 soak.py): 1 on any error row, 0 otherwise.
 """
@@ -16,6 +17,7 @@ import signal
 import sys
 from typing import Any
 
+from .inprocess import main_inprocess
 from .procs import raise_nofile
 from .report import report_rows
 from .rows import ROW_NAMES, run_rows
@@ -56,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--soak: the RSS reference is taken after R requests (N/10)")
     p.add_argument("--soak-timeout", type=float, default=3600.0, metavar="S",
                    help="--soak: give up after S seconds (3600)")
+    p.add_argument("--inprocess", type=int, default=0, metavar="N",
+                   help="instead of the rows: relay N requests through each path inside this "
+                        "process (the python floor's relay, the daemon's lane, its general "
+                        "path), --rounds times, and report each one's CPU per request: a change "
+                        "of a few percent on the request path shows here")
+    p.add_argument("--rounds", type=int, default=5, metavar="R",
+                   help="--inprocess: rounds of every path, interleaved (5; the median is the "
+                        "figure)")
     p.add_argument("--smoke", action="store_true",
                    help="quick CI run: ~1 s per row, 4 connections; exit 1 on errors")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -92,6 +102,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--soak N: N must be at least the number of connections")
     if args.soak and args.soak_warmup is not None and not 0 <= args.soak_warmup < args.soak:
         p.error("--soak-warmup R: 0 <= R < N")
+    if args.inprocess < 0 or args.rounds < 1:
+        p.error("--inprocess N: N >= 0; --rounds R: R >= 1")
+    if args.inprocess and args.soak:
+        p.error("--inprocess and --soak: one at a time")
     if args.backend and ":" not in args.backend:
         p.error("--backend: expected HOST:PORT")
 
@@ -125,6 +139,8 @@ def run(bench: Bench) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.inprocess:
+        return main_inprocess(args.inprocess, args.rounds, args.json)
     # this process holds the idle connections; each generator its share of the active ones
     need = args.idle + FD_MARGIN
     nofile = raise_nofile(need)
