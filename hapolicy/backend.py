@@ -74,8 +74,8 @@ class Backends:
         """An idle connection to service from the pool, or a new one (not connected yet)."""
         stack = self.pool.idle.get(service.name)
         # the common case, Pool.get inline: the newest idle connection is fresh enough
-        if stack and now - stack[-1][1] < POOL_IDLE_SECONDS:
-            return stack.pop()[0]
+        if stack and now - stack[-1].ended < POOL_IDLE_SECONDS:
+            return stack.pop()
         conn = self.pool.get(service.name, now)
         return conn if conn is not None else self.connection_type(self, service)
 
@@ -270,8 +270,8 @@ class Connection:
                     self.payload = b""
                     backends = self.backends
                     backends.in_flight.discard(self)
-                    self.ended = now = time.monotonic()
-                    if backends.pool.put(self, now):
+                    self.ended = time.monotonic()
+                    if backends.pool.put(self):
                         self.state = IDLE
                     else:
                         self.close()
@@ -366,7 +366,7 @@ class Connection:
         self.answer = b""
         self.backends.in_flight.discard(self)
         self.ended = time.monotonic()
-        if keep and self.backends.pool.put(self, self.ended):
+        if keep and self.backends.pool.put(self):
             self.state = IDLE
         else:
             self.close()

@@ -90,7 +90,7 @@ class Lane:
         if sticky != self.index and sticky >= 0:
             return False  # the transaction may be sticky to another service
         stack = self.stack
-        if not stack or now - stack[-1][1] >= POOL_IDLE_SECONDS:
+        if not stack or now - stack[-1].ended >= POOL_IDLE_SECONDS:
             return False  # no fresh idle connection: the general path connects
         size = len(data)
         # what RequestFramer.whole takes, less what check_limits might refuse
@@ -99,7 +99,7 @@ class Lane:
                 or data.rfind(b"\n\n", 0, size - 1) >= 0
                 or size > 512 and data.count(10) > MAX_ATTRIBUTES + 1):
             return False
-        conn: LaneConnection = stack.pop()[0]  # type: ignore[assignment]
+        conn: LaneConnection = stack.pop()  # type: ignore[assignment]
         d = self.d
         d.requests += 1
         if d.requests == d.max_use:
@@ -184,7 +184,7 @@ class LaneConnection(Connection):
         stack = lane.stack
         # Pool.put (the pool is not closed: that closes the exchanges in flight first)
         if len(stack) < POOL_MAX_IDLE:
-            stack.append((self, now))
+            stack.append(self)
             self.state = IDLE
         else:
             self.close()

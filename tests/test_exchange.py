@@ -332,7 +332,7 @@ def test_an_idle_connection_closed_by_the_service_leaves_the_pool_at_once(attemp
 
 def pooled_socket(attempts: Attempts, backend: FakeBackend) -> socket.socket:
     attempts.run(backend.port)
-    [(conn, _since)] = attempts.pool.idle["S"]
+    [conn] = attempts.pool.idle["S"]
     return conn.sock
 
 
@@ -341,7 +341,7 @@ def test_idle_connections_expire_after_a_minute(attempts):
         sock = pooled_socket(attempts, backend)
         now = time.monotonic()
         attempts.pool.sweep(now + POOL_IDLE_SECONDS - 1)
-        [(conn, _since)] = attempts.pool.idle["S"]
+        [conn] = attempts.pool.idle["S"]
         assert conn.sock is sock
         attempts.pool.sweep(now + POOL_IDLE_SECONDS + 1)
         assert attempts.pool.idle["S"] == [] and sock.fileno() == -1
