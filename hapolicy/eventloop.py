@@ -32,6 +32,7 @@ EVENT_WRITE = select.EPOLLOUT
 _BOTH = EVENT_READ | EVENT_WRITE
 _TROUBLE = select.EPOLLERR | select.EPOLLHUP | select.POLLNVAL
 MAX_WAIT = 3600.0  # poll() and epoll() overflow on waits of ~25 days (huge timeouts in config)
+monotonic = time.monotonic
 
 
 class Timer:
@@ -78,7 +79,7 @@ class EventLoop:
         return timer
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        return self.call_at(time.monotonic() + delay, callback)
+        return self.call_at(monotonic() + delay, callback)
 
     def add(self, fileobj, events: int, handler: Callable[[int], None]) -> None:
         fd = _fd(fileobj)
@@ -113,14 +114,19 @@ class EventLoop:
         while timers and timers[0].callback is None:
             heapq.heappop(timers)
             self._cancelled -= 1
+        # compared, not min() and max(): this runs once per turn, often once per request
         timeout = max_wait
         if timers:
-            until = max(0.0, timers[0].when - time.monotonic())
-            timeout = until if timeout is None else min(timeout, until)
+            until = timers[0].when - monotonic()
+            if timeout is None or until < timeout:
+                timeout = until
         if timeout is None:
-            timeout = -1 if not self._ms else None
+            timeout = None if self._ms else -1
         else:
-            timeout = min(timeout, MAX_WAIT)
+            if timeout > MAX_WAIT:
+                timeout = MAX_WAIT
+            elif timeout < 0.0:  # a timer overdue (epoll would take a negative wait as none)
+                timeout = 0.0
             if self._ms:
                 timeout = int(timeout * 1000 + 0.999)
         removed = self.removed
@@ -141,7 +147,7 @@ class EventLoop:
                 if handler is not None and not (removed and fd in removed):
                     handler(mask | _BOTH if mask & _TROUBLE else mask)
         if timers:
-            now = time.monotonic()
+            now = monotonic()
             while timers and timers[0].when <= now:
                 timer = heapq.heappop(timers)
                 callback = timer.callback
