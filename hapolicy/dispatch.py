@@ -12,8 +12,9 @@ one taken down by another process (or by a check) is noticed within SWEEP_SECOND
 rides on the deadline tick of the exchanges in flight, backend.py). Who waits on a service is
 read from those exchanges, not kept per request.
 
-The common request of a pool whose first priority is one service takes the lane (lane.py),
-which makes no `Job` unless its exchange fails; everything here is what it falls back on.
+The common request of a pool that neither hashes, hedges, shadows, judges answers nor logs
+each request takes the lane (lane.py) while its first priority group is up: it makes the
+pick itself and no `Job` unless its exchange fails; everything here is what it falls back on.
 """
 
 from __future__ import annotations

@@ -1,23 +1,27 @@
-"""The common request without a Job: one whole request, one service, one pooled connection.
+"""The common request without a Job: one whole request, the first priority up, a pooled connection.
 
-Most requests of a pool whose first priority has a single service take the same way: the
-client's read is one whole request, that service is up, an idle connection to it waits in the
-pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no `Job`,
-no pick and no callback chain: `Lane.take` sends the request on the pooled connection (which
-then carries the client and the request), and that connection's event handler
+Most requests of a pool take the same way: the client's read is one whole request, every
+service of the first priority group is up, the pick (the transaction's sticky service, or
+weighted round robin in the group, or the group's one service) has an idle connection in the
+pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no
+`Job`, no call to the selector and no callback chain: `Lane.take` makes the pick as
+`Selector.pick` would make it then, sends the request on the pooled connection (which then
+carries the client, the request and its instance), and that connection's event handler
 (`LaneConnection._on_event`) reads the whole answer, puts the connection back, counts the
 answer as `Dispatcher.count_answer` does and writes it to the client as
 `ClientConnection.deliver` does. Those twins are inlined, not called: a call is about 2% of
 the daemon's CPU per request here (scripts/bench.py).
 
 Anything else goes the general way, decided before anything is done, so the general path
-sees the request as if the lane did not exist: `take` returns False when the pool's settings
-(`qualifies`) or the request's conditions do not allow the lane, and an exchange of the lane
-that does not end in a whole answer (a failure, a timeout, an abandon, a split or odd answer)
-becomes a `Job` at that point (`LaneConnection._resume`), with the service marked tried, the
-request's own start and deadline, and the exchange's outcome: failover, health, counters and
-the default answer are the general path's from there on. tests/test_lane.py holds the lane
-to what the general path gives, request for request.
+sees the request as if the lane did not exist: `take` returns False, with nothing written
+anywhere, when the pool's settings (`qualifies`) or the request's conditions do not allow the
+lane (a member of the group down, disabled or drained; a transaction sticky to another
+group's service; no fresh idle connection to the pick), and an exchange of the lane that does
+not end in a whole answer (a failure, a timeout, an abandon, a split or odd answer) becomes a
+`Job` at that point (`LaneConnection._resume`), with the service marked tried, the request's
+own start and deadline, and the exchange's outcome: failover, health, counters and the
+default answer are the general path's from there on. tests/test_lane.py holds the lane to
+what the general path gives, request for request.
 """
 
 from __future__ import annotations
@@ -40,58 +44,70 @@ if TYPE_CHECKING:
     from .config import Service
     from .dispatch import Dispatcher
 
-ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN
+ADMIN, ANSWERS, DRAIN, SERVED, WEIGHT = F.ADMIN, F.ANSWERS, F.DRAIN, F.SERVED, F.WEIGHT
 LATENCY_SUM, BUCKETS = S.LATENCY_SUM, S.BUCKETS
 monotonic = time.monotonic
 
 
 def qualifies(d: Dispatcher) -> bool:
-    """Whether pool settings leave the lane's requests nothing to do beyond one exchange:
-    the first priority group is one service, and no hashing, hedge, shadow, fail-answer,
-    per-request log line or verbose logging asks for more."""
+    """Whether pool settings leave the lane's requests nothing to do beyond one exchange with
+    the pick of the first priority group: no hashing, hedge, shadow, fail-answer, per-request
+    log line or verbose logging asks for more."""
     config = d.config
-    return (len(d.selector.groups[0]) == 1 and d.hash_key is None and not config.hedge
-            and not config.shadow and d.fail_answer is None and not config.log_requests
-            and not config.verbose)
+    return (d.hash_key is None and not config.hedge and not config.shadow
+            and d.fail_answer is None and not config.log_requests and not config.verbose)
+
+
+class Member:
+    """A service of the lane's priority group, as the lane reads, picks and counts it."""
+
+    __slots__ = ("base", "index", "limit", "stack", "stats", "step")
+
+    def __init__(self, d: Dispatcher, index: int) -> None:
+        self.index = index
+        # an attempt's limit from its start, as Connection.run sets it
+        self.limit = min(d.services[index].timeout, d.total_timeout)
+        self.base = index * SLOT  # its health words
+        self.stats = d.stats[index]
+        self.step = d.selector.step[index]  # its round robin's 1/weight; 0.0 alone in the group
+        # the pool's stack of idle connections to the service, kept for ever by the pool
+        self.stack = d.backends.pool.stack(d.services[index].name)
 
 
 class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
-    __slots__ = ("actions", "backends", "base", "d", "f", "in_flight", "index", "limit",
-                 "requests_word", "stack", "stats", "sticky", "total_timeout")
+    __slots__ = ("actions", "backends", "d", "f", "in_flight", "member_of", "members", "only",
+                 "requests_word", "sticky", "total_timeout")
 
     def __init__(self, d: Dispatcher) -> None:
         self.d = d
-        self.index = index = d.selector.groups[0][0]
-        service = d.services[index]
-        self.base = index * SLOT
+        self.members = tuple(Member(d, i) for i in d.selector.groups[0])
+        self.member_of = {m.index: m for m in self.members}
+        self.only = self.members[0] if len(self.members) == 1 else None  # nothing to pick
         self.f = d.counts
-        self.stats = d.stats[index]
         self.actions = d.actions
         self.requests_word = d.requests_word
         self.total_timeout = d.total_timeout
-        self.limit = min(service.timeout, d.total_timeout)  # an attempt's, from its start
         self.sticky = d.sticky
         self.backends = d.backends
         self.in_flight = d.backends.in_flight
-        # the pool's stack of idle connections to the service, kept for ever by the pool
-        self.stack = d.backends.pool.stack(service.name)
 
     def take(self, client: ClientConnection, data: bytes, now: float) -> bool:
         """Send data, a client's read while it has nothing in progress, on an idle connection
-        to the lane's service when data is one whole request and that service is what the
-        general path would pick; False, with nothing done, when not."""
+        to the service the general path would pick now, when data is one whole request and
+        nothing else is to be done; False, with nothing done, when not."""
         f = self.f
-        base = self.base
-        if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
-            return False  # down, disabled or drained: the pick decides
-        sticky = client.instance_service
-        if sticky != self.index and sticky >= 0:
-            return False  # the transaction may be sticky to another service
-        stack = self.stack
-        if not stack or now - stack[-1].ended >= POOL_IDLE_SECONDS:
-            return False  # no fresh idle connection: the general path connects
+        only = self.only
+        if only is not None:
+            base = only.base
+            if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
+                return False  # down, disabled or drained: the pick decides
+        else:
+            for member in self.members:
+                base = member.base
+                if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
+                    return False
         size = len(data)
         # what RequestFramer.whole takes, less what check_limits might refuse
         if (size < 3 or data[-1] != 10 or data[-2] != 10 or data[0] == 10 or 13 in data
@@ -99,6 +115,39 @@ class Lane:
                 or data.rfind(b"\n\n", 0, size - 1) >= 0
                 or size > 512 and data.count(10) > MAX_ATTRIBUTES + 1):
             return False
+        sticky = -1
+        instance = b""
+        if self.sticky:  # Request.instance, on bytes with LF line ends, and Job's test
+            pos = data.find(b"\ninstance=")
+            if pos >= 0:
+                instance = data[pos + 10:data.find(b"\n", pos + 10)]
+            elif data.startswith(b"instance="):
+                instance = data[9:data.find(b"\n")]
+            if instance and instance == client.instance:
+                sticky = client.instance_service
+        if only is not None:
+            if sticky >= 0 and sticky != only.index:
+                return False  # the transaction is another group's service's
+            member = only
+        elif sticky >= 0:
+            member = self.member_of.get(sticky)  # type: ignore[assignment]
+            if member is None:
+                return False
+        else:  # Selector._by_weight over the whole group, every member up
+            member = None  # type: ignore[assignment]
+            lowest = 0.0
+            for candidate in self.members:
+                weight = f[candidate.base + WEIGHT]
+                clock = f[candidate.base + SERVED] + (1.0 / weight if weight
+                                                      else candidate.step)
+                if member is None or clock < lowest:
+                    member, lowest = candidate, clock
+        stack = member.stack
+        if not stack or now - stack[-1].ended >= POOL_IDLE_SECONDS:
+            return False  # no fresh idle connection: the general path connects
+        if member.step:  # Selector._commit
+            weight = f[member.base + WEIGHT]
+            f[member.base + SERVED] += 1.0 / weight if weight else member.step
         conn: LaneConnection = stack.pop()  # type: ignore[assignment]
         d = self.d
         d.requests += 1
@@ -109,7 +158,9 @@ class Lane:
         client.busy = True
         conn.client = client
         conn.lane = self
+        conn.member = member
         conn.request = data
+        conn.instance = instance
         # Connection.run's way with a pooled connection, inline; its fallbacks as it has them
         conn.payload = data
         conn.deadline = now + self.total_timeout
@@ -117,7 +168,7 @@ class Lane:
         conn.started = now
         conn.answer = b""
         conn.reused = True
-        conn.limit = now + self.limit
+        conn.limit = now + member.limit
         self.in_flight.add(conn)
         backends = self.backends
         if backends.tick is None:
@@ -140,18 +191,19 @@ class Lane:
         return True
 
 
-
 class LaneConnection(Connection):
     """A connection of a dispatcher with a lane: one of the lane's exchanges (`client` set)
     ends here when its answer is read whole in one piece; anything else is Connection's."""
 
-    __slots__ = ("client", "lane", "request", "resume")
+    __slots__ = ("client", "instance", "lane", "member", "request", "resume")
 
     def __init__(self, backends: Backends, service: Service) -> None:
         super().__init__(backends, service)
         self.client: ClientConnection | None = None  # of the lane's exchange in progress
         self.lane: Lane | None = None
+        self.member: Member | None = None  # its service, as the lane counts it
         self.request = b""  # its request
+        self.instance = b""  # and the request's instance (b"" when not sticky)
         self.resume = self._resume  # made once: the on_done of every exchange of the lane
 
     def _on_event(self, mask: int) -> None:
@@ -175,13 +227,13 @@ class LaneConnection(Connection):
             self._received(data)
             return
         lane: Lane = self.lane  # type: ignore[assignment]
-        raw = self.request
+        member: Member = self.member  # type: ignore[assignment]
         self.client = None
         self.on_done = None
         self.payload = b""
         lane.in_flight.discard(self)
         self.ended = now = monotonic()
-        stack = lane.stack
+        stack = member.stack
         # Pool.put (the pool is not closed: that closes the exchanges in flight first)
         if len(stack) < POOL_MAX_IDLE:
             stack.append(self)
@@ -190,8 +242,8 @@ class LaneConnection(Connection):
             self.close()
         # Dispatcher.count_answer
         f = lane.f
-        f[lane.base + ANSWERS] += 1.0
-        base = lane.stats
+        f[member.base + ANSWERS] += 1.0
+        base = member.stats
         elapsed = now - self.started
         f[base + LATENCY_SUM] += elapsed
         f[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
@@ -199,19 +251,11 @@ class LaneConnection(Connection):
         if offset is None:
             offset = action_offset(lane.actions, data[:line])
         f[base + offset] += 1.0
-        if f[lane.base]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
-            lane.d.health.ok(lane.index)
-        if lane.sticky:  # Request.instance, on bytes with LF line ends
-            pos = raw.find(b"\ninstance=")
-            if pos >= 0:
-                instance = raw[pos + 10:raw.find(b"\n", pos + 10)]
-            elif raw.startswith(b"instance="):
-                instance = raw[9:raw.find(b"\n")]
-            else:
-                instance = b""
-            if instance:
-                client.instance = instance
-                client.instance_service = lane.index
+        if f[member.base]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
+            lane.d.health.ok(member.index)
+        if self.instance:  # Job.on_exchange_done: the transaction sticks to the service
+            client.instance = self.instance
+            client.instance_service = member.index
         if line != end:  # more lines than the action: only the action goes to the client
             data = data[:line] + b"\n\n"
             size = line + 2
@@ -236,13 +280,14 @@ class LaneConnection(Connection):
         Job had made that attempt."""
         client = self.client
         lane: Lane = self.lane  # type: ignore[assignment]
+        index = self.member.index  # type: ignore[union-attr]
         self.client = None
         from .dispatch import Job
 
         job = Job(lane.d, Request(self.request), client)  # type: ignore[arg-type]
         job.deadline = self.deadline
         job.started = self.deadline - lane.total_timeout
-        job.tried = 1 << lane.index
-        job.current = lane.index
+        job.tried = 1 << index
+        job.current = index
         job.exchange = self
         job.on_exchange_done(action, outcome, reason)

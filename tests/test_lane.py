@@ -31,6 +31,7 @@ from hapolicy.health import (
     HealthTable,
 )
 from hapolicy.log import Logger
+from hapolicy.pool import POOL_IDLE_SECONDS
 from hapolicy.stats import STATS, S
 
 
@@ -125,17 +126,21 @@ def counting_takes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return taken
 
 
-def both(monkeypatch, specs, steps, **settings):
+def both(monkeypatch, specs, steps, prios=(10, 20, 30), weights=(None, None, None),
+         **settings):
     """Run steps (a function of the harness and the backends) with the lane and without;
-    the results, and how many requests the lane took."""
+    the results, and how many requests the lane took. Services S0, S1, S2 answer OK, SECOND
+    and THIRD, with the priorities and weights given."""
     results = []
     taken = counting_takes(monkeypatch)
     for lane in (True, False):
         del taken[:]
-        with FakeBackend(action="OK") as first, FakeBackend(action="SECOND") as second:
-            backends = (first, second)
-            harness = Harness(lane, [b.spec(f"S{n}", prio=10 * (n + 1), timeout=0.5)
-                                     for n, b in enumerate(backends)][:len(specs)], **settings)
+        with FakeBackend(action="OK") as first, FakeBackend(action="SECOND") as second, \
+                FakeBackend(action="THIRD") as third:
+            backends = (first, second, third)
+            harness = Harness(lane, [b.spec(f"S{n}", prio=prios[n], weight=weights[n],
+                                            timeout=0.5)
+                                     for n, b in enumerate(backends[:len(specs)])], **settings)
             try:
                 answers = steps(harness, backends)
                 harness.settle()
@@ -252,9 +257,9 @@ def test_pools_the_lane_is_not_for():
             assert harness.dispatcher.lane is None, settings
         finally:
             harness.close()
-    two = Harness(True, ["A=127.0.0.1:1", "B=127.0.0.1:2"])  # round robin: a pick each
+    two = Harness(True, ["A=127.0.0.1:1", "B=127.0.0.1:2"])  # round robin: the lane picks
     try:
-        assert two.dispatcher.lane is None
+        assert two.dispatcher.lane is not None
     finally:
         two.close()
 
@@ -284,3 +289,115 @@ def test_a_lane_request_waiting_on_a_service_taken_down_elsewhere_is_released(mo
     assert with_lane == without
     assert with_lane[0] == [b"action=OK\n\n", b"action=SECOND\n\n"]
     assert took == 1
+
+
+def test_a_balanced_group_is_picked_in_the_general_paths_order(monkeypatch):
+    def steps(h, backends):
+        out = []
+        for n in range(24):  # a transaction every three requests, some with no instance
+            instance = f"tx{n // 3}" if n % 8 else ""
+            out += h.ask(request(instance=instance, recipient=f"r{n}@example.org"))
+        h.table.f[F.WEIGHT] = 4.0  # the operator's weight for S0, at once
+        for n in range(12):
+            out += h.ask(request(instance=f"ty{n // 2}"))
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1", "S2"], steps,
+                                      prios=(10, 10, 20), weights=(1, 2, 1))
+    assert with_lane == without
+    answers = with_lane[0]
+    assert b"action=OK\n\n" in answers and b"action=SECOND\n\n" in answers
+    assert b"action=THIRD\n\n" not in answers  # the backup of the group is not asked
+    assert took >= 30  # all but the first of each service's connections
+
+
+def test_a_balanced_member_failing_down_or_drained_is_the_general_paths(monkeypatch):
+    def steps(h, backends):
+        f = h.table.f
+        out = []
+        for n in range(4):
+            out += h.ask(request(instance=f"a{n}"))
+        backends[0].set_mode("close_after_request")  # S0's exchanges fail over to S1
+        for n in range(4):
+            out += h.ask(request(instance=f"b{n}"))
+        backends[0].set_mode("answer", action="OK")
+        f[0] = 0.0  # S0 up again
+        backends[1].set_mode("close_after_request")  # S1's fail over to S0, not to S2
+        f[F.SERVED] = f[SLOT + F.SERVED] + 1.0  # S0's clock ahead: S1 is the next pick
+        for n in range(3):
+            out += h.ask(request(instance=f"s{n}"))
+        backends[1].set_mode("answer", action="SECOND")
+        f[SLOT] = 0.0
+        f[SLOT + F.DRAIN] = 1.0  # S1 drained: the group is not all up
+        for n in range(3):
+            out += h.ask(request(instance=f"c{n}"))
+        f[SLOT + F.DRAIN] = 0.0
+        f[0] = time.monotonic() + 60.0  # S0 down: S1 alone, then S2 for a sticky one
+        out += h.ask(request(instance="d")) + h.ask(request(instance="d"))
+        f[0] = 0.0
+        for n in range(4):
+            out += h.ask(request(instance=f"e{n}"))
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1", "S2"], steps,
+                                      prios=(10, 10, 20))
+    assert with_lane == without
+    assert took >= 4
+
+
+def test_a_transaction_sticky_to_the_backup_stays_there_when_the_group_is_back(monkeypatch):
+    def steps(h, backends):
+        f = h.table.f
+        out = h.ask(request(instance="warm")) + h.ask(request(instance="warm2"))
+        f[0] = f[SLOT] = time.monotonic() + 60.0  # the group down: S2 answers
+        out += h.ask(request(instance="t")) + h.ask(request(instance="t"))
+        f[0] = f[SLOT] = 0.0  # the group back: t stays on S2, a new transaction takes the lane
+        out += h.ask(request(instance="t")) + h.ask(request(instance="u"))
+        out += h.ask(request(instance="u")) + h.ask(request(instance="t"))
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1", "S2"], steps,
+                                      prios=(10, 10, 20))
+    assert with_lane == without
+    assert with_lane[0][2:5] == [b"action=THIRD\n\n"] * 3
+    assert b"action=THIRD\n\n" not in with_lane[0][5:]  # u, and t after u: one client keeps
+    # the instance of its last answer only
+
+
+def test_an_answer_from_a_member_marked_down_meanwhile_brings_it_back(monkeypatch):
+    def steps(h, backends):
+        f = h.table.f
+        out = []
+        for n in range(4):  # both members connected, both idle in the pool
+            out += h.ask(request(instance=f"w{n}"))
+        counts = [len(b.raw_requests) for b in backends]
+        h.theirs.sendall(request(instance="x"))
+        time.sleep(0.05)
+        h.loop.run_once(1.0)  # one turn: the client's read, and the request sent
+        time.sleep(0.1)  # answered at once: the answer waits in our socket, not read yet
+        asked = next(k for k, b in enumerate(backends) if len(b.raw_requests) > counts[k])
+        f[asked * SLOT] = time.monotonic() + 60.0  # down, as another process saw it
+        out += h.ask(b"")
+        out.append(f"asked S{asked}, down after: {f[asked * SLOT] != 0.0}".encode())
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps, prios=(10, 10),
+                                      weights=(1, 3))
+    assert with_lane == without
+    assert with_lane[0][-1] == b"asked S1, down after: False"  # Health.ok brought S1 back
+    assert took >= 1
+
+
+def test_an_idle_connection_past_its_time_is_not_the_lanes(monkeypatch):
+    def steps(h, backends):
+        out = h.ask(request(instance="a")) + h.ask(request(instance="b"))
+        for stack in h.dispatcher.backends.pool.idle.values():
+            for conn in stack:
+                conn.ended -= POOL_IDLE_SECONDS  # idle for a minute: closed, a new one made
+        out += h.ask(request(instance="c")) + h.ask(request(instance="d"))
+        return out + [f"connections {backends[0].connections}".encode()]
+
+    (with_lane, without), took = both(monkeypatch, ["S0"], steps)
+    assert with_lane == without
+    assert with_lane[0][-1] == b"connections 2"
+    assert took == 2
