@@ -13,8 +13,9 @@ rides on the deadline tick of the exchanges in flight, backend.py). Who waits on
 read from those exchanges, not kept per request.
 
 The common request of a pool that neither hashes, hedges, shadows, judges answers nor logs
-each request takes the lane (lane.py) while its first priority group is up: it makes the
-pick itself and no `Job` unless its exchange fails; everything here is what it falls back on.
+each request takes the lane (lane.py) while every service of its first priority group is up
+and none is drained: it makes the pick itself and no `Job` unless its exchange fails;
+everything here is what it falls back on.
 """
 
 from __future__ import annotations

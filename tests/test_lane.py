@@ -100,6 +100,8 @@ class Harness:
                 "answers": f[base + F.ANSWERS],
                 "failures": f[base + F.FAILURES],
                 "down": f[base] != 0.0,
+                # the round robin's clock, the operator's weight, the probe and the streak
+                "words": [f[base + w] for w in (F.SERVED, F.WEIGHT, F.PROBE_UNTIL, F.STREAK)],
                 "by outcome": [f[stats + S.FAILURES + k] for k in range(10)],
                 "by action": [f[stats + S.ACTIONS + k] for k in range(8)],
                 "timed": sum(f[stats + S.BUCKETS + k] for k in range(14)),
@@ -328,15 +330,19 @@ def test_a_balanced_member_failing_down_or_drained_is_the_general_paths(monkeypa
             out += h.ask(request(instance=f"s{n}"))
         backends[1].set_mode("answer", action="SECOND")
         f[SLOT] = 0.0
-        f[SLOT + F.DRAIN] = 1.0  # S1 drained: the group is not all up
-        for n in range(3):
-            out += h.ask(request(instance=f"c{n}"))
-        f[SLOT + F.DRAIN] = 0.0
+        for word, value in ((F.DRAIN, 1.0), (F.ADMIN, float("inf"))):
+            for n in range(4):  # S1 asked again: an idle connection to it waits in the pool
+                out += h.ask(request(instance=f"c{word}{n}"))
+            f[F.SERVED] = f[SLOT + F.SERVED] + 1.0  # S1 would be the next pick
+            f[SLOT + word] = value  # drained, then disabled: S0 alone answers
+            for n in range(3):
+                out += h.ask(request(instance=f"d{word}{n}"))
+            f[SLOT + word] = 0.0
         f[0] = time.monotonic() + 60.0  # S0 down: S1 alone, then S2 for a sticky one
-        out += h.ask(request(instance="d")) + h.ask(request(instance="d"))
+        out += h.ask(request(instance="e")) + h.ask(request(instance="e"))
         f[0] = 0.0
         for n in range(4):
-            out += h.ask(request(instance=f"e{n}"))
+            out += h.ask(request(instance=f"f{n}"))
         return out
 
     (with_lane, without), took = both(monkeypatch, ["S0", "S1", "S2"], steps,
