@@ -48,11 +48,12 @@ VmRSS every second: RSS after warm-up (N/10 requests), at the end, growth, the l
 slope, and a timeline. It exits non-zero on errors or when a worker was replaced.
 
 --inprocess N runs no row and starts no process: N requests, one at a time, go through each
-relay inside this process (the python floor's, the daemon's lane, its general path), between
-a client and a backend connection on 127.0.0.1 that the bench itself drives, 5 interleaved
-rounds (--rounds); each relay's user+sys CPU per request, less the driver's own, and its ratio
-to the floor's. Nothing else runs, so its rounds agree within a few percent: the figure for a
-small change on the request path. The rows remain what a user gets on a loaded machine.
+relay inside this process (the python floor's, the daemon's lane for one service and for two
+balanced by round robin, its general path), between a client and a backend connection on
+127.0.0.1 that the bench itself drives, 5 interleaved rounds (--rounds); each relay's user+sys
+CPU per request, less the driver's own, and its ratio to the floor's. Nothing else runs, so its
+rounds agree within a few percent: the figure for a small change on the request path. The rows
+remain what a user gets on a loaded machine.
 
 Stdlib only, Linux only (/proc, epoll). Every process it starts is killed at the end, also on
 Ctrl-C, SIGTERM or an exception.

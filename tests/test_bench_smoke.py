@@ -5,7 +5,8 @@ hapolicy daemon row must have answered requests without a single error, every an
 backend's own (no default answer), each of them served by the backend; the spawn start row
 must have timed hapolicy's starts to its first answer (the backend's own) and `python -c
 pass`, the interpreter's own start. `--inprocess` must relay its requests through every path
-(the floor, the lane, the general path) with the backend's own answer each time.
+(the floor, the lane, a balanced pool's lane, the general path) with the backend's own answer
+each time.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def test_bench_inprocess_relays_every_path_with_the_backends_answers(tmp_path):
     proc, report, detail = run_script("bench.py", "--inprocess", "300", "--rounds", "2",
                                       json_out=tmp_path / "inprocess.json")
     assert proc.returncode == 0, detail
-    paths = ("driver", "python floor", "hapolicy lane", "hapolicy general")
+    paths = ("driver", "python floor", "hapolicy lane", "hapolicy balanced", "hapolicy general")
     assert set(report["median_us"]) == set(paths), detail
     for name in paths:
         assert report["wrong_answers"][name] == 0, detail

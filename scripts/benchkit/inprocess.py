@@ -7,8 +7,10 @@ report_inprocess() prints them with the ratios to the floor and returns the exit
 when any answer was not the backend's own, else 0.
 
 Every path has a client connection and a backend connection on 127.0.0.1, both ends in this
-process. The driver sends a request as the client, runs the relay's loop once, reads it as the
-backend, answers, runs the loop once more and reads the answer as the client. Nothing else
+process (two for the balanced pool, which round robin asks in turn). The driver sends a
+request as the client, runs the relay's loop once, reads it as the backend, answers, runs the
+loop once more and reads the answer as the client; the requests are of two transactions in
+turn, so that none sticks to one service. Nothing else
 runs: no scheduler between processes, no load generator, no other process's wake-ups, so a
 change of a few percent on the request path shows here (rounds agree within about 2%) when
 the rows' noise (about 10%) hides it. The rows stay the measure of what a user gets: they
@@ -17,7 +19,9 @@ also count what more CPU in one process costs the others on a loaded machine.
 Paths: `driver` (the driver's own four system calls with nothing between: its figure is taken
 from the others'), `python floor` (benchkit/floor.py's relay in a raw epoll loop), `hapolicy
 lane` (ClientConnection, Dispatcher and EventLoop of one service: the lane takes every
-request) and `hapolicy general` (the same with the lane off: Job, pick, Connection).
+request), `hapolicy balanced` (the same with two services of one priority: the lane makes the
+round robin's pick) and `hapolicy general` (one service with the lane off: Job, pick,
+Connection).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .servers import REPO
 from .wire import make_request
 
 ANSWER = b"action=DUNNO hapolicy-bench\n\n"
-PATHS = ("driver", "python floor", "hapolicy lane", "hapolicy general")
+PATHS = ("driver", "python floor", "hapolicy lane", "hapolicy balanced", "hapolicy general")
 
 
 def _pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
@@ -46,32 +50,39 @@ def _pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
 
 class Path:
     """One relay driven one request at a time: the request is sent on `client` and read on
-    `backend`, the answer sent on `backend_out` and read on `client_in` (for a relay, the
-    same two sockets; for the driver alone, two pairs with nothing between)."""
+    a backend, the answer sent on it and read on `client_in` (for a relay, `client` again;
+    for the driver alone, a second pair with nothing between). The backends, (socket it
+    reads, socket it answers on) each, take the requests in turn, as round robin picks them
+    (one backend but for the balanced pool)."""
 
-    def __init__(self, client: socket.socket, backend: socket.socket,
-                 run_once: Callable[[], None], backend_out: socket.socket | None = None,
-                 client_in: socket.socket | None = None) -> None:
+    def __init__(self, client: socket.socket, backends: list[tuple[socket.socket, socket.socket]],
+                 run_once: Callable[[], None], client_in: socket.socket | None = None) -> None:
         self.client = client
-        self.backend = backend
-        self.backend_out = backend_out or backend
         self.client_in = client_in or client
+        self.backends = [(reader.recv, writer.send) for reader, writer in backends]
         self.run_once = run_once
+        self.turn = 0  # the next request's backend, across rounds
         self.wrong = 0
 
-    def drive(self, request: bytes, count: int) -> None:
-        csend, brecv = self.client.send, self.backend.recv
-        bsend, crecv = self.backend_out.send, self.client_in.recv
+    def drive(self, requests: tuple[bytes, bytes], count: int) -> None:
+        """count requests, of two transactions in turn (not sticky to one service)."""
+        csend, crecv = self.client.send, self.client_in.recv
+        backends = self.backends
+        many = len(backends)
         run_once = self.run_once
+        turn = self.turn
         wrong = 0
         for _ in range(count):
-            csend(request)
+            csend(requests[turn & 1])
             run_once()
+            brecv, bsend = backends[turn % many]
+            turn += 1
             brecv(65536)
             bsend(ANSWER)
             run_once()
             if crecv(65536) != ANSWER:
                 wrong += 1
+        self.turn = turn
         self.wrong += wrong
 
 
@@ -84,7 +95,7 @@ def _driver_path(listener: socket.socket) -> Path:
     on a second pair."""
     client, backend = _pair(listener)
     backend_out, client_in = _pair(listener)
-    return Path(client, backend, _nothing, backend_out, client_in)
+    return Path(client, [(backend, backend_out)], _nothing, client_in)
 
 
 def _floor_path(listener: socket.socket) -> Path:
@@ -107,11 +118,12 @@ def _floor_path(listener: socket.socket) -> Path:
                 continue
             bufs[fd] = relay(data, bufs[fd], peer[fd])
 
-    return Path(client, backend, run_once)
+    return Path(client, [(backend, backend)], run_once)
 
 
-def _hapolicy_path(listener: socket.socket, lane: bool) -> Path:
-    """hapolicy's client connection, dispatcher and loop, one service: this listener."""
+def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Path:
+    """hapolicy's client connection, dispatcher and loop; its services (one, or two of one
+    priority and weight: round robin) are all this listener."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     from hapolicy.backend import Connection
@@ -128,33 +140,39 @@ def _hapolicy_path(listener: socket.socket, lane: bool) -> Path:
 
     host, port = listener.getsockname()
     loop = EventLoop()
-    config = Config(services=(parse_service(f"BENCH={host}:{port}"),))
-    dispatcher = Dispatcher(loop, config, HealthTable(1, shared=False), Silent(syslog_socket=""))
+    config = Config(services=tuple(parse_service(f"BENCH{n}={host}:{port}:10")
+                                   for n in range(services)))
+    dispatcher = Dispatcher(loop, config, HealthTable(services, shared=False),
+                            Silent(syslog_socket=""))
     if not lane:
         dispatcher.lane = None
         dispatcher.backends.connection_type = Connection
     elif dispatcher.lane is None:
-        raise RuntimeError("a pool of one service no longer takes the lane")
+        raise RuntimeError("this pool no longer takes the lane")
     client, ours = _pair(listener)
     ours.setblocking(False)
     conn = ClientConnection(loop, dispatcher, ours.fileno(), ours.fileno(), lambda _c: None,
                             sock=ours)
     conn.start()
-    # the first request connects to the backend: accept it, answer, and the path is warm
-    client.sendall(make_request(0))
-    listener.settimeout(0.01)
-    backend = None
-    while backend is None:
-        loop.run_once(0.01)
-        try:
-            backend, _ = listener.accept()
-        except TimeoutError:
-            pass
-    listener.settimeout(None)
-    _pump(loop.run_once, backend)
-    backend.sendall(ANSWER)
-    _pump(loop.run_once, client)
-    return Path(client, backend, loop.run_once)
+    # each service's first request connects to it: accept, answer, and the path is warm;
+    # round robin asks them in order, and from then on in turn
+    backends = []
+    for n in range(services):
+        client.sendall(make_request(n))
+        listener.settimeout(0.01)
+        backend = None
+        while backend is None:
+            loop.run_once(0.01)
+            try:
+                backend, _ = listener.accept()
+            except TimeoutError:
+                pass
+        listener.settimeout(None)
+        _pump(loop.run_once, backend)
+        backend.sendall(ANSWER)
+        _pump(loop.run_once, client)
+        backends.append((backend, backend))
+    return Path(client, backends, loop.run_once)
 
 
 def _pump(run_once: Callable[[float], None], sock: socket.socket) -> bytes:
@@ -177,7 +195,7 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_inprocess(requests: int, rounds: int) -> dict[str, Any]:
+def run_inprocess(count: int, rounds: int) -> dict[str, Any]:
     """Each path's CPU microseconds per request, every round and the median; wrong answers."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -186,20 +204,25 @@ def run_inprocess(requests: int, rounds: int) -> dict[str, Any]:
         "driver": _driver_path(listener),
         "python floor": _floor_path(listener),
         "hapolicy lane": _hapolicy_path(listener, lane=True),
+        "hapolicy balanced": _hapolicy_path(listener, lane=True, services=2),
         "hapolicy general": _hapolicy_path(listener, lane=False),
     }
-    request = make_request(1)
+    requests = (make_request(1000), make_request(1001))  # not the warm-up's transactions
     for path in paths.values():  # warm: the code and the allocator, not the figures
-        path.drive(request, min(requests, 2000))
+        for recv, _send in path.backends:  # and a turn out of step fails, not hangs
+            recv.__self__.settimeout(10.0)
+        path.drive(requests, min(count, 2000))
+        for recv, _send in path.backends:
+            recv.__self__.settimeout(None)
         path.wrong = 0
     figures: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, path in paths.items():
             before = _cpu()
-            path.drive(request, requests)
-            figures[name].append((_cpu() - before) / requests * 1e6)
+            path.drive(requests, count)
+            figures[name].append((_cpu() - before) / count * 1e6)
     medians = {name: statistics.median(values) for name, values in figures.items()}
-    return {"requests": requests, "rounds": rounds, "rounds_us": figures, "median_us": medians,
+    return {"requests": count, "rounds": rounds, "rounds_us": figures, "median_us": medians,
             "wrong_answers": {name: path.wrong for name, path in paths.items()}}
 
 
