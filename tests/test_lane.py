@@ -9,6 +9,7 @@ must be the same; and the lane must have taken the requests it is for.
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -378,9 +379,10 @@ def test_an_answer_from_a_member_marked_down_meanwhile_brings_it_back(monkeypatc
             out += h.ask(request(instance=f"w{n}"))
         counts = [len(b.raw_requests) for b in backends]
         h.theirs.sendall(request(instance="x"))
-        time.sleep(0.05)
-        h.loop.run_once(1.0)  # one turn: the client's read, and the request sent
-        time.sleep(0.1)  # answered at once: the answer waits in our socket, not read yet
+        while not h.dispatcher.backends.in_flight:  # the client's read, and the request sent
+            h.loop.run_once(0.05)
+        [conn] = h.dispatcher.backends.in_flight
+        assert select.select([conn.sock], [], [], 10)[0]  # the answer waits there, unread
         asked = next(k for k, b in enumerate(backends) if len(b.raw_requests) > counts[k])
         f[asked * SLOT] = time.monotonic() + 60.0  # down, as another process saw it
         out += h.ask(b"")
