@@ -3,14 +3,15 @@
 Most requests of a pool take the same way: the client's read is one whole request, every
 service of the first priority group is up, the pick (the transaction's sticky service, or
 weighted round robin in the group, or the group's one service) has an idle connection in the
-pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no
-`Job`, no call to the selector and no callback chain: `Lane.take` makes the pick as
-`Selector.pick` would make it then, sends the request on the pooled connection (which then
-carries the client, the request and its instance), and that connection's event handler
+pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no `Job`,
+no `Selector.pick` and no callback chain: `Lane.take` makes the pick as `Selector.pick` would
+make it then (a balanced group's round robin through the selector's own `_by_weight` and
+`_commit`, its one rule for it), sends the request on the pooled connection (which then carries
+the client, the request and its instance), and that connection's event handler
 (`LaneConnection._on_event`) reads the whole answer, puts the connection back, counts the
 answer as `Dispatcher.count_answer` does and writes it to the client as
-`ClientConnection.deliver` does. Those twins are inlined, not called: a call is about 2% of
-the daemon's CPU per request here (scripts/bench.py).
+`ClientConnection.deliver` does. Those twins are inlined, not called: a call is about 2% of the
+daemon's CPU per request here (scripts/bench.py).
 
 Anything else goes the general way, decided before anything is done, so the general path
 sees the request as if the lane did not exist: `take` returns False, with nothing written
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from .config import Service
     from .dispatch import Dispatcher
 
-ADMIN, ANSWERS, DRAIN, SERVED, WEIGHT = F.ADMIN, F.ANSWERS, F.DRAIN, F.SERVED, F.WEIGHT
+ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN
 LATENCY_SUM, BUCKETS = S.LATENCY_SUM, S.BUCKETS
 monotonic = time.monotonic
 
@@ -69,7 +70,7 @@ class Member:
         self.limit = min(d.services[index].timeout, d.total_timeout)
         self.base = index * SLOT  # its health words
         self.stats = d.stats[index]
-        self.step = d.selector.step[index]  # its round robin's 1/weight; 0.0 alone in the group
+        self.step = d.selector.step[index]  # 0.0 alone in the group: no round robin
         # the pool's stack of idle connections to the service, kept for ever by the pool
         self.stack = d.backends.pool.stack(d.services[index].name)
 
@@ -77,12 +78,14 @@ class Member:
 class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
-    __slots__ = ("actions", "backends", "d", "f", "in_flight", "member_of", "members", "only",
-                 "requests_word", "sticky", "total_timeout")
+    __slots__ = ("actions", "backends", "d", "f", "group", "in_flight", "member_of", "members",
+                 "only", "requests_word", "selector", "sticky", "total_timeout")
 
     def __init__(self, d: Dispatcher) -> None:
         self.d = d
-        self.members = tuple(Member(d, i) for i in d.selector.groups[0])
+        self.selector = d.selector
+        self.group = d.selector.groups[0]  # the members' indexes, in order
+        self.members = tuple(Member(d, i) for i in self.group)
         self.member_of = {m.index: m for m in self.members}
         self.only = self.members[0] if len(self.members) == 1 else None  # nothing to pick
         self.f = d.counts
@@ -133,21 +136,13 @@ class Lane:
             member = self.member_of.get(sticky)  # type: ignore[assignment]
             if member is None:
                 return False
-        else:  # Selector._by_weight over the whole group, every member up
-            member = None  # type: ignore[assignment]
-            lowest = 0.0
-            for candidate in self.members:
-                weight = f[candidate.base + WEIGHT]
-                clock = f[candidate.base + SERVED] + (1.0 / weight if weight
-                                                      else candidate.step)
-                if member is None or clock < lowest:
-                    member, lowest = candidate, clock
+        else:  # the round robin of the whole group, every member up (Selector.pick's)
+            member = self.member_of[self.selector._by_weight(self.group)]
         stack = member.stack
         if not stack or now - stack[-1].ended >= POOL_IDLE_SECONDS:
             return False  # no fresh idle connection: the general path connects
-        if member.step:  # Selector._commit
-            weight = f[member.base + WEIGHT]
-            f[member.base + SERVED] += 1.0 / weight if weight else member.step
+        if member.step:
+            self.selector._commit(member.index)
         conn: LaneConnection = stack.pop()  # type: ignore[assignment]
         d = self.d
         d.requests += 1

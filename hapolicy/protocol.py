@@ -144,7 +144,7 @@ class RequestFramer:
         request with LF line ends (nearly every read from Postfix); else None: feed it."""
         size = len(data)
         if (size < 3 or data[-1] != 10 or data[-2] != 10 or data[0] == 10 or self.skipping
-                or 13 in data or size > MAX_REQUEST_BYTES + 2  # 13, not b"\r": see below
+                or 13 in data or size > MAX_REQUEST_BYTES + 2  # 13: see the module doc
                 or data.rfind(b"\n\n", 0, size - 1) >= 0):  # an empty line before the end
             return None
         if size > 512 and (size > MAX_LINE_BYTES or data.count(b"\n") > MAX_ATTRIBUTES + 1):
