@@ -231,6 +231,7 @@ def test_what_is_not_one_whole_request_goes_the_general_way(monkeypatch):
         out += h.ask(b"a=" + b"x" * 9000 + b"\n\n")  # a line over the limit: refused
         out += h.ask(b"a=1\n" * 300 + b"\n")  # too many attributes: refused
         out += h.ask(b"a=1\n" * 200 + b"\n")  # many, but within the limit
+        out += h.ask(request(instance="f") + b"\n", answers=2)  # and an empty request
         return out
 
     (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)

@@ -143,6 +143,7 @@ WHOLE_CASES = [
     b"\n\n",  # two of them
     b"\na=1\n\n",  # an empty request, then one
     b"a=1\n\nb=2\n\n",  # two requests
+    b"a=1\n\n\n",  # a request, then an empty one: ends in two LFs, one request before them
     b"a=1\nb=2\n",  # not complete
     b"a=1\r\nb=2\r\n\r\n",  # CRLF: made LF by feed
     b"a=1\n\r\n",
