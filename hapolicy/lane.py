@@ -34,7 +34,13 @@ from .backend import DEADLINE_TICK, IDLE, READING, SENDING, Connection
 from .eventloop import EVENT_WRITE
 from .health import SLOT, F
 from .pool import POOL_IDLE_SECONDS, POOL_MAX_IDLE
-from .protocol import MAX_ANSWER_BYTES, MAX_ATTRIBUTES, MAX_LINE_BYTES, Request
+from .protocol import (
+    MAX_ANSWER_BYTES,
+    MAX_ATTRIBUTES,
+    MAX_LINE_BYTES,
+    SHORT_REQUEST_BYTES,
+    Request,
+)
 from .stats import BOUNDS, S, action_offset
 
 TYPE_CHECKING = False
@@ -114,7 +120,7 @@ class Lane:
         if (size < 3 or data[-1] != 10 or data[-2] != 10 or data[0] == 10 or 13 in data
                 or size > MAX_LINE_BYTES or client.framer.skipping
                 or data.rfind(b"\n\n", 0, size - 1) >= 0
-                or size > 512 and data.count(10) > MAX_ATTRIBUTES + 1):
+                or size > SHORT_REQUEST_BYTES and data.count(10) > MAX_ATTRIBUTES + 1):
             return False
         sticky = -1
         instance = b""

@@ -9,7 +9,9 @@ Limits, so that a client cannot grow our memory without bound:
 
 - MAX_REQUEST_BYTES (64 KiB): one request, all lines included. Postfix's are about 1 KiB.
 - MAX_LINE_BYTES (8 KiB): one `name=value` line.
-- MAX_ATTRIBUTES (256): lines in one request. Postfix 3.7 sends about 40.
+- MAX_ATTRIBUTES (1024): lines in one request. Postfix 3.7 sends about 40. A request of at most
+  SHORT_REQUEST_BYTES cannot have more (no line is under 2 bytes), so its lines are not
+  counted: every request Postfix sends is that short, and counting 700 bytes costs 0.3 µs.
 
 Bytes are tested for CR with `13 in data`: `b"\r" in data` first tries its operand as an
 integer and formats the TypeError it gets, which costs more than the search itself.
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 MAX_REQUEST_BYTES = 65536
 MAX_LINE_BYTES = 8192
-MAX_ATTRIBUTES = 256
+MAX_ATTRIBUTES = 1024
+SHORT_REQUEST_BYTES = 2 * MAX_ATTRIBUTES
 MAX_ANSWER_BYTES = 16384
 
 
@@ -129,7 +132,7 @@ class RequestFramer:
                 raw = bytes(buf[start:end])
                 if 13 in raw:
                     raw = raw.replace(b"\r\n", b"\n")
-                out.append(Request(raw, check_limits(raw) if len(raw) > 512 else ""))
+                out.append(Request(raw, check_limits(raw) if len(raw) > SHORT_REQUEST_BYTES else ""))
             start = end
         if start:
             del buf[:start]
@@ -147,7 +150,7 @@ class RequestFramer:
                 or 13 in data or size > MAX_REQUEST_BYTES + 2  # 13: see the module doc
                 or data.rfind(b"\n\n", 0, size - 1) >= 0):  # an empty line before the end
             return None
-        if size > 512 and (size > MAX_LINE_BYTES or data.count(b"\n") > MAX_ATTRIBUTES + 1):
+        if size > SHORT_REQUEST_BYTES and (size > MAX_LINE_BYTES or data.count(b"\n") > MAX_ATTRIBUTES + 1):
             return Request(data, check_limits(data))  # what check_limits may refuse
         return Request(data)
 

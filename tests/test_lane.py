@@ -33,6 +33,7 @@ from hapolicy.health import (
 )
 from hapolicy.log import Logger
 from hapolicy.pool import POOL_IDLE_SECONDS
+from hapolicy.protocol import MAX_ATTRIBUTES
 from hapolicy.stats import STATS, S
 
 
@@ -229,8 +230,8 @@ def test_what_is_not_one_whole_request_goes_the_general_way(monkeypatch):
         out += h.ask(request(instance="d").replace(b"\n", b"\r\n"))  # CRLF
         out += h.ask(b"x=1\r\n" + request(instance="e"))  # one CRLF line
         out += h.ask(b"a=" + b"x" * 9000 + b"\n\n")  # a line over the limit: refused
-        out += h.ask(b"a=1\n" * 300 + b"\n")  # too many attributes: refused
-        out += h.ask(b"a=1\n" * 200 + b"\n")  # many, but within the limit
+        out += h.ask(b"a=1\n" * (MAX_ATTRIBUTES + 1) + b"\n")  # too many attributes: refused
+        out += h.ask(b"a=1\n" * MAX_ATTRIBUTES + b"\n")  # many, but within the limit
         out += h.ask(request(instance="f") + b"\n", answers=2)  # and an empty request
         return out
 
