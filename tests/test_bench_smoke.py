@@ -6,7 +6,7 @@ backend's own (no default answer), each of them served by the backend; the spawn
 must have timed hapolicy's starts to its first answer (the backend's own) and `python -c
 pass`, the interpreter's own start. `--inprocess` must relay its requests through every path
 (the floor, the lane, a balanced pool's lane, the general path) with the backend's own answer
-each time.
+each time. Run from another directory, it measures its own tree's hapolicy all the same.
 """
 
 from __future__ import annotations
@@ -35,6 +35,24 @@ def test_bench_smoke(tmp_path):
         starts["perl original"]["status"] == "skipped", detail
     for row in report["rows"]:
         assert row["status"] in ("ok", "skipped"), detail
+
+
+def test_the_bench_measures_its_own_trees_hapolicy_from_any_directory(tmp_path):
+    # `python -m hapolicy` looks in its working directory first: run from another checkout,
+    # the bench would measure that one; here, a decoy that cannot answer
+    decoy = tmp_path / "hapolicy"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "__main__.py").write_text("raise SystemExit(3)\n")
+    proc, report, detail = run_script("bench.py", "--smoke", "--quiet", "--rows",
+                                      "daemon,spawn,start", json_out=tmp_path / "bench.json",
+                                      cwd=tmp_path)
+    rows = {row["row"]: row for row in report["rows"]}
+    for name in ("daemon", "spawn"):
+        assert rows[name]["status"] == "ok" and rows[name]["correct_answers"] > 0, detail
+    starts = {p["title"]: p for p in rows["start"]["programs"]}
+    assert starts["hapolicy spawn"]["status"] == "ok", detail
+    assert proc.returncode == 0, detail
 
 
 def test_bench_inprocess_relays_every_path_with_the_backends_answers(tmp_path):

@@ -85,10 +85,10 @@ class Children:
         return child
 
     def popen(self, name: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
-              stop_signal: int = signal.SIGTERM) -> Child:
+              stop_signal: int = signal.SIGTERM, cwd: str | None = None) -> Child:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=env, start_new_session=True,
+                                    env=env, cwd=cwd, start_new_session=True,
                                     preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads
         child = Child(name, proc.pid, True, proc, stop_signal)
         self.items.append(child)

@@ -107,7 +107,7 @@ class Bench:
                     stop_signal: int = signal.SIGTERM) -> Child | None:
         """The proxy started and answering on port, or None (its row failed)."""
         log_path = os.path.join(self.tmp, f"{name}.log")
-        child = self.children.popen(name, argv, log_path, self.env, stop_signal)
+        child = self.children.popen(name, argv, log_path, self.env, stop_signal, cwd=REPO)
         why = wait_answering((HOST, port), 15.0, lambda: self.children.alive(child))
         if why:
             self.children.stop(child)

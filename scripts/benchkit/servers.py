@@ -22,6 +22,9 @@ import time
 from .procs import HOST, Child, Children, die_with_parent, send_signal
 from .wire import ANSWER, wait_readable
 
+# the tree whose hapolicy is measured; its children run in it, because `python -m hapolicy`
+# puts its working directory on sys.path before PYTHONPATH: run from another checkout, the
+# bench would measure that checkout's daemon and spawn mode
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAPROXY = "/usr/sbin/haproxy"
 PERL_HAPOLICY = "/usr/sbin/hapolicy"
@@ -186,6 +189,7 @@ def _spawn_one(lsock: socket.socket, argv: list[str], env: dict[str, str],
             die_with_parent()
             for fd in (0, 1, 2):
                 os.dup2(conn.fileno(), fd)
+            os.chdir(REPO)
             os.execve(argv[0], argv, env)
         finally:
             os._exit(127)

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .servers import hapolicy_missing, perl_argv, perl_missing, spawn_argv
+from .servers import REPO, hapolicy_missing, perl_argv, perl_missing, spawn_argv
 from .wire import make_request, read_frame
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def run_once(program: Program, env: dict[str, str], request: bytes) -> tuple[flo
             ours.sendall(request)  # smtpd writes its request as soon as it is connected
         begin = time.perf_counter()
         proc = subprocess.Popen(program.argv, stdin=theirs, stdout=theirs, stderr=theirs,
-                                env=env)
+                                env=env, cwd=REPO)
         theirs.close()
         ours.settimeout(RUN_TIMEOUT)
         if program.answer is None:  # its exit closes the socket: EOF (Popen.wait would poll)
