@@ -27,6 +27,8 @@ from support.repo import command, hapolicy_env
 from support.spawn import Spawned
 from support.syslog import SyslogReceiver
 
+from hapolicy.protocol import MAX_ATTRIBUTES
+
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 DUNNO = "action=dunno\n\n"
@@ -316,7 +318,7 @@ def test_requests_without_request_attribute_or_of_unknown_type(spawn, backends) 
 OVERSIZED = {
     "200KB_request": request(**{f"x{i}": "y" * 2000 for i in range(100)}),
     "10KB_line": request(x="y" * 10240),
-    "300_attributes": request(**{f"x{i}": str(i) for i in range(300)}),
+    "too_many_attributes": request(**{f"x{i}": str(i) for i in range(MAX_ATTRIBUTES)}),
 }
 
 
