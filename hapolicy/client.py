@@ -88,7 +88,7 @@ class ClientConnection:
             return
         except OSError:
             data = b""
-        self.last_active = now = self.loop.now  # this turn's clock (eventloop.py)
+        self.last_active = now = time.monotonic()
         if not data:
             self.eof = True
         else:

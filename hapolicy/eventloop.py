@@ -10,11 +10,6 @@ of one poll, those of a descriptor removed by an earlier handler of the same rou
 their turn comes. spawn mode asks
 for poll(2), which, unlike epoll, takes regular files and /dev/null on stdin.
 
-`now` is the monotonic clock read once per turn, when the poll returned: handlers that want the
-time of their event take it from there instead of a clock call each (two per request on the
-request path). It runs behind the clock by what the turn's earlier handlers took, microseconds
-to a millisecond; due timers are run against it too.
-
 Cancelled timers stay in the heap until they come up, unless they outnumber the live ones, then
 the heap is rebuilt. The request path makes no timer per request (backend.py's deadline tick).
 """
@@ -77,7 +72,6 @@ class EventLoop:
         self.timers: list[Timer] = []
         self._cancelled = 0
         self.removed: set[int] = set()  # descriptors removed since the last poll
-        self.now = monotonic()  # when the last poll returned (see the module doc)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, callback, self)
@@ -139,7 +133,6 @@ class EventLoop:
         if removed:
             removed.clear()
         events = self._poller.poll(timeout)
-        self.now = now = monotonic()
         handlers = self.handlers
         if len(events) == 1:
             fd, mask = events[0]
@@ -154,6 +147,7 @@ class EventLoop:
                 if handler is not None and not (removed and fd in removed):
                     handler(mask | _BOTH if mask & _TROUBLE else mask)
         if timers:
+            now = monotonic()
             while timers and timers[0].when <= now:
                 timer = heapq.heappop(timers)
                 callback = timer.callback

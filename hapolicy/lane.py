@@ -28,6 +28,7 @@ what the general path gives, request for request.
 from __future__ import annotations
 
 import os
+import time
 from bisect import bisect_left
 
 from .backend import DEADLINE_TICK, IDLE, READING, SENDING, Connection
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN
 LATENCY_SUM, BUCKETS = S.LATENCY_SUM, S.BUCKETS
+monotonic = time.monotonic
 
 
 def qualifies(d: Dispatcher) -> bool:
@@ -231,7 +233,7 @@ class LaneConnection(Connection):
         self.on_done = None
         self.payload = b""
         lane.in_flight.discard(self)
-        self.ended = now = self.loop.now  # this turn's clock (eventloop.py)
+        self.ended = now = monotonic()
         stack = member.stack
         # Pool.put (the pool is not closed: that closes the exchanges in flight first)
         if len(stack) < POOL_MAX_IDLE:

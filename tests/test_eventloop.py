@@ -183,27 +183,3 @@ def test_a_descriptor_is_registered_once(loop, pair):
     loop.remove(a)
     loop.remove(a)  # removing what is not registered does nothing
     loop.add(a, EVENT_READ, lambda mask: None)
-
-
-def test_now_is_the_clock_when_the_poll_returned_the_same_for_every_handler_of_a_turn(loop):
-    first, second = socket.socketpair(), socket.socketpair()
-    seen: list[float] = []
-    try:
-        for near, far in (first, second):
-            near.setblocking(False)
-            loop.add(near, EVENT_READ, lambda mask, near=near: (near.recv(16),
-                                                                seen.append(loop.now)))
-            far.send(b"x")
-        fired: list[float] = []
-        loop.call_at(time.monotonic(), lambda: fired.append(loop.now))  # due at once
-        before = time.monotonic()
-        loop.run_once(1.0)
-        after = time.monotonic()
-        assert len(seen) == 2 and seen[0] == seen[1] == fired[0]  # one clock read a turn
-        assert before <= seen[0] <= after
-        loop.run_once(0.01)  # nothing ready: the wait, then the clock again
-        assert loop.now >= before + 0.005 and loop.now > seen[0]
-    finally:
-        for near, far in (first, second):
-            near.close()
-            far.close()

@@ -21,7 +21,7 @@ from hapolicy import lane as lane_module
 from hapolicy.client import ClientConnection
 from hapolicy.config import Config, parse_service
 from hapolicy.dispatch import Dispatcher
-from hapolicy.eventloop import EventLoop
+from hapolicy.eventloop import EVENT_READ, EventLoop
 from hapolicy.health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
@@ -251,6 +251,32 @@ def test_a_timeout_of_the_total_deadline_in_the_lane_is_the_general_paths(monkey
     (with_lane, without), took = both(monkeypatch, ["S0"], steps, total_timeout=0.6)
     assert with_lane == without
     assert with_lane[0] == [b"action=OK\n\n", b"action=dunno\n\n"]
+    assert took == 1
+
+
+def test_a_slow_handler_before_the_request_in_its_turn_leaves_it_its_whole_timeout(monkeypatch):
+    # another descriptor's handler blocks first in the same turn (a getaddrinfo, say) for
+    # longer than the service's timeout: the attempt starts when the request is read, so the
+    # answer still comes in time and no failure is counted against the service
+    def steps(h, backends):
+        out = h.ask(request(instance="a"))  # the pooled connection is made
+        backends[0].set_mode("answer", delay=0.05, action="OK")
+        stalled, waker = socket.socketpair()
+        stalled.setblocking(False)
+        h.loop.add(stalled, EVENT_READ, lambda mask: (stalled.recv(16), time.sleep(0.6)))
+        waker.send(b"x")  # ready before the request: its handler runs first in the turn
+        try:
+            out += h.ask(request(instance="b"))
+        finally:
+            h.loop.remove(stalled)
+            stalled.close()
+            waker.close()
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert with_lane[0] == [b"action=OK\n\n"] * 2
+    assert with_lane[1]["service 0"]["failures"] == 0
     assert took == 1
 
 
