@@ -6,7 +6,7 @@ import socket
 from hapolicy.config import parse_service
 from hapolicy.eventloop import EVENT_READ, EventLoop
 from hapolicy.health import SLOT, F, HealthTable
-from hapolicy.protocol import Request, RequestFramer, check_limits
+from hapolicy.protocol import MAX_ATTRIBUTES, Request, RequestFramer, check_limits
 from hapolicy.selection import Selector
 
 
@@ -26,8 +26,8 @@ def test_by_weight_is_min_of_the_clock_after_the_pick_first_of_equals():
 
 def test_whole_refuses_as_check_limits_does():
     framer = RequestFramer()
-    for raw in (b"a=1\n" * 300 + b"\n", b"a=" + b"x" * 9000 + b"\n\n",
-                b"a=1\n" * 200 + b"\n", b"a=" + b"x" * 600 + b"\n\n"):
+    for raw in (b"a=1\n" * (MAX_ATTRIBUTES + 1) + b"\n", b"a=" + b"x" * 9000 + b"\n\n",
+                b"a=1\n" * MAX_ATTRIBUTES + b"\n", b"a=" + b"x" * 600 + b"\n\n"):
         request = framer.whole(raw)
         assert request is not None and request.error == check_limits(raw)
         assert framer.feed(raw)[0].error == request.error
