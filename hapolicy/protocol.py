@@ -133,7 +133,8 @@ class RequestFramer:
                 raw = bytes(buf[start:end])
                 if 13 in raw:
                     raw = raw.replace(b"\r\n", b"\n")
-                out.append(Request(raw, check_limits(raw) if len(raw) > SHORT_REQUEST_BYTES else ""))
+                short = len(raw) <= SHORT_REQUEST_BYTES  # cannot be over a limit
+                out.append(Request(raw, "" if short else check_limits(raw)))
             start = end
         if start:
             del buf[:start]
@@ -151,7 +152,8 @@ class RequestFramer:
                 or 13 in data or size > MAX_REQUEST_BYTES + 2  # 13: see the module doc
                 or data.rfind(b"\n\n", 0, size - 1) >= 0):  # an empty line before the end
             return None
-        if size > SHORT_REQUEST_BYTES and (size > MAX_LINE_BYTES or data.count(b"\n") > MAX_ATTRIBUTES + 1):
+        if size > SHORT_REQUEST_BYTES and (size > MAX_LINE_BYTES
+                                           or data.count(b"\n") > MAX_ATTRIBUTES + 1):
             return Request(data, check_limits(data))  # what check_limits may refuse
         return Request(data)
 
