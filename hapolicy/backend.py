@@ -118,7 +118,9 @@ class Backends:
         self.pool.close()
 
 
-IDLE, CONNECTING, SENDING, READING, CLOSED_STATE = range(5)
+# QUEUED: the lane's (lane.py): its payload goes out at the end of the loop's turn; an event
+# of the connection meanwhile waits for the next turn (epoll is level-triggered)
+IDLE, CONNECTING, SENDING, READING, CLOSED_STATE, QUEUED = range(6)
 
 
 class Connection:

@@ -12,6 +12,11 @@ for poll(2), which, unlike epoll, takes regular files and /dev/null on stdin.
 
 Cancelled timers stay in the heap until they come up, unless they outnumber the live ones, then
 the heap is rebuilt. The request path makes no timer per request (backend.py's deadline tick).
+
+`at_turn_end` callbacks run once the handlers of the poll's events have run (and again after
+the due timers, for what those asked), each once, in order: what the handlers of one turn
+have to write goes out together then (lane.py), and a peer woken by the first write does not
+preempt the handlers still to run.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ class EventLoop:
         self.timers: list[Timer] = []
         self._cancelled = 0
         self.removed: set[int] = set()  # descriptors removed since the last poll
+        self.turn_end: list[Callable[[], None]] = []
+        self.gathering = False  # True while the handlers of a poll of several events run
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, callback, self)
@@ -80,6 +87,18 @@ class EventLoop:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.call_at(monotonic() + delay, callback)
+
+    def at_turn_end(self, callback: Callable[[], None]) -> None:
+        """Run callback once, when the handlers of this turn have run (called between turns:
+        before the next one waits)."""
+        self.turn_end.append(callback)
+
+    def _end_turn(self) -> None:
+        while self.turn_end:  # a callback may ask for another
+            callbacks = self.turn_end
+            self.turn_end = []
+            for callback in callbacks:
+                callback()
 
     def add(self, fileobj, events: int, handler: Callable[[int], None]) -> None:
         fd = _fd(fileobj)
@@ -110,6 +129,8 @@ class EventLoop:
 
     def run_once(self, max_wait: float | None = None) -> None:
         """Wait for events or the next timer (at most max_wait seconds), then run handlers."""
+        if self.turn_end:  # asked for between turns
+            self._end_turn()
         timers = self.timers
         while timers and timers[0].callback is None:
             heapq.heappop(timers)
@@ -140,12 +161,21 @@ class EventLoop:
             if handler is not None:
                 handler(mask | _BOTH if mask & _TROUBLE else mask)
         elif events:
+            self.gathering = True
             for fd, mask in events:
                 handler = handlers.get(fd)
                 # an earlier handler of this round may have closed this fd (and maybe reused
                 # it for another file): its event is not for what is registered now
                 if handler is not None and not (removed and fd in removed):
                     handler(mask | _BOTH if mask & _TROUBLE else mask)
+            self.gathering = False
+        turn_end = self.turn_end
+        if turn_end:  # _end_turn's work, inline: this runs on most turns
+            self.turn_end = []
+            for callback in turn_end:
+                callback()
+            if self.turn_end:
+                self._end_turn()
         if timers:
             now = monotonic()
             while timers and timers[0].when <= now:
@@ -156,6 +186,8 @@ class EventLoop:
                     continue
                 timer.callback = None
                 callback()
+            if self.turn_end:
+                self._end_turn()
             if self._cancelled > 64 and self._cancelled * 2 > len(timers):
                 self.timers = [t for t in timers if t.callback is not None]
                 heapq.heapify(self.timers)

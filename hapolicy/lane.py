@@ -10,8 +10,18 @@ make it then (a balanced group's round robin through the selector's own `_by_wei
 the client, the request and its instance), and that connection's event handler
 (`LaneConnection._on_event`) reads the whole answer, puts the connection back, counts the
 answer as `Dispatcher.count_answer` does and writes it to the client as
-`ClientConnection.deliver` does. Those twins are inlined, not called: a call is about 2% of the
-daemon's CPU per request here (scripts/bench.py).
+`ClientConnection.deliver` does (`Lane.write_answer`). Those twins are inlined rather than
+called.
+
+In a turn of several events (`EventLoop.gathering`) the lane writes nothing at once: `take`
+leaves the request QUEUED on its connection, the handler leaves the answer with its client
+still busy, and `Lane.flush`, once the turn's handlers have all run, writes the answers, then
+sends the requests, each as it would have been at once. A write that wakes a peer (the
+service, smtpd) lets the kernel switch to it when the call returns; gathered, the turn's reads
+and rules run together and the peers are woken together, which on a busy machine costs less
+CPU per request and cuts the tail (docs/architecture.md has the figures). A QUEUED connection
+whose exchange ended meanwhile (released, closed) is not sent on; an event of it in the turn
+waits for the next one. In a turn of one event there is nothing to gather: both go at once.
 
 Anything else goes the general way, decided before anything is done, so the general path
 sees the request as if the lane did not exist: `take` returns False, with nothing written
@@ -31,7 +41,7 @@ import os
 import time
 from bisect import bisect_left
 
-from .backend import DEADLINE_TICK, IDLE, READING, SENDING, Connection
+from .backend import DEADLINE_TICK, IDLE, QUEUED, READING, SENDING, Connection
 from .eventloop import EVENT_WRITE
 from .health import SLOT, F
 from .pool import POOL_IDLE_SECONDS, POOL_MAX_IDLE
@@ -84,8 +94,9 @@ class Member:
 class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
-    __slots__ = ("actions", "backends", "d", "f", "group", "in_flight", "member_of", "members",
-                 "only", "requests_word", "selector", "sticky", "total_timeout")
+    __slots__ = ("actions", "answered", "answers", "backends", "d", "due", "f", "flush_at_end",
+                 "group", "in_flight", "loop", "member_of", "members", "only", "requests_word",
+                 "selector", "sends", "sticky", "total_timeout")
 
     def __init__(self, d: Dispatcher) -> None:
         self.d = d
@@ -101,6 +112,14 @@ class Lane:
         self.sticky = d.sticky
         self.backends = d.backends
         self.in_flight = d.backends.in_flight
+        self.loop = d.backends.loop
+        # what this turn's exchanges have to write, written together at its end (`flush`):
+        # the connections whose request is QUEUED, the clients whose answer waits and it
+        self.sends: list[LaneConnection] = []
+        self.answered: list[ClientConnection] = []
+        self.answers: list[bytes] = []
+        self.due = False  # flush is in the loop's turn_end
+        self.flush_at_end = self.flush  # bound once
 
     def take(self, client: ClientConnection, data: bytes, now: float) -> bool:
         """Send data, a client's read while it has nothing in progress, on an idle connection
@@ -174,22 +193,52 @@ class Lane:
         backends = self.backends
         if backends.tick is None:
             backends.tick = backends.loop.call_later(DEADLINE_TICK, backends.on_tick)
-        try:
-            sent = conn.sock.send(data)  # type: ignore[union-attr]
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:  # as Connection.run: the error is the exchange's outcome
-            conn.sent = 0
-            conn.state = SENDING
-            conn._io_error(exc)
+        if not self.loop.gathering:  # the turn's one event: nothing to gather
+            conn.send_request()
             return True
-        conn.sent = sent
-        if sent == size:
-            conn.state = READING
-        else:
-            conn.state = SENDING
-            conn.loop.modify(conn.sock, EVENT_WRITE, conn._on_event)
+        conn.sent = 0
+        conn.state = QUEUED
+        self.sends.append(conn)
+        if not self.due:
+            self.due = True
+            self.loop.turn_end.append(self.flush_at_end)
         return True
+
+    def flush(self) -> None:
+        """At the end of a turn of several events: write the answers read in it, then send the
+        requests taken in it (answers first: a client answered sooner asks again sooner)."""
+        self.due = False
+        clients = self.answered
+        if clients:
+            now = monotonic()
+            for client, data in zip(clients, self.answers):
+                self.write_answer(client, data, now)
+            clients.clear()  # nothing is answered meanwhile: that takes a read of a service
+            self.answers.clear()
+        sends = self.sends
+        if sends:
+            for conn in sends:
+                if conn.state == QUEUED:  # else it ended meanwhile (abandoned, closed)
+                    conn.send_request()
+            sends.clear()  # and nothing is taken: take runs from a client's read only
+
+    def write_answer(self, client: ClientConnection, data: bytes, now: float) -> None:
+        """Write a client's answer: ClientConnection.deliver's way when nothing else waits for
+        the client; else deliver itself."""
+        written = 0
+        if (not client.out and client.reading and not client.queue and not client.eof
+                and not client.framer.buffer and not client.closed):
+            try:
+                written = os.write(client.wfd, data)
+            except OSError:
+                written = 0
+            if written == len(data):
+                client.busy = False
+                client.last_active = now
+                self.d.in_flight -= 1
+                return
+        client.deliver(data[written:] if written else data)
+        self.d.in_flight -= 1
 
 
 class LaneConnection(Connection):
@@ -259,22 +308,35 @@ class LaneConnection(Connection):
             client.instance_service = member.index
         if line != end:  # more lines than the action: only the action goes to the client
             data = data[:line] + b"\n\n"
-            size = line + 2
-        # ClientConnection.deliver's way when nothing else waits; else deliver itself
-        written = 0
-        if (not client.out and client.reading and not client.queue and not client.eof
-                and not client.framer.buffer and not client.closed):
-            try:
-                written = os.write(client.wfd, data)
-            except OSError:
-                written = 0
-            if written == size:
-                client.busy = False
-                client.last_active = now
-                lane.d.in_flight -= 1
-                return
-        client.deliver(data[written:] if written else data)
-        lane.d.in_flight -= 1
+        if not lane.loop.gathering:  # the turn's one event: nothing to gather
+            lane.write_answer(client, data, now)
+            return
+        # the client stays busy until its answer is written, at the end of the turn
+        lane.answered.append(client)
+        lane.answers.append(data)
+        if not lane.due:
+            lane.due = True
+            lane.loop.turn_end.append(lane.flush_at_end)
+
+    def send_request(self) -> None:
+        """Send the lane's request (its payload), as Connection.run sends on a pooled
+        connection, with its fallbacks."""
+        payload = self.payload
+        try:
+            sent = self.sock.send(payload)  # type: ignore[union-attr]
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # as Connection.run: the error is the exchange's outcome
+            self.sent = 0
+            self.state = SENDING
+            self._io_error(exc)
+            return
+        self.sent = sent
+        if sent == len(payload):
+            self.state = READING
+        else:
+            self.state = SENDING
+            self.loop.modify(self.sock, EVENT_WRITE, self._on_event)
 
     def _resume(self, action: bytes, outcome: int, reason: str) -> None:
         """The lane's exchange ended another way: the general path from here, as though a

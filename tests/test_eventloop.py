@@ -183,3 +183,61 @@ def test_a_descriptor_is_registered_once(loop, pair):
     loop.remove(a)
     loop.remove(a)  # removing what is not registered does nothing
     loop.add(a, EVENT_READ, lambda mask: None)
+
+
+def test_the_turn_end_runs_after_every_handler_of_the_turn_and_before_its_timers(loop):
+    """What a turn's handlers ask for at its end (at_turn_end) runs once they have all run,
+    in order, before the due timers; what a timer asks for runs after the timers; and
+    `gathering` says whether the turn has more than one event."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        calls: list[str] = []
+
+        def handler(index: int):
+            def on_event(mask: int) -> None:
+                pairs[index][0].recv(16)
+                calls.append(f"handler {index} gathering={loop.gathering}")
+                loop.at_turn_end(lambda: calls.append(f"end of {index}"))
+            return on_event
+
+        for index, (ours, theirs) in enumerate(pairs):
+            loop.add(ours, EVENT_READ, handler(index))
+            theirs.send(b"x")
+        loop.call_at(0.0, lambda: (calls.append("timer"),
+                                   loop.at_turn_end(lambda: calls.append("end of timer"))))
+        time.sleep(0.05)
+        loop.run_once(1.0)
+        handlers = [c for c in calls if c.startswith("handler")]
+        assert len(handlers) == 3 and all(c.endswith("gathering=True") for c in handlers)
+        assert calls[3:] == [f"end of {c.split()[1]}" for c in handlers] + [
+            "timer", "end of timer"]
+        assert not loop.gathering
+
+        del calls[:]
+        pairs[0][1].send(b"x")
+        loop.run_once(1.0)
+        assert calls == ["handler 0 gathering=False", "end of 0"]  # a turn of one event
+    finally:
+        for p in pairs:
+            for sock in p:
+                sock.close()
+
+
+def test_a_turn_end_asked_for_between_turns_runs_before_the_next_wait(loop, pair):
+    """Asked for outside a turn, it runs before the next turn waits: a request it sends is
+    not held up by a poll waiting for the answer to it."""
+    a, b = pair
+    got: list[bytes] = []
+    loop.add(a, EVENT_READ, lambda mask: got.append(a.recv(16)))
+    loop.at_turn_end(lambda: b.send(b"sent"))
+    started = time.monotonic()
+    loop.run_once(10.0)
+    assert got == [b"sent"] and time.monotonic() - started < 5.0
+
+
+def test_a_turn_end_that_asks_for_another_has_it_run_in_the_same_turn(loop):
+    calls: list[str] = []
+    loop.at_turn_end(lambda: (calls.append("first"),
+                              loop.at_turn_end(lambda: calls.append("second"))))
+    loop.run_once(0.0)
+    assert calls == ["first", "second"] and not loop.turn_end

@@ -17,6 +17,7 @@ import pytest
 from support.backends import FakeBackend
 from support.protocol import request
 
+from hapolicy import backend as backend_module
 from hapolicy import lane as lane_module
 from hapolicy.client import ClientConnection
 from hapolicy.config import Config, parse_service
@@ -65,6 +66,7 @@ class Harness:
                                        lambda _c: None, sock=ours)
         self.client.start()
         self.instances: list[tuple[bytes, int]] = []  # the client's, after each answer
+        self.others: list[tuple[ClientConnection, socket.socket]] = []  # add_client's
 
     def ask(self, data: bytes, answers: int = 1) -> list[bytes]:
         """Send data; the answers it gets (each ends with an empty line)."""
@@ -80,6 +82,35 @@ class Harness:
                 pass
         self.instances.append((self.client.instance, self.client.instance_service))
         return [part + b"\n\n" for part in got.split(b"\n\n")[:-1]]
+
+    def add_client(self) -> socket.socket:
+        """Another client of the same dispatcher; its peer's end."""
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.settimeout(0)
+        client = ClientConnection(self.loop, self.dispatcher, ours.fileno(), ours.fileno(),
+                                  lambda _c: None, sock=ours)
+        client.start()
+        self.others.append((client, theirs))
+        return theirs
+
+    def ask_together(self, requests: list[bytes]) -> list[bytes]:
+        """Each client (this one, then the others in order) sends its request before the loop
+        runs, so that one turn reads them all; the answers, in the clients' order."""
+        peers = [self.theirs] + [theirs for _, theirs in self.others]
+        for peer, data in zip(peers, requests):
+            peer.sendall(data)
+        got = [b""] * len(requests)
+        started = time.monotonic()
+        while any(not g.endswith(b"\n\n") for g in got):
+            assert time.monotonic() - started < 20, f"not all answered: {got!r}"
+            self.loop.run_once(0.05)
+            for n, peer in enumerate(peers[:len(requests)]):
+                try:
+                    got[n] += peer.recv(65536)
+                except BlockingIOError:
+                    pass
+        return got
 
     def settle(self, seconds: float = 0.05) -> None:
         until = time.monotonic() + seconds
@@ -111,6 +142,9 @@ class Harness:
         return out
 
     def close(self) -> None:
+        for client, theirs in self.others:
+            client.close()
+            theirs.close()
         self.client.close()
         self.dispatcher.close()
         self.theirs.close()
@@ -437,3 +471,103 @@ def test_an_idle_connection_past_its_time_is_not_the_lanes(monkeypatch):
     assert with_lane == without
     assert with_lane[0][-1] == b"connections 2"
     assert took == 2
+
+
+def test_requests_read_in_one_turn_go_out_at_its_end_as_the_general_path_sends_them(
+        monkeypatch):
+    """Four clients' requests read in one turn: the lane sends them when the turn's handlers
+    have all run, and writes the answers read in one turn at its end (Lane.flush); each
+    client gets what the general path gives it, and the counters are the same."""
+    flushed: list[int] = []
+    flush = lane_module.Lane.flush
+
+    def counted(self):
+        flushed.append(len(self.sends) + len(self.answered))
+        flush(self)
+
+    monkeypatch.setattr(lane_module.Lane, "flush", counted)
+
+    def steps(h, backends):
+        for _ in range(3):
+            h.add_client()
+        out = []
+        for n in range(6):  # the first round makes the connections, the others take the lane
+            out += h.ask_together([request(instance=f"tx{n}.{c}", recipient=f"r{c}@example.org")
+                                   for c in range(4)])
+        backends[0].set_mode("answer", action="REJECT busy")
+        out += h.ask_together([request(instance=f"ty.{c}") for c in range(4)])
+        return out + [f"connections {backends[0].connections}".encode()]
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert with_lane[0][:24] == [b"action=OK\n\n"] * 24
+    assert with_lane[0][24:28] == [b"action=REJECT busy\n\n"] * 4
+    assert with_lane[0][-1] == b"connections 4"
+    assert took >= 24
+    assert max(flushed) >= 2  # a turn's requests, or answers, went out together
+
+
+def test_a_pipelining_clients_answers_keep_their_order_when_one_waits_for_the_turn_end(
+        monkeypatch):
+    """The answer to a request and the client's next request read in one turn: the answer
+    waits for the turn's end with the client still busy, so the next one (refused at once
+    here, as too large) is answered after it, as on the general path."""
+    def steps(h, backends):
+        out = h.ask(request(instance="a"))
+        backends[0].set_mode("answer", delay=0.2, action="OK later")
+        h.theirs.sendall(request(instance="b"))
+        h.settle(0.05)  # sent; its answer comes in 0.2 s
+        time.sleep(0.3)  # the answer waits unread
+        h.theirs.sendall(b"a=" + b"x" * 9000 + b"\n\n")  # and so does the next request
+        out += h.ask(b"", answers=2)
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert with_lane[0] == [b"action=OK\n\n", b"action=OK later\n\n", b"action=dunno\n\n"]
+    assert took == 1
+
+
+def test_a_pooled_connection_the_service_closed_meets_a_request_in_the_same_turn(monkeypatch):
+    """The service closes the idle connection and a request comes in one turn: whichever
+    is read first, the request is answered on a fresh connection and nothing counts against
+    the service, as on the general path."""
+    def steps(h, backends):
+        out = h.ask(request(instance="a")) + h.ask(request(instance="b"))
+        for n in range(3):
+            backends[0].drop_connections()
+            time.sleep(0.1)  # its end of file waits unread
+            out += h.ask(request(instance=f"c{n}"))
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
+    assert with_lane == without
+    assert with_lane[0] == [b"action=OK\n\n"] * 5
+    assert with_lane[1]["service 0"]["failures"] == 0
+    assert took >= 1  # the second request's at least
+
+
+def test_a_queued_request_whose_exchange_ends_before_the_turn_end_is_not_sent():
+    """Taken in a turn of several events (QUEUED), then released in the same turn (its
+    service found down meanwhile): the general path fails it over, and the turn's end sends
+    nothing on the released connection."""
+    with FakeBackend(action="OK") as first, FakeBackend(action="SECOND") as second:
+        h = Harness(True, [first.spec("S0", prio=10, timeout=0.5),
+                           second.spec("S1", prio=20, timeout=0.5)])
+        try:
+            assert h.ask(request(instance="a")) == [b"action=OK\n\n"]
+            h.theirs.sendall(request(instance="b"))
+            select.select([h.client.rfd], [], [], 5.0)
+            h.loop.gathering = True  # as run_once has it in a turn of several events
+            h.client._on_readable(EVENT_READ)
+            (conn,) = h.dispatcher.backends.in_flight
+            assert conn.state == backend_module.QUEUED and conn.client is h.client
+            conn._on_event(EVENT_READ)  # an event of it in the same turn waits for the send
+            assert conn.state == backend_module.QUEUED
+            h.dispatcher.release(0, time.monotonic() + 1.0, "taken down meanwhile")
+            h.loop.gathering = False
+            assert h.ask(b"") == [b"action=SECOND\n\n"]
+            assert first.raw_requests == [request(instance="a")]
+            assert h.dispatcher.in_flight == 0 and not h.client.busy
+        finally:
+            h.close()
