@@ -6,10 +6,14 @@ backend's own (no default answer), each of them served by the backend; the spawn
 must have timed hapolicy's starts to its first answer (the backend's own) and `python -c
 pass`, the interpreter's own start. `--inprocess` must relay its requests through every path
 (the floor, the lane, a balanced pool's lane, the general path) with the backend's own answer
-each time. Run from another directory, it measures its own tree's hapolicy all the same.
+each time. Run from another directory, it measures its own tree's hapolicy all the same. The
+report names the interpreter, and the daemon row runs without a worker retiring.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 from support.scripts import run_script
 
@@ -25,6 +29,11 @@ def test_bench_smoke(tmp_path):
     assert daemon["errors"] == 0, detail
     assert daemon["default_answers"] == 0 and daemon["wrong_answers"] == 0, detail
     assert 0 < daemon["correct_answers"] <= daemon["backend_served"], detail
+    # no worker retires within the row (the clients never reconnect): no idle replacements
+    assert "--max-use 1000000000" in daemon["command"], detail
+    # every row runs under the bench's own interpreter, which the report names
+    assert report["config"]["interpreter"] == os.path.realpath(sys.executable), detail
+    assert f"({os.path.realpath(sys.executable)})" in proc.stdout.splitlines()[0], detail
     assert proc.returncode == 0, detail
     starts = {p["title"]: p for p in rows["start"]["programs"]}
     assert rows["start"]["status"] == "ok", detail

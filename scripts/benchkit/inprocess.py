@@ -26,6 +26,7 @@ Connection).
 
 from __future__ import annotations
 
+import os
 import resource
 import select
 import socket
@@ -232,7 +233,8 @@ def report_inprocess(result: dict[str, Any]) -> tuple[str, int]:
     driver = medians["driver"]
     title = (f"hapolicy bench --inprocess: {result['requests']} requests per path and round, "
              f"{result['rounds']} rounds, one process (user+sys CPU; the driver's own "
-             f"{driver:.2f} us/req taken from each relay's)")
+             f"{driver:.2f} us/req taken from each relay's), python "
+             f"{sys.version.split()[0]} ({os.path.realpath(sys.executable)})")
     lines = [title, f"{'path':<18}{'us/req':>8}   rounds (with the driver's)"]
     own = {name: medians[name] - driver for name in PATHS[1:]}
     for name in PATHS[1:]:

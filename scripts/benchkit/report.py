@@ -104,7 +104,7 @@ def render(report: dict[str, Any]) -> str:
     out.append(f"hapolicy bench: {cfg['connections']} connections, {cfg['generators']} generator "
                f"processes, {cfg['seconds']:g} s after {cfg['warmup']:g} s warm-up, "
                f"{cfg['cpus']} CPUs, daemon workers {cfg['workers']}, backend "
-               f"{cfg['backend']}")
+               f"{cfg['backend']}, python {cfg['python']} ({cfg['interpreter']})")
     if len(table) > 1:
         out.extend(align(table))
     out.extend(notes)
@@ -180,7 +180,15 @@ def config(args: argparse.Namespace, nofile: int) -> dict[str, Any]:
             "workers": args.workers, "cpus": os.cpu_count(),
             "backend": args.backend or f"own, {args.backend_procs} process(es)",
             "idle": args.idle, "smoke": args.smoke, "rows": args.rows,
-            "python": sys.version.split()[0], "nofile_limit": nofile}
+            "python": sys.version.split()[0], "interpreter": interpreter(),
+            "nofile_limit": nofile}
+
+
+def interpreter() -> str:
+    """The interpreter every row runs under (the bench's own): its build counts as much as our
+    code does (Debian's python3 costs the daemon about a tenth less CPU per request than a
+    default source build, README)."""
+    return os.path.realpath(sys.executable)
 
 
 def build_report(args: argparse.Namespace, bench: Bench, nofile: int) -> dict[str, Any]:

@@ -55,9 +55,16 @@ def start_backend_row(bench: Bench, row: Row) -> Started:
     return Started(Target(row.name, row.title, bench.backend_addr, pids, pids), None, None)
 
 
+# no worker reaches max-use within a row: at the default 100000 each would retire a few
+# seconds in, and as the bench's clients never reconnect, the retiring workers would serve the
+# whole row beside idle replacements that the memory columns would count (Postfix's clients
+# do reconnect, so a retiring worker soon hands over)
+ROW_MAX_USE = "1000000000"
+
+
 def start_daemon(bench: Bench, row: Row) -> Started | None:
     port = free_port()
-    argv = daemon_argv(port, bench.args.workers, bench.backend_addr)
+    argv = daemon_argv(port, bench.args.workers, bench.backend_addr, "--max-use", ROW_MAX_USE)
     bench.log("starting: " + " ".join(argv[1:]))
     # SIGINT: the master stops its workers at once (SIGTERM would drain them)
     master = bench.start_proxy(row.name, row.title, argv, port, signal.SIGINT)
