@@ -162,13 +162,15 @@ class EventLoop:
                 handler(mask | _BOTH if mask & _TROUBLE else mask)
         elif events:
             self.gathering = True
-            for fd, mask in events:
-                handler = handlers.get(fd)
-                # an earlier handler of this round may have closed this fd (and maybe reused
-                # it for another file): its event is not for what is registered now
-                if handler is not None and not (removed and fd in removed):
-                    handler(mask | _BOTH if mask & _TROUBLE else mask)
-            self.gathering = False
+            try:
+                for fd, mask in events:
+                    handler = handlers.get(fd)
+                    # an earlier handler of this round may have closed this fd (and maybe
+                    # reused it for another file): its event is not for what is registered now
+                    if handler is not None and not (removed and fd in removed):
+                        handler(mask | _BOTH if mask & _TROUBLE else mask)
+            finally:
+                self.gathering = False
         turn_end = self.turn_end
         if turn_end:  # _end_turn's work, inline: this runs on most turns
             self.turn_end = []

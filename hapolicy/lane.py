@@ -13,15 +13,16 @@ answer as `Dispatcher.count_answer` does and writes it to the client as
 `ClientConnection.deliver` does (`Lane.write_answer`). Those twins are inlined rather than
 called.
 
-In a turn of several events (`EventLoop.gathering`) the lane writes nothing at once: `take`
-leaves the request QUEUED on its connection, the handler leaves the answer with its client
-still busy, and `Lane.flush`, once the turn's handlers have all run, writes the answers, then
-sends the requests, each as it would have been at once. A write that wakes a peer (the
-service, smtpd) lets the kernel switch to it when the call returns; gathered, the turn's reads
-and rules run together and the peers are woken together, which on a busy machine costs less
-CPU per request and cuts the tail (docs/architecture.md has the figures). A QUEUED connection
-whose exchange ended meanwhile (released, closed) is not sent on; an event of it in the turn
-waits for the next one. In a turn of one event there is nothing to gather: both go at once.
+In a turn of several events (`EventLoop.gathering`) the lane's exchanges write nothing at once
+(one that becomes a `Job` is the general path's, which does): `take` leaves the request QUEUED
+on its connection, the handler leaves the answer with its client still busy, and `Lane.flush`,
+once the turn's handlers have all run (the loop's `turn_end`), writes the answers, then sends
+the requests, each as it would have been at once. A write that wakes a peer (the service,
+smtpd) lets the kernel switch to it when the call returns; gathered, the turn's reads and rules
+run together and the peers are woken together, which on a busy machine costs less CPU per
+request and cuts the tail (docs/architecture.md has the figures). A QUEUED connection whose
+exchange ended meanwhile (released, closed) is not sent on; an event of it in the turn waits
+for the next one. In a turn of one event there is nothing to gather: both go at once.
 
 Anything else goes the general way, decided before anything is done, so the general path
 sees the request as if the lane did not exist: `take` returns False, with nothing written

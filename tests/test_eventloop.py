@@ -241,3 +241,22 @@ def test_a_turn_end_that_asks_for_another_has_it_run_in_the_same_turn(loop):
                               loop.at_turn_end(lambda: calls.append("second"))))
     loop.run_once(0.0)
     assert calls == ["first", "second"] and not loop.turn_end
+
+
+def test_a_handler_that_raises_in_a_turn_of_several_events_leaves_gathering_off(loop):
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        def fail(mask: int) -> None:
+            raise RuntimeError("handler failed")
+
+        for ours, theirs in pairs:
+            loop.add(ours, EVENT_READ, fail)
+            theirs.send(b"x")
+        time.sleep(0.05)
+        with pytest.raises(RuntimeError):
+            loop.run_once(1.0)
+        assert not loop.gathering
+    finally:
+        for p in pairs:
+            for sock in p:
+                sock.close()
