@@ -16,7 +16,7 @@ called.
 In a turn of several events (`EventLoop.gathering`) the lane's exchanges write nothing at once
 (one that becomes a `Job` is the general path's, which does): `take` leaves the request QUEUED
 on its connection, the handler leaves the answer with its client still busy, and `Lane.flush`,
-once the turn's handlers have all run (the loop's `turn_end`), writes the answers, then sends
+once the turn's handlers have all run (`EventLoop.at_turn_end`), writes the answers, then sends
 the requests, each as it would have been at once. A write that wakes a peer (the service,
 smtpd) lets the kernel switch to it when the call returns; gathered, the turn's reads and rules
 run together and the peers are woken together, which on a busy machine costs less CPU per
@@ -119,7 +119,7 @@ class Lane:
         self.sends: list[LaneConnection] = []
         self.answered: list[ClientConnection] = []
         self.answers: list[bytes] = []
-        self.due = False  # flush is in the loop's turn_end
+        self.due = False  # flush is asked for at the end of this turn
         self.flush_at_end = self.flush  # bound once
 
     def take(self, client: ClientConnection, data: bytes, now: float) -> bool:
@@ -202,7 +202,7 @@ class Lane:
         self.sends.append(conn)
         if not self.due:
             self.due = True
-            self.loop.turn_end.append(self.flush_at_end)
+            self.loop.at_turn_end(self.flush_at_end)
         return True
 
     def flush(self) -> None:
@@ -317,7 +317,7 @@ class LaneConnection(Connection):
         lane.answers.append(data)
         if not lane.due:
             lane.due = True
-            lane.loop.turn_end.append(lane.flush_at_end)
+            lane.loop.at_turn_end(lane.flush_at_end)
 
     def send_request(self) -> None:
         """Send the lane's request (its payload), as Connection.run sends on a pooled
