@@ -14,9 +14,11 @@ Cancelled timers stay in the heap until they come up, unless they outnumber the 
 the heap is rebuilt. The request path makes no timer per request (backend.py's deadline tick).
 
 `at_turn_end` callbacks run once the handlers of the poll's events have run (and again after
-the due timers, for what those asked), each once, in order: what the handlers of one turn
-have to write goes out together then (lane.py), and a peer woken by the first write does not
-preempt the handlers still to run.
+the due timers, for what those asked; one asked for between turns runs before the next
+wait), each once, in order. `gathering` is True while the handlers of a poll of several events
+run: a handler that writes may then leave its write to a callback at the turn's end, so that
+what the turn has to write goes out together (lane.py) and a peer woken by the first write
+does not preempt the handlers still to run.
 """
 
 from __future__ import annotations
