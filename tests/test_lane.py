@@ -499,7 +499,10 @@ def test_requests_read_in_one_turn_go_out_at_its_end_as_the_general_path_sends_t
         return out + [f"connections {backends[0].connections}".encode()]
 
     (with_lane, without), took = both(monkeypatch, ["S0", "S1"], steps)
-    assert with_lane == without
+    # the answers and counters are the general path's; the services' requests too, but the
+    # order in which requests on four connections reach a service is the kernel's
+    assert with_lane[:2] == without[:2]
+    assert [sorted(r) for r in with_lane[2]] == [sorted(r) for r in without[2]]
     assert with_lane[0][:24] == [b"action=OK\n\n"] * 24
     assert with_lane[0][24:28] == [b"action=REJECT busy\n\n"] * 4
     assert with_lane[0][-1] == b"connections 4"
