@@ -178,23 +178,9 @@ class Connection:
             self._connect(now)
             return
         self.reused = True
-        # the common case, _send_first inline: a pooled connection takes the whole request at
-        # once; _send_first's fallbacks (a full buffer, an error) are taken as it takes them
         limit = now + self.service.timeout
         self.limit = limit if limit < deadline else deadline  # noqa: FURB136 (no call)
-        try:
-            self.sent = sent = sock.send(payload)
-        except BlockingIOError:
-            self.sent = sent = 0
-        except OSError as exc:
-            self.state = SENDING
-            self._io_error(exc)
-            return
-        if sent == len(payload):
-            self.state = READING
-        else:
-            self.state = SENDING
-            self.loop.modify(sock, EVENT_WRITE, self._on_event)
+        self.send_payload()
 
     def _connect(self, now: float) -> None:
         family, address, error = self.backends.resolver.address(self.service, now)
@@ -231,20 +217,29 @@ class Connection:
         self.loop.add(sock, EVENT_WRITE, self._on_event)
 
     def _send_first(self, now: float) -> None:
-        """Connected (or reused): send what the socket takes, then wait for the answer."""
-        self.state = SENDING
+        """Connected: send the request, then wait for the answer."""
         limit = self.started + self.service.timeout
         self.limit = limit if limit < self.deadline else self.deadline  # noqa: FURB136 (no call)
+        self.send_payload()
+
+    def send_payload(self) -> None:
+        """Send what the socket takes of the payload (a pooled or just connected one: nearly
+        always all of it), then wait for the answer, or for room to send the rest; an error
+        is the exchange's outcome."""
+        payload = self.payload
         try:
-            self.sent = self.sock.send(self.payload)  # type: ignore[union-attr]
+            self.sent = sent = self.sock.send(payload)  # type: ignore[union-attr]
         except BlockingIOError:
-            self.sent = 0
+            self.sent = sent = 0
         except OSError as exc:
+            self.sent = 0
+            self.state = SENDING
             self._io_error(exc)
             return
-        if self.sent == len(self.payload):
+        if sent == len(payload):
             self.state = READING
         else:
+            self.state = SENDING
             self.loop.modify(self.sock, EVENT_WRITE, self._on_event)
 
     def _attempt_deadline(self) -> float:

@@ -173,13 +173,8 @@ class EventLoop:
                         handler(mask | _BOTH if mask & _TROUBLE else mask)
             finally:
                 self.gathering = False
-        turn_end = self.turn_end
-        if turn_end:  # _end_turn's work, inline: this runs on most turns
-            self.turn_end = []
-            for callback in turn_end:
-                callback()
-            if self.turn_end:
-                self._end_turn()
+        if self.turn_end:
+            self._end_turn()
         if timers:
             now = monotonic()
             while timers and timers[0].when <= now:

@@ -9,9 +9,8 @@ make it then (a balanced group's round robin through the selector's own `_by_wei
 `_commit`, its one rule for it), sends the request on the pooled connection (which then carries
 the client, the request and its instance), and that connection's event handler
 (`LaneConnection._on_event`) reads the whole answer, puts the connection back, counts the
-answer as `Dispatcher.count_answer` does and writes it to the client as
-`ClientConnection.deliver` does (`Lane.write_answer`). Those twins are inlined rather than
-called.
+answer as `Dispatcher.count_answer` does (those twins inlined rather than called) and
+writes it to the client with `ClientConnection.deliver`.
 
 In a turn of several events (`EventLoop.gathering`) the lane's exchanges write nothing at once
 (one that becomes a `Job` is the general path's, which does): `take` leaves the request QUEUED
@@ -38,12 +37,10 @@ what the general path gives, request for request.
 
 from __future__ import annotations
 
-import os
 import time
 from bisect import bisect_left
 
-from .backend import DEADLINE_TICK, IDLE, QUEUED, READING, SENDING, Connection
-from .eventloop import EVENT_WRITE
+from .backend import DEADLINE_TICK, IDLE, QUEUED, READING, Connection
 from .health import SLOT, F
 from .pool import POOL_IDLE_SECONDS, POOL_MAX_IDLE
 from .protocol import (
@@ -95,7 +92,7 @@ class Member:
 class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
-    __slots__ = ("actions", "answered", "answers", "backends", "d", "due", "f", "flush_at_end",
+    __slots__ = ("actions", "answered", "answers", "backends", "d", "f", "flush_at_end",
                  "group", "in_flight", "loop", "member_of", "members", "only", "requests_word",
                  "selector", "sends", "sticky", "total_timeout")
 
@@ -119,7 +116,6 @@ class Lane:
         self.sends: list[LaneConnection] = []
         self.answered: list[ClientConnection] = []
         self.answers: list[bytes] = []
-        self.due = False  # flush is asked for at the end of this turn
         self.flush_at_end = self.flush  # bound once
 
     def take(self, client: ClientConnection, data: bytes, now: float) -> bool:
@@ -195,51 +191,32 @@ class Lane:
         if backends.tick is None:
             backends.tick = backends.loop.call_later(DEADLINE_TICK, backends.on_tick)
         if not self.loop.gathering:  # the turn's one event: nothing to gather
-            conn.send_request()
+            conn.send_payload()
             return True
         conn.sent = 0
         conn.state = QUEUED
-        self.sends.append(conn)
-        if not self.due:
-            self.due = True
+        if not self.sends and not self.answered:  # the turn's first: flush at its end
             self.loop.at_turn_end(self.flush_at_end)
+        self.sends.append(conn)
         return True
 
     def flush(self) -> None:
         """At the end of a turn of several events: write the answers read in it, then send the
         requests taken in it (answers first: a client answered sooner asks again sooner)."""
-        self.due = False
         clients = self.answered
         if clients:
-            now = monotonic()
+            d = self.d
             for client, data in zip(clients, self.answers):
-                self.write_answer(client, data, now)
+                client.deliver(data)
+                d.in_flight -= 1
             clients.clear()  # nothing is answered meanwhile: that takes a read of a service
             self.answers.clear()
         sends = self.sends
         if sends:
             for conn in sends:
                 if conn.state == QUEUED:  # else it ended meanwhile (abandoned, closed)
-                    conn.send_request()
+                    conn.send_payload()
             sends.clear()  # and nothing is taken: take runs from a client's read only
-
-    def write_answer(self, client: ClientConnection, data: bytes, now: float) -> None:
-        """Write a client's answer: ClientConnection.deliver's way when nothing else waits for
-        the client; else deliver itself."""
-        written = 0
-        if (not client.out and client.reading and not client.queue and not client.eof
-                and not client.framer.buffer and not client.closed):
-            try:
-                written = os.write(client.wfd, data)
-            except OSError:
-                written = 0
-            if written == len(data):
-                client.busy = False
-                client.last_active = now
-                self.d.in_flight -= 1
-                return
-        client.deliver(data[written:] if written else data)
-        self.d.in_flight -= 1
 
 
 class LaneConnection(Connection):
@@ -310,34 +287,14 @@ class LaneConnection(Connection):
         if line != end:  # more lines than the action: only the action goes to the client
             data = data[:line] + b"\n\n"
         if not lane.loop.gathering:  # the turn's one event: nothing to gather
-            lane.write_answer(client, data, now)
+            client.deliver(data)
+            lane.d.in_flight -= 1
             return
         # the client stays busy until its answer is written, at the end of the turn
+        if not lane.sends and not lane.answered:
+            lane.loop.at_turn_end(lane.flush_at_end)
         lane.answered.append(client)
         lane.answers.append(data)
-        if not lane.due:
-            lane.due = True
-            lane.loop.at_turn_end(lane.flush_at_end)
-
-    def send_request(self) -> None:
-        """Send the lane's request (its payload), as Connection.run sends on a pooled
-        connection, with its fallbacks."""
-        payload = self.payload
-        try:
-            sent = self.sock.send(payload)  # type: ignore[union-attr]
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:  # as Connection.run: the error is the exchange's outcome
-            self.sent = 0
-            self.state = SENDING
-            self._io_error(exc)
-            return
-        self.sent = sent
-        if sent == len(payload):
-            self.state = READING
-        else:
-            self.state = SENDING
-            self.loop.modify(self.sock, EVENT_WRITE, self._on_event)
 
     def _resume(self, action: bytes, outcome: int, reason: str) -> None:
         """The lane's exchange ended another way: the general path from here, as though a
