@@ -65,7 +65,8 @@ class Backends:
         self.connect_timeout = connect_timeout
         self.in_flight: set[Connection] = set()
         self.tick: Timer | None = None
-        self.connection_type: type[Connection] = Connection  # lane.LaneConnection with a lane
+        # what makes a new connection: Lane.connection with a lane (a LaneConnection)
+        self.connection_type: Callable[[Backends, Service], Connection] = Connection
         self.sweep: Callable[[float], None] | None = None
         self.sweep_every = 0.0
         self.next_sweep = 0.0

@@ -39,7 +39,7 @@ from .health import (
     Health,
     HealthTable,
 )
-from .lane import Lane, LaneConnection, qualifies
+from .lane import Lane, qualifies
 from .log import Logger
 from .outcome import ANSWERED, LOCAL, fail_answer, is_timeout
 from .protocol import Request, format_action
@@ -118,7 +118,7 @@ class Dispatcher:
         self.backends.on_sweep(self.sweep, SWEEP_SECONDS)
         self.lane: Lane | None = Lane(self) if qualifies(self) else None
         if self.lane is not None:
-            self.backends.connection_type = LaneConnection
+            self.backends.connection_type = self.lane.connection
 
     def count(self) -> None:
         """Count a request answered for this pool without it (a policy_context no pool serves):

@@ -166,10 +166,12 @@ class EventLoop:
             self.gathering = True
             try:
                 for fd, mask in events:
-                    handler = handlers.get(fd)
                     # an earlier handler of this round may have closed this fd (and maybe
                     # reused it for another file): its event is not for what is registered now
-                    if handler is not None and not (removed and fd in removed):
+                    if removed and fd in removed:
+                        continue
+                    handler = handlers.get(fd)
+                    if handler is not None:
                         handler(mask | _BOTH if mask & _TROUBLE else mask)
             finally:
                 self.gathering = False

@@ -76,14 +76,18 @@ def qualifies(d: Dispatcher) -> bool:
 class Member:
     """A service of the lane's priority group, as the lane reads, picks and counts it."""
 
-    __slots__ = ("base", "index", "limit", "stack", "stats", "step")
+    __slots__ = ("answers_word", "base", "buckets_word", "index", "latency_word", "limit", "stack",
+                 "stats", "step")
 
     def __init__(self, d: Dispatcher, index: int) -> None:
         self.index = index
         # an attempt's limit from its start, as Connection.run sets it
         self.limit = min(d.services[index].timeout, d.total_timeout)
         self.base = index * SLOT  # its health words
-        self.stats = d.stats[index]
+        self.answers_word = self.base + ANSWERS
+        self.stats = d.stats[index]  # its statistics (an action's offset is from here)
+        self.latency_word = self.stats + LATENCY_SUM
+        self.buckets_word = self.stats + BUCKETS
         self.step = d.selector.step[index]  # 0.0 alone in the group: no round robin
         # the pool's stack of idle connections to the service, kept for ever by the pool
         self.stack = d.backends.pool.stack(d.services[index].name)
@@ -92,8 +96,9 @@ class Member:
 class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
-    __slots__ = ("actions", "answered", "answers", "backends", "d", "f", "flush_at_end",
-                 "group", "in_flight", "loop", "member_of", "members", "only", "requests_word",
+    __slots__ = ("actions", "answered", "backends", "d", "f", "flush_at_end",
+                 "group", "in_flight", "loop", "member_named", "member_of", "members", "only",
+                 "requests_word",
                  "selector", "sends", "sticky", "total_timeout")
 
     def __init__(self, d: Dispatcher) -> None:
@@ -102,6 +107,7 @@ class Lane:
         self.group = d.selector.groups[0]  # the members' indexes, in order
         self.members = tuple(Member(d, i) for i in self.group)
         self.member_of = {m.index: m for m in self.members}
+        self.member_named = {d.services[m.index].name: m for m in self.members}
         self.only = self.members[0] if len(self.members) == 1 else None  # nothing to pick
         self.f = d.counts
         self.actions = d.actions
@@ -112,11 +118,15 @@ class Lane:
         self.in_flight = d.backends.in_flight
         self.loop = d.backends.loop
         # what this turn's exchanges have to write, written together at its end (`flush`):
-        # the connections whose request is QUEUED, the clients whose answer waits and it
+        # the connections whose request is QUEUED, the clients whose answer waits with it
         self.sends: list[LaneConnection] = []
-        self.answered: list[ClientConnection] = []
-        self.answers: list[bytes] = []
+        self.answered: list[tuple[ClientConnection, bytes]] = []
         self.flush_at_end = self.flush  # bound once
+
+    def connection(self, backends: Backends, service: Service) -> LaneConnection:
+        """A new connection of the dispatcher (its Backends' connection_type): the lane's
+        member for its service is known from the start (None outside the lane's group)."""
+        return LaneConnection(backends, service, self, self.member_named.get(service.name))
 
     def take(self, client: ClientConnection, data: bytes, now: float) -> bool:
         """Send data, a client's read while it has nothing in progress, on an idle connection
@@ -134,10 +144,10 @@ class Lane:
                 if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
                     return False
         size = len(data)
-        # what RequestFramer.whole takes, less what check_limits might refuse
-        if (size < 3 or data[-1] != 10 or data[-2] != 10 or data[0] == 10 or 13 in data
+        # what RequestFramer.whole takes, less what check_limits might refuse: its first
+        # empty line ends it, and is not its first line
+        if (data.find(b"\n\n") != size - 2 or size < 3 or data[0] == 10 or 13 in data
                 or size > MAX_LINE_BYTES or client.framer.skipping
-                or data.rfind(b"\n\n", 0, size - 1) >= 0
                 or size > SHORT_REQUEST_BYTES and data.count(10) > MAX_ATTRIBUTES + 1):
             return False
         sticky = -1
@@ -173,17 +183,15 @@ class Lane:
         d.in_flight += 1
         f[self.requests_word] += 1.0
         client.busy = True
-        conn.client = client
-        conn.lane = self
-        conn.member = member
+        conn.client = client  # its lane and member are its own already (`connection`)
         conn.request = data
         conn.instance = instance
         # Connection.run's way with a pooled connection, inline; its fallbacks as it has them
+        # (and its answer is b"" already: every exchange ends with it so)
         conn.payload = data
         conn.deadline = now + self.total_timeout
         conn.on_done = conn.resume
         conn.started = now
-        conn.answer = b""
         conn.reused = True
         conn.limit = now + member.limit
         self.in_flight.add(conn)
@@ -203,14 +211,12 @@ class Lane:
     def flush(self) -> None:
         """At the end of a turn of several events: write the answers read in it, then send the
         requests taken in it (answers first: a client answered sooner asks again sooner)."""
-        clients = self.answered
-        if clients:
-            d = self.d
-            for client, data in zip(clients, self.answers):
+        answered = self.answered
+        if answered:
+            for client, data in answered:
                 client.deliver(data)
-                d.in_flight -= 1
-            clients.clear()  # nothing is answered meanwhile: that takes a read of a service
-            self.answers.clear()
+            self.d.in_flight -= len(answered)
+            answered.clear()  # nothing is answered meanwhile: that takes a read of a service
         sends = self.sends
         if sends:
             for conn in sends:
@@ -225,11 +231,12 @@ class LaneConnection(Connection):
 
     __slots__ = ("client", "instance", "lane", "member", "request", "resume")
 
-    def __init__(self, backends: Backends, service: Service) -> None:
+    def __init__(self, backends: Backends, service: Service, lane: Lane | None = None,
+                 member: Member | None = None) -> None:
         super().__init__(backends, service)
         self.client: ClientConnection | None = None  # of the lane's exchange in progress
-        self.lane: Lane | None = None
-        self.member: Member | None = None  # its service, as the lane counts it
+        self.lane = lane
+        self.member = member  # its service, as the lane counts it (None: not the lane's)
         self.request = b""  # its request
         self.instance = b""  # and the request's instance (b"" when not sticky)
         self.resume = self._resume  # made once: the on_done of every exchange of the lane
@@ -270,15 +277,14 @@ class LaneConnection(Connection):
             self.close()
         # Dispatcher.count_answer
         f = lane.f
-        f[member.base + ANSWERS] += 1.0
-        base = member.stats
+        f[member.answers_word] += 1.0
         elapsed = now - self.started
-        f[base + LATENCY_SUM] += elapsed
-        f[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
+        f[member.latency_word] += elapsed
+        f[member.buckets_word + bisect_left(BOUNDS, elapsed)] += 1.0
         offset = lane.actions.get(data[7:line if line < 23 else 23])  # noqa: FURB136 (no call)
         if offset is None:
             offset = action_offset(lane.actions, data[:line])
-        f[base + offset] += 1.0
+        f[member.stats + offset] += 1.0
         if f[member.base]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
             lane.d.health.ok(member.index)
         if self.instance:  # Job.on_exchange_done: the transaction sticks to the service
@@ -293,8 +299,7 @@ class LaneConnection(Connection):
         # the client stays busy until its answer is written, at the end of the turn
         if not lane.sends and not lane.answered:
             lane.loop.at_turn_end(lane.flush_at_end)
-        lane.answered.append(client)
-        lane.answers.append(data)
+        lane.answered.append((client, data))
 
     def _resume(self, action: bytes, outcome: int, reason: str) -> None:
         """The lane's exchange ended another way: the general path from here, as though a
