@@ -201,8 +201,7 @@ class Lane:
         if not self.loop.gathering:  # the turn's one event: nothing to gather
             conn.send_payload()
             return True
-        conn.sent = 0
-        conn.state = QUEUED
+        conn.state = QUEUED  # (its `sent` is not read before send_payload sets it)
         if not self.sends and not self.answered:  # the turn's first: flush at its end
             self.loop.at_turn_end(self.flush_at_end)
         self.sends.append(conn)

@@ -232,12 +232,12 @@ class Worker:
     # the phase
     def _advance(self) -> bool:
         """Move the phase on as asked and end it when its work is done; True: exit now."""
-        now = time.monotonic()
         if self.asked > self.phase:
-            self._enter(self.asked, now)
+            self._enter(self.asked, time.monotonic())
         phase = self.phase
-        if phase == SERVING:
+        if phase == SERVING:  # nearly every turn: no clock read
             return False
+        now = time.monotonic()
         if phase == STOPPING:
             return True
         in_flight = self.in_flight
