@@ -131,7 +131,7 @@ class ClientConnection:
         self.busy = False
         if self.closed:
             return
-        self.last_active = time.monotonic()
+        self.last_active = self.loop.now  # the turn's time: idleness is counted in seconds
         if not self.out:
             try:
                 written = os.write(self.wfd, answer)
@@ -159,7 +159,7 @@ class ClientConnection:
             return
         del self.out[:written]
         if written:
-            self.last_active = time.monotonic()
+            self.last_active = self.loop.now
         self._next()
         self._update_interest()
 

@@ -19,6 +19,11 @@ wait), each once, in order. `gathering` is True while the handlers of a poll of 
 run: a handler that writes may then leave its write to a callback at the turn's end, so that
 what the turn has to write goes out together (lane.py) and a peer woken by the first write
 does not preempt the handlers still to run.
+
+`now` is when the last poll returned (as libuv's loop time): what a handler may take as the
+time of its event when a turn's few microseconds do not matter, one clock read a turn for
+them all. The due timers are those due at that time (one that comes due while the handlers
+run waits for the next turn, whose poll then does not wait).
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class EventLoop:
         self.removed: set[int] = set()  # descriptors removed since the last poll
         self.turn_end: list[Callable[[], None]] = []
         self.gathering = False  # True while the handlers of a poll of several events run
+        self.now = monotonic()  # when the last poll returned (see the module doc)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, callback, self)
@@ -156,6 +162,7 @@ class EventLoop:
         if removed:
             removed.clear()
         events = self._poller.poll(timeout)
+        self.now = now = monotonic()
         handlers = self.handlers
         if len(events) == 1:
             fd, mask = events[0]
@@ -178,7 +185,6 @@ class EventLoop:
         if self.turn_end:
             self._end_turn()
         if timers:
-            now = monotonic()
             while timers and timers[0].when <= now:
                 timer = heapq.heappop(timers)
                 callback = timer.callback

@@ -37,7 +37,6 @@ what the general path gives, request for request.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 
 from .backend import DEADLINE_TICK, IDLE, QUEUED, READING, Connection
@@ -61,7 +60,6 @@ if TYPE_CHECKING:
 
 ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN
 LATENCY_SUM, BUCKETS = S.LATENCY_SUM, S.BUCKETS
-monotonic = time.monotonic
 
 
 def qualifies(d: Dispatcher) -> bool:
@@ -266,7 +264,9 @@ class LaneConnection(Connection):
         self.on_done = None
         self.payload = b""
         lane.in_flight.discard(self)
-        self.ended = now = monotonic()
+        # the answer came when the poll returned: what the turn's handlers before this one
+        # took is not the service's time
+        self.ended = now = lane.loop.now
         stack = member.stack
         # Pool.put (the pool is not closed: that closes the exchanges in flight first)
         if len(stack) < POOL_MAX_IDLE:
