@@ -145,6 +145,7 @@ WHOLE_CASES = [
     b"a=1\n\nb=2\n\n",  # two requests
     b"a=1\n\n\n",  # a request, then an empty one: ends in two LFs, one request before them
     b"a=1\nb=2\n",  # not complete
+    b"a",  # one byte: no empty line (find's -1 is its size - 2)
     b"a=1\r\nb=2\r\n\r\n",  # CRLF: made LF by feed
     b"a=1\n\r\n",
     b"".join(b"a%d=1\n" % i for i in range(MAX_ATTRIBUTES + 5)) + b"\n",  # too many attributes
