@@ -18,8 +18,9 @@ Deadlines are not one timer each: while exchanges are in flight, a tick every DE
 seconds ends those past their limit, so a timeout fires at most DEADLINE_TICK late. The same
 tick runs the dispatcher's sweep (`on_sweep`) at most every so often.
 
-A dispatcher with a lane (lane.py) makes its connections of `connection_type`, the lane's
-subclass, whose event handler answers the lane's exchanges itself.
+A dispatcher with a lane (lane.py) makes its connections with `connection_type`,
+`Lane.connection`: of the lane's subclass, which knows its lane and member from the start and
+whose event handler answers the lane's exchanges itself.
 """
 
 from __future__ import annotations
