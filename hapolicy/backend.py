@@ -14,6 +14,9 @@ loop for reading: the common request costs one send and one receive, no registra
 object. A reused connection that turns out closed before any byte of answer is retried once on
 a fresh connection, and that is not a failure of the service.
 
+An exchange's end (`ended`: its answer's latency, the pooled connection's age) is the loop's
+time of the turn it ended in (`EventLoop.now`, when the poll returned).
+
 Deadlines are not one timer each: while exchanges are in flight, a tick every DEADLINE_TICK
 seconds ends those past their limit, so a timeout fires at most DEADLINE_TICK late. The same
 tick runs the dispatcher's sweep (`on_sweep`) at most every so often.
@@ -269,7 +272,7 @@ class Connection:
                     self.payload = b""
                     backends = self.backends
                     backends.in_flight.discard(self)
-                    self.ended = time.monotonic()
+                    self.ended = self.loop.now  # the turn's time, as the lane's answers
                     if backends.pool.put(self):
                         self.state = IDLE
                     else:
@@ -364,7 +367,7 @@ class Connection:
         self.payload = b""
         self.answer = b""
         self.backends.in_flight.discard(self)
-        self.ended = time.monotonic()
+        self.ended = self.loop.now
         if keep and self.backends.pool.put(self):
             self.state = IDLE
         else:
