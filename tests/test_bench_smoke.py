@@ -31,6 +31,12 @@ def test_bench_smoke(tmp_path):
     assert 0 < daemon["correct_answers"] <= daemon["backend_served"], detail
     # no worker retires within the row (the clients never reconnect): no idle replacements
     assert "--max-use 1000000000" in daemon["command"], detail
+    # the general path's row: a pool that hashes, answered by the backend, with its ratio
+    hashed = rows["hashed"]
+    assert hashed["status"] == "ok" and hashed["errors"] == 0, detail
+    assert 0 < hashed["correct_answers"] <= hashed["backend_served"], detail
+    assert "--balance hash:client_address" in hashed["command"], detail
+    assert report["ratios"]["hashed_over_floor_cpu_per_request"] > 0, detail
     # every row runs under the bench's own interpreter, which the report names
     assert report["config"]["interpreter"] == os.path.realpath(sys.executable), detail
     assert f"({os.path.realpath(sys.executable)})" in proc.stdout.splitlines()[0], detail

@@ -62,15 +62,24 @@ def start_backend_row(bench: Bench, row: Row) -> Started:
 ROW_MAX_USE = "1000000000"
 
 
-def start_daemon(bench: Bench, row: Row) -> Started | None:
+def start_daemon(bench: Bench, row: Row, *extra: str) -> Started | None:
     port = free_port()
-    argv = daemon_argv(port, bench.args.workers, bench.backend_addr, "--max-use", ROW_MAX_USE)
+    argv = daemon_argv(port, bench.args.workers, bench.backend_addr, "--max-use", ROW_MAX_USE,
+                       *extra)
     bench.log("starting: " + " ".join(argv[1:]))
     # SIGINT: the master stops its workers at once (SIGTERM would drain them)
     master = bench.start_proxy(row.name, row.title, argv, port, signal.SIGINT)
     if master is None:
         return None
     return preforked(row, port, master, " ".join(argv[1:]), bench.args.idle)
+
+
+def start_hashed(bench: Bench, row: Row) -> Started | None:
+    """The daemon with a pool that hashes: two services (the one backend twice), the pick by
+    rendezvous hashing of client_address, so that every request takes the general path (a
+    Job, the pick, Connection) instead of the lane."""
+    host, port = bench.backend_addr
+    return start_daemon(bench, row, "-s", f"C={host}:{port}", "--balance", "hash:client_address")
 
 
 def preforked(row: Row, port: int, parent: Child, command: str, idle: int) -> Started:
@@ -165,6 +174,7 @@ ROWS = (
     Row("backend", "backend", lambda: "", start_backend_row),
     Row("floor", "python floor", lambda: "", start_floor),
     Row("daemon", "hapolicy daemon", hapolicy_missing, start_daemon),
+    Row("hashed", "hapolicy hashed", hapolicy_missing, start_hashed),
     Row("spawn", "hapolicy spawn", hapolicy_missing, start_spawn),
     Row("haproxy", "haproxy", haproxy_missing, start_haproxy),
     Row("perl", "perl original", perl_missing, start_perl),
