@@ -94,10 +94,9 @@ class Member:
 class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
-    __slots__ = ("actions", "answered", "backends", "d", "f", "flush_at_end",
-                 "group", "in_flight", "loop", "member_named", "member_of", "members", "only",
-                 "requests_word",
-                 "selector", "sends", "sticky", "total_timeout")
+    __slots__ = ("actions", "answered", "backends", "d", "f", "flush_at_end", "group",
+                 "in_flight", "loop", "member_named", "member_of", "members", "only",
+                 "requests_word", "selector", "sends", "sticky", "total_timeout")
 
     def __init__(self, d: Dispatcher) -> None:
         self.d = d
@@ -195,7 +194,7 @@ class Lane:
         self.in_flight.add(conn)
         backends = self.backends
         if backends.tick is None:
-            backends.tick = backends.loop.call_later(DEADLINE_TICK, backends.on_tick)
+            backends.tick = self.loop.call_later(DEADLINE_TICK, backends.on_tick)
         if not self.loop.gathering:  # the turn's one event: nothing to gather
             conn.send_payload()
             return True
@@ -228,8 +227,8 @@ class LaneConnection(Connection):
 
     __slots__ = ("client", "instance", "lane", "member", "request", "resume")
 
-    def __init__(self, backends: Backends, service: Service, lane: Lane | None = None,
-                 member: Member | None = None) -> None:
+    def __init__(self, backends: Backends, service: Service, lane: Lane,
+                 member: Member | None) -> None:
         super().__init__(backends, service)
         self.client: ClientConnection | None = None  # of the lane's exchange in progress
         self.lane = lane
@@ -258,7 +257,7 @@ class LaneConnection(Connection):
                 or size > MAX_ANSWER_BYTES or 13 in data):
             self._received(data)
             return
-        lane: Lane = self.lane  # type: ignore[assignment]
+        lane = self.lane
         member: Member = self.member  # type: ignore[assignment]
         self.client = None
         self.on_done = None
@@ -304,7 +303,7 @@ class LaneConnection(Connection):
         """The lane's exchange ended another way: the general path from here, as though a
         Job had made that attempt."""
         client = self.client
-        lane: Lane = self.lane  # type: ignore[assignment]
+        lane = self.lane
         index = self.member.index  # type: ignore[union-attr]
         self.client = None
         from .dispatch import Job
