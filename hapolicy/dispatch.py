@@ -44,7 +44,7 @@ from .log import Logger
 from .outcome import ANSWERED, LOCAL, fail_answer, is_timeout
 from .protocol import Request, format_action
 from .selection import Selector
-from .stats import BOUNDS, STATS, S, action_offset
+from .stats import BOUNDS, FIRST_BOUND, STATS, S, action_offset
 
 # module globals: read on every answered request
 ANSWERS = F.ANSWERS
@@ -171,7 +171,8 @@ class Dispatcher:
         # the statistics (stats.py): latency histogram and sum, answers by action word
         base = self.stats[index]
         counts[base + LATENCY_SUM] += elapsed
-        counts[base + BUCKETS + bisect_left(BOUNDS, elapsed)] += 1.0
+        counts[base + BUCKETS
+               + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1.0
         offset = self.actions.get(action[7:23])
         if offset is None:
             offset = action_offset(self.actions, action)

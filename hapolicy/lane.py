@@ -49,7 +49,7 @@ from .protocol import (
     SHORT_REQUEST_BYTES,
     Request,
 )
-from .stats import BOUNDS, S, action_offset
+from .stats import BOUNDS, CACHE_MAX, FIRST_BOUND, S, action_offset
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN
 LATENCY_SUM, BUCKETS = S.LATENCY_SUM, S.BUCKETS
+KNOWN_ANSWER_BYTES = 64  # longer answers are not remembered by the lane (they often vary)
 
 
 def qualifies(d: Dispatcher) -> bool:
@@ -95,8 +96,8 @@ class Lane:
     """The lane of one dispatcher (made only when `qualifies`)."""
 
     __slots__ = ("actions", "answered", "backends", "d", "f", "flush_at_end", "group",
-                 "in_flight", "loop", "member_named", "member_of", "members", "only",
-                 "requests_word", "selector", "sends", "sticky", "total_timeout")
+                 "in_flight", "known_answers", "loop", "member_named", "member_of", "members",
+                 "only", "requests_word", "selector", "sends", "sticky", "total_timeout")
 
     def __init__(self, d: Dispatcher) -> None:
         self.d = d
@@ -119,11 +120,34 @@ class Lane:
         self.sends: list[LaneConnection] = []
         self.answered: list[tuple[ClientConnection, bytes]] = []
         self.flush_at_end = self.flush  # bound once
+        # whole_answer's findings for the short answers read so far, by the bytes read
+        self.known_answers: dict[bytes, tuple[int, bytes]] = {}
 
     def connection(self, backends: Backends, service: Service) -> LaneConnection:
         """A new connection of the dispatcher (its Backends' connection_type): the lane's
         member for its service is known from the start (None outside the lane's group)."""
         return LaneConnection(backends, service, self, self.member_named.get(service.name))
+
+    def whole_answer(self, data: bytes) -> tuple[int, bytes] | None:
+        """For a service's read that is one whole answer as Connection._on_event takes it (LF
+        line ends, a non-empty action first), the offset of its action's count (S.ACTIONS +
+        k, as Dispatcher.count_answer finds it) and what the client gets (the action line);
+        None for any other read. A short one is remembered in known_answers (bounded)."""
+        size = len(data)
+        end = data.find(b"\n\n")
+        line = data.find(b"\n")
+        if (end != size - 2 or line < 8 or not data.startswith(b"action=")
+                or size > MAX_ANSWER_BYTES or 13 in data):
+            return None
+        actions = self.actions
+        offset = actions.get(data[7:line if line < 23 else 23])  # noqa: FURB136 (no call)
+        if offset is None:
+            offset = action_offset(actions, data[:line])
+        # more lines than the action: only the action goes to the client
+        known = (offset, data if line == end else data[:line] + b"\n\n")
+        if size <= KNOWN_ANSWER_BYTES and len(self.known_answers) < CACHE_MAX:
+            self.known_answers[data] = known
+        return known
 
     def take(self, client: ClientConnection, data: bytes, now: float) -> bool:
         """Send data, a client's read while it has nothing in progress, on an idle connection
@@ -249,15 +273,15 @@ class LaneConnection(Connection):
         except OSError as exc:
             self._io_error(exc)
             return
-        # Connection._on_event's whole answer: one read, LF line ends, a non-empty action
-        size = len(data)
-        end = data.find(b"\n\n")
-        line = data.find(b"\n")
-        if (end != size - 2 or line < 8 or not data.startswith(b"action=") or self.answer
-                or size > MAX_ANSWER_BYTES or 13 in data):
-            self._received(data)
-            return
         lane = self.lane
+        # an answer read before is known whole (most are one of a few: `action=DUNNO`)
+        known = lane.known_answers.get(data)
+        if known is None or self.answer:
+            known = None if self.answer else lane.whole_answer(data)
+            if known is None:  # not one whole answer in one read: Connection's
+                self._received(data)
+                return
+        offset, data = known
         member: Member = self.member  # type: ignore[assignment]
         self.client = None
         self.on_done = None
@@ -278,18 +302,14 @@ class LaneConnection(Connection):
         f[member.answers_word] += 1.0
         elapsed = now - self.started
         f[member.latency_word] += elapsed
-        f[member.buckets_word + bisect_left(BOUNDS, elapsed)] += 1.0
-        offset = lane.actions.get(data[7:line if line < 23 else 23])  # noqa: FURB136 (no call)
-        if offset is None:
-            offset = action_offset(lane.actions, data[:line])
+        f[member.buckets_word
+          + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1.0
         f[member.stats + offset] += 1.0
         if f[member.base]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
             lane.d.health.ok(member.index)
         if self.instance:  # Job.on_exchange_done: the transaction sticks to the service
             client.instance = self.instance
             client.instance_service = member.index
-        if line != end:  # more lines than the action: only the action goes to the client
-            data = data[:line] + b"\n\n"
         if not lane.loop.gathering:  # the turn's one event: nothing to gather
             client.deliver(data)
             lane.d.in_flight -= 1

@@ -19,8 +19,9 @@ A service's statistics slot (offsets in S):
   answer read), and how many fell in each bucket: b is the first bound of BOUNDS at or above
   the latency, len(BOUNDS) for those above the last (+Inf). Buckets are not cumulative here.
 
-A good answer costs the request path three float adds, a bisect of BOUNDS and one
-dict look-up of its action's first 16 bytes (`action_offset` fills that cache, bounded).
+A good answer costs the request path three float adds, a bisect of BOUNDS (a compare when it
+is in the first bucket) and one dict look-up of its action's first 16 bytes (`action_offset`
+fills that cache, bounded; the lane looks its short answers up whole instead).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class S:
 
 
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FIRST_BOUND = BOUNDS[0]  # at or below it: bucket 0, no bisect (a fast service's answers)
 ACTIONS = ("OK", "DUNNO", "REJECT", "DEFER", "DEFER_IF_PERMIT", "4xx", "5xx", "other")
 _WORDS = {word.encode(): k for k, word in enumerate(ACTIONS[:5])}
 ACTION_PREFIX = 16  # bytes of the action that decide its word (the longest word is 15)

@@ -213,6 +213,45 @@ def test_answers_counters_and_instances_are_the_general_paths(monkeypatch):
     assert took == 23  # every request but the first, which made the connection
 
 
+def test_answers_read_before_are_taken_as_the_general_path_takes_them(monkeypatch):
+    """The lane remembers short whole answers (known_answers): one read again is counted and
+    cut to its action line as the first time, a long one is not remembered, the memory is
+    bounded, and a read that ends an answer begun in an earlier read is not a known one."""
+    monkeypatch.setattr(lane_module, "CACHE_MAX", 4)
+    remembered: list[int] = []
+
+    def steps(h, backends):
+        out = []
+        for _ in range(3):  # each again: from what the lane remembers
+            out += h.ask(request())
+            backends[0].set_mode("extra", action="REJECT no")
+            out += h.ask(request())
+            backends[0].set_mode("answer", action="DEFER_IF_PERMIT " + "x" * 60)  # long
+            out += h.ask(request())
+            backends[0].set_mode("answer", action="OK")
+        for n in range(6):  # more short answers than the lane remembers
+            backends[0].set_mode("answer", action=f"DUNNO {n}")
+            out += h.ask(request())
+        # a first line alone, then `action=OK` (known) with the empty line: the first counts
+        backends[0].set_mode("split", action="REJECT split")
+        out += h.ask(request())
+        backends[0].set_mode("answer", action="OK")
+        out += h.ask(request())
+        if h.dispatcher.lane is not None:
+            remembered.append(len(h.dispatcher.lane.known_answers))
+        return out
+
+    (with_lane, without), took = both(monkeypatch, ["S0"], steps)
+    assert with_lane == without
+    answers = with_lane[0]
+    assert answers[:3] == [b"action=OK\n\n", b"action=REJECT no\n\n",
+                           b"action=DEFER_IF_PERMIT " + b"x" * 60 + b"\n\n"]
+    assert answers[3:9] == answers[:3] * 2
+    assert answers[-2:] == [b"action=REJECT split\n\n", b"action=OK\n\n"]
+    assert remembered == [4]
+    assert took == len(answers) - 1
+
+
 def test_failures_in_the_lane_fail_over_as_the_general_path_does(monkeypatch):
     def steps(h, backends):
         first = backends[0]

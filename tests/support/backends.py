@@ -42,6 +42,7 @@ MODES = (
     "multiline",  # foo=1, action=<action>, action=SECOND
     "extra",  # action=<action>, extra=1
     "crlf",  # action=<action> ended by CRLF, extra=1 by LF
+    "split",  # action=<action> and LF, then 0.05 s later action=OK and the empty line
 )
 
 class _Conn:
@@ -310,6 +311,10 @@ class FakeBackend:
             if reply is not None:
                 due = max(time.monotonic() + delay, conn.last_due)
                 conn.last_due = due
+                if self.mode == "split":  # the answer's first line alone, its end later
+                    conn.pending.append((due, reply[0], False))
+                    due = conn.last_due = due + 0.05
+                    reply = (b"action=OK\n\n", False)
                 conn.pending.append((due, *reply))
 
     def _reply(self, attrs: dict[str, str]) -> tuple[bytes, bool] | None:
@@ -333,6 +338,8 @@ class FakeBackend:
             return f"action={action}\r\nextra=1\n\n".encode(), False
         if mode == "extra":
             return f"action={action}\nextra=1\n\n".encode(), False
+        if mode == "split":
+            return f"action={action}\n".encode(), False
         if mode == "multiline":
             return f"foo=1\naction={action}\naction=SECOND\n\n".encode(), False
         return None  # silent (and close, whose connections never get here)
