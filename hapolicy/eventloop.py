@@ -20,6 +20,13 @@ run: a handler that writes may then leave its write to a callback at the turn's 
 what the turn has to write goes out together (lane.py) and a peer woken by the first write
 does not preempt the handlers still to run.
 
+A loop made with `yields` (a daemon worker's) gives the CPU up (sched_yield(2)) after a turn of
+several events, once its handlers, turn-end callbacks and due timers have run: the peers its
+writes woke (smtpd, the services) run then, when the loop holds nothing half done, rather than
+preempting it at a write of its next turn, and the next poll finds what they wrote. A turn of
+one event (a light load) does not yield; the kernel returns at once when nothing else waits
+for the CPU. docs/architecture.md has the figures.
+
 `now` is when the last poll returned (as libuv's loop time): what a handler may take as the
 time of its event when a turn's few microseconds do not matter, one clock read a turn for
 them all. The due timers are those due at that time (one that comes due while the handlers
@@ -45,6 +52,7 @@ _BOTH = EVENT_READ | EVENT_WRITE
 _TROUBLE = select.EPOLLERR | select.EPOLLHUP | select.POLLNVAL
 MAX_WAIT = 3600.0  # poll() and epoll() overflow on waits of ~25 days (huge timeouts in config)
 monotonic = time.monotonic
+sched_yield = os.sched_yield
 
 
 class Timer:
@@ -71,7 +79,7 @@ def _fd(fileobj) -> int:
 class EventLoop:
     """Runs handlers for ready file descriptors and due timers."""
 
-    def __init__(self, use_poll: bool = False) -> None:
+    def __init__(self, use_poll: bool = False, yields: bool = False) -> None:
         if use_poll:
             self._poller = select.poll()
             self._ms = True  # poll() takes milliseconds
@@ -87,6 +95,7 @@ class EventLoop:
         self.turn_end: list[Callable[[], None]] = []
         self.gathering = False  # True while the handlers of a poll of several events run
         self.now = monotonic()  # when the last poll returned (see the module doc)
+        self.yields = yields  # give the CPU up after a turn of several events (module doc)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, callback, self)
@@ -164,6 +173,7 @@ class EventLoop:
         events = self._poller.poll(timeout)
         self.now = now = monotonic()
         handlers = self.handlers
+        busy = False
         if len(events) == 1:
             fd, mask = events[0]
             handler = handlers.get(fd)
@@ -182,6 +192,7 @@ class EventLoop:
                         handler(mask | _BOTH if mask & _TROUBLE else mask)
             finally:
                 self.gathering = False
+            busy = self.yields
         if self.turn_end:
             self._end_turn()
         if timers:
@@ -199,6 +210,8 @@ class EventLoop:
                 self.timers = [t for t in timers if t.callback is not None]
                 heapq.heapify(self.timers)
                 self._cancelled = 0
+        if busy:
+            sched_yield()
 
     def close(self) -> None:
         if not self._ms:

@@ -129,7 +129,7 @@ class Worker:
         os._exit(status)
 
     def _run(self) -> None:
-        self.loop = loop = EventLoop()
+        self.loop = loop = EventLoop(yields=True)  # (eventloop.py: a busy turn yields)
         self.max_clients = max_clients()
         self._make_dispatchers(loop)
         self.wake_r, wake_w = os.pipe()

@@ -260,3 +260,43 @@ def test_a_handler_that_raises_in_a_turn_of_several_events_leaves_gathering_off(
         for p in pairs:
             for sock in p:
                 sock.close()
+
+
+@pytest.mark.parametrize("yields", [True, False], ids=["yields", "does-not"])
+def test_a_loop_that_yields_gives_the_cpu_up_after_a_turn_of_several_events_only(
+        monkeypatch, yields):
+    """A daemon worker's loop (`yields`) calls sched_yield once a turn of several events has
+    run all it had to run (handlers, turn end, timers), and never after a turn of one event;
+    a loop made without it never does."""
+    from hapolicy import eventloop
+
+    calls: list[str] = []
+    monkeypatch.setattr(eventloop, "sched_yield", lambda: calls.append("yield"))
+    loop = EventLoop(yields=yields)
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        def handler(ours: socket.socket):
+            def on_event(mask: int) -> None:
+                ours.recv(16)
+                calls.append("handler")
+                loop.at_turn_end(lambda: calls.append("end"))
+            return on_event
+
+        for ours, theirs in pairs:
+            loop.add(ours, EVENT_READ, handler(ours))
+            theirs.send(b"x")
+        loop.call_at(0.0, lambda: calls.append("timer"))
+        time.sleep(0.05)
+        loop.run_once(1.0)
+        after = ["yield"] if yields else []
+        assert calls == ["handler", "handler", "end", "end", "timer", *after]
+
+        del calls[:]
+        pairs[0][1].send(b"x")
+        loop.run_once(1.0)
+        assert calls == ["handler", "end"]  # one event: no yield
+    finally:
+        loop.close()
+        for p in pairs:
+            for sock in p:
+                sock.close()
