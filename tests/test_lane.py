@@ -549,6 +549,41 @@ def test_requests_read_in_one_turn_go_out_at_its_end_as_the_general_path_sends_t
     assert max(flushed) >= 2  # a turn's requests, or answers, went out together
 
 
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "general"])
+def test_each_answer_is_counted_in_the_table_before_it_is_written(monkeypatch, lane):
+    """What reads the table (the control socket, /metrics) never sees an answer a client has
+    and the table has not counted, nor its request: the lane adds a turn's counts at once
+    before it writes the turn's answers (Lane.add_counts), as the general path counts each
+    before its write."""
+    seen: list[tuple[float, float, float, float]] = []
+    deliver = ClientConnection.deliver
+
+    def counted(self, answer):
+        f, table = harness.table.f, harness.table
+        stats = table.stats
+        seen.append((f[table.header + REQUESTS], f[F.ANSWERS] + f[SLOT + F.ANSWERS],
+                     f[stats + S.LATENCY_SUM] + f[stats + STATS + S.LATENCY_SUM],
+                     sum(f[stats + n * STATS + S.BUCKETS + k] for n in (0, 1)
+                         for k in range(14))))
+        deliver(self, answer)
+
+    monkeypatch.setattr(ClientConnection, "deliver", counted)
+    with FakeBackend(action="OK") as first, FakeBackend(action="SECOND") as second:
+        harness = Harness(lane, [first.spec("S0", timeout=0.5), second.spec("S1", timeout=0.5)])
+        try:
+            for _ in range(3):
+                harness.add_client()
+            for n in range(5):  # turns of several events: the lane gathers
+                harness.ask_together([request(instance=f"tx{n}.{c}") for c in range(4)])
+            harness.ask(request(instance="one"))  # and one of a turn of one event
+        finally:
+            harness.close()
+    assert len(seen) == 21
+    for written, (requests, answers, latency, timed) in enumerate(seen, 1):
+        assert requests >= written and answers >= written and timed >= written
+        assert latency > 0.0
+
+
 def test_a_pipelining_clients_answers_keep_their_order_when_one_waits_for_the_turn_end(
         monkeypatch):
     """The answer to a request and the client's next request read in one turn: the answer
