@@ -90,7 +90,9 @@ class Dispatcher:
         # read on every request: plain attributes, not through config
         self.services = config.services
         self.total_timeout = config.total_timeout
-        self.sticky = config.sticky_instance
+        # with one service a transaction's pick is that service, sticky or not (Selector.pick):
+        # no instance to look up in each request, none to keep
+        self.sticky = config.sticky_instance and len(config.services) > 1
         self.log_requests = config.log_requests
         self.in_flight = 0
         # a timeout at the request's total deadline counts against the service (a service

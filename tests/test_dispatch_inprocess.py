@@ -181,6 +181,24 @@ def test_without_sticky_instances_round_robin_goes_on(runs):
         assert sorted(answers) == [b"action=A\n\n"] * 2 + [b"action=B\n\n"] * 2
 
 
+def test_a_pool_of_one_service_looks_no_instance_up(runs, monkeypatch):
+    """With one service a transaction's pick is that service, sticky or not (down, drained or
+    up): the requests' instance is not looked up, and the client keeps none."""
+    looked_up: list[bytes] = []
+    instance = Request.instance
+    monkeypatch.setattr(Request, "instance",
+                        lambda self: looked_up.append(self.raw) or instance(self))
+    with FakeBackend(action="A") as a:
+        run = runs(a.spec("A"))
+        client = Client()
+        answers = [run.ask(request(instance="t1"), client)[0] for _ in range(3)]
+        run.health.set_admin(0, "drain")
+        answers += [run.ask(request(instance="t1"), client)[0]]
+        assert answers == [b"action=A\n\n"] * 4
+        assert client.instance == b"" and looked_up == []
+        assert not run.dispatcher.sticky
+
+
 def test_hash_balancing_keeps_a_key_on_one_service(runs):
     with FakeBackend(action="A") as a, FakeBackend(action="B") as b:
         run = runs(a.spec("A"), b.spec("B"), balance="hash:sender,recipient",
