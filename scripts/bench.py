@@ -10,6 +10,10 @@ Rows, each measured only when available (otherwise reported as skipped, with why
                   SO_REUSEPORT processes as daemon workers, raw epoll, one backend connection
                   per client, whole messages passed through): what the language costs
   hapolicy daemon python -m hapolicy --listen ... --workers N -s B=127.0.0.1:BACKEND
+  hapolicy balanced  the daemon with -s C=127.0.0.1:BACKEND too: two services balanced by
+                  weighted round robin, transactions sticky (the lane, its pick and stickiness)
+  hapolicy hashed the daemon with the two services and --balance hash:client_address: every
+                  request takes the general path
   hapolicy spawn  python -m hapolicy -s B=... under a spawn(8) emulator (one process per
                   connection, the socket as its stdin, stdout and stderr)
   haproxy         HAProxy in TCP mode, one thread (/usr/sbin/haproxy, Debian package haproxy)

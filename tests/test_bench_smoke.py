@@ -31,6 +31,13 @@ def test_bench_smoke(tmp_path):
     assert 0 < daemon["correct_answers"] <= daemon["backend_served"], detail
     # no worker retires within the row (the clients never reconnect): no idle replacements
     assert "--max-use 1000000000" in daemon["command"], detail
+    # a balanced pool's row (the lane, with round robin and stickiness), answered by the
+    # backend, with its ratio
+    balanced = rows["balanced"]
+    assert balanced["status"] == "ok" and balanced["errors"] == 0, detail
+    assert 0 < balanced["correct_answers"] <= balanced["backend_served"], detail
+    assert "-s C=" in balanced["command"] and "--balance" not in balanced["command"], detail
+    assert report["ratios"]["balanced_over_floor_cpu_per_request"] > 0, detail
     # the general path's row: a pool that hashes, answered by the backend, with its ratio
     hashed = rows["hashed"]
     assert hashed["status"] == "ok" and hashed["errors"] == 0, detail

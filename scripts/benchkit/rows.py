@@ -74,6 +74,14 @@ def start_daemon(bench: Bench, row: Row, *extra: str) -> Started | None:
     return preforked(row, port, master, " ".join(argv[1:]), bench.args.idle)
 
 
+def start_balanced(bench: Bench, row: Row) -> Started | None:
+    """The daemon with a pool of two services (the one backend twice) balanced by weighted
+    round robin, its transactions sticky: the lane, with the round robin's pick and the
+    instance's look-up that the one service of the daemon row does without."""
+    host, port = bench.backend_addr
+    return start_daemon(bench, row, "-s", f"C={host}:{port}")
+
+
 def start_hashed(bench: Bench, row: Row) -> Started | None:
     """The daemon with a pool that hashes: two services (the one backend twice), the pick by
     rendezvous hashing of client_address, so that every request takes the general path (a
@@ -174,6 +182,7 @@ ROWS = (
     Row("backend", "backend", lambda: "", start_backend_row),
     Row("floor", "python floor", lambda: "", start_floor),
     Row("daemon", "hapolicy daemon", hapolicy_missing, start_daemon),
+    Row("balanced", "hapolicy balanced", hapolicy_missing, start_balanced),
     Row("hashed", "hapolicy hashed", hapolicy_missing, start_hashed),
     Row("spawn", "hapolicy spawn", hapolicy_missing, start_spawn),
     Row("haproxy", "haproxy", haproxy_missing, start_haproxy),
