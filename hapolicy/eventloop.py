@@ -173,7 +173,7 @@ class EventLoop:
         events = self._poller.poll(timeout)
         self.now = now = monotonic()
         handlers = self.handlers
-        busy = False
+        yielding = False  # after a turn of several events, when the loop yields
         if len(events) == 1:
             fd, mask = events[0]
             handler = handlers.get(fd)
@@ -192,7 +192,7 @@ class EventLoop:
                         handler(mask | _BOTH if mask & _TROUBLE else mask)
             finally:
                 self.gathering = False
-            busy = self.yields
+            yielding = self.yields
         if self.turn_end:
             self._end_turn()
         if timers:
@@ -210,7 +210,7 @@ class EventLoop:
                 self.timers = [t for t in timers if t.callback is not None]
                 heapq.heapify(self.timers)
                 self._cancelled = 0
-        if busy:
+        if yielding:
             sched_yield()
 
     def close(self) -> None:

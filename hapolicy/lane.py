@@ -274,13 +274,13 @@ class LaneConnection(Connection):
             self._io_error(exc)
             return
         lane = self.lane
+        # after a part of an answer, or when not one whole answer in one read: Connection's;
         # an answer read before is known whole (most are one of a few: `action=DUNNO`)
-        known = lane.known_answers.get(data)
-        if known is None or self.answer:
-            known = None if self.answer else lane.whole_answer(data)
-            if known is None:  # not one whole answer in one read: Connection's
-                self._received(data)
-                return
+        known = None if self.answer else (lane.known_answers.get(data)
+                                          or lane.whole_answer(data))
+        if known is None:
+            self._received(data)
+            return
         offset, data = known
         member: Member = self.member  # type: ignore[assignment]
         self.client = None
