@@ -12,7 +12,8 @@ clock go through `ProcessOps` (children.py), a thin seam that the unit tests rep
 
 Each worker has a socketpair to the master (as Postfix's status pipe): it says READY once it
 accepts and RETIRING at max-use; when the master dies, the end of file tells it. A worker that
-dies before READY died at boot, and such deaths are throttled. A READY worker whose heartbeat
+dies before READY died at boot, and such deaths are throttled, as are those of a worker that
+exits by itself soon after its start (throttle.py). A READY worker whose heartbeat
 in the worker table is older than WATCHDOG_SECONDS (its loop stuck: a hung look-up, a bug) is
 killed and replaced.
 """
@@ -245,10 +246,10 @@ class Master(Reloading):
         now = self.ops.now()
         self.monitor.maintain(now)
         active = [w for w in self.workers.values() if not w.retiring]
-        if self.throttle.failures and any(w.ready and w.generation == self.generation
-                                          for w in active):
-            self.log.notice("workers start again")
-            self.throttle.reset()
+        if self.throttle.failures:
+            serving = [w.started for w in active if w.ready and w.generation == self.generation]
+            if serving and self.throttle.ready(serving, now):
+                self.log.notice("workers start again")
         missing = self.config.workers - len(active)
         while missing > 0 and self.throttle.may_start(now):
             if not self.spawn():

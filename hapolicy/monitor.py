@@ -181,6 +181,8 @@ class MonitorKeeper:
         has nothing left to do (a reload turned the checks off, the old tables are gone)."""
         if self.pid and not self.needed():
             self.stop()
+        if self.pid and self.ready and self.throttle.ready([self.started], now):
+            self.master.log.notice("monitor starts again")
         if self.pid or not self.needed() or not self.throttle.may_start(now):
             return
         m = self.master
@@ -210,11 +212,9 @@ class MonitorKeeper:
             self.on_ready()
 
     def on_ready(self) -> None:
-        """It serves: its boot is over, a streak of boot failures too."""
+        """It serves: its boot is over (a streak of early deaths ends once it has run
+        STABLE_SECONDS: maintain)."""
         self.ready = True
-        if self.throttle.failures:
-            self.master.log.notice("monitor starts again")
-            self.throttle.reset()
 
     def _forget(self) -> None:
         if self.sock is not None:

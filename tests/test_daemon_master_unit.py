@@ -18,7 +18,7 @@ from hapolicy.config import Config, ConfigError, Service
 from hapolicy.listener import Listener
 from hapolicy.log import Logger
 from hapolicy.master import WATCHDOG_SECONDS, Master, ProcessOps
-from hapolicy.throttle import THROTTLE_MAX
+from hapolicy.throttle import STABLE_SECONDS, THROTTLE_MAX
 
 EXIT_3 = 3 << 8  # a wait status: exited with status 3 (a worker that cannot start)
 KILLED = signal.SIGKILL  # a wait status: killed by SIGKILL
@@ -133,7 +133,31 @@ def test_workers_dying_at_boot_are_throttled(master):
     master.on_message(next(iter(master.workers.values())), b"Y")
     master.step()
     assert len(master.workers) == 2
+    # the streak ends once that worker has run STABLE_SECONDS
+    assert master.throttle.failures > 0
+    ops.t += STABLE_SECONDS
+    master.step()
     assert master.throttle.failures == 0
+    assert "notice: workers start again" in master.log.lines
+
+
+def test_workers_dying_soon_after_ready_are_throttled(master):
+    """A worker that says READY and then exits by itself within STABLE_SECONDS, over and over
+    (a request that crashes every worker), is throttled as one that dies at boot."""
+    ops = master.ops
+    master.step()
+    start = ops.t
+    while ops.t < start + 120:
+        ops.t += 0.1
+        for worker in master.workers.values():
+            if ops.t - worker.started >= 0.1:
+                master.on_message(worker, b"Y")
+        ops.deaths = [(pid, 1 << 8) for pid, w in master.workers.items()
+                      if ops.t - w.started >= 2.0]
+        master.step()
+    assert len(ops.forks) <= 16, [t for t, _ in ops.forks]
+    assert any("died 2.0s after its start (status 1)" in line and "next start in 30s" in line
+               for line in master.log.lines), master.log.lines[-5:]
 
 
 def test_killed_worker_replaced_at_once_even_young(master):
@@ -237,8 +261,11 @@ def test_the_monitor_is_started_first_and_supervised_as_a_worker(checked):
     ops.t += 1.01
     master.step()
     assert master.monitor.pid == 103
-    master.monitor.on_ready()  # it said READY
+    master.monitor.on_ready()  # it said READY; the streak ends once it ran STABLE_SECONDS
+    ops.t += STABLE_SECONDS
+    master.step()
     assert master.monitor.throttle.failures == 0
+    assert "notice: monitor starts again" in master.log.lines
     ops.deaths = [(103, KILLED)]  # killed from outside: replaced at once
     master.step()
     assert master.monitor.pid == 104 and alive(master) == [101, 102]
@@ -306,9 +333,11 @@ def test_term_drains_then_kills_stragglers(master):
 
 
 def test_a_ready_worker_that_dies_is_replaced_at_once(master):
+    """Once it has run STABLE_SECONDS: sooner, see test_workers_dying_soon_after_ready_..."""
     ops = master.ops
     master.step()
     master.on_message(master.workers[100], b"Y")
+    ops.t += STABLE_SECONDS
     ops.deaths = [(100, EXIT_3)]
     master.step()
     assert alive(master) == [101, 102]
