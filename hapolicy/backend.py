@@ -356,6 +356,12 @@ class Connection:
         """Stop waiting (the service was found dead meanwhile); ends with ABANDONED."""
         self._fail(ABANDONED, why)
 
+    def cancel(self, why: str) -> None:
+        """Stop the exchange in progress, closed, without its callback (nobody waits for it
+        any more); it counts against no service."""
+        self.on_done = _ignore
+        self.abandon(why)
+
     def _fail(self, outcome: int, detail: str) -> None:
         self._finish(b"", outcome, detail, keep=False)
 
@@ -383,6 +389,10 @@ class Connection:
                 self.loop.remove(sock)
             sock.close()
             self.sock = None
+
+
+def _ignore(action: bytes, outcome: int, detail: str) -> None:
+    pass
 
 
 def _connect_error(code: int) -> tuple[int, str]:

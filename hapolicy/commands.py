@@ -38,14 +38,16 @@ if TYPE_CHECKING:
 MAX_WEIGHT = 10000  # of the weight command; a configured weight has no bound
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
            "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
-           "shadow_disagree", "shadow_failed", "shadow_dropped")
+           "shadow_disagree", "shadow_failed", "shadow_dropped", "internal_errors")
 COMMANDS = (
-    ("status", ("a table, one line per service: the columns of csv except down_s, and except "
-                "the hedge and shadow columns when no pool hedges or has a shadow")),
+    ("status", ("a table, one line per service: the columns of csv except down_s, except "
+                "the hedge and shadow columns when no pool hedges or has a shadow, and except "
+                "internal_errors while it is 0 in every pool")),
     ("csv", ("a `#` header line that names the columns, then one row per service, "
              "comma-separated (HAProxy `show stat` style): " + ", ".join(COLUMNS) + ". New "
-             "columns are only ever appended; the hedge and shadow columns are the pool's, on "
-             "each of its rows")),
+             "columns are only ever appended; the hedge, shadow and internal_errors columns are the "
+             "pool's, on each of its rows (internal_errors: requests answered with the default "
+             "action because of an exception while handling them)")),
     ("disable POOL/SERVICE", ("take a service out: no worker sends it a request from now on, "
                              "and the checks leave it alone")),
     ("drain POOL/SERVICE", ("no new transaction and no hash key goes to the service; the "
@@ -59,6 +61,8 @@ COMMANDS = (
 )
 STATUS_COLUMNS = COLUMNS[:11] + COLUMNS[12:]  # all but down_s
 PLAIN_COLUMNS = 11  # status's columns when no pool hedges or has a shadow
+FEATURE_COLUMNS = range(11, 17)  # status's hedge and shadow columns
+INTERNAL_COLUMN = 17  # status's internal_errors
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
 Target = tuple  # (HealthTable, index of the service in it)
@@ -68,7 +72,7 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float,
          wall: float) -> list[list[str]]:
     """One row of COLUMNS per service of every pool (raw values, as csv gives them); now is
     the monotonic time, wall the time of day."""
-    from .health import HEDGE_WON, HEDGED, SHADOW_COUNTERS, F
+    from .health import DEFAULT_INTERNAL, HEDGE_WON, HEDGED, SHADOW_COUNTERS, F
     from .stats import S, buckets, down_seconds, is_up, quantile, word
 
     out = []
@@ -76,7 +80,8 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float,
         table = health.get(pool.name)
         if table is None:
             continue
-        pooled = [str(table.counter(word)) for word in (HEDGED, HEDGE_WON, *SHADOW_COUNTERS)]
+        pooled = [str(table.counter(word))
+                  for word in (HEDGED, HEDGE_WON, *SHADOW_COUNTERS, DEFAULT_INTERNAL)]
         for i, service in enumerate(pool.services):
             latency = buckets(table, i)
             out.append([pool.name, service.name, service.address,
@@ -208,9 +213,13 @@ def answer(line: str, config: Config, health: Mapping[str, HealthTable],
         return f"error: {command} takes no arguments\n"
     if command == "status":
         body = [status_row(row) for row in rows(config, health, time.monotonic(), time.time())]
-        if not any(pool.hedge or pool.shadow for pool in config.pools):
-            return aligned(STATUS_COLUMNS[:PLAIN_COLUMNS], [row[:PLAIN_COLUMNS] for row in body])
-        return aligned(STATUS_COLUMNS, body)
+        shown = list(range(PLAIN_COLUMNS))
+        if any(pool.hedge or pool.shadow for pool in config.pools):
+            shown += FEATURE_COLUMNS
+        if any(row[INTERNAL_COLUMN] != "0" for row in body):
+            shown.append(INTERNAL_COLUMN)
+        return aligned([STATUS_COLUMNS[k] for k in shown], [[row[k] for k in shown]
+                                                            for row in body])
     if command == "csv":
         return "# " + ",".join(COLUMNS) + "\n" + "".join(
             ",".join(row) + "\n" for row in rows(config, health, time.monotonic(), time.time()))

@@ -25,11 +25,12 @@ from bisect import bisect_left
 
 from .backend import Backends, Connection
 from .config import Config
-from .eventloop import EventLoop, Timer
+from .eventloop import EventLoop
 from .hashkey import key_function
 from .health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
+    DEFAULT_INTERNAL,
     DEFAULT_REFUSED,
     DEFAULT_TIMEOUT,
     REQUESTS,
@@ -40,7 +41,7 @@ from .health import (
     HealthTable,
 )
 from .lane import Lane, qualifies
-from .log import Logger
+from .log import Logger, RateLimited, describe_exception
 from .outcome import ANSWERED, LOCAL, fail_answer, is_timeout
 from .protocol import Request, format_action
 from .selection import Selector
@@ -108,9 +109,7 @@ class Dispatcher:
         self.actions: dict[bytes, int] = {}  # an action's first bytes: its S.ACTIONS + k
         self.max_use = 0  # on_max_use is called at the max_use-th request (0: never)
         self.on_max_use: Callable[[], None] = _nothing
-        self.warn_quiet_until = 0.0
-        self.warn_held: dict[str, int] = {}  # default answers not logged yet, by reason
-        self.warn_timer: Timer | None = None
+        self.warnings = RateLimited(log, loop.call_at, WARN_SECONDS)
         self.shadow: Mirror | None = None  # copies answered requests to a shadow (worker.py)
         self.hedger: Hedger | None = None
         if config.hedge:
@@ -149,7 +148,10 @@ class Dispatcher:
         self.in_flight += 1
         self.counts[self.requests_word] += 1.0
         job = Job(self, request, client)
-        job.next_attempt(job.started)
+        try:
+            job.begin()
+        except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker
+            job.fail(exc)
 
     def release(self, index: int, since: float, why: str) -> None:
         """Move the requests waiting on service `index` since before `since` on at once."""
@@ -183,31 +185,23 @@ class Dispatcher:
             self.health.ok(index)
 
     def warn_default(self, why: str) -> None:
-        """Log that a request got the default answer: the first at once, then what came in
-        each WARN_SECONDS as one line per reason (an outage must not flood syslog)."""
-        now = time.monotonic()
-        if now >= self.warn_quiet_until and not self.warn_held:
-            self.log.warning(f"{self.config.log_prefix}no service answered ({why}): "
-                             f"action={self.config.default_action}")
-            self.warn_quiet_until = now + WARN_SECONDS
-            return
-        self.warn_held[why] = self.warn_held.get(why, 0) + 1
-        if self.warn_timer is None:
-            self.warn_timer = self.loop.call_at(self.warn_quiet_until, self._warn_held)
+        """Log that a request got the default answer (rate-limited)."""
+        self.warnings.warning(f"{self.config.log_prefix}no service answered ({why}): "
+                              f"action={self.config.default_action}")
 
-    def _warn_held(self) -> None:
-        self.warn_timer = None
-        for why, count in self.warn_held.items():
-            self.log.warning(f"{self.config.log_prefix}no service answered ({why}): "
-                             f"action={self.config.default_action}"
-                             f" ({count} request{'s' if count > 1 else ''} in {WARN_SECONDS:g}s)")
-        self.warn_held.clear()
-        self.warn_quiet_until = time.monotonic() + WARN_SECONDS
+    def internal_error(self, exc: BaseException, answered: bool) -> None:
+        """Count and log an exception while handling a request (rate-limited); it cost that
+        request the default answer unless the request was answered already."""
+        if not answered:
+            self.counts[self.default_word + DEFAULT_INTERNAL] += 1.0
+        cost = "" if answered else f": action={self.config.default_action}"
+        self.warnings.warning(f"{self.config.log_prefix}internal error while answering a "
+                              f"request ({describe_exception(exc)}){cost}")
 
     def close(self) -> None:
-        if self.warn_timer is not None:
-            self.warn_timer.cancel()
-            self._warn_held()
+        if self.warnings.timer is not None:
+            self.warnings.timer.cancel()
+            self.warnings.flush()
         self.backends.close()
 
 
@@ -216,9 +210,13 @@ def _nothing() -> None:
 
 
 class Job:
-    """The attempt chain of one request."""
+    """The attempt chain of one request; it answers it exactly once (`answered`).
+
+    An exception in any of its steps (`begin`, an exchange's end, its hedge's) costs this
+    request the default answer, unless it was answered already (`fail`), never the worker."""
 
     __slots__ = (
+        "answered",
         "client",
         "current",
         "d",
@@ -242,12 +240,34 @@ class Job:
         self.tried = 0
         self.failed: list[str] | None = None  # why each service tried failed
         self.key = None
-        if dispatcher.hash_key is not None:
-            self.key = dispatcher.hash_key(request)
         self.instance = request.instance() if dispatcher.sticky else b""
         self.exchange: Connection | None = None  # the connection of the attempt in progress
         self.current = -1
         self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
+        self.answered = False
+
+    def begin(self) -> None:
+        """Make the request's hash key, if its pool hashes, then the first attempt."""
+        hash_key = self.d.hash_key
+        if hash_key is not None:
+            self.key = hash_key(self.request)
+        self.next_attempt(self.started)
+
+    def fail(self, exc: BaseException) -> None:
+        """An exception while handling the request: stop its exchanges and answer it the
+        default, unless it was answered already; logged and counted once a request."""
+        d = self.d
+        d.internal_error(exc, self.answered)
+        if self.answered:
+            return
+        self.answered = True
+        if self.hedge is not None:
+            self.hedge.end("internal error")
+        if self.exchange is not None:
+            self.exchange.cancel("internal error")
+            self.exchange = None
+        d.in_flight -= 1
+        self.client.deliver(d.default_answer)
 
     def next_attempt(self, now: float) -> None:
         d = self.d
@@ -274,23 +294,26 @@ class Job:
         conn.run(self.request.raw, self.deadline, self.on_exchange_done, now)
 
     def on_exchange_done(self, action: bytes, outcome: int, reason: str) -> None:
-        d = self.d
-        index = self.current
-        conn = self.exchange
-        self.exchange = None
-        if d.fail_answer is not None:
-            outcome, reason = d.fail_answer.judge(action, outcome, reason)
-        if outcome == ANSWERED:
-            d.count_answer(index, action, conn.ended - conn.started)
-            if self.instance:
-                self.client.instance = self.instance
-                self.client.instance_service = index
-            self.finish(action + b"\n\n", d.services[index].name)
-            return
-        now = self.note_failure(index, outcome, reason)
-        if self.hedge is not None and self.hedge.take_over():
-            return  # the hedge's exchange goes on as the attempt in progress
-        self.next_attempt(now)
+        try:
+            d = self.d
+            index = self.current
+            conn = self.exchange
+            self.exchange = None
+            if d.fail_answer is not None:
+                outcome, reason = d.fail_answer.judge(action, outcome, reason)
+            if outcome == ANSWERED:
+                d.count_answer(index, action, conn.ended - conn.started)
+                if self.instance:
+                    self.client.instance = self.instance
+                    self.client.instance_service = index
+                self.finish(action + b"\n\n", d.services[index].name)
+                return
+            now = self.note_failure(index, outcome, reason)
+            if self.hedge is not None and self.hedge.take_over():
+                return  # the hedge's exchange goes on as the attempt in progress
+            self.next_attempt(now)
+        except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker
+            self.fail(exc)
 
     def note_failure(self, index: int, outcome: int, reason: str) -> float:
         """Tell health and the log that service index failed this request; the time now."""
@@ -325,8 +348,9 @@ class Job:
             self.log_request(service, answer[7:-2].decode("utf-8", "replace"), default_why)
         elif default_why:
             d.warn_default(default_why)
-        self.client.deliver(answer)
+        self.answered = True
         d.in_flight -= 1
+        self.client.deliver(answer)
         if d.shadow is not None and not default_why:
             d.shadow.copy(self.request, answer)
 

@@ -27,6 +27,11 @@ preempting it at a write of its next turn, and the next poll finds what they wro
 one event (a light load) does not yield; the kernel returns at once when nothing else waits
 for the CPU. docs/architecture.md has the figures.
 
+An exception of a handler, a timer or a turn-end callback goes to `on_error` when the loop's
+owner set one (a daemon worker: logged, and the loop goes on with the other events; the
+request path contains its own exceptions per request first, dispatch.py), else out of
+`run_once`. A `try` costs nothing until something raises (Python 3.11's zero-cost exceptions).
+
 `now` is when the last poll returned (as libuv's loop time): what a handler may take as the
 time of its event when a turn's few microseconds do not matter, one clock read a turn for
 them all. The due timers are those due at that time (one that comes due while the handlers
@@ -96,6 +101,9 @@ class EventLoop:
         self.gathering = False  # True while the handlers of a poll of several events run
         self.now = monotonic()  # when the last poll returned (see the module doc)
         self.yields = yields  # give the CPU up after a turn of several events (module doc)
+        # what an exception of a handler, timer or turn-end callback is given to (the loop
+        # goes on); None: it is raised out of run_once
+        self.on_error: Callable[[Exception], None] | None = None
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, callback, self)
@@ -115,7 +123,16 @@ class EventLoop:
             callbacks = self.turn_end
             self.turn_end = []
             for callback in callbacks:
-                callback()
+                try:
+                    callback()
+                except Exception as exc:  # noqa: BLE001 - see `on_error`
+                    self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """A handler, timer or turn-end callback raised: `on_error`'s, or raised again."""
+        if self.on_error is None:
+            raise exc
+        self.on_error(exc)
 
     def add(self, fileobj, events: int, handler: Callable[[int], None]) -> None:
         fd = _fd(fileobj)
@@ -178,7 +195,10 @@ class EventLoop:
             fd, mask = events[0]
             handler = handlers.get(fd)
             if handler is not None:
-                handler(mask | _BOTH if mask & _TROUBLE else mask)
+                try:
+                    handler(mask | _BOTH if mask & _TROUBLE else mask)
+                except Exception as exc:  # noqa: BLE001 - see `on_error`
+                    self._failed(exc)
         elif events:
             self.gathering = True
             try:
@@ -189,7 +209,10 @@ class EventLoop:
                         continue
                     handler = handlers.get(fd)
                     if handler is not None:
-                        handler(mask | _BOTH if mask & _TROUBLE else mask)
+                        try:
+                            handler(mask | _BOTH if mask & _TROUBLE else mask)
+                        except Exception as exc:  # noqa: BLE001 - see `on_error`
+                            self._failed(exc)
             finally:
                 self.gathering = False
             yielding = self.yields
@@ -203,7 +226,10 @@ class EventLoop:
                     self._cancelled -= 1
                     continue
                 timer.callback = None
-                callback()
+                try:
+                    callback()
+                except Exception as exc:  # noqa: BLE001 - see `on_error`
+                    self._failed(exc)
             if self.turn_end:
                 self._end_turn()
             if self._cancelled > 64 and self._cancelled * 2 > len(timers):

@@ -56,7 +56,7 @@ def mask_address(value: bytes, v4: int, v6: int) -> bytes:
     family, bits = (socket.AF_INET6, v6) if ":" in text else (socket.AF_INET, v4)
     try:
         packed = socket.inet_pton(family, text)
-    except OSError:
+    except (OSError, ValueError):  # not an address; ValueError: a NUL in it
         return value
     number = int.from_bytes(packed, "big")
     width = len(packed) * 8

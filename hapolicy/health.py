@@ -92,9 +92,10 @@ SHADOW_FAILED = 8  # the shadow's default answer (it failed, timed out),
 SHADOW_DROPPED = 9  # not sent: too many in flight, or the worker busy
 HEDGED = 10  # counter: second services asked by a hedge (hedge.py)
 HEDGE_WON = 11  # counter: requests answered by the hedge's service
+DEFAULT_INTERNAL = 12  # counter of default answers: an exception while handling the request
 SHADOW_COUNTERS = (SHADOW_AGREE, SHADOW_DISAGREE, SHADOW_FAILED, SHADOW_DROPPED)
 POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED,
-                 *SHADOW_COUNTERS, HEDGED, HEDGE_WON)
+                 *SHADOW_COUNTERS, HEDGED, HEDGE_WON, DEFAULT_INTERNAL)
 
 
 def whole(word: float) -> int:

@@ -86,10 +86,6 @@ class Hedger:
         return Hedge(self, job, index, now, delay)
 
 
-def _ignore(action: bytes, outcome: int, detail: str) -> None:
-    pass
-
-
 class Hedge:
     """The second exchange of one request (see the module doc)."""
 
@@ -108,6 +104,12 @@ class Hedge:
     def fire(self) -> None:
         """The delay passed: ask the next service, if a token and a service are left."""
         self.timer = None
+        try:
+            self._ask_next()
+        except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker
+            self.job.fail(exc)
+
+    def _ask_next(self) -> None:
         job, hedger = self.job, self.hedger
         d = hedger.d
         now = time.monotonic()
@@ -126,6 +128,12 @@ class Hedge:
 
     def on_done(self, action: bytes, outcome: int, reason: str) -> None:
         """The hedge's exchange ended while the first attempt still runs."""
+        try:
+            self._ended(action, outcome, reason)
+        except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker
+            self.job.fail(exc)
+
+    def _ended(self, action: bytes, outcome: int, reason: str) -> None:
         conn = self.conn
         self.conn = None
         job = self.job
@@ -137,8 +145,7 @@ class Hedge:
             return
         first = job.exchange
         if first is not None:  # abandoned: closed, counted against nobody, its end ignored
-            first.on_done = _ignore
-            first.abandon("another service answered first")
+            first.cancel("another service answered first")
         job.current = self.index
         job.exchange = conn  # whose start the answer's latency counts from
         job.on_exchange_done(action, outcome, reason)
@@ -163,8 +170,7 @@ class Hedge:
         conn = self.conn
         if conn is not None:
             self.conn = None
-            conn.on_done = _ignore
-            conn.abandon("another service answered first")
+            conn.cancel("another service answered first")
         if default_why:
             return
         hedger = self.hedger

@@ -306,7 +306,10 @@ class LaneConnection(Connection):
           + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1.0
         f[member.stats + offset] += 1.0
         if f[member.base]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
-            lane.d.health.ok(member.index)
+            try:
+                lane.d.health.ok(member.index)
+            except Exception as exc:  # noqa: BLE001 - the answer is good: it goes out
+                lane.d.internal_error(exc, answered=True)
         if self.instance:  # Job.on_exchange_done: the transaction sticks to the service
             client.instance = self.instance
             client.instance_service = member.index

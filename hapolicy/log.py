@@ -4,6 +4,10 @@ Syslog is written by hand to a non-blocking datagram socket (/dev/log by default
 slow or absent syslog daemon never blocks a worker and never crashes it: when the socket is
 missing or full, lines are dropped and the socket is retried a few seconds later. Every line
 is made printable and single: a client cannot forge log lines with a newline.
+
+`RateLimited` holds back a warning that comes again and again (an outage, a flood of bad
+requests): the first line at once, then at most one line a text every so often, with its count.
+`describe_exception` is how an exception contained by the request path is named in a line.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ import os
 import socket
 import sys
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 FACILITY_MAIL = 2
 PRIORITIES = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
@@ -95,3 +103,54 @@ class Logger:
 
     def error(self, message: str) -> None:
         self.log("error", message)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`ValueError: embedded null character at hashkey.py:57`: the type, the message (at most
+    200 characters) and where it was raised, for a log line."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = ""
+    if frame is not None:
+        where = f" at {os.path.basename(frame.tb_frame.f_code.co_filename)}:{frame.tb_lineno}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}{where}"
+
+
+class RateLimited:
+    """Warnings that may come in floods: the first line at once; the lines that come within
+    `seconds` after it are held, by text (at most MAX_TEXTS, then one `more warnings` line), and
+    logged when that time is over, one line a text with its count."""
+
+    MAX_TEXTS = 16
+
+    def __init__(self, log: Logger, call_at: Callable[[float, Callable[[], None]], object],
+                 seconds: float = 1.0, unit: str = "request") -> None:
+        self.log = log
+        self.call_at = call_at  # an event loop's, to log what was held
+        self.seconds = seconds
+        self.unit = unit  # what the counts count
+        self.quiet_until = 0.0
+        self.held: dict[str, int] = {}
+        self.timer = None  # the call that logs what is held
+
+    def warning(self, line: str) -> None:
+        now = time.monotonic()
+        if now >= self.quiet_until and not self.held:
+            self.log.warning(line)
+            self.quiet_until = now + self.seconds
+            return
+        if line not in self.held and len(self.held) >= self.MAX_TEXTS:
+            line = "more warnings of other kinds"
+        self.held[line] = self.held.get(line, 0) + 1
+        if self.timer is None:
+            self.timer = self.call_at(self.quiet_until, self.flush)
+
+    def flush(self) -> None:
+        """Log what is held (at the end of the quiet time, or when the process stops)."""
+        self.timer = None
+        for line, count in self.held.items():
+            self.log.warning(f"{line} ({count} {self.unit}{'s' if count > 1 else ''} "
+                             f"in {self.seconds:g}s)")
+        self.held.clear()
+        self.quiet_until = time.monotonic() + self.seconds

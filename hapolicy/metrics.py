@@ -28,6 +28,7 @@ from .config import split_listen
 from .health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
+    DEFAULT_INTERNAL,
     DEFAULT_REFUSED,
     DEFAULT_TIMEOUT,
     HEDGE_WON,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 MAX_HEAD = 8192
 BACKLOG = 64
 REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN), ("timeout", DEFAULT_TIMEOUT),
-           ("refused", DEFAULT_REFUSED))
+           ("refused", DEFAULT_REFUSED), ("internal", DEFAULT_INTERNAL))
 
 
 class Tables:

@@ -1,7 +1,7 @@
 """The master's summary line: every --summary seconds, one line of counters per pool.
 
-    summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0 refused=0)
-    services: GREY1 up answers=600 failures=0, GREY2 down answers=630 failures=12
+    summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0 refused=0
+    internal=0) services: GREY1 up answers=600 failures=0, GREY2 down answers=630 failures=12
 
 (one line in the log), followed, for a pool that hedges, by `hedged=N (won=N)` and, for
 one with a shadow, by `shadow NAME: agree=N disagree=N failed=N dropped=N`. A service's
@@ -19,6 +19,7 @@ from __future__ import annotations
 from .health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
+    DEFAULT_INTERNAL,
     DEFAULT_REFUSED,
     DEFAULT_TIMEOUT,
     ENABLED,
@@ -57,14 +58,16 @@ def pool_line(name: str, table: HealthTable, names: Sequence[str], rate: float,
     down = table.counter(DEFAULT_DOWN)
     timeout = table.counter(DEFAULT_TIMEOUT)
     refused = table.counter(DEFAULT_REFUSED)
+    internal = table.counter(DEFAULT_INTERNAL)
     services = ", ".join(
         f"{service} {service_state(table, i, now)}"
         f" answers={table.service_counter(i, F.ANSWERS)}"
         f" failures={table.service_counter(i, F.FAILURES)}"
         for i, service in enumerate(names))
     return (f"summary pool={name} requests={table.counter(REQUESTS)} rate={rate:.1f}/s "
-            f"defaults={failed + down + timeout + refused} (failed={failed} down={down} "
-            f"timeout={timeout} refused={refused}) services: {services}")
+            f"defaults={failed + down + timeout + refused + internal} (failed={failed} "
+            f"down={down} timeout={timeout} refused={refused} internal={internal}) "
+            f"services: {services}")
 
 
 def extras(pool: Config, table: HealthTable) -> str:

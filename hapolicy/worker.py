@@ -34,7 +34,7 @@ from .config import Config
 from .dispatch import Dispatcher
 from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
-from .log import Logger
+from .log import Logger, RateLimited, describe_exception
 from .routing import target
 from .workertable import WorkerTable
 
@@ -45,6 +45,7 @@ FD_RESERVE_MIN = 32  # descriptors kept for backend sockets, syslog and the work
 YIELD_LIMIT = 0.05  # take a connection anyway after leaving it to siblings this long
 YIELD_PAUSE = 0.002
 ORPHAN_GRACE = 1.0  # an orphaned worker finishes its in-flight requests within this
+ERROR_LOG_SECONDS = 1.0  # at most one line of contained errors this often (with their count)
 MSG_READY = b"Y"
 MSG_RETIRING = b"R"
 WORKER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
@@ -114,6 +115,7 @@ class Worker:
         self.yield_since = self.yield_last = 0.0
         self.title = ""
         self.wake_r = -1
+        self.errors: RateLimited | None = None  # the contained errors' log lines
 
     def run(self, master_sock: socket.socket | None = None) -> None:
         """The child's life (master_sock: its end of the socketpair); never returns."""
@@ -130,6 +132,8 @@ class Worker:
 
     def _run(self) -> None:
         self.loop = loop = EventLoop(yields=True)  # (eventloop.py: a busy turn yields)
+        self.errors = RateLimited(self.log, loop.call_at, ERROR_LOG_SECONDS, unit="error")
+        loop.on_error = self._contained
         self.max_clients = max_clients()
         self._make_dispatchers(loop)
         self.wake_r, wake_w = os.pipe()
@@ -156,6 +160,14 @@ class Worker:
             loop.run_once(HOUSEKEEPING_SECONDS)
         for dispatcher in (*self.dispatchers, *self.mirrors):
             dispatcher.close()  # logs what it held back
+        if self.errors.timer is not None:
+            self.errors.flush()
+
+    def _contained(self, exc: Exception) -> None:
+        """An exception of the loop's handlers that the request path did not contain itself
+        (dispatch.py does, per request): logged, rate-limited; the worker and its other
+        clients go on."""
+        self.errors.warning(f"worker internal error, contained: {describe_exception(exc)}")
 
     def _make_dispatchers(self, loop: EventLoop) -> None:
         """A dispatcher per pool, and what takes the requests of each listener."""

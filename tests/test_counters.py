@@ -79,7 +79,7 @@ def test_default_answers_are_counted_by_reason():
         assert balanced(table)
         line = pool_line("default", table, ["A", "B"], 1.5, 0.0)
         assert line == ("summary pool=default requests=3 rate=1.5/s defaults=3 (failed=1 down=2 "
-                        "timeout=0 refused=0) services: A down answers=0 failures=1, B down answers=0 "
+                        "timeout=0 refused=0 internal=0) services: A down answers=0 failures=1, B down answers=0 "
                         "failures=1")
     finally:
         run.close()
@@ -121,7 +121,8 @@ class _Sink:
 
 
 SUMMARY = re.compile(r"summary pool=(\S+) requests=(\d+) rate=([\d.]+)/s defaults=(\d+) "
-                     r"\(failed=(\d+) down=(\d+) timeout=(\d+) refused=(\d+)\) services: (.*)$")
+                     r"\(failed=(\d+) down=(\d+) timeout=(\d+) refused=(\d+) internal=(\d+)\) "
+                     r"services: (.*)$")
 
 
 def test_the_daemon_logs_a_summary_line_that_adds_up():
@@ -142,7 +143,7 @@ def test_the_daemon_logs_a_summary_line_that_adds_up():
         assert match.group(4) == "0"
         services = {name: (int(a), int(f)) for name, a, f in
                     re.findall(r"(\w+) (?:up|down) answers=(\d+) failures=(\d+)",
-                               match.group(9))}
+                               match.group(10))}
         assert services == {"S1": (len(s1.live_requests), 0), "S2": (len(s2.live_requests), 0),
                             "DEAD": (0, 0)}, summary
         assert len(s1.live_requests) + len(s2.live_requests) == 40

@@ -300,3 +300,49 @@ def test_a_loop_that_yields_gives_the_cpu_up_after_a_turn_of_several_events_only
         for p in pairs:
             for sock in p:
                 sock.close()
+
+
+def test_an_exception_of_a_handler_timer_or_turn_end_goes_to_on_error(loop):
+    """A worker's loop (on_error set) goes on after a handler raised: the other events of the
+    turn, the due timers and the turn-end callbacks run; without on_error it raises."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        caught: list[str] = []
+        ran: list[str] = []
+        loop.on_error = lambda exc: caught.append(str(exc))
+
+        def handler(name: str, raises: bool):
+            def on_event(mask: int) -> None:
+                pairs[int(name[-1])][0].recv(1)
+                ran.append(name)
+                if raises:
+                    raise RuntimeError(name)
+            return on_event
+
+        for k, (ours, theirs) in enumerate(pairs):
+            loop.add(ours, EVENT_READ, handler(f"fd{k}", k == 1))
+            theirs.send(b"x")
+
+        def timer() -> None:
+            ran.append("timer")
+            loop.at_turn_end(turn_end)
+            raise RuntimeError("timer")
+
+        def turn_end() -> None:
+            ran.append("turn end")
+            raise RuntimeError("turn end")
+
+        loop.call_later(0.0, timer)
+        time.sleep(0.01)
+        loop.run_once(1.0)
+        assert sorted(ran) == ["fd0", "fd1", "fd2", "timer", "turn end"]
+        assert sorted(caught) == ["fd1", "timer", "turn end"]
+        loop.on_error = None
+        pairs[1][1].send(b"x")
+        with pytest.raises(RuntimeError, match="fd1"):
+            loop.run_once(1.0)
+    finally:
+        for k, (ours, theirs) in enumerate(pairs):
+            loop.remove(ours)
+            ours.close()
+            theirs.close()

@@ -1,0 +1,114 @@
+"""Containment of exceptions on the way of one request (dispatch.Job, hedge.Hedge, the event
+loop's `on_error`), in-process: an exception in any step of a request costs that request the
+default answer, exactly once, with one log line and the pool's `internal` counter; its
+exchanges are stopped; an exception after the answer costs nothing but a log line; the
+dispatcher goes on answering.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from support.backends import FakeBackend
+from support.protocol import request
+from test_dispatch_inprocess import Client, Run, runs  # noqa: F401 - runs is a fixture
+
+from hapolicy.health import DEFAULT_INTERNAL, REQUESTS, F
+from hapolicy.protocol import RequestFramer
+
+
+def boom(*args: object) -> object:
+    raise RuntimeError("boom")
+
+
+def internal(run: Run) -> int:
+    return run.health.counter(DEFAULT_INTERNAL)
+
+
+def logged(run: Run) -> list[str]:
+    return [line for level, line in run.log.lines if "internal error" in line]
+
+
+def test_an_exception_making_the_hash_key_costs_that_request_the_default(runs):
+    with FakeBackend(action="OK") as backend:
+        run = runs(backend.spec("A"), balance="hash:client_address/24")
+        key = run.dispatcher.hash_key
+        run.dispatcher.hash_key = boom
+        assert run.ask(request())[0] == b"action=dunno\n\n"
+        assert internal(run) == 1 and backend.requests == []
+        [line] = logged(run)
+        assert re.fullmatch(r"internal error while answering a request \(RuntimeError: boom at "
+                            r"test_containment_inprocess\.py:\d+\): action=dunno", line), line
+        run.dispatcher.hash_key = key
+        assert run.ask(request())[0] == b"action=OK\n\n"
+        # the counters add up: a request, an answer or a default answer
+        assert run.health.counter(REQUESTS) == 2
+        assert run.health.service_counter(0, F.ANSWERS) == 1
+
+
+def test_an_exception_at_an_exchanges_end_costs_that_request_the_default(runs):
+    with FakeBackend(action="OK") as backend:
+        run = runs(backend.spec("A"), fail_answer="^REJECT")
+
+        class FailAnswer:
+            judge = staticmethod(boom)
+
+        run.dispatcher.fail_answer = FailAnswer()
+        assert run.ask(request())[0] == b"action=dunno\n\n"
+        assert internal(run) == 1 and len(backend.requests) == 1
+
+
+def test_an_exception_in_a_hedge_stops_both_exchanges_and_answers_once(runs):
+    with FakeBackend(action="OK slow", delay=0.3) as slow, FakeBackend(action="OK") as fast:
+        run = runs(slow.spec("S", prio=1), fast.spec("F", prio=2), hedge="0.05",
+                   hedge_max=100)
+        picks = run.dispatcher.selector.pick
+
+        def pick_then_fail(tried, *args, **kwargs):
+            if tried:  # the hedge's pick: the first attempt runs
+                raise RuntimeError("boom")
+            return picks(tried, *args, **kwargs)
+
+        run.dispatcher.selector.pick = pick_then_fail
+        client = Client()
+        [framed] = RequestFramer().feed(request())
+        run.dispatcher.submit(framed, client)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # past the slow service's answer
+            run.loop.run_once(0.05)
+        assert client.answers == [b"action=dunno\n\n"]
+        assert internal(run) == 1 and run.dispatcher.in_flight == 0
+        assert not run.dispatcher.backends.in_flight  # the first exchange was stopped
+        assert run.health.service_counter(0, F.FAILURES) == 0  # counted against nobody
+
+
+def test_an_exception_after_the_answer_costs_no_answer(runs):
+    class Shadow:
+        copy = staticmethod(boom)
+
+    with FakeBackend(action="OK") as backend:
+        run = runs(backend.spec("A"))
+        run.dispatcher.shadow = Shadow()
+        assert run.ask(request())[0] == b"action=OK\n\n"  # ask: exactly one answer
+        assert internal(run) == 0
+        [line] = logged(run)
+        assert re.fullmatch(r"internal error while answering a request \(RuntimeError: boom at "
+                            r"test_containment_inprocess\.py:\d+\)", line), line
+
+
+def test_a_flood_of_exceptions_is_logged_a_line_a_second(runs):
+    with FakeBackend(action="OK") as backend:
+        run = runs(backend.spec("A"), balance="hash:client_address")
+        run.dispatcher.hash_key = boom
+        started = time.monotonic()
+        for _ in range(50):
+            assert run.ask(request())[0] == b"action=dunno\n\n"
+        seconds = time.monotonic() - started
+        assert internal(run) == 50
+        run.dispatcher.close()  # logs what it held
+        lines = logged(run)
+        assert len(lines) <= 2 + seconds, lines  # the first at once, then one a second
+        held = [int(m.group(1)) for m in (re.search(r"action=dunno \((\d+) requests? in 1s\)$",
+                                                      line) for line in lines[1:]) if m]
+        assert len(held) == len(lines) - 1 and 1 + sum(held) == 50, lines
