@@ -136,8 +136,8 @@ class Dispatcher:
         if request.error:
             self.counts[self.requests_word] += 1.0
             self.counts[self.default_word + DEFAULT_REFUSED] += 1.0
-            self.log.warning(f"request refused: {request.error}, "
-                             f"answering action={self.config.default_action}")
+            self.warnings.warning(f"{self.config.log_prefix}request refused: {request.error}, "
+                                  f"answering action={self.config.default_action}")
             client.deliver(self.default_answer)
             return
         if len(request.raw) <= 2:

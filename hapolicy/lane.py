@@ -48,6 +48,7 @@ from .protocol import (
     MAX_LINE_BYTES,
     SHORT_REQUEST_BYTES,
     Request,
+    all_attributes,
 )
 from .stats import BOUNDS, CACHE_MAX, FIRST_BOUND, S, action_offset
 
@@ -165,11 +166,12 @@ class Lane:
                 if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
                     return False
         size = len(data)
-        # what RequestFramer.whole takes, less what check_limits might refuse: its first
-        # empty line ends it, and is not its first line
+        # what RequestFramer.whole takes and does not refuse: its first empty line ends it,
+        # and is not its first line; every line an attribute
         if (data.find(b"\n\n") != size - 2 or size < 3 or data[0] == 10 or 13 in data
                 or size > MAX_LINE_BYTES or client.framer.skipping
-                or size > SHORT_REQUEST_BYTES and data.count(10) > MAX_ATTRIBUTES + 1):
+                or size > SHORT_REQUEST_BYTES and data.count(10) > MAX_ATTRIBUTES + 1
+                or not all_attributes(data)):
             return False
         sticky = -1
         instance = b""

@@ -18,7 +18,9 @@ Bytes are tested for CR with `13 in data`: `b"\r" in data` first tries its opera
 integer and formats the TypeError it gets, which costs more than the search itself.
 
 A request over a limit is skipped to its end and framed as a `Request` whose `error` says why;
-the caller answers it with the default action. A backend answer is bounded by MAX_ANSWER_BYTES
+the caller answers it with the default action. So is a request with a line that is not an
+attribute (no `=`): Postfix never sends one, and relaying it would hand a service a request
+that its parser may read in its own way. A backend answer is bounded by MAX_ANSWER_BYTES
 (16 KiB; Postfix accepts actions up to 8192 characters).
 """
 
@@ -29,6 +31,8 @@ MAX_LINE_BYTES = 8192
 MAX_ATTRIBUTES = 1024
 SHORT_REQUEST_BYTES = 2 * MAX_ATTRIBUTES
 MAX_ANSWER_BYTES = 16384
+NOT_ATTRIBUTES = "a line without `=`"
+_ALL_BUT_LF_AND_EQUALS = bytes(b for b in range(256) if b not in b"\n=")
 
 
 class Request:
@@ -82,12 +86,23 @@ def parse_attributes(raw: bytes) -> dict[str, str]:
 
 
 def check_limits(raw: bytes) -> str:
-    """'' when a complete request is within the limits, else why not."""
+    """'' when a complete request (LF line ends) is within the limits and every line of it is
+    an attribute, else why not."""
     if raw.count(b"\n") > MAX_ATTRIBUTES + 1:
         return f"more than {MAX_ATTRIBUTES} attributes"
     if len(raw) > MAX_LINE_BYTES and max(map(len, raw.split(b"\n"))) > MAX_LINE_BYTES:
         return f"a line longer than {MAX_LINE_BYTES} bytes"
+    if not all_attributes(raw):
+        return NOT_ATTRIBUTES
     return ""
+
+
+def all_attributes(raw: bytes) -> bool:
+    """Whether every line of a request (LF line ends, ended by its first empty line) has a `=`:
+    with all but its line ends and `=` signs deleted (one pass in C), no empty line comes
+    before the last one. An empty request (b"\n") has none to check."""
+    skeleton = raw.translate(None, _ALL_BUT_LF_AND_EQUALS)
+    return skeleton.find(b"\n\n") == len(skeleton) - 2 and skeleton[0] != 10 or len(raw) < 2
 
 
 def _request_end(buf: bytes | bytearray, start: int) -> int:
@@ -133,8 +148,10 @@ class RequestFramer:
                 raw = bytes(buf[start:end])
                 if 13 in raw:
                     raw = raw.replace(b"\r\n", b"\n")
-                short = len(raw) <= SHORT_REQUEST_BYTES  # cannot be over a limit
-                out.append(Request(raw, "" if short else check_limits(raw)))
+                if len(raw) > SHORT_REQUEST_BYTES:
+                    out.append(Request(raw, check_limits(raw)))
+                else:  # cannot be over a size limit
+                    out.append(Request(raw, "" if all_attributes(raw) else NOT_ATTRIBUTES))
             start = end
         if start:
             del buf[:start]
@@ -156,6 +173,8 @@ class RequestFramer:
         if size > SHORT_REQUEST_BYTES and (size > MAX_LINE_BYTES
                                            or data.count(b"\n") > MAX_ATTRIBUTES + 1):
             return Request(data, check_limits(data))  # what check_limits may refuse
+        if not all_attributes(data):
+            return Request(data, NOT_ATTRIBUTES)
         return Request(data)
 
     def _skip(self, data: bytes, out: list[Request]) -> bytes:

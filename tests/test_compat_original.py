@@ -447,15 +447,20 @@ def long_values_truncated(h: Harness) -> None:
 
 def request_lines_rewritten(h: Harness) -> None:
     """Original: drops lines without '=' (logged as garbage) and keeps only the last of
-    duplicate attributes before relaying. Ours: relays the bytes as received (Postfix sends
-    neither; the service parses its own input)."""
+    duplicate attributes before relaying. Ours: refuses a request with a line without '='
+    (the default answer, no service asked), and relays the others as received, duplicates
+    included (Postfix sends neither; the service parses its own input)."""
     echo = h.backend(mode="echo", attr="foo")
-    stream = b"request=smtpd_access_policy\nthis is garbage\nfoo=1\nfoo=2\n\n"
-    original, ours = h.both(["-s", echo.spec("E", 10, 1, 1)], stream)
-    assert original.stdout == ours.stdout == b"action=2\n\n"  # echo: the last value wins
-    relayed_by_original, relayed_by_ours = echo.raw_requests
+    garbage = b"request=smtpd_access_policy\nthis is garbage\nfoo=1\nfoo=2\n\n"
+    original, ours = h.both(["-s", echo.spec("E", 10, 1, 1)], garbage)
+    assert original.stdout == b"action=2\n\n"  # echo: the last value wins
+    assert ours.stdout == b"action=dunno\n\n"
+    relayed_by_original, = echo.raw_requests
     assert b"garbage" not in relayed_by_original and relayed_by_original.count(b"foo=") == 1
-    assert relayed_by_ours == stream
+    duplicates = b"request=smtpd_access_policy\nfoo=1\nfoo=2\n\n"
+    original, ours = h.both(["-s", echo.spec("E", 10, 1, 1)], duplicates)
+    assert original.stdout == ours.stdout == b"action=2\n\n"
+    assert echo.raw_requests[-1] == duplicates
 
 
 def multiline_answer(h: Harness) -> None:

@@ -57,13 +57,14 @@ def test_a_typical_request_is_not_refused():
 
 
 def test_a_request_too_short_to_be_counted_cannot_be_over_the_attribute_limit():
-    # the densest request over the limit: one-byte lines; it is longer than what is not counted
-    densest = b"a\n" * (MAX_ATTRIBUTES + 1) + b"\n"
+    # the densest request over the limit: lines of a `=` alone; it is longer than what is
+    # not counted
+    densest = b"=\n" * (MAX_ATTRIBUTES + 1) + b"\n"
     assert len(densest) > SHORT_REQUEST_BYTES
     why = f"more than {MAX_ATTRIBUTES} attributes"
     assert [r.error for r in frame(densest)] == [why]
     assert RequestFramer().whole(densest).error == why  # type: ignore[union-attr]
-    at_limit = b"a\n" * MAX_ATTRIBUTES + b"\n"
+    at_limit = b"=\n" * MAX_ATTRIBUTES + b"\n"
     assert [r.error for r in frame(at_limit)] == [""]
     assert RequestFramer().whole(at_limit).error == ""  # type: ignore[union-attr]
 
