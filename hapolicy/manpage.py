@@ -308,8 +308,11 @@ def hapolicy_8() -> str:
         section("LOGGING"),
         para("Syslog, facility mail, ident `hapolicy[PID]`; without /dev/log lines are "
              "dropped and hapolicy keeps working. A state change of a service is logged once, "
-             "a request answered with the default action as a warning. With `-l`, one line "
-             "per request:"),
+             "a request answered with the default action as a warning (at most one line a "
+             "second, with the count of the others), and so is an exception while handling "
+             "a request: that request alone gets the default action, the worker goes on, and "
+             "the line names the exception and where it was raised (a bug worth reporting). "
+             "With `-l`, one line per request:"),
         example("pool=grey service=GREY1 client=mail.example.org[192.0.2.10] "
                 "helo=<mail.example.org> sender=<a@example.org> recipient=<b@example.net> "
                 "delay=0.004s action=DUNNO"),
