@@ -22,10 +22,19 @@ READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's 
 
 
 def preload_lazy_modules() -> None:
-    """Import now what the workers would import lazily: after the privilege drop the
-    interpreter's files may be unreadable (a Python under /root), and getaddrinfo of a str
-    needs the idna codec."""
-    "localhost".encode("idna")
+    """Import in the master, before any fork, what the workers and the monitor would import
+    lazily: after the privilege drop the interpreter's and the package's files may be
+    unreadable (a Python or a venv under /root), and a failed import kills the process.
+    The modules that spawn mode loads import these only where needed, for its start time;
+    the daemon's own modules import theirs at the top (prometheus_client: metrics.preload).
+    tests/test_privsep_imports.py fails when a function a worker or the monitor may run
+    imports a module that nothing imported before the fork."""
+    import hashlib  # noqa: F401 - selection.py: hash balancing
+    import re  # noqa: F401 - outcome.py: fail-answer
+
+    from . import hedge  # noqa: F401 - dispatch.py: a pool that hedges (a HUP may add one)
+
+    "localhost".encode("idna")  # getaddrinfo of a str needs the idna codec
 
 
 def unlink(path: str, log: Logger | None = None) -> None:

@@ -38,6 +38,7 @@ from .health import (
 )
 from .listener import ListenError
 from .oneshot import IDLE_SECONDS, OneShotServer
+from .shadow import RESULTS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -142,8 +143,6 @@ def pool_families(pools: list[tuple[Config, HealthTable]],
 def feature_families(pools: list[tuple[Config, HealthTable]]) -> Iterator[object]:
     """Of the pools that have a shadow (shadow.py) or hedge (hedge.py) only."""
     from prometheus_client.core import CounterMetricFamily
-
-    from .shadow import RESULTS
 
     shadow = CounterMetricFamily("hapolicy_shadow", "copies of the pool's answered requests "
                                  "sent to its shadow, by result", labels=["pool", "result"])

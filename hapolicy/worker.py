@@ -36,6 +36,7 @@ from .eventloop import EVENT_READ, EventLoop
 from .health import HealthTable
 from .log import Logger, RateLimited, describe_exception
 from .routing import target
+from .shadow import make_mirrors
 from .workertable import WorkerTable
 
 ACCEPT_BATCH = 64
@@ -179,8 +180,6 @@ class Worker:
             by_name[pool.name] = dispatcher
         self._share_max_use()
         if any(pool.shadow for pool in self.config.pools):
-            from .shadow import make_mirrors
-
             self.mirrors = make_mirrors(loop, self.config.pools, by_name, self.health,
                                         self.log, lambda: self.in_flight)
         for address, listener in self.listeners.items():
