@@ -11,9 +11,10 @@ file is text, one line per service that is not at its defaults:
 
 ADMIN is enabled, drain or disabled, WEIGHT the operator's weight or `-` for the configured
 one. A line is applied to the service of that pool, name and address; a line for a service the
-configuration no longer has is dropped at the next save. The file is written to a temporary
-name and renamed over PATH, mode 0600. A missing file is an empty state; a bad line, a file too
-large or unreadable gives one warning and is ignored (the daemon starts with the services
+configuration no longer has is dropped at the next save. The file is written to a fresh
+temporary file and renamed over PATH, mode 0600 (safefile.replace_file: nothing made in advance
+in its directory is followed or reused). A missing file is an empty state; a bad line, a file
+too large or unreadable gives one warning and is ignored (the daemon starts with the services
 enabled). A save that fails is logged once, and tried again at the next change.
 
 In spawn mode --state-file names the shared health table instead (statefile.py).
@@ -27,6 +28,7 @@ import stat
 from .commands import MAX_WEIGHT
 from .config import ConfigError
 from .health import ADMIN_STATES, ENABLED
+from .safefile import replace_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -144,21 +146,11 @@ class AdminFile:
         state = snapshot(config, health)
         if state == self.saved or state == self.failed:
             return
-        temporary = f"{self.path}.tmp{os.getpid()}"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(format_state(state))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
+            replace_file(self.path, format_state(state).encode(), 0o600)
         except OSError as exc:
             self.log.warning(f"state file {self.path}: cannot save the admin state: "
-                             f"{exc.strerror}")
+                             f"{exc.strerror or exc}")
             self.failed = state
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
             return
         self.saved, self.failed = state, None
