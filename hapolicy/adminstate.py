@@ -13,9 +13,14 @@ ADMIN is enabled, drain or disabled, WEIGHT the operator's weight or `-` for the
 one. A line is applied to the service of that pool, name and address; a line for a service the
 configuration no longer has is dropped at the next save. The file is written to a fresh
 temporary file and renamed over PATH, mode 0600 (safefile.replace_file: nothing made in advance
-in its directory is followed or reused). A missing file is an empty state; a bad line, a file
-too large or unreadable gives one warning and is ignored (the daemon starts with the services
-enabled). A save that fails is logged once, and tried again at the next change.
+in its directory is followed or reused). A missing file is an empty state. The file is
+trusted only when it is a regular file (not a symbolic link: it is opened without following
+one), owned by root or the user the master runs as, and not writable by group or others
+(safefile.distrust, the rule of spawn mode's file too): another one, say made by another user
+in a shared directory, is not applied. That, a bad line, a file too large
+or unreadable gives one warning and is ignored (the daemon starts with the services enabled);
+a file that gave nothing but warnings is replaced at the first save, within a second of the
+start. A save that fails is logged once, and tried again at the next change.
 
 In spawn mode --state-file names the shared health table instead (statefile.py).
 """
@@ -23,12 +28,11 @@ In spawn mode --state-file names the shared health table instead (statefile.py).
 from __future__ import annotations
 
 import os
-import stat
 
 from .commands import MAX_WEIGHT
 from .config import ConfigError
 from .health import ADMIN_STATES, ENABLED
-from .safefile import replace_file
+from .safefile import distrust, replace_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -89,8 +93,9 @@ def read(path: str) -> tuple[dict[Key, tuple[str, int]], list[str]]:
     except OSError as exc:
         return {}, [f"state file {path}: cannot read: {exc.strerror}: ignored"]
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return {}, [f"state file {path}: not a regular file: ignored"]
+        why = distrust(os.fstat(fd))
+        if why:
+            return {}, [f"state file {path}: {why}: ignored"]
         data = os.read(fd, MAX_BYTES + 1)
     except OSError as exc:
         return {}, [f"state file {path}: cannot read: {exc.strerror}: ignored"]
@@ -139,7 +144,9 @@ class AdminFile:
             table.set_weight(where[1], weight)
             self.log.notice(f"state file: service {key[0]}/{key[1]} {admin}"
                             + (f", weight {weight}" if weight else ""))
-        self.saved = entries
+        # a file that gave nothing but warnings (not trusted, unreadable, only bad lines) is
+        # replaced at the first save, not left for the next start to warn about again
+        self.saved = None if problems and not entries else entries
 
     def save_if_changed(self, config: Config, health: Mapping[str, HealthTable]) -> None:
         """Write the file when the admin state differs from what it holds."""

@@ -14,8 +14,8 @@ symbolic link) owned by the user it runs as and writable by no one else.
 
 The file is HEADER_BYTES of header (magic, layout version, words per slot, number of services,
 a digest of this boot's id, a digest of the service list), then the table. It is used only when
-opened without following a symbolic link, a regular file owned by the running user and not
-writable by group or others, with exactly the header expected and the size that follows from
+opened without following a symbolic link, a regular file owned by the running user (or root)
+and not writable by group or others (safefile.distrust, the daemon's rule too), with exactly the header expected and the size that follows from
 it. So a file of another service list, another layout or an earlier boot (whose monotonic
 times mean nothing now), or a truncated, empty, garbage or foreign one is never read as a
 table: it is replaced (what is not a regular file or a symbolic link, such as a device or a
@@ -41,6 +41,7 @@ import stat
 import time
 
 from .health import SLOT, HealthTable, table_bytes
+from .safefile import distrust
 
 try:  # hashlib's own blake2b; importing hashlib loads OpenSSL: 2 ms of each spawned start
     from _blake2 import blake2b
@@ -208,12 +209,9 @@ def replaceable(dfd: int, name: str) -> bool:
 def check(fd: int, expected: bytes, count: int) -> str:
     """'' when the open file is one to use, else why not."""
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_uid != os.geteuid():
-        return f"owned by uid {st.st_uid}"
-    if st.st_mode & 0o022:
-        return f"writable by others (mode {st.st_mode & 0o7777:04o})"
+    why = distrust(st)
+    if why:
+        return why
     if st.st_size == 0:
         return "empty"
     data = os.pread(fd, HEADER_BYTES, 0)
