@@ -7,10 +7,14 @@ table is health.py's, whole 8-byte words written without locks: nothing here is 
 a request.
 
 Where (`--state-file`): the PATH given, or by default `health-DIGEST` (a digest of the service
-list, so that two spawn entries with other services have their own files) in
-`$XDG_RUNTIME_DIR/hapolicy/` when XDG_RUNTIME_DIR is set, else in `/tmp/hapolicy-EUID/`.
-hapolicy makes that directory with mode 0700, and uses it only if it is a directory (not a
-symbolic link) owned by the user it runs as and writable by no one else.
+list, so that two spawn entries with other services have their own files) in RUN_DIR,
+`/run/hapolicy/spawn/`, when that is a directory (not a symbolic link) of the user hapolicy runs
+as that no one else may write (the Debian package makes it for its user `hapolicy`, which
+master.cf's `user=` should name: a user no other program runs as, since any process of that
+user can write the file); else in `$XDG_RUNTIME_DIR/hapolicy/` when XDG_RUNTIME_DIR is set, else
+in `/tmp/hapolicy-EUID/`. hapolicy makes either of those two with mode 0700, and uses it only
+if it is a directory (not a symbolic link) owned by the user it runs as and writable by no one
+else. (Not `/run/hapolicy/` itself: root's, the daemon's control socket is there.)
 
 The file is HEADER_BYTES of header (magic, layout version, words per slot, number of services,
 a digest of this boot's id, a digest of the service list), then the table. It is used only when
@@ -74,6 +78,7 @@ MODE = 0o600
 LOCK_WAIT = 1.0  # seconds a process waits for another that makes the file
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 MISSING = "missing"
+RUN_DIR = "/run/hapolicy/spawn"  # the default directory, when it is the running user's own
 
 
 class Unusable(Exception):
@@ -115,13 +120,25 @@ def file_bytes(count: int) -> int:
 
 def default_path(services: Sequence[Service], environ: Mapping[str, str] = os.environ,
                  euid: int | None = None) -> str:
-    """Where the file of these services is when --state-file does not say."""
+    """Where the file of these services is when --state-file does not say (for user euid)."""
+    euid = os.geteuid() if euid is None else euid
     runtime = environ.get("XDG_RUNTIME_DIR", "")
-    if runtime.startswith("/"):
+    if private_directory(RUN_DIR, euid):
+        directory = RUN_DIR
+    elif runtime.startswith("/"):
         directory = os.path.join(runtime, "hapolicy")
     else:
-        directory = f"/tmp/hapolicy-{os.geteuid() if euid is None else euid}"
+        directory = f"/tmp/hapolicy-{euid}"
     return os.path.join(directory, "health-" + digest(services).hex())
+
+
+def private_directory(path: str, uid: int) -> bool:
+    """Whether path is a directory, not a symbolic link, of uid that no one else may write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022
 
 
 def open_table(setting: str, services: Sequence[Service]) -> tuple[HealthTable | None, str]:

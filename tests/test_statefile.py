@@ -52,6 +52,54 @@ def test_the_default_place_is_per_user_and_per_service_list():
     assert statefile.default_path(OTHERS, {}, 3) != statefile.default_path(SERVICES, {}, 3)
 
 
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int = 0o755) -> Path:
+    """A stand-in for /run/hapolicy/spawn, this user's, with mode."""
+    directory = tmp_path / "run-hapolicy-spawn"
+    directory.mkdir()
+    directory.chmod(mode)
+    monkeypatch.setattr(statefile, "RUN_DIR", str(directory))
+    return directory
+
+
+def test_the_default_place_is_the_run_directory_when_it_is_the_users_own(tmp_path, monkeypatch):
+    name = "health-" + statefile.digest(SERVICES).hex()
+    directory = run_dir(tmp_path, monkeypatch)
+    me = os.geteuid()
+    assert statefile.default_path(SERVICES, {"XDG_RUNTIME_DIR": "/run/user/7"}, me) == \
+        f"{directory}/{name}"
+    assert statefile.default_path(SERVICES, {}, me) == f"{directory}/{name}"
+    # another user's (the user we would run as is not its owner): the places of before
+    assert statefile.default_path(SERVICES, {}, me + 1) == f"/tmp/hapolicy-{me + 1}/{name}"
+    table, note = statefile.open_table("", SERVICES)
+    assert table is not None and note == ""
+    assert [p.name for p in directory.iterdir()] == [name]
+    assert usable(directory / name)
+    table.close()
+
+
+@pytest.mark.parametrize("spoil", ["group_writable", "world_writable", "symlink", "missing",
+                                   "a_file"])
+def test_a_run_directory_not_safe_is_not_the_default_place(tmp_path, monkeypatch, spoil):
+    name = "health-" + statefile.digest(SERVICES).hex()
+    directory = run_dir(tmp_path, monkeypatch)
+    if spoil == "group_writable":
+        directory.chmod(0o775)
+    elif spoil == "world_writable":
+        directory.chmod(0o1777)
+    else:
+        directory.rmdir()
+        if spoil == "symlink":
+            elsewhere = tmp_path / "elsewhere"
+            elsewhere.mkdir(mode=0o755)
+            directory.symlink_to(elsewhere)
+        elif spoil == "a_file":
+            directory.write_text("")
+    me = os.geteuid()
+    assert statefile.default_path(SERVICES, {}, me) == f"/tmp/hapolicy-{me}/{name}"
+    assert statefile.default_path(SERVICES, {"XDG_RUNTIME_DIR": str(tmp_path)}, me) == \
+        f"{tmp_path}/hapolicy/{name}"
+
+
 def test_a_new_file_is_made_private_and_every_opener_shares_it(tmp_path):
     path = tmp_path / "state"
     first, note = opened(path)
