@@ -11,10 +11,16 @@ file is text, one line per service that is not at its defaults:
 
 ADMIN is enabled, drain or disabled, WEIGHT the operator's weight or `-` for the configured
 one. A line is applied to the service of that pool, name and address; a line for a service the
-configuration no longer has is dropped at the next save. The file is written to a temporary
-name and renamed over PATH, mode 0600. A missing file is an empty state; a bad line, a file too
-large or unreadable gives one warning and is ignored (the daemon starts with the services
-enabled). A save that fails is logged once, and tried again at the next change.
+configuration no longer has is dropped at the next save. The file is written to a fresh
+temporary file and renamed over PATH, mode 0600 (safefile.replace_file: nothing made in advance
+in its directory is followed or reused). A missing file is an empty state. The file is
+trusted only when it is a regular file (not a symbolic link: it is opened without following
+one), owned by root or the user the master runs as, and not writable by group or others
+(safefile.distrust, the rule of spawn mode's file too): another one, say made by another user
+in a shared directory, is not applied. That, a bad line, a file too large
+or unreadable gives one warning and is ignored (the daemon starts with the services enabled);
+a file that gave nothing but warnings is replaced at the first save, within a second of the
+start. A save that fails is logged once, and tried again at the next change.
 
 In spawn mode --state-file names the shared health table instead (statefile.py).
 """
@@ -22,11 +28,11 @@ In spawn mode --state-file names the shared health table instead (statefile.py).
 from __future__ import annotations
 
 import os
-import stat
 
 from .commands import MAX_WEIGHT
 from .config import ConfigError
 from .health import ADMIN_STATES, ENABLED
+from .safefile import distrust, replace_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -87,8 +93,9 @@ def read(path: str) -> tuple[dict[Key, tuple[str, int]], list[str]]:
     except OSError as exc:
         return {}, [f"state file {path}: cannot read: {exc.strerror}: ignored"]
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return {}, [f"state file {path}: not a regular file: ignored"]
+        why = distrust(os.fstat(fd))
+        if why:
+            return {}, [f"state file {path}: {why}: ignored"]
         data = os.read(fd, MAX_BYTES + 1)
     except OSError as exc:
         return {}, [f"state file {path}: cannot read: {exc.strerror}: ignored"]
@@ -137,28 +144,20 @@ class AdminFile:
             table.set_weight(where[1], weight)
             self.log.notice(f"state file: service {key[0]}/{key[1]} {admin}"
                             + (f", weight {weight}" if weight else ""))
-        self.saved = entries
+        # a file that gave nothing but warnings (not trusted, unreadable, only bad lines) is
+        # replaced at the first save, not left for the next start to warn about again
+        self.saved = None if problems and not entries else entries
 
     def save_if_changed(self, config: Config, health: Mapping[str, HealthTable]) -> None:
         """Write the file when the admin state differs from what it holds."""
         state = snapshot(config, health)
         if state == self.saved or state == self.failed:
             return
-        temporary = f"{self.path}.tmp{os.getpid()}"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(format_state(state))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
+            replace_file(self.path, format_state(state).encode(), 0o600)
         except OSError as exc:
             self.log.warning(f"state file {self.path}: cannot save the admin state: "
-                             f"{exc.strerror}")
+                             f"{exc.strerror or exc}")
             self.failed = state
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
             return
         self.saved, self.failed = state, None

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from .config import ConfigError
 from .log import Logger
+from .safefile import replace_file
 
 READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's word
 
@@ -114,11 +115,21 @@ def drop_privileges(user: str, group: str) -> None:
 
 
 def read_pid(path: str) -> int:
+    """The pid in the pidfile at path; 0 when there is none (a symbolic link, a fifo or
+    anything but a regular file is none: its directory may be writable by others)."""
     try:
-        with open(path) as handle:
-            return int(handle.read().strip() or 0)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        return int(os.read(fd, 64).strip() or 0)
     except (OSError, ValueError):
         return 0
+    finally:
+        os.close(fd)
 
 
 def check_pidfile(path: str) -> None:
@@ -142,10 +153,8 @@ def check_pidfile(path: str) -> None:
 
 
 def write_pidfile(path: str) -> None:
-    tmp = f"{path}.{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    """Write our pid at path, mode 0644, through a fresh temporary file (safefile.py)."""
+    replace_file(path, f"{os.getpid()}\n".encode(), 0o644)
 
 
 def daemonize() -> int:

@@ -66,9 +66,11 @@ FILES = (
     ("/run/hapolicy.pid", "the init script's pidfile"),
     ("/run/hapolicy/control", ("the control socket (`control` in the packaged config file), "
      "for hapolicyctl(8)")),
-    ("/tmp/hapolicy-UID/health-DIGEST", ("spawn mode: the state file in which every process "
-     "spawned with one service list shares their health (in `$XDG_RUNTIME_DIR/hapolicy/` "
-     "when that is set); `--state-file`")),
+    ("/run/hapolicy/spawn/health-DIGEST", ("spawn mode: the state file in which every process "
+     "spawned with one service list shares their health; the directory is the user "
+     "hapolicy's (made by the package), used when it is the running user's own and no one "
+     "else may write it, else `$XDG_RUNTIME_DIR/hapolicy/` when that is set, else "
+     "`/tmp/hapolicy-UID/`; `--state-file`")),
     ("/dev/log", "where syslog lines go (`--syslog-socket`)"),
     ("/usr/share/doc/hapolicy/README.md.gz", ("the whole documentation: health, balancing, "
      "logging, scale and limits")),
@@ -122,7 +124,7 @@ smtpd_data_restrictions =
 
 SPAWN_MASTER_CF = (
     "127.0.0.1:10060 inet  n  n  n  -  0  spawn\n"
-    "  user=nobody argv=/usr/sbin/hapolicy -l -s GREY1=10.0.0.1:10023:10 "
+    "  user=hapolicy argv=/usr/sbin/hapolicy -l -s GREY1=10.0.0.1:10023:10 "
     "-s GREY2=10.0.0.2:10023:20 -d { DEFER_IF_PERMIT policy service unavailable }\n")
 
 SPAWN_MAIN_CF = """\
@@ -290,7 +292,9 @@ def hapolicy_8() -> str:
              "a state file (`--state-file`): a dead service costs its timeout once per "
              "cool-down for the whole server, not once per SMTP connection. Spawn mode has "
              "no active checks: after its cool-down one request probes a service that is "
-             "down."),
+             "down. Run it as the user `hapolicy` (`user=hapolicy`), which the package makes "
+             "and no other program runs as: any process of that user can write the state "
+             "file, and so change what every session answers."),
         section("DAEMON"),
         para("Put `listen` and the services in /etc/hapolicy.conf and start it with the "
              "init script or systemd; nothing goes in master.cf. main.cf:"),

@@ -171,8 +171,8 @@ OPTIONS: tuple[Option, ...] = (
            "robin); `none`: each process keeps its own. Daemon: the file in which the master "
            "keeps the operator's disable, drain and weight across a restart (default: none)",
            parse_state_file, "PATH", DAEMON,
-           default_text="spawn mode: `$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a "
-           "file per service list"),
+           default_text="spawn mode: `/run/hapolicy/spawn/` when it is the user's own, else "
+           "`$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a file per service list"),
     Option("check_interval", ("--check-interval",), "the daemon checks every service every S "
            "seconds (0: off, requests probe instead)",
            _interval("check interval", allow_zero=True), "S"),

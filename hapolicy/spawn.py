@@ -5,7 +5,9 @@ reach fds 1 and 2: stderr is pointed at /dev/null before anything can write to i
 for log lines on stderr, for debugging at a terminal). The request path is the workers' own:
 the same event loop, client connection and dispatcher. The health table is the state file that
 every process spawned with the same services maps (statefile.py), or, with `--state-file none`
-or when that file cannot be used (logged once), one of this process's own.
+or when that file cannot be used (logged once), one of this process's own. A mapped file is
+looked at before each read of a request (statefile.Watch: one fstat); one that was truncated
+or spoilt under the process is left for memory of its own, and the request still answered.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .dispatch import Dispatcher
 from .eventloop import EventLoop
 from .health import HealthTable
 from .log import Logger
-from .statefile import open_table
+from .statefile import Watch, default_path, open_table
 
 
 def silence_stderr() -> None:
@@ -44,9 +46,13 @@ def run_spawn(config: Config, log: Logger) -> int:
     # poll, unlike epoll, accepts regular files and /dev/null on stdin (tests, debugging)
     loop = EventLoop(use_poll=True)
     pool = config.pools[0]  # the command line's, or a file's one pool
-    health = health_table(pool, log)
+    health, watch = health_table(pool, log)
     dispatcher = Dispatcher(loop, pool, health, log)
-    client = ClientConnection(loop, dispatcher, 0, 1, lambda _client: None)
+    if watch is None:
+        client = ClientConnection(loop, dispatcher, 0, 1, lambda _client: None)
+    else:
+        client = WatchedClient(loop, dispatcher, 0, 1, lambda _client: None)
+        client.watch, client.log = watch, log
     client.start()
     while not client.closed:
         loop.run_once()
@@ -54,8 +60,9 @@ def run_spawn(config: Config, log: Logger) -> int:
     return 0
 
 
-def health_table(config: Config, log: Logger) -> HealthTable:
-    """The table shared through the state file, else a private one (and the reason logged)."""
+def health_table(config: Config, log: Logger) -> tuple[HealthTable, Watch | None]:
+    """The table shared through the state file and its watch, else a private one and None
+    (and the reason logged)."""
     if config.state_file != "none":
         try:
             table, note = open_table(config.state_file, config.services)
@@ -64,8 +71,26 @@ def health_table(config: Config, log: Logger) -> HealthTable:
         if table is not None:
             if note:
                 log.notice(note)
-            return table
+            path = config.state_file or default_path(config.services)
+            return table, Watch(table, path, config.services)
         log.warning(note)
     table = HealthTable(len(config.services), shared=False)
     table.randomize_phase([s.weight for s in config.services])
-    return table
+    return table, None
+
+
+class WatchedClient(ClientConnection):
+    """The client of a process whose table is mapped from the state file: the file is looked
+    at before each read of a request (statefile.Watch), so that a file truncated under the
+    process costs it its sharing, not its life."""
+
+    __slots__ = ("log", "watch")
+
+    def _on_readable(self, mask: int) -> None:
+        try:
+            note = self.watch.check()
+        except Exception as exc:  # noqa: BLE001 - a bug there must not cost the answers
+            note = f"state file: internal error: {type(exc).__name__}: {exc}"
+        if note:
+            self.log.warning(note)
+        super()._on_readable(mask)

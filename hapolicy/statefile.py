@@ -7,15 +7,19 @@ table is health.py's, whole 8-byte words written without locks: nothing here is 
 a request.
 
 Where (`--state-file`): the PATH given, or by default `health-DIGEST` (a digest of the service
-list, so that two spawn entries with other services have their own files) in
-`$XDG_RUNTIME_DIR/hapolicy/` when XDG_RUNTIME_DIR is set, else in `/tmp/hapolicy-EUID/`.
-hapolicy makes that directory with mode 0700, and uses it only if it is a directory (not a
-symbolic link) owned by the user it runs as and writable by no one else.
+list, so that two spawn entries with other services have their own files) in RUN_DIR,
+`/run/hapolicy/spawn/`, when that is a directory (not a symbolic link) of the user hapolicy runs
+as that no one else may write (the Debian package makes it for its user `hapolicy`, which
+master.cf's `user=` should name: a user no other program runs as, since any process of that
+user can write the file); else in `$XDG_RUNTIME_DIR/hapolicy/` when XDG_RUNTIME_DIR is set, else
+in `/tmp/hapolicy-EUID/`. hapolicy makes either of those two with mode 0700, and uses it only
+if it is a directory (not a symbolic link) owned by the user it runs as and writable by no one
+else. (Not `/run/hapolicy/` itself: root's, the daemon's control socket is there.)
 
 The file is HEADER_BYTES of header (magic, layout version, words per slot, number of services,
 a digest of this boot's id, a digest of the service list), then the table. It is used only when
-opened without following a symbolic link, a regular file owned by the running user and not
-writable by group or others, with exactly the header expected and the size that follows from
+opened without following a symbolic link, a regular file owned by the running user (or root)
+and not writable by group or others (safefile.distrust, the daemon's rule too), with exactly the header expected and the size that follows from
 it. So a file of another service list, another layout or an earlier boot (whose monotonic
 times mean nothing now), or a truncated, empty, garbage or foreign one is never read as a
 table: it is replaced (what is not a regular file or a symbolic link, such as a device or a
@@ -30,6 +34,16 @@ that maps it would die of SIGBUS).
 
 `open_table` never raises: it gives the table, or None and one line saying why; spawn mode then
 keeps a private table, as it did before this file existed, and logs that line once.
+
+In use (`Watch`): any process of the same user can write the file, and one that truncates it
+kills every process that maps it at its next access to a page past the new end (SIGBUS, which
+Python cannot catch: the request in progress unanswered). So before each request spawn mode
+fstats the file (one system call: a spawned process serves one connection, and a request
+costs far more) and, when its size is not the table's or it is no longer to be trusted, puts
+private zeroed memory in place of the file's pages, at the same address: every view of the
+table goes on there, the request is answered, and the process works from then on as with a
+table of its own; one line says so. A truncation while a request is in flight (the time of
+its exchange with a service) is not seen before that request's end.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ import stat
 import time
 
 from .health import SLOT, HealthTable, table_bytes
+from .safefile import distrust
 
 try:  # hashlib's own blake2b; importing hashlib loads OpenSSL: 2 ms of each spawned start
     from _blake2 import blake2b
@@ -63,6 +78,7 @@ MODE = 0o600
 LOCK_WAIT = 1.0  # seconds a process waits for another that makes the file
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 MISSING = "missing"
+RUN_DIR = "/run/hapolicy/spawn"  # the default directory, when it is the running user's own
 
 
 class Unusable(Exception):
@@ -104,13 +120,25 @@ def file_bytes(count: int) -> int:
 
 def default_path(services: Sequence[Service], environ: Mapping[str, str] = os.environ,
                  euid: int | None = None) -> str:
-    """Where the file of these services is when --state-file does not say."""
+    """Where the file of these services is when --state-file does not say (for user euid)."""
+    euid = os.geteuid() if euid is None else euid
     runtime = environ.get("XDG_RUNTIME_DIR", "")
-    if runtime.startswith("/"):
+    if private_directory(RUN_DIR, euid):
+        directory = RUN_DIR
+    elif runtime.startswith("/"):
         directory = os.path.join(runtime, "hapolicy")
     else:
-        directory = f"/tmp/hapolicy-{os.geteuid() if euid is None else euid}"
+        directory = f"/tmp/hapolicy-{euid}"
     return os.path.join(directory, "health-" + digest(services).hex())
+
+
+def private_directory(path: str, uid: int) -> bool:
+    """Whether path is a directory, not a symbolic link, of uid that no one else may write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022
 
 
 def open_table(setting: str, services: Sequence[Service]) -> tuple[HealthTable | None, str]:
@@ -208,12 +236,9 @@ def replaceable(dfd: int, name: str) -> bool:
 def check(fd: int, expected: bytes, count: int) -> str:
     """'' when the open file is one to use, else why not."""
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_uid != os.geteuid():
-        return f"owned by uid {st.st_uid}"
-    if st.st_mode & 0o022:
-        return f"writable by others (mode {st.st_mode & 0o7777:04o})"
+    why = distrust(st)
+    if why:
+        return why
     if st.st_size == 0:
         return "empty"
     data = os.pread(fd, HEADER_BYTES, 0)
@@ -292,6 +317,74 @@ def make(dfd: int, name: str, expected: bytes, count: int) -> HealthTable:
         return mapped(fd, count)
     finally:
         os.close(fd)
+
+
+class Watch:
+    """The look at a mapped file before each request (see the module doc)."""
+
+    def __init__(self, table: HealthTable, path: str, services: Sequence[Service]) -> None:
+        self.table = table
+        self.path = path
+        self.size = file_bytes(len(services))
+        self.weights = [s.weight for s in services]
+        self.fd = table.probe_lock  # a descriptor of the mapped file (mapped() made it)
+        self.told = False  # that the memory could not be made private
+
+    def check(self) -> str:
+        """'' while the file may be used (or is no longer used); else, once, the line to log
+        (the table is then private memory)."""
+        if self.fd < 0:
+            return ""
+        try:
+            st = os.fstat(self.fd)
+            why = distrust(st) or (f"its size changed to {st.st_size} bytes"
+                                   if st.st_size != self.size else "")
+        except OSError as exc:
+            why = _why(exc)
+        if not why:
+            return ""
+        table = self.table
+        try:
+            private_memory(table._map)  # the mapping mapped() gave it
+        except Exception as exc:  # noqa: BLE001 - no ctypes: make the map safe another way
+            try:  # no page of the map past the end of the file; go on with it, and watch it
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass
+            if self.told:
+                return ""
+            self.told = True
+            return (f"state file {self.path}: {why}, and its memory could not be made private "
+                    f"({exc}): its size restored")
+        self.fd = -1
+        os.close(table.probe_lock)
+        table.probe_lock = -1  # no other process shares this memory: no lock to claim a probe
+        table.randomize_phase(self.weights)
+        return (f"state file {self.path}: {why}; this process keeps a health table of its own "
+                "from now on")
+
+
+MAP_FIXED = 0x10  # Linux's on the architectures Debian releases for; Python's mmap lacks it
+
+
+def private_memory(memory: mmap.mmap) -> None:
+    """Put private zeroed pages in place of what memory maps, at the same address: every view
+    into it (a memoryview, a cast of one) reads and writes them from then on."""
+    import ctypes  # here: only a process whose file was spoilt under it needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    remap = libc.mmap
+    remap.restype = ctypes.c_void_p
+    remap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long)
+    anchor = ctypes.c_char.from_buffer(memory)  # its first byte: the map's address
+    address = ctypes.addressof(anchor)
+    del anchor  # holds an export of the map, which would keep it from being closed
+    got = remap(address, len(memory), mmap.PROT_READ | mmap.PROT_WRITE,
+                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+    if got != address:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _why(exc: OSError) -> str:

@@ -15,9 +15,10 @@ last test checks it. scripts/run-tests runs this module (marker debian_package) 
 others, only so that its build, lintian and apt take no CPU from the tests that time things.
 
 In the copy: policy-rc.d is removed (as on a real server, the postinst runs the init script,
-which must not fail while /etc/hapolicy.conf has no service), /usr/sbin/hapolicy is ours and
-answers a spawn-mode request as master.cf's `user=nobody`, `man -l` renders every page
-without a groff warning, the init script does nothing until configured, then starts the
+which must not fail while /etc/hapolicy.conf has no service), /run/hapolicy/spawn is the user
+hapolicy's, /usr/sbin/hapolicy is ours and answers a spawn-mode request as master.cf's
+`user=hapolicy` (its state file in /run/hapolicy/spawn) and as the original's `user=nobody`,
+`man -l` renders every page without a groff warning, the init script does nothing until configured, then starts the
 daemon with its workers as user hapolicy (seen in /proc) and stops it, hapolicyctl finds the
 control socket of the packaged config, and `dpkg --purge` removes the files, the config files,
 the user and its group.
@@ -65,7 +66,7 @@ COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info
 DEBIAN_SOURCES = {f"debian/{name}" for name in (
     "adapt", "changelog", "clean", "control", "copyright", "hapolicy.default", "hapolicy.docs",
     "hapolicy.examples", "hapolicy.install", "hapolicy.manpages", "hapolicy.postinst",
-    "hapolicy.postrm", "rules", "sbin", "source")}
+    "hapolicy.postrm", "hapolicy.tmpfiles", "rules", "sbin", "source")}
 PAGES = {"hapolicy.8": "man8", "hapolicyctl.8": "man8", "hapolicy.conf.5": "man5"}
 SERVICE_LINE = re.compile(r"^\s*service\s*=", re.M)
 
@@ -169,6 +170,7 @@ def test_the_package_holds_the_programs_units_config_and_generated_pages(package
                  "/usr/lib/python3/dist-packages/hapolicy/cli.py",
                  "/usr/share/doc/hapolicy/copyright",
                  "/usr/share/doc/hapolicy/examples/hapolicy.conf.example",
+                 "/usr/lib/tmpfiles.d/hapolicy.conf",
                  *(f"/usr/share/man/{d}/{p}.gz" for p, d in PAGES.items())):
         assert path in paths, path
     assert not any(p.startswith(("/usr/bin/", "/usr/local/")) for p in paths), sorted(paths)
@@ -306,14 +308,23 @@ def test_installed_over_the_original_it_serves_spawn_and_the_init_script_then_pu
                     "/lib/systemd/system/hapolicy.service"], timeout=60)
         assert done.returncode == 0 and done.stderr == "", done
 
+        # spawn mode's state directory: the user's own, in root's /run/hapolicy
+        spawn_dir = overlay.file("/run/hapolicy/spawn")
+        st = spawn_dir.lstat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, 0o755), st
+        assert overlay.file("/run/hapolicy").stat().st_uid == 0
+
         with FakeBackend(action="FROM-A") as backend:
-            # spawn(8) mode through /usr/sbin/hapolicy, as a master.cf entry of the original
-            # runs it (user=nobody), its health shared in /tmp/hapolicy-65534/
-            answer, status = ask_spawned(overlay, [
-                "runuser", "-u", "nobody", "--", "/usr/sbin/hapolicy", "-l",
-                "-s", f"A={HOST}:{backend.port}:10", "-d", "DEFER_IF_PERMIT unavailable"])
-            assert (answer, status) == ("action=FROM-A\n\n", 0)
-            assert list(overlay.file("/tmp/hapolicy-65534").glob("health-*"))
+            # spawn(8) mode through /usr/sbin/hapolicy, as the README's master.cf entry runs
+            # it (user=hapolicy), its health shared in /run/hapolicy/spawn/; and as an entry
+            # of the original runs it (user=nobody), its health in /tmp/hapolicy-65534/
+            for user, where in (("hapolicy", spawn_dir),
+                                ("nobody", overlay.file("/tmp/hapolicy-65534"))):
+                answer, status = ask_spawned(overlay, [
+                    "runuser", "-u", user, "--", "/usr/sbin/hapolicy", "-l",
+                    "-s", f"A={HOST}:{backend.port}:10", "-d", "DEFER_IF_PERMIT unavailable"])
+                assert (answer, status) == ("action=FROM-A\n\n", 0), user
+                assert list(where.glob("health-*")), user
 
             # every page renders, without a warning, and holds what it must
             for page, directory in PAGES.items():

@@ -137,6 +137,20 @@ def test_the_readme_shows_the_pages_examples_and_signals():
     assert rows[1:] == list(manpage.SIGNALS) and rows[0] == ("signal", "effect")
 
 
+def test_every_master_cf_example_runs_spawn_mode_as_the_user_hapolicy():
+    """Not as nobody, whom other services share: any process of that user can write the state
+    file every spawned session maps (statefile.py)."""
+    assert "\n  user=hapolicy argv=" in manpage.SPAWN_MASTER_CF
+    sources = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "etc").iterdir(),
+               *(p for p in (REPO / "debian").iterdir() if p.is_file())]
+    texts = {str(p): p.read_text() for p in sources}
+    texts.update({name: make() for name, make in manpage.PAGES.items()})
+    for name, text in texts.items():
+        entries = re.findall(r"^\s+user=(\S+) argv=", text, re.M)
+        assert set(entries) <= {"hapolicy"}, name
+    assert re.findall(r"^\s+user=(\S+) argv=", README, re.M) == ["hapolicy"]
+
+
 def test_the_example_with_pools_is_a_valid_configuration(tmp_path):
     path = tmp_path / "pools.conf"
     path.write_text(manpage.EXAMPLE_POOLS)

@@ -8,6 +8,8 @@ so that comparing the stream with the answers proves nothing else was written.
 * Twenty processes at once split 2:1 weights 2:1 over all of them, every pick counted in one
   file. They run at nice 19: their start is a burst of CPU that would otherwise delay the
   timing-sensitive tests that pytest-xdist runs beside this one.
+* A state file truncated under a live session (a process of the same user can) costs that
+  session its sharing, not its next answer (SIGBUS).
 * A spoilt state file (a symbolic link, another user's, world-writable, garbage, truncated, of
   another service list) is replaced; one in a directory that cannot be written is not used,
   and the process keeps its own table. Answers stay the same and nothing else reaches the
@@ -143,6 +145,34 @@ def test_twenty_processes_at_once_split_two_to_one_over_all_of_them(tmp_path, sy
     assert table is not None
     assert 60 <= table.served(0) * 2 + table.served(1) <= 82.5
     assert not any("health table of its own" in line for line in syslog.lines)
+
+
+def test_a_state_file_truncated_under_a_live_session_costs_it_no_answer(tmp_path, syslog) -> None:
+    """Any process of the same user can truncate the file that the sessions map; the next
+    access of a session to its table would be past the end of the file (SIGBUS, the request
+    unanswered). The session sees it before its next request and goes on with memory of its
+    own; a process started after makes a new file."""
+    path = tmp_path / "state"
+    with FakeBackend(action="OK", name="good") as good:
+        args = ["--state-file", str(path), "-s", good.spec()]
+        with started(args, syslog) as proc:
+            assert proc.ask(request(instance="t0"), 20) == OK
+            os.truncate(path, 0)
+            assert proc.ask(request(instance="t1"), 20) == OK
+            os.truncate(path, 10)  # no longer its memory: nothing to see
+            assert proc.ask(request(instance="t2"), 20) == OK
+            code, rest = proc.finish(20)
+            assert (code, rest) == (0, b"")
+        with started(args, syslog) as later:
+            assert later.ask(request(instance="t3"), 20) == OK
+            assert later.finish(20) == (0, b"")
+    lines = syslog.wait_for(lambda ls: any("replaced" in line for line in ls))
+    told = [line for line in lines if "state file" in line]
+    assert len(told) == 2, told
+    assert told[0].endswith(f"state file {path}: its size changed to 0 bytes; this process "
+                            "keeps a health table of its own from now on"), told
+    assert told[1].endswith(f"state file {path}: truncated (10 bytes): replaced"), told
+    assert len(good.requests) == 4
 
 
 # -- a spoilt state file, as nobody --------------------------------------------------------

@@ -12,6 +12,7 @@ import fcntl
 import os
 import pwd
 import stat
+import struct
 import time
 from pathlib import Path
 
@@ -49,6 +50,54 @@ def test_the_default_place_is_per_user_and_per_service_list():
     assert statefile.default_path(SERVICES, {"XDG_RUNTIME_DIR": "relative"}, 3) == \
         f"/tmp/hapolicy-3/{name}"
     assert statefile.default_path(OTHERS, {}, 3) != statefile.default_path(SERVICES, {}, 3)
+
+
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int = 0o755) -> Path:
+    """A stand-in for /run/hapolicy/spawn, this user's, with mode."""
+    directory = tmp_path / "run-hapolicy-spawn"
+    directory.mkdir()
+    directory.chmod(mode)
+    monkeypatch.setattr(statefile, "RUN_DIR", str(directory))
+    return directory
+
+
+def test_the_default_place_is_the_run_directory_when_it_is_the_users_own(tmp_path, monkeypatch):
+    name = "health-" + statefile.digest(SERVICES).hex()
+    directory = run_dir(tmp_path, monkeypatch)
+    me = os.geteuid()
+    assert statefile.default_path(SERVICES, {"XDG_RUNTIME_DIR": "/run/user/7"}, me) == \
+        f"{directory}/{name}"
+    assert statefile.default_path(SERVICES, {}, me) == f"{directory}/{name}"
+    # another user's (the user we would run as is not its owner): the places of before
+    assert statefile.default_path(SERVICES, {}, me + 1) == f"/tmp/hapolicy-{me + 1}/{name}"
+    table, note = statefile.open_table("", SERVICES)
+    assert table is not None and note == ""
+    assert [p.name for p in directory.iterdir()] == [name]
+    assert usable(directory / name)
+    table.close()
+
+
+@pytest.mark.parametrize("spoil", ["group_writable", "world_writable", "symlink", "missing",
+                                   "a_file"])
+def test_a_run_directory_not_safe_is_not_the_default_place(tmp_path, monkeypatch, spoil):
+    name = "health-" + statefile.digest(SERVICES).hex()
+    directory = run_dir(tmp_path, monkeypatch)
+    if spoil == "group_writable":
+        directory.chmod(0o775)
+    elif spoil == "world_writable":
+        directory.chmod(0o1777)
+    else:
+        directory.rmdir()
+        if spoil == "symlink":
+            elsewhere = tmp_path / "elsewhere"
+            elsewhere.mkdir(mode=0o755)
+            directory.symlink_to(elsewhere)
+        elif spoil == "a_file":
+            directory.write_text("")
+    me = os.geteuid()
+    assert statefile.default_path(SERVICES, {}, me) == f"/tmp/hapolicy-{me}/{name}"
+    assert statefile.default_path(SERVICES, {"XDG_RUNTIME_DIR": str(tmp_path)}, me) == \
+        f"{tmp_path}/hapolicy/{name}"
 
 
 def test_a_new_file_is_made_private_and_every_opener_shares_it(tmp_path):
@@ -267,4 +316,77 @@ def test_a_probe_claimed_while_another_process_probed_and_failed_is_refused(tmp_
     assert table.claim_probe(0, time.monotonic(), 10.0) is False  # waited, then saw it
     os.waitpid(pid, 0)
     assert table.state(0, time.monotonic()) == DOWN
+    table.close()
+
+
+# -- Watch: the file looked at before each request --------------------------------------------
+
+def watched(tmp_path: Path) -> tuple[HealthTable, statefile.Watch, HealthTable, Path]:
+    """A table and its watch, and another process's table of the same file."""
+    path = tmp_path / "state"
+    table, _ = opened(path)
+    other, _ = opened(path)
+    assert table is not None and other is not None
+    return table, statefile.Watch(table, str(path), SERVICES), other, path
+
+
+def test_a_watched_file_as_it_was_made_is_shared_still(tmp_path):
+    table, watch, other, _ = watched(tmp_path)
+    assert watch.check() == ""
+    table.set_served(1, 42.0)
+    assert other.served(1) == 42.0
+    assert watch.check() == "" and table.probe_lock >= 0
+    table.close()
+    other.close()
+
+
+@pytest.mark.parametrize("spoil", ["truncate", "extend", "chmod"])
+def test_a_watched_file_spoilt_leaves_the_process_memory_of_its_own(tmp_path, spoil):
+    """Truncated (an access past its end would be SIGBUS), grown, or made writable by others:
+    the table goes on in private memory at the same address (the views taken of it before,
+    as the dispatcher's, see it), which the file no longer sees."""
+    table, watch, other, path = watched(tmp_path)
+    table.set_served(1, 42.0)
+    view = table.f  # a view taken before, as Dispatcher.counts
+    if spoil == "truncate":
+        os.truncate(path, 100)
+        why = "its size changed to 100 bytes"
+    elif spoil == "extend":
+        os.truncate(path, SIZE + 1)
+        why = f"its size changed to {SIZE + 1} bytes"
+    else:
+        path.chmod(0o666)
+        why = "writable by others (mode 0666)"
+    other.close()  # it maps the file too: no access of it past the end
+    assert watch.check() == (f"state file {path}: {why}; this process keeps a health table "
+                             "of its own from now on")
+    assert table.probe_lock == -1
+    assert table.state(0, time.monotonic()) == UP and -1.0 <= table.served(1) <= 0.0
+    view[SLOT + F.SERVED] = 7.0
+    assert table.served(1) == 7.0
+    assert watch.check() == ""  # said once
+    table.close()
+    os.truncate(path, SIZE)
+    word = statefile.HEADER_BYTES + (SLOT + F.SERVED) * 8  # service 1's clock in the file
+    in_file = struct.unpack("d", path.read_bytes()[word:word + 8])[0]
+    assert in_file == (0.0 if spoil == "truncate" else 42.0)  # never the private 7.0
+
+
+def test_memory_that_cannot_be_made_private_gets_the_files_size_back(tmp_path, monkeypatch):
+    """Without ctypes the map is made safe by giving the file its size back (said once)."""
+    table, watch, other, path = watched(tmp_path)
+    other.close()
+
+    def no_ctypes(memory):
+        raise ImportError("no module named '_ctypes'")
+
+    monkeypatch.setattr(statefile, "private_memory", no_ctypes)
+    os.truncate(path, 0)
+    note = watch.check()
+    assert note == (f"state file {path}: its size changed to 0 bytes, and its memory could not "
+                    "be made private (no module named '_ctypes'): its size restored")
+    assert path.stat().st_size == SIZE
+    table.set_served(0, 3.0)  # no SIGBUS: the file has its pages again
+    os.truncate(path, 0)
+    assert watch.check() == "" and path.stat().st_size == SIZE
     table.close()
