@@ -27,6 +27,7 @@ import pytest
 
 from hapolicy.config import Config, ConfigError
 from hapolicy.control import bind_control
+from hapolicy.daemon import remove_stale_socket
 from hapolicy.listener import Listener
 from hapolicy.log import Logger
 
@@ -186,3 +187,17 @@ def test_a_reload_changes_the_mode_of_its_socket_only(where, victim):
         listener.cleanup_quietly()
     assert_untouched(victim)
 
+
+def test_a_symlink_at_the_path_is_refused_and_never_connected_to(where):
+    live = where / "live"
+    with socket.socket(socket.AF_UNIX) as target:
+        target.bind(str(live))
+        target.listen(1)
+        target.setblocking(False)
+        path = where / "policy"
+        os.symlink(live, path)
+        with pytest.raises(ConfigError, match="exists and is not a socket"):
+            remove_stale_socket(str(path))
+        with pytest.raises(BlockingIOError):
+            target.accept()  # nobody connected to it
+        assert path.is_symlink()
