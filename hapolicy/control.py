@@ -6,9 +6,11 @@ unixsocket.py: no chmod or chown through a path another user could replace); it 
 through reloads and removes the file at exit while it is still ours (`ControlSocket`). The
 monitor (monitor.py), which runs as --user, serves it (`ControlServer`) in its event loop,
 never blocking it: a connection sends one line (at most MAX_LINE bytes), gets the answer of
-that command (commands.py) and is closed. A longer line, or a client that has not sent its line within IDLE_SECONDS, gets a
-one-line `error: ...` and is closed; beyond MAX_CONNECTIONS at once, a new connection is closed
-at once (the connection handling is oneshot.py's, shared with /metrics). While no monitor runs (a reload replaces it), connections wait in the backlog.
+that command (commands.py) and is closed. A longer line, or a client that has not sent its
+line within HEAD_SECONDS, gets a one-line `error: ...` and is closed; at most MAX_CONNECTIONS
+at once, a new one taking the place of the oldest without a whole line (the connection
+handling is oneshot.py's, shared with /metrics). While no monitor runs (a reload replaces
+it), connections wait in the backlog.
 
 The peer is checked with SO_PEERCRED (the uid and gid of the process that connected): root,
 the socket's owner (the master's user, not the monitor's) and members of --control-group are
@@ -26,7 +28,7 @@ import struct
 
 from .config import ConfigError
 from .daemon import remove_stale_socket, unlink
-from .oneshot import IDLE_SECONDS, MAX_CONNECTIONS, OneShotServer
+from .oneshot import HEAD_SECONDS, MAX_CONNECTIONS, OneShotServer
 from .unixsocket import Identity, bind_unix, is_ours
 
 TYPE_CHECKING = False
@@ -149,4 +151,4 @@ class ControlServer(OneShotServer):
         return f"error: line longer than {MAX_LINE} bytes\n".encode()
 
     def too_slow(self) -> bytes:
-        return f"error: no command line within {IDLE_SECONDS:g}s\n".encode()
+        return f"error: no command line within {HEAD_SECONDS:g}s\n".encode()
