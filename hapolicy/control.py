@@ -1,13 +1,16 @@
 """The control socket (--control PATH): one command line in, one answer out, closed.
 
 The master binds a unix stream socket at PATH (`bind_control`), mode 0600 and owned by its own
-user (root when it starts as root), or mode 0660 and group --control-group; it keeps it open
-through reloads and removes the file at exit (`ControlSocket`). The monitor (monitor.py), which
-runs as --user, serves it (`ControlServer`) in its event loop, never blocking it: a connection
-sends one line (at most MAX_LINE bytes), gets the answer of that command (commands.py) and is
-closed. A longer line, or a client that has not sent its line within IDLE_SECONDS, gets a
-one-line `error: ...` and is closed; beyond MAX_CONNECTIONS at once, a new connection is closed
-at once (the connection handling is oneshot.py's, shared with /metrics). While no monitor runs (a reload replaces it), connections wait in the backlog.
+user (root when it starts as root), or mode 0660 and group --control-group (made by
+unixsocket.py: no chmod or chown through a path another user could replace); it keeps it open
+through reloads and removes the file at exit while it is still ours (`ControlSocket`). The
+monitor (monitor.py), which runs as --user, serves it (`ControlServer`) in its event loop,
+never blocking it: a connection sends one line (at most MAX_LINE bytes), gets the answer of
+that command (commands.py) and is closed. A longer line, or a client that has not sent its
+line within HEAD_SECONDS, gets a one-line `error: ...` and is closed; at most MAX_CONNECTIONS
+at once, a new one taking the place of the oldest without a whole line (the connection
+handling is oneshot.py's, shared with /metrics). While no monitor runs (a reload replaces
+it), connections wait in the backlog.
 
 The peer is checked with SO_PEERCRED (the uid and gid of the process that connected): root,
 the socket's owner (the master's user, not the monitor's) and members of --control-group are
@@ -25,7 +28,8 @@ import struct
 
 from .config import ConfigError
 from .daemon import remove_stale_socket, unlink
-from .oneshot import IDLE_SECONDS, MAX_CONNECTIONS, OneShotServer
+from .oneshot import HEAD_SECONDS, MAX_CONNECTIONS, OneShotServer
+from .unixsocket import Identity, bind_unix, is_ours
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,39 +55,27 @@ def group_id(group: str) -> int:
 class ControlSocket:
     """The master's listening socket at `path`, its owner and group: what the monitor serves."""
 
-    def __init__(self, sock: socket.socket, path: str, owner: int, gid: int) -> None:
+    def __init__(self, sock: socket.socket, path: str, owner: int, gid: int,
+                 identity: Identity | None = None) -> None:
         self.sock = sock
         self.path = path
         self.owner = owner  # the uid let in besides root: the master's, who owns the file
         self.gid = gid
+        self.identity = identity  # of its file (unixsocket.py)
 
     def close(self, log: Logger | None = None, remove: bool = True) -> None:
-        """Close it; in the master, also remove its file."""
+        """Close it; in the master, also remove its file while it is still ours."""
         if self.sock.fileno() >= 0:
             self.sock.close()
-            if remove:
+            if remove and is_ours(self.path, self.identity):
                 unlink(self.path, log)
 
 
-def _bind(path: str, gid: int) -> socket.socket:
+def _bind(path: str, gid: int) -> tuple[socket.socket, Identity]:
     remove_stale_socket(path, f"control socket {path}")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177 if gid < 0 else 0o117)  # no moment with a wider mode
-    try:
-        sock.bind(path)
-        if gid >= 0:
-            os.chown(path, -1, gid)
-            os.chmod(path, 0o660)
-        else:
-            os.chmod(path, 0o600)
-        sock.listen(MAX_CONNECTIONS)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.umask(old)
+    sock, identity = bind_unix(path, 0o600 if gid < 0 else 0o660, gid, MAX_CONNECTIONS)
     sock.setblocking(False)
-    return sock
+    return sock, identity
 
 
 def bind_control(config: Config) -> ControlSocket:
@@ -97,10 +89,10 @@ def bind_control(config: Config) -> ControlSocket:
     if not os.path.isdir(directory):
         raise ConfigError(f"control socket {config.control}: no directory {directory}")
     try:
-        sock = _bind(config.control, gid)
+        sock, identity = _bind(config.control, gid)
     except OSError as exc:
-        raise ConfigError(f"control socket {config.control}: {exc.strerror}") from None
-    return ControlSocket(sock, config.control, os.geteuid(), gid)
+        raise ConfigError(f"control socket {config.control}: {exc.strerror or exc}") from None
+    return ControlSocket(sock, config.control, os.geteuid(), gid, identity)
 
 
 class ControlServer(OneShotServer):
@@ -159,4 +151,4 @@ class ControlServer(OneShotServer):
         return f"error: line longer than {MAX_LINE} bytes\n".encode()
 
     def too_slow(self) -> bytes:
-        return f"error: no command line within {IDLE_SECONDS:g}s\n".encode()
+        return f"error: no command line within {HEAD_SECONDS:g}s\n".encode()

@@ -48,21 +48,25 @@ def unlink(path: str, log: Logger | None = None) -> None:
 
 
 def remove_stale_socket(path: str, what: str = "") -> None:
-    """Remove a socket file left by a dead daemon; refuse if a live one still answers there.
-    what names the socket in the error (default: the listen address)."""
+    """Remove a socket file left by a dead daemon; refuse if a live one still answers there,
+    or if anything but a socket is there (a symlink too: it is never followed). what names
+    the socket in the error (default: the listen address)."""
     what = what or f"listen address unix:{path}"
     try:
-        mode = os.stat(path).st_mode
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)  # a symlink as itself
     except FileNotFoundError:
         return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"{what}: exists and is not a socket")
+    except OSError as exc:
+        raise ConfigError(f"{what}: {exc.strerror}") from None
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)
     try:
-        probe.connect(path)
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what}: exists and is not a socket")
+        probe.connect(f"/proc/self/fd/{fd}")  # the file checked, whatever is at path now
     except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: left by a daemon that was killed
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # nobody listens: left by a daemon that was killed
         return
     except FileNotFoundError:
         return
@@ -72,6 +76,7 @@ def remove_stale_socket(path: str, what: str = "") -> None:
         raise ConfigError(f"{what}: {exc.strerror}") from None
     finally:
         probe.close()
+        os.close(fd)
     raise ConfigError(f"{what}: another process is listening there")
 
 

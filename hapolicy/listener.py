@@ -8,6 +8,10 @@ close their own copies at once, so the address is closed when the last of them d
 unix socket is removed only while it is still ours: a successor that already bound the same
 path keeps its own.
 
+A unix socket's directory may be another user's (Postfix's): its file is made, given its mode,
+changed by a reload and checked before removal by unixsocket.py, never through a path that
+user could have replaced with a symlink.
+
 Sockets passed by systemd (socket activation, activation.py) are adopted instead of bound:
 the master keeps them all its life (a reload that drops an address and a later one that takes
 it again use the same socket), and never removes a passed unix socket; a passed socket that
@@ -24,6 +28,7 @@ from .activation import ActivationError, describe, find_passed, passed_sockets
 from .config import Config, split_listen
 from .daemon import remove_stale_socket, unlink
 from .log import Logger
+from .unixsocket import Identity, bind_unix, chmod_if_ours, is_ours
 
 
 class Listener:
@@ -33,7 +38,7 @@ class Listener:
         self.address = address
         self.path = split_listen(address)[2]
         self.sock: socket.socket | None = None
-        self.inode = 0  # of a unix socket we made
+        self.identity: Identity | None = None  # of a unix socket's file we made
         self.passed = False  # systemd's socket: Listeners keeps it open, never removes it
 
     def adopt(self, sock: socket.socket, config: Config) -> None:
@@ -47,14 +52,7 @@ class Listener:
         host, port, path = split_listen(self.address)
         if path:
             remove_stale_socket(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(path)
-                os.chmod(path, config.socket_mode)
-                self.inode = os.stat(path).st_ino
-            except BaseException:
-                sock.close()
-                raise
+            sock, self.identity = bind_unix(path, config.socket_mode, backlog=config.backlog)
         else:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -74,7 +72,9 @@ class Listener:
             return
         try:
             if self.path and not self.passed and new.socket_mode != old.socket_mode:
-                os.chmod(self.path, new.socket_mode)
+                if not chmod_if_ours(self.path, new.socket_mode, self.identity):
+                    log.warning(f"reload: {self.address} is no longer our socket: "
+                                "its mode is left as it is")
             if new.backlog != old.backlog:
                 self.sock.listen(new.backlog)
         except OSError as exc:
@@ -88,18 +88,15 @@ class Listener:
     def cleanup_quietly(self) -> None:
         """Close, and remove a unix socket that is still ours, without logging."""
         self.close()
-        if self.path and self.inode:
+        if self.path and is_ours(self.path, self.identity):
             with contextlib.suppress(OSError):
-                if os.stat(self.path).st_ino == self.inode:
-                    os.unlink(self.path)
+                os.unlink(self.path)
 
     def cleanup(self, log: Logger) -> None:
         """Close, and remove a unix socket that is still ours."""
         self.close()
-        if self.path and self.inode:
-            with contextlib.suppress(OSError):
-                if os.stat(self.path).st_ino == self.inode:  # ours, not a successor's
-                    unlink(self.path, log)
+        if self.path and is_ours(self.path, self.identity):  # ours, not a successor's
+            unlink(self.path, log)
 
 
 class Listeners:

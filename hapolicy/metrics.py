@@ -6,10 +6,11 @@ monitor (monitor.py) serves it, as --user. `preload` imports prometheus_client i
 before the fork: after the privilege drop its files may not be readable (a Python under
 /root). `MetricsServer` takes that socket, an event loop and a function giving the shared
 tables (`Tables`), and answers one request per connection (the connection handling is
-oneshot.py's, shared with the control socket: at most MAX_CONNECTIONS at once, a request head
-of at most MAX_HEAD bytes within IDLE_SECONDS, the client's remaining input read and dropped
-after the answer). `GET /metrics` (a query string is ignored) gets the exposition; another
-path 404, another method 405, a head that is not HTTP 400, a longer one 431, a slow one 408.
+oneshot.py's, shared with the control socket: at most MAX_CONNECTIONS at once, a new one
+taking the place of the oldest without a whole head, a request head of at most MAX_HEAD bytes
+within HEAD_SECONDS, the client's remaining input read and dropped after the answer).
+`GET /metrics` (a query string is ignored) gets the exposition; another path 404, another
+method 405, a head that is not HTTP 400, a longer one 431, a slow one 408.
 
 The exposition is prometheus_client's (`generate_latest`) of `Collector`, which reads the
 tables at each scrape: nothing is kept between scrapes, nothing is written to the tables, and
@@ -37,7 +38,7 @@ from .health import (
     SHADOW_COUNTERS,
 )
 from .listener import ListenError
-from .oneshot import IDLE_SECONDS, OneShotServer
+from .oneshot import HEAD_SECONDS, OneShotServer
 from .shadow import RESULTS
 
 TYPE_CHECKING = False
@@ -258,7 +259,7 @@ class MetricsServer(OneShotServer):
                     f"a request head of at most {MAX_HEAD} bytes\n".encode())
 
     def too_slow(self) -> bytes:
-        return http(408, "Request Timeout", f"no request within {IDLE_SECONDS:g}s\n".encode())
+        return http(408, "Request Timeout", f"no request within {HEAD_SECONDS:g}s\n".encode())
 
 
 def http(code: int, why: str, body: bytes, extra: bytes = b"") -> bytes:

@@ -1,14 +1,25 @@
 """One request in, one answer out, closed: the connections of the control socket and /metrics.
 
 `OneShotServer` serves a listening socket in an event loop without ever blocking it. It keeps
-at most MAX_CONNECTIONS at once (a connection beyond them is closed at once). A connection has
-IDLE_SECONDS to send a whole request of at most `max_request` bytes; then it gets `answer`'s
-bytes, or `too_long`'s or `too_slow`'s, and nothing else is read as a request. Once the answer
-is sent the server shuts down its side and reads and drops what the client still sends, until
-the client's end of file, LINGER_BYTES or LINGER_SECONDS: a close with unread input would be a
-reset, which can destroy the answer before the client reads it. A client that does not read
-its answer within IDLE_SECONDS is closed. Each connection has one timer, the end of its
-current state.
+at most MAX_CONNECTIONS at once. A connection has HEAD_SECONDS to send a whole request of at
+most `max_request` bytes (what it sent with its connect is read at once); then it gets
+`answer`'s bytes, or `too_long`'s or `too_slow`'s, and nothing else is read as a request. Once
+the answer is sent the server shuts down its side and reads and drops what the client still
+sends, until the client's end of file, LINGER_BYTES or LINGER_SECONDS: a close with unread
+input would be a reset, which can destroy the answer before the client reads it. A client that
+does not read its answer within IDLE_SECONDS is closed. Each connection has one timer, the end
+of its current state.
+
+Connections that send nothing must not keep a whole request out: /metrics is open to every
+local user, and MAX_CONNECTIONS idle connections would otherwise reset every scrape and
+hapolicyctl call. So when the table is full, a new connection takes the place of the oldest
+one that waits on its client: the oldest without a whole request (closed without an answer),
+else the oldest lingering one (its answer all sent: what it sent since is dropped first, so
+the close is no reset). This is counted in `evicted` and logged at most once every
+EVICTION_LOG_SECONDS (with how many since the last line). Only while every connection is
+being sent its answer is a new one closed at once, and an answer is never cut: the table never
+holds more than MAX_CONNECTIONS, and a connection without its request is gone after
+HEAD_SECONDS, or sooner when others come.
 
 A subclass says what a whole request is and what the answer is (`answer`), may answer at once
 on accepting (`admit`: a peer refused), and names itself in log lines (`what`). Nothing a
@@ -18,6 +29,7 @@ client sends raises out of here: a failing `answer` is the subclass's to catch.
 from __future__ import annotations
 
 import socket
+import time
 
 from .eventloop import EVENT_READ, EVENT_WRITE
 
@@ -27,7 +39,9 @@ if TYPE_CHECKING:
     from .log import Logger
 
 MAX_CONNECTIONS = 16
-IDLE_SECONDS = 5.0
+HEAD_SECONDS = 2.0  # to send a whole request: a slow client makes room for others soon
+IDLE_SECONDS = 5.0  # to read the answer
+EVICTION_LOG_SECONDS = 60.0
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 READING, WRITING, LINGERING = range(3)
@@ -57,7 +71,10 @@ class OneShotServer:
         self.sock = sock
         self.loop = loop
         self.log = log
-        self.conns: dict[int, Conn] = {}
+        self.conns: dict[int, Conn] = {}  # in the order they were accepted
+        self.evicted = 0  # connections closed to make room for a new one
+        self.evicted_unlogged = 0
+        self.quiet_until = 0.0  # no eviction line before
         sock.setblocking(False)
         loop.add(sock, EVENT_READ, self._accept)
 
@@ -79,7 +96,7 @@ class OneShotServer:
         return f"error: a request longer than {self.max_request} bytes\n".encode()
 
     def too_slow(self) -> bytes:
-        return f"error: no request within {IDLE_SECONDS:g}s\n".encode()
+        return f"error: no request within {HEAD_SECONDS:g}s\n".encode()
 
     # the connections
     def _accept(self, mask: int) -> None:
@@ -91,7 +108,7 @@ class OneShotServer:
             except OSError as exc:
                 self.log.warning(f"{self.what}: cannot accept: {exc.strerror}")
                 return
-            if len(self.conns) >= MAX_CONNECTIONS:
+            if len(self.conns) >= MAX_CONNECTIONS and not self._make_room():
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -102,7 +119,44 @@ class OneShotServer:
             if early is not None:
                 self._reply(conn, early)
             else:
-                self._deadline(conn, IDLE_SECONDS)
+                self._deadline(conn, HEAD_SECONDS)
+                self._read(conn)  # a request sent with the connect is whole at once
+
+    def _make_room(self) -> bool:
+        """Close the oldest connection that waits on its client (see the module doc); False
+        when every one is being answered."""
+        waiting = [c for c in self.conns.values() if c.state != WRITING]  # oldest first
+        oldest = next((c for c in waiting if c.state == READING), None) or \
+            next(iter(waiting), None)
+        if oldest is None:
+            return False
+        if oldest.state == LINGERING:
+            self._drain(oldest)  # its answer is sent: closed with no input unread, no reset
+        self._close(oldest)
+        self.evicted += 1
+        self.evicted_unlogged += 1
+        now = time.monotonic()
+        if now >= self.quiet_until:
+            more = (f" ({self.evicted_unlogged - 1} more since the last line)"
+                    if self.evicted_unlogged > 1 else "")
+            self.log.warning(f"{self.what}: {MAX_CONNECTIONS} connections at once: closed the "
+                             f"oldest one waiting on its client to make room{more}")
+            self.quiet_until = now + EVICTION_LOG_SECONDS
+            self.evicted_unlogged = 0
+        return True
+
+    @staticmethod
+    def _drain(conn: Conn) -> None:
+        """Read and drop what the client sent (LINGER_BYTES at most)."""
+        dropped = 0
+        try:
+            while dropped <= LINGER_BYTES:
+                data = conn.sock.recv(65536)
+                if not data:
+                    return
+                dropped += len(data)
+        except OSError:
+            pass
 
     def _deadline(self, conn: Conn, seconds: float) -> None:
         if conn.timer is not None:

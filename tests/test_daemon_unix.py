@@ -1,4 +1,5 @@
-"""The daemon on a unix socket: --socket-mode, a stale socket file replaced, a live one refused.
+"""The daemon on a unix socket: --socket-mode (at start, and changed by a reload but never
+through a symlink put at the path), a stale socket file replaced, a live one refused.
 """
 
 from __future__ import annotations
@@ -80,3 +81,31 @@ def test_listen_path_that_is_not_a_socket_is_refused(tmp_path: Path):
     assert done.stderr == (f"hapolicy: error: listen address unix:{path}: "
                            "exists and is not a socket\n")
     assert path.read_text() == "precious\n"
+
+
+def test_a_reload_changes_the_socket_mode_but_never_through_a_symlink():
+    with FakeBackend(action="OK") as backend:
+        daemon = unix_daemon(backend)
+        conf = daemon.dir / "hapolicy.conf"
+        conf.write_text("socket-mode = 0600\n")
+        daemon.args += ["-c", str(conf)]
+        with daemon:
+            path = Path(daemon.listen[5:])
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            conf.write_text("socket-mode = 0660\n")
+            daemon.send(signal.SIGHUP)
+            daemon.log.wait("reloaded:")
+            assert stat.S_IMODE(path.stat().st_mode) == 0o660
+            victim = daemon.dir / "victim"
+            victim.write_text("secret\n")
+            os.chmod(victim, 0o600)
+            path.rename(daemon.dir / "moved.sock")  # the postfix user's doing
+            path.symlink_to(victim)
+            conf.write_text("socket-mode = 0666\n")
+            daemon.send(signal.SIGHUP)
+            daemon.log.wait("reloaded:", count=2)
+            assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+            assert daemon.log.matching(f"reload: {daemon.listen} is no longer our socket")
+            assert daemon.stop() == 0
+            assert path.is_symlink()  # not ours: left alone
+            daemon.assert_clean_output()
