@@ -240,6 +240,7 @@ NOT_AFTER_FORK = {
     ("health", "claim_probe"): "the lock of spawn mode's state file",
     ("health", "randomize_phase"): "spawn mode's own table",
     ("statefile", "lock"): "spawn mode's state file",
+    ("statefile", "private_memory"): "spawn mode's state file spoilt under a session",
     ("daemon", "preload_lazy_modules"): "the master, before it forks",
     ("metrics", "preload"): "the master, before it forks",
 }
