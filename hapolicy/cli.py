@@ -18,7 +18,7 @@ from . import __version__, cmdline
 from .config import Config, ConfigError, parse_service
 from .configfile import assemble, read_config_file
 from .log import Logger
-from .options import OPTIONS, SETTINGS, default_of, summary
+from .options import OPTIONS, SETTINGS, bounds_of, default_of, summary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 EXIT_USAGE = 2
+CONFIG_FILE = cmdline.LONG["--config"]
 
 
 class UsageError(Exception):
@@ -48,7 +49,9 @@ def make_parser() -> argparse.ArgumentParser:
         "delegation services. Without --listen, serves one client on stdin/stdout (spawn(8))."))
     for option in OPTIONS:
         default = default_of(option).replace("`", "")
-        text = option.help.replace("`", "") + (f" (default: {default})" if default else "")
+        said = [f"default: {default}"] if default else []
+        said += [f"bounds: {bounds_of(option)}"] if bounds_of(option) else []
+        text = option.help.replace("`", "") + (f" ({'; '.join(said)})" if said else "")
         text = text.replace("%", "%%")
         dest = cmdline.dest(option)
         if option.flag:
@@ -81,6 +84,10 @@ def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
     services = []
     parsed = None
     if args["config"]:
+        try:
+            CONFIG_FILE.parse(args["config"])
+        except ConfigError as exc:
+            raise ConfigError(f"--config: {exc}") from None
         parsed = read_config_file(args["config"])
         settings["config_file"] = os.path.abspath(args["config"])
     for key, option in SETTINGS.items():

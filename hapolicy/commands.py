@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 
+from .config import MAX_WEIGHT  # the weight command's bound is a configured weight's
 from .health import DISABLED, DRAINING, ENABLED
 
 TYPE_CHECKING = False
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from .log import Logger
     from .workertable import WorkerTable
 
-MAX_WEIGHT = 10000  # of the weight command; a configured weight has no bound
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
            "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
            "shadow_disagree", "shadow_failed", "shadow_dropped", "internal_errors")

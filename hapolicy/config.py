@@ -5,8 +5,11 @@ IPv4 address or a bracketed IPv6 address, and `NAME=unix:/path[:PRIO[:WEIGHT[:TI
 unix socket. Every optional field may be left empty (`G=host:10031::2` sets only the weight).
 
 The options that set a `Config` field, and the config file that holds them, are declared in
-options.py. Every error is a `ConfigError` whose text is one line naming the bad value,
-prefixed with `FILE:LINE:` when it comes from a file.
+options.py, each with its bounds; the parsers here check them. Every value is bounded: a
+number has a least and a largest value and is finite, a text has a most length and only
+printable characters (`check_text`: none that could end or forge a line of the protocol or of
+a log), a path fits the kernel's limit. Every error is a `ConfigError` whose text is one line
+naming the bad value, prefixed with `FILE:LINE:` when it comes from a file.
 """
 
 from __future__ import annotations
@@ -24,7 +27,19 @@ DEFAULT_PRIO = 10
 DEFAULT_WEIGHT = 1
 DEFAULT_TIMEOUT = 30.0
 MIN_INTERVAL = 0.1  # the shortest check interval or timeout: a check must be able to answer
+MAX_SECONDS = 86400.0  # every timeout, interval and pause: at most a day
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the final NUL
+MAX_PATH = 4095  # PATH_MAX holds 4096 bytes with the final NUL
+MAX_PORT = 65535
+MAX_PRIO = 65535  # as an MX preference
+MAX_WEIGHT = 10000  # as the control socket's weight command
+MAX_HOST = 253  # the longest DNS name
+MAX_LISTEN = 64  # listen addresses: each is a socket in every worker
+MAX_WORKERS = 1024
+MAX_SPEC = 512  # a service spec: name, host and the optional fields, with room to spare
+MAX_SERVICES = 1024  # of one pool
+MAX_ID = 2**32 - 2  # the largest uid or gid (2**32 - 1 is -1: "no change" to chown)
+_CHARACTER_NAMES = {0: "NUL", 9: "tab", 10: "LF", 13: "CR"}
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
@@ -67,13 +82,44 @@ def fmt_num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def parse_int(text: str, what: str, minimum: int | None = None) -> int:
-    try:
-        value = int(text.strip(), 10)
-    except ValueError:
-        raise ConfigError(f"{what} {text!r} is not a whole number") from None
+def check_text(text: str, what: str, length: int) -> None:
+    """Refuse a text longer than `length` characters, or with a character that is not
+    printable (str.isprintable): a control character (NUL, tab, CR, LF, U+0085), a line or
+    paragraph separator (U+2028, U+2029), a format character, an undecodable byte of the
+    command line. Such a character ends or forges a line of the protocol, of the config
+    file or of a log, or hides in them."""
+    if len(text) > length:
+        raise ConfigError(f"{what} is longer than {length} characters")
+    if not text.isprintable():
+        char = next(c for c in text if not c.isprintable())
+        name = _CHARACTER_NAMES.get(ord(char), "")
+        raise ConfigError(f"{what} {text!r} has an unprintable character (U+{ord(char):04X}"
+                          f"{' ' + name if name else ''})")
+
+
+def _shown(text: str, most: int = 40) -> str:
+    """repr(text), cut after `most` characters: an error line stays short."""
+    return repr(text) if len(text) <= most else repr(text[:most]) + "..."
+
+
+def _is_number_text(text: str) -> bool:
+    """ASCII, no `_`: what int() and float() read beyond that (`1_000`, other scripts'
+    digits) is no number a postmaster writes."""
+    return text.isascii() and "_" not in text
+
+
+def parse_int(text: str, what: str, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """A whole number of ASCII digits (a sign allowed), within [minimum, maximum]."""
+    stripped = text.strip()
+    digits = stripped[1:] if stripped[:1] in ("+", "-") else stripped
+    if not (digits.isdigit() and _is_number_text(digits)):
+        raise ConfigError(f"{what} {text!r} is not a whole number")
+    value = int(stripped, 10)
     if minimum is not None and value < minimum:
-        raise ConfigError(f"{what} {text!r} must be at least {minimum}")
+        raise ConfigError(f"{what} {_shown(text)} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{what} {_shown(text)} must be at most {maximum}")
     return value
 
 
@@ -87,7 +133,10 @@ def parse_interval(text: str, what: str, allow_zero: bool = False) -> float:
 
 
 def parse_seconds(text: str, what: str, allow_zero: bool = False) -> float:
+    """Seconds: more than 0 (or 0 with allow_zero), at most MAX_SECONDS."""
     try:
+        if not _is_number_text(text):
+            raise ValueError
         value = float(text.strip())
     except ValueError:
         raise ConfigError(f"{what} {text!r} is not a number of seconds") from None
@@ -96,13 +145,14 @@ def parse_seconds(text: str, what: str, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         limit = "zero or more" if allow_zero else "more than zero"
         raise ConfigError(f"{what} {text!r} must be {limit} seconds")
+    if value > MAX_SECONDS:
+        raise ConfigError(f"{what} {_shown(text)} must be at most {MAX_SECONDS:g} seconds")
     return value
 
 
 def parse_service(spec: str) -> Service:
     """Parse `NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]` or `NAME=unix:/path[:...]`."""
-    if "\0" in spec:
-        raise ConfigError(f"service {spec!r}: contains a NUL character")
+    check_text(spec, "service", MAX_SPEC)
     name, sep, rest = spec.partition("=")
     name = name.strip()
     if not sep or not rest:
@@ -128,16 +178,18 @@ def parse_service(spec: str) -> Service:
             host = fields.pop(0)
         if not host or not fields or not fields[0]:
             raise ConfigError(f"service {spec!r}: expected NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]")
-        port = parse_int(fields[0], f"service {name}: port", 1)
-        if port > 65535:
-            raise ConfigError(f"service {name}: port {fields[0]!r} must be at most 65535")
+        if len(host) > MAX_HOST:
+            raise ConfigError(f"service {name}: host longer than {MAX_HOST} characters")
+        port = parse_int(fields[0], f"service {name}: port", 1, MAX_PORT)
         optional = fields[1:]
     if len(optional) > 3:
         raise ConfigError(f"service {spec!r}: too many fields after the address")
     optional += [""] * (3 - len(optional))
     prio_text, weight_text, timeout_text = optional
-    prio = parse_int(prio_text, f"service {name}: priority", 0) if prio_text else DEFAULT_PRIO
-    weight = parse_int(weight_text, f"service {name}: weight", 1) if weight_text else DEFAULT_WEIGHT
+    prio = (parse_int(prio_text, f"service {name}: priority", 0, MAX_PRIO) if prio_text
+            else DEFAULT_PRIO)
+    weight = (parse_int(weight_text, f"service {name}: weight", 1, MAX_WEIGHT) if weight_text
+              else DEFAULT_WEIGHT)
     timeout = (
         parse_seconds(timeout_text, f"service {name}: timeout") if timeout_text else DEFAULT_TIMEOUT
     )
@@ -152,6 +204,8 @@ def parse_listen(text: str) -> str:
         split_listen(address)
         if address not in addresses:
             addresses.append(address)
+    if len(addresses) > MAX_LISTEN:
+        raise ConfigError(f"listen: more than {MAX_LISTEN} addresses")
     return " ".join(addresses)
 
 
@@ -182,9 +236,11 @@ def split_listen(text: str) -> tuple[str, int, str]:
         host, _, port_text = text.rpartition(":")
     if not host or not port_text:
         raise ConfigError(f"listen address {text!r}: expected HOST:PORT, [IPv6]:PORT or unix:/path")
+    if len(host) > MAX_HOST:
+        raise ConfigError(f"listen address {text!r}: host longer than {MAX_HOST} characters")
     port = parse_int(port_text, f"listen address {text!r}: port", 1)
-    if port > 65535:
-        raise ConfigError(f"listen address {text!r}: port must be at most 65535")
+    if port > MAX_PORT:
+        raise ConfigError(f"listen address {text!r}: port must be at most {MAX_PORT}")
     return host, port, ""
 
 
@@ -208,15 +264,24 @@ def _is_prefix(bits: str) -> bool:
 
 
 def parse_fail_answer(text: str) -> str:
-    """A regular expression searched (case-insensitive) in a service's action ('' for none)."""
+    """A regular expression searched (case-insensitive) in a service's action ('' for none),
+    compiled here as the workers compile it; its length bound (options.py) keeps its nesting
+    far from the recursion limit, and a pattern too deep or too large for `re` anyway is a
+    one-line error too."""
     text = text.strip()
     if text:
         import re  # here: spawn mode's start pays for it only when the option is given
 
+        from .outcome import compile_fail_answer
+
         try:
-            re.compile(text)
+            compile_fail_answer(text)
         except re.error as exc:
             raise ConfigError(f"fail-answer {text!r} is not a regular expression: {exc}") from None
+        except (OverflowError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise ConfigError(f"fail-answer {text!r} is not a usable regular expression: "
+                              f"{why}") from None
     return text
 
 
@@ -246,6 +311,8 @@ def parse_pool_name(text: str) -> str:
 def parse_percent(text: str, what: str) -> float:
     """A share of requests: more than 0, at most 100 (a trailing % is allowed)."""
     try:
+        if not _is_number_text(text):
+            raise ValueError
         value = float(text.strip().rstrip("%"))
     except ValueError:
         raise ConfigError(f"{what} {text!r} is not a percentage") from None
@@ -262,7 +329,7 @@ def parse_hedge(text: str) -> str:
         return ""
     if text.startswith("p"):
         try:
-            value = float(text[1:])
+            value = float(text[1:]) if _is_number_text(text) else -1.0
         except ValueError:
             value = -1.0
         if not 50 <= value < 100:
@@ -279,7 +346,7 @@ def parse_state_file(text: str) -> str:
         return text
     if not text.startswith("/") or text.endswith("/") or "\0" in text:
         raise ConfigError(f"state file {text!r}: expected an absolute path to a file, or none")
-    return text
+    return parse_path(text, "state file")
 
 
 def parse_bool(text: str) -> bool:
@@ -292,23 +359,40 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_mode(text: str) -> int:
-    try:
-        mode = int(text.strip(), 8)
-    except ValueError:
-        raise ConfigError(f"socket mode {text!r} is not an octal mode like 0660") from None
+    """A file mode: octal digits, 0 to 0777."""
+    digits = text.strip()
+    if not digits or not set(digits) <= set("01234567"):
+        raise ConfigError(f"socket mode {text!r} is not an octal mode like 0660")
+    mode = int(digits, 8)
     if not 0 <= mode <= 0o777:
-        raise ConfigError(f"socket mode {text!r} is out of range")
+        raise ConfigError(f"socket mode {text!r} is out of range (0 to 0777)")
     return mode
 
 
 def nonempty(what: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         text = text.strip()
-        if not text or "\n" in text:
+        if not text:
             raise ConfigError(f"{what} must not be empty")
         return text
 
     return parse
+
+
+def parse_path(text: str, what: str, max_bytes: int = MAX_PATH) -> str:
+    """A path ('' for none) of at most max_bytes bytes (MAX_UNIX_PATH for a unix socket)."""
+    text = text.strip()
+    if len(os.fsencode(text)) > max_bytes:
+        raise ConfigError(f"{what} {text!r} is longer than {max_bytes} bytes")
+    return text
+
+
+def parse_group_id(text: str, what: str) -> str:
+    """A group's name, or its number (ASCII digits, 0 to MAX_ID); '' for none."""
+    text = text.strip()
+    if text.isdigit() and not (text.isascii() and int(text) <= MAX_ID):
+        raise ConfigError(f"{what} {text!r}: a group number is 0 to {MAX_ID}")
+    return text
 
 
 @frozen
@@ -325,7 +409,7 @@ class Config:
     connect_timeout: float = 5.0
     # daemon mode
     listen: str = ""
-    workers: int = factory(lambda: os.cpu_count() or 1)
+    workers: int = factory(lambda: min(os.cpu_count() or 1, MAX_WORKERS))
     max_use: int = 100000
     max_idle: float = 600.0
     retire_timeout: float = 1200.0
@@ -393,6 +477,8 @@ def build_config(settings: dict[str, Any], services: list[Service], where: str =
         raise ConfigError(f"{where}no service given: use "
                           + ("service = NAME=HOST:PORT[...]" if where else
                              "-s NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]"))
+    if len(services) > MAX_SERVICES:
+        raise ConfigError(f"{where}more than {MAX_SERVICES} services")
     names: set[str] = set()
     for service in services:
         if service.name in names:

@@ -6,11 +6,17 @@ the keys of a section are its pool's. A file without sections is one pool named 
 `read_config_file` reads the lines into sections; `assemble` (with the command line's
 settings) checks the whole and makes the `Config`. Every error is a `ConfigError` naming
 `FILE:LINE:` where a line is to blame.
+
+Only `\n` ends a line: U+0085, U+2028 and the other line ends of `str.splitlines` are
+characters of the line, and a value that holds one inside is refused with every other
+character that is not printable (config.check_text). The file is at most MAX_FILE_BYTES, a
+line at most MAX_LINE characters, and it has at most MAX_POOLS pools of at most MAX_SERVICES
+services.
 """
 
 from __future__ import annotations
 
-from .config import Config, ConfigError, build_config, is_name, parse_service
+from .config import MAX_SERVICES, Config, ConfigError, build_config, is_name, parse_service
 from .options import DAEMON, FILE_KEYS, SECTION
 
 TYPE_CHECKING = False
@@ -18,6 +24,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .config import Service
+
+MAX_FILE_BYTES = 1 << 20
+MAX_LINE = 8192  # longer than any value's bound (options.py), short enough to show in an error
+MAX_POOLS = 256
 
 
 class Section:
@@ -43,10 +53,13 @@ class ConfigFile:
 def read_config_file(path: str) -> ConfigFile:
     """Parse a config file into its sections; raises ConfigError `FILE:LINE: ...`."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        lines = data.decode("utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', exc)}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: cannot read config file: larger than {MAX_FILE_BYTES} bytes")
     parsed = ConfigFile(path)
     section = parsed.top
     for number, line in enumerate(lines, 1):
@@ -54,6 +67,8 @@ def read_config_file(path: str) -> ConfigFile:
         if not text or text.startswith("#"):
             continue
         try:
+            if len(text) > MAX_LINE:
+                raise ConfigError(f"line longer than {MAX_LINE} characters")
             if text.startswith("["):
                 section = _new_section(parsed, text, number)
             else:
@@ -69,6 +84,8 @@ def _new_section(parsed: ConfigFile, text: str, number: int) -> Section:
     if kind != "pool" or not is_name(name):
         raise ConfigError(f"expected a section '[pool NAME]' (NAME: 1-64 of A-Z a-z 0-9 _ . -), "
                           f"got {text!r}")
+    if len(parsed.sections) == MAX_POOLS:
+        raise ConfigError(f"more than {MAX_POOLS} pools")
     for other in parsed.sections:
         if other.name == name:
             raise ConfigError(f"pool {name!r} is given twice (first on line {other.line})")
@@ -90,6 +107,8 @@ def _read_line(section: Section, text: str, number: int) -> None:
             if other.name == service.name:
                 raise ConfigError(f"service name {service.name!r} is given twice{where} "
                                   f"(first on line {section.lines['service ' + other.name]})")
+        if len(section.services) == MAX_SERVICES:
+            raise ConfigError(f"more than {MAX_SERVICES} services{where}")
         section.lines["service " + service.name] = number
         section.lines.setdefault("service", number)
         section.services.append(service)

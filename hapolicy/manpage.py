@@ -20,10 +20,20 @@ import time
 
 from . import __version__
 from .commands import COMMANDS
+from .configfile import MAX_POOLS
 from .ctl import DEFAULT_PATH
 from .ctl import EXIT_STATUS as CTL_EXIT
 from .ctl import OPTIONS as CTL_OPTIONS
-from .options import COMMAND, DAEMON, OPTIONS, SERVICE_FIELDS, Option, default_of
+from .options import (
+    BOUNDS_RULE,
+    COMMAND,
+    DAEMON,
+    OPTIONS,
+    SERVICE_FIELDS,
+    Option,
+    bounds_of,
+    default_of,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -228,13 +238,19 @@ def default_sentence(option: Option, config_file: bool = False) -> str:
 def option_items(options: Sequence[Option], config_file: bool = False) -> str:
     out = []
     for option in options:
+        bounds = f" Bounds: {bounds_of(option)}." if bounds_of(option) else ""
         out.append(item(option_tag(option, config_file),
-                        option.help + "." + default_sentence(option, config_file)))
+                        option.help + "." + default_sentence(option, config_file) + bounds))
         if option.flags[0] == "-s":
-            out.append(".RS\n" + "".join(
-                item(f"\\fI{name}\\fR", f"{text}. Default: {default}.")
-                for name, text, default in SERVICE_FIELDS) + ".RE\n")
+            out.append(service_fields())
     return "".join(out)
+
+
+def service_fields() -> str:
+    """PRIO, WEIGHT and TIMEOUT, each with its default and bounds."""
+    return ".RS\n" + "".join(item(f"\\fI{name}\\fR", f"{text}. Default: {default}. Bounds: "
+                                 f"{bounds}.") for name, text, default, bounds in SERVICE_FIELDS
+                            ) + ".RE\n"
 
 
 # --- the pages -----------------------------------------------------------------------------
@@ -273,7 +289,7 @@ def hapolicy_8() -> str:
              "default action: see hapolicy.conf(5)."),
         section("OPTIONS"),
         para("Every setting of the config file may be given on the command line, which "
-             "overrides the file (in every pool)."),
+             "overrides the file (in every pool). " + BOUNDS_RULE),
         option_items(OPTIONS),
         item("\\fB\\-\\-version\\fR", "print the version and exit."),
         item("\\fB\\-h\\fR, \\fB\\-\\-help\\fR", "print the options, each with its default, "
@@ -348,11 +364,12 @@ def hapolicy_conf_5() -> str:
              "or names `FILE:LINE` and what is wrong (exit status 2). SIGHUP makes the "
              "daemon read the file again: pools and listen addresses may come and go, and a "
              "service that keeps its pool, name and address keeps its health."),
+        para(BOUNDS_RULE + " Only a newline (LF) ends a line of the file."),
         section("SERVICES"),
         item(f"\\fBservice =\\fR \\fI{escape(service.metavar)}\\fR", service.help +
-             ". Once per service; in a file with pools, inside each pool's section."),
-        ".RS\n", "".join(item(f"\\fI{name}\\fR", f"{text}. Default: {default}.")
-                         for name, text, default in SERVICE_FIELDS), ".RE\n",
+             ". Once per service; in a file with pools, inside each pool's section. Bounds: "
+             + bounds_of(service) + "."),
+        service_fields(),
         section("POOLS"),
         para("Each `[pool NAME]` section is a pool: its own listen addresses, services, "
              "health, balancing and default action; one master and one set of workers serve "
@@ -360,7 +377,8 @@ def hapolicy_conf_5() -> str:
              "SETTINGS below) and the defaults of every pool (POOL SETTINGS); a section "
              "holds pool settings only. A file without sections is one pool named `default`. "
              "The command line is always one pool: its settings override every pool's, and "
-             "`-s` cannot be combined with a file of pools."),
+             "`-s` cannot be combined with a file of pools. A file has at most "
+             f"{MAX_POOLS} pools."),
         para("Postfix 3.1 and later send `policy_context=VALUE` when main.cf says "
              "`check_policy_service { inet:127.0.0.1:10060, policy_context=grey }`. Pools may "
              "share a listen address when each names the context it serves "

@@ -23,6 +23,10 @@ pause after it stays the base cool-down and a restarted service is found soon.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
+
 ANSWERED = 0
 CONNECT_FAILED = 1
 RESET = 2
@@ -45,15 +49,22 @@ class FailAnswer:
     __slots__ = ("search",)
 
     def __init__(self, pattern: str) -> None:
-        import re  # here: spawn mode's start pays for it only when the option is given
-
-        self.search = re.compile(pattern.encode(), re.IGNORECASE).search
+        self.search = compile_fail_answer(pattern).search
 
     def judge(self, action: bytes, outcome: int, reason: str) -> tuple[int, str]:
         if outcome == ANSWERED and self.search(action[7:]):
             return FAIL_ANSWER, "answer matched fail-answer: " + action[7:].decode("utf-8",
                                                                                   "replace")
         return outcome, reason
+
+
+def compile_fail_answer(pattern: str) -> re.Pattern[bytes]:
+    """fail-answer's pattern as FailAnswer searches with it: bytes, case-insensitive. The
+    config check compiles it the same way (a pattern can be a valid str one and not a bytes
+    one: `\\N{...}`); it raises re.error, OverflowError or RecursionError for a bad one."""
+    import re  # here: spawn mode's start pays for it only when the option is given
+
+    return re.compile(pattern.encode(), re.IGNORECASE)
 
 
 def fail_answer(pattern: str) -> FailAnswer | None:
