@@ -25,7 +25,8 @@ FACILITY_MAIL = 2
 PRIORITIES = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
 RETRY_SECONDS = 5.0
 MAX_LINE = 4096
-_UNPRINTABLE = {c: "?" for c in range(32)}
+# control characters, and what str.splitlines and some log readers take for a line end
+_UNPRINTABLE = {c: "?" for c in (*range(32), 0x7F, 0x85, 0x2028, 0x2029)}
 
 
 def clean(text: str) -> str:
