@@ -60,6 +60,30 @@ EXIT_STATUS = (
      "request, so Postfix defers the mail (451 4.3.5) instead of passing it")),
 )
 
+SECURITY = (
+    ("root", ("the daemon's master: it binds the sockets, reads the config file, writes the "
+     "pidfile and `--state-file`, and forks; it reads no client's or service's bytes. It imports "
+     "all its children may need before it forks, so they read no Python file after the drop")),
+    ("--user, --group", ("the workers and the monitor: every exchange with Postfix and the "
+     "services, the checks, the control socket's commands, /metrics. Give a user of its own "
+     "(the package's `hapolicy`), not `nobody`")),
+    ("user=hapolicy", ("spawn mode, as master.cf says; it drops nothing. A user of its own: "
+     "any process of that user can write the shared state file in /run/hapolicy/spawn")),
+    ("not writable by others", ("the config file, the directory of the pidfile and of the "
+     "control socket (/run/hapolicy). A state file (`--state-file`, spawn mode's) is used only "
+     "when it is a regular file, not a symbolic link, owned by root or the user hapolicy runs "
+     "as and writable by no one else; else it is ignored with a warning and replaced. Root "
+     "writes the pidfile and the daemon's state file through a new temporary file "
+     "(O_CREAT|O_EXCL|O_NOFOLLOW) renamed into place")),
+    ("a socket in another user's directory", ("a unix listen socket may be in a directory "
+     "another user writes (Postfix's private/): root never changes a mode or owner through a "
+     "path, only through a handle to the socket it made, checked to be its own")),
+    ("bounds", ("every setting has bounds (see OPTIONS); a request over a limit or with a line "
+     "without `=` gets the default action; an exception while handling a request costs that "
+     "request alone; /metrics and the control socket hold at most 16 connections, each with "
+     "2 s to send its request, the oldest incomplete one making room for a new one")),
+)
+
 FILES = (
     ("/etc/hapolicy.conf", ("the config file of the init script and the systemd unit; see "
      "hapolicy.conf(5). As the package installs it, it sets every setting to its default and "
@@ -336,6 +360,8 @@ def hapolicy_8() -> str:
         example("pool=grey service=GREY1 client=mail.example.org[192.0.2.10] "
                 "helo=<mail.example.org> sender=<a@example.org> recipient=<b@example.net> "
                 "delay=0.004s action=DUNNO"),
+        section("SECURITY"),
+        table(SECURITY, bold=False),
         section("EXIT STATUS"),
         table(EXIT_STATUS),
         section("FILES"),
