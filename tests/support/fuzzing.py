@@ -87,9 +87,14 @@ garbage = st.one_of(st.binary(max_size=40), st.sampled_from((b"\0", b"\r", b"\n"
                                                              b"\n\r\n", b"=", b"\n\n\n")))
 
 
+# runs of one request about the client's queue bound (32), e.g. from a client that pipelines
+runs = st.builds(lambda request, times: request * times, requests(),
+                 st.sampled_from((2, 31, 32, 33, 100)))
+
+
 def request_streams(big: bool = True) -> st.SearchStrategy[bytes]:
     """What a client may send on one connection: requests, garbage and big items, mixed."""
-    items = [requests(), requests(), garbage] + ([big_requests] if big else [])
+    items = [requests(), requests(), garbage, runs] + ([big_requests] if big else [])
     return st.lists(st.one_of(*items), max_size=10).map(b"".join)
 
 
