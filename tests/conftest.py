@@ -4,8 +4,9 @@ The `ci` profile, the default: a fixed number of examples per property, generate
 fixed seed (derandomize), so that every run, in CI or on a developer's machine, tries the same
 inputs and a failure is reproducible from the test's name alone; no deadline per example (the
 machine is shared and its timing noisy: a slow example is not a bug here); no example
-database written to .hypothesis/ (nothing left in the checkout). HYPOTHESIS_PROFILE=deep runs
-many more examples from a random seed, for a developer hunting (minutes, not for CI).
+database (a failure found once is not replayed from .hypothesis/, the seed does that; what
+Hypothesis still keeps there are caches, which it git-ignores itself). HYPOTHESIS_PROFILE=deep
+runs many more examples from a random seed, for a developer hunting (minutes, not for CI).
 """
 
 from __future__ import annotations
