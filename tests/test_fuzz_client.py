@@ -98,6 +98,7 @@ class Peer:
     def shut(self) -> None:
         if self.pipes:
             os.close(self.to_client)
+            self.to_client = -1
         else:
             self.theirs.shutdown(socket.SHUT_WR)
 
@@ -111,9 +112,11 @@ class Peer:
             return None
 
     def close(self) -> None:
+        """Our ends (the client closes its own)."""
         if self.pipes:
-            for fd in (self.from_client,):
-                os.close(fd)
+            for fd in (self.from_client, self.to_client):
+                if fd >= 0:
+                    os.close(fd)
         else:
             self.theirs.close()
 
