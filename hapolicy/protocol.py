@@ -168,7 +168,7 @@ class RequestFramer:
         # its first empty line ends it (one search: cheaper than the last two bytes tested and
         # an rfind for an earlier one), and is not its first line
         if (data.find(b"\n\n") != size - 2 or size < 3 or data[0] == 10 or self.skipping
-                or 13 in data or size > MAX_REQUEST_BYTES + 2):  # 13: see the module doc
+                or 13 in data or size > MAX_REQUEST_BYTES):  # 13: see the module doc
             return None
         if size > SHORT_REQUEST_BYTES and (size > MAX_LINE_BYTES
                                            or data.count(b"\n") > MAX_ATTRIBUTES + 1):

@@ -14,6 +14,7 @@
 * :mod:`support.postfix` -- real Postfix and postfwd2 instances.
 * :mod:`support.perl` -- the runner of the Perl original, /usr/sbin/hapolicy.
 * :mod:`support.scripts` -- scripts/*.py run with a JSON report.
+* :mod:`support.fuzzing` -- Hypothesis strategies: what a client or a service may send.
 
 Tests import it as ``support`` (pytest puts tests/ on sys.path: tests/ has no __init__.py);
 scripts put tests/ on sys.path themselves.
