@@ -6,9 +6,9 @@ editors count lines (by LF), and that line is a setting or a section, not a blan
 comment. The files are drawn from every setting's key (both spellings, any case) with good and odd
 values, services, [pool] sections, comments and garbage.
 
-The known issue 27 findings being fixed elsewhere have their own tests, xfail(strict) until
-the fix is merged (then they pass, strict makes that a failure: drop the marker), and the
-general properties leave their triggers out (KNOWN below).
+Issue 27's findings in the config reader (a line split by U+2028 and what else str.splitlines
+takes for a line end, or by a lone CR; NUL in the default action; a fail-answer nested too
+deep or repeated too often) have their own properties below.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from hapolicy.options import DAEMON, FILE_KEYS, SETTINGS, summary
 from hapolicy.protocol import format_action
 
 # what str.splitlines() (and a lone CR, universal newlines) takes for a line end, LF and CRLF
-# aside: in a value, each is a known finding (tests below); NUL is one in the default action
+# aside: in a value, each once split the line (issue 27)
 SPLITLINES = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-KNOWN = SPLITLINES + "\r"
 
 
 # a good value or two of each setting (by Config field), so that files get past one line
@@ -58,7 +57,7 @@ VALUES = ("", "0", "1", "-1", "0.05", "1e999", "nan", "inf", "9" * 40, "yes", "o
           "request=x y=z", "(", "other", *SERVICES)
 values = st.one_of(st.sampled_from(VALUES),
                    st.text(max_size=30).map(lambda t: "".join(c for c in t
-                                                              if c not in KNOWN + "\n\0")))
+                                                              if c not in "\n\0")))
 
 
 def spelled(key: str) -> st.SearchStrategy[str]:
@@ -83,7 +82,7 @@ odd_lines = st.one_of(
     st.sampled_from(("", "   ", "# a comment", "  # indented", "[pool]", "[", "]", "[other a]",
                      "[pool a", "=", "no equals sign", "[pool x" + "x" * 64 + "]",
                      "[pool bad name]")),
-    st.text(max_size=20).map(lambda t: "".join(c for c in t if c not in KNOWN + "\n")))
+    st.text(max_size=20).map(lambda t: "".join(c for c in t if c != "\n")))
 line_ends = st.sampled_from(("\n", "\n", "\n", "\r\n"))
 pool_names = st.sampled_from(("a", "b", "c", "pool-1"))
 
@@ -169,7 +168,7 @@ def test_any_file_of_good_lines_is_a_config_or_a_one_line_error_naming_its_line(
     check(text)
 
 
-@given(st.text(max_size=200).map(lambda t: "".join(c for c in t if c not in KNOWN)))
+@given(st.text(max_size=200))
 def test_any_text_is_a_config_or_a_one_line_error(text):
     check(text)
 
@@ -198,10 +197,6 @@ def with_value(key: str, value: str) -> str:
     return f"service = A=127.0.0.1:10023\n{key} = {value}\n"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 27 finding: a value holding U+0085, U+2028 (or another line "
-                          "end of str.splitlines) is cut there: the error names a line the "
-                          "file does not have")
 @given(TEXT_KEYS, st.sampled_from(SPLITLINES))
 @example("default", "\u2028")
 @example("default", "\x85")
@@ -209,20 +204,13 @@ def test_a_value_with_a_unicode_line_end_is_read_as_one_line(key, separator):
     check(with_value(key, f"a{separator}b"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 27 fuzz finding: a lone CR in a value is a line end to "
-                          "open()'s universal newlines: the error names a line the file does "
-                          "not have (sed and editors count LFs)")
 @given(TEXT_KEYS)
 @example("default")
 def test_a_value_with_a_lone_cr_is_read_as_one_line(key):
     check(with_value(key, "a\rb"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 27 finding: the default action may hold a NUL, which the "
-                          "answer to Postfix then carries")
-@given(st.text(max_size=20).map(lambda t: "".join(c for c in t if c not in KNOWN + "\n")))
+@given(st.text(max_size=20).map(lambda t: "".join(c for c in t if c != "\n")))
 @example("a\0b")
 def test_a_default_action_makes_a_one_line_answer(action):
     result = check(f"service = A=127.0.0.1:10023\ndefault = {action}\n")
@@ -235,19 +223,12 @@ nested = st.builds(lambda depth, inner: "(" * depth + inner + ")" * depth,
                    st.sampled_from((1, 10, 100, 1000, 10000)), st.sampled_from(("", "x", "a|b")))
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="issue 27 finding: a deeply nested fail-answer regex raises "
-                          "RecursionError out of the config reader")
 @given(nested)
 @example("(" * 1000 + ")" * 1000)
 def test_a_nested_fail_answer_is_a_config_or_a_one_line_error(regex):
     check(f"service = A=127.0.0.1:10023\nfail-answer = {regex}\n")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="issue 27 finding (huge numbers; or new, from the fuzzing): a "
-                          "fail-answer repetition count over the regex engine's limit raises "
-                          "OverflowError out of the config reader")
 @given(st.integers(0, 10 ** 20).map(lambda n: f"x{{{n}}}"))
 @example("x{99999999999}")
 def test_a_fail_answer_repetition_is_a_config_or_a_one_line_error(regex):

@@ -25,6 +25,7 @@ from support.fuzzing import (
 )
 
 from hapolicy.protocol import (
+    NOT_ATTRIBUTES,
     MAX_ATTRIBUTES,
     MAX_LINE_BYTES,
     MAX_REQUEST_BYTES,
@@ -38,7 +39,7 @@ from hapolicy.protocol import (
 
 TOO_LARGE = f"request larger than {MAX_REQUEST_BYTES} bytes"
 REFUSALS = {"", TOO_LARGE, f"more than {MAX_ATTRIBUTES} attributes",
-            f"a line longer than {MAX_LINE_BYTES} bytes"}
+            f"a line longer than {MAX_LINE_BYTES} bytes", NOT_ATTRIBUTES}
 
 
 def frame_at_once(data: bytes) -> tuple[list[Request], RequestFramer]:
