@@ -10,12 +10,26 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 from support.backends import FakeBackend
 from support.protocol import request
-from test_dispatch_inprocess import Client, Run, runs  # noqa: F401 - runs is a fixture
+from test_dispatch_inprocess import Client, Run
 
 from hapolicy.health import DEFAULT_INTERNAL, REQUESTS, F
 from hapolicy.protocol import RequestFramer
+
+
+@pytest.fixture
+def runs():
+    made: list[Run] = []
+
+    def make(*specs: str, **settings) -> Run:
+        made.append(Run(*specs, **settings))
+        return made[-1]
+
+    yield make
+    for run in made:
+        run.close()
 
 
 def boom(*args: object) -> object:

@@ -17,7 +17,6 @@ import os
 import re
 import tempfile
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from support.fuzzing import NAMES, request_streams

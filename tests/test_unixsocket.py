@@ -12,7 +12,6 @@ finds a symlink (or another socket) where its socket was: it leaves it alone.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
