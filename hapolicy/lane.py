@@ -47,8 +47,8 @@ from .protocol import (
     MAX_ATTRIBUTES,
     MAX_LINE_BYTES,
     SHORT_REQUEST_BYTES,
+    SKELETON_DELETES,
     Request,
-    all_attributes,
 )
 from .stats import BOUNDS, CACHE_MAX, FIRST_BOUND, S, action_offset
 
@@ -166,12 +166,14 @@ class Lane:
                 if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
                     return False
         size = len(data)
-        # what RequestFramer.whole takes and does not refuse: its first empty line ends it,
-        # and is not its first line; every line an attribute
-        if (data.find(b"\n\n") != size - 2 or size < 3 or data[0] == 10 or 13 in data
-                or size > MAX_LINE_BYTES or client.framer.skipping
-                or size > SHORT_REQUEST_BYTES and data.count(10) > MAX_ATTRIBUTES + 1
-                or not all_attributes(data)):
+        # what RequestFramer.whole takes and does not refuse, tested as it does on the read's
+        # skeleton: its first empty line ends it, no line lacks a `=`, no CR
+        if (size < 3 or size > MAX_LINE_BYTES or data[-1] != 10 or data[-2] != 10
+                or client.framer.skipping):
+            return False
+        skeleton = data.translate(None, SKELETON_DELETES)
+        if (skeleton[0] == 10 or skeleton.find(b"\n\n") != len(skeleton) - 2 or 13 in skeleton
+                or size > SHORT_REQUEST_BYTES and skeleton.count(10) > MAX_ATTRIBUTES + 1):
             return False
         sticky = -1
         instance = b""

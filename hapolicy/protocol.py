@@ -15,7 +15,11 @@ Limits, so that a client cannot grow our memory without bound:
   700 bytes costs 0.3 µs.
 
 Bytes are tested for CR with `13 in data`: `b"\r" in data` first tries its operand as an
-integer and formats the TypeError it gets, which costs more than the search itself.
+integer and formats the TypeError it gets, which costs more than the search itself. A read
+taken whole (`RequestFramer.whole`, the lane) is tested on its skeleton: the read with all but
+its LFs, CRs and `=` signs deleted, one pass in C (`bytes.translate`): one whole request with
+every line an attribute is a skeleton whose first empty line is its end and that starts with
+no LF and has no CR; a search of the skeleton is a search of a tenth of the bytes.
 
 A request over a limit is skipped to its end and framed as a `Request` whose `error` says why;
 the caller answers it with the default action. So is a request with a line that is not an
@@ -33,6 +37,8 @@ SHORT_REQUEST_BYTES = 2 * MAX_ATTRIBUTES
 MAX_ANSWER_BYTES = 16384
 NOT_ATTRIBUTES = "a line without `=`"
 _ALL_BUT_LF_AND_EQUALS = bytes(b for b in range(256) if b not in b"\n=")
+# what translate deletes to leave a read's skeleton: its LFs, CRs and `=` signs (whole, lane)
+SKELETON_DELETES = bytes(b for b in range(256) if b not in b"\n\r=")
 
 
 class Request:
@@ -163,18 +169,20 @@ class RequestFramer:
 
     def whole(self, data: bytes) -> Request | None:
         """The request that data is when, with nothing buffered, it is exactly one complete
-        request with LF line ends (nearly every read from Postfix); else None: feed it."""
+        request with LF line ends, every line an attribute (nearly every read from Postfix);
+        else None: feed it (which frames, and refuses, what is not)."""
         size = len(data)
-        # its first empty line ends it (one search: cheaper than the last two bytes tested and
-        # an rfind for an earlier one), and is not its first line
-        if (data.find(b"\n\n") != size - 2 or size < 3 or data[0] == 10 or self.skipping
-                or 13 in data or size > MAX_REQUEST_BYTES):  # 13: see the module doc
+        if (size < 3 or size > MAX_REQUEST_BYTES or data[-1] != 10 or data[-2] != 10
+                or self.skipping):
+            return None
+        # its skeleton (one pass in C): its first empty line ends it, no line lacks a `=`
+        # (the first one included), no CR
+        skeleton = data.translate(None, SKELETON_DELETES)
+        if skeleton[0] == 10 or skeleton.find(b"\n\n") != len(skeleton) - 2 or 13 in skeleton:
             return None
         if size > SHORT_REQUEST_BYTES and (size > MAX_LINE_BYTES
-                                           or data.count(b"\n") > MAX_ATTRIBUTES + 1):
+                                           or skeleton.count(10) > MAX_ATTRIBUTES + 1):
             return Request(data, check_limits(data))  # what check_limits may refuse
-        if not all_attributes(data):
-            return Request(data, NOT_ATTRIBUTES)
         return Request(data)
 
     def _skip(self, data: bytes, out: list[Request]) -> bytes:
