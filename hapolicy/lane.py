@@ -235,18 +235,27 @@ class Lane:
     def flush(self) -> None:
         """At the end of a turn of several events: write the answers read in it, then send the
         requests taken in it (answers first: a client answered sooner asks again sooner)."""
+        # each list is taken whole before its items are acted on, and an exception of one item
+        # is that item's: what the others wait for goes out, and the next turn flushes again
         answered = self.answered
         if answered:
+            self.answered = []
+            d = self.d
+            d.in_flight -= len(answered)
             for client, data in answered:
-                client.deliver(data)
-            self.d.in_flight -= len(answered)
-            answered.clear()  # nothing is answered meanwhile: that takes a read of a service
+                try:
+                    client.deliver(data)
+                except Exception as exc:  # noqa: BLE001 - the other clients' answers go out
+                    d.internal_error(exc, answered=True)
         sends = self.sends
         if sends:
+            self.sends = []
             for conn in sends:
                 if conn.state == QUEUED:  # else it ended meanwhile (abandoned, closed)
-                    conn.send_payload()
-            sends.clear()  # and nothing is taken: take runs from a client's read only
+                    try:
+                        conn.send_payload()
+                    except Exception as exc:  # noqa: BLE001 - its deadline ends it (resume)
+                        self.d.internal_error(exc, answered=True)
 
 
 class LaneConnection(Connection):

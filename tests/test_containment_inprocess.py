@@ -126,3 +126,29 @@ def test_a_flood_of_exceptions_is_logged_a_line_a_second(runs):
         held = [int(m.group(1)) for m in (re.search(r"action=dunno \((\d+) requests? in 1s\)$",
                                                       line) for line in lines[1:]) if m]
         assert len(held) == len(lines) - 1 and 1 + sum(held) == 50, lines
+
+
+def test_an_exception_delivering_one_of_a_turns_lane_answers_costs_no_other():
+    """Lane.flush (the end of a busy turn): the other answers go out, nothing stays held (a
+    list left behind would keep every later turn from being flushed), in_flight adds up."""
+    from types import SimpleNamespace
+
+    from hapolicy.lane import Lane
+
+    class Deliveries:
+        def __init__(self, fails: bool) -> None:
+            self.fails = fails
+            self.answers: list[bytes] = []
+
+        def deliver(self, answer: bytes) -> None:
+            if self.fails:
+                raise RuntimeError("boom")
+            self.answers.append(answer)
+
+    errors: list[bool] = []
+    d = SimpleNamespace(in_flight=3, internal_error=lambda exc, answered: errors.append(answered))
+    clients = [Deliveries(False), Deliveries(True), Deliveries(False)]
+    lane = SimpleNamespace(answered=[(c, b"action=OK\n\n") for c in clients], sends=[], d=d)
+    Lane.flush(lane)  # type: ignore[arg-type]
+    assert [c.answers for c in clients] == [[b"action=OK\n\n"], [], [b"action=OK\n\n"]]
+    assert lane.answered == [] and d.in_flight == 0 and errors == [True]
