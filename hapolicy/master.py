@@ -11,7 +11,8 @@ and the worker unblocks them once its own handlers are in place. Process operati
 clock go through `ProcessOps` (children.py), a thin seam that the unit tests replace.
 
 Each worker has a socketpair to the master (as Postfix's status pipe): it says READY once it
-accepts and RETIRING at max-use; when the master dies, the end of file tells it. A worker that
+accepts and RETIRING at max-use (or after an internal error its loop contained); when the
+master dies, the end of file tells it. A worker that
 dies before READY died at boot, and such deaths are throttled, as are those of a worker that
 exits by itself soon after its start (throttle.py). A READY worker whose heartbeat
 in the worker table is older than WATCHDOG_SECONDS (its loop stuck: a hung look-up, a bug) is
@@ -42,7 +43,7 @@ from .notify import Notifier, ServiceNotes
 from .reload import Reloading, describe_pools
 from .summary import Summary
 from .throttle import BootThrottle, exit_code
-from .worker import MSG_READY, MSG_RETIRING, Worker, set_title
+from .worker import MSG_READY, MSG_RETIRING, MSG_RETIRING_FAULT, Worker, set_title
 from .workertable import WATCHDOG_SECONDS, WorkerTable
 
 TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones
@@ -329,13 +330,20 @@ class Master(Reloading):
         return self.on_message(worker, data)
 
     def on_message(self, worker: WorkerProcess, data: bytes) -> bool:
-        """Act on READY and RETIRING; True when the worker retires (a replacement is due)."""
+        """Act on READY and RETIRING (or RETIRING_FAULT); True when the worker retires (a
+        replacement is due)."""
         if MSG_READY in data:
             worker.ready = True
-        if MSG_RETIRING in data and not worker.retiring:
+        fault = MSG_RETIRING_FAULT in data
+        if (fault or MSG_RETIRING in data) and not worker.retiring:
             worker.retiring = True
             self.table.set_accepting(worker.slot, False)
-            self.log.info(f"worker {worker.pid} reached max-use {self.config.max_use}: retiring")
+            if fault:
+                self.log.warning(f"worker {worker.pid} retiring after an internal error: a new "
+                                 "one takes its place")
+            else:
+                self.log.info(f"worker {worker.pid} reached max-use {self.config.max_use}: "
+                              "retiring")
             return True
         return False
 

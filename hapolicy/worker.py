@@ -14,7 +14,9 @@ recomputed by one function (`_update_accepting`) from its phase, its clients aga
 descriptor budget, and a pause (a sibling's turn, or no descriptor left).
 
 It talks with the master over a socketpair: READY once it accepts, RETIRING when it reached
-max-use (the master starts its replacement at once). End of file on it means the master is
+max-use, RETIRING_FAULT after an exception its loop contained outside a request's own
+containment (a fresh worker is safer than a state that may be spoilt); the master starts its
+replacement at once. End of file on it means the master is
 gone. Each housekeeping pass writes a heartbeat in the worker table for the master's watchdog,
 and each pool's requests in flight in its health table (stats.py).
 """
@@ -49,6 +51,7 @@ ORPHAN_GRACE = 1.0  # an orphaned worker finishes its in-flight requests within 
 ERROR_LOG_SECONDS = 1.0  # at most one line of contained errors this often (with their count)
 MSG_READY = b"Y"
 MSG_RETIRING = b"R"
+MSG_RETIRING_FAULT = b"E"  # retiring after an internal error its loop contained
 WORKER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 SERVING, RETIRING, DRAINING, STOPPING = range(4)
 
@@ -167,8 +170,10 @@ class Worker:
     def _contained(self, exc: Exception) -> None:
         """An exception of the loop's handlers that the request path did not contain itself
         (dispatch.py does, per request): logged, rate-limited; the worker and its other
-        clients go on."""
+        clients go on, but it retires (its state may be spoilt: a fresh worker takes the new
+        connections at once, as at max-use)."""
         self.errors.warning(f"worker internal error, contained: {describe_exception(exc)}")
+        self._retire(MSG_RETIRING_FAULT)
 
     def _make_dispatchers(self, loop: EventLoop) -> None:
         """A dispatcher per pool, and what takes the requests of each listener."""
@@ -391,9 +396,13 @@ class Worker:
                 self._update_accepting()
 
     def _max_use_reached(self) -> None:
+        self._retire(MSG_RETIRING)
+
+    def _retire(self, message: bytes) -> None:
+        """Retire of its own accord, telling the master why (it starts a replacement)."""
         if self.asked < RETIRING:
             self.asked = RETIRING
-            self._tell_master(MSG_RETIRING)
+            self._tell_master(message)
 
     # periodic work
     def _housekeeping(self) -> None:

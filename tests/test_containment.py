@@ -21,6 +21,7 @@ from support.daemon import Daemon
 from support.ports import HOST, free_port
 from support.protocol import PolicyClient, request
 from support.repo import REPO, hapolicy_env
+from support.wait import wait_for
 from test_metrics import samples, total
 
 POISON = "192.0.2.66"  # the client address whose hash key raises in the daemon
@@ -37,6 +38,20 @@ def mask_address(value, v4, v6):
 
 
 hashkey.mask_address = mask_address
+"""
+LOOP_FAULT = """\
+import hapolicy.protocol as protocol
+
+_whole = protocol.RequestFramer.whole
+
+
+def whole(self, data):
+    if b"loopfault" in data:
+        raise RuntimeError("fault outside the request path")
+    return _whole(self, data)
+
+
+protocol.RequestFramer.whole = whole
 """
 
 
@@ -88,3 +103,30 @@ def test_an_exception_while_handling_a_request_costs_that_request_only(tmp_path)
             assert total(found, "hapolicy_default_answers_total", reason="internal") == 3
             assert total(found, "hapolicy_requests_total") == 8
             assert daemon.stop() == 0
+
+
+def test_an_exception_outside_a_requests_containment_retires_the_worker_not_its_clients(
+        tmp_path):
+    """The event loop contains it: the worker logs it, goes on serving its clients, and
+    retires (its state may be spoilt), so a new worker takes the new connections."""
+    (tmp_path / "sitecustomize.py").write_text(LOOP_FAULT)
+    env = hapolicy_env()
+    env["PYTHONPATH"] = f"{tmp_path}:{REPO}"
+    with FakeBackend(action="OK", name="A") as a:
+        # a pool that hashes: its reads are framed by RequestFramer.whole (no lane)
+        daemon = Daemon("-s", a.spec("A"), "--balance", "hash:client_address",
+                        "--check-interval", "0", workers=1, env=env)
+        with daemon.start(), PolicyClient(HOST, daemon.port) as bystander:
+            assert bystander.ask(request()) == "action=OK\n\n"
+            with PolicyClient(HOST, daemon.port) as faulty:
+                faulty.send_raw(request(sender="loopfault@example.org"))
+                text = daemon.log.wait_text("retiring after an internal error")
+            assert "worker internal error, contained: RuntimeError: fault outside the " \
+                   "request path at sitecustomize.py:" in text
+            assert bystander.ask(request()) == "action=OK\n\n"  # the old worker serves it
+            [old] = daemon.pids
+            wait_for(lambda: len([p for p in daemon.workers_now() if p != old]) == 1, 10,
+                     what="the new worker")
+            with PolicyClient(HOST, daemon.port) as newcomer:
+                assert newcomer.ask(request()) == "action=OK\n\n"
+            assert "died" not in daemon.log.text()
