@@ -87,7 +87,7 @@ def format_state(state: Mapping[Key, tuple[str, int]]) -> str:
 def read(path: str) -> tuple[dict[Key, tuple[str, int]], list[str]]:
     """The entries of the file at path (none when it does not exist) and what was wrong."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         return {}, []
     except OSError as exc:

@@ -20,6 +20,7 @@ from .log import Logger
 from .safefile import replace_file
 
 READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's word
+PID_MAX = 1 << 22  # the kernel's largest pid_max (/proc/sys/kernel/pid_max)
 
 
 def preload_lazy_modules() -> None:
@@ -65,8 +66,12 @@ def remove_stale_socket(path: str, what: str = "") -> None:
             raise ConfigError(f"{what}: exists and is not a socket")
         probe.connect(f"/proc/self/fd/{fd}")  # the file checked, whatever is at path now
     except ConnectionRefusedError:
+        # nobody listens: left by a daemon that was killed; removed while the name is still
+        # the file checked (another one put there meanwhile is not ours to remove)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # nobody listens: left by a daemon that was killed
+            found, checked = os.lstat(path), os.fstat(fd)
+            if (found.st_dev, found.st_ino) == (checked.st_dev, checked.st_ino):
+                os.unlink(path)
         return
     except FileNotFoundError:
         return
@@ -121,7 +126,8 @@ def drop_privileges(user: str, group: str) -> None:
 
 def read_pid(path: str) -> int:
     """The pid in the pidfile at path; 0 when there is none (a symbolic link, a fifo or
-    anything but a regular file is none: its directory may be writable by others)."""
+    anything but a regular file is none: its directory may be writable by others), or when
+    it is no pid (0, negative, over PID_MAX: os.kill would refuse it with OverflowError)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
                      | os.O_CLOEXEC)
@@ -130,11 +136,12 @@ def read_pid(path: str) -> int:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return 0
-        return int(os.read(fd, 64).strip() or 0)
+        pid = int(os.read(fd, 64).strip() or 0)
     except (OSError, ValueError):
         return 0
     finally:
         os.close(fd)
+    return pid if 0 < pid <= PID_MAX else 0
 
 
 def check_pidfile(path: str) -> None:

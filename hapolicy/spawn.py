@@ -23,6 +23,8 @@ from .health import HealthTable
 from .log import Logger
 from .statefile import Watch, default_path, open_table
 
+EXIT_LOST = 75  # EX_TEMPFAIL: the state file's map was lost under the process
+
 
 def silence_stderr() -> None:
     """Point fd 2 and sys.stderr at /dev/null: a stray warning must not reach Postfix."""
@@ -93,4 +95,6 @@ class WatchedClient(ClientConnection):
             note = f"state file: internal error: {type(exc).__name__}: {exc}"
         if note:
             self.log.warning(note)
+            if self.watch.lost:
+                os._exit(EXIT_LOST)  # its connection closes: smtpd asks a new process
         super()._on_readable(mask)

@@ -329,6 +329,7 @@ class Watch:
         self.weights = [s.weight for s in services]
         self.fd = table.probe_lock  # a descriptor of the mapped file (mapped() made it)
         self.told = False  # that the memory could not be made private
+        self.lost = False  # the map failed half-way: the table's memory may be gone
 
     def check(self) -> str:
         """'' while the file may be used (or is no longer used); else, once, the line to log
@@ -346,6 +347,12 @@ class Watch:
         table = self.table
         try:
             private_memory(table._map)  # the mapping mapped() gave it
+        except OSError as exc:
+            # mmap(MAP_FIXED) failed (ENOMEM): before Linux 6.12 the old pages may be gone
+            # already, and the next read of the table would be a SIGSEGV
+            self.lost = True
+            return (f"state file {self.path}: {why}, and its memory could not be made private "
+                    f"({exc.strerror}): this process ends")
         except Exception as exc:  # noqa: BLE001 - no ctypes: make the map safe another way
             try:  # no page of the map past the end of the file; go on with it, and watch it
                 os.ftruncate(self.fd, self.size)

@@ -104,6 +104,40 @@ def test_a_fifo_at_the_pidfile_does_not_hang_the_start(tmp_path):
     assert done.returncode == 0 and done.stderr == "", done
 
 
+@pytest.mark.parametrize("text", ["99999999999999999999\n", "-1\n", "0\n", "4194305\n"])
+def test_a_pidfile_that_holds_no_pid_is_none(tmp_path, text):
+    """os.kill(99999999999999999999, 0) raises OverflowError: the start checked such a
+    pidfile with a traceback."""
+    pidfile = tmp_path / "hapolicy.pid"
+    pidfile.write_text(text)
+    assert daemon.read_pid(str(pidfile)) == 0
+    daemon.check_pidfile(str(pidfile))  # no error: no daemon runs
+
+
+def test_a_stale_socket_is_removed_only_while_its_name_is_the_file_checked(tmp_path,
+                                                                          monkeypatch):
+    """remove_stale_socket checks the file through a handle; a file put at the name between
+    that check and the removal is not removed."""
+    import socket
+
+    path = tmp_path / "s"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody listens on
+    lstat = os.lstat
+
+    def swapped(name, *args, **kwargs):  # the name is replaced just before the removal
+        if str(name) == str(path) and not (tmp_path / "other").exists():
+            os.rename(path, tmp_path / "moved")
+            (tmp_path / "other").write_text("not a socket of ours")
+            os.symlink(tmp_path / "other", path)
+        return lstat(name, *args, **kwargs)
+
+    monkeypatch.setattr(daemon.os, "lstat", swapped)
+    daemon.remove_stale_socket(str(path))
+    assert path.is_symlink() and (tmp_path / "other").read_text() == "not a socket of ours"
+
+
 def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "a-directory"
     target.mkdir()  # cannot be renamed over

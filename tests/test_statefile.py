@@ -9,6 +9,7 @@ with a table read from a file that was not made for these services in this boot.
 from __future__ import annotations
 
 import fcntl
+import errno
 import os
 import pwd
 import stat
@@ -389,4 +390,23 @@ def test_memory_that_cannot_be_made_private_gets_the_files_size_back(tmp_path, m
     table.set_served(0, 3.0)  # no SIGBUS: the file has its pages again
     os.truncate(path, 0)
     assert watch.check() == "" and path.stat().st_size == SIZE
+    table.close()
+
+
+def test_a_map_that_failed_half_way_ends_the_process_it_was_lost_under(tmp_path, monkeypatch):
+    """mmap(MAP_FIXED) that fails (ENOMEM) may have unmapped the table already: the table is
+    not read again (Watch.lost: spawn mode then exits, its connection closed)."""
+    table, watch, other, path = watched(tmp_path)
+    other.close()
+
+    def enomem(memory):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(statefile, "private_memory", enomem)
+    os.truncate(path, 0)
+    assert watch.check() == (f"state file {path}: its size changed to 0 bytes, and its memory "
+                             "could not be made private (Cannot allocate memory): this process "
+                             "ends")
+    assert watch.lost
+    os.truncate(path, SIZE)
     table.close()
