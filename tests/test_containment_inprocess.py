@@ -7,10 +7,11 @@ dispatcher goes on answering.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 
-import pytest
 from support.backends import FakeBackend
 from support.protocol import request
 from test_dispatch_inprocess import Client, Run
@@ -19,16 +20,13 @@ from hapolicy.health import DEFAULT_INTERNAL, REQUESTS, F
 from hapolicy.protocol import RequestFramer
 
 
-@pytest.fixture
-def runs():
-    made: list[Run] = []
-
-    def make(*specs: str, **settings) -> Run:
-        made.append(Run(*specs, **settings))
-        return made[-1]
-
-    yield make
-    for run in made:
+@contextlib.contextmanager
+def running(*specs: str, **settings) -> Iterator[Run]:
+    """A dispatcher for these services (test_dispatch_inprocess.Run), closed at the end."""
+    run = Run(*specs, **settings)
+    try:
+        yield run
+    finally:
         run.close()
 
 
@@ -44,9 +42,9 @@ def logged(run: Run) -> list[str]:
     return [line for level, line in run.log.lines if "internal error" in line]
 
 
-def test_an_exception_making_the_hash_key_costs_that_request_the_default(runs):
-    with FakeBackend(action="OK") as backend:
-        run = runs(backend.spec("A"), balance="hash:client_address/24")
+def test_an_exception_making_the_hash_key_costs_that_request_the_default():
+    with FakeBackend(action="OK") as backend, \
+            running(backend.spec("A"), balance="hash:client_address/24") as run:
         key = run.dispatcher.hash_key
         run.dispatcher.hash_key = boom
         assert run.ask(request())[0] == b"action=dunno\n\n"
@@ -61,9 +59,9 @@ def test_an_exception_making_the_hash_key_costs_that_request_the_default(runs):
         assert run.health.service_counter(0, F.ANSWERS) == 1
 
 
-def test_an_exception_at_an_exchanges_end_costs_that_request_the_default(runs):
-    with FakeBackend(action="OK") as backend:
-        run = runs(backend.spec("A"), fail_answer="^REJECT")
+def test_an_exception_at_an_exchanges_end_costs_that_request_the_default():
+    with FakeBackend(action="OK") as backend, \
+            running(backend.spec("A"), fail_answer="^REJECT") as run:
 
         class FailAnswer:
             judge = staticmethod(boom)
@@ -73,10 +71,10 @@ def test_an_exception_at_an_exchanges_end_costs_that_request_the_default(runs):
         assert internal(run) == 1 and len(backend.requests) == 1
 
 
-def test_an_exception_in_a_hedge_stops_both_exchanges_and_answers_once(runs):
-    with FakeBackend(action="OK slow", delay=0.3) as slow, FakeBackend(action="OK") as fast:
-        run = runs(slow.spec("S", prio=1), fast.spec("F", prio=2), hedge="0.05",
-                   hedge_max=100)
+def test_an_exception_in_a_hedge_stops_both_exchanges_and_answers_once():
+    with FakeBackend(action="OK slow", delay=0.3) as slow, FakeBackend(action="OK") as fast, \
+            running(slow.spec("S", prio=1), fast.spec("F", prio=2), hedge="0.05",
+                    hedge_max=100) as run:
         picks = run.dispatcher.selector.pick
 
         def pick_then_fail(tried, *args, **kwargs):
@@ -97,12 +95,12 @@ def test_an_exception_in_a_hedge_stops_both_exchanges_and_answers_once(runs):
         assert run.health.service_counter(0, F.FAILURES) == 0  # counted against nobody
 
 
-def test_an_exception_after_the_answer_costs_no_answer(runs):
+def test_an_exception_after_the_answer_costs_no_answer():
     class Shadow:
         copy = staticmethod(boom)
 
-    with FakeBackend(action="OK") as backend:
-        run = runs(backend.spec("A"))
+    with FakeBackend(action="OK") as backend, \
+            running(backend.spec("A")) as run:
         run.dispatcher.shadow = Shadow()
         assert run.ask(request())[0] == b"action=OK\n\n"  # ask: exactly one answer
         assert internal(run) == 0
@@ -111,9 +109,9 @@ def test_an_exception_after_the_answer_costs_no_answer(runs):
                             r"test_containment_inprocess\.py:\d+\)", line), line
 
 
-def test_a_flood_of_exceptions_is_logged_a_line_a_second(runs):
-    with FakeBackend(action="OK") as backend:
-        run = runs(backend.spec("A"), balance="hash:client_address")
+def test_a_flood_of_exceptions_is_logged_a_line_a_second():
+    with FakeBackend(action="OK") as backend, \
+            running(backend.spec("A"), balance="hash:client_address") as run:
         run.dispatcher.hash_key = boom
         started = time.monotonic()
         for _ in range(50):

@@ -13,10 +13,10 @@ import signal
 import socket
 
 import pytest
+from support.logs import ListLogger
 
 from hapolicy.config import Config, ConfigError, Service
 from hapolicy.listener import Listener
-from hapolicy.log import Logger
 from hapolicy.master import WATCHDOG_SECONDS, Master, ProcessOps
 from hapolicy.throttle import STABLE_SECONDS, THROTTLE_MAX
 
@@ -50,15 +50,6 @@ class FakeOps(ProcessOps):
 
     def wait(self, pid: int) -> None:
         self.waited.append(pid)
-
-
-class ListLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__(syslog_socket="")
-        self.lines: list[str] = []
-
-    def log(self, level: str, message: str) -> None:
-        self.lines.append(f"{level}: {message}")
 
 
 def make_master(**settings) -> Master:

@@ -16,20 +16,11 @@ import socket
 from collections.abc import Callable, Iterator
 
 import pytest
+from support.logs import ListLogger
 
 from hapolicy import oneshot
 from hapolicy.eventloop import EventLoop
-from hapolicy.log import Logger
 from hapolicy.oneshot import LINGERING, MAX_CONNECTIONS, READING, WRITING, OneShotServer
-
-
-class ListLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__(syslog_socket="")
-        self.lines: list[str] = []
-
-    def log(self, level: str, message: str) -> None:
-        self.lines.append(f"{level}: {message}")
 
 
 class LineServer(OneShotServer):

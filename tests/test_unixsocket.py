@@ -23,25 +23,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.logs import ListLogger
 
 from hapolicy.config import Config, ConfigError
 from hapolicy.control import bind_control
 from hapolicy.daemon import remove_stale_socket
 from hapolicy.listener import Listener
-from hapolicy.log import Logger
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 NOGROUP = grp.getgrnam("nogroup").gr_gid
 DAEMON_GROUP = grp.getgrnam("daemon").gr_gid
-
-
-class ListLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__(syslog_socket="")
-        self.lines: list[str] = []
-
-    def log(self, level: str, message: str) -> None:
-        self.lines.append(f"{level}: {message}")
 
 
 @pytest.fixture
