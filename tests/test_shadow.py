@@ -125,8 +125,10 @@ def test_a_shadow_that_disagrees_on_a_known_share_is_counted_exactly(pools):
         run.settle(50)
         assert run.counts() == {"agree": 25, "disagree": 25, "failed": 0, "dropped": 0}
         assert len(shadow.requests) == 50
-        assert [r["x_verdict"] for r in shadow.requests[:2]] == ["dunno ok",
-                                                                  "DEFER_IF_PERMIT greylisted"]
+        # the copies, each after its real answer; two in flight at once may reach the shadow
+        # on two connections in either order
+        verdicts = [r["x_verdict"] for r in shadow.requests]
+        assert verdicts.count("dunno ok") == verdicts.count("DEFER_IF_PERMIT greylisted") == 25
         assert run.tables["next"].counter(REQUESTS) == 50  # the shadow pool counts its own
         lines = [m for m in run.log.text("info").splitlines() if m.startswith("shadow ")]
         # without -l: the first disagreement at once, then at most one line a second
