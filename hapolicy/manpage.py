@@ -19,11 +19,7 @@ import sys
 import time
 
 from hapolicy import __version__
-from hapolicy.monitor.commands import COMMANDS
 from hapolicy.config.file import MAX_POOLS
-from hapolicy.ctl import DEFAULT_PATH
-from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
-from hapolicy.ctl import OPTIONS as CTL_OPTIONS
 from hapolicy.config.options import (
     BOUNDS_RULE,
     COMMAND,
@@ -34,6 +30,10 @@ from hapolicy.config.options import (
     bounds_of,
     default_of,
 )
+from hapolicy.ctl import DEFAULT_PATH
+from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
+from hapolicy.ctl import OPTIONS as CTL_OPTIONS
+from hapolicy.monitor.commands import COMMANDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

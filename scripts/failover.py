@@ -68,14 +68,13 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 
 import testkit.daemon
+from failover_tail import render_tail, tail_figure
 from testkit.backends import Blackhole, FakeBackend
 from testkit.perl import ASK_TIMEOUT, PERL_HAPOLICY, Perl, PerlConn
 from testkit.ports import HOST, refused_port
 from testkit.processes import connection_owners
 from testkit.protocol import PolicyClient, action_of, request
 from testkit.protocol import service_spec as spec
-
-from failover_tail import render_tail, tail_figure
 
 SILENT_TIMEOUT = 2
 BLACKHOLE_TIMEOUT = 30

@@ -9,7 +9,7 @@ Every option's value is read through a `Value`: at most its length in characters
 characters only (config.check_text), then its parser, which checks the rest of its bounds (a
 number's least and largest value, a path's bytes, a pattern that compiles); the `bounds` text
 says them in --help, the man pages and the README. No option is without bounds
-(tests/test_config_bounds.py walks the table).
+(tests/system/test_config_bounds.py walks the table).
 
 Config file: `key = value` lines, the key being an option's long name (`-` or `_`) or its
 `Config` field, `service = SPEC` once per service, `#` comments.

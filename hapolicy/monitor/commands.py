@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import time
 
-from hapolicy.config.records import MAX_WEIGHT  # the weight command's bound is a configured weight's
+from hapolicy.config.records import (
+    MAX_WEIGHT,  # the weight command's bound is a configured weight's
+)
 from hapolicy.tables.health import DISABLED, DRAINING, ENABLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from hapolicy.base.log import Logger
     from hapolicy.config.records import Config
     from hapolicy.tables.health import HealthTable
-    from hapolicy.base.log import Logger
     from hapolicy.tables.workertable import WorkerTable
 
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",

@@ -128,12 +128,12 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     from hapolicy.backend.exchange import Connection
-    from hapolicy.request.client import ClientConnection
-    from hapolicy.config.records import Config, parse_service
-    from hapolicy.request.dispatch import Dispatcher
     from hapolicy.base.eventloop import EventLoop
-    from hapolicy.tables.health import HealthTable
     from hapolicy.base.log import Logger
+    from hapolicy.config.records import Config, parse_service
+    from hapolicy.request.client import ClientConnection
+    from hapolicy.request.dispatch import Dispatcher
+    from hapolicy.tables.health import HealthTable
 
     class Silent(Logger):
         def log(self, level: str, message: str) -> None:

@@ -21,9 +21,17 @@ from .idle import open_idle_for, still_held
 from .measure import Pids, Target, measure
 from .procs import HOST, Child, children_of, free_port
 from .runner import Bench
+from .servers import (
+    HAPROXY,
+    daemon_argv,
+    hapolicy_missing,
+    haproxy_config,
+    perl_argv,
+    perl_missing,
+    spawn_argv,
+    start_emulator,
+)
 from .startup import measure_start
-from .servers import (HAPROXY, daemon_argv, hapolicy_missing, haproxy_config, perl_argv,
-                      perl_missing, spawn_argv, start_emulator)
 from .wire import wait_answering
 
 
