@@ -3,12 +3,13 @@
     python -m hapolicy.manpage PAGE         one page (hapolicy.8, hapolicyctl.8, hapolicy.conf.5)
     python -m hapolicy.manpage --dir DIR    every page, as DIR/PAGE
 
-Every option and its default comes from the option table (options.py), the control commands
-from `commands.COMMANDS`, hapolicyctl's options from `ctl.OPTIONS`; what has no other home
-(signals, exit status, files, the examples) is declared here once, and tests hold the README
-to it (the config file example with pools, the signal table). The Debian package runs this at
-build time (debian/rules), so a page is never older than the code it describes. The pages say
-the paths of the package (/usr/sbin/hapolicy, /etc/hapolicy.conf); a date comes from
+Every option and its default comes from the option table (options.py), the control commands from
+`commands.COMMANDS`, hapolicyctl's options from `ctl.OPTIONS`; what has no other home (signals,
+exit status, files, the examples) is declared here once, and tests hold the manual to it
+(README.md: the master.cf and main.cf examples; docs/configuration.md: the config file example
+with pools; docs/operating.md: the signal table, hapolicyctl status). The Debian package runs
+this at build time (debian/rules), so a page is never older than the code it describes. The
+pages say the paths of the package (/usr/sbin/hapolicy, /etc/hapolicy.conf); a date comes from
 SOURCE_DATE_EPOCH, so that a build is reproducible.
 """
 
@@ -39,7 +40,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-#: Signals of the daemon's master (the README's signal table is held to these).
+#: Signals of the daemon's master (the signal table of docs/operating.md is held to these).
 SIGNALS = (
     ("HUP", ("re-read the config file (pools and listen addresses may come and go); new "
      "workers take new connections, old ones retire (they keep serving their connections "
@@ -106,11 +107,13 @@ FILES = (
      "else may write it, else `$XDG_RUNTIME_DIR/hapolicy/` when that is set, else "
      "`/tmp/hapolicy-UID/`; `--state-file`")),
     ("/dev/log", "where syslog lines go (`--syslog-socket`)"),
-    ("/usr/share/doc/hapolicy/README.md.gz", ("the whole documentation: health, balancing, "
-     "logging, scale and limits")),
+    ("/usr/share/doc/hapolicy/", ("the documentation: README.md, and the manual in docs/ "
+     "(configuration, health and failover, operating, security, performance, compatibility "
+     "with the Perl original)")),
 )
 
-#: The config file example with three pools on one address (the README shows the same lines).
+#: The config file example with three pools on one address (docs/configuration.md shows the
+#: same lines).
 EXAMPLE_POOLS = """\
 workers = 4
 # every pool's address, unless a pool says otherwise
@@ -137,7 +140,7 @@ service = SPF1=10.0.0.1:10045:10
 service = SPF2=10.0.0.2:10045:20
 """
 
-#: hapolicyctl status during a failover (the README shows the same lines)
+#: hapolicyctl status during a failover (docs/operating.md shows the same lines)
 STATUS_EXAMPLE = """\
 $ hapolicyctl status
 pool  service  address         state  admin    weight  answers  failures  p50_ms  p99_ms  last_change
@@ -145,7 +148,7 @@ grey  GREY1    10.0.0.1:10023  up     enabled  1       5127     0         0.50  
 grey  GREY2    10.0.0.2:10023  down   enabled  1       825      1         1.78    4.59    3s
 """
 
-#: main.cf for EXAMPLE_POOLS (the README shows the same lines).
+#: main.cf for EXAMPLE_POOLS (docs/configuration.md shows the same lines).
 EXAMPLE_POOLS_MAIN_CF = """\
 smtpd_recipient_restrictions =
     permit_mynetworks,
@@ -249,7 +252,7 @@ def option_tag(option: Option, config_file: bool = False) -> str:
 
 
 def default_sentence(option: Option, config_file: bool = False) -> str:
-    """"Default: ..." as --help and the README say it ('yes' or 'no' for a switch in the
+    """"Default: ..." as --help and docs/configuration.md say it ('yes' or 'no' for a switch in the
     config file); '' for the command-line actions."""
     if option.scope == COMMAND:
         return ""
