@@ -8,7 +8,7 @@
 every request to it is a new connection (so requests land on either worker). "perl" is Debian's
 /usr/sbin/hapolicy in spawn style: one process whose stdin and stdout are one end of a
 socketpair, fed one request at a time (its priority field is given: NAME=HOST:PORT:PRIO...).
-The backends are tests/support/backends.py's: a FakeBackend that answers at once or stays silent, a
+The backends are scripts/testkit/backends.py's: a FakeBackend that answers at once or stays silent, a
 Blackhole (connect never completes) and a refused port. Figures:
 
 1. time to the first failover, primary P (prio 10) dead, secondary S (prio 20) answering:
@@ -66,18 +66,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "scripts"))
 
-import support.daemon  # noqa: E402 - after the path
-from support.backends import Blackhole, FakeBackend  # noqa: E402
-from support.perl import ASK_TIMEOUT, PERL_HAPOLICY, Perl, PerlConn  # noqa: E402
-from support.ports import HOST, refused_port  # noqa: E402
-from support.processes import connection_owners  # noqa: E402
-from support.protocol import PolicyClient, action_of, request  # noqa: E402
-from support.protocol import service_spec as spec  # noqa: E402
+import testkit.daemon
+from testkit.backends import Blackhole, FakeBackend
+from testkit.perl import ASK_TIMEOUT, PERL_HAPOLICY, Perl, PerlConn
+from testkit.ports import HOST, refused_port
+from testkit.processes import connection_owners
+from testkit.protocol import PolicyClient, action_of, request
+from testkit.protocol import service_spec as spec
 
-from failover_tail import render_tail, tail_figure  # noqa: E402
+from failover_tail import render_tail, tail_figure
 
 SILENT_TIMEOUT = 2
 BLACKHOLE_TIMEOUT = 30
@@ -154,7 +152,7 @@ def unserved(answers: Counter[str], backends: dict[str, FakeBackend]) -> dict[st
 # ---------------------------------------------------------------------------------------------
 # the daemon
 
-class Daemon(support.daemon.Daemon):
+class Daemon(testkit.daemon.Daemon):
     """The test support's daemon runner, as this script runs it: in a session of its own, its
     output in a file of tmp; plus a timed request on a new connection and who served it."""
 

@@ -23,10 +23,10 @@ import time
 from contextlib import ExitStack
 from typing import Any, Callable
 
-from support.backends import FakeBackend
-from support.ctl import csv_rows
-from support.ports import HOST, free_port
-from support.protocol import PolicyClient, action_of, request
+from testkit.backends import FakeBackend
+from testkit.ctl import csv_rows
+from testkit.ports import HOST, free_port
+from testkit.protocol import PolicyClient, action_of, request
 
 CONNECTIONS = 8
 SLOW_EVERY, SLOW_DELAY = 10, 0.5

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from support.repo import REPO
+from testkit.repo import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")

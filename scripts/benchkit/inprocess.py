@@ -127,13 +127,13 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
     priority and weight: round robin) are all this listener."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from hapolicy.backend import Connection
-    from hapolicy.client import ClientConnection
-    from hapolicy.config import Config, parse_service
-    from hapolicy.dispatch import Dispatcher
-    from hapolicy.eventloop import EventLoop
-    from hapolicy.health import HealthTable
-    from hapolicy.log import Logger
+    from hapolicy.backend.exchange import Connection
+    from hapolicy.request.client import ClientConnection
+    from hapolicy.config.records import Config, parse_service
+    from hapolicy.request.dispatch import Dispatcher
+    from hapolicy.base.eventloop import EventLoop
+    from hapolicy.tables.health import HealthTable
+    from hapolicy.base.log import Logger
 
     class Silent(Logger):
         def log(self, level: str, message: str) -> None:
