@@ -15,7 +15,7 @@ method 405, a head that is not HTTP 400, a longer one 431, a slow one 408.
 The exposition is prometheus_client's (`generate_latest`) of `Collector`, which reads the
 tables at each scrape: nothing is kept between scrapes, nothing is written to the tables, and
 prometheus_client is imported only by a daemon that serves metrics. Names and meanings are in
-the README (Operating); labels are only pool, service, outcome, action and reason (and
+docs/operating.md (Prometheus metrics); labels are only pool, service, outcome, action and reason (and
 hapolicy_build_info's version and python), never anything of a request.
 """
 

@@ -19,7 +19,7 @@ once the turn's handlers have all run (`EventLoop.at_turn_end`), writes the answ
 the requests, each as it would have been at once. A write that wakes a peer (the service,
 smtpd) lets the kernel switch to it when the call returns; gathered, the turn's reads and rules
 run together and the peers are woken together, which on a busy machine costs less CPU per
-request and cuts the tail (docs/architecture.md has the figures). A QUEUED connection whose
+request and cuts the tail (docs/performance.md has the figures). A QUEUED connection whose
 exchange ended meanwhile (released, closed) is not sent on; an event of it in the turn waits
 for the next one. In a turn of one event there is nothing to gather: both go at once.
 

@@ -296,10 +296,10 @@ def test_settings_that_cannot_work_fail_at_start_with_one_line(tmp_path):
         assert "Traceback" not in result.stderr
 
 
-def test_the_readme_names_every_command():
-    readme = (REPO / "README.md").read_text()
+def test_the_manual_names_every_command():
+    manual = (REPO / "docs" / "operating.md").read_text()
     for usage, _ in COMMANDS:
-        assert f"| `{usage}` |" in readme, usage
+        assert f"| `{usage}` |" in manual, usage
 
 
 def test_disable_reaches_a_worker_that_retires_on_the_old_table_after_a_reload(tmp_path):

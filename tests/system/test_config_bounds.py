@@ -33,7 +33,7 @@ from hapolicy.config.records import (
     parse_service,
 )
 
-README = (REPO / "README.md").read_text()
+CONFIGURATION = (REPO / "docs" / "configuration.md").read_text()
 SERVICE = "A=127.0.0.1:1"
 NESTED = "(" * 1000 + ")" * 1000
 
@@ -181,7 +181,7 @@ def test_the_fields_of_a_service_have_bounds():
             parse_service(spec)
 
 
-def test_the_bounds_are_in_help_man_pages_and_readme():
+def test_the_bounds_are_in_help_man_pages_and_manual():
     parser = make_parser()
     helped = {a.option_strings[-1]: a.help for a in parser._actions if a.option_strings}
     pages = {name: make() for name, make in manpage.PAGES.items()}
@@ -193,10 +193,10 @@ def test_the_bounds_are_in_help_man_pages_and_readme():
         assert f"Bounds: {manpage.escape(bounds)}." in pages["hapolicy.8"], option.flags
         if option.key:
             assert f"Bounds: {manpage.escape(bounds)}." in pages["hapolicy.conf.5"], option.name
-        assert f"| {bounds} |" in README, option.flags
+        assert f"| {bounds} |" in CONFIGURATION, option.flags
     for *_, bounds in SERVICE_FIELDS:
         assert f"Bounds: {manpage.escape(bounds)}." in pages["hapolicy.conf.5"]
-    assert BOUNDS_RULE in " ".join(README.split())
+    assert BOUNDS_RULE in " ".join(CONFIGURATION.split())
     rule = re.sub(r"\s+", " ", manpage.inline(BOUNDS_RULE))
     for name in ("hapolicy.8", "hapolicy.conf.5"):
         assert rule in re.sub(r"\s+", " ", pages[name]), name

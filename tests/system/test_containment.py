@@ -1,7 +1,7 @@
 """An exception while handling one request costs that request, never a worker and its clients
 (issue 27, finding 2), against a live daemon with one worker.
 
-A NUL byte in an address hashed with a mask (`balance = hash:client_address/24`, the README's
+A NUL byte in an address hashed with a mask (`balance = hash:client_address/24`, the manual's
 postgrey recommendation) once killed the worker with every client on it. Now that value is not
 an address (hashed as it is); and any other exception while handling a request is contained:
 this test makes one happen in the daemon without a hook in hapolicy, through a

@@ -1,4 +1,4 @@
-"""Deadlines of the README, each bounded on both sides, with real processes on 127.0.0.1.
+"""Deadlines of the manual (docs/), each bounded on both sides, with real processes on 127.0.0.1.
 
 * `--total-timeout S`: a request is answered within S seconds whatever the services do, and
   not before: with every service silent (TIMEOUT 30), a 2 s total deadline answers the
@@ -98,7 +98,7 @@ def test_an_orphaned_worker_finishes_within_a_second_of_the_masters_death(delay)
             wait_for(all_exited, 5, interval=0.01, what="the orphaned workers to exit")
             slowest, fastest = max(exits.values()), min(exits.values())
             assert fastest < SLACK, exits  # the idle one has nothing to finish
-            assert ORPHAN_GRACE == 1.0  # README: "(at most a second)"
+            assert ORPHAN_GRACE == 1.0  # docs/operating.md: "(at most a second)"
             done = min(delay, ORPHAN_GRACE)
             assert done - 0.1 <= slowest < done + SLACK, exits
             if delay < ORPHAN_GRACE:

@@ -174,6 +174,9 @@ def test_the_package_holds_the_programs_units_config_and_generated_pages(package
                  *(f"/usr/share/man/{d}/{p}.gz" for p, d in PAGES.items())):
         assert path in paths, path
     assert not any(p.startswith(("/usr/bin/", "/usr/local/")) for p in paths), sorted(paths)
+    for doc in ("README.md", "docs/configuration.md", "docs/health.md", "docs/operating.md",
+                "docs/security.md", "docs/performance.md", "docs/compat.md"):
+        assert any(p.startswith(f"/usr/share/doc/hapolicy/{doc}") for p in paths), doc  # .gz
     tree = package.work / "x"
     subprocess.run(["dpkg-deb", "-R", str(package.deb), str(tree)], check=True)
     conffiles = (tree / "DEBIAN" / "conffiles").read_text().split()

@@ -1,4 +1,4 @@
-"""README: a worker takes at most three quarters of its descriptors as client connections
+"""docs/operating.md: a worker takes at most three quarters of its descriptors as client connections
 (the rest stay for backend sockets); when full it logs `cannot accept: N clients, the most
 that RLIMIT_NOFILE ... allows`, pauses accepting and keeps serving the connections it has.
 

@@ -1,7 +1,8 @@
 """The man pages (hapolicy/manpage.py) hold every option, setting and command with its default,
-and agree with the README; the control commands are declared once (commands.COMMANDS), and
-every one of them is answered; the Debian version is the package's. Fast; the built package's
-pages are checked by tests/system/test_debian_package.py.
+and agree with the manual (README.md, docs/configuration.md, docs/operating.md); the control
+commands are declared once (commands.COMMANDS), and every one of them is answered; the Debian
+version is the package's. Fast; the built package's pages are checked by
+tests/system/test_debian_package.py.
 
 The pages are made at build time (debian/rules) rather than committed: a change to the option
 table or to the commands reaches them with no step to forget, and no page can be stale.
@@ -20,10 +21,12 @@ from testkit.packages import require_packages
 from testkit.repo import REPO, hapolicy_env, run_hapolicy
 
 from hapolicy import __version__, ctl, manpage
-from hapolicy.config.options import COMMAND, DAEMON, OPTIONS, default_of
 from hapolicy.monitor import commands
+from hapolicy.config.options import COMMAND, DAEMON, OPTIONS, default_of
 
 README = (REPO / "README.md").read_text()
+CONFIGURATION = (REPO / "docs" / "configuration.md").read_text()
+OPERATING = (REPO / "docs" / "operating.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +117,9 @@ def test_commands_are_declared_once_and_each_is_answered():
     assert "unknown command" in commands.answer("bogus", idle, {}, {}, None, None)
 
 
-def test_the_readme_command_table_lists_the_commands():
-    start = README.index("| command | answer |")
-    table = README[start:README.index("\n\n", start)]
+def test_the_manual_command_table_lists_the_commands():
+    start = OPERATING.index("| command | answer |")
+    table = OPERATING[start:OPERATING.index("\n\n", start)]
     listed = re.findall(r"^\| `([^`]+)` \|", table, re.M)
     assert listed == [usage for usage, _ in commands.COMMANDS]
 
@@ -125,16 +128,18 @@ def block(text: str, indent: str = "    ") -> str:
     return "".join(indent + line + "\n" if line else "\n" for line in text.splitlines())
 
 
-def test_the_readme_shows_the_pages_examples_and_signals():
+def test_the_manual_shows_the_pages_examples_and_signals():
+    """The README's first configurations, the pools of docs/configuration.md, the status and the
+    signal table of docs/operating.md are the pages' own."""
     assert "`/etc/hapolicy.conf`:\n\n" + block(manpage.EXAMPLE_POOLS) + "\nmain.cf:\n\n" + \
-        block(manpage.EXAMPLE_POOLS_MAIN_CF) in README
+        block(manpage.EXAMPLE_POOLS_MAIN_CF) in CONFIGURATION
     assert block(manpage.SPAWN_MASTER_CF).replace("/usr/sbin/", "/usr/local/bin/") in README
     assert block(manpage.SPAWN_MAIN_CF) in README
     assert block(manpage.DAEMON_MAIN_CF) in README
-    assert block(manpage.STATUS_EXAMPLE) in README
-    start = README.index("| signal | effect |")
-    rows = re.findall(r"^\| (.+?) \| (.+?) \|$", README[start:README.index("\n\n", start)],
-                      re.M)
+    assert block(manpage.STATUS_EXAMPLE) in OPERATING
+    start = OPERATING.index("| signal | effect |")
+    rows = re.findall(r"^\| (.+?) \| (.+?) \|$",
+                      OPERATING[start:OPERATING.index("\n\n", start)], re.M)
     assert rows[1:] == list(manpage.SIGNALS) and rows[0] == ("signal", "effect")
 
 

@@ -1,6 +1,6 @@
 """--max-idle S closes a client connection that did nothing for S seconds, whatever state it
 is in: idle between requests, stopped in the middle of a request, or never reading its
-answers (README, Command line); and not before S seconds.
+answers (docs/configuration.md, Command line); and not before S seconds.
 
 A real daemon (one worker, --max-idle 2: longer than a housekeeping tick, so that a guard
 four times too eager is seen) on 127.0.0.1. The server side's close is seen without reading

@@ -1,7 +1,7 @@
 """One exchange with one policy service (hapolicy.backend.exchange.Connection), in-process: an event
 loop of ours against FakeBackend threads and a Blackhole on 127.0.0.1.
 
-What README's "What it does with a request" promises of one attempt: the first `action=`
+What "What it does with a request" (docs/health.md) promises of one attempt: the first `action=`
 line relayed unchanged, each way a service fails named (refused, connect timeout, no answer
 in its TIMEOUT, closed early, no action, too large), the total deadline cutting an attempt
 short, a connection kept for the next request, and a reused connection found closed retried

@@ -1,4 +1,4 @@
-"""README: a HOST given as a name is looked up when first used and again every 5 minutes; a
+"""docs/health.md: a HOST given as a name is looked up when first used and again every 5 minutes; a
 failed look-up keeps the last good address.
 
 Through the Resolver's seam: its `lookup` (getaddrinfo) and `clock` are replaced, so no DNS

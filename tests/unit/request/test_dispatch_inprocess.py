@@ -2,7 +2,7 @@
 FakeBackend threads on 127.0.0.1, a client object that records what it is delivered and a
 logger that keeps its lines.
 
-README "What it does with a request": every request gets exactly one answer; services are
+docs/health.md, "What it does with a request": every request gets exactly one answer; services are
 tried by priority, each at most once; the first good answer is relayed; when every service
 failed, or the total deadline is reached, the answer is the default action (logged as a
 warning); a refused or empty request is answered with the default without asking a service;

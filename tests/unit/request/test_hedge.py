@@ -1,7 +1,7 @@
 """Hedged requests in process (hapolicy.request.hedge): a dispatcher of ours, FakeBackends on
 127.0.0.1, many requests at once.
 
-README "Hedged requests": when the first service has not answered within the hedge delay the
+docs/health.md, "Hedged requests": when the first service has not answered within the hedge delay the
 next one is asked too; the first good answer wins and is delivered once, the other exchange
 is abandoned (its connection closed, not counted against its service); a failure of one of
 the two while the other runs does not end the request; hedges stay under hedge-max; a fast

@@ -1,7 +1,7 @@
 """Shadow pools in process (hapolicy.request.shadow): a real pool's dispatcher and its shadow's mirror
 dispatcher on one event loop of ours, FakeBackends on 127.0.0.1.
 
-README "Shadow pools": a copy of each answered request goes to the shadow after the real
+docs/health.md, "Shadow pools": a copy of each answered request goes to the shadow after the real
 answer; verdicts are compared by their first word; a shadow's default answer is a failure;
 `shadow-share` picks an exact, evenly spread share; copies in flight are bounded per worker
 and dropped (counted) beyond it or while the worker is busy; nothing of the shadow reaches

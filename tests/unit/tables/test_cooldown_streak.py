@@ -1,4 +1,4 @@
-"""README: a failed service is skipped for --cooldown, doubled at each CONSECUTIVE failure up
+"""docs/health.md: a failed service is skipped for --cooldown, doubled at each CONSECUTIVE failure up
 to --cooldown-max. A success ends the streak: the next outage starts at the base cool-down.
 
 Through HealthTable's public methods only (record_failure, record_success).
