@@ -18,14 +18,18 @@ from hapolicy import __version__
 from hapolicy.base.log import Logger
 from hapolicy.config import cmdline
 from hapolicy.config.file import assemble, read_config_file
-from hapolicy.config.options import OPTIONS, SETTINGS, bounds_of, default_of, summary
-from hapolicy.config.records import Config, ConfigError, parse_service
+from hapolicy.config.option import bounds_of, default_of
+from hapolicy.config.options import OPTIONS, SETTINGS, summary
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.values import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
     from typing import Any, NoReturn
+
+    from hapolicy.config.records import DaemonConfig
 
 EXIT_USAGE = 2
 CONFIG_FILE = cmdline.LONG["--config"]
@@ -77,8 +81,8 @@ def parse_command_line(argv: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
-    """Build the Config from a config file (if any) and the command line, which wins; with
+def load_config(argv: Sequence[str]) -> tuple[DaemonConfig, dict[str, Any]]:
+    """Build the configuration from a config file (if any) and the command line, which wins; with
     the command line's values (parse_command_line)."""
     args = parse_command_line(argv)
     settings: dict[str, Any] = {}
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in _hedge_warnings(config):
             sys.stderr.write(f"hapolicy: warning: {line}\n")
         return 0
-    if config.listen:
+    if config.addresses:
         from hapolicy.daemon.runner import run_daemon
 
         for line in _hedge_warnings(config):
@@ -137,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _hedge_warnings(config: Config) -> list[str]:
+def _hedge_warnings(config: DaemonConfig) -> list[str]:
     if not any(pool.hedge for pool in config.pools):
         return []
     from hapolicy.request.hedge import warnings

@@ -21,16 +21,8 @@ import time
 
 from hapolicy import __version__
 from hapolicy.config.file import MAX_POOLS
-from hapolicy.config.options import (
-    BOUNDS_RULE,
-    COMMAND,
-    DAEMON,
-    OPTIONS,
-    SERVICE_FIELDS,
-    Option,
-    bounds_of,
-    default_of,
-)
+from hapolicy.config.option import COMMAND, DAEMON, Option, bounds_of, default_of
+from hapolicy.config.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS
 from hapolicy.ctl import DEFAULT_PATH
 from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
 from hapolicy.ctl import OPTIONS as CTL_OPTIONS

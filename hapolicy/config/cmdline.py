@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-    from hapolicy.config.options import Option
+    from hapolicy.config.option import Option
 
 # The original's long options; prefixes of the daemon's options stay errors.
 ORIGINAL_LONG = ("service", "default", "logging", "verbose", "stdout")
@@ -37,7 +37,7 @@ KNOWN = frozenset((*LONG, *SHORT, "-h", "--help", "--version"))
 
 
 def dest(option: Option) -> str:
-    """Where the option's value goes: its Config field, or its long name with `_`."""
+    """Where the option's value goes: its record's field, or its long name with `_`."""
     return option.key or option.name.replace("-", "_")
 
 

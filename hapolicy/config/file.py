@@ -1,30 +1,27 @@
 """The config file: `key = value` lines, `service = SPEC` lines and `[pool NAME]` sections.
 
-A key is an option's long name (`-` or `_`) or its `Config` field (options.py), `#` starts a
+A key is an option's long name (`-` or `_`) or its record's field (options.py), `#` starts a
 comment line. Keys before the first section are the daemon's and the defaults of every pool;
 the keys of a section are its pool's. A file without sections is one pool named `default`.
 `read_config_file` reads the lines into sections; `assemble` (with the command line's
-settings) checks the whole and makes the `Config`. Every error is a `ConfigError` naming
-`FILE:LINE:` where a line is to blame.
+settings) checks the whole and makes the `DaemonConfig` and its `PoolConfig`s, each setting
+going to the record of its option's scope. Every error is a `ConfigError` naming `FILE:LINE:`
+where a line is to blame.
 
 Only `\n` ends a line: U+0085, U+2028 and the other line ends of `str.splitlines` are
 characters of the line, and a value that holds one inside is refused with every other
-character that is not printable (config.check_text). The file is at most MAX_FILE_BYTES, a
+character that is not printable (values.check_text). The file is at most MAX_FILE_BYTES, a
 line at most MAX_LINE characters, and it has at most MAX_POOLS pools of at most MAX_SERVICES
 services.
 """
 
 from __future__ import annotations
 
-from hapolicy.config.options import DAEMON, FILE_KEYS, SECTION
-from hapolicy.config.records import (
-    MAX_SERVICES,
-    Config,
-    ConfigError,
-    build_config,
-    is_name,
-    parse_service,
-)
+from hapolicy.config.option import DAEMON, SECTION
+from hapolicy.config.options import FILE_KEYS
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import DaemonConfig, PoolConfig
+from hapolicy.config.values import MAX_SERVICES, ConfigError, is_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -134,43 +131,77 @@ def _read_line(section: Section, text: str, number: int) -> None:
 
 
 def assemble(parsed: ConfigFile | None, settings: dict[str, Any],
-             services: list[Service]) -> Config:
-    """The Config of a file (or none) and the command line's settings and services, which
-    win over the file's; with [pool] sections, a Config of every pool."""
+             services: list[Service]) -> DaemonConfig:
+    """The DaemonConfig of a file (or none) and the command line's settings and services, which
+    win over the file's; with [pool] sections, a PoolConfig of every section."""
     if parsed is None or not parsed.sections:
         top = parsed.top if parsed is not None else Section("", 0)
-        config = build_config({**top.settings, **settings}, services or top.services)
+        daemon, pool = split_by_scope({**top.settings, **settings})
+        config = build_pool(pool, services or top.services)
         if config.shadow:
             where = f"{parsed.path}:{top.lines['shadow']}: " if "shadow" in top.lines else ""
             raise ConfigError(f"{where}shadow {config.shadow}: no such pool (a shadow is "
                               "another [pool] section of the config file)")
-        return config
-    path, top = parsed.path, parsed.top
+        return DaemonConfig(pools=(config,), **daemon)
     if services:
-        raise ConfigError(f"{path}: -s cannot be used with a file of [pool] sections")
+        raise ConfigError(f"{parsed.path}: -s cannot be used with a file of [pool] sections")
     for key in ("service", *(k for k, o in FILE_KEYS.items() if o.scope == SECTION)):
-        if key in top.lines:
-            raise ConfigError(f"{path}:{top.lines[key]}: {key.replace('_', '-')} outside any "
-                              "[pool] section: in a file of pools, it belongs to one pool")
-    pools = []
-    for section in parsed.sections:
-        where = f"{path}:{section.line}: pool {section.name}: "
-        values = {**top.settings, **section.settings, **settings, "name": section.name,
-                  "log_prefix": f"pool {section.name}: "}
-        try:
-            pools.append(build_config(values, section.services, where))
-        except ConfigError as exc:
-            message = str(exc)
-            raise ConfigError(message if message.startswith(path) else where + message) from None
+        if key in parsed.top.lines:
+            raise ConfigError(f"{parsed.path}:{parsed.top.lines[key]}: {key.replace('_', '-')} "
+                              "outside any [pool] section: in a file of pools, it belongs to "
+                              "one pool")
+    pools = [_section_pool(parsed, section, settings) for section in parsed.sections]
     _check_shadows(parsed, pools)
     _check_addresses(parsed, pools)
-    daemon = {k: v for k, v in {**top.settings, **settings}.items()
-              if k not in FILE_KEYS or FILE_KEYS[k].scope == DAEMON}
-    listen = " ".join(dict.fromkeys(a for p in pools for a in p.listen.split()))
-    return Config(listen=listen, pool_configs=tuple(pools), **daemon)
+    daemon, _ = split_by_scope({**parsed.top.settings, **settings})
+    return DaemonConfig(pools=tuple(pools), **daemon)
 
 
-def _check_addresses(parsed: ConfigFile, pools: list[Config]) -> None:
+def split_by_scope(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the daemon's, a pool's) of settings by their option's scope; a key that is no option's
+    (`config_file`) is the daemon's."""
+    daemon: dict[str, Any] = {}
+    pool: dict[str, Any] = {}
+    for key, value in settings.items():
+        option = FILE_KEYS.get(key)
+        (daemon if option is None or option.scope == DAEMON else pool)[key] = value
+    return daemon, pool
+
+
+def _section_pool(parsed: ConfigFile, section: Section, settings: dict[str, Any]) -> PoolConfig:
+    """The pool of one section: the file's defaults, its own settings, the command line's."""
+    where = f"{parsed.path}:{section.line}: pool {section.name}: "
+    _, values = split_by_scope({**parsed.top.settings, **section.settings, **settings})
+    try:
+        return build_pool({**values, "name": section.name, "from_section": True},
+                          section.services, where)
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(parsed.path) else where + message
+                          ) from None
+
+
+def build_pool(settings: dict[str, Any], services: list[Service], where: str = "") -> PoolConfig:
+    """Check one pool as a whole and make it (`where`: the pool named in errors)."""
+    if not services:
+        raise ConfigError(f"{where}no service given: use "
+                          + ("service = NAME=HOST:PORT[...]" if where else
+                             "-s NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]"))
+    if len(services) > MAX_SERVICES:
+        raise ConfigError(f"{where}more than {MAX_SERVICES} services")
+    names: set[str] = set()
+    for service in services:
+        if service.name in names:
+            raise ConfigError(f"service name {service.name!r} is given twice")
+        names.add(service.name)
+    pool = PoolConfig(services=tuple(services), **settings)
+    if pool.cooldown_max < pool.cooldown:
+        raise ConfigError(f"{where}cooldown-max {pool.cooldown_max} is below cooldown "
+                          f"{pool.cooldown}")
+    return pool
+
+
+def _check_addresses(parsed: ConfigFile, pools: list[PoolConfig]) -> None:
     """Every pool listens (or none: one pool in spawn mode); pools that share an address each
     name a policy context, no context twice."""
     lines = {s.name: s.line for s in parsed.sections}
@@ -195,7 +226,7 @@ def _check_addresses(parsed: ConfigFile, pools: list[Config]) -> None:
                                   f"is pool {same[0].name}'s already")
 
 
-def _check_shadows(parsed: ConfigFile, pools: list[Config]) -> None:
+def _check_shadows(parsed: ConfigFile, pools: list[PoolConfig]) -> None:
     """A shadow is another pool of the file, and following shadows never comes back to a pool
     (a copied request is not copied again, but a loop is a mistake)."""
     by_name = {p.name: p for p in pools}

@@ -18,7 +18,8 @@ import ipaddress
 import os
 import socket
 
-from hapolicy.config.records import ConfigError, split_listen
+from hapolicy.config.parsers import split_listen
+from hapolicy.config.values import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 
 from hapolicy.base.safefile import distrust, replace_file
-from hapolicy.config.records import ConfigError
+from hapolicy.config.values import ConfigError
 from hapolicy.monitor.commands import MAX_WEIGHT
 from hapolicy.tables.health import ADMIN_STATES, ENABLED
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from hapolicy.base.log import Logger
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import DaemonConfig
     from hapolicy.tables.health import HealthTable
 
 HEADER = "# hapolicy admin state: POOL SERVICE ADDRESS ADMIN WEIGHT\n"
@@ -47,7 +47,7 @@ MAX_BYTES = 1 << 20
 Key = tuple  # (pool, service, address)
 
 
-def snapshot(config: Config, health: Mapping[str, HealthTable]) -> dict[Key, tuple[str, int]]:
+def snapshot(config: DaemonConfig, health: Mapping[str, HealthTable]) -> dict[Key, tuple[str, int]]:
     """(admin state, operator's weight or 0) of every service not at its defaults."""
     state = {}
     for pool in config.pools:
@@ -124,7 +124,7 @@ class AdminFile:
         self.saved: dict[Key, tuple[str, int]] | None = None  # what the file holds
         self.failed: dict[Key, tuple[str, int]] | None = None  # a save of this failed
 
-    def restore(self, config: Config, health: Mapping[str, HealthTable]) -> None:
+    def restore(self, config: DaemonConfig, health: Mapping[str, HealthTable]) -> None:
         """Apply the file's entries to the services that are still there, and log them."""
         entries, problems = read(self.path)
         for problem in problems[:3]:
@@ -148,7 +148,7 @@ class AdminFile:
         # replaced at the first save, not left for the next start to warn about again
         self.saved = None if problems and not entries else entries
 
-    def save_if_changed(self, config: Config, health: Mapping[str, HealthTable]) -> None:
+    def save_if_changed(self, config: DaemonConfig, health: Mapping[str, HealthTable]) -> None:
         """Write the file when the admin state differs from what it holds."""
         state = snapshot(config, health)
         if state == self.saved or state == self.failed:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from hapolicy.base.log import Logger
 from hapolicy.base.safefile import replace_file
-from hapolicy.config.records import ConfigError
+from hapolicy.config.values import ConfigError
 
 READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's word
 PID_MAX = 1 << 22  # the kernel's largest pid_max (/proc/sys/kernel/pid_max)

@@ -26,7 +26,8 @@ import socket
 
 from hapolicy.base.log import Logger
 from hapolicy.base.unixsocket import Identity, bind_unix, chmod_if_ours, is_ours
-from hapolicy.config.records import Config, split_listen
+from hapolicy.config.parsers import split_listen
+from hapolicy.config.records import DaemonConfig
 from hapolicy.daemon.activation import ActivationError, describe, find_passed, passed_sockets
 from hapolicy.daemon.chores import remove_stale_socket, unlink
 
@@ -41,13 +42,13 @@ class Listener:
         self.identity: Identity | None = None  # of a unix socket's file we made
         self.passed = False  # systemd's socket: Listeners keeps it open, never removes it
 
-    def adopt(self, sock: socket.socket, config: Config) -> None:
+    def adopt(self, sock: socket.socket, config: DaemonConfig) -> None:
         """Listen on a socket passed by systemd instead of binding one."""
         sock.listen(config.backlog)
         self.sock = sock
         self.passed = True
 
-    def bind(self, config: Config) -> None:
+    def bind(self, config: DaemonConfig) -> None:
         """Bind and listen; raises OSError as the kernel says."""
         host, port, path = split_listen(self.address)
         if path:
@@ -66,7 +67,7 @@ class Listener:
         sock.set_inheritable(False)
         self.sock = sock
 
-    def apply(self, old: Config, new: Config, log: Logger) -> None:
+    def apply(self, old: DaemonConfig, new: DaemonConfig, log: Logger) -> None:
         """A reload's backlog and socket mode."""
         if self.sock is None:
             return
@@ -110,7 +111,7 @@ class Listeners:
         """The open sockets by address, for a new worker."""
         return {a: l.sock for a, l in self.by_address.items() if l.sock is not None}
 
-    def bind(self, config: Config) -> None:
+    def bind(self, config: DaemonConfig) -> None:
         """Bind every address, or adopt the socket systemd passed for it; raises ListenError
         `cannot listen on ADDR: why` (none kept), ActivationError for a passed socket that
         cannot be used or matches no address."""
@@ -132,7 +133,7 @@ class Listeners:
         used = {id(listener.sock) for listener in [*self.by_address.values(), *more]}
         return [sock for sock in self.passed if id(sock) not in used]
 
-    def _bind_new(self, addresses: list[str], config: Config) -> dict[str, Listener]:
+    def _bind_new(self, addresses: list[str], config: DaemonConfig) -> dict[str, Listener]:
         bound: dict[str, Listener] = {}
         for address in addresses:
             listener = Listener(address)
@@ -149,7 +150,7 @@ class Listeners:
             bound[address] = listener
         return bound
 
-    def add_new(self, old: Config, new: Config, log: Logger) -> None:
+    def add_new(self, old: DaemonConfig, new: DaemonConfig, log: Logger) -> None:
         """Before a reload's workers start: bind the new addresses, apply the settings of the
         kept ones. Raises ListenError (nothing changed) when a new address cannot be bound."""
         added = self._bind_new([a for a in new.addresses if a not in self.by_address], new)
@@ -159,7 +160,7 @@ class Listeners:
         for address in added:
             log.notice(f"reload: listening on {address}")
 
-    def remove_gone(self, new: Config, log: Logger) -> None:
+    def remove_gone(self, new: DaemonConfig, log: Logger) -> None:
         """After the old workers were told to retire: close the addresses no pool wants."""
         for address in [a for a in self.by_address if a not in new.addresses]:
             self.by_address.pop(address).cleanup(log)

@@ -30,7 +30,7 @@ from typing import Callable
 
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.log import Logger
-from hapolicy.config.records import Config
+from hapolicy.config.records import DaemonConfig
 from hapolicy.daemon.adminstate import AdminFile
 from hapolicy.daemon.children import ProcessOps, WorkerProcess, fork_child
 from hapolicy.daemon.chores import drop_privileges, preload_lazy_modules, read_pid, unlink
@@ -54,7 +54,7 @@ MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, 
 class Master(Reloading):
     """Keeps `workers` accepting workers of the current configuration alive."""
 
-    def __init__(self, config: Config, log: Logger, reload_config: Callable[[], Config] | None = None,
+    def __init__(self, config: DaemonConfig, log: Logger, reload_config: Callable[[], DaemonConfig] | None = None,
                  ops: ProcessOps | None = None) -> None:
         self.config = config
         self.log = log

@@ -46,7 +46,7 @@ from hapolicy.tables.workertable import WATCHDOG_SECONDS
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hapolicy.base.log import Logger
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import DaemonConfig
     from hapolicy.daemon.master import Master
     from hapolicy.monitor.checks import CheckerSet
     from hapolicy.tables.health import HealthTable
@@ -95,7 +95,7 @@ def serve(loop: EventLoop, monitor: Monitor) -> None:
 class Monitor:
     """The monitor process: made by the master just before the fork, run in the child."""
 
-    def __init__(self, config: Config, health: dict[str, HealthTable], checks: CheckerSet,
+    def __init__(self, config: DaemonConfig, health: dict[str, HealthTable], checks: CheckerSet,
                  table: WorkerTable, served: Served, log: Logger) -> None:
         self.config = config
         self.health = health  # by pool name: the current tables

@@ -15,26 +15,26 @@ import time
 
 from hapolicy.base import frozen
 from hapolicy.base.log import Logger
-from hapolicy.config.records import Config
+from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.daemon.chores import check_may_switch_user, resolve_ids, working_dir
 from hapolicy.daemon.listener import ListenError
 from hapolicy.tables.health import HealthTable, carry_over
 
 
-def describe_pools(config: Config) -> str:
+def describe_pools(config: DaemonConfig) -> str:
     """`2 services` for one pool, `pools grey (2 services), rate (1 services)` for several."""
-    def count(pool: Config) -> str:
+    def count(pool: PoolConfig) -> str:
         return f"{len(pool.services)} services"
 
-    if not config.pool_configs:
-        return count(config)
+    if not config.sections:
+        return count(config.pools[0])
     return "pools " + ", ".join(f"{p.name} ({count(p)})" for p in config.pools)
 
 
 class Reloading:
     """The reload of a `Master` (whose attributes it uses)."""
 
-    def read_new_config(self) -> Config | None:
+    def read_new_config(self) -> DaemonConfig | None:
         """The configuration a HUP asks for, with what needs a restart kept as it runs; None
         (logged) when it cannot be used."""
         try:
@@ -86,7 +86,7 @@ class Reloading:
                         f"{len(old)} old workers retire")
         self.maintain()
 
-    def _new_tables(self, config: Config) -> None:
+    def _new_tables(self, config: DaemonConfig) -> None:
         """Each pool's table and checks for a reload: a pool that keeps its services keeps its
         table; one whose services changed gets a new one, where a service that keeps its name and
         address keeps its state. The retiring workers keep their old tables: the monitors keep

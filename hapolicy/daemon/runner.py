@@ -10,7 +10,8 @@ import signal
 from typing import Callable
 
 from hapolicy.base.log import Logger
-from hapolicy.config.records import Config, ConfigError
+from hapolicy.config.records import DaemonConfig
+from hapolicy.config.values import ConfigError
 from hapolicy.daemon.adminstate import check_writable
 from hapolicy.daemon.chores import (
     check_may_switch_user,
@@ -28,7 +29,7 @@ from hapolicy.monitor.control import bind_control
 from hapolicy.monitor.metrics import bind_metrics
 
 
-def prepare(master: Master, config: Config, log: Logger) -> None:
+def prepare(master: Master, config: DaemonConfig, log: Logger) -> None:
     """The checks a postmaster's mistakes fail early, and the binding of every socket, before
     anything detaches; ConfigError (exit 2), ListenError or OSError (exit 1)."""
     resolve_ids(config.user, config.group)
@@ -48,8 +49,8 @@ def prepare(master: Master, config: Config, log: Logger) -> None:
                  + ", ".join(master.listeners.adopted()))
 
 
-def run_daemon(config: Config, log: Logger,
-               reload_config: Callable[[], Config] | None = None) -> int:
+def run_daemon(config: DaemonConfig, log: Logger,
+               reload_config: Callable[[], DaemonConfig] | None = None) -> int:
     """Run the daemon in the foreground (or detached with --daemonize); the exit status."""
     master = Master(config, log, reload_config)
     try:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from hapolicy.base.log import Logger
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import DaemonConfig, PoolConfig
     from hapolicy.tables.health import HealthTable
 
 
@@ -70,7 +70,7 @@ def pool_line(name: str, table: HealthTable, names: Sequence[str], rate: float,
             f"services: {services}")
 
 
-def extras(pool: Config, table: HealthTable) -> str:
+def extras(pool: PoolConfig, table: HealthTable) -> str:
     """What a pool that hedges or has a shadow adds to its line."""
     text = ""
     if pool.hedge:
@@ -102,7 +102,7 @@ class Summary:
             self.interval = interval
             self.next = now + interval if interval > 0 else float("inf")
 
-    def tick(self, config: Config, tables: Mapping[str, HealthTable], log: Logger,
+    def tick(self, config: DaemonConfig, tables: Mapping[str, HealthTable], log: Logger,
              now: float, clock: float) -> None:
         """Log the lines when they are due. now: the schedule's clock; clock: the tables'
         (monotonic) one, which the services' states are read with."""

@@ -33,7 +33,7 @@ import time
 
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.log import Logger, RateLimited, describe_exception
-from hapolicy.config.records import Config
+from hapolicy.config.records import DaemonConfig
 from hapolicy.request.client import ClientConnection
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.request.routing import target
@@ -91,7 +91,7 @@ def _has_input(client: ClientConnection) -> bool:
 class Worker:
     """Everything a worker needs; forked by the master."""
 
-    def __init__(self, config: Config, listeners: dict[str, socket.socket],
+    def __init__(self, config: DaemonConfig, listeners: dict[str, socket.socket],
                  health: dict[str, HealthTable], table: WorkerTable, slot: int,
                  log: Logger) -> None:
         self.config = config
@@ -179,7 +179,8 @@ class Worker:
         """A dispatcher per pool, and what takes the requests of each listener."""
         by_name = {}
         for pool in self.config.pools:
-            dispatcher = Dispatcher(loop, pool, self.health[pool.name], self.log)
+            dispatcher = Dispatcher(loop, pool, self.health[pool.name], self.log,
+                                    self.config.log_requests, self.config.verbose)
             dispatcher.on_max_use = self._max_use_step
             self.dispatchers.append(dispatcher)
             by_name[pool.name] = dispatcher
@@ -272,7 +273,8 @@ class Worker:
         if now >= self.deadline:  # retiring, and its clients still not gone
             self._close_idle_clients()
             # requests still in flight end within their total deadline
-            return not self.clients or now >= self.deadline + self.config.total_timeout
+            longest = max(pool.total_timeout for pool in self.config.pools)
+            return not self.clients or now >= self.deadline + longest
         return False
 
     def _enter(self, phase: int, now: float) -> None:

@@ -24,14 +24,14 @@ from hapolicy.backend.exchange import Backends
 from hapolicy.base.eventloop import EventLoop, Timer
 from hapolicy.base.log import Logger
 from hapolicy.base.outcome import ANSWERED, LOCAL, fail_answer
-from hapolicy.config.records import Config
+from hapolicy.config.records import PoolConfig
 from hapolicy.tables.health import UP, Health, HealthTable
 
 
 class Checker:
     """Checks every service on its own timer; at most one check per service in flight."""
 
-    def __init__(self, loop: EventLoop, config: Config, table: HealthTable, log: Logger) -> None:
+    def __init__(self, loop: EventLoop, config: PoolConfig, table: HealthTable, log: Logger) -> None:
         self.loop = loop
         self.config = config
         self.table = table
@@ -127,7 +127,7 @@ class Checker:
 class Checked:
     """One table to check with one pool's configuration; its Checker once the monitor runs it."""
 
-    def __init__(self, config: Config, table: HealthTable) -> None:
+    def __init__(self, config: PoolConfig, table: HealthTable) -> None:
         self.config = config
         self.table = table
         self.checker: Checker | None = None
@@ -162,7 +162,7 @@ class CheckerSet:
         """Whether any table is checked at all (the monitor has this to do)."""
         return any(entry.config.check_interval > 0 for entry in self.all())
 
-    def replace(self, config: Config, table: HealthTable, keep_for: int | None,
+    def replace(self, config: PoolConfig, table: HealthTable, keep_for: int | None,
                 now: float) -> None:
         """`table` is the pool's current table, checked with `config`. The old entry is kept
         while workers of generation `keep_for` or older live, or dropped when it is None."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-from hapolicy.config.records import (
+from hapolicy.config.values import (
     MAX_WEIGHT,  # the weight command's bound is a configured weight's
 )
 from hapolicy.tables.health import DISABLED, DRAINING, ENABLED
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from hapolicy.base.log import Logger
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import DaemonConfig, PoolConfig
     from hapolicy.tables.health import HealthTable
     from hapolicy.tables.workertable import WorkerTable
 
@@ -70,7 +70,7 @@ ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
 Target = tuple  # (HealthTable, index of the service in it)
 
 
-def rows(config: Config, health: Mapping[str, HealthTable], now: float,
+def rows(config: DaemonConfig, health: Mapping[str, HealthTable], now: float,
          wall: float) -> list[list[str]]:
     """One row of COLUMNS per service of every pool (raw values, as csv gives them); now is
     the monotonic time, wall the time of day."""
@@ -133,8 +133,8 @@ def aligned(header: Sequence[str], body: list[list[str]]) -> str:
                    for line in lines)
 
 
-def find(config: Config, health: Mapping[str, HealthTable], name: str,
-         kept: Sequence[tuple[Config, HealthTable]] = ()) -> tuple[list[Target], int, str]:
+def find(config: DaemonConfig, health: Mapping[str, HealthTable], name: str,
+         kept: Sequence[tuple[PoolConfig, HealthTable]] = ()) -> tuple[list[Target], int, str]:
     """Where POOL/SERVICE is: (table, index) in the pool's table and in each older table of the
     pool that retiring workers still use (the same name and address), and its configured
     weight; or an error line."""
@@ -156,8 +156,8 @@ def find(config: Config, health: Mapping[str, HealthTable], name: str,
     return targets, pool.services[found[0]].weight, ""
 
 
-def set_admin(config: Config, health: Mapping[str, HealthTable], name: str, state: str,
-              log: Logger, kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+def set_admin(config: DaemonConfig, health: Mapping[str, HealthTable], name: str, state: str,
+              log: Logger, kept: Sequence[tuple[PoolConfig, HealthTable]] = ()) -> str:
     targets, _, error = find(config, health, name, kept)
     if error:
         return error
@@ -168,8 +168,8 @@ def set_admin(config: Config, health: Mapping[str, HealthTable], name: str, stat
     return f"ok: {name} {word}\n"
 
 
-def set_weight(config: Config, health: Mapping[str, HealthTable], name: str, text: str,
-               log: Logger, kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+def set_weight(config: DaemonConfig, health: Mapping[str, HealthTable], name: str, text: str,
+               log: Logger, kept: Sequence[tuple[PoolConfig, HealthTable]] = ()) -> str:
     targets, configured, error = find(config, health, name, kept)
     if error:
         return error
@@ -193,9 +193,9 @@ def workers_answer(workers: Mapping[int, int], table: WorkerTable) -> str:
     return aligned(("pid", "requests", "clients"), body)
 
 
-def answer(line: str, config: Config, health: Mapping[str, HealthTable],
+def answer(line: str, config: DaemonConfig, health: Mapping[str, HealthTable],
            workers: Mapping[int, int], table: WorkerTable, log: Logger,
-           kept: Sequence[tuple[Config, HealthTable]] = ()) -> str:
+           kept: Sequence[tuple[PoolConfig, HealthTable]] = ()) -> str:
     """The answer of one command line. kept: (pool config, table) of the older tables that
     retiring workers still use (a reload gave their pools new ones): disable, drain and
     weight reach them too, so that every worker obeys at once."""

@@ -27,7 +27,7 @@ import socket
 import struct
 
 from hapolicy.base.unixsocket import Identity, bind_unix, is_ours
-from hapolicy.config.records import ConfigError
+from hapolicy.config.values import ConfigError
 from hapolicy.daemon.chores import remove_stale_socket, unlink
 from hapolicy.monitor.oneshot import HEAD_SECONDS, MAX_CONNECTIONS, OneShotServer
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import DaemonConfig
 
 MAX_LINE = 4096
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -78,7 +78,7 @@ def _bind(path: str, gid: int) -> tuple[socket.socket, Identity]:
     return sock, identity
 
 
-def bind_control(config: Config) -> ControlSocket:
+def bind_control(config: DaemonConfig) -> ControlSocket:
     """The master's control socket at config.control, bound at start with the other early
     checks; ConfigError (exit 2) when it cannot be made."""
     try:

@@ -25,7 +25,7 @@ import socket
 import sys
 
 from hapolicy import __version__
-from hapolicy.config.records import split_listen
+from hapolicy.config.parsers import split_listen
 from hapolicy.daemon.listener import ListenError
 from hapolicy.monitor.oneshot import HEAD_SECONDS, OneShotServer
 from hapolicy.request.shadow import RESULTS
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import DaemonConfig, PoolConfig
     from hapolicy.tables.health import HealthTable
     from hapolicy.tables.workertable import WorkerTable
 
@@ -64,7 +64,7 @@ class Tables:
 
     __slots__ = ("config", "health", "slots", "workers")
 
-    def __init__(self, config: Config, health: Mapping[str, HealthTable], workers: WorkerTable,
+    def __init__(self, config: DaemonConfig, health: Mapping[str, HealthTable], workers: WorkerTable,
                  slots: Sequence[int]) -> None:
         self.config = config
         self.health = health
@@ -123,7 +123,7 @@ class Collector:
         yield from service_families(pools, time.monotonic(), time.time())
 
 
-def pool_families(pools: list[tuple[Config, HealthTable]],
+def pool_families(pools: list[tuple[PoolConfig, HealthTable]],
                   slots: Sequence[int]) -> Iterator[object]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -142,7 +142,7 @@ def pool_families(pools: list[tuple[Config, HealthTable]],
     yield from feature_families(pools)
 
 
-def feature_families(pools: list[tuple[Config, HealthTable]]) -> Iterator[object]:
+def feature_families(pools: list[tuple[PoolConfig, HealthTable]]) -> Iterator[object]:
     """Of the pools that have a shadow (shadow.py) or hedge (hedge.py) only."""
     from prometheus_client.core import CounterMetricFamily
 
@@ -162,7 +162,7 @@ def feature_families(pools: list[tuple[Config, HealthTable]]) -> Iterator[object
     yield from (shadow, hedges, won)
 
 
-def service_families(pools: list[tuple[Config, HealthTable]], now: float,
+def service_families(pools: list[tuple[PoolConfig, HealthTable]], now: float,
                      wall: float) -> Iterator[object]:
     from prometheus_client.core import (
         CounterMetricFamily,

@@ -28,7 +28,7 @@ from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.log import Logger, RateLimited, describe_exception
 from hapolicy.base.outcome import ANSWERED, LOCAL, fail_answer, is_timeout
 from hapolicy.base.protocol import Request, format_action
-from hapolicy.config.records import Config
+from hapolicy.config.records import PoolConfig
 from hapolicy.request.hashkey import key_function
 from hapolicy.request.lane import Lane, qualifies
 from hapolicy.request.selection import Selector
@@ -75,9 +75,12 @@ WARN_SECONDS = 1.0  # at most one "no service answered" warning this often (with
 
 
 class Dispatcher:
-    """Answers the requests of one process (a worker, or spawn mode)."""
+    """Answers the requests of one pool in one process (a worker, or spawn mode); the
+    process's logging settings (DaemonConfig's) say whether each request (log_requests) and
+    each failed attempt (verbose) is logged."""
 
-    def __init__(self, loop: EventLoop, config: Config, table: HealthTable, log: Logger) -> None:
+    def __init__(self, loop: EventLoop, config: PoolConfig, table: HealthTable, log: Logger,
+                 log_requests: bool = False, verbose: bool = False) -> None:
         self.loop = loop
         self.config = config
         self.table = table
@@ -94,7 +97,8 @@ class Dispatcher:
         # with one service a transaction's pick is that service, sticky or not (Selector.pick):
         # no instance to look up in each request, none to keep
         self.sticky = config.sticky_instance and len(config.services) > 1
-        self.log_requests = config.log_requests
+        self.log_requests = log_requests
+        self.verbose = verbose
         self.in_flight = 0
         # a timeout at the request's total deadline counts against the service (a service
         # that needs longer is no use); a shadow's mirror dispatcher (shadow.py) says no: its
@@ -143,7 +147,7 @@ class Dispatcher:
             client.deliver(self.default_answer)
             return
         if len(request.raw) <= 2:
-            if self.config.verbose:
+            if self.verbose:
                 self.log.info(f"empty request: answering action={self.config.default_action}")
             client.deliver(self.default_answer)
             return
@@ -328,7 +332,7 @@ class Job:
             pass
         elif d.health.failed(index, outcome, reason, now):
             d.release(index, now, "marked down while waiting")
-        if d.config.verbose:
+        if d.verbose:
             d.log.info(f"service={service.name} address={service.address} failed: {reason}")
         if self.failed is None:
             self.failed = []
@@ -346,7 +350,7 @@ class Job:
         d = self.d
         if self.hedge is not None:
             self.hedge.end(default_why)
-        if d.log_requests or (default_why and d.config.verbose):
+        if d.log_requests or (default_why and d.verbose):
             self.log_request(service, answer[7:-2].decode("utf-8", "replace"), default_why)
         elif default_why:
             d.warn_default(default_why)

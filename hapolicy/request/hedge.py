@@ -36,7 +36,7 @@ from hapolicy.tables.health import HEDGE_WON, HEDGED
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hapolicy.backend.exchange import Connection
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import DaemonConfig
     from hapolicy.request.dispatch import Dispatcher, Job
 
 BURST = 10.0  # tokens a quiet spell can save for a slow one
@@ -185,7 +185,7 @@ class Hedge:
                 hedger.latency[current].add(now - self.started)
 
 
-def warnings(config: Config) -> list[str]:
+def warnings(config: DaemonConfig) -> list[str]:
     """One line per pool that hedges although it hashes or keeps instances sticky."""
     lines = []
     for pool in config.pools:

@@ -70,7 +70,7 @@ def qualifies(d: Dispatcher) -> bool:
     log line or verbose logging asks for more."""
     config = d.config
     return (d.hash_key is None and not config.hedge and not config.shadow
-            and d.fail_answer is None and not config.log_requests and not config.verbose)
+            and d.fail_answer is None and not d.log_requests and not d.verbose)
 
 
 class Member:

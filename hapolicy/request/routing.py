@@ -17,13 +17,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hapolicy.base.log import Logger
     from hapolicy.base.protocol import Request
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import PoolConfig
     from hapolicy.request.dispatch import Client, Dispatcher
 
 WARN_SECONDS = 1.0
 
 
-def target(pools: list[Config], dispatchers: dict[str, Dispatcher],
+def target(pools: list[PoolConfig], dispatchers: dict[str, Dispatcher],
            log: Logger) -> Dispatcher | ContextRouter:
     """What takes the requests of an address its pools listen on."""
     if len(pools) == 1 and not pools[0].policy_context:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
     from hapolicy.base.protocol import Request
-    from hapolicy.config.records import Config
+    from hapolicy.config.records import PoolConfig
     from hapolicy.request.dispatch import Dispatcher
     from hapolicy.tables.health import HealthTable
 
@@ -74,13 +74,13 @@ def verdict(answer: bytes) -> bytes:
 class Mirror:
     """Copies the answered requests of one pool to its shadow, in one worker."""
 
-    def __init__(self, pool: Config, target: Dispatcher, table: HealthTable, budget: Budget,
-                 log: Logger) -> None:
+    def __init__(self, pool: PoolConfig, target: Dispatcher, table: HealthTable, budget: Budget,
+                 log: Logger, log_requests: bool = False) -> None:
         self.name = pool.name
         self.target = target
         self.budget = budget
         self.log = log
-        self.log_requests = pool.log_requests
+        self.log_requests = log_requests
         self.milli = round(pool.shadow_share * 1000)  # of 100000
         self.seen = 0
         self.taken = 0
@@ -162,7 +162,7 @@ class Sink:
         self.mirror.result(self, answer)
 
 
-def make_mirrors(loop: EventLoop, pools: Sequence[Config], dispatchers: Mapping[str, Dispatcher],
+def make_mirrors(loop: EventLoop, pools: Sequence[PoolConfig], dispatchers: Mapping[str, Dispatcher],
                  health: Mapping[str, HealthTable], log: Logger,
                  busy: Callable[[], int]) -> list[Dispatcher]:
     """Give each pool that has a shadow its Mirror (dispatcher.shadow); returns the mirror
@@ -175,12 +175,13 @@ def make_mirrors(loop: EventLoop, pools: Sequence[Config], dispatchers: Mapping[
     for pool in pools:
         if not pool.shadow or pool.shadow not in by_name:
             continue
+        real = dispatchers[pool.name]
         target = made.get(pool.shadow)
         if target is None:
             shadow = by_name[pool.shadow]
-            config = replace(shadow, log_requests=False,
-                             total_timeout=min(shadow.total_timeout, TIMEOUT))
-            target = made[pool.shadow] = Dispatcher(loop, config, health[shadow.name], log)
+            config = replace(shadow, total_timeout=min(shadow.total_timeout, TIMEOUT))
+            target = made[pool.shadow] = Dispatcher(loop, config, health[shadow.name], log,
+                                                    verbose=real.verbose)
             target.blames_deadline = False  # a copy cut at TIMEOUT: not a down service
-        dispatchers[pool.name].shadow = Mirror(pool, target, health[pool.name], budget, log)
+        real.shadow = Mirror(pool, target, health[pool.name], budget, log, real.log_requests)
     return list(made.values())

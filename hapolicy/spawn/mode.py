@@ -17,11 +17,17 @@ import sys
 
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.log import Logger
-from hapolicy.config.records import Config
+from hapolicy.config.records import DaemonConfig
 from hapolicy.request.client import ClientConnection
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.spawn.statefile import Watch, default_path, open_table
 from hapolicy.tables.health import HealthTable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from hapolicy.config.records import Service
 
 EXIT_LOST = 75  # EX_TEMPFAIL: the state file's map was lost under the process
 
@@ -38,7 +44,7 @@ def silence_stderr() -> None:
     sys.stderr = os.fdopen(os.dup(2), "w")
 
 
-def run_spawn(config: Config, log: Logger) -> int:
+def run_spawn(config: DaemonConfig, log: Logger) -> int:
     """Serve the client on fds 0 and 1 until it closes; returns the exit status."""
     for fd in (0, 1):
         try:
@@ -48,8 +54,8 @@ def run_spawn(config: Config, log: Logger) -> int:
     # poll, unlike epoll, accepts regular files and /dev/null on stdin (tests, debugging)
     loop = EventLoop(use_poll=True)
     pool = config.pools[0]  # the command line's, or a file's one pool
-    health, watch = health_table(pool, log)
-    dispatcher = Dispatcher(loop, pool, health, log)
+    health, watch = health_table(config.state_file, pool.services, log)
+    dispatcher = Dispatcher(loop, pool, health, log, config.log_requests, config.verbose)
     if watch is None:
         client = ClientConnection(loop, dispatcher, 0, 1, lambda _client: None)
     else:
@@ -62,22 +68,23 @@ def run_spawn(config: Config, log: Logger) -> int:
     return 0
 
 
-def health_table(config: Config, log: Logger) -> tuple[HealthTable, Watch | None]:
-    """The table shared through the state file and its watch, else a private one and None
-    (and the reason logged)."""
-    if config.state_file != "none":
+def health_table(state_file: str, services: Sequence[Service],
+                 log: Logger) -> tuple[HealthTable, Watch | None]:
+    """The table of the services shared through the state file (--state-file: "" the default
+    place, "none" none) and its watch, else a private one and None (and the reason logged)."""
+    if state_file != "none":
         try:
-            table, note = open_table(config.state_file, config.services)
+            table, note = open_table(state_file, services)
         except Exception as exc:  # noqa: BLE001 - a bug there must not cost the answers
             table, note = None, f"state file: internal error: {type(exc).__name__}: {exc}"
         if table is not None:
             if note:
                 log.notice(note)
-            path = config.state_file or default_path(config.services)
-            return table, Watch(table, path, config.services)
+            path = state_file or default_path(services)
+            return table, Watch(table, path, services)
         log.warning(note)
-    table = HealthTable(len(config.services), shared=False)
-    table.randomize_phase([s.weight for s in config.services])
+    table = HealthTable(len(services), shared=False)
+    table.randomize_phase([s.weight for s in services])
     return table, None
 
 

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from hapolicy.base.log import Logger
-    from hapolicy.config.records import Config, Service
+    from hapolicy.config.records import PoolConfig, Service
 
 
 class F:
@@ -361,7 +361,7 @@ class Health:
     `mark_up`. Otherwise a live request probes it after its cool-down (see the module doc).
     """
 
-    def __init__(self, table: HealthTable, services: Sequence[Service], config: Config,
+    def __init__(self, table: HealthTable, services: Sequence[Service], config: PoolConfig,
                  log: Logger) -> None:
         self.table = table
         self.services = list(services)

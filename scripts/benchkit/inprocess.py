@@ -130,7 +130,8 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
     from hapolicy.backend.exchange import Connection
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
-    from hapolicy.config.records import Config, parse_service
+    from hapolicy.config.parsers import parse_service
+    from hapolicy.config.records import PoolConfig
     from hapolicy.request.client import ClientConnection
     from hapolicy.request.dispatch import Dispatcher
     from hapolicy.tables.health import HealthTable
@@ -141,8 +142,8 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
 
     host, port = listener.getsockname()
     loop = EventLoop()
-    config = Config(services=tuple(parse_service(f"BENCH{n}={host}:{port}:10")
-                                   for n in range(services)))
+    config = PoolConfig(services=tuple(parse_service(f"BENCH{n}={host}:{port}:10")
+                                       for n in range(services)))
     dispatcher = Dispatcher(loop, config, HealthTable(services, shared=False),
                             Silent(syslog_socket=""))
     if not lane:

@@ -8,7 +8,8 @@ import time
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.log import Logger, clean
 from hapolicy.base.protocol import RequestFramer
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import PoolConfig
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.tables.health import HealthTable
 
@@ -40,14 +41,17 @@ class Client:
 
 
 class Run:
-    """A dispatcher for some services; `ask` answers one request."""
+    """A dispatcher for some services; `ask` answers one request. settings: the pool's,
+    and the process's `log_requests` and `verbose`."""
 
-    def __init__(self, *specs: str, **settings) -> None:
-        self.config = Config(services=tuple(parse_service(s) for s in specs), **settings)
+    def __init__(self, *specs: str, log_requests: bool = False, verbose: bool = False,
+                 **settings) -> None:
+        self.config = PoolConfig(services=tuple(parse_service(s) for s in specs), **settings)
         self.loop = EventLoop()
         self.health = HealthTable(len(specs), shared=False)
         self.log = KeptLog()
-        self.dispatcher = Dispatcher(self.loop, self.config, self.health, self.log)
+        self.dispatcher = Dispatcher(self.loop, self.config, self.health, self.log,
+                                     log_requests, verbose)
 
     def ask(self, data: bytes, client: Client | None = None) -> tuple[bytes, float]:
         """(the one answer delivered, seconds taken)."""

@@ -28,7 +28,8 @@ from testkit.protocol import PolicyClient, request
 from testkit.repo import REPO, run_hapolicy
 from testkit.wait import wait_for
 
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.daemon import adminstate
 from hapolicy.daemon.adminstate import AdminFile
 from hapolicy.monitor.commands import COMMANDS, answer
@@ -116,12 +117,12 @@ def test_a_reload_keeps_the_admin_state_and_resets_a_weight_the_config_changed()
     assert [new.weight(i, s.weight) for i, s in enumerate(after)] == [5, 4, 1]
 
 
-def pool_config(*specs: str) -> Config:
-    return Config(services=tuple(parse_service(s) for s in specs))
+def one_pool_config(*specs: str) -> DaemonConfig:
+    return DaemonConfig(pools=(PoolConfig(services=tuple(parse_service(s) for s in specs)),))
 
 
 def test_commands_drain_weight_and_their_errors():
-    config = pool_config("A=h:1", "B=h:2")
+    config = one_pool_config("A=h:1", "B=h:2")
     health = {"default": HealthTable(2, shared=False)}
     log = Log()
 
@@ -152,7 +153,7 @@ def test_commands_drain_weight_and_their_errors():
 
 
 def test_the_state_file_round_trips_and_reads_bad_lines_as_warnings(tmp_path):
-    config = pool_config("A=h:1", "B=h:2", "C=h:3")
+    config = one_pool_config("A=h:1", "B=h:2", "C=h:3")
     health = {"default": HealthTable(3, shared=False)}
     health["default"].set_admin(0, DISABLED)
     health["default"].set_admin(1, DRAINING)
@@ -179,7 +180,7 @@ def test_the_state_file_round_trips_and_reads_bad_lines_as_warnings(tmp_path):
 
 
 def test_the_master_saves_on_a_change_only_and_logs_a_failed_save_once(tmp_path):
-    config = pool_config("A=h:1", "B=h:2")
+    config = one_pool_config("A=h:1", "B=h:2")
     health = {"default": HealthTable(2, shared=False)}
     path = tmp_path / "state"
     path.write_text("default A h:1 drain 3\ndefault GONE h:9 disabled -\n" + "junk\n" * 10)

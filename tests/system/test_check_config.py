@@ -15,8 +15,9 @@ from testkit.repo import REPO, run_hapolicy
 from hapolicy.base import frozen
 from hapolicy.cli import make_parser
 from hapolicy.config.file import assemble, read_config_file
+from hapolicy.config.option import DAEMON, POOL, SECTION, record_of
 from hapolicy.config.options import FILE_KEYS, OPTIONS, SETTINGS, markdown_table, summary
-from hapolicy.config.records import Config
+from hapolicy.config.records import DaemonConfig, PoolConfig
 
 EXAMPLE = REPO / "etc" / "hapolicy.conf.example"
 
@@ -122,18 +123,25 @@ def test_example_documents_every_setting():
 
 def test_example_values_are_the_defaults():
     settings = read_config_file(str(EXAMPLE)).top.settings  # before the pools' sections
-    defaults = Config()
-    wrong = {key: (value, getattr(defaults, key)) for key, value in settings.items()
-             if value != getattr(defaults, key)}
+    defaults = {record: record() for record in (DaemonConfig, PoolConfig)}
+
+    def default(key: str) -> object:
+        return getattr(defaults[record_of(SETTINGS[key])], key)
+
+    wrong = {key: (value, default(key)) for key, value in settings.items()
+             if value != default(key)}
     assert wrong == {}, "example value != default: " + repr(wrong)
     # all but `workers` (the number of cores of the machine) and a pool's own policy-context
     # and shadow
     assert set(SETTINGS) - set(settings) == {"workers", "policy_context", "shadow"}
 
 
-def test_every_config_field_has_an_option():
-    fields = {f for f in frozen.fields(Config) if f not in ("services", "config_file", "name", "pool_configs", "log_prefix")}
-    assert fields == set(SETTINGS)
+def test_every_config_field_is_an_option_of_its_records_scope():
+    pool = set(frozen.fields(PoolConfig)) - {"services", "name", "from_section"}
+    daemon = set(frozen.fields(DaemonConfig)) - {"pools", "config_file"}
+    assert pool == {key for key, option in SETTINGS.items() if option.scope in (POOL, SECTION)}
+    assert daemon == {key for key, option in SETTINGS.items() if option.scope == DAEMON}
+    assert pool | daemon == set(SETTINGS)
 
 
 def test_help_says_what_every_option_does_and_its_default():

@@ -21,16 +21,16 @@ from testkit.repo import REPO, command, hapolicy_env, run_hapolicy
 from hapolicy import manpage
 from hapolicy.cli import load_config, make_parser
 from hapolicy.config.file import MAX_FILE_BYTES, MAX_LINE, MAX_POOLS, read_config_file
-from hapolicy.config.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS, Value, bounds_of
-from hapolicy.config.records import (
+from hapolicy.config.option import Value, bounds_of
+from hapolicy.config.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS
+from hapolicy.config.parsers import parse_fail_answer, parse_service
+from hapolicy.config.values import (
     MAX_PRIO,
     MAX_SECONDS,
     MAX_SERVICES,
     MAX_WEIGHT,
     ConfigError,
     fmt_num,
-    parse_fail_answer,
-    parse_service,
 )
 
 CONFIGURATION = (REPO / "docs" / "configuration.md").read_text()

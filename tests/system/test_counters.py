@@ -18,7 +18,7 @@ from testkit.ports import HOST, refused_port
 from testkit.protocol import PolicyClient, request
 
 from hapolicy.base.protocol import Request
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.daemon.summary import pool_line
 from hapolicy.tables.health import (
     DEFAULT_DOWN,

@@ -51,7 +51,8 @@ from testkit.syslog import SyslogReceiver
 from testkit.wait import wait_for
 
 from hapolicy import __version__, manpage
-from hapolicy.config.options import COMMAND, OPTIONS
+from hapolicy.config.option import COMMAND
+from hapolicy.config.options import OPTIONS
 from hapolicy.monitor.commands import COMMANDS
 
 #: what the build and the checks need (scripts/run-tests installs them)

@@ -39,7 +39,7 @@ from testkit.postfix import (
 )
 from testkit.repo import REPO
 
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.spawn import statefile
 
 REJECT_TEXT = "bad sender, says postfwd"

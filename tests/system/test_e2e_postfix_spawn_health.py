@@ -40,7 +40,7 @@ from testkit.postfix import PostfixInstance, requires_root, spawn_entry, world_r
 from testkit.repo import REPO
 from testkit.syslog import SyslogReceiver
 
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.spawn import statefile
 
 pytestmark = requires_root

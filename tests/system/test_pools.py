@@ -20,7 +20,8 @@ from testkit.wait import wait_for
 
 from hapolicy.base.protocol import Request
 from hapolicy.config.file import assemble, read_config_file
-from hapolicy.config.records import ConfigError, Service
+from hapolicy.config.records import Service
+from hapolicy.config.values import ConfigError
 from hapolicy.request.hashkey import key_function, mask_address
 
 

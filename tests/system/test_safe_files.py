@@ -32,7 +32,8 @@ from testkit.repo import REPO, hapolicy_env
 from testkit.wait import wait_for
 
 from hapolicy.base import safefile
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.daemon import chores as daemon
 from hapolicy.daemon.adminstate import AdminFile
 from hapolicy.tables.health import DISABLED, HealthTable
@@ -147,8 +148,8 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a-directory"]
 
 
-def one_service_config() -> tuple[Config, dict[str, HealthTable]]:
-    config = Config(services=(parse_service("A=h:1"),))
+def one_service_config() -> tuple[DaemonConfig, dict[str, HealthTable]]:
+    config = DaemonConfig(pools=(PoolConfig(services=(parse_service("A=h:1"),)),))
     return config, {"default": HealthTable(1, shared=False)}
 
 

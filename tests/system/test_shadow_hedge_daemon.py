@@ -18,7 +18,7 @@ from testkit.repo import run_hapolicy
 from testkit.wait import wait_for
 
 from hapolicy.config.file import assemble, read_config_file
-from hapolicy.config.records import ConfigError
+from hapolicy.config.values import ConfigError
 
 
 def test_a_shadow_pool_is_asked_counted_and_shown(tmp_path: Path):

@@ -40,7 +40,7 @@ from testkit.repo import REPO
 from testkit.spawn import Spawned
 from testkit.syslog import SyslogReceiver
 
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.spawn import statefile
 
 OK = "action=OK\n\n"

@@ -23,7 +23,7 @@ from hapolicy.backend.exchange import IDLE, Backends, Connection
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.outcome import ANSWERED, CLOSED, INVALID
 from hapolicy.base.protocol import MAX_ANSWER_BYTES, answer_action, answer_complete
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.request.lane import Lane
 from hapolicy.tables.stats import S, action_index
 

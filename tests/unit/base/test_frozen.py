@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hapolicy.base import frozen
-from hapolicy.config.records import Config, Service
+from hapolicy.config.records import DaemonConfig, PoolConfig, Service
 
 COUNTER = iter(range(100))
 
@@ -73,9 +73,12 @@ def test_equality_hash_repr_and_replace():
 
 def test_the_configuration_is_made_of_them():
     service = Service("A", "127.0.0.1", 10023)
-    config = Config(services=(service,))
-    assert config.workers >= 1 and config.default_action == "dunno"
-    assert frozen.replace(config, cooldown=5.0).cooldown == 5.0
+    pool = PoolConfig(services=(service,))
+    config = DaemonConfig(pools=(pool,))
+    assert config.workers >= 1 and pool.default_action == "dunno"
+    assert frozen.replace(pool, cooldown=5.0).cooldown == 5.0
     assert {service: 1}[Service("A", "127.0.0.1", 10023)] == 1
     with pytest.raises(AttributeError):
-        config.cooldown = 1.0  # type: ignore[misc]
+        pool.cooldown = 1.0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        config.workers = 1  # type: ignore[misc]

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 from testkit.logs import ListLogger
 
-from hapolicy.config.records import Config, ConfigError
+from hapolicy.config.records import DaemonConfig
+from hapolicy.config.values import ConfigError
 from hapolicy.daemon.chores import remove_stale_socket
 from hapolicy.daemon.listener import Listener
 from hapolicy.monitor.control import bind_control
@@ -92,7 +93,7 @@ def assert_our_socket(path: Path, mode: int, gid: int = 0) -> None:
 def test_a_symlink_swapped_in_after_bind_is_never_followed(monkeypatch, where, victim):
     plain = where / "plain"
     listener = Listener(f"unix:{plain}")
-    listener.bind(Config(socket_mode=0o660))  # unharmed: its mode through its descriptor
+    listener.bind(DaemonConfig(socket_mode=0o660))  # unharmed: its mode through its descriptor
     try:
         assert_our_socket(plain, 0o660)
         with socket.socket(socket.AF_UNIX) as client:
@@ -104,7 +105,7 @@ def test_a_symlink_swapped_in_after_bind_is_never_followed(monkeypatch, where, v
     path = where / "policy"
     swap_after_bind(monkeypatch, path, victim)
     listener = Listener(f"unix:{path}")
-    error = failure(lambda: listener.bind(Config(socket_mode=0o666)))
+    error = failure(lambda: listener.bind(DaemonConfig(socket_mode=0o666)))
     assert_untouched(victim)
     assert error == "its file was replaced by another at once (left as it is)"
     assert path.is_symlink() and listener.sock is None
@@ -126,7 +127,7 @@ def test_another_socket_swapped_in_after_bind_is_not_taken_for_ours(monkeypatch,
 
         monkeypatch.setattr(socket.socket, "bind", bind)
         listener = Listener(f"unix:{path}")
-        error = failure(lambda: listener.bind(Config(socket_mode=0o666)))
+        error = failure(lambda: listener.bind(DaemonConfig(socket_mode=0o666)))
         info = os.lstat(path)
         assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == \
             (0o600, NOBODY, DAEMON_GROUP)
@@ -135,7 +136,7 @@ def test_another_socket_swapped_in_after_bind_is_not_taken_for_ours(monkeypatch,
 
 def test_the_control_socket_with_a_symlink_swapped_in_after_bind(monkeypatch, where, victim):
     plain = where / "plain"
-    control = bind_control(Config(control=str(plain), control_group="nogroup"))
+    control = bind_control(DaemonConfig(control=str(plain), control_group="nogroup"))
     try:
         assert_our_socket(plain, 0o660, NOGROUP)  # unharmed: group and mode as asked
     finally:
@@ -143,7 +144,7 @@ def test_the_control_socket_with_a_symlink_swapped_in_after_bind(monkeypatch, wh
     assert not plain.exists()
     path = where / "control"
     swap_after_bind(monkeypatch, path, victim)
-    error = failure(lambda: bind_control(Config(control=str(path), control_group="nogroup")))
+    error = failure(lambda: bind_control(DaemonConfig(control=str(path), control_group="nogroup")))
     assert_untouched(victim)
     assert error.startswith(f"control socket {path}: its file was replaced by another")
     assert path.is_symlink()
@@ -152,16 +153,16 @@ def test_the_control_socket_with_a_symlink_swapped_in_after_bind(monkeypatch, wh
 def test_a_reload_changes_the_mode_of_its_socket_only(where, victim):
     path = where / "policy"
     listener = Listener(f"unix:{path}")
-    listener.bind(Config(socket_mode=0o666))
+    listener.bind(DaemonConfig(socket_mode=0o666))
     log = ListLogger()
     try:
-        listener.apply(Config(socket_mode=0o666), Config(socket_mode=0o640), log)
+        listener.apply(DaemonConfig(socket_mode=0o666), DaemonConfig(socket_mode=0o640), log)
         assert_our_socket(path, 0o640)
         assert log.lines == []
         ours = where / "ours"
         os.rename(path, ours)
         os.symlink(victim, path)  # before a reload that changes socket-mode
-        listener.apply(Config(socket_mode=0o640), Config(socket_mode=0o666), log)
+        listener.apply(DaemonConfig(socket_mode=0o640), DaemonConfig(socket_mode=0o666), log)
         assert_untouched(victim)
         assert log.lines == [f"warning: reload: unix:{path} is no longer our socket: its mode "
                              "is left as it is"]
@@ -169,7 +170,7 @@ def test_a_reload_changes_the_mode_of_its_socket_only(where, victim):
         with socket.socket(socket.AF_UNIX) as other:
             other.bind(str(path))  # another socket: left alone too
             os.chmod(path, 0o600)
-            listener.apply(Config(socket_mode=0o666), Config(socket_mode=0o644), log)
+            listener.apply(DaemonConfig(socket_mode=0o666), DaemonConfig(socket_mode=0o644), log)
             assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
             listener.cleanup_quietly()
             assert stat.S_ISSOCK(os.lstat(path).st_mode)  # not ours: not removed

@@ -4,7 +4,8 @@ import pytest
 
 from hapolicy.cli import load_config
 from hapolicy.config.file import read_config_file
-from hapolicy.config.records import ConfigError, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.values import ConfigError
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -49,9 +50,10 @@ def test_bad_specs_name_the_bad_value(spec, fragment):
 def test_original_command_line():
     config, _ = load_config(["-d", "DEFER_IF_PERMIT policy service unavailable", "-lv", "-L",
                              "-s", "GREY1=10.0.0.1:10031:10", "--service=GREY2=10.0.0.2:10031:20"])
-    assert config.default_action == "DEFER_IF_PERMIT policy service unavailable"
+    [pool] = config.pools
+    assert pool.default_action == "DEFER_IF_PERMIT policy service unavailable"
     assert config.log_requests and config.verbose and config.log_stderr
-    assert [s.name for s in config.services] == ["GREY1", "GREY2"]
+    assert [s.name for s in pool.services] == ["GREY1", "GREY2"]
 
 
 def test_duplicate_service_names_refused():
@@ -64,11 +66,12 @@ def test_config_file_and_command_line_override(tmp_path):
     path.write_text("# comment\ndefault = REJECT busy\ntotal-timeout = 20\n"
                     "service = A=127.0.0.1:10031:5\nservice = B=127.0.0.1:10032\n")
     config, _ = load_config(["-c", str(path), "--total-timeout", "9"])
-    assert config.default_action == "REJECT busy"
-    assert config.total_timeout == 9
-    assert [s.name for s in config.services] == ["A", "B"]
+    [pool] = config.pools
+    assert pool.default_action == "REJECT busy"
+    assert pool.total_timeout == 9
+    assert [s.name for s in pool.services] == ["A", "B"]
     config, _ = load_config(["-c", str(path), "-s", "C=127.0.0.1:1"])
-    assert [s.name for s in config.services] == ["C"]
+    assert [s.name for s in config.pools[0].services] == ["C"]
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -1,6 +1,6 @@
 """The config file reader (hapolicy/config/file.py) on arbitrary files (Hypothesis).
 
-Any file is either a Config (whose --check-config summary can be printed) or a ConfigError
+Any file is either a DaemonConfig (whose --check-config summary can be printed) or a ConfigError
 whose text is one line; an error of a line names it as `FILE:LINE:`, LINE counted as sed and
 editors count lines (by LF), and that line is a setting or a section, not a blank or a
 comment. The files are drawn from every setting's key (both spellings, any case) with good and odd
@@ -22,15 +22,16 @@ from hypothesis import strategies as st
 
 from hapolicy.base.protocol import format_action
 from hapolicy.config.file import assemble, read_config_file
-from hapolicy.config.options import DAEMON, FILE_KEYS, SETTINGS, summary
-from hapolicy.config.records import ConfigError
+from hapolicy.config.option import DAEMON
+from hapolicy.config.options import FILE_KEYS, SETTINGS, summary
+from hapolicy.config.values import ConfigError
 
 # what str.splitlines() (and a lone CR, universal newlines) takes for a line end, LF and CRLF
 # aside: in a value, each once split the line (issue 27)
 SPLITLINES = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
-# a good value or two of each setting (by Config field), so that files get past one line
+# a good value or two of each setting (by record field), so that files get past one line
 GOOD = {
     "default_action": ("dunno", "DEFER_IF_PERMIT later"), "log_requests": ("yes", "no"),
     "verbose": ("no",), "log_stderr": ("no",), "daemonize": ("no",), "sticky_instance": ("yes",),
@@ -125,7 +126,7 @@ def good_files(draw) -> str:
 
 
 def load(text: str, encoding: str = "utf-8") -> tuple[str, object]:
-    """(path, the Config or the ConfigError) of a file holding text."""
+    """(path, the DaemonConfig or the ConfigError) of a file holding text."""
     fd, path = tempfile.mkstemp(suffix=".conf")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -139,7 +140,7 @@ def load(text: str, encoding: str = "utf-8") -> tuple[str, object]:
 
 
 def check(text: str) -> object:
-    """The properties of any file: a Config whose summary prints, or a one-line error that
+    """The properties of any file: a DaemonConfig whose summary prints, or a one-line error that
     names a line of the file holding a setting or a section."""
     path, result = load(text)
     if not isinstance(result, ConfigError):
@@ -214,7 +215,7 @@ def test_a_value_with_a_lone_cr_is_read_as_one_line(key):
 def test_a_default_action_makes_a_one_line_answer(action):
     result = check(f"service = A=127.0.0.1:10023\ndefault = {action}\n")
     if not isinstance(result, ConfigError):
-        answer = format_action(result.default_action)  # type: ignore[attr-defined]
+        answer = format_action(result.pools[0].default_action)  # type: ignore[union-attr]
         assert b"\0" not in answer and answer.find(b"\n") == len(answer) - 2
 
 

@@ -15,7 +15,9 @@ import socket
 import pytest
 from testkit.logs import ListLogger
 
-from hapolicy.config.records import Config, ConfigError, Service
+from hapolicy.config.file import assemble
+from hapolicy.config.records import DaemonConfig, Service
+from hapolicy.config.values import ConfigError
 from hapolicy.daemon.listener import Listener
 from hapolicy.daemon.master import WATCHDOG_SECONDS, Master, ProcessOps
 from hapolicy.daemon.throttle import STABLE_SECONDS, THROTTLE_MAX
@@ -52,9 +54,14 @@ class FakeOps(ProcessOps):
         self.waited.append(pid)
 
 
+def daemon_config(service: Service, **settings) -> DaemonConfig:
+    """The configuration of one pool of one service, the settings of either scope."""
+    return assemble(None, settings, [service])
+
+
 def make_master(**settings) -> Master:
-    config = Config(services=(Service("A", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=2,
-                    **settings)
+    config = daemon_config(Service("A", "127.0.0.1", 9), listen="127.0.0.1:1", workers=2,
+                           **settings)
     m = Master(config, ListLogger(), ops=FakeOps())
     listener = Listener("127.0.0.1:1")
     listener.sock = socket.socket()
@@ -187,7 +194,7 @@ def test_retired_worker_not_replaced_twice(master):
 
 
 def test_failed_reload_keeps_everything(master):
-    def broken() -> Config:
+    def broken() -> DaemonConfig:
         raise ConfigError("/etc/hapolicy.conf:3: unknown setting 'bogus'")
 
     master.reload_config = broken
@@ -202,23 +209,23 @@ def test_failed_reload_keeps_everything(master):
 
 
 def test_reload_retires_old_workers_and_starts_new(master):
-    new = Config(services=(Service("B", "127.0.0.1", 9),), listen="127.0.0.1:1", workers=3,
-                 pidfile="/elsewhere.pid", check_interval=0.0)
+    new = daemon_config(Service("B", "127.0.0.1", 9), listen="127.0.0.1:1", workers=3,
+                        pidfile="/elsewhere.pid", check_interval=0.0)
     master.reload_config = lambda: new
     master.step()
     master.signals.append(signal.SIGHUP)
     master.step()
     assert sorted(master.ops.kills) == [(100, signal.SIGHUP), (101, signal.SIGHUP)]
     assert alive(master) == [100, 101, 102, 103, 104]
-    assert master.config.services == new.services
+    assert master.config.pools[0].services == new.pools[0].services
     assert master.config.pidfile == ""  # a new pidfile needs a restart
 
 
 def test_retiring_workers_keep_the_checks_of_their_table_until_they_are_gone(checked):
     master = checked
     old_table = master.health["default"]
-    master.reload_config = lambda: Config(services=(Service("B", "127.0.0.1", 9),),
-                                          listen="127.0.0.1:1", workers=2)
+    master.reload_config = lambda: daemon_config(Service("B", "127.0.0.1", 9),
+                                                 listen="127.0.0.1:1", workers=2)
     master.step()
     assert master.monitor.pid == 100 and alive(master) == [101, 102]
     assert master.table.workers() == {101: 0, 102: 1}
@@ -294,8 +301,9 @@ def test_no_monitor_without_checks_or_control(master):
 
 def test_a_reload_that_turns_the_checks_off_ends_the_monitor_with_the_old_tables(checked):
     master, ops = checked, checked.ops
-    master.reload_config = lambda: Config(services=(Service("B", "127.0.0.1", 9),),
-                                          listen="127.0.0.1:1", workers=2, check_interval=0.0)
+    master.reload_config = lambda: daemon_config(Service("B", "127.0.0.1", 9),
+                                                 listen="127.0.0.1:1", workers=2,
+                                                 check_interval=0.0)
     master.step()
     master.signals.append(signal.SIGHUP)
     master.step()

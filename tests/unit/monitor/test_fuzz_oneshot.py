@@ -23,7 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hapolicy.base.eventloop import EventLoop
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.monitor.commands import COMMANDS
 from hapolicy.monitor.commands import answer as command_answer
 from hapolicy.monitor.control import MAX_LINE, ControlServer, ControlSocket
@@ -40,8 +41,9 @@ class Log:
         return lambda text: self.lines.append(f"{level}: {text}")
 
 
-CONFIG = Config(services=(parse_service("A=127.0.0.1:10023"), parse_service("B=[::1]:10024:5:2")),
-                hedge="p99", shadow="")
+CONFIG = DaemonConfig(pools=(PoolConfig(services=(parse_service("A=127.0.0.1:10023"),
+                                                 parse_service("B=[::1]:10024:5:2")),
+                                       hedge="p99", shadow=""),))
 HEALTH = {"default": HealthTable(2, shared=False)}
 WORKERS = WorkerTable(2)
 

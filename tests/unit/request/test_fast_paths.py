@@ -5,7 +5,7 @@ import socket
 
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.protocol import MAX_ATTRIBUTES, Request, RequestFramer, check_limits
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.request.selection import Selector
 from hapolicy.tables.health import SLOT, F, HealthTable
 

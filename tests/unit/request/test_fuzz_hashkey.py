@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from testkit.fuzzing import NAMES, request_streams
 
 from hapolicy.base.protocol import Request, RequestFramer
-from hapolicy.config.records import ConfigError, parse_balance
+from hapolicy.config.parsers import parse_balance
+from hapolicy.config.values import ConfigError
 from hapolicy.request.hashkey import IPV4_DEFAULT, IPV6_DEFAULT, key_function, mask_address
 
 prefixes = st.one_of(st.none(), st.integers(0, 128))

@@ -26,7 +26,8 @@ from hapolicy.base.outcome import (
     RESET,
 )
 from hapolicy.base.protocol import RequestFramer
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import PoolConfig
 from hapolicy.monitor.checks import Checker, CheckerSet
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.tables.health import DOWN, PROBE_DUE, SLOT, UP, Health, HealthTable, carry_over
@@ -44,7 +45,7 @@ class Lines:
 
 def make_health(*specs: str, checked: bool = False, **settings) -> tuple[Health, HealthTable]:
     services = tuple(parse_service(s) for s in specs)
-    config = Config(services=services, **settings)
+    config = PoolConfig(services=services, **settings)
     table = HealthTable(len(services), shared=False)
     table.set_recovery(checked, 0.0)  # as the master's checker says
     return Health(table, services, config, Lines()), table
@@ -126,8 +127,8 @@ def run_until(loop: EventLoop, condition, timeout: float = 5.0) -> None:
 
 def make_checker(spec: str, **settings) -> tuple[Checker, HealthTable, EventLoop]:
     loop = EventLoop()
-    config = Config(services=(parse_service(spec),), check_interval=0.05,
-                    check_down_interval=0.05, **settings)
+    config = PoolConfig(services=(parse_service(spec),), check_interval=0.05,
+                        check_down_interval=0.05, **settings)
     table = HealthTable(1, shared=False)
     table.set_recovery(True, 0.0)  # as the master's plan says (CheckerSet.replace)
     checker = Checker(loop, config, table, Lines())
@@ -211,7 +212,7 @@ def test_every_service_down_answers_the_default_at_once_without_connecting(all_d
     with FakeBackend(action="OK") as fake:
         loop = EventLoop()
         services = (parse_service(fake.spec("A")), parse_service(fake.spec("B", prio=20)))
-        config = Config(services=services, all_down=all_down, default_action="DEFER down")
+        config = PoolConfig(services=services, all_down=all_down, default_action="DEFER down")
         table = HealthTable(2, shared=False)
         for i in (0, 1):
             table.record_failure(i, time.monotonic(), 60.0, 60.0)
@@ -232,7 +233,7 @@ def test_every_service_down_answers_the_default_at_once_without_connecting(all_d
 
 def test_default_answer_warnings_are_held_to_one_line_a_second_per_reason():
     loop = EventLoop()
-    config = Config(services=(parse_service(f"A=127.0.0.1:{refused_port()}"),))
+    config = PoolConfig(services=(parse_service(f"A=127.0.0.1:{refused_port()}"),))
     table = HealthTable(1, shared=False)
     table.record_failure(0, time.monotonic(), 60.0, 60.0)
     log = Lines()
@@ -268,8 +269,8 @@ def test_the_masters_plan_says_who_owns_a_table_and_the_monitor_runs_it():
     """CheckerSet.replace (the master) sets the table's flag; a Checker (the monitor) never
     changes it, so a monitor that dies or is replaced leaves the table as the plan says."""
     loop = EventLoop()
-    checked = Config(services=(parse_service(f"A=127.0.0.1:{refused_port()}"),),
-                     check_interval=0.05, check_down_interval=0.05)
+    checked = PoolConfig(services=(parse_service(f"A=127.0.0.1:{refused_port()}"),),
+                         check_interval=0.05, check_down_interval=0.05)
     table = HealthTable(1, shared=False)
     plan = CheckerSet()
     plan.replace(checked, table, None, 0.0)
@@ -294,8 +295,8 @@ def test_the_masters_plan_says_who_owns_a_table_and_the_monitor_runs_it():
 def test_a_service_a_live_request_took_down_is_checked_at_the_down_interval():
     with FakeBackend(action="OK") as fake:
         checker, table, loop = make_checker(fake.spec("A"), check_rise=1)
-        checker.config = Config(services=checker.config.services, check_interval=30.0,
-                                check_down_interval=0.05, check_rise=1)
+        checker.config = PoolConfig(services=checker.config.services, check_interval=30.0,
+                                    check_down_interval=0.05, check_rise=1)
         outcomes = record_outcomes(checker)
         checker.start()
         try:
@@ -322,7 +323,7 @@ def test_the_sweep_rides_on_the_deadline_tick_with_no_timer_of_its_own():
         loop = EventLoop()
         services = (parse_service(hung.spec("H", timeout=20)),
                     parse_service(good.spec("G", prio=20)))
-        config = Config(services=services)
+        config = PoolConfig(services=services)
         table = HealthTable(2, shared=False)
         dispatcher = Dispatcher(loop, config, table, Lines())
         clients = [Client() for _ in range(3)]
@@ -341,8 +342,8 @@ def test_checks_run_at_the_up_interval_and_confirm_a_failure_at_the_down_interva
     port = refused_port()
     with FakeBackend(action="OK", port=port) as fake:
         checker, table, loop = make_checker(f"A=127.0.0.1:{port}", check_fall=2)
-        checker.config = Config(services=checker.config.services, check_interval=30.0,
-                                check_down_interval=0.05, check_fall=2)
+        checker.config = PoolConfig(services=checker.config.services, check_interval=30.0,
+                                    check_down_interval=0.05, check_fall=2)
         outcomes = record_outcomes(checker)
         checker.start()
         try:
@@ -372,12 +373,15 @@ def test_checks_run_at_the_up_interval_and_confirm_a_failure_at_the_down_interva
                              "answers") for line in checker.log.lines), checker.log.lines
 
 
-def make_dispatcher(*specs: str, **settings) -> tuple[Dispatcher, HealthTable, EventLoop, Lines]:
+def make_dispatcher(*specs: str, log_requests: bool = False,
+                    **settings) -> tuple[Dispatcher, HealthTable, EventLoop, Lines]:
     loop = EventLoop()
     services = tuple(parse_service(s) for s in specs)
     table = HealthTable(len(services), shared=False)
     log = Lines()
-    return Dispatcher(loop, Config(services=services, **settings), table, log), table, loop, log
+    dispatcher = Dispatcher(loop, PoolConfig(services=services, **settings), table, log,
+                            log_requests)
+    return dispatcher, table, loop, log
 
 
 def test_a_request_tries_each_service_once_even_when_trying_down_ones():

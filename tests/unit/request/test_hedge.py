@@ -18,7 +18,8 @@ from testkit.protocol import request
 
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.protocol import RequestFramer
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.request.hedge import MIN_SAMPLES, Latency, warnings
 from hapolicy.tables.health import HEDGE_WON, HEDGED, UP, F, HealthTable
@@ -27,13 +28,13 @@ from hapolicy.tables.health import HEDGE_WON, HEDGED, UP, F, HealthTable
 class Pool:
     """A dispatcher of a pool of services, asked many requests at once."""
 
-    def __init__(self, *specs: str, **settings) -> None:
+    def __init__(self, *specs: str, log_requests: bool = False, **settings) -> None:
         settings.setdefault("sticky_instance", False)
-        self.config = Config(services=tuple(parse_service(s) for s in specs), **settings)
+        self.config = PoolConfig(services=tuple(parse_service(s) for s in specs), **settings)
         self.loop = EventLoop()
         self.table = HealthTable(len(specs), shared=False)
         self.log = KeptLog()
-        self.dispatcher = Dispatcher(self.loop, self.config, self.table, self.log)
+        self.dispatcher = Dispatcher(self.loop, self.config, self.table, self.log, log_requests)
 
     def ask_many(self, count: int, at_once: int = 20) -> tuple[list[bytes], list[float]]:
         """count requests, at_once of them in flight: (answers, seconds each took)."""
@@ -242,10 +243,11 @@ def test_latency_ring_needs_samples_then_gives_the_percentile():
 
 
 def test_check_config_warns_of_hedging_a_pool_with_state():
-    config = Config(name="grey", services=(parse_service("A=127.0.0.1:1"),), hedge="0.1",
-                    balance="hash:sender")
-    [line] = warnings(config)
+    pool = PoolConfig(name="grey", services=(parse_service("A=127.0.0.1:1"),), hedge="0.1",
+                      balance="hash:sender")
+    [line] = warnings(DaemonConfig(pools=(pool,)))
     assert line.startswith("pool grey: hedge with balance = hash:sender and "
                            "sticky-instance = yes: ")
-    assert warnings(Config(services=config.services, hedge="0.1", sticky_instance=False)) == []
-    assert warnings(Config(services=config.services, balance="hash:sender")) == []
+    for other in (PoolConfig(services=pool.services, hedge="0.1", sticky_instance=False),
+                  PoolConfig(services=pool.services, balance="hash:sender")):
+        assert warnings(DaemonConfig(pools=(other,))) == []

@@ -22,7 +22,8 @@ from hapolicy.backend.idle import POOL_IDLE_SECONDS
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.log import Logger
 from hapolicy.base.protocol import MAX_ATTRIBUTES
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import PoolConfig
 from hapolicy.request import lane as lane_module
 from hapolicy.request.client import ClientConnection
 from hapolicy.request.dispatch import Dispatcher
@@ -50,13 +51,14 @@ class Quiet(Logger):
 class Harness:
     """One client of a dispatcher over a socketpair, the lane on or off."""
 
-    def __init__(self, lane: bool, specs: list[str], **settings) -> None:
+    def __init__(self, lane: bool, specs: list[str], log_requests: bool = False,
+                 verbose: bool = False, **settings) -> None:
         services = tuple(parse_service(s) for s in specs)
         self.loop = EventLoop()
         self.table = HealthTable(len(services), shared=False)
         self.log = Quiet()
-        self.dispatcher = Dispatcher(self.loop, Config(services=services, **settings),
-                                     self.table, self.log)
+        self.dispatcher = Dispatcher(self.loop, PoolConfig(services=services, **settings),
+                                     self.table, self.log, log_requests, verbose)
         if not lane:
             self.dispatcher.lane = None
         ours, self.theirs = socket.socketpair()
@@ -369,7 +371,7 @@ def test_pools_the_lane_is_not_for():
 
 
 def _settings(settings: dict) -> dict:
-    from hapolicy.config.records import parse_balance, parse_fail_answer, parse_hedge
+    from hapolicy.config.parsers import parse_balance, parse_fail_answer, parse_hedge
 
     parsers = {"balance": parse_balance, "fail_answer": parse_fail_answer,
                "hedge": parse_hedge}

@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.request.selection import Selector
 from hapolicy.tables.health import DOWN, PROBE_DUE, UP, HealthTable
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.request.selection import Selector
 from hapolicy.tables.health import DOWN, PROBE_DUE, HealthTable
 

@@ -21,7 +21,8 @@ from testkit.protocol import request
 
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.protocol import RequestFramer
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import PoolConfig
 from hapolicy.request import shadow as shadow_module
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.request.shadow import MAX_IN_FLIGHT, make_mirrors, verdict
@@ -44,18 +45,19 @@ class Pools:
     without a shadow, and `next`: dispatchers and a mirror as a worker makes them."""
 
     def __init__(self, real: list[str], shadow: list[str], share: float = 100.0,
-                 **settings) -> None:
+                 log_requests: bool = False, **settings) -> None:
         self.loop = EventLoop()
         self.log = KeptLog()
         services = tuple(parse_service(s) for s in real)
         self.configs = [
-            Config(name="real", services=services, shadow="next", shadow_share=share,
-                   **settings),
-            Config(name="plain", services=services, **settings),
-            Config(name="next", services=tuple(parse_service(s) for s in shadow)),
+            PoolConfig(name="real", services=services, shadow="next", shadow_share=share,
+                       **settings),
+            PoolConfig(name="plain", services=services, **settings),
+            PoolConfig(name="next", services=tuple(parse_service(s) for s in shadow)),
         ]
         self.tables = {c.name: HealthTable(len(c.services), shared=False) for c in self.configs}
-        self.dispatchers = {c.name: Dispatcher(self.loop, c, self.tables[c.name], self.log)
+        self.dispatchers = {c.name: Dispatcher(self.loop, c, self.tables[c.name], self.log,
+                                               log_requests and c.name != "next")
                             for c in self.configs}
         self.busy = 0
         self.mirrors = make_mirrors(self.loop, self.configs, self.dispatchers, self.tables,

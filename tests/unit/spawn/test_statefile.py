@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.spawn import statefile
 from hapolicy.tables.health import DOWN, SLOT, UP, F, HealthTable
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 
 from hapolicy.base.log import Logger
-from hapolicy.config.records import Config, parse_service
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import PoolConfig
 from hapolicy.tables.health import DOWN, PROBE_DUE, UP, Health, HealthTable
 
 COOLDOWN, CAP, LEASE = 2.0, 60.0, 35.0
@@ -120,7 +121,7 @@ def test_a_service_coming_back_starts_level_with_its_own_priority_group():
     table.set_served(2, 500.0)  # C, another priority, is no peer of A
     table.record_failure(0, 100.0, COOLDOWN, CAP)
     log = QuietLog()
-    health = Health(table, services, Config(services=tuple(services)), log)
+    health = Health(table, services, PoolConfig(services=tuple(services)), log)
     health.ok(0)
     assert table.state(0, 100.0) == UP
     assert table.served(0) == 50.0  # not behind B (a burst), not level with C

@@ -19,7 +19,7 @@ from testkit.ports import refused_port
 from testkit.protocol import request
 
 from hapolicy.base import outcome
-from hapolicy.config.records import parse_service
+from hapolicy.config.parsers import parse_service
 from hapolicy.monitor.commands import age, milliseconds, status_row
 from hapolicy.tables.health import SLOT, F, HealthTable, carry_over, table_bytes
 from hapolicy.tables.stats import (
