@@ -5,9 +5,8 @@
 
 Every option and its default comes from the option table (options.py), the control commands from
 `commands.COMMANDS`, hapolicyctl's options from `ctl.OPTIONS`; what has no other home (signals,
-exit status, files, the examples) is declared here once, and tests hold the manual to it
-(README.md: the master.cf and main.cf examples; docs/configuration.md: the config file example
-with pools; docs/operating.md: the signal table, hapolicyctl status). The Debian package runs
+exit status, files, the examples) is declared once in mantexts.py, and the roff is roff.py's:
+this module assembles the pages, with the prose of each section. The Debian package runs
 this at build time (debian/rules), so a page is never older than the code it describes. The
 pages say the paths of the package (/usr/sbin/hapolicy, /etc/hapolicy.conf); a date comes from
 SOURCE_DATE_EPOCH, so that a build is reproducible.
@@ -17,214 +16,31 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
-from hapolicy import __version__
 from hapolicy.config.file import MAX_POOLS
 from hapolicy.config.option import COMMAND, DAEMON, Option, bounds_of, default_of
 from hapolicy.config.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS
 from hapolicy.ctl import DEFAULT_PATH
 from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
 from hapolicy.ctl import OPTIONS as CTL_OPTIONS
+from hapolicy.mantexts import (
+    DAEMON_MAIN_CF,
+    EXAMPLE_POOLS,
+    EXAMPLE_POOLS_MAIN_CF,
+    EXIT_STATUS,
+    FILES,
+    SECURITY,
+    SIGNALS,
+    SPAWN_MAIN_CF,
+    SPAWN_MASTER_CF,
+    STATUS_EXAMPLE,
+)
 from hapolicy.monitor.commands import COMMANDS
+from hapolicy.roff import escape, example, header, item, lines, para, section, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
-
-#: Signals of the daemon's master (the signal table of docs/operating.md is held to these).
-SIGNALS = (
-    ("HUP", ("re-read the config file (pools and listen addresses may come and go); new "
-     "workers take new connections, old ones retire (they keep serving their connections "
-     "until the clients close them). A config that fails validation is logged and the old "
-     "one keeps running")),
-    ("TERM", ("stop accepting, let in-flight requests finish (`--drain-timeout`), exit 0, "
-     "remove the pidfile and unix socket")),
-    ("INT, QUIT", "stop at once"),
-)
-
-EXIT_STATUS = (
-    ("0", ("spawn mode: the client closed its connection; the daemon: stopped by a signal; "
-     "`--check-config`: the configuration is valid")),
-    ("1", ("the daemon could not start or run (one line on stderr and in syslog); "
-     "`--daemonize` returns 1 when the master did not start")),
-    ("2", ("a bad command line or config file: one line on stderr (and syslog) naming the bad "
-     "value, `FILE:LINE: what` for a file; under spawn(8) hapolicy then exits before reading a "
-     "request, so Postfix defers the mail (451 4.3.5) instead of passing it")),
-)
-
-SECURITY = (
-    ("root", ("the daemon's master: it binds the sockets, reads the config file, writes the "
-     "pidfile and `--state-file`, and forks; it reads no client's or service's bytes. It imports "
-     "all its children may need before it forks, so they read no Python file after the drop")),
-    ("--user, --group", ("the workers and the monitor: every exchange with Postfix and the "
-     "services, the checks, the control socket's commands, /metrics. Give a user of its own "
-     "(the package's `hapolicy`), not `nobody`")),
-    ("user=hapolicy", ("spawn mode, as master.cf says; it drops nothing. A user of its own: "
-     "any process of that user can write the shared state file in /run/hapolicy/spawn")),
-    ("not writable by others", ("the config file, the directory of the pidfile and of the "
-     "control socket (/run/hapolicy). A state file (`--state-file`, spawn mode's) is used only "
-     "when it is a regular file, not a symbolic link, owned by root or the user hapolicy runs "
-     "as and writable by no one else; else it is ignored with a warning and replaced. Root "
-     "writes the pidfile and the daemon's state file through a new temporary file "
-     "(O_CREAT|O_EXCL|O_NOFOLLOW) renamed into place")),
-    ("a socket in another user's directory", ("a unix listen socket may be in a directory "
-     "another user writes (Postfix's private/): root never changes a mode or owner through a "
-     "path, only through a handle to the socket it made, checked to be its own")),
-    ("bounds", ("every setting has bounds (see OPTIONS); a request over a limit or with a line "
-     "without `=` gets the default action; an exception while handling a request costs that "
-     "request alone; /metrics and the control socket hold at most 16 connections, each with "
-     "2 s to send its request, the oldest incomplete one making room for a new one")),
-)
-
-FILES = (
-    ("/etc/hapolicy.conf", ("the config file of the init script and the systemd unit; see "
-     "hapolicy.conf(5). As the package installs it, it sets every setting to its default and "
-     "has its example pools commented out: the daemon starts once it has a `service` line")),
-    ("/etc/default/hapolicy", ("the init script's settings: `DAEMON_ARGS` (by default `--user "
-     "hapolicy --group hapolicy`), `CONFIG`, `PIDFILE`, `DAEMON`, `STOP_TIMEOUT`")),
-    ("/etc/init.d/hapolicy", ("the LSB init script: start, stop, status, reload (HUP), "
-     "restart")),
-    ("/lib/systemd/system/hapolicy.service", ("the systemd unit (`Type=notify`, the master in "
-     "the foreground)")),
-    ("/lib/systemd/system/hapolicy.socket", ("socket activation: systemd holds the listening "
-     "socket, so Postfix finds it while hapolicy restarts; not enabled by the package (its "
-     "`ListenStream=` must be one of the `listen` addresses)")),
-    ("/run/hapolicy.pid", "the init script's pidfile"),
-    ("/run/hapolicy/control", ("the control socket (`control` in the packaged config file), "
-     "for hapolicyctl(8)")),
-    ("/run/hapolicy/spawn/health-DIGEST", ("spawn mode: the state file in which every process "
-     "spawned with one service list shares their health; the directory is the user "
-     "hapolicy's (made by the package), used when it is the running user's own and no one "
-     "else may write it, else `$XDG_RUNTIME_DIR/hapolicy/` when that is set, else "
-     "`/tmp/hapolicy-UID/`; `--state-file`")),
-    ("/dev/log", "where syslog lines go (`--syslog-socket`)"),
-    ("/usr/share/doc/hapolicy/", ("the documentation: README.md, and the manual in docs/ "
-     "(configuration, health and failover, operating, security, performance, compatibility "
-     "with the Perl original)")),
-)
-
-#: The config file example with three pools on one address (docs/configuration.md shows the
-#: same lines).
-EXAMPLE_POOLS = """\
-workers = 4
-# every pool's address, unless a pool says otherwise
-listen = 127.0.0.1:10060
-check-interval = 5
-
-[pool grey]
-policy-context = grey
-service = GREY1=10.0.0.1:10023
-service = GREY2=10.0.0.2:10023
-balance = hash:client_address/24,sender,recipient
-fail-answer = ^451 4\\.3\\.5|^DEFER_IF_PERMIT Service temporarily unavailable
-
-[pool rate]
-policy-context = rate
-service = RATE1=10.0.0.1:10033
-service = RATE2=10.0.0.2:10033
-balance = hash:sasl_username
-total-timeout = 10
-
-[pool spf]
-policy-context = spf
-service = SPF1=10.0.0.1:10045:10
-service = SPF2=10.0.0.2:10045:20
-"""
-
-#: hapolicyctl status during a failover (docs/operating.md shows the same lines)
-STATUS_EXAMPLE = """\
-$ hapolicyctl status
-pool  service  address         state  admin    weight  answers  failures  p50_ms  p99_ms  last_change
-grey  GREY1    10.0.0.1:10023  up     enabled  1       5127     0         0.50    0.99    2d03h
-grey  GREY2    10.0.0.2:10023  down   enabled  1       825      1         1.78    4.59    3s
-"""
-
-#: main.cf for EXAMPLE_POOLS (docs/configuration.md shows the same lines).
-EXAMPLE_POOLS_MAIN_CF = """\
-smtpd_recipient_restrictions =
-    permit_mynetworks,
-    reject_unauth_destination,
-    check_policy_service { inet:127.0.0.1:10060, policy_context=grey },
-    check_policy_service { inet:127.0.0.1:10060, policy_context=spf }
-smtpd_data_restrictions =
-    check_policy_service { inet:127.0.0.1:10060, policy_context=rate }
-"""
-
-SPAWN_MASTER_CF = (
-    "127.0.0.1:10060 inet  n  n  n  -  0  spawn\n"
-    "  user=hapolicy argv=/usr/sbin/hapolicy -l -s GREY1=10.0.0.1:10023:10 "
-    "-s GREY2=10.0.0.2:10023:20 -d { DEFER_IF_PERMIT policy service unavailable }\n")
-
-SPAWN_MAIN_CF = """\
-127.0.0.1:10060_time_limit = 3600
-smtpd_recipient_restrictions = ..., check_policy_service inet:127.0.0.1:10060
-"""
-
-DAEMON_MAIN_CF = """\
-smtpd_recipient_restrictions =
-    permit_mynetworks,
-    reject_unauth_destination,
-    check_policy_service inet:127.0.0.1:10060
-"""
-
-
-# --- roff ----------------------------------------------------------------------------------
-
-def escape(text: str) -> str:
-    """Plain text as roff: backslashes, minus signs and other than ASCII escaped."""
-    out = []
-    for char in text.replace("\\", "\\e").replace("-", "\\-"):
-        out.append(char if ord(char) < 128 else f"\\[u{ord(char):04X}]")
-    return "".join(out)
-
-
-def inline(text: str) -> str:
-    """Text with `code` spans (the option table's help) as roff: code in bold."""
-    parts = text.split("`")
-    return "".join(f"\\fB{escape(part)}\\fR" if i % 2 else escape(part)
-                   for i, part in enumerate(parts))
-
-
-def lines(*texts: str) -> str:
-    """Roff text lines: none may start with a dot or an apostrophe (a request)."""
-    out = []
-    for text in texts:
-        for line in text.split("\n"):
-            out.append("\\&" + line if line[:1] in (".", "'") else line)
-    return "\n".join(out) + "\n"
-
-
-def example(text: str) -> str:
-    """A block of literal lines, indented."""
-    return ".PP\n.RS 4\n.nf\n" + lines(escape(text.rstrip("\n"))) + ".fi\n.RE\n"
-
-
-def section(title: str) -> str:
-    return f".SH {title}\n"
-
-
-def para(text: str) -> str:
-    return ".PP\n" + lines(inline(text))
-
-
-def item(tag: str, text: str) -> str:
-    """A tagged paragraph: tag (roff already) and its text, as a sentence."""
-    text = text[:1].upper() + text[1:]
-    return ".TP\n" + lines(tag) + lines(inline(text if text.endswith(".") else text + "."))
-
-
-def header(name: str, number: str, summary: str) -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    date = time.strftime("%Y-%m-%d", time.gmtime(int(epoch))) if epoch.isdigit() else ""
-    return (f'.TH {name.upper()} {number} "{date}" "hapolicy {__version__}" '
-            f'"{"File Formats" if number == "5" else "System Manager" + chr(39) + "s Manual"}"\n'
-            + section("NAME") + lines(f"{escape(name)} \\- {escape(summary)}"))
-
-
-def table(rows: Iterable[tuple[str, str]], bold: bool = True) -> str:
-    font = "B" if bold else "R"
-    return "".join(item(f"\\f{font}{escape(key)}\\fR", text) for key, text in rows)
+    from collections.abc import Callable, Sequence
 
 
 # --- options -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from testkit.daemon import short_tmpdir
 from testkit.processes import kill_session
 from testkit.repo import REPO, command, hapolicy_env, run_hapolicy
 
-from hapolicy import manpage
+from hapolicy import manpage, roff
 from hapolicy.cli import load_config, make_parser
 from hapolicy.config.file import MAX_FILE_BYTES, MAX_LINE, MAX_POOLS, read_config_file
 from hapolicy.config.option import Value, bounds_of
@@ -190,14 +190,14 @@ def test_the_bounds_are_in_help_man_pages_and_manual():
         if not bounds:
             continue
         assert f"bounds: {bounds}" in helped[option.flags[-1]].replace("%%", "%"), option.flags
-        assert f"Bounds: {manpage.escape(bounds)}." in pages["hapolicy.8"], option.flags
+        assert f"Bounds: {roff.escape(bounds)}." in pages["hapolicy.8"], option.flags
         if option.key:
-            assert f"Bounds: {manpage.escape(bounds)}." in pages["hapolicy.conf.5"], option.name
+            assert f"Bounds: {roff.escape(bounds)}." in pages["hapolicy.conf.5"], option.name
         assert f"| {bounds} |" in CONFIGURATION, option.flags
     for *_, bounds in SERVICE_FIELDS:
-        assert f"Bounds: {manpage.escape(bounds)}." in pages["hapolicy.conf.5"]
+        assert f"Bounds: {roff.escape(bounds)}." in pages["hapolicy.conf.5"]
     assert BOUNDS_RULE in " ".join(CONFIGURATION.split())
-    rule = re.sub(r"\s+", " ", manpage.inline(BOUNDS_RULE))
+    rule = re.sub(r"\s+", " ", roff.inline(BOUNDS_RULE))
     for name in ("hapolicy.8", "hapolicy.conf.5"):
         assert rule in re.sub(r"\s+", " ", pages[name]), name
 

@@ -20,7 +20,7 @@ import pytest
 from testkit.packages import require_packages
 from testkit.repo import REPO, hapolicy_env, run_hapolicy
 
-from hapolicy import __version__, ctl, manpage
+from hapolicy import __version__, ctl, manpage, mantexts, roff
 from hapolicy.config.option import COMMAND, DAEMON, default_of
 from hapolicy.config.options import OPTIONS
 from hapolicy.monitor import commands
@@ -65,9 +65,9 @@ def test_hapolicy_8_has_every_option_with_its_default(pages):
     for word in ("--version", "--help", "SIGNALS", "EXIT STATUS", "FILES", "master.cf",
                  "main.cf", "/usr/sbin/hapolicy", "spawn"):
         assert word in page, word
-    for name, _ in manpage.SIGNALS:
+    for name, _ in mantexts.SIGNALS:
         assert re.search(rf"^ *{name}\b", page, re.M), name
-    for status, _ in manpage.EXIT_STATUS:
+    for status, _ in mantexts.EXIT_STATUS:
         assert re.search(rf"^ *{status} ", page, re.M), status
 
 
@@ -132,22 +132,22 @@ def block(text: str, indent: str = "    ") -> str:
 def test_the_manual_shows_the_pages_examples_and_signals():
     """The README's first configurations, the pools of docs/configuration.md, the status and the
     signal table of docs/operating.md are the pages' own."""
-    assert "`/etc/hapolicy.conf`:\n\n" + block(manpage.EXAMPLE_POOLS) + "\nmain.cf:\n\n" + \
-        block(manpage.EXAMPLE_POOLS_MAIN_CF) in CONFIGURATION
-    assert block(manpage.SPAWN_MASTER_CF).replace("/usr/sbin/", "/usr/local/bin/") in README
-    assert block(manpage.SPAWN_MAIN_CF) in README
-    assert block(manpage.DAEMON_MAIN_CF) in README
-    assert block(manpage.STATUS_EXAMPLE) in OPERATING
+    assert "`/etc/hapolicy.conf`:\n\n" + block(mantexts.EXAMPLE_POOLS) + "\nmain.cf:\n\n" + \
+        block(mantexts.EXAMPLE_POOLS_MAIN_CF) in CONFIGURATION
+    assert block(mantexts.SPAWN_MASTER_CF).replace("/usr/sbin/", "/usr/local/bin/") in README
+    assert block(mantexts.SPAWN_MAIN_CF) in README
+    assert block(mantexts.DAEMON_MAIN_CF) in README
+    assert block(mantexts.STATUS_EXAMPLE) in OPERATING
     start = OPERATING.index("| signal | effect |")
     rows = re.findall(r"^\| (.+?) \| (.+?) \|$",
                       OPERATING[start:OPERATING.index("\n\n", start)], re.M)
-    assert rows[1:] == list(manpage.SIGNALS) and rows[0] == ("signal", "effect")
+    assert rows[1:] == list(mantexts.SIGNALS) and rows[0] == ("signal", "effect")
 
 
 def test_every_master_cf_example_runs_spawn_mode_as_the_user_hapolicy():
     """Not as nobody, whom other services share: any process of that user can write the state
     file every spawned session maps (statefile.py)."""
-    assert "\n  user=hapolicy argv=" in manpage.SPAWN_MASTER_CF
+    assert "\n  user=hapolicy argv=" in mantexts.SPAWN_MASTER_CF
     sources = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "etc").iterdir(),
                *(p for p in (REPO / "debian").iterdir() if p.is_file())]
     texts = {str(p): p.read_text() for p in sources}
@@ -160,7 +160,7 @@ def test_every_master_cf_example_runs_spawn_mode_as_the_user_hapolicy():
 
 def test_the_example_with_pools_is_a_valid_configuration(tmp_path):
     path = tmp_path / "pools.conf"
-    path.write_text(manpage.EXAMPLE_POOLS)
+    path.write_text(mantexts.EXAMPLE_POOLS)
     done = run_hapolicy(["-c", str(path), "--check-config"])
     assert done.returncode == 0, done.stderr
     assert "[pool grey]" in done.stdout and "[pool spf]" in done.stdout
@@ -185,9 +185,9 @@ def test_the_command_line_of_the_generator(tmp_path):
 
 
 def test_roff_escapes():
-    assert manpage.escape("a-b\\c ÷") == "a\\-b\\ec \\[u00F7]"
-    assert manpage.inline("use `--x` now") == "use \\fB\\-\\-x\\fR now"
-    assert manpage.lines(".x\n'y\nz") == "\\&.x\n\\&'y\nz\n"
+    assert roff.escape("a-b\\c ÷") == "a\\-b\\ec \\[u00F7]"
+    assert roff.inline("use `--x` now") == "use \\fB\\-\\-x\\fR now"
+    assert roff.lines(".x\n'y\nz") == "\\&.x\n\\&'y\nz\n"
 
 
 def test_the_debian_version_is_the_packages():
