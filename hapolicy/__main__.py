@@ -1,5 +1,5 @@
 """`python -m hapolicy`."""
 
-from .cli import run
+from hapolicy.cli import run
 
 run()

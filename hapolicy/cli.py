@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import sys
 
-from . import __version__, cmdline
-from .config import Config, ConfigError, parse_service
-from .configfile import assemble, read_config_file
-from .log import Logger
-from .options import OPTIONS, SETTINGS, bounds_of, default_of, summary
+from hapolicy import __version__
+from hapolicy.config import cmdline
+from hapolicy.config.records import Config, ConfigError, parse_service
+from hapolicy.config.file import assemble, read_config_file
+from hapolicy.base.log import Logger
+from hapolicy.config.options import OPTIONS, SETTINGS, bounds_of, default_of, summary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -119,13 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"hapolicy: warning: {line}\n")
         return 0
     if config.listen:
-        from .runner import run_daemon
+        from hapolicy.daemon.runner import run_daemon
 
         for line in _hedge_warnings(config):
             log.warning(line)
 
         return run_daemon(config, log, lambda: load_config(argv)[0])
-    from .spawn import run_spawn, silence_stderr
+    from hapolicy.spawn.mode import run_spawn, silence_stderr
 
     if not config.log_stderr:
         silence_stderr()
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _hedge_warnings(config: Config) -> list[str]:
     if not any(pool.hedge for pool in config.pools):
         return []
-    from .hedge import warnings
+    from hapolicy.request.hedge import warnings
 
     return warnings(config)
 

@@ -105,7 +105,7 @@ def help_text() -> str:
     """USAGE, the options and the commands (commands.COMMANDS), wrapped to 79 columns."""
     import textwrap
 
-    from .commands import COMMANDS
+    from hapolicy.monitor.commands import COMMANDS
 
     out = [USAGE, ""]
     for title, rows in (("options:", OPTIONS), ("commands:", COMMANDS)):

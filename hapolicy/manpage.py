@@ -18,13 +18,13 @@ import os
 import sys
 import time
 
-from . import __version__
-from .commands import COMMANDS
-from .configfile import MAX_POOLS
-from .ctl import DEFAULT_PATH
-from .ctl import EXIT_STATUS as CTL_EXIT
-from .ctl import OPTIONS as CTL_OPTIONS
-from .options import (
+from hapolicy import __version__
+from hapolicy.monitor.commands import COMMANDS
+from hapolicy.config.file import MAX_POOLS
+from hapolicy.ctl import DEFAULT_PATH
+from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
+from hapolicy.ctl import OPTIONS as CTL_OPTIONS
+from hapolicy.config.options import (
     BOUNDS_RULE,
     COMMAND,
     DAEMON,

@@ -1,4 +1,4 @@
-"""hapolicy.activation in process: which LISTEN_* variables are ours, garbage in LISTEN_FDS,
+"""hapolicy.daemon.activation in process: which LISTEN_* variables are ours, garbage in LISTEN_FDS,
 and matching a passed socket to a listen address by getsockname."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import os
 import socket
 
 import pytest
-from support.daemon import short_tmpdir
+from testkit.daemon import short_tmpdir
 
-from hapolicy.activation import ActivationError, describe, find_passed, passed_sockets
+from hapolicy.daemon.activation import ActivationError, describe, find_passed, passed_sockets
 
 
 def test_variables_of_another_pid_are_not_ours_and_stay():

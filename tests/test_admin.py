@@ -20,20 +20,20 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-from support.backends import FakeBackend
-from support.ctl import csv_rows, ctl
-from support.daemon import Daemon, short_tmpdir
-from support.ports import HOST, free_port
-from support.protocol import PolicyClient, request
-from support.repo import REPO, run_hapolicy
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.ctl import csv_rows, ctl
+from testkit.daemon import Daemon, short_tmpdir
+from testkit.ports import HOST, free_port
+from testkit.protocol import PolicyClient, request
+from testkit.repo import REPO, run_hapolicy
+from testkit.wait import wait_for
 
-from hapolicy import adminstate
-from hapolicy.adminstate import AdminFile
-from hapolicy.commands import COMMANDS, answer
-from hapolicy.config import Config, parse_service
-from hapolicy.health import DISABLED, DRAINING, ENABLED, F, HealthTable, carry_over
-from hapolicy.selection import Selector
+from hapolicy.daemon import adminstate
+from hapolicy.daemon.adminstate import AdminFile
+from hapolicy.monitor.commands import COMMANDS, answer
+from hapolicy.config.records import Config, parse_service
+from hapolicy.tables.health import DISABLED, DRAINING, ENABLED, F, HealthTable, carry_over
+from hapolicy.request.selection import Selector
 
 
 class Log:

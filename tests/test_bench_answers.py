@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from support.backends import OnceThenDead
+from testkit.backends import OnceThenDead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "scripts", "bench.py")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from support.scripts import run_script
+from testkit.scripts import run_script
 
 
 def test_bench_smoke(tmp_path):

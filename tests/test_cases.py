@@ -33,7 +33,7 @@ Header lines, before the first section:
   MULTILINE             answers ``foo=1``, ``action=OK``, ``action=SECOND``
   DEAD                  nothing listens: connect is refused
   SILENT                reads requests, never answers (give it a short TIMEOUT)
-  GARBAGE, NOACTION,    the FakeBackend modes of the same names (tests/support/backends.py)
+  GARBAGE, NOACTION,    the FakeBackend modes of the same names (scripts/testkit/backends.py)
   CLOSE, PARTIAL, HUGE,
   CLOSE_AFTER_REQUEST
   ====================  ========================================================
@@ -65,9 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.ports import refused_port
-from support.spawn import run_once
+from testkit.backends import FakeBackend
+from testkit.ports import refused_port
+from testkit.spawn import run_once
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 

@@ -10,13 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.repo import run_hapolicy
+from testkit.repo import run_hapolicy
 
-from hapolicy import frozen
+from hapolicy.base import frozen
 from hapolicy.cli import make_parser
-from hapolicy.config import Config
-from hapolicy.configfile import assemble, read_config_file
-from hapolicy.options import FILE_KEYS, OPTIONS, SETTINGS, markdown_table, summary
+from hapolicy.config.records import Config
+from hapolicy.config.file import assemble, read_config_file
+from hapolicy.config.options import FILE_KEYS, OPTIONS, SETTINGS, markdown_table, summary
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "etc" / "hapolicy.conf.example"
@@ -152,7 +152,7 @@ def test_the_readme_option_table_is_the_option_table():
     readme = (REPO / "README.md").read_text()
     start = readme.index("| option | meaning | default |")
     table = readme[start:readme.index("\n\n", start) + 1]
-    assert table == markdown_table(), "README's table is stale: python -m hapolicy.options"
+    assert table == markdown_table(), "README's table is stale: python -m hapolicy.config.options"
 
 
 def test_a_prefix_of_digits_int_cannot_read_is_a_one_line_error():

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from hapolicy import cmdline
+from hapolicy.config import cmdline
 from hapolicy.cli import UsageError, make_parser, parse_command_line
 
 TOKENS = [

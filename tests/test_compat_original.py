@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from support.backends import Blackhole, FakeBackend, RawBackend
-from support.perl import PERL_HAPOLICY, require_original
-from support.ports import refused_port
-from support.protocol import request
-from support.repo import command, hapolicy_env
-from support.spawn import run_once
+from testkit.backends import Blackhole, FakeBackend, RawBackend
+from testkit.perl import PERL_HAPOLICY, require_original
+from testkit.ports import refused_port
+from testkit.protocol import request
+from testkit.repo import command, hapolicy_env
+from testkit.spawn import run_once
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = command([])

@@ -3,8 +3,8 @@
 import pytest
 
 from hapolicy.cli import load_config
-from hapolicy.config import ConfigError, parse_service
-from hapolicy.configfile import read_config_file
+from hapolicy.config.records import ConfigError, parse_service
+from hapolicy.config.file import read_config_file
 
 
 @pytest.mark.parametrize("spec, expected", [

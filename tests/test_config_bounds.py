@@ -14,13 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.daemon import short_tmpdir
-from support.processes import kill_session
-from support.repo import REPO, command, hapolicy_env, run_hapolicy
+from testkit.daemon import short_tmpdir
+from testkit.processes import kill_session
+from testkit.repo import REPO, command, hapolicy_env, run_hapolicy
 
 from hapolicy import manpage
 from hapolicy.cli import load_config, make_parser
-from hapolicy.config import (
+from hapolicy.config.records import (
     MAX_PRIO,
     MAX_SECONDS,
     MAX_SERVICES,
@@ -30,8 +30,8 @@ from hapolicy.config import (
     parse_fail_answer,
     parse_service,
 )
-from hapolicy.configfile import MAX_FILE_BYTES, MAX_LINE, MAX_POOLS, read_config_file
-from hapolicy.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS, Value, bounds_of
+from hapolicy.config.file import MAX_FILE_BYTES, MAX_LINE, MAX_POOLS, read_config_file
+from hapolicy.config.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS, Value, bounds_of
 
 README = (REPO / "README.md").read_text()
 SERVICE = "A=127.0.0.1:1"

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import textwrap
 
-from support.backends import FakeBackend
-from support.ctl import csv_rows, ctl
-from support.daemon import Daemon
-from support.ports import HOST, free_port
-from support.protocol import PolicyClient, request
-from support.repo import REPO, hapolicy_env
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.ctl import csv_rows, ctl
+from testkit.daemon import Daemon
+from testkit.ports import HOST, free_port
+from testkit.protocol import PolicyClient, request
+from testkit.repo import REPO, hapolicy_env
+from testkit.wait import wait_for
 from test_metrics import samples, total
 
 POISON = "192.0.2.66"  # the client address whose hash key raises in the daemon
 FAULT = f"""\
-import hapolicy.hashkey as hashkey
+import hapolicy.request.hashkey as hashkey
 
 _mask_address = hashkey.mask_address
 
@@ -40,7 +40,7 @@ def mask_address(value, v4, v6):
 hashkey.mask_address = mask_address
 """
 LOOP_FAULT = """\
-import hapolicy.protocol as protocol
+import hapolicy.base.protocol as protocol
 
 _whole = protocol.RequestFramer.whole
 

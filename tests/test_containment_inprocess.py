@@ -12,12 +12,12 @@ import re
 import time
 from collections.abc import Iterator
 
-from support.backends import FakeBackend
-from support.protocol import request
+from testkit.backends import FakeBackend
+from testkit.protocol import request
 from test_dispatch_inprocess import Client, Run
 
-from hapolicy.health import DEFAULT_INTERNAL, REQUESTS, F
-from hapolicy.protocol import RequestFramer
+from hapolicy.tables.health import DEFAULT_INTERNAL, REQUESTS, F
+from hapolicy.base.protocol import RequestFramer
 
 
 @contextlib.contextmanager
@@ -131,7 +131,7 @@ def test_an_exception_delivering_one_of_a_turns_lane_answers_costs_no_other():
     list left behind would keep every later turn from being flushed), in_flight adds up."""
     from types import SimpleNamespace
 
-    from hapolicy.lane import Lane
+    from hapolicy.request.lane import Lane
 
     class Deliveries:
         def __init__(self, fails: bool) -> None:

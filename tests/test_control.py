@@ -19,12 +19,12 @@ import socket
 import stat
 import time
 
-from support.backends import FakeBackend
-from support.ctl import Load, ask_all, csv_rows, ctl, disable_under_load, read_all
-from support.daemon import Daemon
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.ctl import Load, ask_all, csv_rows, ctl, disable_under_load, read_all
+from testkit.daemon import Daemon
+from testkit.wait import wait_for
 
-from hapolicy.oneshot import HEAD_SECONDS
+from hapolicy.monitor.oneshot import HEAD_SECONDS
 
 
 def test_counters_disable_enable_and_hup():

@@ -6,7 +6,7 @@ Through HealthTable's public methods only (record_failure, record_success).
 
 from __future__ import annotations
 
-from hapolicy.health import HealthTable
+from hapolicy.tables.health import HealthTable
 
 COOLDOWN, CAP = 2.0, 60.0
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import re
 
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.ports import HOST, refused_port
-from support.protocol import PolicyClient, request
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.ports import HOST, refused_port
+from testkit.protocol import PolicyClient, request
 from test_dispatch_inprocess import Run
 
-from hapolicy.config import parse_service
-from hapolicy.health import (
+from hapolicy.config.records import parse_service
+from hapolicy.tables.health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
     DEFAULT_REFUSED,
@@ -29,8 +29,8 @@ from hapolicy.health import (
     HealthTable,
     carry_over,
 )
-from hapolicy.protocol import Request
-from hapolicy.summary import pool_line
+from hapolicy.base.protocol import Request
+from hapolicy.daemon.summary import pool_line
 
 DEFAULTS = (DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED)
 

@@ -15,13 +15,13 @@ import socket
 import time
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.load import Load
-from support.ports import HOST
-from support.processes import cmdline, connection_owners, wait_children
-from support.protocol import PolicyClient, request
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.load import Load
+from testkit.ports import HOST
+from testkit.processes import cmdline, connection_owners, wait_children
+from testkit.protocol import PolicyClient, request
+from testkit.wait import wait_for
 
 
 @pytest.fixture

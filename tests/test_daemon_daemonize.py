@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import short_tmpdir
-from support.ports import HOST, free_port
-from support.processes import alive, cmdline, uid_of, wait_children
-from support.protocol import PolicyClient, request
-from support.repo import REPO, run_hapolicy
-from support.syslog import SyslogReceiver
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import short_tmpdir
+from testkit.ports import HOST, free_port
+from testkit.processes import alive, cmdline, uid_of, wait_children
+from testkit.protocol import PolicyClient, request
+from testkit.repo import REPO, run_hapolicy
+from testkit.syslog import SyslogReceiver
+from testkit.wait import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 

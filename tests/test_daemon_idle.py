@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.protocol import PolicyClient, request
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.protocol import PolicyClient, request
 
 
 def test_max_idle_closes_a_half_sent_request_and_keeps_a_live_client():

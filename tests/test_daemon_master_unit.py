@@ -13,12 +13,12 @@ import signal
 import socket
 
 import pytest
-from support.logs import ListLogger
+from testkit.logs import ListLogger
 
-from hapolicy.config import Config, ConfigError, Service
-from hapolicy.listener import Listener
-from hapolicy.master import WATCHDOG_SECONDS, Master, ProcessOps
-from hapolicy.throttle import STABLE_SECONDS, THROTTLE_MAX
+from hapolicy.config.records import Config, ConfigError, Service
+from hapolicy.daemon.listener import Listener
+from hapolicy.daemon.master import WATCHDOG_SECONDS, Master, ProcessOps
+from hapolicy.daemon.throttle import STABLE_SECONDS, THROTTLE_MAX
 
 EXIT_3 = 3 << 8  # a wait status: exited with status 3 (a worker that cannot start)
 KILLED = signal.SIGKILL  # a wait status: killed by SIGKILL

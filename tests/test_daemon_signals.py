@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.load import Load
-from support.ports import HOST, refused_port
-from support.processes import alive, cmdline
-from support.protocol import PolicyClient, request
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.load import Load
+from testkit.ports import HOST, refused_port
+from testkit.processes import alive, cmdline
+from testkit.protocol import PolicyClient, request
+from testkit.wait import wait_for
 
 
 def ask_new_connection(daemon: Daemon, **attrs) -> str:

@@ -9,12 +9,12 @@ import signal
 import stat
 from pathlib import Path
 
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.processes import alive
-from support.protocol import PolicyClient, request
-from support.repo import run_hapolicy
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.processes import alive
+from testkit.protocol import PolicyClient, request
+from testkit.repo import run_hapolicy
+from testkit.wait import wait_for
 
 
 def unix_daemon(backend: FakeBackend, *args: str) -> Daemon:

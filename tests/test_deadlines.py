@@ -19,16 +19,16 @@ import signal
 import time
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.ports import HOST
-from support.processes import alive
-from support.protocol import PolicyClient, request
-from support.spawn import Spawned
-from support.syslog import SyslogReceiver
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.ports import HOST
+from testkit.processes import alive
+from testkit.protocol import PolicyClient, request
+from testkit.spawn import Spawned
+from testkit.syslog import SyslogReceiver
+from testkit.wait import wait_for
 
-from hapolicy.worker import ORPHAN_GRACE
+from hapolicy.daemon.worker import ORPHAN_GRACE
 
 TOTAL = 2.0
 SLACK = 0.5

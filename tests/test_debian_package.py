@@ -39,20 +39,20 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import short_tmpdir
-from support.overlay import NICE, OverlayRoot
-from support.packages import in_ci, require_packages
-from support.ports import HOST, free_port
-from support.processes import alive, cmdline, wait_children
-from support.protocol import PolicyClient, request
-from support.repo import REPO
-from support.syslog import SyslogReceiver
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import short_tmpdir
+from testkit.overlay import NICE, OverlayRoot
+from testkit.packages import in_ci, require_packages
+from testkit.ports import HOST, free_port
+from testkit.processes import alive, cmdline, wait_children
+from testkit.protocol import PolicyClient, request
+from testkit.repo import REPO
+from testkit.syslog import SyslogReceiver
+from testkit.wait import wait_for
 
 from hapolicy import __version__, manpage
-from hapolicy.commands import COMMANDS
-from hapolicy.options import COMMAND, OPTIONS
+from hapolicy.monitor.commands import COMMANDS
+from hapolicy.config.options import COMMAND, OPTIONS
 
 #: what the build and the checks need (scripts/run-tests installs them)
 BUILD_DEPS = ("build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-from support.backends import FakeBackend
-from support.protocol import read_frame
+from testkit.backends import FakeBackend
+from testkit.protocol import read_frame
 from test_scale import LimitedDaemon, answer_for, ask_all
 
 NOFILE = 256

@@ -1,4 +1,4 @@
-"""The way of one request (hapolicy.dispatch.Dispatcher), in-process: an event loop of ours,
+"""The way of one request (hapolicy.request.dispatch.Dispatcher), in-process: an event loop of ours,
 FakeBackend threads on 127.0.0.1, a client object that records what it is delivered and a
 logger that keeps its lines.
 
@@ -17,17 +17,17 @@ import socket
 import time
 
 import pytest
-from support.backends import FakeBackend, RawBackend
-from support.ports import refused_port
-from support.protocol import request
+from testkit.backends import FakeBackend, RawBackend
+from testkit.ports import refused_port
+from testkit.protocol import request
 
-from hapolicy import backend as backend_module
-from hapolicy.config import Config, parse_service
-from hapolicy.dispatch import Dispatcher
-from hapolicy.eventloop import EventLoop
-from hapolicy.health import DOWN, UP, HealthTable
-from hapolicy.log import Logger, clean
-from hapolicy.protocol import Request, RequestFramer
+from hapolicy.backend import exchange as backend_module
+from hapolicy.config.records import Config, parse_service
+from hapolicy.request.dispatch import Dispatcher
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.tables.health import DOWN, UP, HealthTable
+from hapolicy.base.log import Logger, clean
+from hapolicy.base.protocol import Request, RequestFramer
 
 
 class KeptLog(Logger):

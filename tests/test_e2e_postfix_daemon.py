@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.packages import require_packages
-from support.postfix import PostfixInstance, Postfwd, requires_root, smtp_rcpt
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.packages import require_packages
+from testkit.postfix import PostfixInstance, Postfwd, requires_root, smtp_rcpt
+from testkit.wait import wait_for
 
 RULES = "id=R1; sender==bad@example.org; action=REJECT go away\n"
 RCPT = "someone@example.net"

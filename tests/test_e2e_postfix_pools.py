@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.packages import require_packages
-from support.ports import HOST, free_port
-from support.postfix import PostfixInstance, requires_root, smtp_rcpt
-from support.postgrey import Postgrey
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.packages import require_packages
+from testkit.ports import HOST, free_port
+from testkit.postfix import PostfixInstance, requires_root, smtp_rcpt
+from testkit.postgrey import Postgrey
 
 TRIPLETS = 30
 DELAY = 2  # postgrey's --delay

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.packages import require_packages
-from support.ports import free_port, refused_port
-from support.postfix import (
+from testkit.packages import require_packages
+from testkit.ports import free_port, refused_port
+from testkit.postfix import (
     PostfixInstance,
     Postfwd,
     requires_root,
@@ -38,8 +38,8 @@ from support.postfix import (
     world_readable_copy,
 )
 
-from hapolicy import statefile
-from hapolicy.config import parse_service
+from hapolicy.spawn import statefile
+from hapolicy.config.records import parse_service
 
 REPO = Path(__file__).resolve().parents[1]
 REJECT_TEXT = "bad sender, says postfwd"

@@ -33,14 +33,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.backends import Blackhole, FakeBackend
-from support.packages import require_packages
-from support.ports import HOST, free_port
-from support.postfix import PostfixInstance, requires_root, spawn_entry, world_readable_copy
-from support.syslog import SyslogReceiver
+from testkit.backends import Blackhole, FakeBackend
+from testkit.packages import require_packages
+from testkit.ports import HOST, free_port
+from testkit.postfix import PostfixInstance, requires_root, spawn_entry, world_readable_copy
+from testkit.syslog import SyslogReceiver
 
-from hapolicy import statefile
-from hapolicy.config import parse_service
+from hapolicy.spawn import statefile
+from hapolicy.config.records import parse_service
 
 pytestmark = requires_root
 

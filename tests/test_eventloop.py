@@ -1,4 +1,4 @@
-"""The event loop (hapolicy/eventloop.py): handlers by descriptor, timers, the wait of a turn.
+"""The event loop (hapolicy/base/eventloop.py): handlers by descriptor, timers, the wait of a turn.
 
 Each test runs with epoll (the daemon) and with poll(2) (spawn mode), on socketpairs. Waits are
 bounded generously: what is checked is that a turn waits for the next timer and no longer than
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from hapolicy.eventloop import EVENT_READ, EVENT_WRITE, EventLoop
+from hapolicy.base.eventloop import EVENT_READ, EVENT_WRITE, EventLoop
 
 
 @pytest.fixture(params=[False, True], ids=["epoll", "poll"])
@@ -268,7 +268,7 @@ def test_a_loop_that_yields_gives_the_cpu_up_after_a_turn_of_several_events_only
     """A daemon worker's loop (`yields`) calls sched_yield once a turn of several events has
     run all it had to run (handlers, turn end, timers), and never after a turn of one event;
     a loop made without it never does."""
-    from hapolicy import eventloop
+    from hapolicy.base import eventloop
 
     calls: list[str] = []
     monkeypatch.setattr(eventloop, "sched_yield", lambda: calls.append("yield"))

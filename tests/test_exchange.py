@@ -1,4 +1,4 @@
-"""One exchange with one policy service (hapolicy.backend.Connection), in-process: an event
+"""One exchange with one policy service (hapolicy.backend.exchange.Connection), in-process: an event
 loop of ours against FakeBackend threads and a Blackhole on 127.0.0.1.
 
 What README's "What it does with a request" promises of one attempt: the first `action=`
@@ -16,14 +16,14 @@ import socket
 import time
 
 import pytest
-from support.backends import Blackhole, FakeBackend, ScriptedBackend
-from support.ports import refused_port
+from testkit.backends import Blackhole, FakeBackend, ScriptedBackend
+from testkit.ports import refused_port
 
-from hapolicy import backend as backend_module
-from hapolicy.backend import Backends
-from hapolicy.config import Service
-from hapolicy.eventloop import EventLoop
-from hapolicy.outcome import (
+from hapolicy.backend import exchange as backend_module
+from hapolicy.backend.exchange import Backends
+from hapolicy.config.records import Service
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.base.outcome import (
     ANSWER_TIMEOUT,
     CLOSED,
     CONNECT_FAILED,
@@ -32,8 +32,8 @@ from hapolicy.outcome import (
     LOCAL,
     RESET,
 )
-from hapolicy.pool import POOL_IDLE_SECONDS, POOL_MAX_IDLE
-from hapolicy.protocol import MAX_ANSWER_BYTES
+from hapolicy.backend.idle import POOL_IDLE_SECONDS, POOL_MAX_IDLE
+from hapolicy.base.protocol import MAX_ANSWER_BYTES
 
 REQUEST = b"request=smtpd_access_policy\nsender=a@example.org\n\n"
 # how late a deadline of 0.5 s may end on a loaded 2-core machine (the suite runs four-way

@@ -6,7 +6,7 @@ noisy machines): they tell "paid a timeout" from "answered at once", nothing fin
 
 from __future__ import annotations
 
-from support.scripts import run_script
+from testkit.scripts import run_script
 
 
 def test_failover_script_quick(tmp_path):

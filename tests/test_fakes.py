@@ -1,4 +1,4 @@
-"""Tests of the test fakes themselves (tests/support/backends.py, protocol.py, ports.py): fast,
+"""Tests of the test fakes themselves (scripts/testkit/backends.py, protocol.py, ports.py): fast,
 127.0.0.1 only."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support.backends import Blackhole, FakeBackend
-from support.ports import refused_port
-from support.protocol import PolicyClient, request, service_spec
+from testkit.backends import Blackhole, FakeBackend
+from testkit.ports import refused_port
+from testkit.protocol import PolicyClient, request, service_spec
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 

@@ -3,11 +3,11 @@
 import random
 import socket
 
-from hapolicy.config import parse_service
-from hapolicy.eventloop import EVENT_READ, EventLoop
-from hapolicy.health import SLOT, F, HealthTable
-from hapolicy.protocol import MAX_ATTRIBUTES, Request, RequestFramer, check_limits
-from hapolicy.selection import Selector
+from hapolicy.config.records import parse_service
+from hapolicy.base.eventloop import EVENT_READ, EventLoop
+from hapolicy.tables.health import SLOT, F, HealthTable
+from hapolicy.base.protocol import MAX_ATTRIBUTES, Request, RequestFramer, check_limits
+from hapolicy.request.selection import Selector
 
 
 def test_by_weight_is_min_of_the_clock_after_the_pick_first_of_equals():

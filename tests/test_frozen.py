@@ -1,11 +1,11 @@
-"""The frozen records of the configuration (hapolicy.frozen): what a frozen dataclass gave."""
+"""The frozen records of the configuration (hapolicy.base.frozen): what a frozen dataclass gave."""
 
 from __future__ import annotations
 
 import pytest
 
-from hapolicy import frozen
-from hapolicy.config import Config, Service
+from hapolicy.base import frozen
+from hapolicy.config.records import Config, Service
 
 COUNTER = iter(range(100))
 

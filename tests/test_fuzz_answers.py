@@ -1,4 +1,4 @@
-"""Reading a service's answer (hapolicy/backend.py, lane.py) from arbitrary bytes (Hypothesis).
+"""Reading a service's answer (hapolicy/backend/exchange.py, lane.py) from arbitrary bytes (Hypothesis).
 
 A real backend Connection in a real EventLoop, on a socketpair whose other end plays the
 service: it reads the request, sends drawn bytes cut into drawn pieces, then closes. The
@@ -17,15 +17,15 @@ from types import SimpleNamespace
 
 from hypothesis import example, given
 from hypothesis import strategies as st
-from support.fuzzing import answer_streams
+from testkit.fuzzing import answer_streams
 
-from hapolicy.backend import IDLE, Backends, Connection
-from hapolicy.config import parse_service
-from hapolicy.eventloop import EVENT_READ, EventLoop
-from hapolicy.lane import Lane
-from hapolicy.outcome import ANSWERED, CLOSED, INVALID
-from hapolicy.protocol import MAX_ANSWER_BYTES, answer_action, answer_complete
-from hapolicy.stats import S, action_index
+from hapolicy.backend.exchange import IDLE, Backends, Connection
+from hapolicy.config.records import parse_service
+from hapolicy.base.eventloop import EVENT_READ, EventLoop
+from hapolicy.request.lane import Lane
+from hapolicy.base.outcome import ANSWERED, CLOSED, INVALID
+from hapolicy.base.protocol import MAX_ANSWER_BYTES, answer_action, answer_complete
+from hapolicy.tables.stats import S, action_index
 
 REQUEST = b"request=smtpd_access_policy\ninstance=1\n\n"
 

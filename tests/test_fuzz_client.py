@@ -1,6 +1,6 @@
 """Every framed request is answered exactly once, in order, with bounded memory (Hypothesis).
 
-A real ClientConnection (hapolicy/client.py) in a real EventLoop reads arbitrary bytes from a
+A real ClientConnection (hapolicy/request/client.py) in a real EventLoop reads arbitrary bytes from a
 socketpair (daemon mode) or from a pair of pipes (spawn mode: poll, two descriptors), cut
 into reads at drawn places: requests with LF or CRLF, garbage, NULs, lines and requests at and
 over the limits. A fake dispatcher answers each request it is given with a distinct answer,
@@ -21,11 +21,11 @@ import time
 
 from hypothesis import given
 from hypothesis import strategies as st
-from support.fuzzing import request_streams, split
+from testkit.fuzzing import request_streams, split
 
-from hapolicy.client import MAX_QUEUED_OUTPUT, MAX_QUEUED_REQUESTS, READ_SIZE, ClientConnection
-from hapolicy.eventloop import EventLoop
-from hapolicy.protocol import MAX_REQUEST_BYTES, Request, RequestFramer
+from hapolicy.request.client import MAX_QUEUED_OUTPUT, MAX_QUEUED_REQUESTS, READ_SIZE, ClientConnection
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.base.protocol import MAX_REQUEST_BYTES, Request, RequestFramer
 
 BIG_ANSWER = 9000  # 32 of them are more than MAX_QUEUED_OUTPUT: the client must pause
 # the answers' way back is small, so that the client's output fills when the peer reads slowly

@@ -1,4 +1,4 @@
-"""The config file reader (hapolicy/configfile.py) on arbitrary files (Hypothesis).
+"""The config file reader (hapolicy/config/file.py) on arbitrary files (Hypothesis).
 
 Any file is either a Config (whose --check-config summary can be printed) or a ConfigError
 whose text is one line; an error of a line names it as `FILE:LINE:`, LINE counted as sed and
@@ -20,10 +20,10 @@ import tempfile
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from hapolicy.config import ConfigError
-from hapolicy.configfile import assemble, read_config_file
-from hapolicy.options import DAEMON, FILE_KEYS, SETTINGS, summary
-from hapolicy.protocol import format_action
+from hapolicy.config.records import ConfigError
+from hapolicy.config.file import assemble, read_config_file
+from hapolicy.config.options import DAEMON, FILE_KEYS, SETTINGS, summary
+from hapolicy.base.protocol import format_action
 
 # what str.splitlines() (and a lone CR, universal newlines) takes for a line end, LF and CRLF
 # aside: in a value, each once split the line (issue 27)

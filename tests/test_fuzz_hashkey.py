@@ -1,4 +1,4 @@
-"""Properties of the hash key (hapolicy/hashkey.py) on arbitrary requests and balance texts.
+"""Properties of the hash key (hapolicy/request/hashkey.py) on arbitrary requests and balance texts.
 
 `parse_balance` accepts a text or refuses it with a one-line ConfigError, and every text it
 accepts makes a key function. A key is made for any framed request, masked or not, without
@@ -13,11 +13,11 @@ import ipaddress
 
 from hypothesis import example, given
 from hypothesis import strategies as st
-from support.fuzzing import NAMES, request_streams
+from testkit.fuzzing import NAMES, request_streams
 
-from hapolicy.config import ConfigError, parse_balance
-from hapolicy.hashkey import IPV4_DEFAULT, IPV6_DEFAULT, key_function, mask_address
-from hapolicy.protocol import Request, RequestFramer
+from hapolicy.config.records import ConfigError, parse_balance
+from hapolicy.request.hashkey import IPV4_DEFAULT, IPV6_DEFAULT, key_function, mask_address
+from hapolicy.base.protocol import Request, RequestFramer
 
 prefixes = st.one_of(st.none(), st.integers(0, 128))
 hashed = st.tuples(st.sampled_from([n.decode() for n in NAMES]), prefixes).map(

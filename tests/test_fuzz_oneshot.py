@@ -22,14 +22,14 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hapolicy.commands import COMMANDS
-from hapolicy.commands import answer as command_answer
-from hapolicy.config import Config, parse_service
-from hapolicy.control import MAX_LINE, ControlServer, ControlSocket
-from hapolicy.eventloop import EventLoop
-from hapolicy.health import HealthTable
-from hapolicy.metrics import MAX_HEAD, MetricsServer, Tables
-from hapolicy.workertable import WorkerTable
+from hapolicy.monitor.commands import COMMANDS
+from hapolicy.monitor.commands import answer as command_answer
+from hapolicy.config.records import Config, parse_service
+from hapolicy.monitor.control import MAX_LINE, ControlServer, ControlSocket
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.tables.health import HealthTable
+from hapolicy.monitor.metrics import MAX_HEAD, MetricsServer, Tables
+from hapolicy.tables.workertable import WorkerTable
 
 
 class Log:

@@ -1,4 +1,4 @@
-"""Properties of the protocol's parsers (hapolicy/protocol.py) on arbitrary bytes (Hypothesis).
+"""Properties of the protocol's parsers (hapolicy/base/protocol.py) on arbitrary bytes (Hypothesis).
 
 The request framer: nothing it is fed raises; its buffer stays within MAX_REQUEST_BYTES after
 every read; the requests it frames do not depend on how the bytes were cut into reads; what it
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from hypothesis import example, given
 from hypothesis import strategies as st
-from support.fuzzing import (
+from testkit.fuzzing import (
     answer_streams,
     big_requests,
     filled_request,
@@ -24,7 +24,7 @@ from support.fuzzing import (
     split,
 )
 
-from hapolicy.protocol import (
+from hapolicy.base.protocol import (
     NOT_ATTRIBUTES,
     MAX_ATTRIBUTES,
     MAX_LINE_BYTES,

@@ -13,11 +13,11 @@ import time
 from collections import Counter
 
 import pytest
-from support.backends import Blackhole, FakeBackend
-from support.daemon import Daemon
-from support.ports import refused_port
-from support.protocol import PolicyClient, request
-from support.wait import wait_for
+from testkit.backends import Blackhole, FakeBackend
+from testkit.daemon import Daemon
+from testkit.ports import refused_port
+from testkit.protocol import PolicyClient, request
+from testkit.wait import wait_for
 
 
 def ask(daemon: Daemon, **attrs) -> tuple[str, float]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import threading
 import time
 
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.ports import refused_port
-from support.protocol import PolicyClient, request
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.ports import refused_port
+from testkit.protocol import PolicyClient, request
+from testkit.wait import wait_for
 
 DEFAULT = "DEFER_IF_PERMIT policy service unavailable"
 

@@ -8,18 +8,18 @@ import math
 import time
 
 import pytest
-from support.backends import FakeBackend
-from support.ports import refused_port
-from support.protocol import request
+from testkit.backends import FakeBackend
+from testkit.ports import refused_port
+from testkit.protocol import request
 
-from hapolicy import backend as backend_module
-from hapolicy import frozen
-from hapolicy.checks import Checker, CheckerSet
-from hapolicy.config import Config, parse_service
-from hapolicy.dispatch import Dispatcher
-from hapolicy.eventloop import EventLoop
-from hapolicy.health import DOWN, PROBE_DUE, SLOT, UP, Health, HealthTable, carry_over
-from hapolicy.outcome import (
+from hapolicy.backend import exchange as backend_module
+from hapolicy.base import frozen
+from hapolicy.monitor.checks import Checker, CheckerSet
+from hapolicy.config.records import Config, parse_service
+from hapolicy.request.dispatch import Dispatcher
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.tables.health import DOWN, PROBE_DUE, SLOT, UP, Health, HealthTable, carry_over
+from hapolicy.base.outcome import (
     ABANDONED,
     ANSWER_TIMEOUT,
     CLOSED,
@@ -29,7 +29,7 @@ from hapolicy.outcome import (
     LOCAL,
     RESET,
 )
-from hapolicy.protocol import RequestFramer
+from hapolicy.base.protocol import RequestFramer
 
 
 class Lines:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from hapolicy.config import Config, parse_service
-from hapolicy.health import DOWN, PROBE_DUE, UP, Health, HealthTable
-from hapolicy.log import Logger
+from hapolicy.config.records import Config, parse_service
+from hapolicy.tables.health import DOWN, PROBE_DUE, UP, Health, HealthTable
+from hapolicy.base.log import Logger
 
 COOLDOWN, CAP, LEASE = 2.0, 60.0, 35.0
 

@@ -1,4 +1,4 @@
-"""Hedged requests in process (hapolicy.hedge): a dispatcher of ours, FakeBackends on
+"""Hedged requests in process (hapolicy.request.hedge): a dispatcher of ours, FakeBackends on
 127.0.0.1, many requests at once.
 
 README "Hedged requests": when the first service has not answered within the hedge delay the
@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import time
 
-from support.backends import FakeBackend
-from support.protocol import request
+from testkit.backends import FakeBackend
+from testkit.protocol import request
 from test_dispatch_inprocess import Client, KeptLog
 
-from hapolicy.config import Config, parse_service
-from hapolicy.dispatch import Dispatcher
-from hapolicy.eventloop import EventLoop
-from hapolicy.health import HEDGE_WON, HEDGED, UP, F, HealthTable
-from hapolicy.hedge import MIN_SAMPLES, Latency, warnings
-from hapolicy.protocol import RequestFramer
+from hapolicy.config.records import Config, parse_service
+from hapolicy.request.dispatch import Dispatcher
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.tables.health import HEDGE_WON, HEDGED, UP, F, HealthTable
+from hapolicy.request.hedge import MIN_SAMPLES, Latency, warnings
+from hapolicy.base.protocol import RequestFramer
 
 
 class Pool:

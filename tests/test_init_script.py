@@ -14,14 +14,14 @@ import subprocess
 import sys
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import short_tmpdir
-from support.ports import HOST, free_port
-from support.processes import alive, children, cmdline, wait_children, workers_of
-from support.protocol import PolicyClient, request
-from support.repo import REPO
-from support.syslog import SyslogReceiver
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import short_tmpdir
+from testkit.ports import HOST, free_port
+from testkit.processes import alive, children, cmdline, wait_children, workers_of
+from testkit.protocol import PolicyClient, request
+from testkit.repo import REPO
+from testkit.syslog import SyslogReceiver
+from testkit.wait import wait_for
 
 SCRIPT = REPO / "scripts" / "hapolicy.init"
 

@@ -1,4 +1,4 @@
-"""The lane (hapolicy/lane.py) gives what the general path gives, request for request.
+"""The lane (hapolicy/request/lane.py) gives what the general path gives, request for request.
 
 Each scenario runs twice through a real ClientConnection on a socketpair, the real event loop
 and dispatcher, and FakeBackends on 127.0.0.1: once with the lane, once with it turned off
@@ -14,16 +14,16 @@ import socket
 import time
 
 import pytest
-from support.backends import FakeBackend
-from support.protocol import request
+from testkit.backends import FakeBackend
+from testkit.protocol import request
 
-from hapolicy import backend as backend_module
-from hapolicy import lane as lane_module
-from hapolicy.client import ClientConnection
-from hapolicy.config import Config, parse_service
-from hapolicy.dispatch import Dispatcher
-from hapolicy.eventloop import EVENT_READ, EventLoop
-from hapolicy.health import (
+from hapolicy.backend import exchange as backend_module
+from hapolicy.request import lane as lane_module
+from hapolicy.request.client import ClientConnection
+from hapolicy.config.records import Config, parse_service
+from hapolicy.request.dispatch import Dispatcher
+from hapolicy.base.eventloop import EVENT_READ, EventLoop
+from hapolicy.tables.health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
     DEFAULT_TIMEOUT,
@@ -32,10 +32,10 @@ from hapolicy.health import (
     F,
     HealthTable,
 )
-from hapolicy.log import Logger
-from hapolicy.pool import POOL_IDLE_SECONDS
-from hapolicy.protocol import MAX_ATTRIBUTES
-from hapolicy.stats import STATS, S
+from hapolicy.base.log import Logger
+from hapolicy.backend.idle import POOL_IDLE_SECONDS
+from hapolicy.base.protocol import MAX_ATTRIBUTES
+from hapolicy.tables.stats import STATS, S
 
 
 class Quiet(Logger):
@@ -369,7 +369,7 @@ def test_pools_the_lane_is_not_for():
 
 
 def _settings(settings: dict) -> dict:
-    from hapolicy.config import parse_balance, parse_fail_answer, parse_hedge
+    from hapolicy.config.records import parse_balance, parse_fail_answer, parse_hedge
 
     parsers = {"balance": parse_balance, "fail_answer": parse_fail_answer,
                "hedge": parse_hedge}

@@ -1,8 +1,8 @@
-"""Log lines (hapolicy/log.py): one printable line whatever a client or a service sent."""
+"""Log lines (hapolicy/base/log.py): one printable line whatever a client or a service sent."""
 
 from __future__ import annotations
 
-from hapolicy.log import clean
+from hapolicy.base.log import clean
 
 
 def test_a_line_cannot_be_split_or_forged_by_what_it_quotes():

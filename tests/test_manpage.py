@@ -16,11 +16,12 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from support.packages import require_packages
-from support.repo import REPO, hapolicy_env, run_hapolicy
+from testkit.packages import require_packages
+from testkit.repo import REPO, hapolicy_env, run_hapolicy
 
-from hapolicy import __version__, commands, ctl, manpage
-from hapolicy.options import COMMAND, DAEMON, OPTIONS, default_of
+from hapolicy import __version__, ctl, manpage
+from hapolicy.monitor import commands
+from hapolicy.config.options import COMMAND, DAEMON, OPTIONS, default_of
 
 README = (REPO / "README.md").read_text()
 

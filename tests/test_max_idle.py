@@ -15,11 +15,11 @@ import struct
 import time
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.protocol import PolicyClient, request
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.protocol import PolicyClient, request
 
-from hapolicy.worker import HOUSEKEEPING_SECONDS
+from hapolicy.daemon.worker import HOUSEKEEPING_SECONDS
 
 MAX_IDLE = 2.0
 SLACK = 0.5

@@ -16,18 +16,18 @@ import subprocess
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
-from support.backends import FakeBackend
-from support.ctl import Load, ask_all, csv_rows, ctl, read_all
-from support.daemon import Daemon
-from support.packages import package_present
-from support.ports import HOST, free_port
-from support.prometheus import PROMTOOL, Prometheus, fetch
-from support.protocol import PolicyClient, request
-from support.repo import run_hapolicy
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.ctl import Load, ask_all, csv_rows, ctl, read_all
+from testkit.daemon import Daemon
+from testkit.packages import package_present
+from testkit.ports import HOST, free_port
+from testkit.prometheus import PROMTOOL, Prometheus, fetch
+from testkit.protocol import PolicyClient, request
+from testkit.repo import run_hapolicy
+from testkit.wait import wait_for
 
-from hapolicy.metrics import MAX_HEAD
-from hapolicy.oneshot import HEAD_SECONDS, MAX_CONNECTIONS
+from hapolicy.monitor.metrics import MAX_HEAD
+from hapolicy.monitor.oneshot import HEAD_SECONDS, MAX_CONNECTIONS
 
 
 def near(counted: float, true: float) -> bool:

@@ -1,4 +1,4 @@
-"""hapolicy.notify in process: the sd_notify datagram, the abstract namespace, the watchdog
+"""hapolicy.daemon.notify in process: the sd_notify datagram, the abstract namespace, the watchdog
 variables, and that a missing socket is logged once and never raises."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import socket
 import time
 from pathlib import Path
 
-from support.daemon import short_tmpdir
+from testkit.daemon import short_tmpdir
 
-from hapolicy.notify import Notifier, monotonic_usec
+from hapolicy.daemon.notify import Notifier, monotonic_usec
 
 
 class Log:

@@ -16,11 +16,11 @@ import socket
 from collections.abc import Callable, Iterator
 
 import pytest
-from support.logs import ListLogger
+from testkit.logs import ListLogger
 
-from hapolicy import oneshot
-from hapolicy.eventloop import EventLoop
-from hapolicy.oneshot import LINGERING, MAX_CONNECTIONS, READING, WRITING, OneShotServer
+from hapolicy.monitor import oneshot
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.monitor.oneshot import LINGERING, MAX_CONNECTIONS, READING, WRITING, OneShotServer
 
 
 class LineServer(OneShotServer):

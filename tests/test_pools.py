@@ -11,17 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.load import Load
-from support.ports import HOST, free_port, refused_port
-from support.protocol import read_frame, request
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.load import Load
+from testkit.ports import HOST, free_port, refused_port
+from testkit.protocol import read_frame, request
+from testkit.wait import wait_for
 
-from hapolicy.config import ConfigError, Service
-from hapolicy.configfile import assemble, read_config_file
-from hapolicy.hashkey import key_function, mask_address
-from hapolicy.protocol import Request
+from hapolicy.config.records import ConfigError, Service
+from hapolicy.config.file import assemble, read_config_file
+from hapolicy.request.hashkey import key_function, mask_address
+from hapolicy.base.protocol import Request
 
 
 def ask(port: int, **attrs: str) -> str:
@@ -213,8 +213,8 @@ def test_a_request_of_no_pool_counts_toward_max_use():
     counts it all the same (else a stream of them would never retire the worker)."""
     from types import SimpleNamespace
 
-    from hapolicy.protocol import Request
-    from hapolicy.routing import ContextRouter
+    from hapolicy.base.protocol import Request
+    from hapolicy.request.routing import ContextRouter
 
     counted: list[int] = []
     first = SimpleNamespace(default_answer=b"action=DUNNO\n\n", count=lambda: counted.append(1),

@@ -1,4 +1,4 @@
-"""End-to-end checks of tests/support/postfix.py with real Postfix, postfwd2 and spawn(8).
+"""End-to-end checks of scripts/testkit/postfix.py with real Postfix, postfwd2 and spawn(8).
 
 No hapolicy here: postfwd2 (or a tiny spawned Python policy) is Postfix's
 check_policy_service directly, which proves the harness before hapolicy is put between.
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support.packages import require_packages
-from support.ports import free_port
-from support.postfix import (
+from testkit.packages import require_packages
+from testkit.ports import free_port
+from testkit.postfix import (
     PostfixInstance,
     Postfwd,
     requires_root,
@@ -24,7 +24,7 @@ from support.postfix import (
     spawn_entry,
     world_readable_copy,
 )
-from support.processes import listening, session_pids
+from testkit.processes import listening, session_pids
 
 RULES = "id=R1; sender==bad@example.org; action=REJECT go away\n"
 REQUEST = (

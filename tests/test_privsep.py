@@ -17,11 +17,11 @@ import signal
 import socket
 import stat
 
-from support.backends import CHECK_SENDER, FakeBackend
-from support.ctl import Load, ask_all, csv_rows, ctl, disable_under_load, read_all
-from support.daemon import Daemon
-from support.ports import HOST, free_port
-from support.processes import (
+from testkit.backends import CHECK_SENDER, FakeBackend
+from testkit.ctl import Load, ask_all, csv_rows, ctl, disable_under_load, read_all
+from testkit.daemon import Daemon
+from testkit.ports import HOST, free_port
+from testkit.processes import (
     alive,
     connection_owners,
     holders,
@@ -30,7 +30,7 @@ from support.processes import (
     uid_of,
     unix_inodes,
 )
-from support.wait import wait_for
+from testkit.wait import wait_for
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 FAST_CHECKS = ("--check-interval", "0.2", "--check-down-interval", "0.2", "--check-rise", "1")

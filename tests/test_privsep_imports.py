@@ -30,13 +30,13 @@ from pathlib import Path
 import prometheus_client
 import pytest
 import setproctitle
-from support.backends import CHECK_SENDER, FakeBackend
-from support.ctl import read_all
-from support.daemon import Daemon
-from support.ports import HOST, free_port
-from support.protocol import PolicyClient, request
-from support.repo import REPO, hapolicy_env
-from support.wait import wait_for
+from testkit.backends import CHECK_SENDER, FakeBackend
+from testkit.ctl import read_all
+from testkit.daemon import Daemon
+from testkit.ports import HOST, free_port
+from testkit.protocol import PolicyClient, request
+from testkit.repo import REPO, hapolicy_env
+from testkit.wait import wait_for
 
 DEFAULT = "DEFER_IF_PERMIT hapolicy default"
 FORBIDDEN = ("internal error", "Traceback", "ImportError", "ModuleNotFoundError",
@@ -235,22 +235,23 @@ NOT_AFTER_FORK = {
     ("cli", "make_parser"): "the command line, read by the master",
     ("cli", "main"): "the command line, read by the master",
     ("cli", "_hedge_warnings"): "the master, at start",
-    ("config", "parse_fail_answer"): "configurations are read by the master",
+    ("config.records", "parse_fail_answer"): "configurations are read by the master",
     ("ctl", "help_text"): "hapolicyctl",
-    ("health", "claim_probe"): "the lock of spawn mode's state file",
-    ("health", "randomize_phase"): "spawn mode's own table",
-    ("statefile", "lock"): "spawn mode's state file",
-    ("statefile", "private_memory"): "spawn mode's state file spoilt under a session",
-    ("daemon", "preload_lazy_modules"): "the master, before it forks",
-    ("metrics", "preload"): "the master, before it forks",
+    ("tables.health", "claim_probe"): "the lock of spawn mode's state file",
+    ("tables.health", "randomize_phase"): "spawn mode's own table",
+    ("spawn.statefile", "lock"): "spawn mode's state file",
+    ("spawn.statefile", "private_memory"): "spawn mode's state file spoilt under a session",
+    ("daemon.chores", "preload_lazy_modules"): "the master, before it forks",
+    ("monitor.metrics", "preload"): "the master, before it forks",
 }
 
 
 def lazy_imports() -> list[tuple[str, str, str]]:
     """(module, function, imported module) of every import inside a function of hapolicy/."""
     found = []
-    for source in sorted((REPO / "hapolicy").glob("*.py")):
+    for source in sorted((REPO / "hapolicy").rglob("*.py")):
         tree = ast.parse(source.read_text(), str(source))
+        module = ".".join(source.relative_to(REPO / "hapolicy").with_suffix("").parts)
         for function in ast.walk(tree):
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
@@ -258,11 +259,12 @@ def lazy_imports() -> list[tuple[str, str, str]]:
                 if isinstance(node, ast.Import):
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom):
-                    base = ("hapolicy." if node.level else "") + (node.module or "")
+                    assert not node.level, f"{source}: a relative import"
+                    base = node.module or ""
                     names = [base] if node.module else [f"{base}{a.name}" for a in node.names]
                 else:
                     continue
-                found += [(source.stem, function.name, name) for name in names]
+                found += [(module, function.name, name) for name in names]
     return found
 
 
@@ -271,10 +273,11 @@ def test_every_lazy_import_of_a_worker_or_the_monitor_is_imported_before_the_for
     modules, then what Master.start does before it forks (set_title, the preloads)."""
     imported = subprocess.run(
         [sys.executable, "-c", "import sys\n"
-         "from hapolicy import cli, runner\n"
-         "from hapolicy.daemon import preload_lazy_modules\n"
-         "from hapolicy.metrics import preload\n"
-         "from hapolicy.worker import set_title\n"
+         "from hapolicy import cli\n"
+         "from hapolicy.daemon import runner\n"
+         "from hapolicy.daemon.chores import preload_lazy_modules\n"
+         "from hapolicy.monitor.metrics import preload\n"
+         "from hapolicy.daemon.worker import set_title\n"
          "set_title('test')\n"
          "preload_lazy_modules()\n"
          "preload()\n"  # with --metrics-listen

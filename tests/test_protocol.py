@@ -1,6 +1,6 @@
 """Framing, attribute parsing and answer parsing."""
 
-from hapolicy.protocol import (
+from hapolicy.base.protocol import (
     MAX_ATTRIBUTES,
     MAX_LINE_BYTES,
     MAX_REQUEST_BYTES,
@@ -176,7 +176,7 @@ def test_the_whole_answer_shortcut_ends_answers_as_the_framing_does():
 
 
 def test_the_instance_shortcut_reads_what_attr_bytes_reads():
-    from hapolicy.protocol import Request
+    from hapolicy.base.protocol import Request
     for raw in [b"instance=a\nb=1\n\n", b"x=1\ninstance=abc\n\n", b"x=1\n\n",
                 b"x=1\ninstance=\n\n", b"x=1\ninstance=ab\r\r\n\r\n", b"x=1\ninstance=a\rb\n\n",
                 b"x=1\ninstance=last"]:

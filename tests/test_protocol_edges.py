@@ -5,7 +5,7 @@ request without swallowing the next ones, attribute values and answers kept byte
 
 from __future__ import annotations
 
-from hapolicy.protocol import (
+from hapolicy.base.protocol import (
     MAX_ATTRIBUTES,
     MAX_LINE_BYTES,
     MAX_REQUEST_BYTES,

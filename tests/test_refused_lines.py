@@ -9,10 +9,10 @@ logged; the connection goes on.
 from __future__ import annotations
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.ports import HOST, free_port
-from support.protocol import PolicyClient, request
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.ports import HOST, free_port
+from testkit.protocol import PolicyClient, request
 from test_metrics import samples, total
 
 GARBAGE = [

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import socket
 
-from hapolicy.config import Service
-from hapolicy.resolver import RESOLVE_RETRY, RESOLVE_TTL, Resolver
+from hapolicy.config.records import Service
+from hapolicy.backend.resolver import RESOLVE_RETRY, RESOLVE_TTL, Resolver
 
 SERVICE = Service(name="GREY1", host="policy.example.org", port=10023)
 

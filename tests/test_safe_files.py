@@ -24,17 +24,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon, short_tmpdir
-from support.ports import HOST
-from support.protocol import PolicyClient, request
-from support.repo import REPO, hapolicy_env
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon, short_tmpdir
+from testkit.ports import HOST
+from testkit.protocol import PolicyClient, request
+from testkit.repo import REPO, hapolicy_env
+from testkit.wait import wait_for
 
-from hapolicy import daemon, safefile
-from hapolicy.adminstate import AdminFile
-from hapolicy.config import Config, parse_service
-from hapolicy.health import DISABLED, HealthTable
+from hapolicy.daemon import chores as daemon
+from hapolicy.base import safefile
+from hapolicy.daemon.adminstate import AdminFile
+from hapolicy.config.records import Config, parse_service
+from hapolicy.tables.health import DISABLED, HealthTable
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: files of another user")
 NOBODY = "nobody"
@@ -97,7 +98,7 @@ def test_a_fifo_at_the_pidfile_does_not_hang_the_start(tmp_path):
     """check_pidfile runs before anything else at start: a fifo there must not block it."""
     fifo = tmp_path / "hapolicy.pid"
     os.mkfifo(fifo)
-    code = "import sys; from hapolicy.daemon import check_pidfile; check_pidfile(sys.argv[1])"
+    code = "import sys; from hapolicy.daemon.chores import check_pidfile; check_pidfile(sys.argv[1])"
     done = subprocess.run(
         [sys.executable, "-c", code, str(fifo)],
         cwd=REPO, env=hapolicy_env(), capture_output=True, text=True, timeout=20, check=False)

@@ -20,12 +20,12 @@ import sys
 import time
 
 import pytest
-from support.backends import FakeBackend
-from support.daemon import Daemon
-from support.load import Load
-from support.processes import alive, cmdline
-from support.protocol import request
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon
+from testkit.load import Load
+from testkit.processes import alive, cmdline
+from testkit.protocol import request
+from testkit.wait import wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOFILE = 64  # soft and hard limit of the starved daemon

@@ -2,9 +2,9 @@
 
 from collections import Counter
 
-from hapolicy.config import parse_service
-from hapolicy.health import DOWN, PROBE_DUE, UP, HealthTable
-from hapolicy.selection import Selector
+from hapolicy.config.records import parse_service
+from hapolicy.tables.health import DOWN, PROBE_DUE, UP, HealthTable
+from hapolicy.request.selection import Selector
 
 
 def make(*specs, shared=False, try_down=False):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from hapolicy.config import parse_service
-from hapolicy.health import DOWN, PROBE_DUE, HealthTable
-from hapolicy.selection import Selector
+from hapolicy.config.records import parse_service
+from hapolicy.tables.health import DOWN, PROBE_DUE, HealthTable
+from hapolicy.request.selection import Selector
 
 
 def make(*specs: str) -> tuple[Selector, HealthTable]:

@@ -1,4 +1,4 @@
-"""Shadow pools in process (hapolicy.shadow): a real pool's dispatcher and its shadow's mirror
+"""Shadow pools in process (hapolicy.request.shadow): a real pool's dispatcher and its shadow's mirror
 dispatcher on one event loop of ours, FakeBackends on 127.0.0.1.
 
 README "Shadow pools": a copy of each answered request goes to the shadow after the real
@@ -14,16 +14,16 @@ import statistics
 import time
 
 import pytest
-from support.backends import FakeBackend
-from support.ports import refused_port
-from support.protocol import request
+from testkit.backends import FakeBackend
+from testkit.ports import refused_port
+from testkit.protocol import request
 from test_dispatch_inprocess import Client, KeptLog
 
-from hapolicy import shadow as shadow_module
-from hapolicy.config import Config, parse_service
-from hapolicy.dispatch import Dispatcher
-from hapolicy.eventloop import EventLoop
-from hapolicy.health import (
+from hapolicy.request import shadow as shadow_module
+from hapolicy.config.records import Config, parse_service
+from hapolicy.request.dispatch import Dispatcher
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.tables.health import (
     REQUESTS,
     SHADOW_AGREE,
     SHADOW_DISAGREE,
@@ -32,8 +32,8 @@ from hapolicy.health import (
     UP,
     HealthTable,
 )
-from hapolicy.protocol import RequestFramer
-from hapolicy.shadow import MAX_IN_FLIGHT, make_mirrors, verdict
+from hapolicy.base.protocol import RequestFramer
+from hapolicy.request.shadow import MAX_IN_FLIGHT, make_mirrors, verdict
 
 WORDS = {"agree": SHADOW_AGREE, "disagree": SHADOW_DISAGREE, "failed": SHADOW_FAILED,
          "dropped": SHADOW_DROPPED}

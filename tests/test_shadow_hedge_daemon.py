@@ -8,17 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.ctl import ctl, csv_rows
-from support.daemon import Daemon
-from support.ports import HOST, free_port
-from support.protocol import PolicyClient, request
-from support.repo import run_hapolicy
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.ctl import ctl, csv_rows
+from testkit.daemon import Daemon
+from testkit.ports import HOST, free_port
+from testkit.protocol import PolicyClient, request
+from testkit.repo import run_hapolicy
+from testkit.wait import wait_for
 from test_metrics import samples
 
-from hapolicy.config import ConfigError
-from hapolicy.configfile import assemble, read_config_file
+from hapolicy.config.records import ConfigError
+from hapolicy.config.file import assemble, read_config_file
 
 
 def test_a_shadow_pool_is_asked_counted_and_shown(tmp_path: Path):

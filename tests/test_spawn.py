@@ -19,15 +19,15 @@ from collections.abc import Iterator
 from typing import Callable
 
 import pytest
-from support.backends import Blackhole, FakeBackend
-from support.ports import refused_port
-from support.processes import vm_kib, wait_exit
-from support.protocol import request
-from support.repo import command, hapolicy_env
-from support.spawn import Spawned
-from support.syslog import SyslogReceiver
+from testkit.backends import Blackhole, FakeBackend
+from testkit.ports import refused_port
+from testkit.processes import vm_kib, wait_exit
+from testkit.protocol import request
+from testkit.repo import command, hapolicy_env
+from testkit.spawn import Spawned
+from testkit.syslog import SyslogReceiver
 
-from hapolicy.protocol import MAX_ATTRIBUTES
+from hapolicy.base.protocol import MAX_ATTRIBUTES
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 

@@ -32,16 +32,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.backends import FakeBackend
-from support.packages import require_packages
-from support.postfix import world_readable_copy
-from support.protocol import request
-from support.repo import REPO
-from support.spawn import Spawned
-from support.syslog import SyslogReceiver
+from testkit.backends import FakeBackend
+from testkit.packages import require_packages
+from testkit.postfix import world_readable_copy
+from testkit.protocol import request
+from testkit.repo import REPO
+from testkit.spawn import Spawned
+from testkit.syslog import SyslogReceiver
 
-from hapolicy import statefile
-from hapolicy.config import parse_service
+from hapolicy.spawn import statefile
+from hapolicy.config.records import parse_service
 
 OK = "action=OK\n\n"
 

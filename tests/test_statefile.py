@@ -1,4 +1,4 @@
-"""The state file of spawn mode (hapolicy.statefile), in-process: where it is, when a file is
+"""The state file of spawn mode (hapolicy.spawn.statefile), in-process: where it is, when a file is
 used, replaced or refused, and that processes starting together end on one file.
 
 Every case ends either with a usable table mapped from a fresh, private regular file (the old
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from hapolicy import statefile
-from hapolicy.config import parse_service
-from hapolicy.health import DOWN, SLOT, UP, F, HealthTable
+from hapolicy.spawn import statefile
+from hapolicy.config.records import parse_service
+from hapolicy.tables.health import DOWN, SLOT, UP, F, HealthTable
 
 SERVICES = (parse_service("A=127.0.0.1:10023:10:2"), parse_service("B=127.0.0.1:10024:10:1"))
 OTHERS = (parse_service("A=127.0.0.1:10025:10:2"), parse_service("B=127.0.0.1:10024:10:1"))

@@ -13,16 +13,16 @@ import math
 import time
 
 import pytest
-from support.backends import FakeBackend
-from support.ports import refused_port
-from support.protocol import request
+from testkit.backends import FakeBackend
+from testkit.ports import refused_port
+from testkit.protocol import request
 from test_dispatch_inprocess import Run
 
-from hapolicy import outcome
-from hapolicy.commands import age, milliseconds, status_row
-from hapolicy.config import parse_service
-from hapolicy.health import SLOT, F, HealthTable, carry_over, table_bytes
-from hapolicy.stats import (
+from hapolicy.base import outcome
+from hapolicy.monitor.commands import age, milliseconds, status_row
+from hapolicy.config.records import parse_service
+from hapolicy.tables.health import SLOT, F, HealthTable, carry_over, table_bytes
+from hapolicy.tables.stats import (
     ACTIONS,
     BOUNDS,
     STATS,

@@ -13,14 +13,14 @@ import threading
 import time
 from pathlib import Path
 
-from support.backends import FakeBackend
-from support.daemon import Daemon, short_tmpdir
-from support.ports import HOST, free_port
-from support.processes import workers_of
-from support.protocol import PolicyClient, request
-from support.repo import REPO, command, hapolicy_env
-from support.syslog import SyslogReceiver
-from support.wait import wait_for
+from testkit.backends import FakeBackend
+from testkit.daemon import Daemon, short_tmpdir
+from testkit.ports import HOST, free_port
+from testkit.processes import workers_of
+from testkit.protocol import PolicyClient, request
+from testkit.repo import REPO, command, hapolicy_env
+from testkit.syslog import SyslogReceiver
+from testkit.wait import wait_for
 
 ACTIVATE = "/usr/bin/systemd-socket-activate"
 ANALYZE = "/usr/bin/systemd-analyze"

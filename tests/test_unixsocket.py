@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.logs import ListLogger
+from testkit.logs import ListLogger
 
-from hapolicy.config import Config, ConfigError
-from hapolicy.control import bind_control
-from hapolicy.daemon import remove_stale_socket
-from hapolicy.listener import Listener
+from hapolicy.config.records import Config, ConfigError
+from hapolicy.monitor.control import bind_control
+from hapolicy.daemon.chores import remove_stale_socket
+from hapolicy.daemon.listener import Listener
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 NOGROUP = grp.getgrnam("nogroup").gr_gid

@@ -126,7 +126,7 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
     """hapolicy's client connection, dispatcher and loop; its services (one, or two of one
     priority and weight: round robin) are all this listener."""
     loop, dispatcher = _dispatcher(listener.getsockname(), lane, services)
-    from hapolicy.client import ClientConnection  # the tree's: _dispatcher put it on the path
+    from hapolicy.request.client import ClientConnection  # the tree's (see _dispatcher)
 
     client, ours = _pair(listener)
     ours.setblocking(False)
@@ -143,12 +143,12 @@ def _dispatcher(addr: tuple[str, int], lane: bool, services: int) -> tuple[Any, 
     """(an EventLoop, a Dispatcher of `services` services at addr, with the lane or not)."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from hapolicy.backend import Connection
-    from hapolicy.config import Config, parse_service
-    from hapolicy.dispatch import Dispatcher
-    from hapolicy.eventloop import EventLoop
-    from hapolicy.health import HealthTable
-    from hapolicy.log import Logger
+    from hapolicy.backend.exchange import Connection
+    from hapolicy.base.eventloop import EventLoop
+    from hapolicy.base.log import Logger
+    from hapolicy.config.records import Config, parse_service
+    from hapolicy.request.dispatch import Dispatcher
+    from hapolicy.tables.health import HealthTable
 
     class Silent(Logger):
         def log(self, level: str, message: str) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from testkit.backends import FakeBackend
+
 from failoverkit.run import Run
 from failoverkit.settings import CONNECT_TIMEOUT, SILENT_TIMEOUT
-from support.backends import FakeBackend
 
 
 def unserved(answers: Counter[str], backends: dict[str, FakeBackend]) -> dict[str, int]:

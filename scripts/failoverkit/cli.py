@@ -17,11 +17,12 @@ import sys
 import time
 from typing import Any
 
+from testkit.perl import PERL_HAPOLICY
+
 from failoverkit.registry import REGISTRY
 from failoverkit.report import render
 from failoverkit.run import Run
 from failoverkit.schedule import run_all
-from support.perl import PERL_HAPOLICY
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

@@ -1,6 +1,6 @@
-"""The daemon as the figures run it: the test support's runner, plus a timed request.
+"""The daemon as the figures run it: the test kit's runner, plus a timed request.
 
-Contract: Daemon(tmp, args, workers) is support.daemon.Daemon in a session of its own (a
+Contract: Daemon(tmp, args, workers) is testkit.daemon.Daemon in a session of its own (a
 terminal's Ctrl-C does not reach it), its output in a file of tmp (daemonN.stderr, N counting
 the daemons of the run); start() waits up to 20 s for its workers; ask() sends one request on
 a new connection and returns (action, seconds from connect to answer); owner() names the
@@ -13,15 +13,15 @@ import os
 import time
 from collections import Counter
 
-import support.daemon
-from support.perl import ASK_TIMEOUT
-from support.ports import HOST
-from support.processes import connection_owners
-from support.protocol import PolicyClient, action_of, request
+import testkit.daemon
+from testkit.perl import ASK_TIMEOUT
+from testkit.ports import HOST
+from testkit.processes import connection_owners
+from testkit.protocol import PolicyClient, action_of, request
 
 
-class Daemon(support.daemon.Daemon):
-    """The test support's daemon runner, as this script runs it: in a session of its own, its
+class Daemon(testkit.daemon.Daemon):
+    """The test kit's daemon runner, as this script runs it: in a session of its own, its
     output in a file of tmp; plus a timed request on a new connection and who served it."""
 
     count = 0

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from support.protocol import PolicyClient
+from testkit.protocol import PolicyClient
 
 
 class Registry:

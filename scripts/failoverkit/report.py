@@ -10,9 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from failoverkit.settings import (BLACKHOLE_TIMEOUT, CASES, CHECK_INTERVAL, CONNECT_TIMEOUT,
-                                  HASH_KEY, PROBE_COOLDOWN, SILENT_TIMEOUT, TAIL_HEDGE,
-                                  TAIL_HEDGE_MAX, TAIL_SLOW_DELAY, TAIL_SLOW_EVERY, TICK)
+from failoverkit.settings import (
+    BLACKHOLE_TIMEOUT,
+    CASES,
+    CHECK_INTERVAL,
+    CONNECT_TIMEOUT,
+    HASH_KEY,
+    PROBE_COOLDOWN,
+    SILENT_TIMEOUT,
+    TAIL_HEDGE,
+    TAIL_HEDGE_MAX,
+    TAIL_SLOW_DELAY,
+    TAIL_SLOW_EVERY,
+    TICK,
+)
 from failoverkit.stats import fmt_pct, fmt_s, percentile, table
 
 FAILED = "failed: see problems"

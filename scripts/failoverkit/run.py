@@ -18,8 +18,9 @@ import threading
 import traceback
 from typing import Any, Callable
 
+from testkit.perl import Perl
+
 from failoverkit.settings import CASES
-from support.perl import Perl
 
 
 class Run:

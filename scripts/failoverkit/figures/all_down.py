@@ -13,14 +13,15 @@ from collections import Counter
 from contextlib import ExitStack
 from typing import Callable
 
+from testkit.backends import FakeBackend
+from testkit.perl import PerlConn
+from testkit.protocol import service_spec as spec
+
 from failoverkit.daemon import Daemon
 from failoverkit.registry import owned, started
 from failoverkit.run import Run
 from failoverkit.settings import SILENT_TIMEOUT
 from failoverkit.stats import summary
-from support.backends import FakeBackend
-from support.perl import PerlConn
-from support.protocol import service_spec as spec
 
 Ask = Callable[..., tuple[str, float]]
 

@@ -16,17 +16,18 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable
 
+from testkit.backends import Blackhole, FakeBackend
+from testkit.perl import PerlConn
+from testkit.ports import refused_port
+from testkit.protocol import PolicyClient
+from testkit.protocol import service_spec as spec
+
 from failoverkit.checks import unserved
 from failoverkit.daemon import Daemon
 from failoverkit.registry import close_clients, owned, started
 from failoverkit.run import Run
 from failoverkit.settings import BLACKHOLE_TIMEOUT, CONNECT_TIMEOUT, SILENT_TIMEOUT
 from failoverkit.stats import summary
-from support.backends import Blackhole, FakeBackend
-from support.perl import PerlConn
-from support.ports import refused_port
-from support.protocol import PolicyClient
-from support.protocol import service_spec as spec
 
 Ask = Callable[..., tuple[str, float]]
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections import Counter
 from contextlib import ExitStack
 
+from testkit.backends import FakeBackend
+from testkit.protocol import service_spec as spec
+
 from failoverkit.checks import unserved
 from failoverkit.daemon import Daemon
 from failoverkit.registry import owned, started
 from failoverkit.run import Run
 from failoverkit.settings import HASH_KEY
-from support.backends import FakeBackend
-from support.protocol import service_spec as spec
 
 NAMES = ("G0", "G1", "G2")
 

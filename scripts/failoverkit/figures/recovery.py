@@ -16,16 +16,17 @@ from collections import Counter
 from contextlib import ExitStack
 from typing import Callable
 
+from testkit.backends import FakeBackend
+from testkit.perl import PerlConn
+from testkit.ports import HOST, refused_port
+from testkit.protocol import service_spec as spec
+
 from failoverkit.checks import unserved
 from failoverkit.daemon import Daemon
 from failoverkit.registry import owned, started
 from failoverkit.run import Run
 from failoverkit.settings import CHECK_INTERVAL, PROBE_COOLDOWN, TICK
 from failoverkit.stats import summary
-from support.backends import FakeBackend
-from support.perl import PerlConn
-from support.ports import HOST, refused_port
-from support.protocol import service_spec as spec
 
 Ask = Callable[..., tuple[str, float]]
 

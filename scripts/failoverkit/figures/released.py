@@ -14,12 +14,13 @@ import threading
 import time
 from collections import Counter
 
+from testkit.backends import FakeBackend
+from testkit.perl import ASK_TIMEOUT
+from testkit.protocol import service_spec as spec
+
 from failoverkit.daemon import Daemon
 from failoverkit.registry import owned, started
 from failoverkit.run import Run
-from support.backends import FakeBackend
-from support.perl import ASK_TIMEOUT
-from support.protocol import service_spec as spec
 
 REQUESTS, APART = 20, 0.02
 

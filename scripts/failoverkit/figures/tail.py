@@ -27,15 +27,22 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
+from testkit.backends import FakeBackend
+from testkit.ctl import csv_rows
+from testkit.ports import HOST, free_port
+from testkit.protocol import PolicyClient, action_of, request
+
 from failoverkit.daemon import Daemon
 from failoverkit.run import Run
-from failoverkit.settings import (TAIL_CONNECTIONS, TAIL_HEDGE, TAIL_HEDGE_MAX, TAIL_ROWS,
-                                  TAIL_SLOW_DELAY, TAIL_SLOW_EVERY)
+from failoverkit.settings import (
+    TAIL_CONNECTIONS,
+    TAIL_HEDGE,
+    TAIL_HEDGE_MAX,
+    TAIL_ROWS,
+    TAIL_SLOW_DELAY,
+    TAIL_SLOW_EVERY,
+)
 from failoverkit.stats import nearest_rank, summary
-from support.backends import FakeBackend
-from support.ctl import csv_rows
-from support.ports import HOST, free_port
-from support.protocol import PolicyClient, action_of, request
 
 COUNTERS = ("hedged", "hedge_won", "shadow_agree", "shadow_disagree", "shadow_failed",
             "shadow_dropped")

@@ -14,15 +14,16 @@ from collections import Counter
 from contextlib import ExitStack
 from typing import Any
 
+from testkit.backends import FakeBackend
+from testkit.perl import ASK_TIMEOUT, PerlConn
+from testkit.ports import HOST
+from testkit.protocol import PolicyClient, action_of, request
+from testkit.protocol import service_spec as spec
+
 from failoverkit.checks import unserved
 from failoverkit.daemon import Daemon
 from failoverkit.registry import close_clients, owned, started
 from failoverkit.run import Run
-from support.backends import FakeBackend
-from support.perl import ASK_TIMEOUT, PerlConn
-from support.ports import HOST
-from support.protocol import PolicyClient, action_of, request
-from support.protocol import service_spec as spec
 
 CONNECTIONS, PER_CONNECTION = 30, 10
 

@@ -1,0 +1,1 @@
+"""Exchanges with policy services: connections, idle connections, addresses."""

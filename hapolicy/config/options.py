@@ -1,0 +1,402 @@
+"""Every option, declared once: flags, value parser and bounds, placeholder, help, scope.
+
+The command line (cli.py), the config file (`read_config_file`), `--check-config`'s summary
+(`summary`), `--help` and the README's option table (`markdown_table`, printed by
+`python -m hapolicy.config.options`; a test compares it with README.md) are all made from OPTIONS.
+A default is the `Config` field's own default, so it is written in one place too.
+
+Every option's value is read through a `Value`: at most its length in characters, printable
+characters only (config.check_text), then its parser, which checks the rest of its bounds (a
+number's least and largest value, a path's bytes, a pattern that compiles); the `bounds` text
+says them in --help, the man pages and the README. No option is without bounds
+(tests/test_config_bounds.py walks the table).
+
+Config file: `key = value` lines, the key being an option's long name (`-` or `_`) or its
+`Config` field, `service = SPEC` once per service, `#` comments.
+
+Scope says whom a setting belongs to: the process ("daemon": workers, users, syslog), the
+services it balances ("pool": timeouts, health, balancing; in a file with `[pool NAME]`
+sections, set before the first section it is every pool's default), a pool alone
+("section": not a default for every pool), or a command-line-only action.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hapolicy.base import frozen
+from hapolicy.config.records import (
+    MAX_HOST,
+    MAX_ID,
+    MAX_LISTEN,
+    MAX_PATH,
+    MAX_PORT,
+    MAX_PRIO,
+    MAX_SECONDS,
+    MAX_SERVICES,
+    MAX_SPEC,
+    MAX_UNIX_PATH,
+    MAX_WEIGHT,
+    MAX_WORKERS,
+    MIN_INTERVAL,
+    Config,
+    ConfigError,
+    check_text,
+    fmt_num,
+    is_name,
+    nonempty,
+    parse_all_down,
+    parse_balance,
+    parse_bool,
+    parse_context,
+    parse_fail_answer,
+    parse_group_id,
+    parse_hedge,
+    parse_int,
+    parse_interval,
+    parse_listen,
+    parse_metrics_listen,
+    parse_mode,
+    parse_path,
+    parse_percent,
+    parse_pool_name,
+    parse_seconds,
+    parse_service,
+    parse_state_file,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+DAEMON, POOL, SECTION, COMMAND = "daemon", "pool", "section", "command"
+MAX_COUNT = 100  # check-rise and check-fall
+MAX_USE = 10**9
+MAX_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn anyway
+MAX_ACTION = 2048  # as Postfix's line_length_limit; an SMTP reply line is 512 octets
+MAX_PATTERN = 512  # fail-answer: at most 256 nested groups, far from the recursion limit
+MAX_NAME = 256  # a user's or group's name (LOGIN_NAME_MAX)
+MAX_TEXT = 4096  # listen, check-request: several words
+MAX_BALANCE = 1024
+MAX_METRICS_LISTEN = 300  # [IPv6 or a name]:PORT
+NUMBER_LENGTH = 32  # the text of any number
+#: What every value must be, as the README and the man pages say it.
+BOUNDS_RULE = ("Every value stays within the bounds its option states and holds printable "
+               "characters only: no tab, CR, LF, NUL or other control character, no U+0085, "
+               "U+2028 or U+2029. Any other value is a one-line error, from `--check-config` "
+               "and at start, before any socket is bound.")
+
+
+class Value:
+    """How an option's text becomes its value, within bounds: at most `length` characters,
+    each one printable (config.check_text), then `parse`, which checks the rest and returns
+    the value. `bounds` says them as the docs do ('' for a switch or a choice: the tag says
+    it); a number's `low` and `high` are its least and largest value."""
+
+    __slots__ = ("what", "parse", "length", "bounds", "low", "high")
+
+    def __init__(self, what: str, parse: Callable[[str], Any], length: int, bounds: str,
+                 low: float | None = None, high: float | None = None) -> None:
+        self.what = what
+        self.parse = parse
+        self.length = length
+        self.bounds = bounds
+        self.low = low
+        self.high = high
+
+    def __call__(self, text: str) -> Any:
+        check_text(text, self.what, self.length)
+        return self.parse(text)
+
+
+@frozen.frozen
+class Option:
+    """One option. `key` is its `Config` field ("" for the command-line-only actions)."""
+
+    key: str
+    flags: tuple[str, ...]
+    help: str
+    parse: Value  # reads the value within its bounds
+    metavar: str = ""
+    scope: str = POOL
+    choices: tuple[str, ...] = ()
+    flag: bool = False  # no value on the command line; yes/no in the config file
+    default_text: str = ""  # the default as the docs say it, where the value does not
+
+    @property
+    def name(self) -> str:
+        """The long name without dashes: the config file's key."""
+        return self.flags[-1][2:]
+
+
+def _seconds(what: str, allow_zero: bool = False) -> Value:
+    return Value(what, lambda text: parse_seconds(text, what, allow_zero), NUMBER_LENGTH,
+                 f"{'0 to' if allow_zero else 'more than 0, at most'} {MAX_SECONDS:g}",
+                 0.0, MAX_SECONDS)
+
+
+def _interval(what: str, allow_zero: bool = False) -> Value:
+    return Value(what, lambda text: parse_interval(text, what, allow_zero), NUMBER_LENGTH,
+                 f"{'0, or ' if allow_zero else ''}{MIN_INTERVAL:g} to {MAX_SECONDS:g}",
+                 0.0 if allow_zero else MIN_INTERVAL, MAX_SECONDS)
+
+
+def _whole(what: str, low: int, high: int) -> Value:
+    return Value(what, lambda text: parse_int(text, what, low, high), NUMBER_LENGTH,
+                 f"{low} to {high}", low, high)
+
+
+def _percent(what: str) -> Value:
+    return Value(what, lambda text: parse_percent(text, what), NUMBER_LENGTH,
+                 "more than 0, at most 100", 0.0, 100.0)
+
+
+def _text(what: str, length: int, parse: Callable[[str], Any] = str.strip,
+          bounds: str = "") -> Value:
+    return Value(what, parse, length, bounds or f"at most {length} characters")
+
+
+def _path(what: str, max_bytes: int = MAX_PATH,
+          parse: Callable[[str], Any] | None = None) -> Value:
+    return Value(what, parse or (lambda text: parse_path(text, what, max_bytes)), max_bytes,
+                 f"at most {max_bytes} bytes")
+
+
+YES_NO = Value("a switch", parse_bool, 5, "")
+
+
+def _attributes(text: str) -> str:
+    attrs = [a for a in text.split() if "=" in a]
+    if not any(a.startswith("request=") for a in attrs):
+        raise ConfigError(f"check request {text!r} has no request= attribute "
+                          "(e.g. request=smtpd_access_policy)")
+    for attr in attrs:
+        name = attr.partition("=")[0]
+        if not is_name(name):
+            raise ConfigError(f"check request: attribute name {name!r} must be 1-64 of A-Z a-z "
+                              "0-9 _ . -")
+    return "".join(a + "\n" for a in attrs)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("", ("-s", "--service"), "a policy service; repeat for more. HOST is a name, an IPv4 "
+           "address or `[IPv6]`; `NAME=unix:/path[:PRIO...]` is a unix socket. Every optional "
+           "field may be empty: `G=h:10023::3` sets only the weight",
+           Value("service", parse_service, MAX_SPEC, f"at most {MAX_SERVICES} a pool, each at "
+                 f"most {MAX_SPEC} characters; NAME 1-64 of A-Z a-z 0-9 _ . -; HOST at most "
+                 f"{MAX_HOST} characters; PORT 1 to {MAX_PORT}; a unix path at most "
+                 f"{MAX_UNIX_PATH} bytes"),
+           metavar="NAME=HOST:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]", scope=COMMAND),
+    Option("default_action", ("-d", "--default"), "the answer when no service answers",
+           _text("default action", MAX_ACTION, nonempty("default action")), "ACTION",
+           default_text="`dunno`"),
+    Option("log_requests", ("-l", "--logging"), "log one line per request", YES_NO,
+           scope=DAEMON, flag=True),
+    Option("verbose", ("-v", "--verbose"), "also log every failed attempt and why", YES_NO,
+           scope=DAEMON, flag=True),
+    Option("log_stderr", ("-L", "--stdout"), "log to stderr instead of syslog (debugging at a "
+           "terminal; never under spawn)", YES_NO, scope=DAEMON, flag=True),
+    Option("total_timeout", ("--total-timeout",), "a request is answered within S seconds "
+           "whatever the services do", _seconds("total timeout"), "S"),
+    Option("connect_timeout", ("--connect-timeout",), "seconds for a TCP connect; a blackholed "
+           "host costs the smaller of this and its TIMEOUT", _seconds("connect timeout"), "S"),
+    Option("syslog_socket", ("--syslog-socket",), "where syslog lines go (facility mail, ident "
+           "`hapolicy[PID]`; empty: none)", _path("syslog socket", MAX_UNIX_PATH), "PATH",
+           DAEMON, default_text="`/dev/log`"),
+    Option("", ("-c", "--config"), "read settings and services from FILE; the command line "
+           "overrides it", _path("config file"), "FILE", COMMAND),
+    Option("", ("--check-config",), "validate, print the effective configuration, exit 0 (or 2 "
+           "with `FILE:LINE: what`)", YES_NO, scope=COMMAND, flag=True),
+    Option("listen", ("--listen",), "run the daemon on `HOST:PORT`, `[IPv6]:PORT` or "
+           "`unix:/path` (several: separated by blanks or commas)",
+           _text("listen", MAX_TEXT, parse_listen, f"at most {MAX_LISTEN} addresses; PORT 1 "
+                 f"to {MAX_PORT}; a unix path at most {MAX_UNIX_PATH} bytes"), "ADDR",
+           default_text="spawn mode"),
+    Option("workers", ("--workers",), "worker processes", _whole("workers", 1, MAX_WORKERS), "N",
+           DAEMON, default_text="cores"),
+    Option("max_use", ("--max-use",), "requests a worker serves before it is replaced; it keeps "
+           "its connections until their clients close them, so about (requests/s ÷ N) × 1000 s "
+           "retiring workers live beside the others", _whole("max use", 1, MAX_USE), "N", DAEMON),
+    Option("max_idle", ("--max-idle",), "close a client connection idle this long (Postfix "
+           "closes its own after 300 s)", _seconds("max idle"), "S", DAEMON),
+    Option("retire_timeout", ("--retire-timeout",), "longest a retiring worker waits for its "
+           "clients (Postfix's max_ttl is 1000 s)", _seconds("retire timeout"), "S", DAEMON),
+    Option("drain_timeout", ("--drain-timeout",), "on SIGTERM, time for in-flight requests to "
+           "finish", _seconds("drain timeout", allow_zero=True), "S", DAEMON),
+    Option("summary_interval", ("--summary",), "the master logs one line of counters per pool "
+           "every S seconds (0: never)", _interval("summary", allow_zero=True), "S", DAEMON),
+    Option("pidfile", ("--pidfile",), "write the master's pid here (removed at exit)",
+           _path("pidfile"), "PATH", DAEMON),
+    Option("control", ("--control",), "a unix socket here (the master's, mode 0600, removed at "
+           "exit; empty: none) answers `hapolicyctl` commands",
+           _path("control socket", MAX_UNIX_PATH), "PATH", DAEMON),
+    Option("control_group", ("--control-group",), "let this group use the control socket too "
+           "(mode 0660)", _text("control group", MAX_NAME,
+                                lambda text: parse_group_id(text, "control group"),
+                                f"a name of at most {MAX_NAME} characters, or a number 0 to "
+                                f"{MAX_ID}"), "GROUP", DAEMON),
+    Option("metrics_listen", ("--metrics-listen",), "the monitor serves Prometheus metrics at "
+           "`http://HOST:PORT/metrics` (`[IPv6]:PORT` too; empty: none)",
+           _text("metrics listen", MAX_METRICS_LISTEN, parse_metrics_listen,
+                 f"at most {MAX_METRICS_LISTEN} characters; PORT 1 to {MAX_PORT}"),
+           "HOST:PORT", DAEMON),
+    Option("daemonize", ("--daemonize",), "detach; return once the pidfile is written and the "
+           "master runs (for init scripts)", YES_NO, scope=DAEMON, flag=True),
+    Option("user", ("--user",), "the workers and the monitor (checks, control socket, "
+           "metrics) drop to this user after the master bound the sockets",
+           _text("user", MAX_NAME), "USER", DAEMON),
+    Option("group", ("--group",), "and to this group", _text("group", MAX_NAME), "GROUP",
+           DAEMON),
+    Option("socket_mode", ("--socket-mode",), "mode of a unix listening socket",
+           Value("socket mode", parse_mode, 4, "0 to 0777 (octal)", 0, 0o777), "MODE", DAEMON),
+    Option("backlog", ("--backlog",), "length of the listen queue",
+           _whole("backlog", 1, MAX_BACKLOG), "N", DAEMON),
+    Option("cooldown", ("--cooldown",), "without checks, a failed service is skipped for S "
+           "seconds; after a timeout, doubled at each consecutive timeout up to --cooldown-max",
+           _seconds("cooldown"), "S"),
+    Option("cooldown_max", ("--cooldown-max",), "the longest cool-down", _seconds("cooldown max"),
+           "S"),
+    Option("state_file", ("--state-file",), "spawn mode: the file in which every process "
+           "spawned with the same services shares their health (down, cool-down, probe, round "
+           "robin); `none`: each process keeps its own. Daemon: the file in which the master "
+           "keeps the operator's disable, drain and weight across a restart (default: none)",
+           _path("state file", parse=parse_state_file), "PATH", DAEMON,
+           default_text="spawn mode: `/run/hapolicy/spawn/` when it is the user's own, else "
+           "`$XDG_RUNTIME_DIR/hapolicy/` or `/tmp/hapolicy-UID/`, a file per service list"),
+    Option("check_interval", ("--check-interval",), "the daemon checks every service every S "
+           "seconds (0: off, requests probe instead)",
+           _interval("check interval", allow_zero=True), "S"),
+    Option("check_down_interval", ("--check-down-interval",), "seconds between checks of a "
+           "service that is down", _interval("check down interval"), "S"),
+    Option("check_timeout", ("--check-timeout",), "longest wait for a check's answer (and at "
+           "most the service's TIMEOUT)", _interval("check timeout"), "S"),
+    Option("check_rise", ("--check-rise",), "answered checks in a row that bring a service back",
+           _whole("check rise", 1, MAX_COUNT), "N"),
+    Option("check_fall", ("--check-fall",), "failed checks in a row that take a service down",
+           _whole("check fall", 1, MAX_COUNT), "N"),
+    Option("check_request", ("--check-request",), "the check's attributes, `name=value` "
+           "separated by spaces", _text("check request", MAX_TEXT, _attributes,
+                                        f"at most {MAX_TEXT} characters; each name 1-64 "
+                                        "of A-Z a-z 0-9 _ . -"), "ATTRS",
+           default_text="an RCPT from hapolicy-check@localhost"),
+    Option("all_down", ("--all-down",), "when every service is down: answer the default action "
+           "at once, or try them anyway (each costs its timeout)",
+           Value("all-down", parse_all_down, 7, ""), choices=("default", "try")),
+    Option("balance", ("--balance",), "how to choose among services of one priority: weighted "
+           "round robin, or rendezvous hashing of these attributes",
+           _text("balance", MAX_BALANCE, parse_balance, f"at most {MAX_BALANCE} characters; "
+                 "ATTR 1-64 of A-Z a-z 0-9 _ . -; a prefix /N 0 to 128"),
+           "weighted|hash:ATTR[,ATTR...]"),
+    Option("sticky_instance", ("--sticky-instance",), "keep the requests of one SMTP "
+           "transaction on one service", YES_NO, choices=("yes", "no")),
+    Option("fail_answer", ("--fail-answer",), "an answer whose action matches this regular "
+           "expression (case-insensitive search) is the service's failure: the next service "
+           "is asked, and health counts it as a timeout",
+           _text("fail-answer", MAX_PATTERN, parse_fail_answer), "REGEX",
+           default_text="none"),
+    Option("policy_context", ("--policy-context",), "the `policy_context` of the requests "
+           "this pool answers, when pools share a listen address; `*`: requests of no "
+           "other pool's context", _text("policy context", MAX_NAME, parse_context), "VALUE",
+           SECTION, default_text="any"),
+    Option("shadow", ("--shadow",), "another pool that gets a copy of each request this pool "
+           "answered, after the answer went back; its answer is only compared, counted and "
+           "logged (a pool used only as a shadow needs no listen)",
+           _text("shadow", 64, parse_pool_name, "1-64 of A-Z a-z 0-9 _ . -"), "POOL", SECTION,
+           default_text="none"),
+    Option("shadow_share", ("--shadow-share",), "the share of answered requests copied to the "
+           "shadow (every 100/P-th, spread evenly)", _percent("shadow share"), "PERCENT"),
+    Option("hedge", ("--hedge",), "when a service has not answered within S seconds (or pNN: "
+           "that percentile of its recent answer times), ask the next service too; the first "
+           "good answer wins. Only for pools without state (see Hedged requests)",
+           Value("hedge", parse_hedge, NUMBER_LENGTH, f"off or 0; more than 0, at most "
+                 f"{MAX_SECONDS:g}; p50 to p99.9", 0.0, MAX_SECONDS), "S|pNN",
+           default_text="off"),
+    Option("hedge_max", ("--hedge-max",), "at most this share of the requests is hedged (a "
+           "token bucket per worker)", _percent("hedge max"), "PERCENT"),
+)
+
+SETTINGS = {o.key: o for o in OPTIONS if o.key}
+# config file keys: the long names and the Config fields
+FILE_KEYS = {**{o.key: o for o in SETTINGS.values()},
+             **{o.name.replace("-", "_"): o for o in SETTINGS.values()}}
+SERVICE_FIELDS = (  # name, meaning, default, bounds
+    ("PRIO", "lower is tried first; compared as numbers (9 before 10)", "10",
+     f"0 to {MAX_PRIO}"),
+    ("WEIGHT", "share of requests among services of one priority", "1", f"1 to {MAX_WEIGHT}"),
+    ("TIMEOUT", "seconds the service has to connect and answer", "30",
+     f"more than 0, at most {MAX_SECONDS:g}"),
+)
+
+
+def format_value(option: Option, value: Any) -> str:
+    """A value as the config file and --check-config write it."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if option.key == "socket_mode":
+        return f"{value:04o}"
+    if option.key == "check_request":
+        return value.strip().replace("\n", " ")
+    if isinstance(value, float):
+        return fmt_num(value)
+    return str(value)
+
+
+def default_of(option: Option) -> str:
+    """The default as the docs say it."""
+    if option.default_text or not option.key:
+        return option.default_text
+    value = frozen.default_of(Config, option.key)
+    if option.flag:
+        return "on" if value else "off"
+    return format_value(option, value)
+
+
+def summary(config: Config) -> list[str]:
+    """The effective configuration as `key = value` lines (what --check-config prints); with
+    pools, the daemon's settings and then each pool's section."""
+    if not config.pool_configs:
+        return _lines(config, SETTINGS.values(), config.services)
+    lines = _lines(config, [o for o in SETTINGS.values() if o.scope == DAEMON], ())
+    for pool in config.pools:
+        lines.extend(("", f"[pool {pool.name}]"))
+        lines.extend(_lines(pool, [o for o in SETTINGS.values() if o.scope != DAEMON],
+                            pool.services))
+    return lines
+
+
+def _lines(config: Config, options: Any, services: Any) -> list[str]:
+    lines = [f"{o.name} = {format_value(o, getattr(config, o.key))}" for o in options]
+    lines.extend(f"service = {s.spec}" for s in services)
+    return lines
+
+
+def flags_text(option: Option) -> str:
+    """`-d, --default ACTION` as the README's table writes it."""
+    text = ", ".join(option.flags)
+    if option.choices:
+        return f"{text} {'/'.join(option.choices)}"
+    return f"{text} {option.metavar}" if option.metavar else text
+
+
+def bounds_of(option: Option) -> str:
+    """The bounds of the option's value as the docs say them ('' for a switch or a choice)."""
+    return option.parse.bounds
+
+
+def markdown_table() -> str:
+    """The README's option table."""
+    rows = ["| option | meaning | default | bounds |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        flags = flags_text(option).replace("|", "\\|")
+        rows.append(_row(f"`{flags}`", option.help, default_of(option), bounds_of(option)))
+        if option.key == "" and option.flags[0] == "-s":
+            rows.extend(_row(*field) for field in SERVICE_FIELDS)
+    return "\n".join(rows) + "\n"
+
+
+def _row(*cells: str) -> str:
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

@@ -1,0 +1,262 @@
+"""The monitor: the one process that talks to the network for the master, as --user.
+
+The master stays root (a reload binds new listen addresses and may read a root-only config
+file; it removes its pidfile and unix sockets at exit), so what talks to the network is not
+done in it: the active checks of every table in use (checks.py, including the tables kept for
+workers that retire after a reload), the control socket (control.py) and what else `serve`
+lists: the Prometheus metrics (metrics.py) too. The master binds those listening sockets itself (`Served`: the control socket's file is
+the master's, with its modes; a privileged port works) and keeps them open; it forks the
+monitor after binding, as it forks a worker (`Master.fork_child`: the same shedding of the
+master's state and the same privilege drop), and the monitor serves them in its own event loop.
+
+The tables are the master's mmaps, made before the fork: the checks and the control commands
+of the monitor act on the memory every worker reads, and the worker table gives `workers` the
+pids and generations of the workers (the master writes them when it forks and reaps), so no
+request ever goes from the monitor to the master. The master does everything else (summary
+line, sd_notify, signals) from the same tables.
+
+`MonitorKeeper` is the master's side. The monitor runs whenever there is something for it to
+serve (checks on, a control socket): one code path with or without --user. It is supervised
+as a worker: it says READY over its socketpair once it serves (end of file there tells it the
+master is gone: it exits), a death before READY is a boot failure (throttle.py), any other
+death is replaced at once, and its heartbeat in the worker table's last slot is watched by the
+same watchdog. A reload replaces it (the new one has the new configuration and tables) and the
+end of the master stops it: killed and waited for, so that no command of an old monitor writes
+in a table while the master carries it over, and while none runs a control connection waits in
+the listen backlog. While it is down, a service that live requests took down stays down until
+the next monitor's checks bring it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+
+from hapolicy.monitor.commands import answer
+from hapolicy.monitor.control import ControlServer, ControlSocket
+from hapolicy.base.eventloop import EVENT_READ, EventLoop
+from hapolicy.monitor.metrics import MetricsServer, Tables
+from hapolicy.daemon.throttle import BootThrottle, exit_code
+from hapolicy.daemon.worker import MSG_READY, WORKER_SIGNALS, set_title
+from hapolicy.tables.workertable import WATCHDOG_SECONDS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hapolicy.monitor.checks import CheckerSet
+    from hapolicy.config.records import Config
+    from hapolicy.tables.health import HealthTable
+    from hapolicy.base.log import Logger
+    from hapolicy.daemon.master import Master
+    from hapolicy.tables.workertable import WorkerTable
+
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class Served:
+    """The listening sockets the master made for the monitor: --control's and
+    --metrics-listen's. The master keeps them open from start to exit."""
+
+    def __init__(self, control: ControlSocket | None = None,
+                 metrics: socket.socket | None = None) -> None:
+        self.control = control
+        self.metrics = metrics
+
+    @property
+    def any(self) -> bool:
+        return self.control is not None or self.metrics is not None
+
+    def close_copies(self) -> None:
+        """In a worker: it serves none of them."""
+        if self.control is not None:
+            self.control.close(remove=False)
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def close(self, log: Logger) -> None:
+        """In the master at exit: close them, remove the control socket's file."""
+        if self.control is not None:
+            self.control.close(log)
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def serve(loop: EventLoop, monitor: Monitor) -> None:
+    """Everything the monitor serves, started in its loop: the one place to add one more."""
+    monitor.checks.start(loop, monitor.log)
+    if monitor.served.control is not None:
+        ControlServer(loop, monitor.served.control, monitor.command, monitor.log)
+    if monitor.served.metrics is not None:
+        MetricsServer(monitor.served.metrics, loop, monitor.tables, monitor.log)
+
+
+class Monitor:
+    """The monitor process: made by the master just before the fork, run in the child."""
+
+    def __init__(self, config: Config, health: dict[str, HealthTable], checks: CheckerSet,
+                 table: WorkerTable, served: Served, log: Logger) -> None:
+        self.config = config
+        self.health = health  # by pool name: the current tables
+        self.checks = checks  # the master's plan: current and kept tables
+        self.table = table
+        self.served = served
+        self.log = log
+        self.loop: EventLoop | None = None
+        self.done = False
+
+    def command(self, line: str) -> str:
+        """The answer of one control command, from the shared tables."""
+        kept = [(entry.config, entry.table) for _, entry in self.checks.kept]
+        return answer(line, self.config, self.health, self.table.workers(), self.table,
+                      self.log, kept)
+
+    def tables(self) -> Tables:
+        """What a scrape of /metrics reads: the shared tables and the live workers' slots."""
+        return Tables(self.config, self.health, self.table, list(self.table.workers().values()))
+
+    def run(self, master_sock: socket.socket) -> None:
+        """The child's life, after the privilege drop; never returns."""
+        set_title("hapolicy: monitor")
+        status = 0
+        try:
+            self._run(master_sock)
+        except BaseException as exc:  # noqa: BLE001 - never a traceback
+            with contextlib.suppress(BaseException):
+                self.log.error(f"monitor internal error: {type(exc).__name__}: {exc}")
+            status = 1
+        os._exit(status)
+
+    def _run(self, master_sock: socket.socket) -> None:
+        self.loop = loop = EventLoop()
+        # nothing to finish or save: TERM, INT and QUIT end it at once; a HUP is the master's
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        serve(loop, self)
+        master_sock.setblocking(False)
+        loop.add(master_sock, EVENT_READ, lambda mask: self._on_master(master_sock))
+        master_sock.send(MSG_READY)
+        self._housekeeping()
+        while not self.done:
+            loop.run_once(HOUSEKEEPING_SECONDS)
+
+    def _on_master(self, sock: socket.socket) -> None:
+        try:
+            if sock.recv(64):
+                return  # the master says nothing yet; end of file is what counts
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.log.error("master is gone: monitor exits")
+        self.done = True
+
+    def _housekeeping(self) -> None:
+        """The heartbeat; stop checking the kept tables whose workers are all gone."""
+        self.table.beat(self.table.monitor_slot, time.monotonic())
+        self.checks.stop_unused(self.table.generations())
+        self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)  # type: ignore[union-attr]
+
+
+class MonitorKeeper:
+    """The master's side: start, replace and stop the monitor, and watch it."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.pid = 0
+        self.sock: socket.socket | None = None  # the master's end of its socketpair
+        self.started = 0.0
+        self.ready = False
+        self.throttle = BootThrottle()
+
+    def needed(self) -> bool:
+        """Whether there is something for a monitor to serve."""
+        return self.master.checks.checking or self.master.served.any
+
+    def maintain(self, now: float) -> None:
+        """Start one if it is needed and none runs (and the throttle allows); stop one that
+        has nothing left to do (a reload turned the checks off, the old tables are gone)."""
+        if self.pid and not self.needed():
+            self.stop()
+        if self.pid and self.ready and self.throttle.ready([self.started], now):
+            self.master.log.notice("monitor starts again")
+        if self.pid or not self.needed() or not self.throttle.may_start(now):
+            return
+        m = self.master
+        monitor = Monitor(m.config, m.health, m.checks, m.table, m.served, m.log)
+        m.table.beat(m.table.monitor_slot, 0.0)
+        forked = m.fork_child("monitor", monitor.run)
+        if forked is None:
+            self.throttle.defer(now + 1.0)
+            return
+        self.pid, self.sock = forked
+        self.started = now
+        self.ready = False
+        m.loop.add(self.sock, EVENT_READ, self._on_message)
+        self.throttle.started(now)
+
+    def _on_message(self, mask: int) -> None:
+        try:
+            data = self.sock.recv(64)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # it is exiting: reaped() finishes it
+            self.master.loop.remove(self.sock)
+            return
+        if MSG_READY in data:
+            self.on_ready()
+
+    def on_ready(self) -> None:
+        """It serves: its boot is over (a streak of early deaths ends once it has run
+        STABLE_SECONDS: maintain)."""
+        self.ready = True
+
+    def _forget(self) -> None:
+        if self.sock is not None:
+            if self.sock.fileno() in self.master.loop.files:
+                self.master.loop.remove(self.sock)
+            self.sock.close()
+        self.sock = None
+        self.pid = 0
+
+    def reaped(self, pid: int, status: int, now: float) -> bool:
+        """Whether pid was the monitor (then forgotten; replaced by the next maintain)."""
+        if not pid or pid != self.pid:
+            return False
+        self._forget()
+        code = exit_code(status)
+        log = self.master.log
+        if self.master.stopping:
+            if code:
+                log.warning(f"monitor {pid} exited with status {code}")
+        else:
+            self.throttle.judge_death("monitor", pid, code, self.ready, self.started, now, log)
+        return True
+
+    def watchdog(self, now: float) -> None:
+        """Kill a monitor whose loop is stuck; reaped() and maintain() replace it."""
+        table = self.master.table
+        beat = table.last_beat(table.monitor_slot)
+        if self.pid and self.ready and beat and now - beat > WATCHDOG_SECONDS:
+            self.master.log.error(f"monitor {self.pid} has not turned its loop for "
+                                  f"{now - beat:.0f}s: killing it")
+            self.master._kill(self.pid, signal.SIGKILL)
+            table.beat(table.monitor_slot, 0.0)  # once
+
+    def stop(self) -> None:
+        """Kill it and wait for its end (a reload's replacement, the master's exit): it has
+        nothing to save, and no command of it may write in a table after this."""
+        pid = self.pid
+        if not pid:
+            return
+        # killed before its socketpair closes: it must not see the end of file first and
+        # log that the master is gone
+        self.master._kill(pid, signal.SIGKILL)
+        self.master.ops.wait(pid)
+        self._forget()
+        self.throttle.reset()

@@ -1,0 +1,156 @@
+"""systemd's sd_notify protocol, with the standard library: tell the service manager how the
+master is doing.
+
+`Notifier.from_environ()` reads NOTIFY_SOCKET (a unix datagram socket path; a leading `@` is
+the abstract namespace), WATCHDOG_USEC and WATCHDOG_PID. Without NOTIFY_SOCKET it does
+nothing. `send("READY=1", ...)` sends one datagram of `KEY=VALUE\\n` lines from a socket made
+for that datagram (no descriptor is kept, so a worker inherits none), and only from the process
+that made the notifier: a forked worker never sends. It never raises: the first failure (a
+socket that does not exist, a full queue) is logged once as a warning and later ones are
+ignored.
+
+`ServiceNotes` is what the master says, when: READY=1 once at least one worker of the running
+configuration accepts (at start and after each reload; waiting for all of them would fail a
+start on one worker that dies at boot), RELOADING=1 with MONOTONIC_USEC when a HUP starts a
+reload, STOPPING=1 on TERM or INT, STATUS=workers N, services up M of K (and `(D disabled)` when the
+operator disabled some) when that changes, and
+WATCHDOG=1 every half WATCHDOG_USEC (when WATCHDOG_PID is unset or the master's pid).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from hapolicy.tables.health import UP
+from hapolicy.base.log import Logger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from hapolicy.daemon.master import Master
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, as RELOADING=1 wants it in MONOTONIC_USEC."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def notify_address(text: str) -> str | bytes:
+    """The address to send to: a path, or bytes starting with NUL for `@name`."""
+    if text.startswith("@"):
+        return b"\0" + os.fsencode(text[1:])
+    return text
+
+
+class Notifier:
+    """Sends sd_notify datagrams from one process; a no-op without NOTIFY_SOCKET."""
+
+    def __init__(self, address: str, watchdog_usec: int, log: Logger | None) -> None:
+        self.address = address
+        self.watchdog_usec = watchdog_usec
+        self.log = log
+        self.pid = os.getpid()
+        self.failed = False
+
+    @classmethod
+    def from_environ(cls, log: Logger | None, environ: Mapping[str, str] | None = None,
+                     pid: int | None = None) -> Notifier:
+        env = os.environ if environ is None else environ
+        pid = os.getpid() if pid is None else pid
+        address = env.get("NOTIFY_SOCKET", "")
+        if address and not address.startswith(("/", "@")):
+            if log is not None:
+                log.warning(f"NOTIFY_SOCKET {address!r} is not a path or @name: ignored")
+            address = ""
+        usec = 0
+        text = env.get("WATCHDOG_USEC", "")
+        watchdog_pid = env.get("WATCHDOG_PID", "")
+        if text and (not watchdog_pid or watchdog_pid == str(pid)):
+            usec = int(text) if text.isdigit() else 0
+            if not usec and log is not None:
+                log.warning(f"WATCHDOG_USEC {text!r} is not a positive number: ignored")
+        return cls(address, usec, log)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def watchdog_interval(self) -> float:
+        """Seconds between two WATCHDOG=1 (half of WATCHDOG_USEC, at least 10 ms); 0 without
+        a watchdog."""
+        if not self.enabled or not self.watchdog_usec:
+            return 0.0
+        return max(self.watchdog_usec / 2e6, 0.01)
+
+    def send(self, *lines: str) -> bool:
+        """Send `KEY=VALUE` lines as one datagram; False when not sent. Never raises."""
+        if not self.address or self.failed or os.getpid() != self.pid:
+            return False
+        data = "".join(line.replace("\n", " ") + "\n" for line in lines).encode()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
+                sock.sendto(data, notify_address(self.address))
+        except (OSError, ValueError) as exc:
+            self.failed = True
+            if self.log is not None:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                self.log.warning(f"cannot notify systemd at {self.address}: {why}; "
+                                 "not trying again")
+            return False
+        return True
+
+
+class ServiceNotes:
+    """What the master tells systemd: readiness, reloads, stopping, status, the watchdog."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.ready = False  # READY=1 sent for the running configuration
+        self.status = ""
+
+    def start(self, master: Master) -> None:
+        """Once the master's loop exists: the watchdog timer."""
+        interval = self.notifier.watchdog_interval()
+        if interval > 0:
+            def beat() -> None:
+                self.notifier.send("WATCHDOG=1")
+                master.loop.call_later(interval, beat)
+            beat()
+
+    def reloading(self) -> None:
+        self.ready = False
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
+
+    def stopping(self) -> None:
+        self.notifier.send("STOPPING=1")
+
+    def update(self, master: Master) -> None:
+        """After each turn of the master's loop: READY=1 when due, STATUS= when it changed."""
+        if not self.notifier.enabled or master.stopping:
+            return
+        self.notifier.log = master.log  # a reload may have made another
+        current = [w for w in master.workers.values()
+                   if w.ready and not w.retiring and w.generation == master.generation]
+        lines = []
+        if current and not self.ready:
+            self.ready = True
+            lines.append("READY=1")
+        now = master.ops.now()
+        up = total = disabled = 0
+        for pool in master.config.pools:
+            table = master.health[pool.name]
+            total += len(pool.services)
+            up += sum(table.state(i, now) == UP for i in range(len(pool.services)))
+            disabled += sum(table.disabled(i) for i in range(len(pool.services)))
+        status = f"workers {len(current)}, services up {up} of {total}"
+        if disabled:
+            status += f" ({disabled} disabled)"
+        if status != self.status:
+            self.status = status
+            lines.append(f"STATUS={status}")
+        if lines:
+            self.notifier.send(*lines)

@@ -1,0 +1,124 @@
+"""The master's summary line: every --summary seconds, one line of counters per pool.
+
+    summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0 refused=0
+    internal=0) services: GREY1 up answers=600 failures=0, GREY2 down answers=630 failures=12
+
+(one line in the log), followed, for a pool that hedges, by `hedged=N (won=N)` and, for
+one with a shadow, by `shadow NAME: agree=N disagree=N failed=N dropped=N`. A service's
+state is up or down, or `disabled` or `drain` while the
+operator (hapolicyctl) keeps it so. The counters are the health table's (health.py), kept by
+the workers without locks: totals since the pool's table was made (a reload keeps them for a
+pool that stays and for each service that keeps its name and address). `rate` is the requests per second over
+the last interval. Requests still in flight are counted in `requests` but not yet in the
+answers or defaults. A worker that retires after a reload that gave its pool a new table counts
+its last requests in the old table: those are not in the summary.
+"""
+
+from __future__ import annotations
+
+from hapolicy.tables.health import (
+    DEFAULT_DOWN,
+    DEFAULT_FAILED,
+    DEFAULT_INTERNAL,
+    DEFAULT_REFUSED,
+    DEFAULT_TIMEOUT,
+    ENABLED,
+    HEDGE_WON,
+    HEDGED,
+    REQUESTS,
+    SHADOW_AGREE,
+    SHADOW_DISAGREE,
+    SHADOW_DROPPED,
+    SHADOW_FAILED,
+    UP,
+    F,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from hapolicy.config.records import Config
+    from hapolicy.tables.health import HealthTable
+    from hapolicy.base.log import Logger
+
+
+def service_state(table: HealthTable, i: int, now: float) -> str:
+    """up or down, or the admin state when the operator disabled or drains it."""
+    admin = table.admin(i)
+    if admin != ENABLED:
+        return admin
+    return "up" if table.state(i, now) == UP else "down"
+
+
+def pool_line(name: str, table: HealthTable, names: Sequence[str], rate: float,
+              now: float) -> str:
+    """The summary line of one pool; now is the monotonic time the states are read at."""
+    failed = table.counter(DEFAULT_FAILED)
+    down = table.counter(DEFAULT_DOWN)
+    timeout = table.counter(DEFAULT_TIMEOUT)
+    refused = table.counter(DEFAULT_REFUSED)
+    internal = table.counter(DEFAULT_INTERNAL)
+    services = ", ".join(
+        f"{service} {service_state(table, i, now)}"
+        f" answers={table.service_counter(i, F.ANSWERS)}"
+        f" failures={table.service_counter(i, F.FAILURES)}"
+        for i, service in enumerate(names))
+    return (f"summary pool={name} requests={table.counter(REQUESTS)} rate={rate:.1f}/s "
+            f"defaults={failed + down + timeout + refused + internal} (failed={failed} "
+            f"down={down} timeout={timeout} refused={refused} internal={internal}) "
+            f"services: {services}")
+
+
+def extras(pool: Config, table: HealthTable) -> str:
+    """What a pool that hedges or has a shadow adds to its line."""
+    text = ""
+    if pool.hedge:
+        text += f" hedged={table.counter(HEDGED)} (won={table.counter(HEDGE_WON)})"
+    if pool.shadow:
+        text += (f" shadow {pool.shadow}: agree={table.counter(SHADOW_AGREE)} "
+                 f"disagree={table.counter(SHADOW_DISAGREE)} "
+                 f"failed={table.counter(SHADOW_FAILED)} "
+                 f"dropped={table.counter(SHADOW_DROPPED)}")
+    return text
+
+
+class Summary:
+    """The schedule of the summary lines and the request counts they compute the rate from."""
+
+    def __init__(self, interval: float, now: float) -> None:
+        self.interval = interval
+        self.next = now + interval if interval > 0 else float("inf")
+        self.last = now
+        self.requests: dict[str, int] = {}  # by pool, at the last line
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next line is due (inf: never)."""
+        return max(0.0, self.next - now)
+
+    def reconfigure(self, interval: float, now: float) -> None:
+        """A reload's --summary: a new interval starts now; the same one keeps its schedule."""
+        if interval != self.interval:
+            self.interval = interval
+            self.next = now + interval if interval > 0 else float("inf")
+
+    def tick(self, config: Config, tables: Mapping[str, HealthTable], log: Logger,
+             now: float, clock: float) -> None:
+        """Log the lines when they are due. now: the schedule's clock; clock: the tables'
+        (monotonic) one, which the services' states are read with."""
+        if now < self.next:
+            return
+        elapsed = max(now - self.last, 1e-9)
+        counts = {}
+        for pool in config.pools:
+            table = tables.get(pool.name)
+            if table is None:
+                continue
+            counts[pool.name] = requests = table.counter(REQUESTS)
+            # a pool new since the last line counts from zero
+            rate = max(requests - self.requests.get(pool.name, 0), 0) / elapsed
+            names = [s.name for s in pool.services]
+            log.info(pool_line(pool.name, table, names, rate, clock) + extras(pool, table))
+        self.requests = counts
+        self.last = now
+        self.next = max(self.next + self.interval, now)

@@ -1,0 +1,135 @@
+"""The order in which to try services for one request.
+
+Priority groups are sorted by NUMERIC priority, lowest first (the original sorted them as text,
+so 10 came before 9). Inside a group the pick is weighted round robin on virtual time kept in
+the shared health table: each pick adds 1/weight to the service's clock and the service whose
+next clock is lowest wins, so a 2:1 pair goes A A B A A B across all workers together. With
+`hash:ATTRS` the pick is weighted rendezvous hashing of those attributes instead: the same key
+always lands on the same service, and when one dies only its share moves.
+
+Services that are down are skipped; one whose cool-down is over is given to a single request as
+a probe. When no service of any group is usable the pick is -1 and the request gets the default
+answer at once, unless `try_down` (all-down = try) asks to try the ones marked down anyway, in
+order: each costs its timeout when it is still dead. A request never tries a service twice. A
+service the operator disabled reads as down and is never tried, not even as a last resort. One
+the operator drains is up but gets no new transaction and no hash key: it is asked by requests
+sticky to it, and by the others only when no other service is up (then it is better than the
+default answer). The operator's weight (health.py) replaces the configured one at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hapolicy.tables.health import PROBE_DUE, SLOT, F
+
+ADMIN, DRAIN, SERVED, WEIGHT = F.ADMIN, F.DRAIN, F.SERVED, F.WEIGHT
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from hapolicy.config.records import Service
+    from hapolicy.tables.health import HealthTable
+
+
+class Selector:
+    """Picks services for requests; holds only derived, read-only data about the services."""
+
+    def __init__(self, services: Sequence[Service], health: HealthTable,
+                 try_down: bool = False) -> None:
+        self.services = list(services)
+        self.health = health
+        prios = sorted({s.prio for s in services})
+        self.groups = [[i for i, s in enumerate(services) if s.prio == p] for p in prios]
+        # 1/weight per pick on the service's round-robin clock; 0.0 when it is alone in its
+        # priority group: then there is no clock to keep (and no shared write per request)
+        self.step = [1.0 / s.weight if sum(t.prio == s.prio for t in services) > 1 else 0.0
+                     for s in services]
+        self.names = [s.name.encode() for s in services]
+        self.last_resort = [i for group in self.groups for i in group] if try_down else []
+        self.blake2b = None
+
+    def pick(self, tried: int, now: float, key: bytes | None = None, sticky: int = -1,
+             last_resort: bool = True) -> int:
+        """The next service to try (index), or -1 when none is left to try.
+
+        `tried` is a bit mask of services this request already tried; `key` the hash key in
+        hash mode; `sticky` a service to prefer while it is up (same SMTP transaction).
+        """
+        health = self.health
+        f = health.f
+        # a service is UP when DOWN_UNTIL + ADMIN is 0.0: HealthTable.state inline, as the
+        # common pick (the sticky service, or the first group's) needs nothing else
+        if sticky >= 0 and not tried >> sticky & 1 and f[sticky * SLOT] + f[sticky * SLOT
+                                                                                + ADMIN] == 0.0:
+            return self._commit(sticky) if self.step[sticky] else sticky
+        drained = -1  # the first up service the operator drains: asked when no other can be
+        for group in self.groups:
+            candidates = []
+            for i in group:
+                if tried >> i & 1:
+                    continue
+                base = i * SLOT
+                if f[base] + f[base + ADMIN] == 0.0:  # UP
+                    if f[base + DRAIN]:
+                        if drained < 0:
+                            drained = i
+                        continue
+                    candidates.append(i)
+                elif (health.state(i, now) == PROBE_DUE
+                      and health.claim_probe(i, now, self._lease(i))):
+                    return i
+            if candidates:
+                if len(candidates) == 1:
+                    i = candidates[0]
+                    return self._commit(i) if self.step[i] else i
+                if key is not None:
+                    return self._by_hash(candidates, key)
+                return self._commit(self._by_weight(candidates))
+        if drained >= 0:
+            return self._commit(drained)
+        if last_resort:
+            for i in self.last_resort:
+                if not tried >> i & 1 and not health.disabled(i):
+                    return i
+        return -1
+
+    def _lease(self, i: int) -> float:
+        return self.services[i].timeout + 5.0
+
+    def _step(self, i: int) -> float:
+        """What one pick adds to service i's clock: 1/weight, the operator's weight first."""
+        weight = self.health.f[i * SLOT + WEIGHT]
+        return 1.0 / weight if weight else self.step[i]
+
+    def _commit(self, i: int) -> int:
+        if self.step[i]:
+            self.health.add_served(i, self._step(i))
+        return i
+
+    def _by_weight(self, candidates: list[int]) -> int:
+        """The candidate whose clock after this pick is lowest (the first of equals)."""
+        f = self.health.f
+        steps = self.step
+        best, lowest = -1, 0.0
+        for i in candidates:  # in index order: the first of equal clocks wins, as min's key
+            weight = f[i * SLOT + WEIGHT]  # _step inline
+            clock = f[i * SLOT + SERVED] + (1.0 / weight if weight else steps[i])
+            if best < 0 or clock < lowest:
+                best, lowest = i, clock
+        return best
+
+    def _by_hash(self, candidates: list[int], key: bytes) -> int:
+        return max(candidates, key=lambda i: self.hash_score(i, key))
+
+    def hash_score(self, i: int, key: bytes) -> float:
+        """Weighted rendezvous score of service i for key (highest wins)."""
+        if self.blake2b is None:
+            import hashlib  # here: loading OpenSSL costs a spawned process 2 ms of its start
+
+            self.blake2b = hashlib.blake2b
+        digest = self.blake2b(key + b"\0" + self.names[i], digest_size=8).digest()
+        unit = (int.from_bytes(digest, "big") + 1) / 2.0**64  # in (0, 1]
+        weight = self.health.weight(i, self.services[i].weight)
+        return -weight / math.log(unit) if unit < 1.0 else math.inf

@@ -1,0 +1,21 @@
+"""Support of hapolicy's tests and scripts (no tests here), one job per module.
+
+* :mod:`testkit.ports` -- HOST, a free port, a refused port.
+* :mod:`testkit.protocol` -- policy requests, service specs, a policy client.
+* :mod:`testkit.backends` -- fake policy backends: FakeBackend, RawBackend, Blackhole.
+* :mod:`testkit.syslog` -- the syslog receiver (lines with their arrival times).
+* :mod:`testkit.repo` -- the repository and the command line of its hapolicy.
+* :mod:`testkit.daemon` -- the daemon runner (`hapolicy --listen`).
+* :mod:`testkit.spawn` -- the spawned-process runner (spawn mode, one socket as fds 0-2).
+* :mod:`testkit.load` -- many persistent connections with checked answers.
+* :mod:`testkit.processes` -- processes seen through /proc.
+* :mod:`testkit.wait` -- polling until a condition holds.
+* :mod:`testkit.packages` -- Debian packages: present, or fail in CI and skip elsewhere.
+* :mod:`testkit.postfix` -- real Postfix and postfwd2 instances.
+* :mod:`testkit.perl` -- the runner of the Perl original, /usr/sbin/hapolicy.
+* :mod:`testkit.scripts` -- scripts/*.py run with a JSON report.
+* :mod:`testkit.fuzzing` -- Hypothesis strategies: what a client or a service may send.
+
+Tests import it as ``testkit`` (pyproject.toml gives pytest `pythonpath = ["scripts"]`); the
+scripts import it as they import any module beside them (scripts/ is a script's sys.path[0]).
+"""

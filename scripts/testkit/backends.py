@@ -1,0 +1,600 @@
+"""Fake Postfix policy backends on 127.0.0.1, for hapolicy's tests and scripts.
+
+* :class:`FakeBackend` -- a policy server in a background thread (one selectors loop)
+  whose behaviour is chosen by a *mode* and can be changed while it runs.
+* :class:`RawBackend` -- a policy server that writes given bytes as each answer.
+* :class:`ScriptedBackend` -- one connection, each answer of a script sent in pieces.
+* :class:`OnceThenDead` -- answers a few connections, then stops listening.
+* :class:`Blackhole` -- an address where ``connect()`` never completes.
+
+(A port where nothing listens: :func:`testkit.ports.refused_port`.)
+"""
+
+from __future__ import annotations
+
+import collections
+import select
+import selectors
+import socket
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from testkit.ports import HOST
+from testkit.protocol import parse_attrs, read_frame, service_spec, split_frame
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+CHECK_SENDER = "hapolicy-check@localhost"  # the sender of hapolicy's default check request
+
+MODES = (
+    "answer",  # action=<action>, after <delay> seconds
+    "echo",  # action=<value of attribute <attr>> (falls back to <action> if absent)
+    "silent",  # read requests, never answer
+    "garbage",  # "this is not a policy answer"
+    "noaction",  # foo=bar
+    "close",  # close each connection as soon as it is accepted
+    "close_after_request",  # read a full request, then close without answering
+    "partial",  # write "action=DUN", then close
+    "huge",  # action= followed by 100000 x
+    "multiline",  # foo=1, action=<action>, action=SECOND
+    "extra",  # action=<action>, extra=1
+    "crlf",  # action=<action> ended by CRLF, extra=1 by LF
+    "split",  # action=<action> and LF, then 0.05 s later action=OK and the empty line
+)
+
+class _Conn:
+    """One accepted connection of a FakeBackend (used by its loop thread only)."""
+
+    __slots__ = ("closing", "eof", "events", "inbuf", "last_due", "outbuf", "pending", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.pending: collections.deque[tuple[float, bytes, bool]] = collections.deque()
+        self.eof = False  # the client shut down its side
+        self.closing = False  # close once outbuf is flushed
+        self.last_due = 0.0
+        self.events = 0  # selector events registered (0: not registered)
+
+
+class FakeBackend:
+    """A policy server on 127.0.0.1 served by one background thread (a selectors loop).
+
+    Use as a context manager or call :meth:`start` / :meth:`stop`. Behaviour is set by
+    ``mode`` (see :data:`MODES`) and may be changed at run time with :meth:`set_mode`; it
+    applies to requests received afterwards. ``delay`` applies to every mode that writes
+    (or closes after a request); with ``slow_every`` N, every N-th request received waits
+    ``slow_delay`` instead (a backend slow on a known share of requests). After :meth:`stop`, :meth:`start` binds the same port
+    again, which simulates a restart of the service.
+
+    Observations: ``requests`` (parsed), ``raw_requests`` (exact bytes, final empty line
+    included), ``connections`` (accepted so far), ``open_connections`` and ``errors``
+    (unexpected exceptions of the loop thread; should stay empty).
+    """
+
+    def __init__(
+        self,
+        mode: str = "answer",
+        action: str = "DUNNO",
+        delay: float = 0.0,
+        attr: str | None = None,
+        name: str = "",
+        port: int = 0,
+        slow_every: int = 0,
+        slow_delay: float = 0.0,
+    ) -> None:
+        self.host = HOST
+        self.port = port
+        self.name = name
+        self.requests: list[dict[str, str]] = []
+        self.raw_requests: list[bytes] = []
+        self.connections = 0
+        self.errors: list[BaseException] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._listener: socket.socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._stopping = False
+        self._drop = False
+        self._conns: dict[socket.socket, _Conn] = {}
+        self.mode = "answer"
+        self.action = action
+        self.delay = delay
+        self.attr = attr
+        self.slow_every = slow_every
+        self.slow_delay = slow_delay
+        self.set_mode(mode)
+
+    # -- control ---------------------------------------------------------------
+
+    def set_mode(self, mode: str, **kw: Any) -> None:
+        """Change the mode and optionally ``action``, ``delay`` or ``attr``."""
+        unknown = set(kw) - {"action", "delay", "attr"}
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+        attr = kw.get("attr", self.attr)
+        if mode == "echo" and not attr:
+            raise ValueError("mode 'echo' needs attr=NAME")
+        with self._cond:
+            self.mode = mode
+            self.attr = attr
+            self.action = kw.get("action", self.action)
+            self.delay = kw.get("delay", self.delay)
+
+    def start(self) -> FakeBackend:
+        """Bind (the previous port, if any) and start serving; return self."""
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port))
+            listener.listen(128)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"FakeBackend-{self.name or self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection; join the thread (within 2 s)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        self._wake()
+        thread.join(2.0)
+        if thread.is_alive():
+            raise RuntimeError(f"{thread.name} did not stop within 2 s")
+        self._thread = None
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._wake_r = self._wake_w = None
+
+    def drop_connections(self) -> None:
+        """Close all current client connections (the listener stays)."""
+        self._drop = True
+        self._wake()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<FakeBackend {self.name!r} {self.host}:{self.port} mode={self.mode}>"
+
+    # -- helpers for tests -----------------------------------------------------
+
+    def spec(
+        self,
+        name: str | None = None,
+        prio: int | None = None,
+        weight: int | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """``NAME=127.0.0.1:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`` (name defaults to self.name)."""
+        return service_spec(name or self.name, self.port, prio, weight, timeout, self.host)
+
+    @property
+    def live_requests(self) -> list[dict[str, str]]:
+        """The requests received, less hapolicy's active checks (from hapolicy-check@localhost)."""
+        return [r for r in self.requests if r.get("sender") != CHECK_SENDER]
+
+    @property
+    def open_connections(self) -> int:
+        """Number of client connections currently open."""
+        return len(self._conns)
+
+    def wait_requests(self, count: int, timeout: float = 5.0) -> bool:
+        """Wait until at least ``count`` requests were received; return whether they were."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.requests) >= count, timeout)
+
+    # -- the loop thread -------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            if self._wake_w is not None:
+                self._wake_w.send(b"x")
+        except OSError:
+            pass  # buffer full or already closed: the loop is awake anyway
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(self._listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                if self._drop:
+                    self._drop = False
+                    for conn in list(self._conns.values()):
+                        self._close(sel, conn)
+                for key, events in sel.select(self._next_timeout()):
+                    if key.fileobj is self._listener:
+                        self._accept(sel)
+                    elif key.fileobj is self._wake_r:
+                        self._drain_wake()
+                    else:
+                        self._service(sel, key.data, events)
+                now = time.monotonic()
+                for conn in list(self._conns.values()):
+                    self._release_due(sel, conn, now)
+        except BaseException as exc:  # noqa: BLE001 -- recorded, never leaked into pytest
+            self.errors.append(exc)
+        finally:
+            for conn in list(self._conns.values()):
+                self._close(sel, conn)
+            sel.close()
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+
+    def _next_timeout(self) -> float | None:
+        dues = [c.pending[0][0] for c in self._conns.values() if c.pending]
+        return max(0.0, min(dues) - time.monotonic()) if dues else None
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        self.connections += 1
+        if self.mode == "close":
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock)
+        self._conns[sock] = conn
+        self._set_events(sel, conn, selectors.EVENT_READ)
+
+    def _service(self, sel: selectors.BaseSelector, conn: _Conn, events: int) -> None:
+        if events & selectors.EVENT_READ:
+            try:
+                data = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self._close(sel, conn)
+                return
+            if data is not None:
+                if not data:
+                    conn.eof = True
+                conn.inbuf += data
+                self._frame_requests(conn)
+        if events & selectors.EVENT_WRITE:
+            self._flush(sel, conn)
+        else:
+            self._update(sel, conn)
+
+    def _frame_requests(self, conn: _Conn) -> None:
+        while not conn.closing:
+            size = split_frame(conn.inbuf)
+            if not size:
+                return
+            raw = bytes(conn.inbuf[:size])
+            del conn.inbuf[:size]
+            with self._cond:
+                attrs = parse_attrs(raw)
+                self.raw_requests.append(raw)
+                self.requests.append(attrs)
+                self._cond.notify_all()
+                reply = self._reply(attrs)
+                delay = self.delay
+                if self.slow_every and len(self.requests) % self.slow_every == 0:
+                    delay = self.slow_delay
+            if reply is not None:
+                due = max(time.monotonic() + delay, conn.last_due)
+                conn.last_due = due
+                if self.mode == "split":  # the answer's first line alone, its end later
+                    conn.pending.append((due, reply[0], False))
+                    due = conn.last_due = due + 0.05
+                    reply = (b"action=OK\n\n", False)
+                conn.pending.append((due, *reply))
+
+    def _reply(self, attrs: dict[str, str]) -> tuple[bytes, bool] | None:
+        """What to write for one request and whether to close afterwards (None: nothing)."""
+        mode, action = self.mode, self.action
+        if mode == "answer":
+            return f"action={action}\n\n".encode(), False
+        if mode == "echo":
+            return f"action={attrs.get(self.attr, action)}\n\n".encode(), False
+        if mode == "garbage":
+            return b"this is not a policy answer\n\n", False
+        if mode == "noaction":
+            return b"foo=bar\n\n", False
+        if mode == "close_after_request":
+            return b"", True
+        if mode == "partial":
+            return b"action=DUN", True
+        if mode == "huge":
+            return b"action=" + b"x" * 100000 + b"\n\n", False
+        if mode == "crlf":
+            return f"action={action}\r\nextra=1\n\n".encode(), False
+        if mode == "extra":
+            return f"action={action}\nextra=1\n\n".encode(), False
+        if mode == "split":
+            return f"action={action}\n".encode(), False
+        if mode == "multiline":
+            return f"foo=1\naction={action}\naction=SECOND\n\n".encode(), False
+        return None  # silent (and close, whose connections never get here)
+
+    def _release_due(self, sel: selectors.BaseSelector, conn: _Conn, now: float) -> None:
+        """Move answers whose delay has passed to the output buffer and try to send."""
+        moved = False
+        while conn.pending and conn.pending[0][0] <= now and not conn.closing:
+            _, data, close_after = conn.pending.popleft()
+            conn.outbuf += data
+            conn.closing = close_after
+            moved = True
+        if moved:
+            self._flush(sel, conn)
+
+    def _flush(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        """Send what the output buffer holds (as much as the socket takes), then update."""
+        try:
+            sent = conn.sock.send(conn.outbuf) if conn.outbuf else 0
+            del conn.outbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(sel, conn)
+            return
+        self._update(sel, conn)
+
+    def _update(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        """Close a finished connection, or register the events it now waits for."""
+        if conn.sock not in self._conns:
+            return
+        done_reading = conn.eof or conn.closing
+        if not conn.outbuf and (conn.closing or (conn.eof and not conn.pending)):
+            self._close(sel, conn)
+            return
+        events = (0 if done_reading else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if conn.outbuf else 0
+        )
+        self._set_events(sel, conn, events)  # 0: only a delayed answer is awaited
+
+    @staticmethod
+    def _set_events(sel: selectors.BaseSelector, conn: _Conn, events: int) -> None:
+        if events == conn.events:
+            return
+        if not conn.events:
+            sel.register(conn.sock, events, conn)
+        elif not events:
+            sel.unregister(conn.sock)
+        else:
+            sel.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _close(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        if self._conns.pop(conn.sock, None) is None:
+            return
+        if conn.events:
+            sel.unregister(conn.sock)
+            conn.events = 0
+        conn.sock.close()
+
+
+class Blackhole:
+    """A 127.0.0.1 address where ``connect()`` never completes (the SYN is dropped).
+
+    How: a listener with ``listen(0)`` that nobody accepts from. Linux queues one
+    established connection; once the accept queue is full it silently drops further SYNs
+    (``tcp_abort_on_overflow`` = 0, syncookies do not help a full accept queue), so a
+    client stays in SYN-SENT, retransmitting, until its own timeout (about 130 s with
+    ``tcp_syn_retries`` = 6). :meth:`start` fills the queue with filler connections until
+    one of them stays pending, which proves the next connect will hang as well.
+    """
+
+    MAX_FILLERS = 16
+    PROBE = 0.2  # seconds a filler may take to connect before the queue counts as full
+
+    def __init__(self) -> None:
+        self.host = HOST
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._fillers: list[socket.socket] = []
+
+    def start(self) -> Blackhole:
+        """Make the listener and fill its accept queue; return self."""
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._listener.bind((self.host, 0))
+            self._listener.listen(0)
+            self.port = self._listener.getsockname()[1]
+            for _ in range(self.MAX_FILLERS):
+                if not self._fill_one():
+                    return self
+            raise RuntimeError("could not fill the accept queue: connect does not hang here")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _fill_one(self) -> bool:
+        """Connect one filler; return whether it connected within PROBE seconds."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._fillers.append(sock)
+        sock.setblocking(False)
+        sock.connect_ex((self.host, self.port))
+        _, writable, _ = select.select([], [sock], [], self.PROBE)
+        return bool(writable)
+
+    def stop(self) -> None:
+        """Close the fillers and the listener (pending connects then get refused)."""
+        for sock in self._fillers:
+            sock.close()
+        self._fillers.clear()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def spec(
+        self,
+        name: str,
+        prio: int | None = None,
+        weight: int | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """``NAME=127.0.0.1:PORT[:PRIO[:WEIGHT[:TIMEOUT]]]`` for this address."""
+        return service_spec(name, self.port, prio, weight, timeout, self.host)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RawBackend:
+    """A policy server that writes the given bytes as its answer to each request.
+
+    With `close`, the connection is closed after the reply; otherwise it stays open and the
+    next request on it gets the same reply. Counts connections and keeps the raw requests.
+    """
+
+    def __init__(self, reply: bytes, close: bool = False) -> None:
+        self.reply = reply
+        self.close_after = close
+        self.connections = 0
+        self.raw_requests: list[bytes] = []
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def spec(self, name: str, prio: int = 10, weight: int = 1, timeout: int = 1) -> str:
+        return f"{name}={HOST}:{self.port}:{prio}:{weight}:{timeout}"
+
+    def _accept(self) -> None:
+        while not self.stopping:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.socks.append(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\n\n" in buf:
+                    raw, _, buf = buf.partition(b"\n\n")
+                    self.raw_requests.append(raw + b"\n\n")
+                    sock.sendall(self.reply)
+                    if self.close_after:
+                        sock.close()
+                        return
+        except OSError:
+            return
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.listener.close()
+        for sock in self.socks:
+            sock.close()
+
+
+class ScriptedBackend:
+    """A one-connection policy server that answers each request with the next answer of a
+    script, each given as pieces sent with a pause between them; `reset` closes the
+    connection with a TCP reset."""
+
+    def __init__(self, *answers: list[bytes], family: int = socket.AF_INET,
+                 path: str = "", reset_after_request: bool = False) -> None:
+        self.answers = list(answers)
+        self.reset_after_request = reset_after_request
+        if family == socket.AF_UNIX:
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.listener.bind(path)
+            self.listener.listen(8)
+            self.port = 0
+        else:
+            self.listener = socket.create_server((HOST, 0))
+            self.port = self.listener.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        self.conn = conn
+        data = b""
+        if self.reset_after_request:
+            while b"\n\n" not in data:
+                data += conn.recv(65536)
+            self.reset()
+            return
+        for pieces in self.answers:
+            while b"\n\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            data = data.split(b"\n\n", 1)[1]
+            for n, piece in enumerate(pieces):
+                if n:
+                    time.sleep(0.1)
+                conn.sendall(piece)
+
+    def reset(self) -> None:
+        assert self.conn is not None
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class OnceThenDead:
+    """A backend that answers `answers` connections with a distinctive action, then stops
+    listening: a proxy in front of it can only answer its default from then on."""
+
+    ANSWER = b"action=DUNNO once-then-dead\n\n"
+
+    def __init__(self, answers: int) -> None:
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.answers = answers
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener:
+            for _ in range(self.answers):
+                conn, _ = self.listener.accept()
+                with conn:
+                    read_frame(conn)
+                    conn.sendall(self.ANSWER)
