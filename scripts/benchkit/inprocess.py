@@ -34,11 +34,12 @@ import statistics
 import sys
 from typing import Any, Callable
 
-from .floor import relay
-from .servers import REPO
-from .wire import make_request
+from testkit.ports import HOST
 
-ANSWER = b"action=DUNNO hapolicy-bench\n\n"
+from .floor import relay
+from .tree import use_tree_hapolicy
+from .wire import ANSWER, make_request
+
 PATHS = ("driver", "python floor", "hapolicy lane", "hapolicy balanced", "hapolicy general")
 
 
@@ -126,7 +127,7 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
     """hapolicy's client connection, dispatcher and loop; its services (one, or two of one
     priority and weight: round robin) are all this listener."""
     loop, dispatcher = _dispatcher(listener.getsockname(), lane, services)
-    from hapolicy.request.client import ClientConnection  # the tree's (see _dispatcher)
+    from hapolicy.request.client import ClientConnection  # the tree's: see use_tree_hapolicy
 
     client, ours = _pair(listener)
     ours.setblocking(False)
@@ -141,8 +142,7 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
 
 def _dispatcher(addr: tuple[str, int], lane: bool, services: int) -> tuple[Any, Any]:
     """(an EventLoop, a Dispatcher of `services` services at addr, with the lane or not)."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
+    use_tree_hapolicy()
     from hapolicy.backend.exchange import Connection
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
@@ -210,7 +210,7 @@ def _cpu() -> float:
 def run_inprocess(count: int, rounds: int) -> dict[str, Any]:
     """Each path's CPU microseconds per request, every round and the median; wrong answers."""
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    listener.bind((HOST, 0))
     listener.listen(16)
     paths = {
         "driver": _driver_path(listener),

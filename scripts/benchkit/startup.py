@@ -22,8 +22,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .servers import REPO, hapolicy_missing, perl_argv, perl_missing, spawn_argv
-from .wire import make_request, read_frame
+from testkit.perl import original_missing
+from testkit.protocol import read_frame
+
+from .servers import perl_argv, spawn_argv
+from .tree import REPO, hapolicy_missing
+from .wire import make_request
 
 if TYPE_CHECKING:
     from .rows import Row
@@ -53,7 +57,7 @@ def programs(bench: Bench) -> list[Program]:
     backend = bench.backend_addr
     answer = bench.backend.answer
     found = [Program("hapolicy spawn", spawn_argv(backend), answer, hapolicy_missing())]
-    missing = perl_missing()
+    missing = original_missing()
     if missing:
         found.append(Program("perl original", [], answer, missing))
     else:
