@@ -15,11 +15,11 @@ import os
 import sys
 
 from hapolicy import __version__
-from hapolicy.config import cmdline
-from hapolicy.config.records import Config, ConfigError, parse_service
-from hapolicy.config.file import assemble, read_config_file
 from hapolicy.base.log import Logger
+from hapolicy.config import cmdline
+from hapolicy.config.file import assemble, read_config_file
 from hapolicy.config.options import OPTIONS, SETTINGS, bounds_of, default_of, summary
+from hapolicy.config.records import Config, ConfigError, parse_service
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

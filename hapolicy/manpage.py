@@ -3,12 +3,13 @@
     python -m hapolicy.manpage PAGE         one page (hapolicy.8, hapolicyctl.8, hapolicy.conf.5)
     python -m hapolicy.manpage --dir DIR    every page, as DIR/PAGE
 
-Every option and its default comes from the option table (options.py), the control commands
-from `commands.COMMANDS`, hapolicyctl's options from `ctl.OPTIONS`; what has no other home
-(signals, exit status, files, the examples) is declared here once, and tests hold the README
-to it (the config file example with pools, the signal table). The Debian package runs this at
-build time (debian/rules), so a page is never older than the code it describes. The pages say
-the paths of the package (/usr/sbin/hapolicy, /etc/hapolicy.conf); a date comes from
+Every option and its default comes from the option table (options.py), the control commands from
+`commands.COMMANDS`, hapolicyctl's options from `ctl.OPTIONS`; what has no other home (signals,
+exit status, files, the examples) is declared here once, and tests hold the manual to it
+(README.md: the master.cf and main.cf examples; docs/configuration.md: the config file example
+with pools; docs/operating.md: the signal table, hapolicyctl status). The Debian package runs
+this at build time (debian/rules), so a page is never older than the code it describes. The
+pages say the paths of the package (/usr/sbin/hapolicy, /etc/hapolicy.conf); a date comes from
 SOURCE_DATE_EPOCH, so that a build is reproducible.
 """
 
@@ -19,11 +20,7 @@ import sys
 import time
 
 from hapolicy import __version__
-from hapolicy.monitor.commands import COMMANDS
 from hapolicy.config.file import MAX_POOLS
-from hapolicy.ctl import DEFAULT_PATH
-from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
-from hapolicy.ctl import OPTIONS as CTL_OPTIONS
 from hapolicy.config.options import (
     BOUNDS_RULE,
     COMMAND,
@@ -34,12 +31,16 @@ from hapolicy.config.options import (
     bounds_of,
     default_of,
 )
+from hapolicy.ctl import DEFAULT_PATH
+from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
+from hapolicy.ctl import OPTIONS as CTL_OPTIONS
+from hapolicy.monitor.commands import COMMANDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-#: Signals of the daemon's master (the README's signal table is held to these).
+#: Signals of the daemon's master (the signal table of docs/operating.md is held to these).
 SIGNALS = (
     ("HUP", ("re-read the config file (pools and listen addresses may come and go); new "
      "workers take new connections, old ones retire (they keep serving their connections "
@@ -106,11 +107,13 @@ FILES = (
      "else may write it, else `$XDG_RUNTIME_DIR/hapolicy/` when that is set, else "
      "`/tmp/hapolicy-UID/`; `--state-file`")),
     ("/dev/log", "where syslog lines go (`--syslog-socket`)"),
-    ("/usr/share/doc/hapolicy/README.md.gz", ("the whole documentation: health, balancing, "
-     "logging, scale and limits")),
+    ("/usr/share/doc/hapolicy/", ("the documentation: README.md, and the manual in docs/ "
+     "(configuration, health and failover, operating, security, performance, compatibility "
+     "with the Perl original)")),
 )
 
-#: The config file example with three pools on one address (the README shows the same lines).
+#: The config file example with three pools on one address (docs/configuration.md shows the
+#: same lines).
 EXAMPLE_POOLS = """\
 workers = 4
 # every pool's address, unless a pool says otherwise
@@ -137,7 +140,7 @@ service = SPF1=10.0.0.1:10045:10
 service = SPF2=10.0.0.2:10045:20
 """
 
-#: hapolicyctl status during a failover (the README shows the same lines)
+#: hapolicyctl status during a failover (docs/operating.md shows the same lines)
 STATUS_EXAMPLE = """\
 $ hapolicyctl status
 pool  service  address         state  admin    weight  answers  failures  p50_ms  p99_ms  last_change
@@ -145,7 +148,7 @@ grey  GREY1    10.0.0.1:10023  up     enabled  1       5127     0         0.50  
 grey  GREY2    10.0.0.2:10023  down   enabled  1       825      1         1.78    4.59    3s
 """
 
-#: main.cf for EXAMPLE_POOLS (the README shows the same lines).
+#: main.cf for EXAMPLE_POOLS (docs/configuration.md shows the same lines).
 EXAMPLE_POOLS_MAIN_CF = """\
 smtpd_recipient_restrictions =
     permit_mynetworks,
@@ -249,7 +252,7 @@ def option_tag(option: Option, config_file: bool = False) -> str:
 
 
 def default_sentence(option: Option, config_file: bool = False) -> str:
-    """"Default: ..." as --help and the README say it ('yes' or 'no' for a switch in the
+    """"Default: ..." as --help and docs/configuration.md say it ('yes' or 'no' for a switch in the
     config file); '' for the command-line actions."""
     if option.scope == COMMAND:
         return ""
@@ -283,6 +286,24 @@ def hapolicy_8() -> str:
     return "".join((
         header("hapolicy", "8", "high availability and load balancing for Postfix policy "
                "services"),
+        synopsis_8(), description_8(), options_8(), spawn_mode_8(), daemon_8(),
+        section("SIGNALS"),
+        table(SIGNALS),
+        logging_8(),
+        section("SECURITY"),
+        table(SECURITY, bold=False),
+        section("EXIT STATUS"),
+        table(EXIT_STATUS),
+        section("FILES"),
+        table(FILES, bold=False),
+        section("SEE ALSO"),
+        lines("\\fBhapolicy.conf\\fR(5), \\fBhapolicyctl\\fR(8), \\fBspawn\\fR(8), "
+              "\\fBmaster\\fR(5), \\fBpostconf\\fR(5), Postfix's SMTPD_POLICY_README"),
+    ))
+
+
+def synopsis_8() -> str:
+    return "".join((
         section("SYNOPSIS"),
         lines("\\fBhapolicy\\fR [\\fB\\-d\\fR \\fIACTION\\fR] [\\fB\\-l\\fR] [\\fB\\-v\\fR] "
               "[\\fB\\-L\\fR] \\fB\\-s\\fR \\fINAME\\fR\\fB=\\fR\\fIHOST\\fR\\fB:\\fR\\fIPORT"
@@ -292,6 +313,11 @@ def hapolicy_8() -> str:
         lines("\\fBhapolicy \\-c\\fR \\fIFILE\\fR [\\fIOPTION\\fR...]"),
         ".br\n",
         lines("\\fBhapolicy \\-c\\fR \\fIFILE\\fR \\fB\\-\\-check\\-config\\fR"),
+    ))
+
+
+def description_8() -> str:
+    return "".join((
         section("DESCRIPTION"),
         para("hapolicy answers Postfix's policy delegation requests (`check_policy_service`) by "
              "asking one of several policy services (postgrey, postfwd, policyd-weight, SPF "
@@ -311,6 +337,11 @@ def hapolicy_8() -> str:
              "the workers, each of which serves many connections. One daemon can serve "
              "several pools of services, each with its own addresses, services, health and "
              "default action: see hapolicy.conf(5)."),
+    ))
+
+
+def options_8() -> str:
+    return "".join((
         section("OPTIONS"),
         para("Every setting of the config file may be given on the command line, which "
              "overrides the file (in every pool). " + BOUNDS_RULE),
@@ -318,6 +349,11 @@ def hapolicy_8() -> str:
         item("\\fB\\-\\-version\\fR", "print the version and exit."),
         item("\\fB\\-h\\fR, \\fB\\-\\-help\\fR", "print the options, each with its default, "
              "and exit."),
+    ))
+
+
+def spawn_mode_8() -> str:
+    return "".join((
         section("SPAWN MODE"),
         para("As the original: master.cf (the second line starts with blanks; `{ }` keeps an "
              "argument with spaces together):"),
@@ -335,6 +371,11 @@ def hapolicy_8() -> str:
              "down. Run it as the user `hapolicy` (`user=hapolicy`), which the package makes "
              "and no other program runs as: any process of that user can write the state "
              "file, and so change what every session answers."),
+    ))
+
+
+def daemon_8() -> str:
+    return "".join((
         section("DAEMON"),
         para("Put `listen` and the services in /etc/hapolicy.conf and start it with the "
              "init script or systemd; nothing goes in master.cf. main.cf:"),
@@ -347,8 +388,11 @@ def hapolicy_8() -> str:
              "PATH` and serves Prometheus metrics on `--metrics-listen HOST:PORT`. `ps` shows "
              "`hapolicy: master`, `hapolicy: monitor` and `hapolicy: worker requests=N "
              "clients=N`."),
-        section("SIGNALS"),
-        table(SIGNALS),
+    ))
+
+
+def logging_8() -> str:
+    return "".join((
         section("LOGGING"),
         para("Syslog, facility mail, ident `hapolicy[PID]`; without /dev/log lines are "
              "dropped and hapolicy keeps working. A state change of a service is logged once, "
@@ -360,58 +404,17 @@ def hapolicy_8() -> str:
         example("pool=grey service=GREY1 client=mail.example.org[192.0.2.10] "
                 "helo=<mail.example.org> sender=<a@example.org> recipient=<b@example.net> "
                 "delay=0.004s action=DUNNO"),
-        section("SECURITY"),
-        table(SECURITY, bold=False),
-        section("EXIT STATUS"),
-        table(EXIT_STATUS),
-        section("FILES"),
-        table(FILES, bold=False),
-        section("SEE ALSO"),
-        lines("\\fBhapolicy.conf\\fR(5), \\fBhapolicyctl\\fR(8), \\fBspawn\\fR(8), "
-              "\\fBmaster\\fR(5), \\fBpostconf\\fR(5), Postfix's SMTPD_POLICY_README"),
     ))
 
 
 def hapolicy_conf_5() -> str:
     daemon = [o for o in OPTIONS if o.scope == DAEMON]
     pool = [o for o in OPTIONS if o.scope not in (DAEMON, COMMAND)]
-    service = next(o for o in OPTIONS if o.flags[0] == "-s")
     return "".join((
         header("hapolicy.conf", "5", "configuration file of hapolicy"),
         section("SYNOPSIS"),
         lines("/etc/hapolicy.conf"),
-        section("DESCRIPTION"),
-        para("The settings and services of hapolicy(8), read with `hapolicy -c FILE`. Lines "
-             "are `key = value`; a key is the long command-line option without its leading "
-             "`--` (`-` and `_` alike); a line that starts with `#` is a comment (there are "
-             "no comments after a value). A switch of the command line (`-l`, `--daemonize`) "
-             "is `yes` or `no` here. The command line overrides the file. "
-             "`hapolicy -c FILE --check-config` prints the daemon's settings and every pool, "
-             "or names `FILE:LINE` and what is wrong (exit status 2). SIGHUP makes the "
-             "daemon read the file again: pools and listen addresses may come and go, and a "
-             "service that keeps its pool, name and address keeps its health."),
-        para(BOUNDS_RULE + " Only a newline (LF) ends a line of the file."),
-        section("SERVICES"),
-        item(f"\\fBservice =\\fR \\fI{escape(service.metavar)}\\fR", service.help +
-             ". Once per service; in a file with pools, inside each pool's section. Bounds: "
-             + bounds_of(service) + "."),
-        service_fields(),
-        section("POOLS"),
-        para("Each `[pool NAME]` section is a pool: its own listen addresses, services, "
-             "health, balancing and default action; one master and one set of workers serve "
-             "every pool. The keys before the first section are the daemon's (DAEMON "
-             "SETTINGS below) and the defaults of every pool (POOL SETTINGS); a section "
-             "holds pool settings only. A file without sections is one pool named `default`. "
-             "The command line is always one pool: its settings override every pool's, and "
-             "`-s` cannot be combined with a file of pools. A file has at most "
-             f"{MAX_POOLS} pools."),
-        para("Postfix 3.1 and later send `policy_context=VALUE` when main.cf says "
-             "`check_policy_service { inet:127.0.0.1:10060, policy_context=grey }`. Pools may "
-             "share a listen address when each names the context it serves "
-             "(`policy-context = grey`): a request is answered by the pool of its context; "
-             "one without a known context by the pool that says `policy-context = *`, or "
-             "else with the first pool's default action and a warning in the log. Without "
-             "policy_context (Postfix before 3.1), give each pool its own `listen` port."),
+        description_5(), services_5(), pools_5(),
         section("DAEMON SETTINGS"),
         para("Before the first section only."),
         option_items(daemon, config_file=True),
@@ -429,6 +432,54 @@ def hapolicy_conf_5() -> str:
         table(FILES[:2], bold=False),
         section("SEE ALSO"),
         lines("\\fBhapolicy\\fR(8), \\fBhapolicyctl\\fR(8), \\fBpostconf\\fR(5)"),
+    ))
+
+
+def description_5() -> str:
+    return "".join((
+        section("DESCRIPTION"),
+        para("The settings and services of hapolicy(8), read with `hapolicy -c FILE`. Lines "
+             "are `key = value`; a key is the long command-line option without its leading "
+             "`--` (`-` and `_` alike); a line that starts with `#` is a comment (there are "
+             "no comments after a value). A switch of the command line (`-l`, `--daemonize`) "
+             "is `yes` or `no` here. The command line overrides the file. "
+             "`hapolicy -c FILE --check-config` prints the daemon's settings and every pool, "
+             "or names `FILE:LINE` and what is wrong (exit status 2). SIGHUP makes the "
+             "daemon read the file again: pools and listen addresses may come and go, and a "
+             "service that keeps its pool, name and address keeps its health."),
+        para(BOUNDS_RULE + " Only a newline (LF) ends a line of the file."),
+    ))
+
+
+def services_5() -> str:
+    service = next(o for o in OPTIONS if o.flags[0] == "-s")
+    return "".join((
+        section("SERVICES"),
+        item(f"\\fBservice =\\fR \\fI{escape(service.metavar)}\\fR", service.help +
+             ". Once per service; in a file with pools, inside each pool's section. Bounds: "
+             + bounds_of(service) + "."),
+        service_fields(),
+    ))
+
+
+def pools_5() -> str:
+    return "".join((
+        section("POOLS"),
+        para("Each `[pool NAME]` section is a pool: its own listen addresses, services, "
+             "health, balancing and default action; one master and one set of workers serve "
+             "every pool. The keys before the first section are the daemon's (DAEMON "
+             "SETTINGS below) and the defaults of every pool (POOL SETTINGS); a section "
+             "holds pool settings only. A file without sections is one pool named `default`. "
+             "The command line is always one pool: its settings override every pool's, and "
+             "`-s` cannot be combined with a file of pools. A file has at most "
+             f"{MAX_POOLS} pools."),
+        para("Postfix 3.1 and later send `policy_context=VALUE` when main.cf says "
+             "`check_policy_service { inet:127.0.0.1:10060, policy_context=grey }`. Pools may "
+             "share a listen address when each names the context it serves "
+             "(`policy-context = grey`): a request is answered by the pool of its context; "
+             "one without a known context by the pool that says `policy-context = *`, or "
+             "else with the first pool's default action and a warning in the log. Without "
+             "policy_context (Postfix before 3.1), give each pool its own `listen` port."),
     ))
 
 

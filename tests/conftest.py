@@ -1,4 +1,4 @@
-"""Hypothesis's settings for every run of the suite (the property tests: tests/test_fuzz_*.py).
+"""Hypothesis's settings for every run of the suite (the property tests: tests/unit/*/test_fuzz_*.py).
 
 The `ci` profile, the default: a fixed number of examples per property, generated from a
 fixed seed (derandomize), so that every run, in CI or on a developer's machine, tries the same

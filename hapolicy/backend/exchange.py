@@ -33,7 +33,8 @@ import os
 import socket
 import time
 
-from hapolicy.config.records import Service
+from hapolicy.backend.idle import POOL_IDLE_SECONDS, Pool
+from hapolicy.backend.resolver import Resolver
 from hapolicy.base.eventloop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
 from hapolicy.base.outcome import (
     ABANDONED,
@@ -46,9 +47,8 @@ from hapolicy.base.outcome import (
     LOCAL,
     RESET,
 )
-from hapolicy.backend.idle import POOL_IDLE_SECONDS, Pool
 from hapolicy.base.protocol import MAX_ANSWER_BYTES, answer_action, answer_complete
-from hapolicy.backend.resolver import Resolver
+from hapolicy.config.records import Service
 
 # typing is imported for the type checker only: it costs a spawned process 3 ms of its start
 TYPE_CHECKING = False

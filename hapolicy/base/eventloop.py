@@ -25,7 +25,7 @@ several events, once its handlers, turn-end callbacks and due timers have run: t
 writes woke (smtpd, the services) run then, when the loop holds nothing half done, rather than
 preempting it at a write of its next turn, and the next poll finds what they wrote. A turn of
 one event (a light load) does not yield; the kernel returns at once when nothing else waits
-for the CPU. docs/architecture.md has the figures.
+for the CPU. docs/performance.md has the figures.
 
 An exception of a handler, a timer or a turn-end callback goes to `on_error` when the loop's
 owner set one (a daemon worker: logged, and the loop goes on with the other events; the

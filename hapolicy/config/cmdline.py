@@ -7,7 +7,7 @@ destination (None when not given, `service` a list), just as argparse's namespac
 None for anything else: `-h`, `--version`, an unknown option, a missing value, a value that
 begins with `-`, `-x=...`, `--`, a word that is no option's value, a value outside the choices.
 Then cli.py lets argparse read the command line, so every error message and every corner of
-argparse's grammar stay argparse's own; tests/test_cmdline.py checks that both agree wherever
+argparse's grammar stay argparse's own; tests/unit/config/test_cmdline.py checks that both agree wherever
 this one answers.
 
 `expand_original_abbreviations` is done before either: the Perl original's Getopt::Long took

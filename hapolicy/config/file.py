@@ -16,8 +16,15 @@ services.
 
 from __future__ import annotations
 
-from hapolicy.config.records import MAX_SERVICES, Config, ConfigError, build_config, is_name, parse_service
 from hapolicy.config.options import DAEMON, FILE_KEYS, SECTION
+from hapolicy.config.records import (
+    MAX_SERVICES,
+    Config,
+    ConfigError,
+    build_config,
+    is_name,
+    parse_service,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

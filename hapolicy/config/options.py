@@ -1,15 +1,16 @@
 """Every option, declared once: flags, value parser and bounds, placeholder, help, scope.
 
 The command line (cli.py), the config file (`read_config_file`), `--check-config`'s summary
-(`summary`), `--help` and the README's option table (`markdown_table`, printed by
-`python -m hapolicy.config.options`; a test compares it with README.md) are all made from OPTIONS.
-A default is the `Config` field's own default, so it is written in one place too.
+(`summary`), `--help` and the manual's option table (`markdown_table`, printed by
+`python -m hapolicy.config.options`; a test compares it with docs/configuration.md) are all
+made from OPTIONS. A default is the `Config` field's own default, so it is written in one place
+too.
 
 Every option's value is read through a `Value`: at most its length in characters, printable
 characters only (config.check_text), then its parser, which checks the rest of its bounds (a
 number's least and largest value, a path's bytes, a pattern that compiles); the `bounds` text
-says them in --help, the man pages and the README. No option is without bounds
-(tests/test_config_bounds.py walks the table).
+says them in --help, the man pages and docs/configuration.md. No option is without bounds
+(tests/system/test_config_bounds.py walks the table).
 
 Config file: `key = value` lines, the key being an option's long name (`-` or `_`) or its
 `Config` field, `service = SPEC` once per service, `#` comments.
@@ -80,7 +81,7 @@ MAX_TEXT = 4096  # listen, check-request: several words
 MAX_BALANCE = 1024
 MAX_METRICS_LISTEN = 300  # [IPv6 or a name]:PORT
 NUMBER_LENGTH = 32  # the text of any number
-#: What every value must be, as the README and the man pages say it.
+#: What every value must be, as docs/configuration.md and the man pages say it.
 BOUNDS_RULE = ("Every value stays within the bounds its option states and holds printable "
                "characters only: no tab, CR, LF, NUL or other control character, no U+0085, "
                "U+2028 or U+2029. Any other value is a one-line error, from `--check-config` "
@@ -371,7 +372,7 @@ def _lines(config: Config, options: Any, services: Any) -> list[str]:
 
 
 def flags_text(option: Option) -> str:
-    """`-d, --default ACTION` as the README's table writes it."""
+    """`-d, --default ACTION` as the option table of docs/configuration.md writes it."""
     text = ", ".join(option.flags)
     if option.choices:
         return f"{text} {'/'.join(option.choices)}"
@@ -384,7 +385,7 @@ def bounds_of(option: Option) -> str:
 
 
 def markdown_table() -> str:
-    """The README's option table."""
+    """The option table of docs/configuration.md."""
     rows = ["| option | meaning | default | bounds |", "|---|---|---|---|"]
     for option in OPTIONS:
         flags = flags_text(option).replace("|", "\\|")

@@ -29,18 +29,18 @@ from __future__ import annotations
 
 import os
 
-from hapolicy.monitor.commands import MAX_WEIGHT
-from hapolicy.config.records import ConfigError
-from hapolicy.tables.health import ADMIN_STATES, ENABLED
 from hapolicy.base.safefile import distrust, replace_file
+from hapolicy.config.records import ConfigError
+from hapolicy.monitor.commands import MAX_WEIGHT
+from hapolicy.tables.health import ADMIN_STATES, ENABLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from hapolicy.base.log import Logger
     from hapolicy.config.records import Config
     from hapolicy.tables.health import HealthTable
-    from hapolicy.base.log import Logger
 
 HEADER = "# hapolicy admin state: POOL SERVICE ADDRESS ADMIN WEIGHT\n"
 MAX_BYTES = 1 << 20

@@ -15,9 +15,9 @@ import socket
 import stat
 from collections.abc import Iterator
 
-from hapolicy.config.records import ConfigError
 from hapolicy.base.log import Logger
 from hapolicy.base.safefile import replace_file
+from hapolicy.config.records import ConfigError
 
 READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's word
 PID_MAX = 1 << 22  # the kernel's largest pid_max (/proc/sys/kernel/pid_max)
@@ -29,7 +29,7 @@ def preload_lazy_modules() -> None:
     unreadable (a Python or a venv under /root), and a failed import kills the process.
     The modules that spawn mode loads import these only where needed, for its start time;
     the daemon's own modules import theirs at the top (prometheus_client: metrics.preload).
-    tests/test_privsep_imports.py fails when a function a worker or the monitor may run
+    tests/system/test_privsep_imports.py fails when a function a worker or the monitor may run
     imports a module that nothing imported before the fork."""
     import hashlib  # noqa: F401 - selection.py: hash balancing
     import re  # noqa: F401 - outcome.py: fail-answer

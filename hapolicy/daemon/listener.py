@@ -24,11 +24,11 @@ import contextlib
 import os
 import socket
 
-from hapolicy.daemon.activation import ActivationError, describe, find_passed, passed_sockets
-from hapolicy.config.records import Config, split_listen
-from hapolicy.daemon.chores import remove_stale_socket, unlink
 from hapolicy.base.log import Logger
 from hapolicy.base.unixsocket import Identity, bind_unix, chmod_if_ours, is_ours
+from hapolicy.config.records import Config, split_listen
+from hapolicy.daemon.activation import ActivationError, describe, find_passed, passed_sockets
+from hapolicy.daemon.chores import remove_stale_socket, unlink
 
 
 class Listener:

@@ -28,22 +28,22 @@ import socket
 import time
 from typing import Callable
 
-from hapolicy.daemon.adminstate import AdminFile
-from hapolicy.monitor.checks import CheckerSet
-from hapolicy.daemon.children import ProcessOps, WorkerProcess, fork_child
-from hapolicy.config.records import Config
-from hapolicy.daemon.chores import drop_privileges, preload_lazy_modules, read_pid, unlink
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
-from hapolicy.tables.health import HealthTable
-from hapolicy.daemon.listener import Listeners
 from hapolicy.base.log import Logger
-from hapolicy.monitor.metrics import preload as preload_metrics
+from hapolicy.config.records import Config
+from hapolicy.daemon.adminstate import AdminFile
+from hapolicy.daemon.children import ProcessOps, WorkerProcess, fork_child
+from hapolicy.daemon.chores import drop_privileges, preload_lazy_modules, read_pid, unlink
+from hapolicy.daemon.listener import Listeners
 from hapolicy.daemon.monitor import MonitorKeeper, Served
 from hapolicy.daemon.notify import Notifier, ServiceNotes
 from hapolicy.daemon.reload import Reloading, describe_pools
 from hapolicy.daemon.summary import Summary
 from hapolicy.daemon.throttle import BootThrottle, exit_code
 from hapolicy.daemon.worker import MSG_READY, MSG_RETIRING, MSG_RETIRING_FAULT, Worker, set_title
+from hapolicy.monitor.checks import CheckerSet
+from hapolicy.monitor.metrics import preload as preload_metrics
+from hapolicy.tables.health import HealthTable
 from hapolicy.tables.workertable import WATCHDOG_SECONDS, WorkerTable
 
 TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones

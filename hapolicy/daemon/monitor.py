@@ -35,21 +35,21 @@ import signal
 import socket
 import time
 
-from hapolicy.monitor.commands import answer
-from hapolicy.monitor.control import ControlServer, ControlSocket
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
-from hapolicy.monitor.metrics import MetricsServer, Tables
 from hapolicy.daemon.throttle import BootThrottle, exit_code
 from hapolicy.daemon.worker import MSG_READY, WORKER_SIGNALS, set_title
+from hapolicy.monitor.commands import answer
+from hapolicy.monitor.control import ControlServer, ControlSocket
+from hapolicy.monitor.metrics import MetricsServer, Tables
 from hapolicy.tables.workertable import WATCHDOG_SECONDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from hapolicy.monitor.checks import CheckerSet
-    from hapolicy.config.records import Config
-    from hapolicy.tables.health import HealthTable
     from hapolicy.base.log import Logger
+    from hapolicy.config.records import Config
     from hapolicy.daemon.master import Master
+    from hapolicy.monitor.checks import CheckerSet
+    from hapolicy.tables.health import HealthTable
     from hapolicy.tables.workertable import WorkerTable
 
 HOUSEKEEPING_SECONDS = 1.0

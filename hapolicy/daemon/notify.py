@@ -23,8 +23,8 @@ import os
 import socket
 import time
 
-from hapolicy.tables.health import UP
 from hapolicy.base.log import Logger
+from hapolicy.tables.health import UP
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ import signal
 import time
 
 from hapolicy.base import frozen
+from hapolicy.base.log import Logger
 from hapolicy.config.records import Config
 from hapolicy.daemon.chores import check_may_switch_user, resolve_ids, working_dir
-from hapolicy.tables.health import HealthTable, carry_over
 from hapolicy.daemon.listener import ListenError
-from hapolicy.base.log import Logger
+from hapolicy.tables.health import HealthTable, carry_over
 
 
 def describe_pools(config: Config) -> str:

@@ -9,9 +9,9 @@ import os
 import signal
 from typing import Callable
 
-from hapolicy.daemon.adminstate import check_writable
+from hapolicy.base.log import Logger
 from hapolicy.config.records import Config, ConfigError
-from hapolicy.monitor.control import bind_control
+from hapolicy.daemon.adminstate import check_writable
 from hapolicy.daemon.chores import (
     check_may_switch_user,
     check_pidfile,
@@ -23,8 +23,8 @@ from hapolicy.daemon.chores import (
     write_pidfile,
 )
 from hapolicy.daemon.listener import ListenError
-from hapolicy.base.log import Logger
 from hapolicy.daemon.master import MASTER_SIGNALS, Master
+from hapolicy.monitor.control import bind_control
 from hapolicy.monitor.metrics import bind_metrics
 
 

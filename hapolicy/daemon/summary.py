@@ -38,9 +38,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from hapolicy.base.log import Logger
     from hapolicy.config.records import Config
     from hapolicy.tables.health import HealthTable
-    from hapolicy.base.log import Logger
 
 
 def service_state(table: HealthTable, i: int, now: float) -> str:

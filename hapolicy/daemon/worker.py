@@ -31,14 +31,14 @@ import signal
 import socket
 import time
 
-from hapolicy.request.client import ClientConnection
-from hapolicy.config.records import Config
-from hapolicy.request.dispatch import Dispatcher
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
-from hapolicy.tables.health import HealthTable
 from hapolicy.base.log import Logger, RateLimited, describe_exception
+from hapolicy.config.records import Config
+from hapolicy.request.client import ClientConnection
+from hapolicy.request.dispatch import Dispatcher
 from hapolicy.request.routing import target
 from hapolicy.request.shadow import make_mirrors
+from hapolicy.tables.health import HealthTable
 from hapolicy.tables.workertable import WorkerTable
 
 ACCEPT_BATCH = 64

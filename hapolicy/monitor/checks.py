@@ -21,11 +21,11 @@ from __future__ import annotations
 import time
 
 from hapolicy.backend.exchange import Backends
-from hapolicy.config.records import Config
 from hapolicy.base.eventloop import EventLoop, Timer
-from hapolicy.tables.health import UP, Health, HealthTable
 from hapolicy.base.log import Logger
 from hapolicy.base.outcome import ANSWERED, LOCAL, fail_answer
+from hapolicy.config.records import Config
+from hapolicy.tables.health import UP, Health, HealthTable
 
 
 class Checker:

@@ -1,14 +1,14 @@
 """The control socket's commands (control.py), answered from the shared tables by the monitor.
 
-COMMANDS lists them, with what each does: `help` prints that list, and the man page and the
-README are made from it. state is the service's health (up or down); admin is its admin state,
-`enabled`, `drain` or `disabled`, and weight its effective weight (the operator's, else the
-configured one). The three are kept in the service's slot of the pool's health table
-(health.py), so every worker obeys them at once, a reload keeps them for a service that stays
-(same name and address; a reload that changes the configured weight resets the operator's)
-and the master saves them in --state-file so that a restart keeps them too (adminstate.py). A
-daemon without pool sections has one pool, `default`. Each answer ends in a newline; an error
-is one line that starts with `error:`.
+COMMANDS lists them, with what each does: `help` prints that list, the man page is made from it,
+and a test holds the table of docs/operating.md to it. state is the service's health (up or
+down); admin is its admin state, `enabled`, `drain` or `disabled`, and weight its effective
+weight (the operator's, else the configured one). The three are kept in the service's slot of
+the pool's health table (health.py), so every worker obeys them at once, a reload keeps them for
+a service that stays (same name and address; a reload that changes the configured weight resets
+the operator's) and the master saves them in --state-file so that a restart keeps them too
+(adminstate.py). A daemon without pool sections has one pool, `default`. Each answer ends in a
+newline; an error is one line that starts with `error:`.
 
 p50_ms and p99_ms are the median and 99th percentile of a service's good answers' latency in
 milliseconds, from its histogram of fixed buckets (stats.py; interpolated inside the bucket;
@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import time
 
-from hapolicy.config.records import MAX_WEIGHT  # the weight command's bound is a configured weight's
+from hapolicy.config.records import (
+    MAX_WEIGHT,  # the weight command's bound is a configured weight's
+)
 from hapolicy.tables.health import DISABLED, DRAINING, ENABLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from hapolicy.base.log import Logger
     from hapolicy.config.records import Config
     from hapolicy.tables.health import HealthTable
-    from hapolicy.base.log import Logger
     from hapolicy.tables.workertable import WorkerTable
 
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",

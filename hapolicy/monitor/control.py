@@ -26,18 +26,18 @@ import pwd
 import socket
 import struct
 
+from hapolicy.base.unixsocket import Identity, bind_unix, is_ours
 from hapolicy.config.records import ConfigError
 from hapolicy.daemon.chores import remove_stale_socket, unlink
 from hapolicy.monitor.oneshot import HEAD_SECONDS, MAX_CONNECTIONS, OneShotServer
-from hapolicy.base.unixsocket import Identity, bind_unix, is_ours
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-    from hapolicy.config.records import Config
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
+    from hapolicy.config.records import Config
 
 MAX_LINE = 4096
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid

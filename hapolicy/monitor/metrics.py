@@ -15,7 +15,7 @@ method 405, a head that is not HTTP 400, a longer one 431, a slow one 408.
 The exposition is prometheus_client's (`generate_latest`) of `Collector`, which reads the
 tables at each scrape: nothing is kept between scrapes, nothing is written to the tables, and
 prometheus_client is imported only by a daemon that serves metrics. Names and meanings are in
-the README (Operating); labels are only pool, service, outcome, action and reason (and
+docs/operating.md (Prometheus metrics); labels are only pool, service, outcome, action and reason (and
 hapolicy_build_info's version and python), never anything of a request.
 """
 
@@ -26,6 +26,9 @@ import sys
 
 from hapolicy import __version__
 from hapolicy.config.records import split_listen
+from hapolicy.daemon.listener import ListenError
+from hapolicy.monitor.oneshot import HEAD_SECONDS, OneShotServer
+from hapolicy.request.shadow import RESULTS
 from hapolicy.tables.health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
@@ -37,19 +40,16 @@ from hapolicy.tables.health import (
     REQUESTS,
     SHADOW_COUNTERS,
 )
-from hapolicy.daemon.listener import ListenError
-from hapolicy.monitor.oneshot import HEAD_SECONDS, OneShotServer
-from hapolicy.request.shadow import RESULTS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
     from typing import Callable
 
-    from hapolicy.config.records import Config
     from hapolicy.base.eventloop import EventLoop
-    from hapolicy.tables.health import HealthTable
     from hapolicy.base.log import Logger
+    from hapolicy.config.records import Config
+    from hapolicy.tables.health import HealthTable
     from hapolicy.tables.workertable import WorkerTable
 
 MAX_HEAD = 8192
@@ -78,7 +78,7 @@ def preload() -> None:
     import prometheus_client.exposition  # noqa: F401
 
     from hapolicy.base import outcome  # noqa: F401
-    from hapolicy.tables import stats
+    from hapolicy.tables import stats  # noqa: F401
 
 
 def bind_metrics(address: str) -> socket.socket:
@@ -171,7 +171,16 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
     )
 
     from hapolicy.base.outcome import NAMES
-    from hapolicy.tables.stats import ACTIONS, BOUNDS, S, answers_by_action, buckets, down_seconds, is_up, word
+    from hapolicy.tables.stats import (
+        ACTIONS,
+        BOUNDS,
+        S,
+        answers_by_action,
+        buckets,
+        down_seconds,
+        is_up,
+        word,
+    )
     from hapolicy.tables.stats import failures_by_outcome as failures_of
 
     labels = ["pool", "service"]

@@ -24,9 +24,14 @@ import time
 from bisect import bisect_left
 
 from hapolicy.backend.exchange import Backends, Connection
-from hapolicy.config.records import Config
 from hapolicy.base.eventloop import EventLoop
+from hapolicy.base.log import Logger, RateLimited, describe_exception
+from hapolicy.base.outcome import ANSWERED, LOCAL, fail_answer, is_timeout
+from hapolicy.base.protocol import Request, format_action
+from hapolicy.config.records import Config
 from hapolicy.request.hashkey import key_function
+from hapolicy.request.lane import Lane, qualifies
+from hapolicy.request.selection import Selector
 from hapolicy.tables.health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
@@ -40,11 +45,6 @@ from hapolicy.tables.health import (
     Health,
     HealthTable,
 )
-from hapolicy.request.lane import Lane, qualifies
-from hapolicy.base.log import Logger, RateLimited, describe_exception
-from hapolicy.base.outcome import ANSWERED, LOCAL, fail_answer, is_timeout
-from hapolicy.base.protocol import Request, format_action
-from hapolicy.request.selection import Selector
 from hapolicy.tables.stats import BOUNDS, FIRST_BOUND, STATS, S, action_offset
 
 # module globals: read on every answered request
@@ -113,7 +113,9 @@ class Dispatcher:
         self.shadow: Mirror | None = None  # copies answered requests to a shadow (worker.py)
         self.hedger: Hedger | None = None
         if config.hedge:
-            from hapolicy.request.hedge import Hedger  # here: only a pool that hedges pays for its import
+            from hapolicy.request.hedge import (
+                Hedger,  # here: only a pool that hedges pays for its import
+            )
 
             self.hedger = Hedger(self)
         self.backends.on_sweep(self.sweep, SWEEP_SECONDS)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import time
 from array import array
 
-from hapolicy.tables.health import HEDGE_WON, HEDGED
 from hapolicy.base.outcome import ANSWERED
+from hapolicy.tables.health import HEDGE_WON, HEDGED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ once the turn's handlers have all run (`EventLoop.at_turn_end`), writes the answ
 the requests, each as it would have been at once. A write that wakes a peer (the service,
 smtpd) lets the kernel switch to it when the call returns; gathered, the turn's reads and rules
 run together and the peers are woken together, which on a busy machine costs less CPU per
-request and cuts the tail (docs/architecture.md has the figures). A QUEUED connection whose
+request and cuts the tail (docs/performance.md has the figures). A QUEUED connection whose
 exchange ended meanwhile (released, closed) is not sent on; an event of it in the turn waits
 for the next one. In a turn of one event there is nothing to gather: both go at once.
 
@@ -31,7 +31,7 @@ group's service; no fresh idle connection to the pick), and an exchange of the l
 not end in a whole answer (a failure, a timeout, an abandon, a split or odd answer) becomes a
 `Job` at that point (`LaneConnection._resume`), with the service marked tried, the request's
 own start and deadline, and the exchange's outcome: failover, health, counters and the
-default answer are the general path's from there on. tests/test_lane.py holds the lane to
+default answer are the general path's from there on. tests/unit/request/test_lane.py holds the lane to
 what the general path gives, request for request.
 """
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from hapolicy.backend.exchange import DEADLINE_TICK, IDLE, QUEUED, READING, Connection
-from hapolicy.tables.health import SLOT, F
 from hapolicy.backend.idle import POOL_IDLE_SECONDS, POOL_MAX_IDLE
 from hapolicy.base.protocol import (
     MAX_ANSWER_BYTES,
@@ -50,13 +49,14 @@ from hapolicy.base.protocol import (
     SKELETON_DELETES,
     Request,
 )
+from hapolicy.tables.health import SLOT, F
 from hapolicy.tables.stats import BOUNDS, CACHE_MAX, FIRST_BOUND, S, action_offset
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hapolicy.backend.exchange import Backends
-    from hapolicy.request.client import ClientConnection
     from hapolicy.config.records import Service
+    from hapolicy.request.client import ClientConnection
     from hapolicy.request.dispatch import Dispatcher
 
 ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN

@@ -15,10 +15,10 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from hapolicy.config.records import Config
-    from hapolicy.request.dispatch import Client, Dispatcher
     from hapolicy.base.log import Logger
     from hapolicy.base.protocol import Request
+    from hapolicy.config.records import Config
+    from hapolicy.request.dispatch import Client, Dispatcher
 
 WARN_SECONDS = 1.0
 

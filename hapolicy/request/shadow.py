@@ -42,12 +42,12 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Callable
 
-    from hapolicy.config.records import Config
-    from hapolicy.request.dispatch import Dispatcher
     from hapolicy.base.eventloop import EventLoop
-    from hapolicy.tables.health import HealthTable
     from hapolicy.base.log import Logger
     from hapolicy.base.protocol import Request
+    from hapolicy.config.records import Config
+    from hapolicy.request.dispatch import Dispatcher
+    from hapolicy.tables.health import HealthTable
 
 MAX_IN_FLIGHT = 32  # copies waiting on shadows, per worker
 BUSY = 64  # real requests in flight in the worker above which copies are dropped

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import sys
 
-from hapolicy.request.client import ClientConnection
-from hapolicy.config.records import Config
-from hapolicy.request.dispatch import Dispatcher
 from hapolicy.base.eventloop import EventLoop
-from hapolicy.tables.health import HealthTable
 from hapolicy.base.log import Logger
+from hapolicy.config.records import Config
+from hapolicy.request.client import ClientConnection
+from hapolicy.request.dispatch import Dispatcher
 from hapolicy.spawn.statefile import Watch, default_path, open_table
+from hapolicy.tables.health import HealthTable
 
 EXIT_LOST = 75  # EX_TEMPFAIL: the state file's map was lost under the process
 

@@ -54,8 +54,8 @@ import os
 import stat
 import time
 
-from hapolicy.tables.health import SLOT, HealthTable, table_bytes
 from hapolicy.base.safefile import distrust
+from hapolicy.tables.health import SLOT, HealthTable, table_bytes
 
 try:  # hashlib's own blake2b; importing hashlib loads OpenSSL: 2 ms of each spawned start
     from _blake2 import blake2b

@@ -56,8 +56,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from hapolicy.config.records import Config, Service
     from hapolicy.base.log import Logger
+    from hapolicy.config.records import Config, Service
 
 
 class F:

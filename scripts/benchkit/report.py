@@ -191,7 +191,7 @@ def config(args: argparse.Namespace, nofile: int) -> dict[str, Any]:
 def interpreter() -> str:
     """The interpreter every row runs under (the bench's own): its build counts as much as our
     code does (Debian's python3 costs the daemon about a tenth less CPU per request than a
-    default source build, README)."""
+    default source build, docs/performance.md)."""
     return os.path.realpath(sys.executable)
 
 

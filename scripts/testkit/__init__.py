@@ -14,6 +14,7 @@
 * :mod:`testkit.postfix` -- real Postfix and postfwd2 instances.
 * :mod:`testkit.perl` -- the runner of the Perl original, /usr/sbin/hapolicy.
 * :mod:`testkit.scripts` -- scripts/*.py run with a JSON report.
+* :mod:`testkit.dispatching` -- an in-process dispatcher with its own event loop (Run, Client, KeptLog).
 * :mod:`testkit.fuzzing` -- Hypothesis strategies: what a client or a service may send.
 
 Tests import it as ``testkit`` (pyproject.toml gives pytest `pythonpath = ["scripts"]`); the

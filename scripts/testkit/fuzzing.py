@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the property tests (tests/test_fuzz_*.py): what a client or a
+"""Hypothesis strategies for the property tests (tests/unit/*/test_fuzz_*.py): what a client or a
 service may send, valid or not.
 
 * :func:`request_streams` -- a client's bytes: requests (LF or CRLF), garbage, NULs, empty

@@ -1,0 +1,71 @@
+"""An in-process dispatcher for tests: an event loop of ours, a client object that records what
+it is delivered and a logger that keeps its lines (`Run`, `Client`, `KeptLog`)."""
+
+from __future__ import annotations
+
+import time
+
+from hapolicy.base.eventloop import EventLoop
+from hapolicy.base.log import Logger, clean
+from hapolicy.base.protocol import RequestFramer
+from hapolicy.config.records import Config, parse_service
+from hapolicy.request.dispatch import Dispatcher
+from hapolicy.tables.health import HealthTable
+
+
+class KeptLog(Logger):
+    """A logger that keeps (level, line) instead of writing them."""
+
+    def __init__(self) -> None:
+        super().__init__(syslog_socket="")
+        self.lines: list[tuple[str, str]] = []
+
+    def log(self, level: str, message: str) -> None:
+        self.lines.append((level, clean(message)))  # as Logger.log does
+
+    def text(self, level: str | None = None) -> str:
+        return "\n".join(m for lvl, m in self.lines if level in (None, lvl))
+
+
+class Client:
+    """A client connection as the dispatcher sees it: the answers it was delivered."""
+
+    def __init__(self) -> None:
+        self.instance = b""
+        self.instance_service = -1
+        self.answers: list[bytes] = []
+
+    def deliver(self, answer: bytes) -> None:
+        self.answers.append(answer)
+
+
+class Run:
+    """A dispatcher for some services; `ask` answers one request."""
+
+    def __init__(self, *specs: str, **settings) -> None:
+        self.config = Config(services=tuple(parse_service(s) for s in specs), **settings)
+        self.loop = EventLoop()
+        self.health = HealthTable(len(specs), shared=False)
+        self.log = KeptLog()
+        self.dispatcher = Dispatcher(self.loop, self.config, self.health, self.log)
+
+    def ask(self, data: bytes, client: Client | None = None) -> tuple[bytes, float]:
+        """(the one answer delivered, seconds taken)."""
+        client = client or Client()
+        [framed] = RequestFramer().feed(data)
+        started = time.monotonic()
+        self.dispatcher.submit(framed, client)
+        while not client.answers:
+            assert time.monotonic() - started < 40, "never answered"
+            self.loop.run_once(0.1)
+        took = time.monotonic() - started
+        for _ in range(3):  # nothing more comes: exactly one answer
+            self.loop.run_once(0.01)
+        assert len(client.answers) == 1, client.answers
+        assert self.dispatcher.in_flight == 0
+        answer = client.answers.pop()
+        return answer, took
+
+    def close(self) -> None:
+        self.dispatcher.close()
+        self.loop.close()
