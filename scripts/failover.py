@@ -8,8 +8,8 @@
 every request to it is a new connection (so requests land on either worker). "perl" is Debian's
 /usr/sbin/hapolicy in spawn style: one process whose stdin and stdout are one end of a
 socketpair, fed one request at a time (its priority field is given: NAME=HOST:PORT:PRIO...).
-The backends are scripts/testkit/backends.py's: a FakeBackend that answers at once or stays
-silent, a Blackhole (connect never completes) and a refused port. Figures:
+The backends are scripts/testkit's: a FakeBackend that answers at once or stays silent, a
+Blackhole (connect never completes) and a refused port. Figures:
 
 1. time to the first failover, primary P (prio 10) dead, secondary S (prio 20) answering:
    P silent with TIMEOUT 2 s; P blackholed with --connect-timeout 1 and TIMEOUT 30; P refusing.

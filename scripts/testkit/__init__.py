@@ -2,7 +2,8 @@
 
 * :mod:`testkit.ports` -- HOST, a free port, a refused port.
 * :mod:`testkit.protocol` -- policy requests, service specs, a policy client.
-* :mod:`testkit.backends` -- fake policy backends: FakeBackend, RawBackend, Blackhole.
+* :mod:`testkit.backends` -- the fake policy backend: FakeBackend, its modes changed at will.
+* :mod:`testkit.stubs` -- stub backends: RawBackend, ScriptedBackend, OnceThenDead; Blackhole.
 * :mod:`testkit.syslog` -- the syslog receiver (lines with their arrival times).
 * :mod:`testkit.repo` -- the repository and the command line of its hapolicy.
 * :mod:`testkit.daemon` -- the daemon runner (`hapolicy --listen`).

@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable
 
-from testkit.backends import Blackhole, FakeBackend
+from testkit.backends import FakeBackend
 from testkit.perl import PerlConn
 from testkit.ports import refused_port
 from testkit.protocol import PolicyClient
 from testkit.protocol import service_spec as spec
+from testkit.stubs import Blackhole
 
 from failoverkit.checks import unserved
 from failoverkit.daemon import Daemon
