@@ -24,8 +24,7 @@ from .idle import open_idle_for, still_held
 from .measure import Pids, Target, measure
 from .procs import Child, children_of
 from .runner import Bench
-from .servers import (HAPROXY, daemon_argv, haproxy_config, perl_argv, spawn_argv,
-                      start_emulator)
+from .servers import HAPROXY, daemon_argv, haproxy_config, perl_argv, spawn_argv, start_emulator
 from .startup import measure_start
 from .tree import hapolicy_missing
 from .wire import wait_answering
