@@ -29,7 +29,7 @@ from hapolicy.config.records import DaemonConfig
 from hapolicy.config.values import ConfigError
 from hapolicy.daemon.chores import remove_stale_socket
 from hapolicy.daemon.listener import Listener
-from hapolicy.monitor.control import bind_control
+from hapolicy.daemon.monitorsockets import bind_control
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 NOGROUP = grp.getgrnam("nogroup").gr_gid
