@@ -5,8 +5,9 @@ names: the process's settings (scope DAEMON: workers, users, logging, syslog, th
 are `DaemonConfig`'s, the settings of the services one balances (scope POOL and SECTION:
 timeouts, health, balancing, listen) are `PoolConfig`'s. A field's default here is the
 option's default: --help, the man pages and docs/configuration.md read it from here
-(options.default_of). A `DaemonConfig` holds its pools; a dispatcher, a checker, a selector
-and health take a `PoolConfig`, the master, the workers and the monitor the `DaemonConfig`.
+(option.default_of). A `DaemonConfig` holds its pools; a dispatcher, a checker and health
+take a `PoolConfig` (a selector its services), the master, the workers and the monitor the
+`DaemonConfig`.
 
 Spawn mode is the same `DaemonConfig`, of one pool that does not listen: the command line
 and a config file make one record whatever the mode (the mode is whether a pool listens), so

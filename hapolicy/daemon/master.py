@@ -54,7 +54,8 @@ MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, 
 class Master(Reloading):
     """Keeps `workers` accepting workers of the current configuration alive."""
 
-    def __init__(self, config: DaemonConfig, log: Logger, reload_config: Callable[[], DaemonConfig] | None = None,
+    def __init__(self, config: DaemonConfig, log: Logger,
+                 reload_config: Callable[[], DaemonConfig] | None = None,
                  ops: ProcessOps | None = None) -> None:
         self.config = config
         self.log = log

@@ -31,7 +31,8 @@ from hapolicy.tables.health import UP, Health, HealthTable
 class Checker:
     """Checks every service on its own timer; at most one check per service in flight."""
 
-    def __init__(self, loop: EventLoop, config: PoolConfig, table: HealthTable, log: Logger) -> None:
+    def __init__(self, loop: EventLoop, config: PoolConfig, table: HealthTable,
+                 log: Logger) -> None:
         self.loop = loop
         self.config = config
         self.table = table

@@ -61,8 +61,8 @@ class Tables:
 
     __slots__ = ("config", "health", "slots", "workers")
 
-    def __init__(self, config: DaemonConfig, health: Mapping[str, HealthTable], workers: WorkerTable,
-                 slots: Sequence[int]) -> None:
+    def __init__(self, config: DaemonConfig, health: Mapping[str, HealthTable],
+                 workers: WorkerTable, slots: Sequence[int]) -> None:
         self.config = config
         self.health = health
         self.workers = workers

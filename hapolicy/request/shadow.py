@@ -162,9 +162,9 @@ class Sink:
         self.mirror.result(self, answer)
 
 
-def make_mirrors(loop: EventLoop, pools: Sequence[PoolConfig], dispatchers: Mapping[str, Dispatcher],
-                 health: Mapping[str, HealthTable], log: Logger,
-                 busy: Callable[[], int]) -> list[Dispatcher]:
+def make_mirrors(loop: EventLoop, pools: Sequence[PoolConfig],
+                 dispatchers: Mapping[str, Dispatcher], health: Mapping[str, HealthTable],
+                 log: Logger, busy: Callable[[], int]) -> list[Dispatcher]:
     """Give each pool that has a shadow its Mirror (dispatcher.shadow); returns the mirror
     dispatchers made, one per shadow pool (the worker sweeps and closes them)."""
     from hapolicy.request.dispatch import Dispatcher
