@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 
-from hapolicy.daemon.worker import WORKER_SIGNALS
+from hapolicy.daemon.childproto import SIGNALS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def fork_child(ops: ProcessOps, what: str, run: Callable[[socket.socket], None],
                ) -> tuple[int, socket.socket] | None:
     """Fork a child with a socketpair to it: (pid, the master's end), or None (logged)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         pid = ops.fork()
     except OSError as exc:

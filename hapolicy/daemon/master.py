@@ -40,7 +40,15 @@ from hapolicy.daemon.notify import Notifier, ServiceNotes
 from hapolicy.daemon.reload import Reloading, describe_pools
 from hapolicy.daemon.summary import Summary
 from hapolicy.daemon.throttle import BootThrottle, exit_code
-from hapolicy.daemon.worker import MSG_READY, MSG_RETIRING, MSG_RETIRING_FAULT, Worker, set_title
+from hapolicy.daemon.childproto import (
+    MASTER_TITLE,
+    MSG_READY,
+    MSG_RETIRING,
+    MSG_RETIRING_FAULT,
+    SIGNALS,
+    set_title,
+)
+from hapolicy.daemon.worker import Worker
 from hapolicy.monitor.checks import CheckerSet
 from hapolicy.monitor.metrics import preload as preload_metrics
 from hapolicy.tables.health import HealthTable
@@ -48,7 +56,7 @@ from hapolicy.tables.workertable import WATCHDOG_SECONDS, WorkerTable
 
 TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones
 KILL_GRACE = 5.0
-MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+MASTER_SIGNALS = SIGNALS
 
 
 class Master(Reloading):
@@ -84,7 +92,7 @@ class Master(Reloading):
     def start(self) -> None:
         """After bind (and daemonize): title, tables, signals; the workers come from run()."""
         self.pid = os.getpid()
-        set_title("hapolicy: master")
+        set_title(MASTER_TITLE)
         preload_lazy_modules()
         if self.served.metrics is not None:
             preload_metrics()

@@ -37,7 +37,8 @@ import time
 
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.daemon.throttle import BootThrottle, exit_code
-from hapolicy.daemon.worker import MSG_READY, WORKER_SIGNALS, set_title
+from hapolicy.daemon import childproto
+from hapolicy.daemon.childproto import MONITOR_TITLE, MSG_READY, set_title
 from hapolicy.monitor.commands import answer
 from hapolicy.monitor.control import ControlServer, ControlSocket
 from hapolicy.monitor.metrics import MetricsServer, Tables
@@ -118,7 +119,7 @@ class Monitor:
 
     def run(self, master_sock: socket.socket) -> None:
         """The child's life, after the privilege drop; never returns."""
-        set_title("hapolicy: monitor")
+        set_title(MONITOR_TITLE)
         status = 0
         try:
             self._run(master_sock)
@@ -131,26 +132,18 @@ class Monitor:
     def _run(self, master_sock: socket.socket) -> None:
         self.loop = loop = EventLoop()
         # nothing to finish or save: TERM, INT and QUIT end it at once; a HUP is the master's
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        childproto.obey({childproto.RETIRE: signal.SIG_IGN})
         serve(loop, self)
         master_sock.setblocking(False)
         loop.add(master_sock, EVENT_READ, lambda mask: self._on_master(master_sock))
-        master_sock.send(MSG_READY)
+        master_sock.send(MSG_READY)  # an error here is a failed start
         self._housekeeping()
         while not self.done:
             loop.run_once(HOUSEKEEPING_SECONDS)
 
     def _on_master(self, sock: socket.socket) -> None:
-        try:
-            if sock.recv(64):
-                return  # the master says nothing yet; end of file is what counts
-        except BlockingIOError:
+        if not childproto.master_gone(sock):
             return
-        except OSError:
-            pass
         self.log.error("master is gone: monitor exits")
         self.done = True
 
