@@ -40,8 +40,9 @@ from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.daemon import childproto
 from hapolicy.daemon.childproto import MONITOR_TITLE, MSG_READY, set_title
 from hapolicy.daemon.children import MONITOR
+from hapolicy.daemon.monitorsockets import ControlSocket
 from hapolicy.monitor.commands import answer
-from hapolicy.monitor.control import ControlServer, ControlSocket
+from hapolicy.monitor.control import ControlServer
 from hapolicy.monitor.metrics import MetricsServer, Tables
 
 TYPE_CHECKING = False
@@ -90,7 +91,8 @@ def serve(loop: EventLoop, monitor: Monitor) -> None:
     """Everything the monitor serves, started in its loop: the one place to add one more."""
     monitor.checks.start(loop, monitor.log)
     if monitor.served.control is not None:
-        ControlServer(loop, monitor.served.control, monitor.command, monitor.log)
+        control = monitor.served.control
+        ControlServer(loop, control.sock, control.owner, control.gid, monitor.command, monitor.log)
     if monitor.served.metrics is not None:
         MetricsServer(monitor.served.metrics, loop, monitor.tables, monitor.log)
 
