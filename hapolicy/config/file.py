@@ -18,7 +18,7 @@ services.
 from __future__ import annotations
 
 from hapolicy.config.option import DAEMON, SECTION
-from hapolicy.config.options import FILE_KEYS
+from hapolicy.config.options import FILE_KEYS, SETTINGS
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.config.values import MAX_SERVICES, ConfigError, is_name
@@ -163,7 +163,7 @@ def split_by_scope(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     daemon: dict[str, Any] = {}
     pool: dict[str, Any] = {}
     for key, value in settings.items():
-        option = FILE_KEYS.get(key)
+        option = SETTINGS.get(key)
         (daemon if option is None or option.scope == DAEMON else pool)[key] = value
     return daemon, pool
 
