@@ -18,7 +18,7 @@ max-use, RETIRING_FAULT after an exception its loop contained outside a request'
 containment (a fresh worker is safer than a state that may be spoilt); the master starts its
 replacement at once. End of file on it means the master is
 gone. Each housekeeping pass writes a heartbeat in the worker table for the master's watchdog,
-and each pool's requests in flight in its health table (stats.py).
+and each pool's requests in flight in its health table (layout.py).
 """
 
 from __future__ import annotations

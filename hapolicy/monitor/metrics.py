@@ -28,17 +28,17 @@ from hapolicy import __version__
 from hapolicy.config.records import split_listen
 from hapolicy.daemon.listener import ListenError
 from hapolicy.monitor.oneshot import HEAD_SECONDS, OneShotServer
-from hapolicy.request.shadow import RESULTS
-from hapolicy.tables.health import (
-    DEFAULT_DOWN,
-    DEFAULT_FAILED,
-    DEFAULT_INTERNAL,
-    DEFAULT_REFUSED,
-    DEFAULT_TIMEOUT,
+from hapolicy.tables.layout import (
+    ACTIONS,
+    BOUNDS,
+    DEFAULT_REASONS,
     HEDGE_WON,
     HEDGED,
+    LAST_CHANGE,
+    LATENCY_SUM,
     REQUESTS,
     SHADOW_COUNTERS,
+    SHADOW_RESULTS,
 )
 
 TYPE_CHECKING = False
@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 
 MAX_HEAD = 8192
 BACKLOG = 64
-REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN), ("timeout", DEFAULT_TIMEOUT),
-           ("refused", DEFAULT_REFUSED), ("internal", DEFAULT_INTERNAL))
 
 
 class Tables:
@@ -135,7 +133,7 @@ def pool_families(pools: list[tuple[Config, HealthTable]],
                                   "as of each worker's last second", labels=["pool"])
     for pool, table in pools:
         requests.add_metric([pool.name], table.counter(REQUESTS))
-        for reason, word in REASONS:
+        for reason, word in DEFAULT_REASONS:
             defaults.add_metric([pool.name, reason], table.counter(word))
         in_flight.add_metric([pool.name], table.requests_in_flight(slots))
     yield from (requests, defaults, in_flight)
@@ -155,7 +153,7 @@ def feature_families(pools: list[tuple[Config, HealthTable]]) -> Iterator[object
     for pool, table in pools:
         if pool.shadow:
             for word in SHADOW_COUNTERS:
-                shadow.add_metric([pool.name, RESULTS[word]], table.counter(word))
+                shadow.add_metric([pool.name, SHADOW_RESULTS[word]], table.counter(word))
         if pool.hedge:
             hedges.add_metric([pool.name], table.counter(HEDGED))
             won.add_metric([pool.name], table.counter(HEDGE_WON))
@@ -172,9 +170,6 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
 
     from hapolicy.base.outcome import NAMES
     from hapolicy.tables.stats import (
-        ACTIONS,
-        BOUNDS,
-        S,
         answers_by_action,
         buckets,
         down_seconds,
@@ -217,12 +212,12 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
             for bound, count in zip(bounds, buckets(table, i)):
                 total += count
                 cumulative.append((bound, total))
-            latency.add_metric(names, cumulative, word(table, i, S.LATENCY_SUM))
+            latency.add_metric(names, cumulative, word(table, i, LATENCY_SUM))
             up.add_metric(names, 1.0 if is_up(table, i) else 0.0)
             disabled.add_metric(names, 1.0 if table.disabled(i) else 0.0)
             draining.add_metric(names, 1.0 if table.draining(i) else 0.0)
             weight.add_metric(names, table.weight(i, service.weight))
-            change.add_metric(names, word(table, i, S.LAST_CHANGE) or wall)
+            change.add_metric(names, word(table, i, LAST_CHANGE) or wall)
             down.add_metric(names, down_seconds(table, i, now))
     yield from (answers, failures, latency, up, disabled, draining, weight, change, down)
 

@@ -55,7 +55,8 @@ import stat
 import time
 
 from hapolicy.base.safefile import distrust
-from hapolicy.tables.health import SLOT, HealthTable, table_bytes
+from hapolicy.tables.health import HealthTable, table_bytes
+from hapolicy.tables.layout import SLOT
 
 try:  # hashlib's own blake2b; importing hashlib loads OpenSSL: 2 ms of each spawned start
     from _blake2 import blake2b

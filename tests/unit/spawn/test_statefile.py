@@ -21,7 +21,8 @@ import pytest
 
 from hapolicy.config.records import parse_service
 from hapolicy.spawn import statefile
-from hapolicy.tables.health import DOWN, SLOT, UP, F, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import DOWN, DOWN_SINCE, DOWN_UNTIL, SERVED, SLOT, UP
 
 SERVICES = (parse_service("A=127.0.0.1:10023:10:2"), parse_service("B=127.0.0.1:10024:10:1"))
 OTHERS = (parse_service("A=127.0.0.1:10025:10:2"), parse_service("B=127.0.0.1:10024:10:1"))
@@ -131,7 +132,7 @@ def test_processes_that_start_together_end_on_one_file(tmp_path):
                 os.close(go_w)
                 os.read(go_r, 1)
                 table, _note = statefile.open_table(str(path), services)
-                table.f[i * SLOT + F.DOWN_SINCE] = i + 1.0
+                table.f[i * SLOT + DOWN_SINCE] = i + 1.0
                 os._exit(0)
             finally:
                 os._exit(1)
@@ -301,7 +302,7 @@ def test_a_probe_claimed_while_another_process_probed_and_failed_is_refused(tmp_
     lock first, probed, failed and gave a new cool-down leaves no probe to claim."""
     table, _ = opened(tmp_path / "state")
     assert table is not None
-    table.f[F.DOWN_UNTIL] = 1.0  # service A: its cool-down long over, no probe out
+    table.f[DOWN_UNTIL] = 1.0  # service A: its cool-down long over, no probe out
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the other process: holds A's probe lock, "probes", fails, lets go
@@ -363,12 +364,12 @@ def test_a_watched_file_spoilt_leaves_the_process_memory_of_its_own(tmp_path, sp
                              "of its own from now on")
     assert table.probe_lock == -1
     assert table.state(0, time.monotonic()) == UP and -1.0 <= table.served(1) <= 0.0
-    view[SLOT + F.SERVED] = 7.0
+    view[SLOT + SERVED] = 7.0
     assert table.served(1) == 7.0
     assert watch.check() == ""  # said once
     table.close()
     os.truncate(path, SIZE)
-    word = statefile.HEADER_BYTES + (SLOT + F.SERVED) * 8  # service 1's clock in the file
+    word = statefile.HEADER_BYTES + (SLOT + SERVED) * 8  # service 1's clock in the file
     in_file = struct.unpack("d", path.read_bytes()[word:word + 8])[0]
     assert in_file == (0.0 if spoil == "truncate" else 42.0)  # never the private 7.0
 
