@@ -1,6 +1,6 @@
 """The per-service statistics of the health table (stats.py), in process.
 
-A Dispatcher against FakeBackends on 127.0.0.1 (test_dispatch_inprocess.Run) counts good answers
+A Dispatcher against FakeBackends on 127.0.0.1 (testkit.dispatching.Run) counts good answers
 by the first word of their action and in the latency histogram, failures by outcome category;
 the state changes write the last change and the time down; carry_over keeps them for a service
 that stays; the words after the pool's slot hold each worker's requests in flight. The control
@@ -13,8 +13,8 @@ import math
 import time
 
 import pytest
-from test_dispatch_inprocess import Run
 from testkit.backends import FakeBackend
+from testkit.dispatching import Run
 from testkit.ports import refused_port
 from testkit.protocol import request
 
