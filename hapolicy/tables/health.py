@@ -121,6 +121,7 @@ class HealthTable:
                 self.f[self.stats + i * STATS + LAST_CHANGE] = wall
 
     def state(self, i: int, now: float) -> int:
+        """Service i's health state at monotonic time now: UP, DOWN or PROBE_DUE (layout.py)."""
         f = self.f
         base = i * SLOT
         # ADMIN is 0.0 or inf: a disabled service is down for ever, never due for a probe

@@ -29,7 +29,7 @@ class Health:
 
     While the table says `checked` (the master's checks run on it and own the recovery), a
     live answer never brings a service back, and a service marked down stays down until
-    `mark_up`. Otherwise a live request probes it after its cool-down (see the module doc).
+    `mark_up`. Otherwise a live request probes it after its cool-down (health.py).
     """
 
     def __init__(self, table: HealthTable, services: Sequence[Service], config: Config,
