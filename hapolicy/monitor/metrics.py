@@ -1,8 +1,8 @@
 """Prometheus metrics at --metrics-listen HOST:PORT: `GET /metrics`, served in the monitor's loop.
 
-`bind_metrics` binds the address at start (before the master forks or detaches), so a bad
-address or a port in use is a one-line error then; the master keeps the socket and the
-monitor (monitor.py) serves it, as --user. `preload` imports prometheus_client in the master
+The master binds the address at start (daemon/monitorsockets.py: `bind_metrics`), so a bad
+address or a port in use is a one-line error then; it keeps the socket and the monitor
+(daemon/monitor.py) serves it, as --user. `preload` imports prometheus_client in the master
 before the fork: after the privilege drop its files may not be readable (a Python under
 /root). `MetricsServer` takes that socket, an event loop and a function giving the shared
 tables (`Tables`), and answers one request per connection (the connection handling is
@@ -25,8 +25,6 @@ import socket
 import sys
 
 from hapolicy import __version__
-from hapolicy.config.records import split_listen
-from hapolicy.daemon.listener import ListenError
 from hapolicy.monitor.oneshot import HEAD_SECONDS, OneShotServer
 from hapolicy.tables.layout import (
     ACTIONS,
@@ -53,7 +51,6 @@ if TYPE_CHECKING:
     from hapolicy.tables.workertable import WorkerTable
 
 MAX_HEAD = 8192
-BACKLOG = 64
 
 
 class Tables:
@@ -77,24 +74,6 @@ def preload() -> None:
 
     from hapolicy.base import outcome  # noqa: F401
     from hapolicy.tables import stats  # noqa: F401
-
-
-def bind_metrics(address: str) -> socket.socket:
-    """The listening socket of --metrics-listen; ListenError (one line) when it cannot be."""
-    host, port, _ = split_listen(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"cannot listen on metrics address {address}: "
-                          f"{exc.strerror or exc}") from None
-    sock.set_inheritable(False)
-    sock.setblocking(False)
-    return sock
 
 
 class Collector:

@@ -277,7 +277,7 @@ def test_every_lazy_import_of_a_worker_or_the_monitor_is_imported_before_the_for
          "from hapolicy.daemon import runner\n"
          "from hapolicy.daemon.chores import preload_lazy_modules\n"
          "from hapolicy.monitor.metrics import preload\n"
-         "from hapolicy.daemon.worker import set_title\n"
+         "from hapolicy.daemon.childproto import set_title\n"
          "set_title('test')\n"
          "preload_lazy_modules()\n"
          "preload()\n"  # with --metrics-listen

@@ -17,10 +17,11 @@ import socket
 import time
 
 import pytest
-from testkit.backends import FakeBackend, RawBackend
+from testkit.backends import FakeBackend
 from testkit.dispatching import Client, Run
 from testkit.ports import refused_port
 from testkit.protocol import request
+from testkit.stubs import RawBackend
 
 from hapolicy.backend import exchange as backend_module
 from hapolicy.base.protocol import Request, RequestFramer
