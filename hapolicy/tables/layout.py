@@ -123,8 +123,8 @@ def table_words(count: int, workers: int = 0) -> int:
 
 # --- The worker table (workertable.py): WORKER_SLOT words per slot, word slot * WORKER_SLOT +
 # name; slot k is the worker the master started in slot k, the one after the workers' the
-# monitor's (only its heartbeat). One writer each: the worker, or the master for PID and
-# GENERATION.
+# monitor's (only its heartbeat). The worker writes its words, the master PID and GENERATION
+# after the fork, and zeroes the slot when it reaps the worker.
 
 WORKER_SLOT = 6  # words per slot
 WORKER_CLIENTS = 0  # the client connections the worker holds
