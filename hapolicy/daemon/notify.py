@@ -24,7 +24,7 @@ import socket
 import time
 
 from hapolicy.base.log import Logger
-from hapolicy.tables.health import UP
+from hapolicy.tables.layout import UP
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ It talks with the master over a socketpair (childproto.py): READY once it accept
 when it reached max-use, RETIRING_FAULT after an exception its loop contained outside a
 request's own containment; end of file on it means the master is gone. Each housekeeping pass
 writes a heartbeat in the worker table for the master's watchdog, and each pool's requests in
-flight in its health table (stats.py).
+flight in its health table (layout.py).
 """
 
 from __future__ import annotations

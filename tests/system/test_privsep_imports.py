@@ -240,7 +240,7 @@ NOT_AFTER_FORK = {
     ("tables.health", "claim_probe"): "the lock of spawn mode's state file",
     ("tables.health", "randomize_phase"): "spawn mode's own table",
     ("spawn.statefile", "lock"): "spawn mode's state file",
-    ("spawn.statefile", "private_memory"): "spawn mode's state file spoilt under a session",
+    ("spawn.watch", "private_memory"): "spawn mode's state file spoilt under a session",
     ("daemon.chores", "preload_lazy_modules"): "the master, before it forks",
     ("monitor.metrics", "preload"): "the master, before it forks",
 }

@@ -36,7 +36,8 @@ from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.daemon import chores as daemon
 from hapolicy.daemon.adminstate import AdminFile
-from hapolicy.tables.health import DISABLED, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import DISABLED
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: files of another user")
 NOBODY = "nobody"

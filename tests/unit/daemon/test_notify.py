@@ -11,7 +11,8 @@ from pathlib import Path
 from testkit.daemon import short_tmpdir
 
 from hapolicy.daemon.notify import Notifier, ServiceNotes, monotonic_usec
-from hapolicy.tables.health import DISABLED, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import DISABLED
 
 
 class Log:

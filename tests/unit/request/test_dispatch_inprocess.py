@@ -25,7 +25,7 @@ from testkit.stubs import RawBackend
 
 from hapolicy.backend import exchange as backend_module
 from hapolicy.base.protocol import Request, RequestFramer
-from hapolicy.tables.health import DOWN, UP
+from hapolicy.tables.layout import DOWN, UP
 
 
 @pytest.fixture
