@@ -5,8 +5,8 @@ service of the first priority group is up, the pick (the transaction's sticky se
 weighted round robin in the group, or the group's one service) has an idle connection in the
 pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no `Job`,
 no `Selector.pick` and no callback chain: `Lane.take` makes the pick as `Selector.pick` would
-make it then (a balanced group's round robin through the selector's own `_by_weight` and
-`_commit`, its one rule for it), sends the request on the pooled connection (which then carries
+make it then (a balanced group's round robin with the selector's `by_weight` and `commit`, the
+one place round robin is kept), sends the request on the pooled connection (which then carries
 the client, the request and its instance), and that connection's event handler
 (`LaneConnection._on_event`) reads the whole answer, puts the connection back, counts the
 answer as `Dispatcher.count_answer` does (those twins inlined rather than called) and
@@ -194,12 +194,12 @@ class Lane:
             if member is None:
                 return False
         else:  # the round robin of the whole group, every member up (Selector.pick's)
-            member = self.member_of[self.selector._by_weight(self.group)]
+            member = self.member_of[self.selector.by_weight(self.group)]
         stack = member.stack
         if not stack or now - stack[-1].ended >= POOL_IDLE_SECONDS:
             return False  # no fresh idle connection: the general path connects
         if member.step:
-            self.selector._commit(member.index)
+            self.selector.commit(member.index)
         conn: LaneConnection = stack.pop()  # type: ignore[assignment]
         d = self.d
         d.requests += 1
