@@ -34,6 +34,7 @@ import time
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.log import Logger, RateLimited, describe_exception
 from hapolicy.config.records import Config
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.request.routing import target
@@ -169,7 +170,7 @@ class Worker:
 
     def _contained(self, exc: Exception) -> None:
         """An exception of the loop's handlers that the request path did not contain itself
-        (dispatch.py does, per request): logged, rate-limited; the worker and its other
+        (job.py does, per request): logged, rate-limited; the worker and its other
         clients go on, but it retires (its state may be spoilt: a fresh worker takes the new
         connections at once, as at max-use)."""
         self.errors.warning(f"worker internal error, contained: {describe_exception(exc)}")
@@ -179,7 +180,7 @@ class Worker:
         """A dispatcher per pool, and what takes the requests of each listener."""
         by_name = {}
         for pool in self.config.pools:
-            dispatcher = Dispatcher(loop, pool, self.health[pool.name], self.log)
+            dispatcher = make_dispatcher(loop, pool, self.health[pool.name], self.log)
             dispatcher.on_max_use = self._max_use_step
             self.dispatchers.append(dispatcher)
             by_name[pool.name] = dispatcher

@@ -29,10 +29,13 @@ anywhere, when the pool's settings (`qualifies`) or the request's conditions do 
 lane (a member of the group down, disabled or drained; a transaction sticky to another
 group's service; no fresh idle connection to the pick), and an exchange of the lane that does
 not end in a whole answer (a failure, a timeout, an abandon, a split or odd answer) becomes a
-`Job` at that point (`LaneConnection._resume`), with the service marked tried, the request's
-own start and deadline, and the exchange's outcome: failover, health, counters and the
-default answer are the general path's from there on. tests/unit/request/test_lane.py holds the lane to
-what the general path gives, request for request.
+`Job` at that point (`LaneConnection._resume`, `Job.resumed`), with the service marked tried,
+the request's own start and deadline, and the exchange's outcome: failover, health, counters
+and the default answer are the general path's from there on. tests/unit/request/test_lane.py
+holds the lane to what the general path gives, request for request.
+
+The lane is attached to its dispatcher from above by the dispatcher's builder (assembly.py),
+the one module that imports this one; the dispatcher's module does not know it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from hapolicy.base.protocol import (
     SKELETON_DELETES,
     Request,
 )
+from hapolicy.request.job import Job
 from hapolicy.tables.health import SLOT, F
 from hapolicy.tables.stats import BOUNDS, CACHE_MAX, FIRST_BOUND, S, action_offset
 
@@ -342,12 +346,6 @@ class LaneConnection(Connection):
         lane = self.lane
         index = self.member.index  # type: ignore[union-attr]
         self.client = None
-        from hapolicy.request.dispatch import Job
-
-        job = Job(lane.d, Request(self.request), client)  # type: ignore[arg-type]
-        job.deadline = self.deadline
-        job.started = self.deadline - lane.total_timeout
-        job.tried = 1 << index
-        job.current = index
-        job.exchange = self
+        job = Job.resumed(lane.d, Request(self.request), client,  # type: ignore[arg-type]
+                          index, self)
         job.on_exchange_done(action, outcome, reason)

@@ -18,8 +18,8 @@ import sys
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.log import Logger
 from hapolicy.config.records import Config
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
-from hapolicy.request.dispatch import Dispatcher
 from hapolicy.spawn.statefile import Watch, default_path, open_table
 from hapolicy.tables.health import HealthTable
 
@@ -49,7 +49,7 @@ def run_spawn(config: Config, log: Logger) -> int:
     loop = EventLoop(use_poll=True)
     pool = config.pools[0]  # the command line's, or a file's one pool
     health, watch = health_table(pool, log)
-    dispatcher = Dispatcher(loop, pool, health, log)
+    dispatcher = make_dispatcher(loop, pool, health, log)
     if watch is None:
         client = ClientConnection(loop, dispatcher, 0, 1, lambda _client: None)
     else:

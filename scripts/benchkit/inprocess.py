@@ -131,8 +131,8 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
     from hapolicy.config.records import Config, parse_service
+    from hapolicy.request.assembly import make_dispatcher
     from hapolicy.request.client import ClientConnection
-    from hapolicy.request.dispatch import Dispatcher
     from hapolicy.tables.health import HealthTable
 
     class Silent(Logger):
@@ -143,8 +143,8 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
     loop = EventLoop()
     config = Config(services=tuple(parse_service(f"BENCH{n}={host}:{port}:10")
                                    for n in range(services)))
-    dispatcher = Dispatcher(loop, config, HealthTable(services, shared=False),
-                            Silent(syslog_socket=""))
+    dispatcher = make_dispatcher(loop, config, HealthTable(services, shared=False),
+                                 Silent(syslog_socket=""))
     if not lane:
         dispatcher.lane = None
         dispatcher.backends.connection_type = Connection

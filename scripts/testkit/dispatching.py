@@ -9,7 +9,7 @@ from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.log import Logger, clean
 from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.records import Config, parse_service
-from hapolicy.request.dispatch import Dispatcher
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.tables.health import HealthTable
 
 
@@ -47,7 +47,7 @@ class Run:
         self.loop = EventLoop()
         self.health = HealthTable(len(specs), shared=False)
         self.log = KeptLog()
-        self.dispatcher = Dispatcher(self.loop, self.config, self.health, self.log)
+        self.dispatcher = make_dispatcher(self.loop, self.config, self.health, self.log)
 
     def ask(self, data: bytes, client: Client | None = None) -> tuple[bytes, float]:
         """(the one answer delivered, seconds taken)."""

@@ -28,6 +28,7 @@ from hapolicy.base.outcome import (
 from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.records import Config, parse_service
 from hapolicy.monitor.checks import Checker, CheckerSet
+from hapolicy.request import assembly
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.tables.health import DOWN, PROBE_DUE, SLOT, UP, Health, HealthTable, carry_over
 
@@ -216,7 +217,7 @@ def test_every_service_down_answers_the_default_at_once_without_connecting(all_d
         for i in (0, 1):
             table.record_failure(i, time.monotonic(), 60.0, 60.0)
         log = Lines()
-        dispatcher = Dispatcher(loop, config, table, log)
+        dispatcher = assembly.make_dispatcher(loop, config, table, log)
         client = Client()
         dispatcher.submit(framed(), client)
         if all_down == "default":
@@ -236,7 +237,7 @@ def test_default_answer_warnings_are_held_to_one_line_a_second_per_reason():
     table = HealthTable(1, shared=False)
     table.record_failure(0, time.monotonic(), 60.0, 60.0)
     log = Lines()
-    dispatcher = Dispatcher(loop, config, table, log)
+    dispatcher = assembly.make_dispatcher(loop, config, table, log)
     client = Client()
     for _ in range(100):
         dispatcher.submit(framed(), client)
@@ -324,7 +325,7 @@ def test_the_sweep_rides_on_the_deadline_tick_with_no_timer_of_its_own():
                     parse_service(good.spec("G", prio=20)))
         config = Config(services=services)
         table = HealthTable(2, shared=False)
-        dispatcher = Dispatcher(loop, config, table, Lines())
+        dispatcher = assembly.make_dispatcher(loop, config, table, Lines())
         clients = [Client() for _ in range(3)]
         for client in clients:
             dispatcher.submit(framed(), client)
@@ -377,7 +378,8 @@ def make_dispatcher(*specs: str, **settings) -> tuple[Dispatcher, HealthTable, E
     services = tuple(parse_service(s) for s in specs)
     table = HealthTable(len(services), shared=False)
     log = Lines()
-    return Dispatcher(loop, Config(services=services, **settings), table, log), table, loop, log
+    return (assembly.make_dispatcher(loop, Config(services=services, **settings), table, log),
+            table, loop, log)
 
 
 def test_a_request_tries_each_service_once_even_when_trying_down_ones():

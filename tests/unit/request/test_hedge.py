@@ -19,7 +19,7 @@ from testkit.protocol import request
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.records import Config, parse_service
-from hapolicy.request.dispatch import Dispatcher
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.hedge import MIN_SAMPLES, Latency, warnings
 from hapolicy.tables.health import HEDGE_WON, HEDGED, UP, F, HealthTable
 
@@ -33,7 +33,7 @@ class Pool:
         self.loop = EventLoop()
         self.table = HealthTable(len(specs), shared=False)
         self.log = KeptLog()
-        self.dispatcher = Dispatcher(self.loop, self.config, self.table, self.log)
+        self.dispatcher = make_dispatcher(self.loop, self.config, self.table, self.log)
 
     def ask_many(self, count: int, at_once: int = 20) -> tuple[list[bytes], list[float]]:
         """count requests, at_once of them in flight: (answers, seconds each took)."""

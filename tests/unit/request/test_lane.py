@@ -24,8 +24,8 @@ from hapolicy.base.log import Logger
 from hapolicy.base.protocol import MAX_ATTRIBUTES
 from hapolicy.config.records import Config, parse_service
 from hapolicy.request import lane as lane_module
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
-from hapolicy.request.dispatch import Dispatcher
 from hapolicy.tables.health import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
@@ -55,8 +55,8 @@ class Harness:
         self.loop = EventLoop()
         self.table = HealthTable(len(services), shared=False)
         self.log = Quiet()
-        self.dispatcher = Dispatcher(self.loop, Config(services=services, **settings),
-                                     self.table, self.log)
+        self.dispatcher = make_dispatcher(self.loop, Config(services=services, **settings),
+                                          self.table, self.log)
         if not lane:
             self.dispatcher.lane = None
         ours, self.theirs = socket.socketpair()

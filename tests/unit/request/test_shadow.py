@@ -23,7 +23,7 @@ from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.records import Config, parse_service
 from hapolicy.request import shadow as shadow_module
-from hapolicy.request.dispatch import Dispatcher
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.shadow import MAX_IN_FLIGHT, make_mirrors, verdict
 from hapolicy.tables.health import (
     REQUESTS,
@@ -55,7 +55,7 @@ class Pools:
             Config(name="next", services=tuple(parse_service(s) for s in shadow)),
         ]
         self.tables = {c.name: HealthTable(len(c.services), shared=False) for c in self.configs}
-        self.dispatchers = {c.name: Dispatcher(self.loop, c, self.tables[c.name], self.log)
+        self.dispatchers = {c.name: make_dispatcher(self.loop, c, self.tables[c.name], self.log)
                             for c in self.configs}
         self.busy = 0
         self.mirrors = make_mirrors(self.loop, self.configs, self.dispatchers, self.tables,
