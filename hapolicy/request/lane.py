@@ -199,6 +199,13 @@ class Lane:
                 return False
         else:  # the round robin of the whole group, every member up (Selector.pick's)
             member = self.member_of[self.selector.by_weight(self.group)]
+        return self._start(member, client, data, instance, now)
+
+    def _start(self, member: Member, client: ClientConnection, data: bytes, instance: bytes,
+               now: float) -> bool:
+        """Take the request to member, the pick, when a fresh idle connection to it waits
+        (else False, with nothing done): count the pick and the request, and send it on that
+        connection, at once or at the end of a turn of several events (`flush`)."""
         stack = member.stack
         if not stack or now - stack[-1].ended >= POOL_IDLE_SECONDS:
             return False  # no fresh idle connection: the general path connects
@@ -210,7 +217,7 @@ class Lane:
         if d.requests == d.max_use:
             d.on_max_use()
         d.in_flight += 1
-        f[self.requests_word] += 1.0
+        self.f[self.requests_word] += 1.0
         client.busy = True
         conn.client = client  # its lane and member are its own already (`connection`)
         conn.request = data
@@ -235,6 +242,21 @@ class Lane:
             self.loop.at_turn_end(self.flush_at_end)
         self.sends.append(conn)
         return True
+
+    def hold(self, client: ClientConnection, answer: bytes) -> None:
+        """In a turn of several events: client's answer is written at the turn's end; the
+        client stays busy until then."""
+        if not self.sends and not self.answered:  # the turn's first: flush at its end
+            self.loop.at_turn_end(self.flush_at_end)
+        self.answered.append((client, answer))
+
+    def revive(self, member: Member) -> None:
+        """A good answer of a member marked down: Health.ok may bring it back
+        (Dispatcher.count_answer's)."""
+        try:
+            self.d.health.ok(member.index)
+        except Exception as exc:  # noqa: BLE001 - the answer is good: it goes out
+            self.d.internal_error(exc, answered=True)
 
     def flush(self) -> None:
         """At the end of a turn of several events: write the answers read in it, then send the
@@ -304,40 +326,30 @@ class LaneConnection(Connection):
         self.on_done = None
         self.payload = b""
         lane.in_flight.discard(self)
-        # the answer came when the poll returned: what the turn's handlers before this one
-        # took is not the service's time
-        self.ended = now = lane.loop.now
+        self.ended = now = lane.loop.now  # the poll's: the turn's handlers took our time
         stack = member.stack
-        # Pool.put (the pool is not closed: that closes the exchanges in flight first)
-        if len(stack) < POOL_MAX_IDLE:
+        if len(stack) < POOL_MAX_IDLE:  # Pool.put (not closed: that ends what is in flight)
             stack.append(self)
             self.state = IDLE
         else:
             self.close()
-        # Dispatcher.count_answer
-        f = lane.f
+        f = lane.f  # Dispatcher.count_answer's
         f[member.answers_word] += 1.0
         elapsed = now - self.started
         f[member.latency_word] += elapsed
         f[member.buckets_word
           + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1.0
         f[member.stats + offset] += 1.0
-        if f[member.base]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
-            try:
-                lane.d.health.ok(member.index)
-            except Exception as exc:  # noqa: BLE001 - the answer is good: it goes out
-                lane.d.internal_error(exc, answered=True)
+        if f[member.base]:  # DOWN_UNTIL: it was down
+            lane.revive(member)
         if self.instance:  # Job.on_exchange_done: the transaction sticks to the service
             client.instance = self.instance
             client.instance_service = member.index
-        if not lane.loop.gathering:  # the turn's one event: nothing to gather
-            client.deliver(data)
-            lane.d.in_flight -= 1
+        if lane.loop.gathering:
+            lane.hold(client, data)
             return
-        # the client stays busy until its answer is written, at the end of the turn
-        if not lane.sends and not lane.answered:
-            lane.loop.at_turn_end(lane.flush_at_end)
-        lane.answered.append((client, data))
+        client.deliver(data)  # the turn's one event: nothing to gather
+        lane.d.in_flight -= 1
 
     def _resume(self, action: bytes, outcome: int, reason: str) -> None:
         """The lane's exchange ended another way: the general path from here, as though a
