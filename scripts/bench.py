@@ -68,14 +68,11 @@ module (see benchkit/__init__.py).
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from benchkit.cli import main, parse_args  # noqa: E402
-from benchkit.measure import answer_counts  # noqa: E402
-from benchkit.wire import ANSWER, DEFAULT_ANSWER, classify  # noqa: E402
+from benchkit.cli import main, parse_args
+from benchkit.measure import answer_counts
+from benchkit.wire import ANSWER, DEFAULT_ANSWER, classify
 
 __all__ = ["ANSWER", "DEFAULT_ANSWER", "answer_counts", "classify", "main", "parse_args"]
 

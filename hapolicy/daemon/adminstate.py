@@ -32,7 +32,7 @@ import os
 from hapolicy.base.safefile import distrust, replace_file
 from hapolicy.config.records import ConfigError
 from hapolicy.monitor.commands import MAX_WEIGHT
-from hapolicy.tables.health import ADMIN_STATES, ENABLED
+from hapolicy.tables.layout import ADMIN_STATES, ENABLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,5 +1,6 @@
-"""The master's children: the seam to the OS (`ProcessOps`), the record of a worker, and the
-one way a worker or the monitor is forked (`fork_child`).
+"""The master's children: the seam to the OS (`ProcessOps`), the record of a child (`Child`: a
+worker or the monitor), and the one way either is forked (`fork_child`). Supervision.py keeps
+the records and acts on them.
 
 A child is forked with the signals it handles blocked (its own handlers go in before it
 unblocks them, so the master's never run in it), with a socketpair to the master; in the child,
@@ -15,7 +16,7 @@ import signal
 import socket
 import time
 
-from hapolicy.daemon.worker import WORKER_SIGNALS
+from hapolicy.daemon.childproto import SIGNALS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,18 +47,24 @@ class ProcessOps:
             return 0, 0
 
 
-class WorkerProcess:
-    """The master's record of one worker."""
+WORKER = "worker"
+MONITOR = "monitor"
 
-    def __init__(self, pid: int, slot: int, generation: int, sock: socket.socket,
-                 started: float) -> None:
+
+class Child:
+    """The master's record of one child: a worker or the monitor (its `kind`)."""
+
+    def __init__(self, kind: str, pid: int, slot: int, generation: int, sock: socket.socket,
+                 started: float, max_use: int = 0) -> None:
+        self.kind = kind
         self.pid = pid
-        self.slot = slot
-        self.generation = generation
+        self.slot = slot  # in the worker table: its heartbeat (and a worker's load)
+        self.generation = generation  # of the configuration it was started with
         self.sock = sock  # the master's end of the socketpair
         self.started = started
-        self.ready = False  # it said READY: it accepts, its boot is over
-        self.retiring = False
+        self.max_use = max_use  # a worker's, said when it retires at max-use
+        self.ready = False  # it said READY: it serves, its boot is over
+        self.retiring = False  # a worker: told to retire, or said it retires
 
 
 def fork_child(ops: ProcessOps, what: str, run: Callable[[socket.socket], None],
@@ -65,7 +72,7 @@ def fork_child(ops: ProcessOps, what: str, run: Callable[[socket.socket], None],
                ) -> tuple[int, socket.socket] | None:
     """Fork a child with a socketpair to it: (pid, the master's end), or None (logged)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         pid = ops.fork()
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""The chores of a Unix daemon: pidfile, detaching, privileges, a stale unix socket.
+"""The chores of a Unix daemon: pidfile, detaching, privileges, descriptors, a stale unix socket.
 
 Plain functions, used by the master before and after it forks its workers.
 """
@@ -21,6 +21,7 @@ from hapolicy.config.records import ConfigError
 
 READY_TIMEOUT = 30.0  # --daemonize: how long the parent waits for the daemon's word
 PID_MAX = 1 << 22  # the kernel's largest pid_max (/proc/sys/kernel/pid_max)
+FD_RESERVE_MIN = 32  # descriptors a worker keeps for backend sockets, syslog and its own
 
 
 def preload_lazy_modules() -> None:
@@ -225,6 +226,15 @@ def raise_fd_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
     return soft
+
+
+def max_clients() -> int:
+    """Client connections a worker takes: RLIMIT_NOFILE less a reserve (a quarter, at least
+    FD_RESERVE_MIN) for backend sockets and the worker's own descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, soft - max(FD_RESERVE_MIN, soft // 4))
 
 
 @contextlib.contextmanager

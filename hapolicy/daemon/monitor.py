@@ -4,10 +4,11 @@ The master stays root (a reload binds new listen addresses and may read a root-o
 file; it removes its pidfile and unix sockets at exit), so what talks to the network is not
 done in it: the active checks of every table in use (checks.py, including the tables kept for
 workers that retire after a reload), the control socket (control.py) and what else `serve`
-lists: the Prometheus metrics (metrics.py) too. The master binds those listening sockets itself (`Served`: the control socket's file is
-the master's, with its modes; a privileged port works) and keeps them open; it forks the
-monitor after binding, as it forks a worker (`Master.fork_child`: the same shedding of the
-master's state and the same privilege drop), and the monitor serves them in its own event loop.
+lists: the Prometheus metrics (metrics.py) too. The master binds those listening sockets
+itself (`Served`: the control socket's file is the master's, with its modes; a privileged port
+works) and keeps them open; it forks the monitor after binding, as it forks a worker
+(`Supervisor.spawn`: the same shedding of the master's state and the same privilege drop), and
+the monitor serves them in its own event loop.
 
 The tables are the master's mmaps, made before the fork: the checks and the control commands
 of the monitor act on the memory every worker reads, and the worker table gives `workers` the
@@ -17,14 +18,14 @@ line, sd_notify, signals) from the same tables.
 
 `MonitorKeeper` is the master's side. The monitor runs whenever there is something for it to
 serve (checks on, a control socket): one code path with or without --user. It is supervised
-as a worker: it says READY over its socketpair once it serves (end of file there tells it the
-master is gone: it exits), a death before READY is a boot failure (throttle.py), any other
-death is replaced at once, and its heartbeat in the worker table's last slot is watched by the
-same watchdog. A reload replaces it (the new one has the new configuration and tables) and the
-end of the master stops it: killed and waited for, so that no command of an old monitor writes
-in a table while the master carries it over, and while none runs a control connection waits in
-the listen backlog. While it is down, a service that live requests took down stays down until
-the next monitor's checks bring it back.
+as every child (supervision.py): it says READY over its socketpair once it serves (end of file
+there tells it the master is gone: it exits), a death before READY is a boot failure
+(throttle.py: the monitor's own streak), any other death is replaced at once, and its heartbeat
+in the worker table's last slot is watched by the same watchdog. A reload replaces it (the new
+one has the new configuration and tables) and the end of the master stops it: killed and
+waited for, so that no command of an old monitor writes in a table while the master carries it
+over, and while none runs a control connection waits in the listen backlog. While it is down, a
+service that live requests took down stays down until the next monitor's checks bring it back.
 """
 
 from __future__ import annotations
@@ -36,18 +37,21 @@ import socket
 import time
 
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
-from hapolicy.daemon.throttle import BootThrottle, exit_code
-from hapolicy.daemon.worker import MSG_READY, WORKER_SIGNALS, set_title
+from hapolicy.daemon import childproto
+from hapolicy.daemon.childproto import MONITOR_TITLE, MSG_READY, set_title
+from hapolicy.daemon.children import MONITOR
+from hapolicy.daemon.monitorsockets import ControlSocket
 from hapolicy.monitor.commands import answer
-from hapolicy.monitor.control import ControlServer, ControlSocket
+from hapolicy.monitor.control import ControlServer
 from hapolicy.monitor.metrics import MetricsServer, Tables
-from hapolicy.tables.workertable import WATCHDOG_SECONDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable
+
     from hapolicy.base.log import Logger
     from hapolicy.config.records import Config
-    from hapolicy.daemon.master import Master
+    from hapolicy.daemon.supervision import Supervisor
     from hapolicy.monitor.checks import CheckerSet
     from hapolicy.tables.health import HealthTable
     from hapolicy.tables.workertable import WorkerTable
@@ -87,7 +91,8 @@ def serve(loop: EventLoop, monitor: Monitor) -> None:
     """Everything the monitor serves, started in its loop: the one place to add one more."""
     monitor.checks.start(loop, monitor.log)
     if monitor.served.control is not None:
-        ControlServer(loop, monitor.served.control, monitor.command, monitor.log)
+        control = monitor.served.control
+        ControlServer(loop, control.sock, control.owner, control.gid, monitor.command, monitor.log)
     if monitor.served.metrics is not None:
         MetricsServer(monitor.served.metrics, loop, monitor.tables, monitor.log)
 
@@ -118,7 +123,7 @@ class Monitor:
 
     def run(self, master_sock: socket.socket) -> None:
         """The child's life, after the privilege drop; never returns."""
-        set_title("hapolicy: monitor")
+        set_title(MONITOR_TITLE)
         status = 0
         try:
             self._run(master_sock)
@@ -131,26 +136,18 @@ class Monitor:
     def _run(self, master_sock: socket.socket) -> None:
         self.loop = loop = EventLoop()
         # nothing to finish or save: TERM, INT and QUIT end it at once; a HUP is the master's
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        childproto.obey({childproto.RETIRE: signal.SIG_IGN})
         serve(loop, self)
         master_sock.setblocking(False)
         loop.add(master_sock, EVENT_READ, lambda mask: self._on_master(master_sock))
-        master_sock.send(MSG_READY)
+        master_sock.send(MSG_READY)  # an error here is a failed start
         self._housekeeping()
         while not self.done:
             loop.run_once(HOUSEKEEPING_SECONDS)
 
     def _on_master(self, sock: socket.socket) -> None:
-        try:
-            if sock.recv(64):
-                return  # the master says nothing yet; end of file is what counts
-        except BlockingIOError:
+        if not childproto.master_gone(sock):
             return
-        except OSError:
-            pass
         self.log.error("master is gone: monitor exits")
         self.done = True
 
@@ -162,101 +159,44 @@ class Monitor:
 
 
 class MonitorKeeper:
-    """The master's side: start, replace and stop the monitor, and watch it."""
+    """The master's side: start the monitor when there is something to serve, stop it when
+    there is not (or for a reload, at the end); supervised as every child (supervision.py).
+    `make` gives the monitor of the running configuration and tables."""
 
-    def __init__(self, master: Master) -> None:
-        self.master = master
-        self.pid = 0
-        self.sock: socket.socket | None = None  # the master's end of its socketpair
-        self.started = 0.0
-        self.ready = False
-        self.throttle = BootThrottle()
+    def __init__(self, supervisor: Supervisor, checks: CheckerSet, served: Served,
+                 make: Callable[[], Monitor]) -> None:
+        self.supervisor = supervisor
+        self.checks = checks
+        self.served = served
+        self.make = make
+
+    @property
+    def pid(self) -> int:
+        """The running monitor's, or 0."""
+        child = self.supervisor.first(MONITOR)
+        return child.pid if child is not None else 0
 
     def needed(self) -> bool:
         """Whether there is something for a monitor to serve."""
-        return self.master.checks.checking or self.master.served.any
+        return self.checks.checking or self.served.any
 
     def maintain(self, now: float) -> None:
         """Start one if it is needed and none runs (and the throttle allows); stop one that
         has nothing left to do (a reload turned the checks off, the old tables are gone)."""
+        supervisor = self.supervisor
         if self.pid and not self.needed():
             self.stop()
-        if self.pid and self.ready and self.throttle.ready([self.started], now):
-            self.master.log.notice("monitor starts again")
-        if self.pid or not self.needed() or not self.throttle.may_start(now):
+        supervisor.proven(MONITOR, now)
+        if self.pid or not self.needed() or not supervisor.may_start(MONITOR, now):
             return
-        m = self.master
-        monitor = Monitor(m.config, m.health, m.checks, m.table, m.served, m.log)
-        m.table.beat(m.table.monitor_slot, 0.0)
-        forked = m.fork_child("monitor", monitor.run)
-        if forked is None:
-            self.throttle.defer(now + 1.0)
-            return
-        self.pid, self.sock = forked
-        self.started = now
-        self.ready = False
-        m.loop.add(self.sock, EVENT_READ, self._on_message)
-        self.throttle.started(now)
-
-    def _on_message(self, mask: int) -> None:
-        try:
-            data = self.sock.recv(64)  # type: ignore[union-attr]
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:  # it is exiting: reaped() finishes it
-            self.master.loop.remove(self.sock)
-            return
-        if MSG_READY in data:
-            self.on_ready()
-
-    def on_ready(self) -> None:
-        """It serves: its boot is over (a streak of early deaths ends once it has run
-        STABLE_SECONDS: maintain)."""
-        self.ready = True
-
-    def _forget(self) -> None:
-        if self.sock is not None:
-            if self.sock.fileno() in self.master.loop.files:
-                self.master.loop.remove(self.sock)
-            self.sock.close()
-        self.sock = None
-        self.pid = 0
-
-    def reaped(self, pid: int, status: int, now: float) -> bool:
-        """Whether pid was the monitor (then forgotten; replaced by the next maintain)."""
-        if not pid or pid != self.pid:
-            return False
-        self._forget()
-        code = exit_code(status)
-        log = self.master.log
-        if self.master.stopping:
-            if code:
-                log.warning(f"monitor {pid} exited with status {code}")
-        else:
-            self.throttle.judge_death("monitor", pid, code, self.ready, self.started, now, log)
-        return True
-
-    def watchdog(self, now: float) -> None:
-        """Kill a monitor whose loop is stuck; reaped() and maintain() replace it."""
-        table = self.master.table
-        beat = table.last_beat(table.monitor_slot)
-        if self.pid and self.ready and beat and now - beat > WATCHDOG_SECONDS:
-            self.master.log.error(f"monitor {self.pid} has not turned its loop for "
-                                  f"{now - beat:.0f}s: killing it")
-            self.master._kill(self.pid, signal.SIGKILL)
-            table.beat(table.monitor_slot, 0.0)  # once
+        if supervisor.spawn(MONITOR, supervisor.table.monitor_slot, self.make().run):
+            supervisor.started(MONITOR, now)
 
     def stop(self) -> None:
         """Kill it and wait for its end (a reload's replacement, the master's exit): it has
         nothing to save, and no command of it may write in a table after this."""
-        pid = self.pid
-        if not pid:
+        child = self.supervisor.first(MONITOR)
+        if child is None:
             return
-        # killed before its socketpair closes: it must not see the end of file first and
-        # log that the master is gone
-        self.master._kill(pid, signal.SIGKILL)
-        self.master.ops.wait(pid)
-        self._forget()
-        self.throttle.reset()
+        self.supervisor.end(child)
+        self.supervisor.throttles[MONITOR].reset()

@@ -24,13 +24,14 @@ import socket
 import time
 
 from hapolicy.base.log import Logger
-from hapolicy.tables.health import UP
+from hapolicy.tables.layout import UP
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
-    from hapolicy.daemon.master import Master
+    from hapolicy.base.eventloop import EventLoop
+    from hapolicy.tables.health import HealthTable
 
 
 def monotonic_usec() -> int:
@@ -112,13 +113,13 @@ class ServiceNotes:
         self.ready = False  # READY=1 sent for the running configuration
         self.status = ""
 
-    def start(self, master: Master) -> None:
+    def start(self, loop: EventLoop) -> None:
         """Once the master's loop exists: the watchdog timer."""
         interval = self.notifier.watchdog_interval()
         if interval > 0:
             def beat() -> None:
                 self.notifier.send("WATCHDOG=1")
-                master.loop.call_later(interval, beat)
+                loop.call_later(interval, beat)
             beat()
 
     def reloading(self) -> None:
@@ -128,25 +129,22 @@ class ServiceNotes:
     def stopping(self) -> None:
         self.notifier.send("STOPPING=1")
 
-    def update(self, master: Master) -> None:
-        """After each turn of the master's loop: READY=1 when due, STATUS= when it changed."""
-        if not self.notifier.enabled or master.stopping:
+    def update(self, serving: int, tables: Iterable[HealthTable], now: float) -> None:
+        """After each turn of the master's loop while it runs (not while it stops): READY=1
+        when due, STATUS= when it changed. serving: the workers of the running configuration
+        that said READY; tables: each pool's, whose services' states are read at now."""
+        if not self.notifier.enabled:
             return
-        self.notifier.log = master.log  # a reload may have made another
-        current = [w for w in master.workers.values()
-                   if w.ready and not w.retiring and w.generation == master.generation]
         lines = []
-        if current and not self.ready:
+        if serving and not self.ready:
             self.ready = True
             lines.append("READY=1")
-        now = master.ops.now()
         up = total = disabled = 0
-        for pool in master.config.pools:
-            table = master.health[pool.name]
-            total += len(pool.services)
-            up += sum(table.state(i, now) == UP for i in range(len(pool.services)))
-            disabled += sum(table.disabled(i) for i in range(len(pool.services)))
-        status = f"workers {len(current)}, services up {up} of {total}"
+        for table in tables:
+            total += table.count
+            up += sum(table.state(i, now) == UP for i in range(table.count))
+            disabled += sum(table.disabled(i) for i in range(table.count))
+        status = f"workers {serving}, services up {up} of {total}"
         if disabled:
             status += f" ({disabled} disabled)"
         if status != self.status:

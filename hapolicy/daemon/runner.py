@@ -24,8 +24,7 @@ from hapolicy.daemon.chores import (
 )
 from hapolicy.daemon.listener import ListenError
 from hapolicy.daemon.master import MASTER_SIGNALS, Master
-from hapolicy.monitor.control import bind_control
-from hapolicy.monitor.metrics import bind_metrics
+from hapolicy.daemon.monitorsockets import bind_control, bind_metrics
 
 
 def prepare(master: Master, config: Config, log: Logger) -> None:

@@ -6,7 +6,7 @@
 (one line in the log), followed, for a pool that hedges, by `hedged=N (won=N)` and, for
 one with a shadow, by `shadow NAME: agree=N disagree=N failed=N dropped=N`. A service's
 state is up or down, or `disabled` or `drain` while the
-operator (hapolicyctl) keeps it so. The counters are the health table's (health.py), kept by
+operator (hapolicyctl) keeps it so. The counters are the health table's (layout.py), kept by
 the workers without locks: totals since the pool's table was made (a reload keeps them for a
 pool that stays and for each service that keeps its name and address). `rate` is the requests per second over
 the last interval. Requests still in flight are counted in `requests` but not yet in the
@@ -16,22 +16,16 @@ its last requests in the old table: those are not in the summary.
 
 from __future__ import annotations
 
-from hapolicy.tables.health import (
-    DEFAULT_DOWN,
-    DEFAULT_FAILED,
-    DEFAULT_INTERNAL,
-    DEFAULT_REFUSED,
-    DEFAULT_TIMEOUT,
+from hapolicy.tables.layout import (
+    ANSWERS,
+    DEFAULT_REASONS,
     ENABLED,
+    FAILURES,
     HEDGE_WON,
     HEDGED,
     REQUESTS,
-    SHADOW_AGREE,
-    SHADOW_DISAGREE,
-    SHADOW_DROPPED,
-    SHADOW_FAILED,
+    SHADOW_RESULTS,
     UP,
-    F,
 )
 
 TYPE_CHECKING = False
@@ -54,20 +48,16 @@ def service_state(table: HealthTable, i: int, now: float) -> str:
 def pool_line(name: str, table: HealthTable, names: Sequence[str], rate: float,
               now: float) -> str:
     """The summary line of one pool; now is the monotonic time the states are read at."""
-    failed = table.counter(DEFAULT_FAILED)
-    down = table.counter(DEFAULT_DOWN)
-    timeout = table.counter(DEFAULT_TIMEOUT)
-    refused = table.counter(DEFAULT_REFUSED)
-    internal = table.counter(DEFAULT_INTERNAL)
+    defaults = [(reason, table.counter(word)) for reason, word in DEFAULT_REASONS]
     services = ", ".join(
         f"{service} {service_state(table, i, now)}"
-        f" answers={table.service_counter(i, F.ANSWERS)}"
-        f" failures={table.service_counter(i, F.FAILURES)}"
+        f" answers={table.service_counter(i, ANSWERS)}"
+        f" failures={table.service_counter(i, FAILURES)}"
         for i, service in enumerate(names))
     return (f"summary pool={name} requests={table.counter(REQUESTS)} rate={rate:.1f}/s "
-            f"defaults={failed + down + timeout + refused + internal} (failed={failed} "
-            f"down={down} timeout={timeout} refused={refused} internal={internal}) "
-            f"services: {services}")
+            f"defaults={sum(count for _, count in defaults)} ("
+            + " ".join(f"{reason}={count}" for reason, count in defaults)
+            + f") services: {services}")
 
 
 def extras(pool: Config, table: HealthTable) -> str:
@@ -76,10 +66,8 @@ def extras(pool: Config, table: HealthTable) -> str:
     if pool.hedge:
         text += f" hedged={table.counter(HEDGED)} (won={table.counter(HEDGE_WON)})"
     if pool.shadow:
-        text += (f" shadow {pool.shadow}: agree={table.counter(SHADOW_AGREE)} "
-                 f"disagree={table.counter(SHADOW_DISAGREE)} "
-                 f"failed={table.counter(SHADOW_FAILED)} "
-                 f"dropped={table.counter(SHADOW_DROPPED)}")
+        text += f" shadow {pool.shadow}: " + " ".join(
+            f"{result}={table.counter(word)}" for word, result in SHADOW_RESULTS.items())
     return text
 
 

@@ -13,12 +13,11 @@ STOPPING (INT, QUIT: at once). Signal handlers only ask for a phase. Whether it 
 recomputed by one function (`_update_accepting`) from its phase, its clients against its
 descriptor budget, and a pause (a sibling's turn, or no descriptor left).
 
-It talks with the master over a socketpair: READY once it accepts, RETIRING when it reached
-max-use, RETIRING_FAULT after an exception its loop contained outside a request's own
-containment (a fresh worker is safer than a state that may be spoilt); the master starts its
-replacement at once. End of file on it means the master is
-gone. Each housekeeping pass writes a heartbeat in the worker table for the master's watchdog,
-and each pool's requests in flight in its health table (stats.py).
+It talks with the master over a socketpair (childproto.py): READY once it accepts, RETIRING
+when it reached max-use, RETIRING_FAULT after an exception its loop contained outside a
+request's own containment; end of file on it means the master is gone. Each housekeeping pass
+writes a heartbeat in the worker table for the master's watchdog, and each pool's requests in
+flight in its health table (layout.py).
 """
 
 from __future__ import annotations
@@ -34,6 +33,9 @@ import time
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.log import Logger, RateLimited, describe_exception
 from hapolicy.config.records import Config
+from hapolicy.daemon import childproto
+from hapolicy.daemon.childproto import MSG_READY, MSG_RETIRING, MSG_RETIRING_FAULT
+from hapolicy.daemon.chores import max_clients
 from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
 from hapolicy.request.dispatch import Dispatcher
@@ -45,33 +47,13 @@ from hapolicy.tables.workertable import WorkerTable
 ACCEPT_BATCH = 64
 HOUSEKEEPING_SECONDS = 1.0
 FD_PAUSE_SECONDS = 1.0
-FD_RESERVE_MIN = 32  # descriptors kept for backend sockets, syslog and the worker's own
 YIELD_LIMIT = 0.05  # take a connection anyway after leaving it to siblings this long
 YIELD_PAUSE = 0.002
 ORPHAN_GRACE = 1.0  # an orphaned worker finishes its in-flight requests within this
 ERROR_LOG_SECONDS = 1.0  # at most one line of contained errors this often (with their count)
-MSG_READY = b"Y"
-MSG_RETIRING = b"R"
-MSG_RETIRING_FAULT = b"E"  # retiring after an internal error its loop contained
-WORKER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 SERVING, RETIRING, DRAINING, STOPPING = range(4)
-
-
-def set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
-
-
-def max_clients() -> int:
-    """Client connections a worker takes: RLIMIT_NOFILE less a reserve (a quarter, at least
-    FD_RESERVE_MIN) for backend sockets and the worker's own descriptors."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 30
-    return max(1, soft - max(FD_RESERVE_MIN, soft // 4))
+ASKED_BY = {childproto.RETIRE: RETIRING, childproto.DRAIN: DRAINING, signal.SIGINT: STOPPING,
+            childproto.STOP: STOPPING}  # the phase each signal asks for
 
 
 def _nothing() -> None:
@@ -145,11 +127,8 @@ class Worker:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        for sig, phase in ((signal.SIGHUP, RETIRING), (signal.SIGTERM, DRAINING),
-                           (signal.SIGINT, STOPPING), (signal.SIGQUIT, STOPPING)):
-            signal.signal(sig, lambda signum, frame, phase=phase: self._ask(phase))
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        childproto.obey({sig: lambda signum, frame, phase=phase: self._ask(phase)
+                         for sig, phase in ASKED_BY.items()})
         loop.add(self.wake_r, EVENT_READ, self._on_wake)
         if self.master_sock is not None:
             self.master_sock.setblocking(False)
@@ -226,13 +205,8 @@ class Worker:
             pass
 
     def _on_master(self, mask: int) -> None:
-        try:
-            if self.master_sock.recv(64):  # type: ignore[union-attr]
-                return  # the master says nothing yet; end of file is what counts
-        except BlockingIOError:
+        if not childproto.master_gone(self.master_sock):  # type: ignore[arg-type]
             return
-        except OSError:
-            pass
         self.loop.remove(self.master_sock)  # type: ignore[union-attr]
         self.log.error("master is gone: worker finishes its requests and exits")
         self.orphaned = True
@@ -243,8 +217,7 @@ class Worker:
 
     def _tell_master(self, message: bytes) -> None:
         if self.master_sock is not None:
-            with contextlib.suppress(OSError):
-                self.master_sock.send(message)
+            childproto.tell(self.master_sock, message)
 
     # the phase
     def _advance(self) -> bool:
@@ -422,9 +395,7 @@ class Worker:
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
 
     def _update_title(self) -> None:
-        state = " (retiring)" if self.phase != SERVING else ""
-        title = (f"hapolicy: worker{state} requests={self.requests} "
-                 f"clients={len(self.clients)}")
+        title = childproto.worker_title(self.phase != SERVING, self.requests, len(self.clients))
         if title != self.title:
             self.title = title
-            set_title(title)
+            childproto.set_title(title)

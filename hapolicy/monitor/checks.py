@@ -25,7 +25,9 @@ from hapolicy.base.eventloop import EventLoop, Timer
 from hapolicy.base.log import Logger
 from hapolicy.base.outcome import ANSWERED, LOCAL, fail_answer
 from hapolicy.config.records import Config
-from hapolicy.tables.health import UP, Health, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import UP
+from hapolicy.tables.transitions import Health
 
 
 class Checker:

@@ -4,7 +4,7 @@ COMMANDS lists them, with what each does: `help` prints that list, the man page 
 and a test holds the table of docs/operating.md to it. state is the service's health (up or
 down); admin is its admin state, `enabled`, `drain` or `disabled`, and weight its effective
 weight (the operator's, else the configured one). The three are kept in the service's slot of
-the pool's health table (health.py), so every worker obeys them at once, a reload keeps them for
+the pool's health table (layout.py), so every worker obeys them at once, a reload keeps them for
 a service that stays (same name and address; a reload that changes the configured weight resets
 the operator's) and the master saves them in --state-file so that a restart keeps them too
 (adminstate.py). A daemon without pool sections has one pool, `default`. Each answer ends in a
@@ -27,7 +27,7 @@ import time
 from hapolicy.config.records import (
     MAX_WEIGHT,  # the weight command's bound is a configured weight's
 )
-from hapolicy.tables.health import DISABLED, DRAINING, ENABLED
+from hapolicy.tables.layout import DISABLED, DRAINING, ENABLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,8 +74,16 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float,
          wall: float) -> list[list[str]]:
     """One row of COLUMNS per service of every pool (raw values, as csv gives them); now is
     the monotonic time, wall the time of day."""
-    from hapolicy.tables.health import DEFAULT_INTERNAL, HEDGE_WON, HEDGED, SHADOW_COUNTERS, F
-    from hapolicy.tables.stats import S, buckets, down_seconds, is_up, quantile, word
+    from hapolicy.tables.layout import (
+        ANSWERS,
+        DEFAULT_INTERNAL,
+        FAILURES,
+        HEDGE_WON,
+        HEDGED,
+        LAST_CHANGE,
+        SHADOW_COUNTERS,
+    )
+    from hapolicy.tables.stats import buckets, down_seconds, is_up, quantile, word
 
     out = []
     for pool in config.pools:
@@ -89,11 +97,11 @@ def rows(config: Config, health: Mapping[str, HealthTable], now: float,
             out.append([pool.name, service.name, service.address,
                         "up" if is_up(table, i) else "down", table.admin(i),
                         str(table.weight(i, service.weight)),
-                        str(table.service_counter(i, F.ANSWERS)),
-                        str(table.service_counter(i, F.FAILURES)),
+                        str(table.service_counter(i, ANSWERS)),
+                        str(table.service_counter(i, FAILURES)),
                         milliseconds(quantile(latency, 0.5)),
                         milliseconds(quantile(latency, 0.99)),
-                        str(max(0, int(wall - word(table, i, S.LAST_CHANGE)))),
+                        str(max(0, int(wall - word(table, i, LAST_CHANGE)))),
                         str(int(down_seconds(table, i, now))), *pooled])
     return out
 

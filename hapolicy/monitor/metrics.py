@@ -1,8 +1,8 @@
 """Prometheus metrics at --metrics-listen HOST:PORT: `GET /metrics`, served in the monitor's loop.
 
-`bind_metrics` binds the address at start (before the master forks or detaches), so a bad
-address or a port in use is a one-line error then; the master keeps the socket and the
-monitor (monitor.py) serves it, as --user. `preload` imports prometheus_client in the master
+The master binds the address at start (daemon/monitorsockets.py: `bind_metrics`), so a bad
+address or a port in use is a one-line error then; it keeps the socket and the monitor
+(daemon/monitor.py) serves it, as --user. `preload` imports prometheus_client in the master
 before the fork: after the privilege drop its files may not be readable (a Python under
 /root). `MetricsServer` takes that socket, an event loop and a function giving the shared
 tables (`Tables`), and answers one request per connection (the connection handling is
@@ -25,20 +25,18 @@ import socket
 import sys
 
 from hapolicy import __version__
-from hapolicy.config.records import split_listen
-from hapolicy.daemon.listener import ListenError
 from hapolicy.monitor.oneshot import HEAD_SECONDS, OneShotServer
-from hapolicy.request.shadow import RESULTS
-from hapolicy.tables.health import (
-    DEFAULT_DOWN,
-    DEFAULT_FAILED,
-    DEFAULT_INTERNAL,
-    DEFAULT_REFUSED,
-    DEFAULT_TIMEOUT,
+from hapolicy.tables.layout import (
+    ACTIONS,
+    BOUNDS,
+    DEFAULT_REASONS,
     HEDGE_WON,
     HEDGED,
+    LAST_CHANGE,
+    LATENCY_SUM,
     REQUESTS,
     SHADOW_COUNTERS,
+    SHADOW_RESULTS,
 )
 
 TYPE_CHECKING = False
@@ -53,9 +51,6 @@ if TYPE_CHECKING:
     from hapolicy.tables.workertable import WorkerTable
 
 MAX_HEAD = 8192
-BACKLOG = 64
-REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN), ("timeout", DEFAULT_TIMEOUT),
-           ("refused", DEFAULT_REFUSED), ("internal", DEFAULT_INTERNAL))
 
 
 class Tables:
@@ -79,24 +74,6 @@ def preload() -> None:
 
     from hapolicy.base import outcome  # noqa: F401
     from hapolicy.tables import stats  # noqa: F401
-
-
-def bind_metrics(address: str) -> socket.socket:
-    """The listening socket of --metrics-listen; ListenError (one line) when it cannot be."""
-    host, port, _ = split_listen(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"cannot listen on metrics address {address}: "
-                          f"{exc.strerror or exc}") from None
-    sock.set_inheritable(False)
-    sock.setblocking(False)
-    return sock
 
 
 class Collector:
@@ -135,7 +112,7 @@ def pool_families(pools: list[tuple[Config, HealthTable]],
                                   "as of each worker's last second", labels=["pool"])
     for pool, table in pools:
         requests.add_metric([pool.name], table.counter(REQUESTS))
-        for reason, word in REASONS:
+        for reason, word in DEFAULT_REASONS:
             defaults.add_metric([pool.name, reason], table.counter(word))
         in_flight.add_metric([pool.name], table.requests_in_flight(slots))
     yield from (requests, defaults, in_flight)
@@ -155,7 +132,7 @@ def feature_families(pools: list[tuple[Config, HealthTable]]) -> Iterator[object
     for pool, table in pools:
         if pool.shadow:
             for word in SHADOW_COUNTERS:
-                shadow.add_metric([pool.name, RESULTS[word]], table.counter(word))
+                shadow.add_metric([pool.name, SHADOW_RESULTS[word]], table.counter(word))
         if pool.hedge:
             hedges.add_metric([pool.name], table.counter(HEDGED))
             won.add_metric([pool.name], table.counter(HEDGE_WON))
@@ -164,24 +141,18 @@ def feature_families(pools: list[tuple[Config, HealthTable]]) -> Iterator[object
 
 def service_families(pools: list[tuple[Config, HealthTable]], now: float,
                      wall: float) -> Iterator[object]:
-    from prometheus_client.core import (
-        CounterMetricFamily,
-        GaugeMetricFamily,
-        HistogramMetricFamily,
-    )
+    """Per service: its answers and failures, then its state (now: the monotonic time, wall
+    the time of day)."""
+    yield from answer_families(pools)
+    yield from state_families(pools, now, wall)
+
+
+def answer_families(pools: list[tuple[Config, HealthTable]]) -> Iterator[object]:
+    """Each service's good answers by action and their latency, its failures by outcome."""
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
     from hapolicy.base.outcome import NAMES
-    from hapolicy.tables.stats import (
-        ACTIONS,
-        BOUNDS,
-        S,
-        answers_by_action,
-        buckets,
-        down_seconds,
-        is_up,
-        word,
-    )
-    from hapolicy.tables.stats import failures_by_outcome as failures_of
+    from hapolicy.tables.stats import answers_by_action, buckets, failures_by_outcome, word
 
     labels = ["pool", "service"]
     answers = CounterMetricFamily("hapolicy_service_answers", "good answers of a service, by "
@@ -191,6 +162,30 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
                                    labels=[*labels, "outcome"])
     latency = HistogramMetricFamily("hapolicy_service_latency_seconds", "time from sending a "
                                     "request to a service to its good answer", labels=labels)
+    bounds = [f"{b:g}" for b in BOUNDS] + ["+Inf"]
+    for pool, table in pools:
+        for i, service in enumerate(pool.services):
+            names = [pool.name, service.name]
+            for action, count in zip(ACTIONS, answers_by_action(table, i)):
+                answers.add_metric([*names, action], count)
+            for outcome, count in failures_by_outcome(table, i).items():
+                failures.add_metric([*names, NAMES[outcome].replace(" ", "_")], count)
+            cumulative, total = [], 0
+            for bound, count in zip(bounds, buckets(table, i)):
+                total += count
+                cumulative.append((bound, total))
+            latency.add_metric(names, cumulative, word(table, i, LATENCY_SUM))
+    yield from (answers, failures, latency)
+
+
+def state_families(pools: list[tuple[Config, HealthTable]], now: float,
+                   wall: float) -> Iterator[object]:
+    """Each service's health, admin state, weight, last change and time down."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from hapolicy.tables.stats import down_seconds, is_up, word
+
+    labels = ["pool", "service"]
     up = GaugeMetricFamily("hapolicy_service_up", "1 when the service is up by its health, "
                            "0 when down (until a check or a probe brings it back)",
                            labels=labels)
@@ -205,26 +200,16 @@ def service_families(pools: list[tuple[Config, HealthTable]], now: float,
                                labels=labels)
     down = CounterMetricFamily("hapolicy_service_down_seconds", "seconds the service has "
                                "been down in all", labels=labels)
-    bounds = [f"{b:g}" for b in BOUNDS] + ["+Inf"]
     for pool, table in pools:
         for i, service in enumerate(pool.services):
             names = [pool.name, service.name]
-            for action, count in zip(ACTIONS, answers_by_action(table, i)):
-                answers.add_metric([*names, action], count)
-            for outcome, count in failures_of(table, i).items():
-                failures.add_metric([*names, NAMES[outcome].replace(" ", "_")], count)
-            cumulative, total = [], 0
-            for bound, count in zip(bounds, buckets(table, i)):
-                total += count
-                cumulative.append((bound, total))
-            latency.add_metric(names, cumulative, word(table, i, S.LATENCY_SUM))
             up.add_metric(names, 1.0 if is_up(table, i) else 0.0)
             disabled.add_metric(names, 1.0 if table.disabled(i) else 0.0)
             draining.add_metric(names, 1.0 if table.draining(i) else 0.0)
             weight.add_metric(names, table.weight(i, service.weight))
-            change.add_metric(names, word(table, i, S.LAST_CHANGE) or wall)
+            change.add_metric(names, word(table, i, LAST_CHANGE) or wall)
             down.add_metric(names, down_seconds(table, i, now))
-    yield from (answers, failures, latency, up, disabled, draining, weight, change, down)
+    yield from (up, disabled, draining, weight, change, down)
 
 
 class MetricsServer(OneShotServer):

@@ -31,22 +31,22 @@ from hapolicy.config.records import Config
 from hapolicy.request.hashkey import key_function
 from hapolicy.request.job import Job
 from hapolicy.request.selection import Selector
-from hapolicy.tables.health import (
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import (
+    ANSWERS,
+    BOUNDS,
     DEFAULT_INTERNAL,
     DEFAULT_REFUSED,
+    DOWN_UNTIL,
+    LATENCY_BUCKETS,
+    LATENCY_SUM,
     REQUESTS,
     SLOT,
+    STATS,
     UP,
-    F,
-    Health,
-    HealthTable,
 )
-from hapolicy.tables.stats import BOUNDS, FIRST_BOUND, STATS, S, action_offset
-
-# module globals: read on every answered request
-ANSWERS = F.ANSWERS
-LATENCY_SUM = S.LATENCY_SUM
-BUCKETS = S.BUCKETS
+from hapolicy.tables.stats import FIRST_BOUND, action_offset
+from hapolicy.tables.transitions import Health
 
 # typing is imported for the type checker only: it costs a spawned process 3 ms of its start
 TYPE_CHECKING = False
@@ -97,12 +97,12 @@ class Dispatcher:
         # short deadline is its own, not the shadow pool's measure
         self.blames_deadline = blames_deadline
         self.requests = 0
-        # the table's counters (health.py), added to in place: no call on the request path
+        # the table's counters (layout.py), added to in place: no call on the request path
         self.counts = table.f
         self.requests_word = table.header + REQUESTS
         self.default_word = table.header  # + DEFAULT_*
         self.stats = [table.stats + i * STATS for i in range(len(config.services))]
-        self.actions: dict[bytes, int] = {}  # an action's first bytes: its S.ACTIONS + k
+        self.actions: dict[bytes, int] = {}  # an action's first bytes: ANSWERS_BY_ACTION + k
         self.max_use = 0  # on_max_use is called at the max_use-th request (0: never)
         self.on_max_use: Callable[[], None] = _nothing
         self.warnings = RateLimited(log, loop.call_at, WARN_SECONDS)
@@ -179,13 +179,13 @@ class Dispatcher:
         # the statistics (stats.py): latency histogram and sum, answers by action word
         base = self.stats[index]
         counts[base + LATENCY_SUM] += elapsed
-        counts[base + BUCKETS
+        counts[base + LATENCY_BUCKETS
                + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1.0
         offset = self.actions.get(action[7:23])
         if offset is None:
             offset = action_offset(self.actions, action)
         counts[base + offset] += 1.0
-        if counts[index * SLOT]:  # DOWN_UNTIL: it was down, Health.ok may bring it back
+        if counts[index * SLOT + DOWN_UNTIL]:  # it was down: Health.ok may bring it back
             self.health.ok(index)
 
     def warn_default(self, why: str) -> None:

@@ -33,7 +33,7 @@ import time
 from array import array
 
 from hapolicy.base.outcome import ANSWERED
-from hapolicy.tables.health import HEDGE_WON, HEDGED
+from hapolicy.tables.layout import HEDGE_WON, HEDGED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

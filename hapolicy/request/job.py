@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 from hapolicy.base.outcome import ANSWERED, LOCAL, is_timeout
-from hapolicy.tables.health import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_TIMEOUT
+from hapolicy.tables.layout import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_TIMEOUT
 
 # typing is imported for the type checker only: it costs a spawned process 3 ms of its start
 TYPE_CHECKING = False
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from hapolicy.base.protocol import Request
     from hapolicy.config.records import Config, Service
     from hapolicy.request.selection import Selector
-    from hapolicy.tables.health import Health
+    from hapolicy.tables.transitions import Health
 
     class Client(Protocol):
         """What a request needs to know of the connection it came on."""
@@ -242,7 +242,7 @@ class Job:
         return now
 
     def answer_default(self, why: str, word: int) -> None:
-        """Answer the default action; word is the reason's counter (health.DEFAULT_*)."""
+        """Answer the default action; word is the reason's counter (layout.DEFAULT_*)."""
         d = self.d
         d.counts[d.default_word + word] += 1.0
         self.finish(d.default_answer, "-", why)

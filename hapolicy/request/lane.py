@@ -53,8 +53,17 @@ from hapolicy.base.protocol import (
     Request,
 )
 from hapolicy.request.job import Job
-from hapolicy.tables.health import SLOT, F
-from hapolicy.tables.stats import BOUNDS, CACHE_MAX, FIRST_BOUND, S, action_offset
+from hapolicy.tables.layout import (
+    ADMIN,
+    ANSWERS,
+    BOUNDS,
+    DOWN_UNTIL,
+    DRAIN,
+    LATENCY_BUCKETS,
+    LATENCY_SUM,
+    SLOT,
+)
+from hapolicy.tables.stats import CACHE_MAX, FIRST_BOUND, action_offset
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,8 +72,6 @@ if TYPE_CHECKING:
     from hapolicy.request.client import ClientConnection
     from hapolicy.request.dispatch import Dispatcher
 
-ADMIN, ANSWERS, DRAIN = F.ADMIN, F.ANSWERS, F.DRAIN
-LATENCY_SUM, BUCKETS = S.LATENCY_SUM, S.BUCKETS
 KNOWN_ANSWER_BYTES = 64  # longer answers are not remembered by the lane (they often vary)
 
 
@@ -91,7 +98,7 @@ class Member:
         self.answers_word = self.base + ANSWERS
         self.stats = d.stats[index]  # its statistics (an action's offset is from here)
         self.latency_word = self.stats + LATENCY_SUM
-        self.buckets_word = self.stats + BUCKETS
+        self.buckets_word = self.stats + LATENCY_BUCKETS
         self.step = d.selector.step[index]  # 0.0 alone in the group: no round robin
         # the pool's stack of idle connections to the service, kept for ever by the pool
         self.stack = d.backends.pool.stack(d.services[index].name)
@@ -135,9 +142,10 @@ class Lane:
 
     def whole_answer(self, data: bytes) -> tuple[int, bytes] | None:
         """For a service's read that is one whole answer as Connection._on_event takes it (LF
-        line ends, a non-empty action first), the offset of its action's count (S.ACTIONS +
-        k, as Dispatcher.count_answer finds it) and what the client gets (the action line);
-        None for any other read. A short one is remembered in known_answers (bounded)."""
+        line ends, a non-empty action first), the offset of its action's count
+        (ANSWERS_BY_ACTION + k, as Dispatcher.count_answer finds it) and what the client gets
+        (the action line); None for any other read. A short one is remembered in
+        known_answers (bounded)."""
         size = len(data)
         end = data.find(b"\n\n")
         line = data.find(b"\n")
@@ -162,12 +170,12 @@ class Lane:
         only = self.only
         if only is not None:
             base = only.base
-            if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
+            if f[base + DOWN_UNTIL] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
                 return False  # down, disabled or drained: the pick decides
         else:
             for member in self.members:
                 base = member.base
-                if f[base] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
+                if f[base + DOWN_UNTIL] + f[base + ADMIN] != 0.0 or f[base + DRAIN]:
                     return False
         size = len(data)
         # what RequestFramer.whole takes and does not refuse, tested as it does on the read's
@@ -340,7 +348,7 @@ class LaneConnection(Connection):
         f[member.buckets_word
           + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1.0
         f[member.stats + offset] += 1.0
-        if f[member.base]:  # DOWN_UNTIL: it was down
+        if f[member.base + DOWN_UNTIL]:  # it was down: Health.ok may bring it back
             lane.revive(member)
         if self.instance:  # Job.on_exchange_done: the transaction sticks to the service
             client.instance = self.instance

@@ -14,7 +14,7 @@ order: each costs its timeout when it is still dead. A request never tries a ser
 service the operator disabled reads as down and is never tried, not even as a last resort. One
 the operator drains is up but gets no new transaction and no hash key: it is asked by requests
 sticky to it, and by the others only when no other service is up (then it is better than the
-default answer). The operator's weight (health.py) replaces the configured one at once.
+default answer). The operator's weight (layout.WEIGHT) replaces the configured one at once.
 
 Round robin is this module's alone: the lane (lane.py), which makes the first group's pick
 itself when every member is up, makes it with `by_weight` and counts it with `commit`.
@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import math
 
-from hapolicy.tables.health import PROBE_DUE, SLOT, F
-
-ADMIN, DRAIN, SERVED, WEIGHT = F.ADMIN, F.DRAIN, F.SERVED, F.WEIGHT
+from hapolicy.tables.layout import ADMIN, DOWN_UNTIL, DRAIN, PROBE_DUE, SERVED, SLOT, WEIGHT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,8 +62,8 @@ class Selector:
         f = health.f
         # a service is UP when DOWN_UNTIL + ADMIN is 0.0: HealthTable.state inline, as the
         # common pick (the sticky service, or the first group's) needs nothing else
-        if sticky >= 0 and not tried >> sticky & 1 and f[sticky * SLOT] + f[sticky * SLOT
-                                                                                + ADMIN] == 0.0:
+        if sticky >= 0 and not tried >> sticky & 1 and (f[sticky * SLOT + DOWN_UNTIL]
+                                                        + f[sticky * SLOT + ADMIN] == 0.0):
             return self.commit(sticky) if self.step[sticky] else sticky
         drained = -1  # the first up service the operator drains: asked when no other can be
         for group in self.groups:
@@ -74,7 +72,7 @@ class Selector:
                 if tried >> i & 1:
                     continue
                 base = i * SLOT
-                if f[base] + f[base + ADMIN] == 0.0:  # UP
+                if f[base + DOWN_UNTIL] + f[base + ADMIN] == 0.0:  # UP
                     if f[base + DRAIN]:
                         if drained < 0:
                             drained = i

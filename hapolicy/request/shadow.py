@@ -21,7 +21,7 @@ pools), is dropped and counted. So a dead, slow or garbage shadow costs the real
 answer, no latency (the copy is made after the answer went out) and at most MAX_IN_FLIGHT
 requests' memory per worker.
 
-The results are counters in the real pool's health table (health.SHADOW_*). A disagreement is
+The results are counters in the real pool's health table (layout.SHADOW_*). A disagreement is
 logged as one line (info), at most one a second and process with the count of those not
 logged; with `-l` every copy's result is logged, each as a line of its own after the real
 request's line (the shadow answers later):
@@ -36,7 +36,13 @@ import time
 
 from hapolicy.base.frozen import replace
 from hapolicy.request.assembly import make_dispatcher
-from hapolicy.tables.health import SHADOW_AGREE, SHADOW_DISAGREE, SHADOW_DROPPED, SHADOW_FAILED
+from hapolicy.tables.layout import (
+    SHADOW_AGREE,
+    SHADOW_DISAGREE,
+    SHADOW_DROPPED,
+    SHADOW_FAILED,
+    SHADOW_RESULTS,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,8 +60,6 @@ MAX_IN_FLIGHT = 32  # copies waiting on shadows, per worker
 BUSY = 64  # real requests in flight in the worker above which copies are dropped
 TIMEOUT = 2.0  # a copy's total timeout (the shadow pool's own, when shorter)
 LOG_SECONDS = 1.0  # at most one disagreement line this often (without -l)
-RESULTS = {SHADOW_AGREE: "agree", SHADOW_DISAGREE: "disagree", SHADOW_FAILED: "failed",
-           SHADOW_DROPPED: "dropped"}
 
 
 class Budget:
@@ -134,7 +138,7 @@ class Mirror:
               delay: float) -> str:
         attrs = request.attrs
         line = (f"shadow pool={self.name} shadow={self.target.config.name} "
-                f"result={RESULTS[word]} client={attrs.get('client_name', '')}"
+                f"result={SHADOW_RESULTS[word]} client={attrs.get('client_name', '')}"
                 f"[{attrs.get('client_address', '')}] helo=<{attrs.get('helo_name', '')}>"
                 f" sender=<{attrs.get('sender', '')}> recipient=<{attrs.get('recipient', '')}>"
                 f" action={real[7:-2].decode('utf-8', 'replace')}")

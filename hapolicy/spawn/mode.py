@@ -6,7 +6,7 @@ for log lines on stderr, for debugging at a terminal). The request path is the w
 the same event loop, client connection and dispatcher. The health table is the state file that
 every process spawned with the same services maps (statefile.py), or, with `--state-file none`
 or when that file cannot be used (logged once), one of this process's own. A mapped file is
-looked at before each read of a request (statefile.Watch: one fstat); one that was truncated
+looked at before each read of a request (watch.Watch: one fstat); one that was truncated
 or spoilt under the process is left for memory of its own, and the request still answered.
 """
 
@@ -20,7 +20,8 @@ from hapolicy.base.log import Logger
 from hapolicy.config.records import Config
 from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
-from hapolicy.spawn.statefile import Watch, default_path, open_table
+from hapolicy.spawn.statefile import default_path, open_table
+from hapolicy.spawn.watch import Watch
 from hapolicy.tables.health import HealthTable
 
 EXIT_LOST = 75  # EX_TEMPFAIL: the state file's map was lost under the process
@@ -83,7 +84,7 @@ def health_table(config: Config, log: Logger) -> tuple[HealthTable, Watch | None
 
 class WatchedClient(ClientConnection):
     """The client of a process whose table is mapped from the state file: the file is looked
-    at before each read of a request (statefile.Watch), so that a file truncated under the
+    at before each read of a request (watch.Watch), so that a file truncated under the
     process costs it its sharing, not its life."""
 
     __slots__ = ("log", "watch")

@@ -35,15 +35,8 @@ that maps it would die of SIGBUS).
 `open_table` never raises: it gives the table, or None and one line saying why; spawn mode then
 keeps a private table, as it did before this file existed, and logs that line once.
 
-In use (`Watch`): any process of the same user can write the file, and one that truncates it
-kills every process that maps it at its next access to a page past the new end (SIGBUS, which
-Python cannot catch: the request in progress unanswered). So before each request spawn mode
-fstats the file (one system call: a spawned process serves one connection, and a request
-costs far more) and, when its size is not the table's or it is no longer to be trusted, puts
-private zeroed memory in place of the file's pages, at the same address: every view of the
-table goes on there, the request is answered, and the process works from then on as with a
-table of its own; one line says so. A truncation while a request is in flight (the time of
-its exchange with a service) is not seen before that request's end.
+In use, the file is looked at before each request (watch.py): one truncated or spoilt under
+a process leaves it with memory of its own, not a SIGBUS.
 """
 
 from __future__ import annotations
@@ -55,7 +48,8 @@ import stat
 import time
 
 from hapolicy.base.safefile import distrust
-from hapolicy.tables.health import SLOT, HealthTable, table_bytes
+from hapolicy.tables.health import HealthTable, table_bytes
+from hapolicy.tables.layout import SLOT
 
 try:  # hashlib's own blake2b; importing hashlib loads OpenSSL: 2 ms of each spawned start
     from _blake2 import blake2b
@@ -69,11 +63,20 @@ if TYPE_CHECKING:
     from hapolicy.config.records import Service
 
 MAGIC = b"hapolicy health\n"  # 16 bytes
-LAYOUT = 4  # the header's and the table's layout; a change makes old files be replaced
-# (2: counters in the words 5, 6 of a service's slot and 1..4 of the table's own;
+LAYOUT = 4  # the header's and the table's (tables/layout.py); a change makes old files be
+# replaced (2: counters in the words 5, 6 of a service's slot and 1..4 of the table's own;
 # 3: 16 words a slot, with the operator's drain and weight; 4: a statistics slot per service
-# after the table's own, stats.py)
+# after the table's own)
 HEADER_BYTES = 64
+# the header's fields, bytes at these places: MAGIC; LAYOUT and SLOT (4 bytes each, little
+# endian, as the count); the number of services; 4 zero bytes; the boot's digest; the digest
+# of the service list
+MAGIC_FIELD = slice(0, 16)
+LAYOUT_FIELD = slice(16, 20)
+FORMAT_FIELDS = slice(16, 24)  # LAYOUT and SLOT
+COUNT_FIELD = slice(24, 28)
+BOOT_FIELD = slice(32, 48)
+SERVICES_FIELD = slice(48, 64)
 MODE = 0o600
 LOCK_WAIT = 1.0  # seconds a process waits for another that makes the file
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -179,11 +182,11 @@ def open_directory(path: str, ours: bool) -> int:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise Unusable(f"cannot make directory {path}: {_why(exc)}") from None
+            raise Unusable(f"cannot make directory {path}: {why_not(exc)}") from None
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        why = _why(exc)
+        why = why_not(exc)
         if ours and exc.errno == errno.ENOTDIR and os.path.islink(path):
             why = "a symbolic link (not followed)"
         raise Unusable(f"cannot open directory {path}: {why}") from None
@@ -210,11 +213,11 @@ def map_existing(dfd: int, name: str, expected: bytes,
     except FileNotFoundError:
         return None, MISSING
     except OSError as exc:
-        return None, _why(exc)
+        return None, why_not(exc)
     try:
         why = check(fd, expected, count)
     except OSError as exc:  # fstat or pread (an I/O error): not a file to trust
-        why = _why(exc)
+        why = why_not(exc)
     try:
         return (None, why) if why else (mapped(fd, count), "")
     finally:
@@ -244,13 +247,14 @@ def check(fd: int, expected: bytes, count: int) -> str:
     data = os.pread(fd, HEADER_BYTES, 0)
     if len(data) < HEADER_BYTES:
         return f"truncated ({st.st_size} bytes)"
-    if data[:16] != MAGIC:
+    if data[MAGIC_FIELD] != MAGIC:
         return "not a hapolicy state file"
-    if data[16:24] != expected[16:24]:
-        return f"of layout {int.from_bytes(data[16:20], 'little')}, not {LAYOUT}"
-    if data[32:48] != expected[32:48]:
+    if data[FORMAT_FIELDS] != expected[FORMAT_FIELDS]:
+        return f"of layout {int.from_bytes(data[LAYOUT_FIELD], 'little')}, not {LAYOUT}"
+    if data[BOOT_FIELD] != expected[BOOT_FIELD]:
         return "of an earlier boot"
-    if data[24:28] != expected[24:28] or data[48:] != expected[48:]:
+    if (data[COUNT_FIELD] != expected[COUNT_FIELD]
+            or data[SERVICES_FIELD] != expected[SERVICES_FIELD]):
         return "of another service list"
     if data != expected:
         return "with an unknown header"
@@ -284,7 +288,7 @@ def lock(dfd: int) -> None:
                                f"{LOCK_WAIT:g}s") from None
             time.sleep(0.005)
         except OSError as exc:
-            raise Unusable(f"cannot lock its directory: {_why(exc)}") from None
+            raise Unusable(f"cannot lock its directory: {why_not(exc)}") from None
 
 
 def make(dfd: int, name: str, expected: bytes, count: int) -> HealthTable:
@@ -295,12 +299,12 @@ def make(dfd: int, name: str, expected: bytes, count: int) -> HealthTable:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise Unusable(f"cannot remove {temporary}: {_why(exc)}") from None
+        raise Unusable(f"cannot remove {temporary}: {why_not(exc)}") from None
     try:
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, MODE, dir_fd=dfd)
     except OSError as exc:
-        raise Unusable(f"cannot create {temporary}: {_why(exc)}") from None
+        raise Unusable(f"cannot create {temporary}: {why_not(exc)}") from None
     try:
         try:
             os.fchmod(fd, MODE)  # whatever the umask
@@ -313,88 +317,14 @@ def make(dfd: int, name: str, expected: bytes, count: int) -> HealthTable:
                 os.unlink(temporary, dir_fd=dfd)
             except OSError:
                 pass
-            raise Unusable(f"cannot write it: {_why(exc)}") from None
+            raise Unusable(f"cannot write it: {why_not(exc)}") from None
         return mapped(fd, count)
     finally:
         os.close(fd)
 
 
-class Watch:
-    """The look at a mapped file before each request (see the module doc)."""
-
-    def __init__(self, table: HealthTable, path: str, services: Sequence[Service]) -> None:
-        self.table = table
-        self.path = path
-        self.size = file_bytes(len(services))
-        self.weights = [s.weight for s in services]
-        self.fd = table.probe_lock  # a descriptor of the mapped file (mapped() made it)
-        self.told = False  # that the memory could not be made private
-        self.lost = False  # the map failed half-way: the table's memory may be gone
-
-    def check(self) -> str:
-        """'' while the file may be used (or is no longer used); else, once, the line to log
-        (the table is then private memory)."""
-        if self.fd < 0:
-            return ""
-        try:
-            st = os.fstat(self.fd)
-            why = distrust(st) or (f"its size changed to {st.st_size} bytes"
-                                   if st.st_size != self.size else "")
-        except OSError as exc:
-            why = _why(exc)
-        if not why:
-            return ""
-        table = self.table
-        try:
-            private_memory(table._map)  # the mapping mapped() gave it
-        except OSError as exc:
-            # mmap(MAP_FIXED) failed (ENOMEM): before Linux 6.12 the old pages may be gone
-            # already, and the next read of the table would be a SIGSEGV
-            self.lost = True
-            return (f"state file {self.path}: {why}, and its memory could not be made private "
-                    f"({exc.strerror}): this process ends")
-        except Exception as exc:  # noqa: BLE001 - no ctypes: make the map safe another way
-            try:  # no page of the map past the end of the file; go on with it, and watch it
-                os.ftruncate(self.fd, self.size)
-            except OSError:
-                pass
-            if self.told:
-                return ""
-            self.told = True
-            return (f"state file {self.path}: {why}, and its memory could not be made private "
-                    f"({exc}): its size restored")
-        self.fd = -1
-        os.close(table.probe_lock)
-        table.probe_lock = -1  # no other process shares this memory: no lock to claim a probe
-        table.randomize_phase(self.weights)
-        return (f"state file {self.path}: {why}; this process keeps a health table of its own "
-                "from now on")
-
-
-MAP_FIXED = 0x10  # Linux's on the architectures Debian releases for; Python's mmap lacks it
-
-
-def private_memory(memory: mmap.mmap) -> None:
-    """Put private zeroed pages in place of what memory maps, at the same address: every view
-    into it (a memoryview, a cast of one) reads and writes them from then on."""
-    import ctypes  # here: only a process whose file was spoilt under it needs it
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    remap = libc.mmap
-    remap.restype = ctypes.c_void_p
-    remap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_long)
-    anchor = ctypes.c_char.from_buffer(memory)  # its first byte: the map's address
-    address = ctypes.addressof(anchor)
-    del anchor  # holds an export of the map, which would keep it from being closed
-    got = remap(address, len(memory), mmap.PROT_READ | mmap.PROT_WRITE,
-                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED, -1, 0)
-    if got != address:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _why(exc: OSError) -> str:
+def why_not(exc: OSError) -> str:
+    """An OSError as a reason in a line: lower case, a symbolic link and a directory named."""
     if exc.errno == errno.ELOOP:
         return "a symbolic link (not followed)"
     return (exc.strerror or str(exc)).lower() if exc.errno != errno.EISDIR else "a directory"

@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inprocess", type=int, default=0, metavar="N",
                    help="instead of the rows: relay N requests through each path inside this "
                         "process (the python floor's relay, the daemon's lane for one service "
-                        "and for two balanced, its general path), --rounds times, and report each one's CPU per request: a change "
-                        "of a few percent on the request path shows here")
+                        "and for two balanced, its general path), --rounds times, and report "
+                        "each one's CPU per request: a change of a few percent on the request "
+                        "path shows here")
     p.add_argument("--rounds", type=int, default=5, metavar="R",
                    help="--inprocess: rounds of every path, interleaved (5; the median is the "
                         "figure)")

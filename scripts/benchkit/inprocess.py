@@ -34,11 +34,12 @@ import statistics
 import sys
 from typing import Any, Callable
 
-from .floor import relay
-from .servers import REPO
-from .wire import make_request
+from testkit.ports import HOST
 
-ANSWER = b"action=DUNNO hapolicy-bench\n\n"
+from .floor import relay
+from .tree import use_tree_hapolicy
+from .wire import ANSWER, make_request
+
 PATHS = ("driver", "python floor", "hapolicy lane", "hapolicy balanced", "hapolicy general")
 
 
@@ -125,21 +126,35 @@ def _floor_path(listener: socket.socket) -> Path:
 def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Path:
     """hapolicy's client connection, dispatcher and loop; its services (one, or two of one
     priority and weight: round robin) are all this listener."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
+    loop, dispatcher = _dispatcher(listener.getsockname(), lane, services)
+    from hapolicy.request.client import ClientConnection  # the tree's: see use_tree_hapolicy
+
+    client, ours = _pair(listener)
+    ours.setblocking(False)
+    conn = ClientConnection(loop, dispatcher, ours.fileno(), ours.fileno(), lambda _c: None,
+                            sock=ours)
+    conn.start()
+    # each service's first request connects to it: accept, answer, and the path is warm;
+    # round robin asks them in order, and from then on in turn
+    backends = [_first_request(loop, listener, client, n) for n in range(services)]
+    return Path(client, backends, loop.run_once)
+
+
+def _dispatcher(addr: tuple[str, int], lane: bool, services: int) -> tuple[Any, Any]:
+    """(an EventLoop, a Dispatcher of `services` services at addr, with the lane or not)."""
+    use_tree_hapolicy()
     from hapolicy.backend.exchange import Connection
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
     from hapolicy.config.records import Config, parse_service
     from hapolicy.request.assembly import make_dispatcher
-    from hapolicy.request.client import ClientConnection
     from hapolicy.tables.health import HealthTable
 
     class Silent(Logger):
         def log(self, level: str, message: str) -> None:
             pass
 
-    host, port = listener.getsockname()
+    host, port = addr
     loop = EventLoop()
     config = Config(services=tuple(parse_service(f"BENCH{n}={host}:{port}:10")
                                    for n in range(services)))
@@ -150,30 +165,26 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
         dispatcher.backends.connection_type = Connection
     elif dispatcher.lane is None:
         raise RuntimeError("this pool no longer takes the lane")
-    client, ours = _pair(listener)
-    ours.setblocking(False)
-    conn = ClientConnection(loop, dispatcher, ours.fileno(), ours.fileno(), lambda _c: None,
-                            sock=ours)
-    conn.start()
-    # each service's first request connects to it: accept, answer, and the path is warm;
-    # round robin asks them in order, and from then on in turn
-    backends = []
-    for n in range(services):
-        client.sendall(make_request(n))
-        listener.settimeout(0.01)
-        backend = None
-        while backend is None:
-            loop.run_once(0.01)
-            try:
-                backend, _ = listener.accept()
-            except TimeoutError:
-                pass
-        listener.settimeout(None)
-        _pump(loop.run_once, backend)
-        backend.sendall(ANSWER)
-        _pump(loop.run_once, client)
-        backends.append((backend, backend))
-    return Path(client, backends, loop.run_once)
+    return loop, dispatcher
+
+
+def _first_request(loop: Any, listener: socket.socket, client: socket.socket,
+                   n: int) -> tuple[socket.socket, socket.socket]:
+    """Send request n, accept the connection the relay makes to its service, answer it."""
+    client.sendall(make_request(n))
+    listener.settimeout(0.01)
+    backend = None
+    while backend is None:
+        loop.run_once(0.01)
+        try:
+            backend, _ = listener.accept()
+        except TimeoutError:
+            pass
+    listener.settimeout(None)
+    _pump(loop.run_once, backend)
+    backend.sendall(ANSWER)
+    _pump(loop.run_once, client)
+    return backend, backend
 
 
 def _pump(run_once: Callable[[float], None], sock: socket.socket) -> bytes:
@@ -199,7 +210,7 @@ def _cpu() -> float:
 def run_inprocess(count: int, rounds: int) -> dict[str, Any]:
     """Each path's CPU microseconds per request, every round and the median; wrong answers."""
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    listener.bind((HOST, 0))
     listener.listen(16)
     paths = {
         "driver": _driver_path(listener),

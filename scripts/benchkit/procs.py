@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import subprocess
 import time
 from typing import Any, Callable
 
-HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -297,10 +295,4 @@ def raise_nofile(need: int) -> int:
         except (ValueError, OSError):
             pass
     return soft
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 

@@ -17,21 +17,16 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from testkit.perl import original_missing
+from testkit.ports import HOST, free_port
+
 from .idle import open_idle_for, still_held
 from .measure import Pids, Target, measure
-from .procs import HOST, Child, children_of, free_port
+from .procs import Child, children_of
 from .runner import Bench
-from .servers import (
-    HAPROXY,
-    daemon_argv,
-    hapolicy_missing,
-    haproxy_config,
-    perl_argv,
-    perl_missing,
-    spawn_argv,
-    start_emulator,
-)
+from .servers import HAPROXY, daemon_argv, haproxy_config, perl_argv, spawn_argv, start_emulator
 from .startup import measure_start
+from .tree import hapolicy_missing
 from .wire import wait_answering
 
 
@@ -194,7 +189,7 @@ ROWS = (
     Row("hashed", "hapolicy hashed", hapolicy_missing, start_hashed),
     Row("spawn", "hapolicy spawn", hapolicy_missing, start_spawn),
     Row("haproxy", "haproxy", haproxy_missing, start_haproxy),
-    Row("perl", "perl original", perl_missing, start_perl),
+    Row("perl", "perl original", original_missing, start_perl),
     Row("start", "spawn start", lambda: "", None, measure_start),
 )
 ROW_NAMES = tuple(row.name for row in ROWS)

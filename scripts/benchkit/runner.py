@@ -18,8 +18,11 @@ import sys
 import tempfile
 from typing import Any
 
-from .procs import HOST, Child, Children
-from .servers import REPO, BackendView, log_tail, start_backend
+from testkit.ports import HOST
+
+from .procs import Child, Children
+from .servers import BackendView, log_tail, start_backend
+from .tree import REPO, child_env
 from .wire import ANSWER, classify, exchange_once, wait_answering
 
 
@@ -35,13 +38,7 @@ class Bench:
         self.backend_addr: tuple[str, int] = (HOST, 0)
         self.backend_kids: list[Child] = []
         self.backend = BackendView(ANSWER, None)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                    else "")
-        env.pop("PYTHONDEVMODE", None)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # hapolicy as installed: its bytecode cached
-        env["XDG_RUNTIME_DIR"] = self.tmp  # spawn mode's state files go where the bench cleans
-        self.env = env
+        self.env = child_env(self.tmp)
 
     def log(self, message: str) -> None:
         if not self.args.quiet:

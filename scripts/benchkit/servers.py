@@ -5,7 +5,7 @@ every request at once and count the requests they serve in shared memory (Backen
 the count; a backend not ours has no count). start_emulator() forks a spawn(8) stand-in that
 runs argv per connection, the socket as stdin, stdout and stderr, and reaps every child it
 ran. daemon_argv(), haproxy_config() and perl_argv() say how each proxy is started in front
-of the backend; hapolicy_missing() says why `python -m hapolicy` cannot run ('' when it can).
+of the backend.
 """
 
 from __future__ import annotations
@@ -13,31 +13,19 @@ from __future__ import annotations
 import mmap
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
 import time
 
-from .procs import HOST, Child, Children, die_with_parent, send_signal
+from testkit.perl import PERL_HAPOLICY, syslog_shim
+from testkit.ports import HOST
+
+from .procs import Child, Children, die_with_parent, send_signal
+from .tree import REPO
 from .wire import ANSWER, wait_readable
 
-# the tree whose hapolicy is measured; its children run in it, because `python -m hapolicy`
-# puts its working directory on sys.path before PYTHONPATH: run from another checkout, the
-# bench would measure that checkout's daemon and spawn mode
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAPROXY = "/usr/sbin/haproxy"
-PERL_HAPOLICY = "/usr/sbin/hapolicy"
-PERL_SYSLOG_SHIM = """package BenchSyslog;
-use strict;
-use Sys::Syslog ();
-my $setlogsock = \\&Sys::Syslog::setlogsock;
-{
-    no warnings 'redefine';
-    *Sys::Syslog::setlogsock = sub { $setlogsock->({type => 'unix', path => 'PATH'}) };
-}
-1;
-"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,12 +251,6 @@ backend backends
 """
 
 
-def perl_missing() -> str:
-    if not os.access(PERL_HAPOLICY, os.X_OK) or not shutil.which("perl"):
-        return f"{PERL_HAPOLICY} not installed (apt-get install hapolicy)"
-    return ""
-
-
 def perl_argv(backend: tuple[str, int], tmp: str) -> tuple[list[str], socket.socket | None, str]:
     """(argv, the syslog sink to give the emulator or None, a note for the command)."""
     argv = [PERL_HAPOLICY, "-s", f"B={backend[0]}:{backend[1]}:10"]
@@ -279,22 +261,8 @@ def perl_argv(backend: tuple[str, int], tmp: str) -> tuple[list[str], socket.soc
     sink_path = os.path.join(tmp, "log")
     sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sink.bind(sink_path)
-    with open(os.path.join(tmp, "BenchSyslog.pm"), "w") as handle:
-        handle.write(PERL_SYSLOG_SHIM.replace("PATH", sink_path))
-    perl = shutil.which("perl") or "/usr/bin/perl"
-    argv = [perl, "-T", "-w", "-I" + tmp, "-MBenchSyslog", *argv]
+    argv = [*syslog_shim(tmp, sink_path, "BenchSyslog"), *argv]
     return argv, sink, " (no /dev/log here: syslog to the bench)"
-
-
-def hapolicy_missing() -> str:
-    """'' when `python -m hapolicy` can run here (the repository's own package comes first)."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    try:
-        import hapolicy.cli  # noqa: F401
-    except ImportError as exc:
-        return f"cannot import hapolicy ({exc}): pip install -e ."
-    return ""
 
 
 def log_tail(path: str, lines: int = 5) -> str:

@@ -17,13 +17,16 @@ import sys
 import time
 from typing import Any
 
+from testkit.ports import HOST, free_port
+
 from .loadgen import Generators
 from .measure import answer_counts, latencies, percentile
-from .procs import HOST, Child, children_of, free_port, memory_kib
+from .procs import Child, children_of, memory_kib
 from .report import align, config, write_json
 from .rows import ROW_TITLES
 from .runner import Bench
-from .servers import daemon_argv, hapolicy_missing
+from .servers import daemon_argv
+from .tree import hapolicy_missing
 
 SOAK_VARIETY = 4096  # --soak cycles through this many distinct requests
 SOAK_CONFIG = ("connections", "generators", "workers", "cpus", "backend", "python",

@@ -1,16 +1,16 @@
 """The `spawn start` row: how long a process spawned for one SMTP connection takes to answer.
 
 Contract: measure_start(bench, row) starts each program RUNS times (SMOKE_RUNS with --smoke)
-after a first start not counted, the programs interleaved, each the way spawn(8) starts one (one socket as its stdin, stdout
-and stderr, a request already waiting on it), and times from just before the start to its
-whole answer: hapolicy in spawn mode in front of the bench's backend (it must answer the
-backend's own answer), the Perl original when installed (through its syslog shim where there
-is no /dev/log) and `python -c pass` with the bench's interpreter, timed to its exit: what
-any Python program pays before its first line. It returns the row, kind 'start': per program
-the median, p10, p90 and minimum in ms and the command; status 'errors' when an answer was
-wrong or missing (its reason says which), 'ok' otherwise; a program that cannot run here is
-'skipped' with why. Its processes are its own and short-lived: each is ended and reaped before
-the next starts (and would end by itself at EOF if the bench died).
+after a first start not counted, the programs interleaved, each the way spawn(8) starts one
+(one socket as its stdin, stdout and stderr, a request already waiting on it), and times from
+just before the start to its whole answer: hapolicy in spawn mode in front of the bench's
+backend (it must answer the backend's own answer), the Perl original when installed (through
+its syslog shim where there is no /dev/log) and `python -c pass` with the bench's interpreter,
+timed to its exit: what any Python program pays before its first line. It returns the row, kind
+'start': per program the median, p10, p90 and minimum in ms and the command; status 'errors'
+when an answer was wrong or missing (its reason says which), 'ok' otherwise; a program that
+cannot run here is 'skipped' with why. Its processes are its own and short-lived: each is ended
+and reaped before the next starts (and would end by itself at EOF if the bench died).
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .servers import REPO, hapolicy_missing, perl_argv, perl_missing, spawn_argv
-from .wire import make_request, read_frame
+from testkit.perl import original_missing
+from testkit.protocol import read_frame
+
+from .servers import perl_argv, spawn_argv
+from .tree import REPO, hapolicy_missing
+from .wire import make_request
 
 if TYPE_CHECKING:
     from .rows import Row
@@ -53,7 +57,7 @@ def programs(bench: Bench) -> list[Program]:
     backend = bench.backend_addr
     answer = bench.backend.answer
     found = [Program("hapolicy spawn", spawn_argv(backend), answer, hapolicy_missing())]
-    missing = perl_missing()
+    missing = original_missing()
     if missing:
         found.append(Program("perl original", [], answer, missing))
     else:

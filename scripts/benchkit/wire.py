@@ -1,9 +1,10 @@
 """The policy protocol as the bench speaks it: requests, answers and their kinds, waiting.
 
-Contract: make_request(n) is a ~600-byte smtpd_access_policy request (distinct per n);
-classify() sorts an answer as 'ok' (the backend's own, byte for byte), 'default' (a proxy's
-default action, which it gives without asking the backend) or 'wrong'; exchange_once and
-wait_answering never raise, they return why not ('' when answered).
+Contract: make_request(n) is a ~600-byte smtpd_access_policy request (distinct per n), encoded
+and read as the tests do (testkit.protocol); classify() sorts an answer as 'ok' (the backend's
+own, byte for byte), 'default' (a proxy's default action, which it gives without asking the
+backend) or 'wrong'; exchange_once and wait_answering never raise, they return why not ('' when
+answered).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import select
 import socket
 import time
 from typing import Any, Callable
+
+from testkit.protocol import encode_attrs, read_frame
 
 ANSWER = b"action=DUNNO hapolicy-bench\n\n"  # distinctive: no proxy makes it up
 DEFAULT_ANSWER = b"action=dunno\n\n"  # the default action of hapolicy and the original
@@ -53,7 +56,7 @@ def make_request(n: int) -> bytes:
         ("compatibility_level", "3.6"),
         ("mail_version", "3.7.11"),
     ]
-    return "".join(f"{k}={v}\n" for k, v in attrs).encode() + b"\n"
+    return encode_attrs(dict(attrs))
 
 
 def classify(answer: bytes, expected: bytes) -> str:
@@ -63,17 +66,6 @@ def classify(answer: bytes, expected: bytes) -> str:
     if answer.lower() == DEFAULT_ANSWER:
         return "default"
     return "wrong"
-
-
-def read_frame(sock: socket.socket) -> bytes:
-    """Read from a blocking socket up to and including an empty line (cut short at EOF)."""
-    data = b""
-    while not data.endswith(b"\n\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def exchange_once(addr: tuple[str, int], timeout: float) -> tuple[str, bytes]:
@@ -104,7 +96,6 @@ def wait_answering(addr: tuple[str, int], timeout: float, alive: Callable[[], bo
             return ""
         time.sleep(0.05)
     return f"not answering after {timeout:g}s ({why})"
-
 
 
 def wait_readable(fds: list[Any], timeout: float) -> list[Any]:

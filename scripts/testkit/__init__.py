@@ -2,7 +2,8 @@
 
 * :mod:`testkit.ports` -- HOST, a free port, a refused port.
 * :mod:`testkit.protocol` -- policy requests, service specs, a policy client.
-* :mod:`testkit.backends` -- fake policy backends: FakeBackend, RawBackend, Blackhole.
+* :mod:`testkit.backends` -- the fake policy backend: FakeBackend, its modes changed at will.
+* :mod:`testkit.stubs` -- stub backends: RawBackend, ScriptedBackend, OnceThenDead; Blackhole.
 * :mod:`testkit.syslog` -- the syslog receiver (lines with their arrival times).
 * :mod:`testkit.repo` -- the repository and the command line of its hapolicy.
 * :mod:`testkit.daemon` -- the daemon runner (`hapolicy --listen`).
@@ -12,6 +13,7 @@
 * :mod:`testkit.wait` -- polling until a condition holds.
 * :mod:`testkit.packages` -- Debian packages: present, or fail in CI and skip elsewhere.
 * :mod:`testkit.postfix` -- real Postfix and postfwd2 instances.
+* :mod:`testkit.public` -- directories and package copies that other users (postfix, nobody) can read.
 * :mod:`testkit.perl` -- the runner of the Perl original, /usr/sbin/hapolicy.
 * :mod:`testkit.scripts` -- scripts/*.py run with a JSON report.
 * :mod:`testkit.dispatching` -- an in-process dispatcher with its own event loop (Run, Client, KeptLog).

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 
-import pytest
-
 #: The file whose presence tells that a Debian package is installed.
 PACKAGE_BINARIES = {
     "postfix": "/usr/sbin/postfix",
@@ -45,6 +43,8 @@ def require_packages(*names: str) -> None:
     missing = [name for name in names if not package_present(name)]
     if not missing:
         return
+    import pytest  # here: the scripts import testkit.perl, which imports this, without pytest
+
     message = (f"Debian package(s) {' '.join(missing)} not installed "
                "(scripts/run-tests installs them, as root)")
     if in_ci():

@@ -1,6 +1,8 @@
 """The Perl original, Debian's /usr/sbin/hapolicy, run by the tests and by scripts/failover.py.
 
 * :func:`require_original` -- the package is installed, or the test fails in CI (skips elsewhere).
+* :func:`original_missing` -- why it cannot run here ('' when it can).
+* :func:`syslog_shim` -- perl's options that point its syslog at a socket of ours.
 * :class:`Perl` -- how to run it here: with a syslog socket of ours when /dev/log is absent.
 * :class:`PerlConn` -- one spawn-style process whose stdin and stdout are our socketpair.
 * :func:`wait_reading_stdin` -- until a process is blocked reading its stdin.
@@ -20,7 +22,7 @@ from testkit.protocol import PolicyClient, action_of, request
 from testkit.syslog import SyslogReceiver
 
 PERL_HAPOLICY = "/usr/sbin/hapolicy"
-PERL_SYSLOG_SHIM = """package FailoverSyslog;
+PERL_SYSLOG_SHIM = """package MODULE;
 use strict;
 use Sys::Syslog ();
 my $setlogsock = \\&Sys::Syslog::setlogsock;
@@ -39,6 +41,23 @@ def require_original() -> None:
     assert os.access(PERL_HAPOLICY, os.X_OK), f"package hapolicy is there but {PERL_HAPOLICY} not"
 
 
+def original_missing() -> str:
+    """'' when /usr/sbin/hapolicy and perl are here, else why the original cannot run."""
+    if not os.access(PERL_HAPOLICY, os.X_OK) or not shutil.which("perl"):
+        return f"{PERL_HAPOLICY} not installed (apt-get install hapolicy)"
+    return ""
+
+
+def syslog_shim(tmp: str, socket_path: str, module: str = "FailoverSyslog") -> list[str]:
+    """The start of the original's argv (perl and its options) that loads `module`, written to
+    tmp, which points Sys::Syslog at the datagram socket socket_path: without /dev/log, the
+    original's setlogsock('unix') fails at start."""
+    with open(os.path.join(tmp, f"{module}.pm"), "w") as handle:
+        handle.write(PERL_SYSLOG_SHIM.replace("MODULE", module).replace("PATH", socket_path))
+    perl = shutil.which("perl") or "/usr/bin/perl"
+    return [perl, "-T", "-w", "-I" + tmp, f"-M{module}"]
+
+
 class Perl:
     """How to run /usr/sbin/hapolicy here (with a syslog socket of ours when /dev/log is absent)."""
 
@@ -47,18 +66,15 @@ class Perl:
         self.note = ""
         self.log: SyslogReceiver | None = None
         self.prefix: list[str] = []
-        perl = shutil.which("perl")
         if not enabled:
             self.missing = "--no-perl"
-        elif not os.access(PERL_HAPOLICY, os.X_OK) or not perl:
-            self.missing = f"{PERL_HAPOLICY} not installed (apt-get install hapolicy)"
+        elif original_missing():
+            self.missing = original_missing()
         elif not os.path.exists("/dev/log"):
             # Without /dev/log its setlogsock('unix') fails; give it a syslog socket of ours
             # through a module loaded before the script (as scripts/benchkit/servers.py does).
             self.log = SyslogReceiver(os.path.join(tmp, "perl.log.sock"))
-            with open(os.path.join(tmp, "FailoverSyslog.pm"), "w") as handle:
-                handle.write(PERL_SYSLOG_SHIM.replace("PATH", self.log.path))
-            self.prefix = [perl, "-T", "-w", "-I" + tmp, "-MFailoverSyslog"]
+            self.prefix = syslog_shim(tmp, self.log.path)
             self.note = "no /dev/log here: its syslog goes to a socket of this script"
 
     def argv(self, services: list[str], options: tuple[str, ...] = ()) -> list[str]:

@@ -10,12 +10,11 @@ skips it elsewhere (:func:`testkit.packages.require_packages`).
   directories, started with ``postfix -c DIR start``; it never touches /etc/postfix's instance.
 * :func:`smtp_rcpt` -- EHLO, MAIL FROM, RCPT TO; returns the RCPT reply.
 * :func:`spawn_entry` -- master.cf lines for a spawn(8) policy service.
-* :func:`world_readable_copy` -- copy a Python package where user ``nobody`` can import it.
 
 Postfix processes (user ``postfix``) and spawned programs (user ``nobody``) cannot reach
 pytest's ``tmp_path`` (``/tmp/pytest-of-root`` is mode 700), so whatever they must read
 lives in a private directory under /tmp (mode 755, removed by ``stop()``) unless the given
-workdir is already traversable by everyone.
+workdir is already traversable by everyone (testkit/public.py).
 
 Typical use::
 
@@ -34,15 +33,12 @@ PYTHONPATH through env(1)::
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
 import smtplib
 import socket
-import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +49,7 @@ import pytest
 from testkit.packages import require_packages
 from testkit.ports import HOST, free_port
 from testkit.processes import kill_session, listening, session_pids, wait_session_gone
+from testkit.public import public_dir
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -67,25 +64,6 @@ requires_root = pytest.mark.skipif(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _traversable_by_all(path: Path) -> bool:
-    """Whether every directory from / down to *path* has the others-execute bit."""
-    path = path.resolve()
-    return all(os.stat(p).st_mode & stat.S_IXOTH for p in (path, *path.parents))
-
-
-def _public_dir(preferred: Path, prefix: str) -> tuple[Path, bool]:
-    """A mode-755 directory that any user can traverse: *preferred* when its parents
-    allow it, else a new one under /tmp. Returns (directory, is_temporary)."""
-    preferred.parent.mkdir(parents=True, exist_ok=True)
-    if _traversable_by_all(preferred.parent):
-        preferred.mkdir(exist_ok=True)
-        preferred.chmod(0o755)
-        return preferred, False
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o755)
-    return path, True
 
 
 def _read_pid(path: Path) -> int | None:
@@ -139,7 +117,7 @@ class Postfwd(_Service):
     def start(self, timeout: float = 20) -> None:
         """Start postfwd2 and wait until it accepts connections."""
         require_packages("postfwd")
-        self.dir, self._temporary = _public_dir(
+        self.dir, self._temporary = public_dir(
             self.workdir / f"postfwd-{self.port}", "hapolicy-postfwd-"
         )
         rules = self.dir / "rules.cf"
@@ -300,7 +278,7 @@ class PostfixInstance(_Service):
     def start(self) -> None:
         """Write the configuration and start the instance's master; return when it listens."""
         require_packages("postfix")
-        self.dir, self._temporary = _public_dir(
+        self.dir, self._temporary = public_dir(
             self.workdir / f"postfix-{self.smtpd_port}", "hapolicy-postfix-"
         )
         self.config_dir.mkdir(exist_ok=True)
@@ -402,35 +380,3 @@ def spawn_entry(port: int, argv: list[str], user: str = "nobody") -> str:
     return f"{HOST}:{port} inet n n n - 0 spawn\n  user={user} argv={' '.join(argv)}\n"
 
 
-_temporary_dirs: list[Path] = []
-
-
-@atexit.register
-def _remove_temporary_dirs() -> None:
-    for path in _temporary_dirs:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def world_readable_copy(src_pkg_dir: Path, dest: Path, compile_with: str = "") -> Path:
-    """Copy the package directory *src_pkg_dir* into *dest* so that nobody can import it.
-
-    Directories get mode 755 and files 644 (``__pycache__`` is left out, or made anew by the
-    interpreter *compile_with*, as a system-wide ``pip install`` does: then a process that
-    cannot write there does not compile every module at each start). When *dest*'s
-    parents cannot be traversed by everyone (pytest's tmp_path), a directory under /tmp
-    is used instead and removed when the test process exits. Returns the directory to put
-    on PYTHONPATH (it contains the package directory).
-    """
-    src_pkg_dir = Path(src_pkg_dir)
-    dest, temporary = _public_dir(Path(dest), "hapolicy-pkg-")
-    if temporary:
-        _temporary_dirs.append(dest)
-    target = dest / src_pkg_dir.name
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(src_pkg_dir, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if compile_with:
-        subprocess.run([compile_with, "-m", "compileall", "-q", str(target)], check=True,
-                       capture_output=True, timeout=60)
-    for path in (target, *target.rglob("*")):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return dest

@@ -33,7 +33,8 @@ from hapolicy.daemon import adminstate
 from hapolicy.daemon.adminstate import AdminFile
 from hapolicy.monitor.commands import COMMANDS, answer
 from hapolicy.request.selection import Selector
-from hapolicy.tables.health import DISABLED, DRAINING, ENABLED, F, HealthTable, carry_over
+from hapolicy.tables.health import HealthTable, carry_over
+from hapolicy.tables.layout import ANSWERS, DISABLED, DRAINING, ENABLED, WEIGHT
 
 
 class Log:
@@ -86,10 +87,10 @@ def test_a_bad_word_in_the_table_reads_as_the_default_in_the_master():
     table = HealthTable(1, shared=False)
     for bad in (math.nan, math.inf, -1.0, 0.5, 1e300):
         table.set_weight(0, 0)
-        table.f[F.WEIGHT] = bad  # what only a broken or hostile worker could write
+        table.f[WEIGHT] = bad  # what only a broken or hostile worker could write
         assert table.weight(0, 2) == 2
-        table.f[F.ANSWERS] = bad if bad != -1.0 else math.nan
-        assert table.service_counter(0, F.ANSWERS) in (0, 1)  # never raises
+        table.f[ANSWERS] = bad if bad != -1.0 else math.nan
+        assert table.service_counter(0, ANSWERS) in (0, 1)  # never raises
 
 
 def test_the_operators_weight_changes_the_split_at_once():

@@ -13,8 +13,8 @@ import os
 import subprocess
 import sys
 
-from testkit.backends import OnceThenDead
 from testkit.repo import REPO
+from testkit.stubs import OnceThenDead
 
 ROOT = str(REPO)
 BENCH = os.path.join(ROOT, "scripts", "bench.py")

@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pytest
-from testkit.backends import Blackhole, FakeBackend, RawBackend
+from testkit.backends import FakeBackend
 from testkit.perl import PERL_HAPOLICY, require_original
 from testkit.ports import refused_port
 from testkit.protocol import request
 from testkit.repo import REPO, command, hapolicy_env
 from testkit.spawn import run_once
+from testkit.stubs import Blackhole, RawBackend
 
 OURS = command([])
 IMPLS = ("original", "ours")

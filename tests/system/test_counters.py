@@ -20,16 +20,16 @@ from testkit.protocol import PolicyClient, request
 from hapolicy.base.protocol import Request
 from hapolicy.config.records import parse_service
 from hapolicy.daemon.summary import pool_line
-from hapolicy.tables.health import (
+from hapolicy.tables.health import HealthTable, carry_over
+from hapolicy.tables.layout import (
+    ANSWERS,
     DEFAULT_DOWN,
     DEFAULT_FAILED,
     DEFAULT_REFUSED,
     DEFAULT_TIMEOUT,
+    FAILURES,
     REQUESTS,
     SLOT,
-    F,
-    HealthTable,
-    carry_over,
 )
 
 DEFAULTS = (DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED)
@@ -39,8 +39,8 @@ def counts(table: HealthTable) -> dict[str, object]:
     return {
         "requests": table.counter(REQUESTS),
         "defaults": [table.counter(w) for w in DEFAULTS],
-        "answers": [table.service_counter(i, F.ANSWERS) for i in range(table.count)],
-        "failures": [table.service_counter(i, F.FAILURES) for i in range(table.count)],
+        "answers": [table.service_counter(i, ANSWERS) for i in range(table.count)],
+        "failures": [table.service_counter(i, FAILURES) for i in range(table.count)],
     }
 
 
@@ -100,9 +100,9 @@ def test_carry_over_keeps_the_counters():
     before = tuple(parse_service(s) for s in ("A=127.0.0.1:1", "B=127.0.0.1:2"))
     after = tuple(parse_service(s) for s in ("C=127.0.0.1:3", "B=127.0.0.1:2"))
     old = HealthTable(2, shared=False)
-    old.f[1 * SLOT + F.ANSWERS] = 7.0
-    old.f[1 * SLOT + F.FAILURES] = 2.0
-    old.f[0 * SLOT + F.ANSWERS] = 5.0
+    old.f[1 * SLOT + ANSWERS] = 7.0
+    old.f[1 * SLOT + FAILURES] = 2.0
+    old.f[0 * SLOT + ANSWERS] = 5.0
     old.f[old.header + REQUESTS] = 13.0
     old.f[old.header + DEFAULT_DOWN] = 1.0
     new = carry_over(old, before, after)

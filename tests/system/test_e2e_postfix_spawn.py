@@ -35,8 +35,8 @@ from testkit.postfix import (
     requires_root,
     smtp_rcpt,
     spawn_entry,
-    world_readable_copy,
 )
+from testkit.public import world_readable_copy
 from testkit.repo import REPO
 
 from hapolicy.config.records import parse_service

@@ -33,11 +33,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit.backends import Blackhole, FakeBackend
+from testkit.backends import FakeBackend
 from testkit.packages import require_packages
 from testkit.ports import HOST, free_port
-from testkit.postfix import PostfixInstance, requires_root, spawn_entry, world_readable_copy
+from testkit.postfix import PostfixInstance, requires_root, spawn_entry
+from testkit.public import world_readable_copy
 from testkit.repo import REPO
+from testkit.stubs import Blackhole
 from testkit.syslog import SyslogReceiver
 
 from hapolicy.config.records import parse_service

@@ -13,10 +13,11 @@ import time
 from collections import Counter
 
 import pytest
-from testkit.backends import Blackhole, FakeBackend
+from testkit.backends import FakeBackend
 from testkit.daemon import Daemon
 from testkit.ports import refused_port
 from testkit.protocol import PolicyClient, request
+from testkit.stubs import Blackhole
 from testkit.wait import wait_for
 
 

@@ -21,8 +21,8 @@ from testkit.packages import require_packages
 from testkit.repo import REPO, hapolicy_env, run_hapolicy
 
 from hapolicy import __version__, ctl, manpage
-from hapolicy.monitor import commands
 from hapolicy.config.options import COMMAND, DAEMON, OPTIONS, default_of
+from hapolicy.monitor import commands
 
 README = (REPO / "README.md").read_text()
 CONFIGURATION = (REPO / "docs" / "configuration.md").read_text()

@@ -22,9 +22,9 @@ from testkit.postfix import (
     requires_root,
     smtp_rcpt,
     spawn_entry,
-    world_readable_copy,
 )
 from testkit.processes import listening, session_pids
+from testkit.public import world_readable_copy
 
 RULES = "id=R1; sender==bad@example.org; action=REJECT go away\n"
 REQUEST = (

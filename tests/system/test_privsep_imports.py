@@ -240,7 +240,7 @@ NOT_AFTER_FORK = {
     ("tables.health", "claim_probe"): "the lock of spawn mode's state file",
     ("tables.health", "randomize_phase"): "spawn mode's own table",
     ("spawn.statefile", "lock"): "spawn mode's state file",
-    ("spawn.statefile", "private_memory"): "spawn mode's state file spoilt under a session",
+    ("spawn.watch", "private_memory"): "spawn mode's state file spoilt under a session",
     ("daemon.chores", "preload_lazy_modules"): "the master, before it forks",
     ("monitor.metrics", "preload"): "the master, before it forks",
 }
@@ -277,7 +277,7 @@ def test_every_lazy_import_of_a_worker_or_the_monitor_is_imported_before_the_for
          "from hapolicy.daemon import runner\n"
          "from hapolicy.daemon.chores import preload_lazy_modules\n"
          "from hapolicy.monitor.metrics import preload\n"
-         "from hapolicy.daemon.worker import set_title\n"
+         "from hapolicy.daemon.childproto import set_title\n"
          "set_title('test')\n"
          "preload_lazy_modules()\n"
          "preload()\n"  # with --metrics-listen

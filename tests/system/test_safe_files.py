@@ -35,7 +35,8 @@ from hapolicy.base import safefile
 from hapolicy.config.records import Config, parse_service
 from hapolicy.daemon import chores as daemon
 from hapolicy.daemon.adminstate import AdminFile
-from hapolicy.tables.health import DISABLED, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import DISABLED
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: files of another user")
 NOBODY = "nobody"

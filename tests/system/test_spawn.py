@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from typing import Callable
 
 import pytest
-from testkit.backends import Blackhole, FakeBackend
+from testkit.backends import FakeBackend
 from testkit.ports import refused_port
 from testkit.processes import vm_kib, wait_exit
 from testkit.protocol import request
 from testkit.repo import command, hapolicy_env
 from testkit.spawn import Spawned
+from testkit.stubs import Blackhole
 from testkit.syslog import SyslogReceiver
 
 from hapolicy.base.protocol import MAX_ATTRIBUTES

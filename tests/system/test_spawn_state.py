@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 from testkit.backends import FakeBackend
 from testkit.packages import require_packages
-from testkit.postfix import world_readable_copy
 from testkit.protocol import request
+from testkit.public import world_readable_copy
 from testkit.repo import REPO
 from testkit.spawn import Spawned
 from testkit.syslog import SyslogReceiver

@@ -16,8 +16,9 @@ import socket
 import time
 
 import pytest
-from testkit.backends import Blackhole, FakeBackend, ScriptedBackend
+from testkit.backends import FakeBackend
 from testkit.ports import refused_port
+from testkit.stubs import Blackhole, ScriptedBackend
 
 from hapolicy.backend import exchange as backend_module
 from hapolicy.backend.exchange import Backends

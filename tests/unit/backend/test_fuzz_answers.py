@@ -25,7 +25,8 @@ from hapolicy.base.outcome import ANSWERED, CLOSED, INVALID
 from hapolicy.base.protocol import MAX_ANSWER_BYTES, answer_action, answer_complete
 from hapolicy.config.records import parse_service
 from hapolicy.request.lane import Lane
-from hapolicy.tables.stats import S, action_index
+from hapolicy.tables.layout import ANSWERS_BY_ACTION
+from hapolicy.tables.stats import action_index
 
 REQUEST = b"request=smtpd_access_policy\ninstance=1\n\n"
 
@@ -129,5 +130,5 @@ def test_the_lane_takes_a_whole_answer_as_the_general_path_does(reads):
         action, outcome = expected_end(read)
         assert outcome == ANSWERED and answer_complete(read) == len(read)
         assert to_client == action + b"\n\n"
-        assert offset == S.ACTIONS + action_index(action)
+        assert offset == ANSWERS_BY_ACTION + action_index(action)
         assert lane.known_answers.get(read, found) == found

@@ -28,7 +28,7 @@ from testkit.logs import ListLogger
 from hapolicy.config.records import Config, ConfigError
 from hapolicy.daemon.chores import remove_stale_socket
 from hapolicy.daemon.listener import Listener
-from hapolicy.monitor.control import bind_control
+from hapolicy.daemon.monitorsockets import bind_control
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 NOGROUP = grp.getgrnam("nogroup").gr_gid

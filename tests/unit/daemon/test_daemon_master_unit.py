@@ -16,9 +16,12 @@ import pytest
 from testkit.logs import ListLogger
 
 from hapolicy.config.records import Config, ConfigError, Service
+from hapolicy.daemon.childproto import MSG_READY
+from hapolicy.daemon.children import MONITOR, WORKER, Child, ProcessOps
 from hapolicy.daemon.listener import Listener
-from hapolicy.daemon.master import WATCHDOG_SECONDS, Master, ProcessOps
-from hapolicy.daemon.throttle import STABLE_SECONDS, THROTTLE_MAX
+from hapolicy.daemon.master import Master
+from hapolicy.daemon.throttle import STABLE_SECONDS, THROTTLE_MAX, BootThrottle
+from hapolicy.tables.workertable import WATCHDOG_SECONDS
 
 EXIT_3 = 3 << 8  # a wait status: exited with status 3 (a worker that cannot start)
 KILLED = signal.SIGKILL  # a wait status: killed by SIGKILL
@@ -65,9 +68,8 @@ def make_master(**settings) -> Master:
 
 def close_master(m: Master) -> None:
     m.listeners.close()
-    for worker in list(m.workers.values()):
-        m._forget(worker)
-    m.monitor._forget()
+    for child in list(m.supervisor.children.values()):
+        m.supervisor.forget(child)
     os.close(m.wake_r)
     os.close(m.wake_w)
     m.loop.close()
@@ -91,6 +93,16 @@ def checked():
 
 def alive(m: Master) -> list[int]:
     return sorted(m.workers)
+
+
+def throttle(m: Master, kind: str = WORKER) -> BootThrottle:
+    return m.supervisor.throttles[kind]
+
+
+def says_ready(m: Master, child: Child | None) -> None:
+    """The child said READY over its socketpair."""
+    assert child is not None
+    m.supervisor.heard(child, MSG_READY)
 
 
 def test_first_workers_start_at_once(master):
@@ -118,17 +130,17 @@ def test_workers_dying_at_boot_are_throttled(master):
     assert any("died at boot" in line and "next start in 30s" in line
                for line in master.log.lines)
     # then a worker survives its boot (it says READY): the next one starts at once
-    ops.t = max(ops.t, master.throttle.next_start) + 0.01
+    ops.t = max(ops.t, throttle(master).next_start) + 0.01
     master.step()
     assert len(master.workers) == 1
-    master.on_message(next(iter(master.workers.values())), b"Y")
+    says_ready(master, next(iter(master.workers.values())))
     master.step()
     assert len(master.workers) == 2
     # the streak ends once that worker has run STABLE_SECONDS
-    assert master.throttle.failures > 0
+    assert throttle(master).failures > 0
     ops.t += STABLE_SECONDS
     master.step()
-    assert master.throttle.failures == 0
+    assert throttle(master).failures == 0
     assert "notice: workers start again" in master.log.lines
 
 
@@ -142,7 +154,7 @@ def test_workers_dying_soon_after_ready_are_throttled(master):
         ops.t += 0.1
         for worker in master.workers.values():
             if ops.t - worker.started >= 0.1:
-                master.on_message(worker, b"Y")
+                says_ready(master, worker)
         ops.deaths = [(pid, 1 << 8) for pid, w in master.workers.items()
                       if ops.t - w.started >= 2.0]
         master.step()
@@ -158,7 +170,7 @@ def test_killed_worker_replaced_at_once_even_young(master):
     ops.deaths = [(100, KILLED)]
     master.step()
     assert alive(master) == [101, 102]
-    assert master.throttle.failures == 0
+    assert throttle(master).failures == 0
     assert any("worker 100 exited with status -9" in line for line in master.log.lines)
 
 
@@ -252,10 +264,11 @@ def test_the_monitor_is_started_first_and_supervised_as_a_worker(checked):
     ops.t += 1.01
     master.step()
     assert master.monitor.pid == 103
-    master.monitor.on_ready()  # it said READY; the streak ends once it ran STABLE_SECONDS
+    # it says READY; the streak ends once it ran STABLE_SECONDS
+    says_ready(master, master.supervisor.first(MONITOR))
     ops.t += STABLE_SECONDS
     master.step()
-    assert master.monitor.throttle.failures == 0
+    assert throttle(master, MONITOR).failures == 0
     assert "notice: monitor starts again" in master.log.lines
     ops.deaths = [(103, KILLED)]  # killed from outside: replaced at once
     master.step()
@@ -265,7 +278,7 @@ def test_the_monitor_is_started_first_and_supervised_as_a_worker(checked):
 def test_the_watchdog_kills_a_stuck_monitor(checked):
     master, ops = checked, checked.ops
     master.step()
-    master.monitor.on_ready()
+    says_ready(master, master.supervisor.first(MONITOR))
     master.table.beat(master.table.monitor_slot, ops.t)
     ops.t += WATCHDOG_SECONDS + 1
     master.step()
@@ -327,19 +340,19 @@ def test_a_ready_worker_that_dies_is_replaced_at_once(master):
     """Once it has run STABLE_SECONDS: sooner, see test_workers_dying_soon_after_ready_..."""
     ops = master.ops
     master.step()
-    master.on_message(master.workers[100], b"Y")
+    says_ready(master, master.workers[100])
     ops.t += STABLE_SECONDS
     ops.deaths = [(100, EXIT_3)]
     master.step()
     assert alive(master) == [101, 102]
-    assert master.throttle.failures == 0
+    assert throttle(master).failures == 0
 
 
 def test_the_watchdog_kills_a_worker_whose_loop_is_stuck(master):
     ops = master.ops
     master.step()
     for worker in master.workers.values():
-        master.on_message(worker, b"Y")
+        says_ready(master, worker)
         master.table.beat(worker.slot, ops.t)
     ops.t += WATCHDOG_SECONDS - 1
     master.table.beat(master.workers[101].slot, ops.t)  # 101 keeps turning its loop

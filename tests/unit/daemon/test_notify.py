@@ -1,5 +1,5 @@
 """hapolicy.daemon.notify in process: the sd_notify datagram, the abstract namespace, the watchdog
-variables, and that a missing socket is logged once and never raises."""
+variables, that a missing socket is logged once and never raises, and what ServiceNotes says."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 
 from testkit.daemon import short_tmpdir
 
-from hapolicy.daemon.notify import Notifier, monotonic_usec
+from hapolicy.daemon.notify import Notifier, ServiceNotes, monotonic_usec
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import DISABLED
 
 
 class Log:
@@ -84,3 +86,25 @@ def test_monotonic_usec_is_clock_monotonic():
     before = time.clock_gettime(time.CLOCK_MONOTONIC)
     usec = monotonic_usec()
     assert before * 1e6 - 1 <= usec <= time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6 + 1
+
+
+def test_service_notes_say_ready_once_and_the_status_when_it_changes():
+    """ServiceNotes from what the master hands it: the serving workers, the pools' tables."""
+    path = short_tmpdir() / "notify"
+    grey, rate = HealthTable(2, shared=False), HealthTable(1, shared=False)
+    with receiver(str(path)) as sock:
+        notes = ServiceNotes(Notifier.from_environ(Log(), {"NOTIFY_SOCKET": str(path)}))
+        notes.update(0, [grey, rate], time.monotonic())
+        assert sock.recv(4096) == b"STATUS=workers 0, services up 3 of 3\n"
+        notes.update(2, [grey, rate], time.monotonic())
+        assert sock.recv(4096) == b"READY=1\nSTATUS=workers 2, services up 3 of 3\n"
+        notes.update(2, [grey, rate], time.monotonic())  # nothing changed: nothing sent
+        grey.set_admin(1, DISABLED)
+        notes.update(2, [grey, rate], time.monotonic())
+        assert sock.recv(4096) == b"STATUS=workers 2, services up 2 of 3 (1 disabled)\n"
+        notes.reloading()
+        assert sock.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        notes.update(1, [grey], time.monotonic())  # READY=1 again for the new configuration
+        assert sock.recv(4096) == b"READY=1\nSTATUS=workers 1, services up 1 of 2 (1 disabled)\n"
+    path.unlink()
+    path.parent.rmdir()

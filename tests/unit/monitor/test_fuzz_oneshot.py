@@ -26,7 +26,7 @@ from hapolicy.base.eventloop import EventLoop
 from hapolicy.config.records import Config, parse_service
 from hapolicy.monitor.commands import COMMANDS
 from hapolicy.monitor.commands import answer as command_answer
-from hapolicy.monitor.control import MAX_LINE, ControlServer, ControlSocket
+from hapolicy.monitor.control import MAX_LINE, ControlServer
 from hapolicy.monitor.metrics import MAX_HEAD, MetricsServer, Tables
 from hapolicy.tables.health import HealthTable
 from hapolicy.tables.workertable import WorkerTable
@@ -63,7 +63,7 @@ class Served:
             listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listening.bind(path)
             listening.listen(4)
-            self.server = ControlServer(self.loop, ControlSocket(listening, path, os.geteuid(), -1),
+            self.server = ControlServer(self.loop, listening, os.geteuid(), -1,
                                         command or commands_of(self.log), self.log)
             self.address, family = path, socket.AF_UNIX
         else:

@@ -17,7 +17,7 @@ from testkit.dispatching import Client, Run
 from testkit.protocol import request
 
 from hapolicy.base.protocol import RequestFramer
-from hapolicy.tables.health import DEFAULT_INTERNAL, REQUESTS, F
+from hapolicy.tables.layout import ANSWERS, DEFAULT_INTERNAL, FAILURES, REQUESTS
 
 
 @contextlib.contextmanager
@@ -56,7 +56,7 @@ def test_an_exception_making_the_hash_key_costs_that_request_the_default():
         assert run.ask(request())[0] == b"action=OK\n\n"
         # the counters add up: a request, an answer or a default answer
         assert run.health.counter(REQUESTS) == 2
-        assert run.health.service_counter(0, F.ANSWERS) == 1
+        assert run.health.service_counter(0, ANSWERS) == 1
 
 
 def test_an_exception_at_an_exchanges_end_costs_that_request_the_default():
@@ -92,7 +92,7 @@ def test_an_exception_in_a_hedge_stops_both_exchanges_and_answers_once():
         assert client.answers == [b"action=dunno\n\n"]
         assert internal(run) == 1 and run.dispatcher.in_flight == 0
         assert not run.dispatcher.backends.in_flight  # the first exchange was stopped
-        assert run.health.service_counter(0, F.FAILURES) == 0  # counted against nobody
+        assert run.health.service_counter(0, FAILURES) == 0  # counted against nobody
 
 
 def test_an_exception_after_the_answer_costs_no_answer():

@@ -17,14 +17,15 @@ import socket
 import time
 
 import pytest
-from testkit.backends import FakeBackend, RawBackend
+from testkit.backends import FakeBackend
 from testkit.dispatching import Client, Run
 from testkit.ports import refused_port
 from testkit.protocol import request
+from testkit.stubs import RawBackend
 
 from hapolicy.backend import exchange as backend_module
 from hapolicy.base.protocol import Request, RequestFramer
-from hapolicy.tables.health import DOWN, UP
+from hapolicy.tables.layout import DOWN, UP
 
 
 @pytest.fixture

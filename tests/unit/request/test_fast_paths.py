@@ -7,7 +7,8 @@ from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.protocol import MAX_ATTRIBUTES, Request, RequestFramer, check_limits
 from hapolicy.config.records import parse_service
 from hapolicy.request.selection import Selector
-from hapolicy.tables.health import SLOT, F, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import SERVED, SLOT, WEIGHT
 
 
 def test_by_weight_is_min_of_the_clock_after_the_pick_first_of_equals():
@@ -17,8 +18,8 @@ def test_by_weight_is_min_of_the_clock_after_the_pick_first_of_equals():
     rnd = random.Random(7)
     for _ in range(500):
         for i in range(len(services)):
-            health.f[i * SLOT + F.SERVED] = rnd.choice((0.0, 0.5, 1.0, rnd.random()))
-            health.f[i * SLOT + F.WEIGHT] = rnd.choice((0.0, 0.0, 1.0, 4.0))
+            health.f[i * SLOT + SERVED] = rnd.choice((0.0, 0.5, 1.0, rnd.random()))
+            health.f[i * SLOT + WEIGHT] = rnd.choice((0.0, 0.0, 1.0, 4.0))
         candidates = sorted(rnd.sample(range(len(services)), rnd.randint(1, len(services))))
         expected = min(candidates, key=lambda i: (health.served(i) + sel._step(i), i))
         assert sel.by_weight(candidates) == expected

@@ -30,7 +30,9 @@ from hapolicy.config.records import Config, parse_service
 from hapolicy.monitor.checks import Checker, CheckerSet
 from hapolicy.request import assembly
 from hapolicy.request.dispatch import Dispatcher
-from hapolicy.tables.health import DOWN, PROBE_DUE, SLOT, UP, Health, HealthTable, carry_over
+from hapolicy.tables.health import HealthTable, carry_over
+from hapolicy.tables.layout import DOWN, PROBE_DUE, SLOT, UP
+from hapolicy.tables.transitions import Health
 
 
 class Lines:

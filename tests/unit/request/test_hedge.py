@@ -21,7 +21,8 @@ from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.records import Config, parse_service
 from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.hedge import MIN_SAMPLES, Latency, warnings
-from hapolicy.tables.health import HEDGE_WON, HEDGED, UP, F, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import ANSWERS, FAILURES, HEDGE_WON, HEDGED, UP
 
 
 class Pool:
@@ -90,7 +91,7 @@ def test_hedging_cuts_the_tail_of_a_primary_slow_on_a_tenth_of_requests():
                 assert len(answers) == count  # one answer each
                 results[hedge] = (p99(took), pool.counter(HEDGED), pool.counter(HEDGE_WON),
                                   len(second.requests), answers.count(b"action=OK second\n\n"))
-                assert pool.table.service_counter(0, F.FAILURES) == 0
+                assert pool.table.service_counter(0, FAILURES) == 0
                 assert pool.table.state(0, time.monotonic()) == UP
                 if hedge:
                     assert " hedged=S" in pool.log.text("info")
@@ -145,8 +146,8 @@ def test_the_loser_is_abandoned_its_connection_closed_and_not_counted():
             while primary.open_connections and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert primary.open_connections == 0  # closed by us
-            assert pool.table.service_counter(0, F.FAILURES) == 0
-            assert pool.table.service_counter(1, F.ANSWERS) == 1
+            assert pool.table.service_counter(0, FAILURES) == 0
+            assert pool.table.service_counter(1, ANSWERS) == 1
             assert pool.counter(HEDGED) == pool.counter(HEDGE_WON) == 1
         finally:
             pool.close()
@@ -161,7 +162,7 @@ def test_a_hedge_that_fails_leaves_the_first_attempt_to_answer():
             pool.dispatcher.hedger.tokens = 1.0
             answers, _ = pool.ask_many(1)
             assert answers == [b"action=OK primary\n\n"]
-            assert pool.table.service_counter(1, F.FAILURES) == 1
+            assert pool.table.service_counter(1, FAILURES) == 1
             line = pool.log.text("info")
             assert 'failed="S: answer without action' in line and " hedged=S" in line, line
             assert pool.counter(HEDGE_WON) == 0
@@ -179,7 +180,7 @@ def test_a_first_attempt_that_fails_leaves_the_hedge_to_answer():
             answers, took = pool.ask_many(1)
             assert answers == [b"action=OK second\n\n"]  # one answer: the hedge's
             assert took[0] >= 0.3
-            assert pool.table.service_counter(0, F.FAILURES) == 1
+            assert pool.table.service_counter(0, FAILURES) == 1
             assert pool.counter(HEDGE_WON) == 1
             assert len(primary.requests) == len(second.requests) == 1  # no third attempt
         finally:
@@ -207,7 +208,7 @@ def test_a_hedge_on_a_service_taken_down_elsewhere_is_abandoned_and_the_first_an
             assert client.answers == [b"action=OK primary\n\n"]
             line = pool.log.text("info")
             assert 'failed="S: marked down while waiting"' in line and " hedged=S" in line, line
-            assert pool.table.service_counter(1, F.FAILURES) == 0  # abandoned: not counted
+            assert pool.table.service_counter(1, FAILURES) == 0  # abandoned: not counted
         finally:
             pool.close()
 

@@ -26,16 +26,27 @@ from hapolicy.config.records import Config, parse_service
 from hapolicy.request import lane as lane_module
 from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
-from hapolicy.tables.health import (
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import (
+    ADMIN,
+    ANSWERS,
+    ANSWERS_BY_ACTION,
     DEFAULT_DOWN,
     DEFAULT_FAILED,
     DEFAULT_TIMEOUT,
+    DRAIN,
+    FAILURES,
+    FAILURES_BY_OUTCOME,
+    LATENCY_BUCKETS,
+    LATENCY_SUM,
+    PROBE_UNTIL,
     REQUESTS,
+    SERVED,
     SLOT,
-    F,
-    HealthTable,
+    STATS,
+    STREAK,
+    WEIGHT,
 )
-from hapolicy.tables.stats import STATS, S
 
 
 class Quiet(Logger):
@@ -130,14 +141,14 @@ class Harness:
         for i in range(table.count):
             base, stats = i * SLOT, table.stats + i * STATS
             out[f"service {i}"] = {
-                "answers": f[base + F.ANSWERS],
-                "failures": f[base + F.FAILURES],
+                "answers": f[base + ANSWERS],
+                "failures": f[base + FAILURES],
                 "down": f[base] != 0.0,
                 # the round robin's clock, the operator's weight, the probe and the streak
-                "words": [f[base + w] for w in (F.SERVED, F.WEIGHT, F.PROBE_UNTIL, F.STREAK)],
-                "by outcome": [f[stats + S.FAILURES + k] for k in range(10)],
-                "by action": [f[stats + S.ACTIONS + k] for k in range(8)],
-                "timed": sum(f[stats + S.BUCKETS + k] for k in range(14)),
+                "words": [f[base + w] for w in (SERVED, WEIGHT, PROBE_UNTIL, STREAK)],
+                "by outcome": [f[stats + FAILURES_BY_OUTCOME + k] for k in range(10)],
+                "by action": [f[stats + ANSWERS_BY_ACTION + k] for k in range(8)],
+                "timed": sum(f[stats + LATENCY_BUCKETS + k] for k in range(14)),
             }
         return out
 
@@ -276,14 +287,14 @@ def test_a_service_taken_down_or_drained_or_a_sticky_transaction_elsewhere_leave
     def steps(h, backends):
         f = h.table.f
         out = h.ask(request(instance="t1")) + h.ask(request(instance="t1"))
-        f[F.DRAIN] = 1.0  # drained: the transaction t1 stays, a new one goes to S1
+        f[DRAIN] = 1.0  # drained: the transaction t1 stays, a new one goes to S1
         out += h.ask(request(instance="t1")) + h.ask(request(instance="t2"))
-        f[F.DRAIN] = 0.0
+        f[DRAIN] = 0.0
         out += h.ask(request(instance="t2"))  # sticky to S1, which is up
         out += h.ask(request(instance="t3")) + h.ask(request(instance="t3"))
-        f[F.ADMIN] = float("inf")  # disabled
+        f[ADMIN] = float("inf")  # disabled
         out += h.ask(request(instance="t3"))
-        f[F.ADMIN] = 0.0
+        f[ADMIN] = 0.0
         backends[0].drop_connections()  # the idle connection closed by the service
         h.settle(0.2)
         out += h.ask(request(instance="t4")) + h.ask(request(instance="t4"))
@@ -401,7 +412,7 @@ def test_a_balanced_group_is_picked_in_the_general_paths_order(monkeypatch):
         for n in range(24):  # a transaction every three requests, some with no instance
             instance = f"tx{n // 3}" if n % 8 else ""
             out += h.ask(request(instance=instance, recipient=f"r{n}@example.org"))
-        h.table.f[F.WEIGHT] = 4.0  # the operator's weight for S0, at once
+        h.table.f[WEIGHT] = 4.0  # the operator's weight for S0, at once
         for n in range(12):
             out += h.ask(request(instance=f"ty{n // 2}"))
         return out
@@ -427,15 +438,15 @@ def test_a_balanced_member_failing_down_or_drained_is_the_general_paths(monkeypa
         backends[0].set_mode("answer", action="OK")
         f[0] = 0.0  # S0 up again
         backends[1].set_mode("close_after_request")  # S1's fail over to S0, not to S2
-        f[F.SERVED] = f[SLOT + F.SERVED] + 1.0  # S0's clock ahead: S1 is the next pick
+        f[SERVED] = f[SLOT + SERVED] + 1.0  # S0's clock ahead: S1 is the next pick
         for n in range(3):
             out += h.ask(request(instance=f"s{n}"))
         backends[1].set_mode("answer", action="SECOND")
         f[SLOT] = 0.0
-        for word, value in ((F.DRAIN, 1.0), (F.ADMIN, float("inf"))):
+        for word, value in ((DRAIN, 1.0), (ADMIN, float("inf"))):
             for n in range(4):  # S1 asked again: an idle connection to it waits in the pool
                 out += h.ask(request(instance=f"c{word}{n}"))
-            f[F.SERVED] = f[SLOT + F.SERVED] + 1.0  # S1 would be the next pick
+            f[SERVED] = f[SLOT + SERVED] + 1.0  # S1 would be the next pick
             f[SLOT + word] = value  # drained, then disabled: S0 alone answers
             for n in range(3):
                 out += h.ask(request(instance=f"d{word}{n}"))
@@ -561,9 +572,9 @@ def test_each_answer_is_counted_in_the_table_before_it_is_written(monkeypatch, l
     def counted(self, answer):
         f, table = harness.table.f, harness.table
         stats = table.stats
-        seen.append((f[table.header + REQUESTS], f[F.ANSWERS] + f[SLOT + F.ANSWERS],
-                     f[stats + S.LATENCY_SUM] + f[stats + STATS + S.LATENCY_SUM],
-                     sum(f[stats + n * STATS + S.BUCKETS + k] for n in (0, 1)
+        seen.append((f[table.header + REQUESTS], f[ANSWERS] + f[SLOT + ANSWERS],
+                     f[stats + LATENCY_SUM] + f[stats + STATS + LATENCY_SUM],
+                     sum(f[stats + n * STATS + LATENCY_BUCKETS + k] for n in (0, 1)
                          for k in range(14))))
         deliver(self, answer)
 

@@ -4,7 +4,8 @@ from collections import Counter
 
 from hapolicy.config.records import parse_service
 from hapolicy.request.selection import Selector
-from hapolicy.tables.health import DOWN, PROBE_DUE, UP, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import DOWN, PROBE_DUE, UP
 
 
 def make(*specs, shared=False, try_down=False):

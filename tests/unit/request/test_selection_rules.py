@@ -10,7 +10,8 @@ from collections import Counter
 
 from hapolicy.config.records import parse_service
 from hapolicy.request.selection import Selector
-from hapolicy.tables.health import DOWN, PROBE_DUE, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import DOWN, PROBE_DUE
 
 
 def make(*specs: str) -> tuple[Selector, HealthTable]:

@@ -25,14 +25,14 @@ from hapolicy.config.records import Config, parse_service
 from hapolicy.request import shadow as shadow_module
 from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.shadow import MAX_IN_FLIGHT, make_mirrors, verdict
-from hapolicy.tables.health import (
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import (
     REQUESTS,
     SHADOW_AGREE,
     SHADOW_DISAGREE,
     SHADOW_DROPPED,
     SHADOW_FAILED,
     UP,
-    HealthTable,
 )
 
 WORDS = {"agree": SHADOW_AGREE, "disagree": SHADOW_DISAGREE, "failed": SHADOW_FAILED,

@@ -12,7 +12,9 @@ import os
 
 from hapolicy.base.log import Logger
 from hapolicy.config.records import Config, parse_service
-from hapolicy.tables.health import DOWN, PROBE_DUE, UP, Health, HealthTable
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import DOWN, PROBE_DUE, UP
+from hapolicy.tables.transitions import Health
 
 COOLDOWN, CAP, LEASE = 2.0, 60.0, 35.0
 

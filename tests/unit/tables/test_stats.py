@@ -1,6 +1,6 @@
 """The per-service statistics of the health table (stats.py), in process.
 
-A Dispatcher against FakeBackends on 127.0.0.1 (test_dispatch_inprocess.Run) counts good answers
+A Dispatcher against FakeBackends on 127.0.0.1 (testkit.dispatching.Run) counts good answers
 by the first word of their action and in the latency histogram, failures by outcome category;
 the state changes write the last change and the time down; carry_over keeps them for a service
 that stays; the words after the pool's slot hold each worker's requests in flight. The control
@@ -13,20 +13,27 @@ import math
 import time
 
 import pytest
-from test_dispatch_inprocess import Run
 from testkit.backends import FakeBackend
+from testkit.dispatching import Run
 from testkit.ports import refused_port
 from testkit.protocol import request
 
 from hapolicy.base import outcome
 from hapolicy.config.records import parse_service
 from hapolicy.monitor.commands import age, milliseconds, status_row
-from hapolicy.tables.health import SLOT, F, HealthTable, carry_over, table_bytes
-from hapolicy.tables.stats import (
+from hapolicy.tables.health import HealthTable, carry_over, table_bytes
+from hapolicy.tables.layout import (
     ACTIONS,
+    ANSWERS,
+    ANSWERS_BY_ACTION,
     BOUNDS,
+    FAILURES,
+    LAST_CHANGE,
+    LATENCY_SUM,
+    SLOT,
     STATS,
-    S,
+)
+from hapolicy.tables.stats import (
     action_index,
     action_offset,
     answers_by_action,
@@ -56,7 +63,7 @@ def test_the_action_word_is_one_of_a_bounded_set(action, expected):
 def test_the_action_cache_is_bounded():
     cache: dict[bytes, int] = {}
     for n in range(1000):
-        assert action_offset(cache, f"action=REJECT {n:09d}".encode()) == S.ACTIONS + 2
+        assert action_offset(cache, f"action=REJECT {n:09d}".encode()) == ANSWERS_BY_ACTION + 2
     assert len(cache) == 256
     assert all(len(key) <= 16 for key in cache)
 
@@ -93,10 +100,10 @@ def test_answers_by_action_and_latency_are_counted():
     assert answers_by_action(table, 0) == [0, 0, 3, 0, 0, 1, 0, 0]
     assert answers_by_action(table, 1) == [0] * len(ACTIONS)
     counts = buckets(table, 0)
-    assert sum(counts) == 4 == table.service_counter(0, F.ANSWERS)
+    assert sum(counts) == 4 == table.service_counter(0, ANSWERS)
     # the delayed answer is in a bucket over 25 ms, the sum counts it
     assert sum(counts[BOUNDS.index(0.025) + 1:]) >= 1
-    assert 0.03 <= word(table, 0, S.LATENCY_SUM) < 30
+    assert 0.03 <= word(table, 0, LATENCY_SUM) < 30
 
 
 def test_failures_are_counted_by_outcome():
@@ -110,7 +117,7 @@ def test_failures_are_counted_by_outcome():
     table = run.health
     assert failures_by_outcome(table, 0)[outcome.CONNECT_FAILED] == 1
     assert failures_by_outcome(table, 1)[outcome.INVALID] == 1
-    assert sum(failures_by_outcome(table, 0).values()) == table.service_counter(0, F.FAILURES)
+    assert sum(failures_by_outcome(table, 0).values()) == table.service_counter(0, FAILURES)
     assert set(failures_by_outcome(table, 2)) == {
         outcome.CONNECT_FAILED, outcome.RESET, outcome.CONNECT_TIMEOUT, outcome.ANSWER_TIMEOUT,
         outcome.CLOSED, outcome.INVALID, outcome.FAIL_ANSWER}
@@ -118,7 +125,7 @@ def test_failures_are_counted_by_outcome():
 
 def test_state_changes_write_the_last_change_and_the_time_down():
     table = HealthTable(1, shared=False)
-    made = word(table, 0, S.LAST_CHANGE)
+    made = word(table, 0, LAST_CHANGE)
     assert made == pytest.approx(time.time(), abs=5)
     assert down_seconds(table, 0, 100.0) == 0.0
     table.record_failure(0, 100.0, 2.0, 60.0)
@@ -126,7 +133,7 @@ def test_state_changes_write_the_last_change_and_the_time_down():
     table.record_failure(0, 101.0, 2.0, 60.0)  # down already: still down since 100
     assert table.record_success(0, now=110.0)
     assert down_seconds(table, 0, 500.0) == pytest.approx(10.0)
-    assert word(table, 0, S.LAST_CHANGE) >= made
+    assert word(table, 0, LAST_CHANGE) >= made
     table.record_failure(0, 600.0, 2.0, 60.0)
     assert table.record_success(0, now=601.0)
     assert down_seconds(table, 0, 700.0) == pytest.approx(11.0)
@@ -139,7 +146,7 @@ def test_carry_over_keeps_a_staying_service_s_statistics():
     old = HealthTable(2, shared=False, workers=4)
     for k in range(STATS):
         old.f[old.stats + 1 * STATS + k] = float(k + 1)
-    old.f[old.stats + S.ACTIONS] = 99.0  # A's: gone with A
+    old.f[old.stats + ANSWERS_BY_ACTION] = 99.0  # A's: gone with A
     new = carry_over(old, before, after)
     assert list(new.f[new.stats + STATS:new.stats + 2 * STATS]) == [float(k + 1)
                                                                   for k in range(STATS)]

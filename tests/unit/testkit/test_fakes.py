@@ -1,5 +1,5 @@
-"""Tests of the test fakes themselves (scripts/testkit/backends.py, protocol.py, ports.py): fast,
-127.0.0.1 only."""
+"""Tests of the test fakes themselves (scripts/testkit/backends.py, stubs.py, protocol.py,
+ports.py): fast, 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from testkit.backends import Blackhole, FakeBackend
+from testkit.backends import FakeBackend
 from testkit.ports import refused_port
 from testkit.protocol import PolicyClient, request, service_spec
+from testkit.stubs import Blackhole
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 

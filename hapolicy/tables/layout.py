@@ -1,0 +1,135 @@
+"""The layouts of the shared tables: every word of a pool's health table, and of the worker
+table, named once here with what it holds; the code that reads and writes them is elsewhere
+(health.py, stats.py, workertable.py, and the request path, which reads these names as module
+globals: plain ints, no attribute look-up on a pick).
+
+Every word is a float64, written whole (atomic on the platforms Python runs on) and without
+locks; a counter is exact up to 2**53, and a rare increment lost under a race is accepted
+(statistics, not accounting).
+
+A pool's health table (health.HealthTable) is one mmap, its regions in this order:
+
+    services     SLOT words per service: its health and balancing, read on every pick
+    pool         SLOT words: the pool's own (who owns recovery, the pool's counters)
+    statistics   STATS words per service: the finer statistics (stats.py)
+    in flight    one word per worker slot: the requests that worker has in flight for the pool,
+                 as of its last housekeeping pass (none in spawn mode)
+
+`pool_start`, `stats_start`, `in_flight_start` and `table_words` say where each region begins.
+Spawn mode's state file (spawn/statefile.py) holds the same words after its header: a change
+here must change that file's LAYOUT, so that old files are replaced, not misread.
+"""
+
+from __future__ import annotations
+
+# --- A service's slot (SLOT words), word i * SLOT + name of service i -------------------------
+# Its first cache line holds what every pick reads: DOWN_UNTIL + ADMIN is 0.0 when it is UP.
+
+SLOT = 16  # words per service: two 64-byte cache lines
+DOWN_UNTIL = 0  # monotonic time its cool-down ends; 0.0 while up; inf while checks own recovery
+PROBE_UNTIL = 1  # end of the lease of the request that probes it after its cool-down
+SERVED = 2  # its virtual time in weighted round robin (+1/weight per pick)
+STREAK = 3  # consecutive failures that doubled its cool-down
+DOWN_SINCE = 4  # monotonic time it was last marked down
+ANSWERS = 5  # counter: good answers of live requests
+FAILURES = 6  # counter: live requests' failures that count against it
+ADMIN = 7  # 0.0 enabled; inf: disabled by the operator (read as DOWN, never due a probe)
+DRAIN = 8  # 1.0: drained by the operator: no new transaction, no hash key goes there
+WEIGHT = 9  # the operator's weight; 0.0: the configured one
+# 10..15 unused
+
+# Health states of a service (HealthTable.state), from its DOWN_UNTIL, ADMIN and PROBE_UNTIL:
+UP = 0  # DOWN_UNTIL + ADMIN is 0.0: selection may pick it
+DOWN = 1  # in its cool-down, disabled, owned by checks, or its probe leased to a request
+PROBE_DUE = 2  # its cool-down over and no lease out: the next request to claim it probes it
+
+# Admin states of a service (HealthTable.admin), from its ADMIN and DRAIN, as the control
+# socket, --state-file and the summary name them:
+ENABLED = "enabled"  # ADMIN and DRAIN 0.0: as its health says
+DRAINING = "drain"  # DRAIN 1.0: up, but only the transactions sticky to it go there
+DISABLED = "disabled"  # ADMIN inf: no request goes there, no check looks at it
+ADMIN_STATES = (ENABLED, DRAINING, DISABLED)
+
+# --- The pool's slot (SLOT words after the services'), word pool_start(count) + name ---------
+
+CHECKED = 0  # 1.0 while active checks own the recovery of its services
+REQUESTS = 1  # counter: requests the pool's dispatchers sent on their way (a Job each)
+DEFAULT_FAILED = 2  # counter of default answers: every service tried failed
+DEFAULT_DOWN = 3  # counter of default answers: every service down
+DEFAULT_TIMEOUT = 4  # counter of default answers: the total timeout reached
+DEFAULT_REFUSED = 5  # counter of default answers: the request refused unread (too large, a
+#                      line without `=`)
+SHADOW_AGREE = 6  # counter of copies sent to the pool's shadow (shadow.py): same verdict
+SHADOW_DISAGREE = 7  # counter of shadow copies: another verdict
+SHADOW_FAILED = 8  # counter of shadow copies: the shadow's default answer (failed, timed out)
+SHADOW_DROPPED = 9  # counter of shadow copies not sent: too many in flight, or the worker busy
+HEDGED = 10  # counter: second services asked by a hedge (hedge.py)
+HEDGE_WON = 11  # counter: requests answered by the hedge's service
+DEFAULT_INTERNAL = 12  # counter of default answers: an exception while handling the request
+# 13..15 unused
+
+# the default answers' counters by reason, as /metrics and the summary line name them
+DEFAULT_REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN),
+                   ("timeout", DEFAULT_TIMEOUT), ("refused", DEFAULT_REFUSED),
+                   ("internal", DEFAULT_INTERNAL))
+# the shadow copies' counters by result, as /metrics and the shadow's log lines name them
+SHADOW_RESULTS = {SHADOW_AGREE: "agree", SHADOW_DISAGREE: "disagree", SHADOW_FAILED: "failed",
+                  SHADOW_DROPPED: "dropped"}
+SHADOW_COUNTERS = tuple(SHADOW_RESULTS)
+# every counter of the pool's slot: what a reload carries over to the pool's new table
+POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED,
+                 *SHADOW_COUNTERS, HEDGED, HEDGE_WON, DEFAULT_INTERNAL)
+
+# --- A service's statistics slot (STATS words), word stats_start(count) + i * STATS + name ---
+
+STATS = 40  # words per service: five cache lines
+FAILURES_BY_OUTCOME = 0  # + outcome code (outcome.py; 10 words): failures that counted
+#                          against it (ANSWERED, LOCAL and ABANDONED stay 0)
+ANSWERS_BY_ACTION = 10  # + index in ACTIONS (8 words): its good answers by action word
+LAST_CHANGE = 18  # wall-clock time it last went down or came back (before: its table's making)
+DOWN_TOTAL = 19  # seconds down over the down periods that ended (the current one: on read)
+LATENCY_SUM = 20  # seconds its good answers took, from the exchange's start to the answer read
+LATENCY_BUCKETS = 21  # + bucket (len(BOUNDS) + 1 words): its good answers whose latency is at
+#                       most BOUNDS[bucket] and above the bound before (not cumulative); the
+#                       last, len(BOUNDS), holds those above the last bound (+Inf)
+# 35..39 unused
+
+# the first word of an action, upper-cased: ANSWERS_BY_ACTION + its index here (`4NN text` is
+# 4xx, `5NN text` 5xx; every other word, and an empty action, is `other`)
+ACTIONS = ("OK", "DUNNO", "REJECT", "DEFER", "DEFER_IF_PERMIT", "4xx", "5xx", "other")
+# the upper bounds (seconds) of the latency buckets
+BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def pool_start(count: int) -> int:
+    """The first word of the pool's slot in the table of count services."""
+    return count * SLOT
+
+
+def stats_start(count: int) -> int:
+    """The first word of the statistics slots in the table of count services."""
+    return (count + 1) * SLOT
+
+
+def in_flight_start(count: int) -> int:
+    """The first word of the in-flight words in the table of count services."""
+    return stats_start(count) + count * STATS
+
+
+def table_words(count: int, workers: int = 0) -> int:
+    """The words of the table of count services with in-flight words for `workers` slots."""
+    return in_flight_start(count) + workers
+
+
+# --- The worker table (workertable.py): WORKER_SLOT words per slot, word slot * WORKER_SLOT +
+# name; slot k is the worker the master started in slot k, the one after the workers' the
+# monitor's (only its heartbeat). The worker writes its words, the master PID and GENERATION
+# after the fork, and zeroes the slot when it reaps the worker.
+
+WORKER_SLOT = 6  # words per slot
+WORKER_CLIENTS = 0  # the client connections the worker holds
+WORKER_ACCEPTING = 1  # 1.0 while it accepts new connections
+WORKER_HEARTBEAT = 2  # monotonic time of its last housekeeping pass (0.0: not yet)
+WORKER_REQUESTS = 3  # requests it served, as of that pass
+WORKER_PID = 4  # its pid, written by the master after the fork; 0.0: no worker in the slot
+WORKER_GENERATION = 5  # the generation (reload) it was started for
