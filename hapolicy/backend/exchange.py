@@ -131,22 +131,8 @@ IDLE, CONNECTING, SENDING, READING, CLOSED_STATE, QUEUED = range(6)
 class Connection:
     """One connection to one service; runs one exchange at a time (see the module doc)."""
 
-    __slots__ = (
-        "answer",
-        "backends",
-        "deadline",
-        "ended",
-        "limit",
-        "loop",
-        "on_done",
-        "payload",
-        "reused",
-        "sent",
-        "service",
-        "sock",
-        "started",
-        "state",
-    )
+    __slots__ = ("answer", "backends", "deadline", "ended", "limit", "loop", "on_done", "payload",
+                 "reused", "sent", "service", "sock", "started", "state")
 
     def __init__(self, backends: Backends, service: Service) -> None:
         self.backends = backends
@@ -218,7 +204,8 @@ class Connection:
             return
         # the service's timeout bounds the whole attempt, connect included (as the original's
         # alarm did): a blackholed service with TIMEOUT 1 costs 1 s, not connect_timeout
-        self.limit = min(now + self.backends.connect_timeout, self._attempt_deadline())
+        self.limit = min(now + self.backends.connect_timeout,
+                         self.started + self.service.timeout, self.deadline)
         self.loop.add(sock, EVENT_WRITE, self._on_event)
 
     def _send_first(self, now: float) -> None:
@@ -246,9 +233,6 @@ class Connection:
         else:
             self.state = SENDING
             self.loop.modify(self.sock, EVENT_WRITE, self._on_event)
-
-    def _attempt_deadline(self) -> float:
-        return min(self.started + self.service.timeout, self.deadline)
 
     def _on_event(self, mask: int) -> None:
         state = self.state

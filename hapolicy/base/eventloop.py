@@ -29,7 +29,7 @@ for the CPU. docs/performance.md has the figures.
 
 An exception of a handler, a timer or a turn-end callback goes to `on_error` when the loop's
 owner set one (a daemon worker: logged, and the loop goes on with the other events; the
-request path contains its own exceptions per request first, dispatch.py), else out of
+request path contains its own exceptions per request first, job.py), else out of
 `run_once`. A `try` costs nothing until something raises (Python 3.11's zero-cost exceptions).
 
 `now` is when the last poll returned (as libuv's loop time): what a handler may take as the
@@ -189,55 +189,65 @@ class EventLoop:
             removed.clear()
         events = self._poller.poll(timeout)
         self.now = now = monotonic()
-        handlers = self.handlers
-        yielding = False  # after a turn of several events, when the loop yields
         if len(events) == 1:
             fd, mask = events[0]
-            handler = handlers.get(fd)
+            handler = self.handlers.get(fd)
             if handler is not None:
                 try:
                     handler(mask | _BOTH if mask & _TROUBLE else mask)
                 except Exception as exc:  # noqa: BLE001 - see `on_error`
                     self._failed(exc)
         elif events:
-            self.gathering = True
-            try:
-                for fd, mask in events:
-                    # an earlier handler of this round may have closed this fd (and maybe
-                    # reused it for another file): its event is not for what is registered now
-                    if removed and fd in removed:
-                        continue
-                    handler = handlers.get(fd)
-                    if handler is not None:
-                        try:
-                            handler(mask | _BOTH if mask & _TROUBLE else mask)
-                        except Exception as exc:  # noqa: BLE001 - see `on_error`
-                            self._failed(exc)
-            finally:
-                self.gathering = False
-            yielding = self.yields
+            self._run_gathered(events)
         if self.turn_end:
             self._end_turn()
         if timers:
-            while timers and timers[0].when <= now:
-                timer = heapq.heappop(timers)
-                callback = timer.callback
-                if callback is None:
-                    self._cancelled -= 1
-                    continue
-                timer.callback = None
-                try:
-                    callback()
-                except Exception as exc:  # noqa: BLE001 - see `on_error`
-                    self._failed(exc)
-            if self.turn_end:
-                self._end_turn()
+            if timers[0].when <= now:
+                self._run_due(now)
             if self._cancelled > 64 and self._cancelled * 2 > len(timers):
                 self.timers = [t for t in timers if t.callback is not None]
                 heapq.heapify(self.timers)
                 self._cancelled = 0
-        if yielding:
+        if len(events) > 1 and self.yields:  # after a turn of several events (module doc)
             sched_yield()
+
+    def _run_gathered(self, events: list[tuple[int, int]]) -> None:
+        """The handlers of a poll of several events (`gathering` while they run)."""
+        handlers = self.handlers
+        removed = self.removed
+        self.gathering = True
+        try:
+            for fd, mask in events:
+                # an earlier handler of this round may have closed this fd (and maybe
+                # reused it for another file): its event is not for what is registered now
+                if removed and fd in removed:
+                    continue
+                handler = handlers.get(fd)
+                if handler is not None:
+                    try:
+                        handler(mask | _BOTH if mask & _TROUBLE else mask)
+                    except Exception as exc:  # noqa: BLE001 - see `on_error`
+                        self._failed(exc)
+        finally:
+            self.gathering = False
+
+    def _run_due(self, now: float) -> None:
+        """The timers due at now (the poll's return), then the turn-end callbacks they asked
+        for."""
+        timers = self.timers
+        while timers and timers[0].when <= now:
+            timer = heapq.heappop(timers)
+            callback = timer.callback
+            if callback is None:
+                self._cancelled -= 1
+                continue
+            timer.callback = None
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - see `on_error`
+                self._failed(exc)
+        if self.turn_end:
+            self._end_turn()
 
     def close(self) -> None:
         if not self._ms:

@@ -36,6 +36,7 @@ from hapolicy.config.records import DaemonConfig
 from hapolicy.daemon import childproto
 from hapolicy.daemon.childproto import MSG_READY, MSG_RETIRING, MSG_RETIRING_FAULT
 from hapolicy.daemon.chores import max_clients
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.request.routing import target
@@ -148,7 +149,7 @@ class Worker:
 
     def _contained(self, exc: Exception) -> None:
         """An exception of the loop's handlers that the request path did not contain itself
-        (dispatch.py does, per request): logged, rate-limited; the worker and its other
+        (job.py does, per request): logged, rate-limited; the worker and its other
         clients go on, but it retires (its state may be spoilt: a fresh worker takes the new
         connections at once, as at max-use)."""
         self.errors.warning(f"worker internal error, contained: {describe_exception(exc)}")
@@ -158,8 +159,9 @@ class Worker:
         """A dispatcher per pool, and what takes the requests of each listener."""
         by_name = {}
         for pool in self.config.pools:
-            dispatcher = Dispatcher(loop, pool, self.health[pool.name], self.log,
-                                    self.config.log_requests, self.config.verbose)
+            dispatcher = make_dispatcher(loop, pool, self.health[pool.name], self.log,
+                                         log_requests=self.config.log_requests,
+                                         verbose=self.config.verbose)
             dispatcher.on_max_use = self._max_use_step
             self.dispatchers.append(dispatcher)
             by_name[pool.name] = dispatcher

@@ -1,1 +1,2 @@
-"""The way of one request: client connection, routing, dispatch, selection, the lane, hedging, shadow copies."""
+"""The way of one request: client connection, routing, the dispatcher and its jobs, selection, and
+the hooks its builder (assembly) attaches: the lane, hedging, shadow copies."""

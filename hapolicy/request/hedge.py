@@ -1,21 +1,23 @@
 """Hedged requests: when a pool's first service has not answered within the hedge delay, ask
 the next service too; the first good answer wins and is delivered once.
 
-A pool that sets `hedge` gets a `Hedger` in each process's dispatcher. Every request of the
-pool gets a `Hedge` at its first attempt (Job.hedge): it arms one timer at the hedge delay,
-either `hedge = SECONDS` or `hedge = pNN`, that percentile of the answer times of the
-service asked, as this process saw them lately (the last RING answers; no hedge before it
-saw MIN_SAMPLES). When the timer fires and the request still waits on an attempt, a token of
-the bucket pays for a second exchange with selection's next pick (never a service this
-request tried). Tokens: each request adds hedge-max/100 of one, up to BURST, so a worker
-never hedges more than hedge-max percent of its requests, whatever its services do.
+A pool that sets `hedge` gets a `Hedger` in each process's dispatcher (attached by its builder,
+assembly.py). Every request of the pool gets a `Hedge` at its first attempt (Job.hedge): it
+arms one timer at the hedge delay, either `hedge = SECONDS` or `hedge = pNN`, that percentile
+of the answer times of the service asked, as this process saw them lately (the last RING
+answers; no hedge before it saw MIN_SAMPLES). When the timer fires and the request still
+waits on an attempt, a token of the bucket pays for a second exchange with selection's next
+pick (never a service this request tried). Tokens: each request adds hedge-max/100 of one, up
+to BURST, so a worker never hedges more than hedge-max percent of its requests, whatever its
+services do.
 
 Then two exchanges run. The first good answer wins: the other exchange is abandoned (its
 connection closed; ABANDONED counts against no service) and the answer goes through the
 job's normal path once (counters, health, the log line's `hedged=NAME`). A failure of one of
 the two is told to health as any failure is, and the request waits for the other: when the
 first attempt fails, the hedge's exchange becomes the attempt in progress (`take_over`);
-when the hedge fails, the first attempt goes on. A request is hedged at most once.
+when the hedge fails, the first attempt goes on. A request is hedged at most once. The hedge
+reads its job and changes it only through the job's methods (`mark_tried`, `adopt`).
 
 A hedge's exchange on a service that is found dead meanwhile is abandoned like any request
 waiting there (Dispatcher.release): it cannot win on a dead service; the first attempt goes on.
@@ -37,7 +39,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hapolicy.backend.exchange import Connection
     from hapolicy.config.records import DaemonConfig
-    from hapolicy.request.dispatch import Dispatcher, Job
+    from hapolicy.request.dispatch import Dispatcher
+    from hapolicy.request.job import Job
 
 BURST = 10.0  # tokens a quiet spell can save for a slow one
 RING = 256  # answer times kept per service and process, for pNN
@@ -119,7 +122,7 @@ class Hedge:
         if index < 0:
             return
         hedger.tokens -= 1.0
-        job.tried |= 1 << index
+        job.mark_tried(index)
         self.index = index
         self.started = now
         hedger.counts[hedger.hedged_word] += 1.0
@@ -146,8 +149,7 @@ class Hedge:
         first = job.exchange
         if first is not None:  # abandoned: closed, counted against nobody, its end ignored
             first.cancel("another service answered first")
-        job.current = self.index
-        job.exchange = conn  # whose start the answer's latency counts from
+        job.adopt(conn, self.index)  # whose start the answer's latency counts from
         job.on_exchange_done(action, outcome, reason)
 
     def take_over(self) -> bool:
@@ -157,8 +159,7 @@ class Hedge:
             return False
         self.conn = None
         job = self.job
-        job.exchange = conn
-        job.current = self.index
+        job.adopt(conn, self.index)
         conn.on_done = job.on_exchange_done
         return True
 

@@ -5,8 +5,8 @@ service of the first priority group is up, the pick (the transaction's sticky se
 weighted round robin in the group, or the group's one service) has an idle connection in the
 pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no `Job`,
 no `Selector.pick` and no callback chain: `Lane.take` makes the pick as `Selector.pick` would
-make it then (a balanced group's round robin through the selector's own `_by_weight` and
-`_commit`, its one rule for it), sends the request on the pooled connection (which then carries
+make it then (a balanced group's round robin with the selector's `by_weight` and `commit`, the
+one place round robin is kept), sends the request on the pooled connection (which then carries
 the client, the request and its instance), and that connection's event handler
 (`LaneConnection._on_event`) reads the whole answer, puts the connection back, counts the
 answer as `Dispatcher.count_answer` does (those twins inlined rather than called) and
@@ -29,10 +29,13 @@ anywhere, when the pool's settings (`qualifies`) or the request's conditions do 
 lane (a member of the group down, disabled or drained; a transaction sticky to another
 group's service; no fresh idle connection to the pick), and an exchange of the lane that does
 not end in a whole answer (a failure, a timeout, an abandon, a split or odd answer) becomes a
-`Job` at that point (`LaneConnection._resume`), with the service marked tried, the request's
-own start and deadline, and the exchange's outcome: failover, health, counters and the
-default answer are the general path's from there on. tests/unit/request/test_lane.py holds the lane to
-what the general path gives, request for request.
+`Job` at that point (`LaneConnection._resume`, `Job.resumed`), with the service marked tried,
+the request's own start and deadline, and the exchange's outcome: failover, health, counters
+and the default answer are the general path's from there on. tests/unit/request/test_lane.py
+holds the lane to what the general path gives, request for request.
+
+The lane is attached to its dispatcher from above by the dispatcher's builder (assembly.py),
+the one module that imports this one; the dispatcher's module does not know it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from hapolicy.base.protocol import (
     SKELETON_DELETES,
     Request,
 )
+from hapolicy.request.job import Job
 from hapolicy.tables.layout import (
     ADMIN,
     ANSWERS,
@@ -202,19 +206,26 @@ class Lane:
             if member is None:
                 return False
         else:  # the round robin of the whole group, every member up (Selector.pick's)
-            member = self.member_of[self.selector._by_weight(self.group)]
+            member = self.member_of[self.selector.by_weight(self.group)]
+        return self._start(member, client, data, instance, now)
+
+    def _start(self, member: Member, client: ClientConnection, data: bytes, instance: bytes,
+               now: float) -> bool:
+        """Take the request to member, the pick, when a fresh idle connection to it waits
+        (else False, with nothing done): count the pick and the request, and send it on that
+        connection, at once or at the end of a turn of several events (`flush`)."""
         stack = member.stack
         if not stack or now - stack[-1].ended >= POOL_IDLE_SECONDS:
             return False  # no fresh idle connection: the general path connects
         if member.step:
-            self.selector._commit(member.index)
+            self.selector.commit(member.index)
         conn: LaneConnection = stack.pop()  # type: ignore[assignment]
         d = self.d
         d.requests += 1
         if d.requests == d.max_use:
             d.on_max_use()
         d.in_flight += 1
-        f[self.requests_word] += 1.0
+        self.f[self.requests_word] += 1.0
         client.busy = True
         conn.client = client  # its lane and member are its own already (`connection`)
         conn.request = data
@@ -239,6 +250,21 @@ class Lane:
             self.loop.at_turn_end(self.flush_at_end)
         self.sends.append(conn)
         return True
+
+    def hold(self, client: ClientConnection, answer: bytes) -> None:
+        """In a turn of several events: client's answer is written at the turn's end; the
+        client stays busy until then."""
+        if not self.sends and not self.answered:  # the turn's first: flush at its end
+            self.loop.at_turn_end(self.flush_at_end)
+        self.answered.append((client, answer))
+
+    def revive(self, member: Member) -> None:
+        """A good answer of a member marked down: Health.ok may bring it back
+        (Dispatcher.count_answer's)."""
+        try:
+            self.d.health.ok(member.index)
+        except Exception as exc:  # noqa: BLE001 - the answer is good: it goes out
+            self.d.internal_error(exc, answered=True)
 
     def flush(self) -> None:
         """At the end of a turn of several events: write the answers read in it, then send the
@@ -308,18 +334,14 @@ class LaneConnection(Connection):
         self.on_done = None
         self.payload = b""
         lane.in_flight.discard(self)
-        # the answer came when the poll returned: what the turn's handlers before this one
-        # took is not the service's time
-        self.ended = now = lane.loop.now
+        self.ended = now = lane.loop.now  # the poll's: the turn's handlers took our time
         stack = member.stack
-        # Pool.put (the pool is not closed: that closes the exchanges in flight first)
-        if len(stack) < POOL_MAX_IDLE:
+        if len(stack) < POOL_MAX_IDLE:  # Pool.put (not closed: that ends what is in flight)
             stack.append(self)
             self.state = IDLE
         else:
             self.close()
-        # Dispatcher.count_answer
-        f = lane.f
+        f = lane.f  # Dispatcher.count_answer's
         f[member.answers_word] += 1.0
         elapsed = now - self.started
         f[member.latency_word] += elapsed
@@ -327,21 +349,15 @@ class LaneConnection(Connection):
           + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1.0
         f[member.stats + offset] += 1.0
         if f[member.base + DOWN_UNTIL]:  # it was down: Health.ok may bring it back
-            try:
-                lane.d.health.ok(member.index)
-            except Exception as exc:  # noqa: BLE001 - the answer is good: it goes out
-                lane.d.internal_error(exc, answered=True)
+            lane.revive(member)
         if self.instance:  # Job.on_exchange_done: the transaction sticks to the service
             client.instance = self.instance
             client.instance_service = member.index
-        if not lane.loop.gathering:  # the turn's one event: nothing to gather
-            client.deliver(data)
-            lane.d.in_flight -= 1
+        if lane.loop.gathering:
+            lane.hold(client, data)
             return
-        # the client stays busy until its answer is written, at the end of the turn
-        if not lane.sends and not lane.answered:
-            lane.loop.at_turn_end(lane.flush_at_end)
-        lane.answered.append((client, data))
+        client.deliver(data)  # the turn's one event: nothing to gather
+        lane.d.in_flight -= 1
 
     def _resume(self, action: bytes, outcome: int, reason: str) -> None:
         """The lane's exchange ended another way: the general path from here, as though a
@@ -350,12 +366,6 @@ class LaneConnection(Connection):
         lane = self.lane
         index = self.member.index  # type: ignore[union-attr]
         self.client = None
-        from hapolicy.request.dispatch import Job
-
-        job = Job(lane.d, Request(self.request), client)  # type: ignore[arg-type]
-        job.deadline = self.deadline
-        job.started = self.deadline - lane.total_timeout
-        job.tried = 1 << index
-        job.current = index
-        job.exchange = self
+        job = Job.resumed(lane.d, Request(self.request), client,  # type: ignore[arg-type]
+                          index, self)
         job.on_exchange_done(action, outcome, reason)

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from hapolicy.base.log import Logger
     from hapolicy.base.protocol import Request
     from hapolicy.config.records import PoolConfig
-    from hapolicy.request.dispatch import Client, Dispatcher
+    from hapolicy.request.dispatch import Dispatcher
+    from hapolicy.request.job import Client
 
 WARN_SECONDS = 1.0
 

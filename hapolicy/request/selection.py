@@ -15,6 +15,9 @@ service the operator disabled reads as down and is never tried, not even as a la
 the operator drains is up but gets no new transaction and no hash key: it is asked by requests
 sticky to it, and by the others only when no other service is up (then it is better than the
 default answer). The operator's weight (layout.WEIGHT) replaces the configured one at once.
+
+Round robin is this module's alone: the lane (lane.py), which makes the first group's pick
+itself when every member is up, makes it with `by_weight` and counts it with `commit`.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class Selector:
         # common pick (the sticky service, or the first group's) needs nothing else
         if sticky >= 0 and not tried >> sticky & 1 and (f[sticky * SLOT + DOWN_UNTIL]
                                                         + f[sticky * SLOT + ADMIN] == 0.0):
-            return self._commit(sticky) if self.step[sticky] else sticky
+            return self.commit(sticky) if self.step[sticky] else sticky
         drained = -1  # the first up service the operator drains: asked when no other can be
         for group in self.groups:
             candidates = []
@@ -81,12 +84,12 @@ class Selector:
             if candidates:
                 if len(candidates) == 1:
                     i = candidates[0]
-                    return self._commit(i) if self.step[i] else i
+                    return self.commit(i) if self.step[i] else i
                 if key is not None:
                     return self._by_hash(candidates, key)
-                return self._commit(self._by_weight(candidates))
+                return self.commit(self.by_weight(candidates))
         if drained >= 0:
-            return self._commit(drained)
+            return self.commit(drained)
         if last_resort:
             for i in self.last_resort:
                 if not tried >> i & 1 and not health.disabled(i):
@@ -101,13 +104,17 @@ class Selector:
         weight = self.health.f[i * SLOT + WEIGHT]
         return 1.0 / weight if weight else self.step[i]
 
-    def _commit(self, i: int) -> int:
+    def commit(self, i: int) -> int:
+        """Count a pick of service i on its round-robin clock (none when it is alone in its
+        group); returns i. `pick` commits its own picks; a pick made with `by_weight` is
+        committed once it is used."""
         if self.step[i]:
             self.health.add_served(i, self._step(i))
         return i
 
-    def _by_weight(self, candidates: list[int]) -> int:
-        """The candidate whose clock after this pick is lowest (the first of equals)."""
+    def by_weight(self, candidates: list[int]) -> int:
+        """The round robin's pick of candidates (services that are up, of one group): the one
+        whose clock after this pick is lowest (the first of equals). Not committed."""
         f = self.health.f
         steps = self.step
         best, lowest = -1, 0.0

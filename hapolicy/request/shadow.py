@@ -1,18 +1,18 @@
 """Shadow pools: a copy of each request a pool answered goes to another pool, whose verdict is
 compared with the real one, counted and logged, and never reaches Postfix.
 
-A pool with `shadow = POOL2` gets a `Mirror` in each worker (`make_mirrors`). After the real
-answer was delivered (Job.finish: client.deliver already called), `Mirror.copy` takes the
-request's share (`shadow-share`: the n-th answered request is copied when floor(n * P / 100)
-grows, so P % of them, spread evenly, the same ones in every run) and submits it to the
-shadow pool's mirror dispatcher (one per shadow pool and worker, apart from the pool's own
-dispatcher: its total timeout is at most TIMEOUT, and a copy cut there is a failure of the
-copy but does not mark the shadow's service down (the shadow may be a pool of its own, whose
-health is by its own timeouts and checks); it logs no request line of its own, and its
-requests count neither toward max-use nor toward the worker's requests in flight) with a
-`Sink` as its client. The sink compares the first words of the two actions, case-insensitive
-(`DEFER_IF_PERMIT see http://...` agrees with `defer_if_permit 30 s`): agree or disagree; a
-default answer of the shadow (all failed, down, its timeout) is a failure, never a
+A pool with `shadow = POOL2` gets a `Mirror` in each worker (`make_mirrors`, which attaches it
+to the pool's dispatcher). After the real answer was delivered (Job.finish: client.deliver
+already called), `Mirror.copy` takes the request's share (`shadow-share`: the n-th answered
+request is copied when floor(n * P / 100) grows, so P % of them, spread evenly, the same ones in
+every run) and submits it to the shadow pool's mirror dispatcher (one per shadow pool and
+worker, apart from the pool's own dispatcher: its total timeout is at most TIMEOUT, and a copy
+cut there is a failure of the copy but does not mark the shadow's service down (the shadow may
+be a pool of its own, whose health is by its own timeouts and checks); it logs no request line
+of its own, and its requests count neither toward max-use nor toward the worker's requests in
+flight) with a `Sink` as its client. The sink compares the first words of the two actions,
+case-insensitive (`DEFER_IF_PERMIT see http://...` agrees with `defer_if_permit 30 s`): agree or
+disagree; a default answer of the shadow (all failed, down, its timeout) is a failure, never a
 disagreement. Only requests answered by a service are copied (not default answers).
 
 Bounded: at most MAX_IN_FLIGHT copies per worker (all pools together) wait on shadows; a
@@ -35,6 +35,7 @@ from __future__ import annotations
 import time
 
 from hapolicy.base.frozen import replace
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.tables.layout import (
     SHADOW_AGREE,
     SHADOW_DISAGREE,
@@ -169,10 +170,8 @@ class Sink:
 def make_mirrors(loop: EventLoop, pools: Sequence[PoolConfig],
                  dispatchers: Mapping[str, Dispatcher], health: Mapping[str, HealthTable],
                  log: Logger, busy: Callable[[], int]) -> list[Dispatcher]:
-    """Give each pool that has a shadow its Mirror (dispatcher.shadow); returns the mirror
-    dispatchers made, one per shadow pool (the worker sweeps and closes them)."""
-    from hapolicy.request.dispatch import Dispatcher
-
+    """Give each pool that has a shadow its Mirror (attached to its dispatcher); returns the
+    mirror dispatchers made, one per shadow pool (the worker sweeps and closes them)."""
     budget = Budget(busy)
     by_name = {pool.name: pool for pool in pools}
     made: dict[str, Dispatcher] = {}
@@ -184,8 +183,10 @@ def make_mirrors(loop: EventLoop, pools: Sequence[PoolConfig],
         if target is None:
             shadow = by_name[pool.shadow]
             config = replace(shadow, total_timeout=min(shadow.total_timeout, TIMEOUT))
-            target = made[pool.shadow] = Dispatcher(loop, config, health[shadow.name], log,
-                                                    verbose=real.verbose)
-            target.blames_deadline = False  # a copy cut at TIMEOUT: not a down service
-        real.shadow = Mirror(pool, target, health[pool.name], budget, log, real.log_requests)
+            # a copy cut at TIMEOUT does not mark the shadow's service down; no request lines
+            target = made[pool.shadow] = make_dispatcher(loop, config, health[shadow.name], log,
+                                                         blames_deadline=False,
+                                                         verbose=real.verbose)
+        real.attach_mirror(Mirror(pool, target, health[pool.name], budget, log,
+                                  real.log_requests))
     return list(made.values())

@@ -18,8 +18,8 @@ import sys
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.log import Logger
 from hapolicy.config.records import DaemonConfig
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
-from hapolicy.request.dispatch import Dispatcher
 from hapolicy.spawn.statefile import default_path, open_table
 from hapolicy.spawn.watch import Watch
 from hapolicy.tables.health import HealthTable
@@ -56,7 +56,8 @@ def run_spawn(config: DaemonConfig, log: Logger) -> int:
     loop = EventLoop(use_poll=True)
     pool = config.pools[0]  # the command line's, or a file's one pool
     health, watch = health_table(config.state_file, pool.services, log)
-    dispatcher = Dispatcher(loop, pool, health, log, config.log_requests, config.verbose)
+    dispatcher = make_dispatcher(loop, pool, health, log, log_requests=config.log_requests,
+                                 verbose=config.verbose)
     if watch is None:
         client = ClientConnection(loop, dispatcher, 0, 1, lambda _client: None)
     else:

@@ -148,7 +148,7 @@ def _dispatcher(addr: tuple[str, int], lane: bool, services: int) -> tuple[Any, 
     from hapolicy.base.log import Logger
     from hapolicy.config.parsers import parse_service
     from hapolicy.config.records import PoolConfig
-    from hapolicy.request.dispatch import Dispatcher
+    from hapolicy.request.assembly import make_dispatcher
     from hapolicy.tables.health import HealthTable
 
     class Silent(Logger):
@@ -159,8 +159,8 @@ def _dispatcher(addr: tuple[str, int], lane: bool, services: int) -> tuple[Any, 
     loop = EventLoop()
     config = PoolConfig(services=tuple(parse_service(f"BENCH{n}={host}:{port}:10")
                                        for n in range(services)))
-    dispatcher = Dispatcher(loop, config, HealthTable(services, shared=False),
-                            Silent(syslog_socket=""))
+    dispatcher = make_dispatcher(loop, config, HealthTable(services, shared=False),
+                                 Silent(syslog_socket=""))
     if not lane:
         dispatcher.lane = None
         dispatcher.backends.connection_type = Connection

@@ -10,7 +10,7 @@ from hapolicy.base.log import Logger, clean
 from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import PoolConfig
-from hapolicy.request.dispatch import Dispatcher
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.tables.health import HealthTable
 
 
@@ -50,8 +50,8 @@ class Run:
         self.loop = EventLoop()
         self.health = HealthTable(len(specs), shared=False)
         self.log = KeptLog()
-        self.dispatcher = Dispatcher(self.loop, self.config, self.health, self.log,
-                                     log_requests, verbose)
+        self.dispatcher = make_dispatcher(self.loop, self.config, self.health, self.log,
+                                          log_requests=log_requests, verbose=verbose)
 
     def ask(self, data: bytes, client: Client | None = None) -> tuple[bytes, float]:
         """(the one answer delivered, seconds taken)."""

@@ -1,4 +1,4 @@
-"""Containment of exceptions on the way of one request (dispatch.Job, hedge.Hedge, the event
+"""Containment of exceptions on the way of one request (job.Job, hedge.Hedge, the event
 loop's `on_error`), in-process: an exception in any step of a request costs that request the
 default answer, exactly once, with one log line and the pool's `internal` counter; its
 exchanges are stopped; an exception after the answer costs nothing but a log line; the

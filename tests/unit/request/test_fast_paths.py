@@ -22,7 +22,7 @@ def test_by_weight_is_min_of_the_clock_after_the_pick_first_of_equals():
             health.f[i * SLOT + WEIGHT] = rnd.choice((0.0, 0.0, 1.0, 4.0))
         candidates = sorted(rnd.sample(range(len(services)), rnd.randint(1, len(services))))
         expected = min(candidates, key=lambda i: (health.served(i) + sel._step(i), i))
-        assert sel._by_weight(candidates) == expected
+        assert sel.by_weight(candidates) == expected
 
 
 def test_whole_refuses_as_check_limits_does():

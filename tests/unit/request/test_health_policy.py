@@ -29,6 +29,7 @@ from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import PoolConfig
 from hapolicy.monitor.checks import Checker, CheckerSet
+from hapolicy.request import assembly
 from hapolicy.request.dispatch import Dispatcher
 from hapolicy.tables.health import HealthTable, carry_over
 from hapolicy.tables.layout import DOWN, PROBE_DUE, SLOT, UP
@@ -219,7 +220,7 @@ def test_every_service_down_answers_the_default_at_once_without_connecting(all_d
         for i in (0, 1):
             table.record_failure(i, time.monotonic(), 60.0, 60.0)
         log = Lines()
-        dispatcher = Dispatcher(loop, config, table, log)
+        dispatcher = assembly.make_dispatcher(loop, config, table, log)
         client = Client()
         dispatcher.submit(framed(), client)
         if all_down == "default":
@@ -239,7 +240,7 @@ def test_default_answer_warnings_are_held_to_one_line_a_second_per_reason():
     table = HealthTable(1, shared=False)
     table.record_failure(0, time.monotonic(), 60.0, 60.0)
     log = Lines()
-    dispatcher = Dispatcher(loop, config, table, log)
+    dispatcher = assembly.make_dispatcher(loop, config, table, log)
     client = Client()
     for _ in range(100):
         dispatcher.submit(framed(), client)
@@ -327,7 +328,7 @@ def test_the_sweep_rides_on_the_deadline_tick_with_no_timer_of_its_own():
                     parse_service(good.spec("G", prio=20)))
         config = PoolConfig(services=services)
         table = HealthTable(2, shared=False)
-        dispatcher = Dispatcher(loop, config, table, Lines())
+        dispatcher = assembly.make_dispatcher(loop, config, table, Lines())
         clients = [Client() for _ in range(3)]
         for client in clients:
             dispatcher.submit(framed(), client)
@@ -381,9 +382,9 @@ def make_dispatcher(*specs: str, log_requests: bool = False,
     services = tuple(parse_service(s) for s in specs)
     table = HealthTable(len(services), shared=False)
     log = Lines()
-    dispatcher = Dispatcher(loop, PoolConfig(services=services, **settings), table, log,
-                            log_requests)
-    return dispatcher, table, loop, log
+    return (assembly.make_dispatcher(loop, PoolConfig(services=services, **settings), table, log,
+                                     log_requests=log_requests),
+            table, loop, log)
 
 
 def test_a_request_tries_each_service_once_even_when_trying_down_ones():

@@ -20,7 +20,7 @@ from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import DaemonConfig, PoolConfig
-from hapolicy.request.dispatch import Dispatcher
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.hedge import MIN_SAMPLES, Latency, warnings
 from hapolicy.tables.health import HealthTable
 from hapolicy.tables.layout import ANSWERS, FAILURES, HEDGE_WON, HEDGED, UP
@@ -35,7 +35,8 @@ class Pool:
         self.loop = EventLoop()
         self.table = HealthTable(len(specs), shared=False)
         self.log = KeptLog()
-        self.dispatcher = Dispatcher(self.loop, self.config, self.table, self.log, log_requests)
+        self.dispatcher = make_dispatcher(self.loop, self.config, self.table, self.log,
+                                          log_requests=log_requests)
 
     def ask_many(self, count: int, at_once: int = 20) -> tuple[list[bytes], list[float]]:
         """count requests, at_once of them in flight: (answers, seconds each took)."""

@@ -25,8 +25,8 @@ from hapolicy.base.protocol import MAX_ATTRIBUTES
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import PoolConfig
 from hapolicy.request import lane as lane_module
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
-from hapolicy.request.dispatch import Dispatcher
 from hapolicy.tables.health import HealthTable
 from hapolicy.tables.layout import (
     ADMIN,
@@ -68,8 +68,9 @@ class Harness:
         self.loop = EventLoop()
         self.table = HealthTable(len(services), shared=False)
         self.log = Quiet()
-        self.dispatcher = Dispatcher(self.loop, PoolConfig(services=services, **settings),
-                                     self.table, self.log, log_requests, verbose)
+        self.dispatcher = make_dispatcher(self.loop, PoolConfig(services=services, **settings),
+                                          self.table, self.log, log_requests=log_requests,
+                                          verbose=verbose)
         if not lane:
             self.dispatcher.lane = None
         ours, self.theirs = socket.socketpair()

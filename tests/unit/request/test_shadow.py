@@ -24,7 +24,7 @@ from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import PoolConfig
 from hapolicy.request import shadow as shadow_module
-from hapolicy.request.dispatch import Dispatcher
+from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.shadow import MAX_IN_FLIGHT, make_mirrors, verdict
 from hapolicy.tables.health import HealthTable
 from hapolicy.tables.layout import (
@@ -56,8 +56,9 @@ class Pools:
             PoolConfig(name="next", services=tuple(parse_service(s) for s in shadow)),
         ]
         self.tables = {c.name: HealthTable(len(c.services), shared=False) for c in self.configs}
-        self.dispatchers = {c.name: Dispatcher(self.loop, c, self.tables[c.name], self.log,
-                                               log_requests and c.name != "next")
+        self.dispatchers = {c.name: make_dispatcher(self.loop, c, self.tables[c.name], self.log,
+                                                    log_requests=log_requests and
+                                                    c.name != "next")
                             for c in self.configs}
         self.busy = 0
         self.mirrors = make_mirrors(self.loop, self.configs, self.dispatchers, self.tables,
