@@ -1,4 +1,4 @@
-"""The idle connections of one process (backend.py's exchanges), per service.
+"""The idle connections of one process (exchange.py's connections), per service.
 
 A connection whose exchange ended cleanly waits here for the next one, newest last (its
 `ended` is when it came back); at most POOL_MAX_IDLE per service, none older than
@@ -9,8 +9,18 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from hapolicy.backend.exchange import Connection
+    from typing import Protocol
+
     from hapolicy.base.eventloop import EventLoop
+    from hapolicy.config.records import Service
+
+    class Connection(Protocol):
+        """What the pool needs of a connection (exchange.py's `Connection`)."""
+
+        service: Service
+        ended: float
+
+        def close(self, unregister: bool = True) -> None: ...
 
 POOL_MAX_IDLE = 64  # idle connections kept per service and worker
 POOL_IDLE_SECONDS = 60.0

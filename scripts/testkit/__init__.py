@@ -17,6 +17,7 @@
 * :mod:`testkit.perl` -- the runner of the Perl original, /usr/sbin/hapolicy.
 * :mod:`testkit.scripts` -- scripts/*.py run with a JSON report.
 * :mod:`testkit.dispatching` -- an in-process dispatcher with its own event loop (Run, Client, KeptLog).
+* :mod:`testkit.imports` -- hapolicy's import graph read from its sources, and a cycle finder.
 * :mod:`testkit.fuzzing` -- Hypothesis strategies: what a client or a service may send.
 
 Tests import it as ``testkit`` (pyproject.toml gives pytest `pythonpath = ["scripts"]`); the

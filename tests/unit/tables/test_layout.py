@@ -8,9 +8,7 @@ layout split across two files that imported each other).
 
 from __future__ import annotations
 
-import ast
-
-from testkit.repo import REPO
+from testkit import imports
 
 from hapolicy.base.outcome import NAMES
 from hapolicy.spawn import statefile
@@ -80,25 +78,13 @@ def test_the_state_file_s_layout_is_this_one():
     assert len(NAMES) == 10 and len(layout.ACTIONS) == 8 and len(layout.BOUNDS) == 13
 
 
-def imports(module: str) -> set[str]:
-    """The hapolicy modules a module of hapolicy/ imports anywhere (functions and
-    TYPE_CHECKING blocks included)."""
-    source = REPO / "hapolicy" / (module.replace(".", "/") + ".py")
-    found = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-    return {name.removeprefix("hapolicy.") for name in found if name.startswith("hapolicy.")}
-
-
 def test_the_readers_of_the_layout_do_not_import_each_other_both_ways():
+    edges = imports.graph()
     modules = ("tables.layout", "tables.health", "tables.stats", "tables.transitions",
                "tables.workertable")
-    graph = {module: imports(module) for module in modules}
+    graph = {module: edges[module] for module in modules}
     assert graph["tables.layout"] == set()
     for a in modules:
         for b in modules:
             assert not (b in graph[a] and a in graph[b]), (a, b)
-    assert "request.shadow" not in imports("monitor.metrics")
+    assert "request.shadow" not in edges["monitor.metrics"]
