@@ -5,7 +5,7 @@
 
 Every option and its default comes from the option table (options.py), the control commands from
 `commands.COMMANDS`, hapolicyctl's options from `ctl.OPTIONS`; what has no other home (signals,
-exit status, files, the examples) is declared once in mantexts.py, and the roff is roff.py's:
+exit status, files, the examples) is declared once in man/texts.py, and the roff is man/roff.py's:
 this module assembles the pages, with the prose of each section. The Debian package runs
 this at build time (debian/rules), so a page is never older than the code it describes. The
 pages say the paths of the package (/usr/sbin/hapolicy, /etc/hapolicy.conf); a date comes from
@@ -23,7 +23,8 @@ from hapolicy.config.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS
 from hapolicy.ctl import DEFAULT_PATH
 from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
 from hapolicy.ctl import OPTIONS as CTL_OPTIONS
-from hapolicy.mantexts import (
+from hapolicy.man.roff import escape, example, header, item, lines, para, section, table
+from hapolicy.man.texts import (
     DAEMON_MAIN_CF,
     EXAMPLE_POOLS,
     EXAMPLE_POOLS_MAIN_CF,
@@ -36,7 +37,6 @@ from hapolicy.mantexts import (
     STATUS_EXAMPLE,
 )
 from hapolicy.monitor.commands import COMMANDS
-from hapolicy.roff import escape, example, header, item, lines, para, section, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -332,8 +332,13 @@ USAGE = "usage: python -m hapolicy.manpage PAGE | --dir DIR   (PAGE: " + ", ".jo
 def main(argv: Sequence[str]) -> int:
     if len(argv) == 2 and argv[0] == "--dir":
         for name, page in PAGES.items():
-            with open(os.path.join(argv[1], name), "w", encoding="utf-8") as handle:
-                handle.write(page())
+            path = os.path.join(argv[1], name)
+            try:
+                with open(path, "w", encoding="utf-8") as handle:
+                    handle.write(page())
+            except OSError as exc:
+                print(f"hapolicy.manpage: cannot write {path}: {exc.strerror}", file=sys.stderr)
+                return 1
         return 0
     if len(argv) == 1 and argv[0] in PAGES:
         sys.stdout.write(PAGES[argv[0]]())

@@ -36,6 +36,7 @@ from hapolicy.config.records import DaemonConfig
 from hapolicy.daemon import childproto
 from hapolicy.daemon.childproto import MSG_READY, MSG_RETIRING, MSG_RETIRING_FAULT
 from hapolicy.daemon.chores import max_clients
+from hapolicy.daemon.maxuse import MaxUse
 from hapolicy.request.assembly import make_dispatcher
 from hapolicy.request.client import ClientConnection
 from hapolicy.request.dispatch import Dispatcher
@@ -162,30 +163,14 @@ class Worker:
             dispatcher = make_dispatcher(loop, pool, self.health[pool.name], self.log,
                                          log_requests=self.config.log_requests,
                                          verbose=self.config.verbose)
-            dispatcher.on_max_use = self._max_use_step
             self.dispatchers.append(dispatcher)
             by_name[pool.name] = dispatcher
-        self._share_max_use()
+        MaxUse(self.config.max_use, self.dispatchers, self._max_use_reached).share()
         if any(pool.shadow for pool in self.config.pools):
             self.mirrors = make_mirrors(loop, self.config.pools, by_name, self.health,
                                         self.log, lambda: self.in_flight)
         for address, listener in self.listeners.items():
             self.routes[listener] = target(self.config.pools_on(address), by_name, self.log)
-
-    def _share_max_use(self) -> None:
-        """Give each dispatcher a share of the requests left before max-use: the first to
-        serve its share calls _max_use_step, so the total is never passed unseen, and one
-        pool costs nothing per request but its own count."""
-        served = sum(d.requests for d in self.dispatchers)
-        share = max(1, (self.config.max_use - served) // len(self.dispatchers))
-        for dispatcher in self.dispatchers:
-            dispatcher.max_use = dispatcher.requests + share
-
-    def _max_use_step(self) -> None:
-        if sum(d.requests for d in self.dispatchers) >= self.config.max_use:
-            self._max_use_reached()
-        else:
-            self._share_max_use()
 
     @property
     def in_flight(self) -> int:

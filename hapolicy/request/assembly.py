@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 
 def make_dispatcher(loop: EventLoop, config: PoolConfig, table: HealthTable, log: Logger,
                     blames_deadline: bool = True, log_requests: bool = False,
-                    verbose: bool = False) -> Dispatcher:
+                    verbose: bool = False, lane: bool = True) -> Dispatcher:
     """The dispatcher of pool config, its lane and hedger attached as its settings ask;
-    log_requests and verbose: the process's (DaemonConfig's) logging settings."""
+    log_requests and verbose: the process's (DaemonConfig's) logging settings; lane=False
+    leaves the lane off (the tests and the bench compare the two ways)."""
     dispatcher = Dispatcher(loop, config, table, log, blames_deadline, log_requests, verbose)
     if config.hedge:
         from hapolicy.request.hedge import Hedger  # here: only a pool that hedges pays for it
 
         dispatcher.attach_hedger(Hedger(dispatcher))
-    if qualifies(dispatcher):
+    if lane and qualifies(dispatcher):
         dispatcher.attach_lane(Lane(dispatcher))
     return dispatcher

@@ -116,6 +116,12 @@ class Dispatcher:
         self.shadow: Mirror | None = None  # copies the answered requests to a shadow pool
         self.backends.on_sweep(self.sweep, SWEEP_SECONDS)
 
+    def call_at_request(self, count: int, callback: Callable[[], None]) -> None:
+        """Call `callback` when this dispatcher has taken `count` requests in all (a worker's
+        share of its max-use); 0: never."""
+        self.max_use = count
+        self.on_max_use = callback
+
     def attach_lane(self, lane: Lane) -> None:
         """The lane takes the requests it is for; it makes this dispatcher's connections."""
         self.lane = lane

@@ -143,7 +143,6 @@ def _hapolicy_path(listener: socket.socket, lane: bool, services: int = 1) -> Pa
 def _dispatcher(addr: tuple[str, int], lane: bool, services: int) -> tuple[Any, Any]:
     """(an EventLoop, a Dispatcher of `services` services at addr, with the lane or not)."""
     use_tree_hapolicy()
-    from hapolicy.backend.exchange import Connection
     from hapolicy.base.eventloop import EventLoop
     from hapolicy.base.log import Logger
     from hapolicy.config.parsers import parse_service
@@ -160,11 +159,8 @@ def _dispatcher(addr: tuple[str, int], lane: bool, services: int) -> tuple[Any, 
     config = PoolConfig(services=tuple(parse_service(f"BENCH{n}={host}:{port}:10")
                                        for n in range(services)))
     dispatcher = make_dispatcher(loop, config, HealthTable(services, shared=False),
-                                 Silent(syslog_socket=""))
-    if not lane:
-        dispatcher.lane = None
-        dispatcher.backends.connection_type = Connection
-    elif dispatcher.lane is None:
+                                 Silent(syslog_socket=""), lane=lane)
+    if lane and dispatcher.lane is None:
         raise RuntimeError("this pool no longer takes the lane")
     return loop, dispatcher
 

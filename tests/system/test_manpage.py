@@ -20,9 +20,11 @@ import pytest
 from testkit.packages import require_packages
 from testkit.repo import REPO, hapolicy_env, run_hapolicy
 
-from hapolicy import __version__, ctl, manpage, mantexts, roff
+from hapolicy import __version__, ctl, manpage
 from hapolicy.config.option import COMMAND, DAEMON, default_of
 from hapolicy.config.options import OPTIONS
+from hapolicy.man import roff
+from hapolicy.man import texts as mantexts
 from hapolicy.monitor import commands
 
 README = (REPO / "README.md").read_text()
@@ -182,6 +184,12 @@ def test_the_command_line_of_the_generator(tmp_path):
                           capture_output=True, text=True, env=hapolicy_env(), timeout=20,
                           check=False)
     assert done.returncode == 2 and done.stderr.startswith("usage:")
+    done = subprocess.run([sys.executable, "-m", "hapolicy.manpage", "--dir",
+                           str(tmp_path / "missing")], capture_output=True, text=True,
+                          env=hapolicy_env(), timeout=20, check=False)
+    assert (done.returncode, done.stderr) == (
+        1, f"hapolicy.manpage: cannot write {tmp_path}/missing/hapolicy.8: No such file or "
+        "directory\n")
 
 
 def test_roff_escapes():

@@ -184,8 +184,7 @@ def test_requests_in_flight_are_counted_and_each_counted_request_once(runs):
     with FakeBackend(action="OK", delay=0.2) as backend:
         run = runs(backend.spec("B"))
         reached: list[int] = []
-        run.dispatcher.max_use = 2
-        run.dispatcher.on_max_use = lambda: reached.append(run.dispatcher.requests)
+        run.dispatcher.call_at_request(2, lambda: reached.append(run.dispatcher.requests))
         clients = [Client(), Client()]
         for client in clients:
             [framed] = RequestFramer().feed(request())

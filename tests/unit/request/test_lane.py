@@ -2,7 +2,7 @@
 
 Each scenario runs twice through a real ClientConnection on a socketpair, the real event loop
 and dispatcher, and FakeBackends on 127.0.0.1: once with the lane, once with it turned off
-(`dispatcher.lane = None`). The answers, the table's counters and health words, the
+(`make_dispatcher(..., lane=False)`). The answers, the table's counters and health words, the
 statistics (but for latencies), the client's sticky instance and what the backends received
 must be the same; and the lane must have taken the requests it is for.
 """
@@ -70,9 +70,7 @@ class Harness:
         self.log = Quiet()
         self.dispatcher = make_dispatcher(self.loop, PoolConfig(services=services, **settings),
                                           self.table, self.log, log_requests=log_requests,
-                                          verbose=verbose)
-        if not lane:
-            self.dispatcher.lane = None
+                                          verbose=verbose, lane=lane)
         ours, self.theirs = socket.socketpair()
         ours.setblocking(False)
         self.theirs.settimeout(0)
