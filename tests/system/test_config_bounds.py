@@ -18,7 +18,7 @@ from testkit.daemon import short_tmpdir
 from testkit.processes import kill_session
 from testkit.repo import REPO, command, hapolicy_env, run_hapolicy
 
-from hapolicy import manpage, roff
+from hapolicy import manpage
 from hapolicy.cli import load_config, make_parser
 from hapolicy.config.file import MAX_FILE_BYTES, MAX_LINE, MAX_POOLS, read_config_file
 from hapolicy.config.option import Value, bounds_of
@@ -32,6 +32,7 @@ from hapolicy.config.values import (
     ConfigError,
     fmt_num,
 )
+from hapolicy.man import roff
 
 CONFIGURATION = (REPO / "docs" / "configuration.md").read_text()
 SERVICE = "A=127.0.0.1:1"
