@@ -9,7 +9,7 @@ answers (`count_answer`) and rate-limits the warnings of default answers and int
 A request waiting on a service that is found dead meanwhile does not wait out its own timeout:
 when a request of this process takes a service down, the others waiting on it move on at once;
 one taken down by another process (or by a check) is noticed within SWEEP_SECONDS (the sweep
-rides on the deadline tick of the exchanges in flight, backend.py). Who waits on a service is
+rides on the deadline tick of the exchanges in flight, backend/exchange.py). Who waits on a service is
 read from those exchanges, not kept per request.
 
 What a pool's settings ask for beyond that is attached from above by whoever builds the

@@ -5,7 +5,7 @@ used, purged.
 it), with the environment of a root shell (Debian's /usr/bin/python3, not a pyenv or
 virtualenv python3 first on PATH). lintian must find no error and no warning. The package is
 installed with `apt-get install ./hapolicy_*.deb` into a copy-on-write copy of this machine's
-root (support/overlay.py): the same installed packages, the Perl original `hapolicy` among
+root (scripts/testkit/overlay.py): the same installed packages, the Perl original `hapolicy` among
 them when it is there (CI installs it), so apt upgrades over it as on a postmaster's server,
 and the same maintainer scripts, users and init script; but every change lands in a tmpfs
 that goes with the test. So this machine's /usr/sbin/hapolicy stays the Perl original all

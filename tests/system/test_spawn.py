@@ -1,7 +1,7 @@
 """Spawn mode end to end: the real `python -m hapolicy` against fake backends on 127.0.0.1.
 
 Each test runs hapolicy as Postfix's spawn(8) does: one socket is its stdin, stdout AND stderr
-(see support/spawn.py), so an exact comparison of what comes back proves that nothing but answers
+(see scripts/testkit/spawn.py), so an exact comparison of what comes back proves that nothing but answers
 was ever written. Services that must be asked first get a lower priority than the fallback, so
 that the order does not depend on the random phase of weighted round robin. A timeout or deadline
 is bounded on both sides (it is kept, plus half a second for a loaded machine), measured once

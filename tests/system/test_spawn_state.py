@@ -1,5 +1,5 @@
 """Spawn mode's shared health, end to end: real `python -m hapolicy` processes against fake
-services on 127.0.0.1, each process with one socket as its fds 0, 1 and 2 (support/spawn.py),
+services on 127.0.0.1, each process with one socket as its fds 0, 1 and 2 (scripts/testkit/spawn.py),
 so that comparing the stream with the answers proves nothing else was written.
 
 * Processes of one service list share the table: a silent service found dead by the first is
