@@ -1,1 +1,2 @@
-"""Daemon mode: the master, its children (workers and the monitor), their supervision, reload, startup."""
+"""Daemon mode: the master, its children (workers and the monitor), their supervision, reload,
+startup."""

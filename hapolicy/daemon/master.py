@@ -103,20 +103,20 @@ class Master:
 
     def setup(self) -> None:
         """The shared tables, the event loop and its wake-up pipe, what the monitor serves."""
-        self.table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
-        self.health = {p.name: HealthTable(len(p.services), workers=self.table.slots)
+        self.worker_table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
+        self.health_tables = {p.name: HealthTable(len(p.services), workers=self.worker_table.slots)
                        for p in self.config.pools}
         if self.config.state_file not in ("", "none"):
             self.admin_file = AdminFile(self.config.state_file, self.log)
-            self.admin_file.restore(self.config, self.health)
+            self.admin_file.restore(self.config, self.health_tables)
         self.loop = EventLoop()
-        self.supervisor.attach(self.loop, self.table)
+        self.supervisor.attach(self.loop, self.worker_table)
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.loop.add(self.wake_r, EVENT_READ, self._drain_wake)
         for pool in self.config.pools:
-            self.checks.replace(pool, self.health[pool.name], None, time.monotonic())
+            self.checks.replace(pool, self.health_tables[pool.name], None, time.monotonic())
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -152,11 +152,11 @@ class Master:
         else:
             self.supervisor.watchdog(self.ops.now())
             self.maintain()
-            self.notes.update(len(self.supervisor.serving(WORKER)), self.health.values(),
+            self.notes.update(len(self.supervisor.serving(WORKER)), self.health_tables.values(),
                               self.ops.now())
             if self.admin_file is not None:
-                self.admin_file.save_if_changed(self.config, self.health)
-            self.summary.tick(self.config, self.health, self.log, self.ops.now(),
+                self.admin_file.save_if_changed(self.config, self.health_tables)
+            self.summary.tick(self.config, self.health_tables, self.log, self.ops.now(),
                               time.monotonic())
         return True
 
@@ -221,15 +221,16 @@ class Master:
         slot = self.supervisor.claim_slot()
         if slot < 0:
             return False
-        worker = Worker(self.config, listeners, self.health, self.table, slot, self.log)
-        for health in self.health.values():  # not a dead worker's requests in flight
+        worker = Worker(self.config, listeners, self.health_tables, self.worker_table, slot,
+                        self.log)
+        for health in self.health_tables.values():  # not a dead worker's requests in flight
             health.set_in_flight(slot, 0)
         return self.supervisor.spawn(WORKER, slot, worker.run, self.config.max_use) is not None
 
     def _new_monitor(self) -> Monitor:
         """The monitor of the running configuration and tables (MonitorKeeper's `make`)."""
-        return Monitor(self.config, self.health, self.checks, self.table, self.served,
-                       self.log)
+        return Monitor(self.config, self.health_tables, self.checks, self.worker_table,
+                       self.served, self.log)
 
     def _replace_retired(self) -> None:
         """A worker said it retires (Supervisor's `replace`): its replacement, at once."""
@@ -274,7 +275,7 @@ class Master:
         self.monitor.stop()  # the next has the new configuration and tables
         retiring = self.supervisor.new_generation()
         self.listeners.remove_gone(plan.config, self.log)
-        self.health = plan.carry_tables(self.health, self.table.slots,
+        self.health_tables = plan.carry_tables(self.health_tables, self.worker_table.slots,
                                         self.supervisor.generation - 1, self.checks,
                                         time.monotonic())
         self.summary.reconfigure(plan.config.summary_interval, self.ops.now())
@@ -293,7 +294,7 @@ class Master:
     def cleanup(self) -> None:
         self.monitor.stop()  # first: no command changes the admin state after its last save
         if self.admin_file is not None and hasattr(self, "health"):
-            self.admin_file.save_if_changed(self.config, self.health)
+            self.admin_file.save_if_changed(self.config, self.health_tables)
         self.served.close(self.log)
         self.listeners.cleanup(self.log)
         if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:

@@ -100,12 +100,13 @@ def serve(loop: EventLoop, monitor: Monitor) -> None:
 class Monitor:
     """The monitor process: made by the master just before the fork, run in the child."""
 
-    def __init__(self, config: DaemonConfig, health: dict[str, HealthTable], checks: CheckerSet,
-                 table: WorkerTable, served: Served, log: Logger) -> None:
+    def __init__(self, config: DaemonConfig, health_tables: dict[str, HealthTable],
+                 checks: CheckerSet, worker_table: WorkerTable, served: Served,
+                 log: Logger) -> None:
         self.config = config
-        self.health = health  # by pool name: the current tables
+        self.health_tables = health_tables  # by pool name: the current tables
         self.checks = checks  # the master's plan: current and kept tables
-        self.table = table
+        self.worker_table = worker_table
         self.served = served
         self.log = log
         self.loop: EventLoop | None = None
@@ -114,12 +115,13 @@ class Monitor:
     def command(self, line: str) -> str:
         """The answer of one control command, from the shared tables."""
         kept = [(entry.config, entry.table) for _, entry in self.checks.kept]
-        return answer(line, self.config, self.health, self.table.workers(), self.table,
-                      self.log, kept)
+        return answer(line, self.config, self.health_tables, self.worker_table.workers(),
+                      self.worker_table, self.log, kept)
 
     def tables(self) -> Tables:
         """What a scrape of /metrics reads: the shared tables and the live workers' slots."""
-        return Tables(self.config, self.health, self.table, list(self.table.workers().values()))
+        return Tables(self.config, self.health_tables, self.worker_table,
+                      list(self.worker_table.workers().values()))
 
     def run(self, master_sock: socket.socket) -> None:
         """The child's life, after the privilege drop; never returns."""
@@ -153,8 +155,8 @@ class Monitor:
 
     def _housekeeping(self) -> None:
         """The heartbeat; stop checking the kept tables whose workers are all gone."""
-        self.table.beat(self.table.monitor_slot, time.monotonic())
-        self.checks.stop_unused(self.table.generations())
+        self.worker_table.beat(self.worker_table.monitor_slot, time.monotonic())
+        self.checks.stop_unused(self.worker_table.generations())
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)  # type: ignore[union-attr]
 
 
@@ -189,7 +191,7 @@ class MonitorKeeper:
         supervisor.proven(MONITOR, now)
         if self.pid or not self.needed() or not supervisor.may_start(MONITOR, now):
             return
-        if supervisor.spawn(MONITOR, supervisor.table.monitor_slot, self.make().run):
+        if supervisor.spawn(MONITOR, supervisor.worker_table.monitor_slot, self.make().run):
             supervisor.started(MONITOR, now)
 
     def stop(self) -> None:

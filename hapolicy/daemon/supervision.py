@@ -48,7 +48,7 @@ class Supervisor:
     bind and daemonize); until then it has no child."""
 
     loop: EventLoop
-    table: WorkerTable
+    worker_table: WorkerTable
 
     def __init__(self, ops: ProcessOps, log: Logger, shed: Callable[[str], None],
                  replace: Callable[[], None]) -> None:
@@ -60,9 +60,9 @@ class Supervisor:
         self.generation = 0  # of the running configuration; a reload starts the next
         self.throttles = {WORKER: BootThrottle(), MONITOR: BootThrottle()}
 
-    def attach(self, loop: EventLoop, table: WorkerTable) -> None:
+    def attach(self, loop: EventLoop, worker_table: WorkerTable) -> None:
         self.loop = loop
-        self.table = table
+        self.worker_table = worker_table
 
     # the records
     def of(self, kind: str) -> list[Child]:
@@ -88,9 +88,9 @@ class Supervisor:
     def claim_slot(self) -> int:
         """A free worker slot, or -1 (logged; no worker starts for RETRY_SECONDS)."""
         used = {child.slot for child in self.of(WORKER)}
-        slot = next((s for s in range(self.table.slots) if s not in used), -1)
+        slot = next((s for s in range(self.worker_table.slots) if s not in used), -1)
         if slot < 0:
-            self.log.error(f"{self.table.slots} workers alive: not starting another yet")
+            self.log.error(f"{self.worker_table.slots} workers alive: not starting another yet")
             self.throttles[WORKER].defer(self.ops.now() + RETRY_SECONDS)
         return slot
 
@@ -98,14 +98,14 @@ class Supervisor:
               max_use: int = 0) -> Child | None:
         """Fork a child of kind that runs `run` in slot; None when the fork failed (logged;
         none of its kind starts for RETRY_SECONDS)."""
-        self.table.clear(slot)
+        self.worker_table.clear(slot)
         forked = fork_child(self.ops, kind, run, lambda ours: self._shed(kind, ours), self.log)
         if forked is None:
             self.throttles[kind].defer(self.ops.now() + RETRY_SECONDS)
             return None
         pid, sock = forked
         if kind == WORKER:
-            self.table.set_worker(slot, pid, self.generation)
+            self.worker_table.set_worker(slot, pid, self.generation)
         child = Child(kind, pid, slot, self.generation, sock, self.ops.now(), max_use)
         self.children[pid] = child
         self.loop.add(sock, EVENT_READ, lambda mask: self._on_message(child))
@@ -163,7 +163,7 @@ class Supervisor:
         fault = MSG_RETIRING_FAULT in data
         if (fault or MSG_RETIRING in data) and not child.retiring:
             child.retiring = True
-            self.table.set_accepting(child.slot, False)
+            self.worker_table.set_accepting(child.slot, False)
             if fault:
                 self.log.warning(f"{child.kind} {child.pid} retiring after an internal error: "
                                  "a new one takes its place")
@@ -203,17 +203,17 @@ class Supervisor:
         """Its socketpair and its slot (its record is gone already)."""
         self.loop.remove(child.sock)
         child.sock.close()
-        self.table.clear(child.slot)
+        self.worker_table.clear(child.slot)
 
     def watchdog(self, now: float) -> None:
         """Kill a child whose loop is stuck (once); reap() and the next start replace it."""
         for child in self.children.values():
-            beat = self.table.last_beat(child.slot)
+            beat = self.worker_table.last_beat(child.slot)
             if child.ready and beat and now - beat > WATCHDOG_SECONDS:
                 self.log.error(f"{child.kind} {child.pid} has not turned its loop for "
                                f"{now - beat:.0f}s: killing it")
                 self.kill(child.pid, signal.SIGKILL)
-                self.table.beat(child.slot, 0.0)
+                self.worker_table.beat(child.slot, 0.0)
 
     def kill(self, pid: int, sig: int) -> None:
         try:
@@ -241,6 +241,6 @@ class Supervisor:
         old = self.active(WORKER)
         for child in old:
             child.retiring = True
-            self.table.set_accepting(child.slot, False)
+            self.worker_table.set_accepting(child.slot, False)
             self.kill(child.pid, RETIRE)
         return len(old)

@@ -76,12 +76,12 @@ class Worker:
     """Everything a worker needs; forked by the master."""
 
     def __init__(self, config: DaemonConfig, listeners: dict[str, socket.socket],
-                 health: dict[str, HealthTable], table: WorkerTable, slot: int,
+                 health_tables: dict[str, HealthTable], worker_table: WorkerTable, slot: int,
                  log: Logger) -> None:
         self.config = config
         self.listeners = listeners  # by address; every pool's
-        self.health = health  # by pool name
-        self.table = table
+        self.health_tables = health_tables  # by pool name
+        self.worker_table = worker_table
         self.slot = slot
         self.log = log
         self.master_sock: socket.socket | None = None  # its end of the socketpair, from the master
@@ -139,7 +139,7 @@ class Worker:
         loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
         self._update_accepting()
         self._tell_master(MSG_READY)
-        self.table.beat(self.slot, time.monotonic())
+        self.worker_table.beat(self.slot, time.monotonic())
         self._update_title()
         while not self._advance():
             loop.run_once(HOUSEKEEPING_SECONDS)
@@ -160,14 +160,14 @@ class Worker:
         """A dispatcher per pool, and what takes the requests of each listener."""
         by_name = {}
         for pool in self.config.pools:
-            dispatcher = make_dispatcher(loop, pool, self.health[pool.name], self.log,
+            dispatcher = make_dispatcher(loop, pool, self.health_tables[pool.name], self.log,
                                          log_requests=self.config.log_requests,
                                          verbose=self.config.verbose)
             self.dispatchers.append(dispatcher)
             by_name[pool.name] = dispatcher
         MaxUse(self.config.max_use, self.dispatchers, self._max_use_reached).share()
         if any(pool.shadow for pool in self.config.pools):
-            self.mirrors = make_mirrors(loop, self.config.pools, by_name, self.health,
+            self.mirrors = make_mirrors(loop, self.config.pools, by_name, self.health_tables,
                                         self.log, lambda: self.in_flight)
         for address, listener in self.listeners.items():
             self.routes[listener] = target(self.config.pools_on(address), by_name, self.log)
@@ -274,7 +274,7 @@ class Worker:
             self.full = False
         available = self.phase == SERVING and self.listening and not self.full
         if self.listening:
-            self.table.set_accepting(self.slot, available)
+            self.worker_table.set_accepting(self.slot, available)
         want = available and time.monotonic() >= self.paused_until
         if want and not self.accepting:
             for listener in self.routes:
@@ -296,7 +296,7 @@ class Worker:
             return
         self._update_accepting()  # not SERVING any more: unregistered
         self.listening = False
-        self.table.set_accepting(self.slot, False)
+        self.worker_table.set_accepting(self.slot, False)
         for listener in self.routes:
             listener.close()
 
@@ -332,15 +332,15 @@ class Worker:
             client = ClientConnection(self.loop, self.routes[listener], sock.fileno(),
                                       sock.fileno(), self._on_client_closed, sock)
             self.clients.add(client)
-            self.table.set_clients(self.slot, len(self.clients))
+            self.worker_table.set_clients(self.slot, len(self.clients))
             client.start()
-            if self.table.should_yield(self.slot, len(self.clients)):
+            if self.worker_table.should_yield(self.slot, len(self.clients)):
                 return  # let a less busy sibling take the rest of a burst
 
     def _yield(self, now: float) -> bool:
         """Leave this connection to a less busy sibling that is awake too (True), unless
         that sibling has not taken it for YIELD_LIMIT seconds."""
-        if not self.table.should_yield(self.slot, len(self.clients)):
+        if not self.worker_table.should_yield(self.slot, len(self.clients)):
             return False
         if not self.yield_since or now - self.yield_last > 10 * YIELD_PAUSE:
             self.yield_since = now  # a new connection: the previous one was taken
@@ -353,7 +353,7 @@ class Worker:
     def _on_client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
         if self.listening:
-            self.table.set_clients(self.slot, len(self.clients))
+            self.worker_table.set_clients(self.slot, len(self.clients))
             if self.full:
                 self._update_accepting()
 
@@ -378,7 +378,7 @@ class Worker:
             dispatcher.table.set_in_flight(self.slot, dispatcher.in_flight)
         for dispatcher in (*self.dispatchers, *self.mirrors):  # copies are not in flight
             dispatcher.backends.idle.sweep(now)
-        self.table.beat(self.slot, now, self.requests)
+        self.worker_table.beat(self.slot, now, self.requests)
         self._update_title()
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
 

@@ -37,10 +37,10 @@ if TYPE_CHECKING:
 class Selector:
     """Picks services for requests; holds only derived, read-only data about the services."""
 
-    def __init__(self, services: Sequence[Service], health: HealthTable,
+    def __init__(self, services: Sequence[Service], table: HealthTable,
                  try_down: bool = False) -> None:
         self.services = list(services)
-        self.health = health
+        self.table = table
         prios = sorted({s.prio for s in services})
         self.groups = [[i for i, s in enumerate(services) if s.prio == p] for p in prios]
         # 1/weight per pick on the service's round-robin clock; 0.0 when it is alone in its
@@ -58,8 +58,8 @@ class Selector:
         `tried` is a bit mask of services this request already tried; `key` the hash key in
         hash mode; `sticky` a service to prefer while it is up (same SMTP transaction).
         """
-        health = self.health
-        f = health.f
+        table = self.table
+        f = table.f
         # a service is UP when DOWN_UNTIL + ADMIN is 0.0: HealthTable.state inline, as the
         # common pick (the sticky service, or the first group's) needs nothing else
         if sticky >= 0 and not tried >> sticky & 1 and (f[sticky * SLOT + DOWN_UNTIL]
@@ -78,8 +78,8 @@ class Selector:
                             drained = i
                         continue
                     candidates.append(i)
-                elif (health.state(i, now) == PROBE_DUE
-                      and health.claim_probe(i, now, self._lease(i))):
+                elif (table.state(i, now) == PROBE_DUE
+                      and table.claim_probe(i, now, self._lease(i))):
                     return i
             if candidates:
                 if len(candidates) == 1:
@@ -92,7 +92,7 @@ class Selector:
             return self.commit(drained)
         if last_resort:
             for i in self.last_resort:
-                if not tried >> i & 1 and not health.disabled(i):
+                if not tried >> i & 1 and not table.disabled(i):
                     return i
         return -1
 
@@ -101,7 +101,7 @@ class Selector:
 
     def _step(self, i: int) -> float:
         """What one pick adds to service i's clock: 1/weight, the operator's weight first."""
-        weight = self.health.f[i * SLOT + WEIGHT]
+        weight = self.table.f[i * SLOT + WEIGHT]
         return 1.0 / weight if weight else self.step[i]
 
     def commit(self, i: int) -> int:
@@ -109,13 +109,13 @@ class Selector:
         group); returns i. `pick` commits its own picks; a pick made with `by_weight` is
         committed once it is used."""
         if self.step[i]:
-            self.health.add_served(i, self._step(i))
+            self.table.add_served(i, self._step(i))
         return i
 
     def by_weight(self, candidates: list[int]) -> int:
         """The round robin's pick of candidates (services that are up, of one group): the one
         whose clock after this pick is lowest (the first of equals). Not committed."""
-        f = self.health.f
+        f = self.table.f
         steps = self.step
         best, lowest = -1, 0.0
         for i in candidates:  # in index order: the first of equal clocks wins, as min's key
@@ -136,5 +136,5 @@ class Selector:
             self.blake2b = hashlib.blake2b
         digest = self.blake2b(key + b"\0" + self.names[i], digest_size=8).digest()
         unit = (int.from_bytes(digest, "big") + 1) / 2.0**64  # in (0, 1]
-        weight = self.health.weight(i, self.services[i].weight)
+        weight = self.table.weight(i, self.services[i].weight)
         return -weight / math.log(unit) if unit < 1.0 else math.inf

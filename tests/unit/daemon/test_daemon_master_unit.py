@@ -235,28 +235,29 @@ def test_reload_retires_old_workers_and_starts_new(master):
 
 def test_retiring_workers_keep_the_checks_of_their_table_until_they_are_gone(checked):
     master = checked
-    old_table = master.health["default"]
+    old_table = master.health_tables["default"]
     master.reload_config = lambda: daemon_config(Service("B", "127.0.0.1", 9),
                                                  listen="127.0.0.1:1", workers=2)
     master.step()
     assert master.monitor.pid == 100 and alive(master) == [101, 102]
-    assert master.table.workers() == {101: 0, 102: 1}
+    assert master.worker_table.workers() == {101: 0, 102: 1}
     master.signals.append(signal.SIGHUP)
     master.step()
     assert (100, signal.SIGKILL) in master.ops.kills and master.ops.waited == [100]
     assert master.monitor.pid == 103  # the new one, with the new tables and the old one kept
-    assert master.health["default"] is not old_table and master.health["default"].checked
+    assert master.health_tables["default"] is not old_table
+    assert master.health_tables["default"].checked
     assert old_table.checked  # workers 101 and 102 still serve on it: no live probes there
-    assert [entry.table for entry in master.checks.all()] == [master.health["default"],
+    assert [entry.table for entry in master.checks.all()] == [master.health_tables["default"],
                                                                old_table]
-    assert master.table.generations() == {0, 1}
+    assert master.worker_table.generations() == {0, 1}
     master.ops.deaths = [(101, 0)]
     master.step()
     assert len(master.checks.kept) == 1
     master.ops.deaths = [(102, 0)]
     master.step()
-    assert master.checks.kept == [] and master.table.generations() == {1}
-    assert master.health["default"].checked
+    assert master.checks.kept == [] and master.worker_table.generations() == {1}
+    assert master.health_tables["default"].checked
 
 
 def test_the_monitor_is_started_first_and_supervised_as_a_worker(checked):
@@ -286,7 +287,7 @@ def test_the_watchdog_kills_a_stuck_monitor(checked):
     master, ops = checked, checked.ops
     master.step()
     says_ready(master, master.supervisor.first(MONITOR))
-    master.table.beat(master.table.monitor_slot, ops.t)
+    master.worker_table.beat(master.worker_table.monitor_slot, ops.t)
     ops.t += WATCHDOG_SECONDS + 1
     master.step()
     master.step()
@@ -321,7 +322,7 @@ def test_a_reload_that_turns_the_checks_off_ends_the_monitor_with_the_old_tables
     master.signals.append(signal.SIGHUP)
     master.step()
     assert master.monitor.pid == 103  # it checks the old table for workers 101 and 102
-    assert not master.health["default"].checked
+    assert not master.health_tables["default"].checked
     ops.deaths = [(101, 0), (102, 0)]
     master.step()
     assert master.monitor.pid == 0 and ops.waited == [100, 103]
@@ -361,9 +362,9 @@ def test_the_watchdog_kills_a_worker_whose_loop_is_stuck(master):
     master.step()
     for worker in master.workers.values():
         says_ready(master, worker)
-        master.table.beat(worker.slot, ops.t)
+        master.worker_table.beat(worker.slot, ops.t)
     ops.t += WATCHDOG_SECONDS - 1
-    master.table.beat(master.workers[101].slot, ops.t)  # 101 keeps turning its loop
+    master.worker_table.beat(master.workers[101].slot, ops.t)  # 101 keeps turning its loop
     master.step()
     assert ops.kills == []
     ops.t += 2
