@@ -1,7 +1,7 @@
 """Exchanges with policy services: non-blocking connect, send, read the answer, deadline.
 
 `Backends` is what the exchanges of one process (a worker, spawn mode, the master's checks)
-share: the event loop, the pool of idle connections, the resolver, the connect timeout and the
+share: the event loop, the idle connections (idle.py), the resolver, the connect timeout and the
 deadlines of the exchanges in flight. An exchange is started with the service, the payload,
 the deadline and a callback.
 
@@ -9,12 +9,12 @@ A `Connection` is one connection to one service, a small state machine driven by
 loop that runs one exchange at a time. Each exchange ends by calling `on_done(action_line,
 outcome, detail)`: the first `action=` line of a good answer with outcome ANSWERED and detail
 "", or b"", the outcome category (see outcome.py) and why it failed. A connection whose
-exchange ended cleanly waits in the process's `Pool` for the next one, still registered in the
+exchange ended cleanly waits in the process's `IdleConnections` for the next one, still registered in the
 loop for reading: the common request costs one send and one receive, no registration and no
 object. A reused connection that turns out closed before any byte of answer is retried once on
 a fresh connection, and that is not a failure of the service.
 
-An exchange's end (`ended`: its answer's latency, the pooled connection's age) is the loop's
+An exchange's end (`ended`: its answer's latency, the idle connection's age) is the loop's
 time of the turn it ended in (`EventLoop.now`, when the poll returned).
 
 Deadlines are not one timer each: while exchanges are in flight, a tick every DEADLINE_TICK
@@ -33,7 +33,7 @@ import os
 import socket
 import time
 
-from hapolicy.backend.idle import POOL_IDLE_SECONDS, Pool
+from hapolicy.backend.idle import IDLE_SECONDS, IdleConnections
 from hapolicy.backend.resolver import Resolver
 from hapolicy.base.eventloop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
 from hapolicy.base.outcome import (
@@ -64,7 +64,7 @@ class Backends:
 
     def __init__(self, loop: EventLoop, connect_timeout: float) -> None:
         self.loop = loop
-        self.pool = Pool(loop)
+        self.idle = IdleConnections(loop)
         self.resolver = Resolver()
         self.connect_timeout = connect_timeout
         self.in_flight: set[Connection] = set()
@@ -76,12 +76,12 @@ class Backends:
         self.next_sweep = 0.0
 
     def connection(self, service: Service, now: float) -> Connection:
-        """An idle connection to service from the pool, or a new one (not connected yet)."""
-        stack = self.pool.idle.get(service.name)
-        # the common case, Pool.get inline: the newest idle connection is fresh enough
-        if stack and now - stack[-1].ended < POOL_IDLE_SECONDS:
+        """An idle connection to service, or a new one (not connected yet)."""
+        stack = self.idle.stacks.get(service.name)
+        # the common case, IdleConnections.get inline: the newest idle connection is fresh enough
+        if stack and now - stack[-1].ended < IDLE_SECONDS:
             return stack.pop()
-        conn = self.pool.get(service.name, now)
+        conn = self.idle.get(service.name, now)
         return conn if conn is not None else self.connection_type(self, service)
 
     def exchange(self, service: Service, payload: bytes, deadline: float,
@@ -118,9 +118,9 @@ class Backends:
             self.tick = None
         for conn in list(self.in_flight):
             conn.on_done = None
-            conn.close(unregister=self.pool.loop is not None)
+            conn.close(unregister=self.idle.loop is not None)
         self.in_flight.clear()
-        self.pool.close()
+        self.idle.close()
 
 
 # QUEUED: the lane's (lane.py): its payload goes out at the end of the loop's turn; an event
@@ -215,7 +215,7 @@ class Connection:
         self.send_payload()
 
     def send_payload(self) -> None:
-        """Send what the socket takes of the payload (a pooled or just connected one: nearly
+        """Send what the socket takes of the payload (an idle or just connected one: nearly
         always all of it), then wait for the answer, or for room to send the rest; an error
         is the exchange's outcome."""
         payload = self.payload
@@ -257,7 +257,7 @@ class Connection:
                     backends = self.backends
                     backends.in_flight.discard(self)
                     self.ended = self.loop.now  # the turn's time, as the lane's answers
-                    if backends.pool.put(self):
+                    if backends.idle.put(self):
                         self.state = IDLE
                     else:
                         self.close()
@@ -265,7 +265,7 @@ class Connection:
                     return
             self._received(data)
         elif state == IDLE:
-            self.backends.pool.drop(self)  # closed by the service, or it spoke unasked
+            self.backends.idle.drop(self)  # closed by the service, or it spoke unasked
         elif state == CONNECTING:
             code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore
             if code:
@@ -358,7 +358,7 @@ class Connection:
         self.answer = b""
         self.backends.in_flight.discard(self)
         self.ended = self.loop.now
-        if keep and self.backends.pool.put(self):
+        if keep and self.backends.idle.put(self):
             self.state = IDLE
         else:
             self.close()

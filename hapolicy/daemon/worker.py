@@ -377,7 +377,7 @@ class Worker:
         for dispatcher in self.dispatchers:
             dispatcher.table.set_in_flight(self.slot, dispatcher.in_flight)
         for dispatcher in (*self.dispatchers, *self.mirrors):  # copies are not in flight
-            dispatcher.backends.pool.sweep(now)
+            dispatcher.backends.idle.sweep(now)
         self.table.beat(self.slot, now, self.requests)
         self._update_title()
         self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)

@@ -1,4 +1,4 @@
-"""The common request without a Job: one whole request, the first priority up, a pooled connection.
+"""The common request without a Job: one whole request, the first priority up, an idle connection.
 
 Most requests of a pool take the same way: the client's read is one whole request, every
 service of the first priority group is up, the pick (the transaction's sticky service, or
@@ -6,7 +6,7 @@ weighted round robin in the group, or the group's one service) has an idle conne
 pool, and the answer comes back whole in one read. `Lane` runs exactly that way with no `Job`,
 no `Selector.pick` and no callback chain: `Lane.take` makes the pick as `Selector.pick` would
 make it then (a balanced group's round robin with the selector's `by_weight` and `commit`, the
-one place round robin is kept), sends the request on the pooled connection (which then carries
+one place round robin is kept), sends the request on the idle connection (which then carries
 the client, the request and its instance), and that connection's event handler
 (`LaneConnection._on_event`) reads the whole answer, puts the connection back, counts the
 answer as `Dispatcher.count_answer` does (those twins inlined rather than called) and
@@ -43,7 +43,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from hapolicy.backend.exchange import DEADLINE_TICK, IDLE, QUEUED, READING, Connection
-from hapolicy.backend.idle import POOL_IDLE_SECONDS, POOL_MAX_IDLE
+from hapolicy.backend.idle import IDLE_SECONDS, MAX_IDLE
 from hapolicy.base.protocol import (
     MAX_ANSWER_BYTES,
     MAX_ATTRIBUTES,
@@ -100,8 +100,8 @@ class Member:
         self.latency_word = self.stats + LATENCY_SUM
         self.buckets_word = self.stats + LATENCY_BUCKETS
         self.step = d.selector.step[index]  # 0.0 alone in the group: no round robin
-        # the pool's stack of idle connections to the service, kept for ever by the pool
-        self.stack = d.backends.pool.stack(d.services[index].name)
+        # the stack of idle connections to the service (IdleConnections.stack), kept for ever
+        self.stack = d.backends.idle.stack(d.services[index].name)
 
 
 class Lane:
@@ -215,7 +215,7 @@ class Lane:
         (else False, with nothing done): count the pick and the request, and send it on that
         connection, at once or at the end of a turn of several events (`flush`)."""
         stack = member.stack
-        if not stack or now - stack[-1].ended >= POOL_IDLE_SECONDS:
+        if not stack or now - stack[-1].ended >= IDLE_SECONDS:
             return False  # no fresh idle connection: the general path connects
         if member.step:
             self.selector.commit(member.index)
@@ -336,7 +336,7 @@ class LaneConnection(Connection):
         lane.in_flight.discard(self)
         self.ended = now = lane.loop.now  # the poll's: the turn's handlers took our time
         stack = member.stack
-        if len(stack) < POOL_MAX_IDLE:  # Pool.put (not closed: that ends what is in flight)
+        if len(stack) < MAX_IDLE:  # IdleConnections.put (not closed: that ends what is in flight)
             stack.append(self)
             self.state = IDLE
         else:

@@ -22,7 +22,7 @@ from testkit.stubs import Blackhole, ScriptedBackend
 
 from hapolicy.backend import exchange as backend_module
 from hapolicy.backend.exchange import Backends
-from hapolicy.backend.idle import POOL_IDLE_SECONDS, POOL_MAX_IDLE
+from hapolicy.backend.idle import IDLE_SECONDS, MAX_IDLE
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.base.outcome import (
     ANSWER_TIMEOUT,
@@ -48,7 +48,7 @@ class Attempts:
     def __init__(self) -> None:
         self.loop = EventLoop()
         self.backends = Backends(self.loop, 5.0)
-        self.pool = self.backends.pool
+        self.idle = self.backends.idle
         self.resolver = self.backends.resolver
         self.outcome = -1  # of the last run
 
@@ -70,7 +70,7 @@ class Attempts:
         return done[0][0], done[0][2], time.monotonic() - started
 
     def close(self) -> None:
-        self.pool.close()
+        self.idle.close()
         self.loop.close()
 
 
@@ -323,17 +323,17 @@ def registered(loop: EventLoop) -> int:
 def test_an_idle_connection_closed_by_the_service_leaves_the_pool_at_once(attempts):
     with FakeBackend(action="OK") as backend:
         attempts.run(backend.port)
-        assert len(attempts.pool.idle["S"]) == 1 and registered(attempts.loop) == 1
+        assert len(attempts.idle.stacks["S"]) == 1 and registered(attempts.loop) == 1
         backend.drop_connections()
         deadline = time.monotonic() + 5
-        while attempts.pool.idle["S"] and time.monotonic() < deadline:
+        while attempts.idle.stacks["S"] and time.monotonic() < deadline:
             attempts.loop.run_once(0.05)
-        assert attempts.pool.idle["S"] == [] and registered(attempts.loop) == 0
+        assert attempts.idle.stacks["S"] == [] and registered(attempts.loop) == 0
 
 
 def pooled_socket(attempts: Attempts, backend: FakeBackend) -> socket.socket:
     attempts.run(backend.port)
-    [conn] = attempts.pool.idle["S"]
+    [conn] = attempts.idle.stacks["S"]
     return conn.sock
 
 
@@ -341,43 +341,43 @@ def test_idle_connections_expire_after_a_minute(attempts):
     with FakeBackend(action="OK") as backend:
         sock = pooled_socket(attempts, backend)
         now = time.monotonic()
-        attempts.pool.sweep(now + POOL_IDLE_SECONDS - 1)
-        [conn] = attempts.pool.idle["S"]
+        attempts.idle.sweep(now + IDLE_SECONDS - 1)
+        [conn] = attempts.idle.stacks["S"]
         assert conn.sock is sock
-        attempts.pool.sweep(now + POOL_IDLE_SECONDS + 1)
-        assert attempts.pool.idle["S"] == [] and sock.fileno() == -1
+        attempts.idle.sweep(now + IDLE_SECONDS + 1)
+        assert attempts.idle.stacks["S"] == [] and sock.fileno() == -1
         assert registered(attempts.loop) == 0
-        attempts.pool.sweep(now + 2 * POOL_IDLE_SECONDS)  # an empty stack is fine too
+        attempts.idle.sweep(now + 2 * IDLE_SECONDS)  # an empty stack is fine too
 
 
 def test_an_expired_connection_is_not_handed_out(attempts):
     with FakeBackend(action="OK") as backend:
         sock = pooled_socket(attempts, backend)
-        assert attempts.pool.get("S", time.monotonic() + POOL_IDLE_SECONDS + 1) is None
+        assert attempts.idle.get("S", time.monotonic() + IDLE_SECONDS + 1) is None
         assert sock.fileno() == -1 and registered(attempts.loop) == 0
 
 
 def test_a_closed_pool_keeps_nothing(attempts):
     with FakeBackend(action="OK") as backend:
         sock = pooled_socket(attempts, backend)
-        attempts.pool.close()
+        attempts.idle.close()
         assert sock.fileno() == -1 and registered(attempts.loop) == 0
         assert attempts.run(backend.port)[:2] == (b"action=OK", "")
-        assert attempts.pool.idle.get("S", []) == [] and registered(attempts.loop) == 0
+        assert attempts.idle.stacks.get("S", []) == [] and registered(attempts.loop) == 0
 
 
 def test_an_abandoned_pool_closes_its_sockets_without_the_loop(attempts):
     with FakeBackend(action="OK") as backend:
         sock = pooled_socket(attempts, backend)
-        attempts.pool.abandon()  # what a forked child does with its copy
-        assert sock.fileno() == -1 and attempts.pool.idle == {}
+        attempts.idle.abandon()  # what a forked child does with its copy
+        assert sock.fileno() == -1 and attempts.idle.stacks == {}
 
 
 def test_the_pool_keeps_at_most_its_limit_per_service(attempts):
     with FakeBackend(action="OK", delay=0.2) as backend:
         service = Service(name="S", host="127.0.0.1", port=backend.port)
         done: list[bytes] = []
-        count = POOL_MAX_IDLE + 3
+        count = MAX_IDLE + 3
         for _ in range(count):  # all at once: each needs its own connection
             attempts.backends.exchange(service, REQUEST, time.monotonic() + 10,
                                        lambda action, outcome, reason: done.append(action))
@@ -386,8 +386,8 @@ def test_the_pool_keeps_at_most_its_limit_per_service(attempts):
             attempts.loop.run_once(0.1)
         assert done == [b"action=OK"] * count
         assert backend.connections == count
-        assert len(attempts.pool.idle["S"]) == POOL_MAX_IDLE
-        assert registered(attempts.loop) == POOL_MAX_IDLE  # the others are closed
+        assert len(attempts.idle.stacks["S"]) == MAX_IDLE
+        assert registered(attempts.loop) == MAX_IDLE  # the others are closed
 
 
 def test_closing_the_backends_ends_the_exchanges_in_flight_too(attempts):

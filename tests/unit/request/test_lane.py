@@ -18,7 +18,7 @@ from testkit.backends import FakeBackend
 from testkit.protocol import request
 
 from hapolicy.backend import exchange as backend_module
-from hapolicy.backend.idle import POOL_IDLE_SECONDS
+from hapolicy.backend.idle import IDLE_SECONDS
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.log import Logger
 from hapolicy.base.protocol import MAX_ATTRIBUTES
@@ -512,9 +512,9 @@ def test_an_answer_from_a_member_marked_down_meanwhile_brings_it_back(monkeypatc
 def test_an_idle_connection_past_its_time_is_not_the_lanes(monkeypatch):
     def steps(h, backends):
         out = h.ask(request(instance="a")) + h.ask(request(instance="b"))
-        for stack in h.dispatcher.backends.pool.idle.values():
+        for stack in h.dispatcher.backends.idle.stacks.values():
             for conn in stack:
-                conn.ended -= POOL_IDLE_SECONDS  # idle for a minute: closed, a new one made
+                conn.ended -= IDLE_SECONDS  # idle for a minute: closed, a new one made
         out += h.ask(request(instance="c")) + h.ask(request(instance="d"))
         return out + [f"connections {backends[0].connections}".encode()]
 
