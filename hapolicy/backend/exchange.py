@@ -5,14 +5,14 @@ share: the event loop, the idle connections (idle.py), the resolver, the connect
 deadlines of the exchanges in flight. An exchange is started with the service, the payload,
 the deadline and a callback.
 
-A `Connection` is one connection to one service, a small state machine driven by the event
-loop that runs one exchange at a time. Each exchange ends by calling `on_done(action_line,
-outcome, detail)`: the first `action=` line of a good answer with outcome ANSWERED and detail
-"", or b"", the outcome category (see outcome.py) and why it failed. A connection whose
-exchange ended cleanly waits in the process's `IdleConnections` for the next one, still registered in the
-loop for reading: the common request costs one send and one receive, no registration and no
-object. A reused connection that turns out closed before any byte of answer is retried once on
-a fresh connection, and that is not a failure of the service.
+A `Connection` is one connection to one service, a small state machine driven by the event loop that
+runs one exchange at a time. Each exchange ends by calling `on_done(action_line, outcome, detail)`:
+the first `action=` line of a good answer with outcome ANSWERED and detail "", or b"", the outcome
+category (see outcome.py) and why it failed. A connection whose exchange ended cleanly waits in the
+process's `IdleConnections` for the next one, still registered in the loop for reading: the common
+request costs one send and one receive, no registration and no object. A reused connection that
+turns out closed before any byte of answer is retried once on a fresh connection, and that is not a
+failure of the service.
 
 An exchange's end (`ended`: its answer's latency, the idle connection's age) is the loop's
 time of the turn it ended in (`EventLoop.now`, when the poll returned).

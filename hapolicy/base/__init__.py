@@ -1,1 +1,2 @@
-"""The ground every other package stands on: the event loop, logging, records, safe files, unix sockets, the policy protocol, an exchange's outcome."""
+"""The ground every other package stands on: the event loop, logging, records, safe files, unix
+sockets, the policy protocol, an exchange's outcome."""

@@ -10,8 +10,8 @@ of one poll, those of a descriptor removed by an earlier handler of the same rou
 their turn comes. spawn mode asks
 for poll(2), which, unlike epoll, takes regular files and /dev/null on stdin.
 
-Cancelled timers stay in the heap until they come up, unless they outnumber the live ones, then
-the heap is rebuilt. The request path makes no timer per request (backend/exchange.py's deadline tick).
+Cancelled timers stay in the heap until they come up, unless they outnumber the live ones, then the
+heap is rebuilt. The request path makes no timer per request (backend/exchange.py's deadline tick).
 
 `at_turn_end` callbacks run once the handlers of the poll's events have run (and again after
 the due timers, for what those asked; one asked for between turns runs before the next

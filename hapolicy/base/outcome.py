@@ -1,7 +1,7 @@
 """How one exchange with a service ended: a small fixed set of categories, as HAProxy's checks.
 
-Every exchange (backend.Connection.run) ends with one category and a detail text for the logs. Health, logging and the
-active checks read the category, never the text:
+Every exchange (backend.Connection.run) ends with one category and a detail text for the logs.
+Health, logging and the active checks read the category, never the text:
 
 - ANSWERED: a complete answer with an `action=` line.
 - CONNECT_FAILED: refused, unreachable, no such unix socket, a name that does not resolve.

@@ -1,1 +1,2 @@
-"""The configuration: the option table, the records it makes, the command line and the config file."""
+"""The configuration: the option table, the records it makes, the command line and the config
+file."""

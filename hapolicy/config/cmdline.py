@@ -1,14 +1,13 @@
 """The command line read straight from the option table, so that a start needs no argparse.
 
 `parse(argv)` reads the spellings that command lines of hapolicy use: `--name VALUE`,
-`--name=VALUE`, `-x VALUE`, `-xVALUE`, flags, bundled short options (`-lv`, `-ldX`), a
-repeated `-s`, and the choices of an option. It returns the value of every option by its
-destination (None when not given, `service` a list), just as argparse's namespace holds it, or
-None for anything else: `-h`, `--version`, an unknown option, a missing value, a value that
-begins with `-`, `-x=...`, `--`, a word that is no option's value, a value outside the choices.
-Then cli.py lets argparse read the command line, so every error message and every corner of
-argparse's grammar stay argparse's own; tests/unit/config/test_cmdline.py checks that both agree wherever
-this one answers.
+`--name=VALUE`, `-x VALUE`, `-xVALUE`, flags, bundled short options (`-lv`, `-ldX`), a repeated
+`-s`, and the choices of an option. It returns the value of every option by its destination (None
+when not given, `service` a list), just as argparse's namespace holds it, or None for anything else:
+`-h`, `--version`, an unknown option, a missing value, a value that begins with `-`, `-x=...`, `--`,
+a word that is no option's value, a value outside the choices. Then cli.py lets argparse read the
+command line, so every error message and every corner of argparse's grammar stay argparse's own;
+tests/unit/config/test_cmdline.py checks that both agree wherever this one answers.
 
 `expand_original_abbreviations` is done before either: the Perl original's Getopt::Long took
 any unique prefix of its five long options (`--serv`, `--def`), and so do we.

@@ -61,7 +61,8 @@ def read_config_file(path: str) -> ConfigFile:
             data = handle.read(MAX_FILE_BYTES + 1)
         lines = data.decode("utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', exc)}") from None
+        why = getattr(exc, "strerror", exc)
+        raise ConfigError(f"{path}: cannot read config file: {why}") from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(f"{path}: cannot read config file: larger than {MAX_FILE_BYTES} bytes")
     parsed = ConfigFile(path)

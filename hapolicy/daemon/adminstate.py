@@ -70,8 +70,9 @@ def parse(text: str, path: str) -> tuple[dict[Key, tuple[str, int]], list[str]]:
             continue
         fields = line.split()
         weight = fields[4] if len(fields) == 5 else ""
-        if len(fields) != 5 or fields[3] not in ADMIN_STATES or not (
-                weight == "-" or weight.isascii() and weight.isdigit() and 1 <= int(weight) <= MAX_WEIGHT):
+        weight_ok = weight == "-" or (weight.isascii() and weight.isdigit()
+                                      and 1 <= int(weight) <= MAX_WEIGHT)
+        if len(fields) != 5 or fields[3] not in ADMIN_STATES or not weight_ok:
             problems.append(f"state file {path}:{number}: not POOL SERVICE ADDRESS "
                             f"enabled|drain|disabled WEIGHT|-: ignored")
             continue

@@ -3,15 +3,14 @@
     summary pool=grey requests=1234 rate=20.5/s defaults=3 (failed=1 down=2 timeout=0 refused=0
     internal=0) services: GREY1 up answers=600 failures=0, GREY2 down answers=630 failures=12
 
-(one line in the log), followed, for a pool that hedges, by `hedged=N (won=N)` and, for
-one with a shadow, by `shadow NAME: agree=N disagree=N failed=N dropped=N`. A service's
-state is up or down, or `disabled` or `drain` while the
-operator (hapolicyctl) keeps it so. The counters are the health table's (layout.py), kept by
-the workers without locks: totals since the pool's table was made (a reload keeps them for a
-pool that stays and for each service that keeps its name and address). `rate` is the requests per second over
-the last interval. Requests still in flight are counted in `requests` but not yet in the
-answers or defaults. A worker that retires after a reload that gave its pool a new table counts
-its last requests in the old table: those are not in the summary.
+(one line in the log), followed, for a pool that hedges, by `hedged=N (won=N)` and, for one with a
+shadow, by `shadow NAME: agree=N disagree=N failed=N dropped=N`. A service's state is up or down, or
+`disabled` or `drain` while the operator (hapolicyctl) keeps it so. The counters are the health
+table's (layout.py), kept by the workers without locks: totals since the pool's table was made (a
+reload keeps them for a pool that stays and for each service that keeps its name and address).
+`rate` is the requests per second over the last interval. Requests still in flight are counted in
+`requests` but not yet in the answers or defaults. A worker that retires after a reload that gave
+its pool a new table counts its last requests in the old table: those are not in the summary.
 """
 
 from __future__ import annotations

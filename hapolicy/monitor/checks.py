@@ -1,15 +1,15 @@
 """Active health checks: the monitor asks each service a harmless request on a timer.
 
-Run by the monitor (monitor.py) in its own event loop, with the workers' own backend
-connections, after it dropped to --user. Each
-service is checked every check-interval seconds while it is up and every check-down-interval seconds
-while it is down (also when a live request took it down: the next check is brought forward);
-a check waits at most min(TIMEOUT, check-timeout) for its answer. With checks on, they own the
-recovery (the master says so in the table, which every worker reads: `CheckerSet.replace`, so
-that a monitor that dies or is replaced never changes who owns it): live requests never
-probe a service that is down, and only check-rise consecutive answered checks bring it back. check-fall consecutive failed checks take
-an up service down (a failed live request takes it down at once: a live timeout is expensive).
-A local failure (the monitor out of descriptors) says nothing of the service and is not counted.
+Run by the monitor (monitor.py) in its own event loop, with the workers' own backend connections,
+after it dropped to --user. Each service is checked every check-interval seconds while it is up and
+every check-down-interval seconds while it is down (also when a live request took it down: the next
+check is brought forward); a check waits at most min(TIMEOUT, check-timeout) for its answer. With
+checks on, they own the recovery (the master says so in the table, which every worker reads:
+`CheckerSet.replace`, so that a monitor that dies or is replaced never changes who owns it): live
+requests never probe a service that is down, and only check-rise consecutive answered checks bring
+it back. check-fall consecutive failed checks take an up service down (a failed live request takes
+it down at once: a live timeout is expensive). A local failure (the monitor out of descriptors) says
+nothing of the service and is not counted.
 
 The request sent is check-request (default: an RCPT-stage request from
 hapolicy-check@localhost to postmaster@localhost at 127.0.0.1, which greylisting and rate-limit

@@ -1,15 +1,14 @@
 """The control socket (--control PATH): one command line in, one answer out, closed.
 
-The master binds a unix stream socket at PATH (daemon/monitorsockets.py: `bind_control`), mode
-0600 and owned by its own user (root when it starts as root), or mode 0660 and group
---control-group, keeps it open through reloads and removes the file at exit while it is still
-ours. The monitor (daemon/monitor.py), which runs as --user, serves it (`ControlServer`) in its event loop,
-never blocking it: a connection sends one line (at most MAX_LINE bytes), gets the answer of
-that command (commands.py) and is closed. A longer line, or a client that has not sent its
-line within HEAD_SECONDS, gets a one-line `error: ...` and is closed; at most MAX_CONNECTIONS
-at once, a new one taking the place of the oldest without a whole line (the connection
-handling is oneshot.py's, shared with /metrics). While no monitor runs (a reload replaces
-it), connections wait in the backlog.
+The master binds a unix stream socket at PATH (daemon/monitorsockets.py: `bind_control`), mode 0600
+and owned by its own user (root when it starts as root), or mode 0660 and group --control-group,
+keeps it open through reloads and removes the file at exit while it is still ours. The monitor
+(daemon/monitor.py), which runs as --user, serves it (`ControlServer`) in its event loop, never
+blocking it: a connection sends one line (at most MAX_LINE bytes), gets the answer of that command
+(commands.py) and is closed. A longer line, or a client that has not sent its line within
+HEAD_SECONDS, gets a one-line `error: ...` and is closed; at most MAX_CONNECTIONS at once, a new one
+taking the place of the oldest without a whole line (the connection handling is oneshot.py's, shared
+with /metrics). While no monitor runs (a reload replaces it), connections wait in the backlog.
 
 The peer is checked with SO_PEERCRED (the uid and gid of the process that connected): root,
 the socket's owner (the master's user, not the monitor's) and members of --control-group are
@@ -38,7 +37,8 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class ControlServer(OneShotServer):
-    """Serves the control socket `sock` (daemon/monitorsockets.py) in `loop`; `command(line)` gives the answer of one command."""
+    """Serves the control socket `sock` (daemon/monitorsockets.py) in `loop`; `command(line)`
+    gives the answer of one command."""
 
     what = "control socket"
     max_request = MAX_LINE

@@ -12,11 +12,11 @@ within HEAD_SECONDS, the client's remaining input read and dropped after the ans
 `GET /metrics` (a query string is ignored) gets the exposition; another path 404, another
 method 405, a head that is not HTTP 400, a longer one 431, a slow one 408.
 
-The exposition is prometheus_client's (`generate_latest`) of `Collector`, which reads the
-tables at each scrape: nothing is kept between scrapes, nothing is written to the tables, and
+The exposition is prometheus_client's (`generate_latest`) of `Collector`, which reads the tables at
+each scrape: nothing is kept between scrapes, nothing is written to the tables, and
 prometheus_client is imported only by a daemon that serves metrics. Names and meanings are in
-docs/operating.md (Prometheus metrics); labels are only pool, service, outcome, action and reason (and
-hapolicy_build_info's version and python), never anything of a request.
+docs/operating.md (Prometheus metrics); labels are only pool, service, outcome, action and reason
+(and hapolicy_build_info's version and python), never anything of a request.
 """
 
 from __future__ import annotations

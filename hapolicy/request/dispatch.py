@@ -6,11 +6,11 @@ once. The dispatcher holds what a pool's requests share in a process: its settin
 selector, the exchanges (`Backends`), the health table and its counters; it counts the good
 answers (`count_answer`) and rate-limits the warnings of default answers and internal errors.
 
-A request waiting on a service that is found dead meanwhile does not wait out its own timeout:
-when a request of this process takes a service down, the others waiting on it move on at once;
-one taken down by another process (or by a check) is noticed within SWEEP_SECONDS (the sweep
-rides on the deadline tick of the exchanges in flight, backend/exchange.py). Who waits on a service is
-read from those exchanges, not kept per request.
+A request waiting on a service that is found dead meanwhile does not wait out its own timeout: when
+a request of this process takes a service down, the others waiting on it move on at once; one taken
+down by another process (or by a check) is noticed within SWEEP_SECONDS (the sweep rides on the
+deadline tick of the exchanges in flight, backend/exchange.py). Who waits on a service is read from
+those exchanges, not kept per request.
 
 What a pool's settings ask for beyond that is attached from above by whoever builds the
 dispatcher (assembly.py): the lane (lane.py) that the common request takes without a `Job`

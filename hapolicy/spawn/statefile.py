@@ -16,14 +16,14 @@ in `/tmp/hapolicy-EUID/`. hapolicy makes either of those two with mode 0700, and
 if it is a directory (not a symbolic link) owned by the user it runs as and writable by no one
 else. (Not `/run/hapolicy/` itself: root's, the daemon's control socket is there.)
 
-The file is HEADER_BYTES of header (magic, layout version, words per slot, number of services,
-a digest of this boot's id, a digest of the service list), then the table. It is used only when
-opened without following a symbolic link, a regular file owned by the running user (or root)
-and not writable by group or others (safefile.distrust, the daemon's rule too), with exactly the header expected and the size that follows from
-it. So a file of another service list, another layout or an earlier boot (whose monotonic
-times mean nothing now), or a truncated, empty, garbage or foreign one is never read as a
-table: it is replaced (what is not a regular file or a symbolic link, such as a device or a
-directory, is left alone: then no file is used).
+The file is HEADER_BYTES of header (magic, layout version, words per slot, number of services, a
+digest of this boot's id, a digest of the service list), then the table. It is used only when opened
+without following a symbolic link, a regular file owned by the running user (or root) and not
+writable by group or others (safefile.distrust, the daemon's rule too), with exactly the header
+expected and the size that follows from it. So a file of another service list, another layout or an
+earlier boot (whose monotonic times mean nothing now), or a truncated, empty, garbage or foreign one
+is never read as a table: it is replaced (what is not a regular file or a symbolic link, such as a
+device or a directory, is left alone: then no file is used).
 
 Making or replacing it: the directory is locked (flock, waited for at most LOCK_WAIT seconds),
 the file looked at again (another process may have just made it), and when it is still not

@@ -13,10 +13,10 @@
 * :mod:`testkit.wait` -- polling until a condition holds.
 * :mod:`testkit.packages` -- Debian packages: present, or fail in CI and skip elsewhere.
 * :mod:`testkit.postfix` -- real Postfix and postfwd2 instances.
-* :mod:`testkit.public` -- directories and package copies that other users (postfix, nobody) can read.
+* :mod:`testkit.public` -- directories and package copies that postfix and nobody can read.
 * :mod:`testkit.perl` -- the runner of the Perl original, /usr/sbin/hapolicy.
 * :mod:`testkit.scripts` -- scripts/*.py run with a JSON report.
-* :mod:`testkit.dispatching` -- an in-process dispatcher with its own event loop (Run, Client, KeptLog).
+* :mod:`testkit.dispatching` -- an in-process dispatcher, its loop, client and log (Run...).
 * :mod:`testkit.imports` -- hapolicy's import graph read from its sources, and a cycle finder.
 * :mod:`testkit.fuzzing` -- Hypothesis strategies: what a client or a service may send.
 

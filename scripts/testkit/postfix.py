@@ -228,12 +228,12 @@ class PostfixInstance(_Service):
     """A real Postfix instance on 127.0.0.1:*smtpd_port* with its own directories.
 
     *policy* goes in smtpd_recipient_restrictions before the final ``permit`` (e.g.
-    ``check_policy_service inet:127.0.0.1:10060``); every client on 127.0.0.1 may relay
-    to any domain, so the policy alone decides. Accepted mail would be discarded (no
-    delivery, no DNS). *master_extra* and *main_extra* are appended verbatim to master.cf
-    and main.cf (a parameter set again in main_extra overrides ours). Logs go to ``maillog`` in the instance's directory (postlogd), see
-    :meth:`log_text`. ``self.dir`` holds ``etc/`` (the config directory), ``queue/``,
-    ``data/`` and ``maillog``.
+    ``check_policy_service inet:127.0.0.1:10060``); every client on 127.0.0.1 may relay to any
+    domain, so the policy alone decides. Accepted mail would be discarded (no delivery, no DNS).
+    *master_extra* and *main_extra* are appended verbatim to master.cf and main.cf (a parameter set
+    again in main_extra overrides ours). Logs go to ``maillog`` in the instance's directory
+    (postlogd), see :meth:`log_text`. ``self.dir`` holds ``etc/`` (the config directory),
+    ``queue/``, ``data/`` and ``maillog``.
     """
 
     def __init__(
