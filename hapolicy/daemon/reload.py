@@ -80,25 +80,25 @@ class ReloadPlan:
             return None
         return Logger(new.syslog_socket, new.log_stderr)
 
-    def carry_tables(self, health: Mapping[str, HealthTable], slots: int,
+    def carry_tables(self, health_tables: Mapping[str, HealthTable], slots: int,
                      retiring_generation: int, checks: CheckerSet, now: float
                      ) -> dict[str, HealthTable]:
         """Each pool's table, and its checks: a pool that keeps its services keeps its table;
         one whose services changed gets a new one, where a service that keeps its name and
         address keeps its state. The workers of `retiring_generation` keep their old tables:
-        the monitors keep checking those for them until they are gone. health: the running
-        tables by pool; slots: the worker table's; now: monotonic."""
+        the monitors keep checking those for them until they are gone. health_tables: the
+        running tables by pool; slots: the worker table's; now: monotonic."""
         before = {p.name: p for p in self.running.pools}
         tables = {}
         for pool in self.config.pools:
             old = before.pop(pool.name, None)
             keep_for: int | None = None
             if old is not None and old.services == pool.services:
-                tables[pool.name] = health[pool.name]
+                tables[pool.name] = health_tables[pool.name]
             else:
                 tables[pool.name] = (HealthTable(len(pool.services), workers=slots)
                                      if old is None else
-                                     carry_over(health[pool.name], old.services, pool.services))
+                                     carry_over(health_tables[pool.name], old.services, pool.services))
                 keep_for = retiring_generation
             checks.replace(pool, tables[pool.name], keep_for, now)
         for name in before:  # pools gone

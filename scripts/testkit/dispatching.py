@@ -1,31 +1,17 @@
 """An in-process dispatcher for tests: an event loop of ours, a client object that records what
-it is delivered and a logger that keeps its lines (`Run`, `Client`, `KeptLog`)."""
+it is delivered and a logger that keeps its lines (`Run`, `Client`; the log is logs.KeptLog)."""
 
 from __future__ import annotations
 
 import time
 
 from hapolicy.base.eventloop import EventLoop
-from hapolicy.base.log import Logger, clean
 from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import PoolConfig
 from hapolicy.request.assembly import make_dispatcher
 from hapolicy.tables.health import HealthTable
-
-
-class KeptLog(Logger):
-    """A logger that keeps (level, line) instead of writing them."""
-
-    def __init__(self) -> None:
-        super().__init__(syslog_socket="")
-        self.lines: list[tuple[str, str]] = []
-
-    def log(self, level: str, message: str) -> None:
-        self.lines.append((level, clean(message)))  # as Logger.log does
-
-    def text(self, level: str | None = None) -> str:
-        return "\n".join(m for lvl, m in self.lines if level in (None, lvl))
+from testkit.logs import KeptLog
 
 
 class Client:

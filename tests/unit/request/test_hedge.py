@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 
 from testkit.backends import FakeBackend
-from testkit.dispatching import Client, KeptLog
+from testkit.dispatching import Client
+from testkit.logs import KeptLog
 from testkit.protocol import request
 
 from hapolicy.base.eventloop import EventLoop

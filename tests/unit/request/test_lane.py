@@ -15,12 +15,12 @@ import time
 
 import pytest
 from testkit.backends import FakeBackend
+from testkit.logs import ListLogger
 from testkit.protocol import request
 
 from hapolicy.backend import exchange as backend_module
 from hapolicy.backend.idle import IDLE_SECONDS
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
-from hapolicy.base.log import Logger
 from hapolicy.base.protocol import MAX_ATTRIBUTES
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import PoolConfig
@@ -50,15 +50,6 @@ from hapolicy.tables.layout import (
 )
 
 
-class Quiet(Logger):
-    def __init__(self) -> None:
-        super().__init__(syslog_socket="")
-        self.lines: list[str] = []
-
-    def log(self, level: str, message: str) -> None:
-        self.lines.append(f"{level}: {message}")
-
-
 class Harness:
     """One client of a dispatcher over a socketpair, the lane on or off."""
 
@@ -67,7 +58,7 @@ class Harness:
         services = tuple(parse_service(s) for s in specs)
         self.loop = EventLoop()
         self.table = HealthTable(len(services), shared=False)
-        self.log = Quiet()
+        self.log = ListLogger()
         self.dispatcher = make_dispatcher(self.loop, PoolConfig(services=services, **settings),
                                           self.table, self.log, log_requests=log_requests,
                                           verbose=verbose, lane=lane)

@@ -15,7 +15,8 @@ import time
 
 import pytest
 from testkit.backends import FakeBackend
-from testkit.dispatching import Client, KeptLog
+from testkit.dispatching import Client
+from testkit.logs import KeptLog
 from testkit.ports import refused_port
 from testkit.protocol import request
 

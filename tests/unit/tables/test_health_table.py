@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from hapolicy.base.log import Logger
+from testkit.logs import ListLogger
+
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import PoolConfig
 from hapolicy.tables.health import HealthTable
@@ -107,22 +108,13 @@ def test_a_private_table_is_not_shared():
     assert table.state(0, 101.0) == UP
 
 
-class QuietLog(Logger):
-    def __init__(self) -> None:
-        super().__init__(syslog_socket="")
-        self.lines: list[str] = []
-
-    def log(self, level: str, message: str) -> None:
-        self.lines.append(f"{level}: {message}")
-
-
 def test_a_service_coming_back_starts_level_with_its_own_priority_group():
     services = [parse_service(s) for s in ("A=h:1:10", "B=h:2:10", "C=h:3:20")]
     table = HealthTable(3, shared=False)
     table.set_served(1, 50.0)  # B served alone while A was down
     table.set_served(2, 500.0)  # C, another priority, is no peer of A
     table.record_failure(0, 100.0, COOLDOWN, CAP)
-    log = QuietLog()
+    log = ListLogger()
     health = Health(table, services, PoolConfig(services=tuple(services)), log)
     health.ok(0)
     assert table.state(0, 100.0) == UP
