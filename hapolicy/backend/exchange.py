@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
+# the C module, not `socket`: the Python layer's enums and its import of selectors cost a
+# spawned process about 2 ms of its start, and nothing here needs them
+import _socket
 import time
 
 from hapolicy.backend.idle import IDLE_SECONDS, IdleConnections
@@ -138,7 +140,7 @@ class Connection:
         self.backends = backends
         self.loop = backends.loop
         self.service = service
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.state = CLOSED_STATE
         self.payload = b""
         self.sent = 0
@@ -179,7 +181,7 @@ class Connection:
             self._fail(CONNECT_FAILED, error)
             return
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = _socket.socket(family, _socket.SOCK_STREAM)
         except OSError as exc:
             # out of file descriptors: not the service's fault
             self._fail(LOCAL, f"cannot make a socket: {exc.strerror}")
@@ -267,7 +269,7 @@ class Connection:
         elif state == IDLE:
             self.backends.idle.drop(self)  # closed by the service, or it spoke unasked
         elif state == CONNECTING:
-            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore
+            code = self.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)  # type: ignore
             if code:
                 self._fail(*_connect_error(code))
             elif mask & EVENT_WRITE:

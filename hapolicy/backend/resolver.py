@@ -7,7 +7,9 @@ known is the service's failure, with the resolver's words, and is tried again as
 
 from __future__ import annotations
 
-import socket
+# the C module, not `socket`: the Python layer's enums and its import of selectors cost a
+# spawned process about 2 ms of its start, and nothing here needs them
+import _socket
 import time
 
 from hapolicy.config.records import Service
@@ -21,9 +23,9 @@ RESOLVE_RETRY = 5.0
 
 
 def lookup(host: str, port: int, family: int, kind: int) -> list:
-    """socket.getaddrinfo, with a host name in ASCII given as bytes: a str is encoded with the
-    idna codec, whose import costs a spawned process 2 ms of its start."""
-    return socket.getaddrinfo(host.encode() if host.isascii() else host, port, family, kind)
+    """getaddrinfo, with a host name in ASCII given as bytes: a str is encoded with the idna
+    codec, whose import costs a spawned process 2 ms of its start."""
+    return _socket.getaddrinfo(host.encode() if host.isascii() else host, port, family, kind)
 
 
 class Resolver:
@@ -41,11 +43,11 @@ class Resolver:
     def address(self, service: Service, now: float) -> tuple[int, object, str]:
         """(family, sockaddr, error)."""
         if service.path:
-            return socket.AF_UNIX, service.path, ""
+            return _socket.AF_UNIX, service.path, ""
         cached = self.cache.get(service.name)
         if cached is None or cached[0] <= now:
             try:
-                info = self.lookup(service.host, service.port, 0, socket.SOCK_STREAM)
+                info = self.lookup(service.host, service.port, 0, _socket.SOCK_STREAM)
                 entry = (self.clock() + RESOLVE_TTL, (info[0][0], info[0][4]), "")
             except (OSError, UnicodeError, ValueError) as exc:
                 if cached is not None and cached[1] is not None:

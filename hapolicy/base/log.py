@@ -13,7 +13,9 @@ requests): the first line at once, then at most one line a text every so often, 
 from __future__ import annotations
 
 import os
-import socket
+# the C module, not `socket`: the Python layer's enums and its import of selectors cost a
+# spawned process about 2 ms of its start, and nothing here needs them
+import _socket
 import sys
 import time
 
@@ -42,7 +44,7 @@ class Logger:
         self.path = syslog_socket
         self.to_stderr = to_stderr
         self.ident = ident
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.retry_at = 0.0
 
     def log(self, level: str, message: str) -> None:
@@ -74,7 +76,7 @@ class Logger:
         if now < self.retry_at:
             return False
         try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         except OSError:  # out of file descriptors: drop lines, retry later
             self.retry_at = now + RETRY_SECONDS
             return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -606,3 +607,24 @@ def test_bad_command_line_under_spawn_writes_one_line(tmp_path) -> None:
             data += chunk
         assert proc.wait(10) == 2
     assert data.count(b"\n") == 1 and b"A=nowhere" in data
+
+
+def test_a_spawned_process_imports_only_what_its_start_needs(tmp_path):
+    """docs/architecture.md, A spawned process's start: spawn(8) pays every import at each SMTP
+    connection, so a spawned process answering a request imports no argparse, dataclasses,
+    typing, re or hashlib (no hash balancing here), not `socket`'s Python layer (its enums and
+    selectors: the C module `_socket` serves), and none of the daemon's modules (what the
+    interpreter imported before hapolicy, its site's .pth files, is not counted)."""
+    found = tmp_path / "modules"
+    code = ("import sys\nalready = set(sys.modules)\nfrom hapolicy.cli import main\n"
+            f"main(['--state-file', {str(tmp_path / 'state')!r}, '-s', "
+            f"'A=127.0.0.1:{refused_port()}'])\n"
+            f"open({str(found)!r}, 'w').write(' '.join(set(sys.modules) - already))\n")
+    done = subprocess.run([sys.executable, "-c", code], input=request(), capture_output=True,
+                          env=hapolicy_env(), timeout=30, check=False)
+    assert done.stdout.startswith(b"action=")
+    modules = set(found.read_text().split())
+    assert {"hapolicy.spawn.mode", "hapolicy.spawn.statefile", "_socket"} <= modules
+    assert modules & {"argparse", "dataclasses", "typing", "re", "hashlib", "socket", "enum",
+                      "selectors"} == set()
+    assert [m for m in modules if m.startswith(("hapolicy.daemon", "hapolicy.monitor"))] == []

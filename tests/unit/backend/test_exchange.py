@@ -251,7 +251,7 @@ def test_no_descriptor_for_a_socket_is_a_local_failure(attempts, monkeypatch):
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     service = Service(name="S", host="127.0.0.1", port=refused_port())
-    monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
+    monkeypatch.setattr(backend_module._socket, "socket", no_descriptors)
     done: list[tuple[bytes, int, str]] = []
     attempts.backends.exchange(service, REQUEST, time.monotonic() + 5,
                                lambda *result: done.append(result))

@@ -223,7 +223,7 @@ def test_no_descriptor_for_a_backend_socket_is_not_the_services_failure(runs, mo
         def no_descriptors(*args: object) -> socket.socket:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-        monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
+        monkeypatch.setattr(backend_module._socket, "socket", no_descriptors)
         assert run.ask(request())[0] == b"action=dunno\n\n"
         assert run.health.state(0, time.monotonic()) == UP  # not marked down
         assert "service=B not asked: cannot make a socket: Too many open files" in \

@@ -180,7 +180,7 @@ def test_a_check_that_cannot_make_a_socket_does_not_count(monkeypatch):
     def no_descriptors(*args, **kwargs):
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(backend_module.socket, "socket", no_descriptors)
+    monkeypatch.setattr(backend_module._socket, "socket", no_descriptors)
     outcomes = record_outcomes(checker)
     checker.start()
     try:
