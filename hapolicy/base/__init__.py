@@ -1,2 +1,1 @@
-"""The ground every other package stands on: the event loop, logging, records, safe files, unix
-sockets, the policy protocol, an exchange's outcome."""
+"""The ground the other packages stand on: event loop, log, records, files, sockets, protocol."""

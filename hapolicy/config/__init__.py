@@ -1,2 +1,1 @@
-"""The configuration: the option table, the records it makes, the command line and the config
-file."""
+"""The configuration: the option table, its two records, the command line, the config file."""

@@ -1,2 +1,1 @@
-"""Daemon mode: the master, its children (workers and the monitor), their supervision, reload,
-startup."""
+"""Daemon mode: the master, its workers and monitor, their supervision, reload and start."""

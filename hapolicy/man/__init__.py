@@ -1,2 +1,1 @@
-"""The man pages' parts: their fixed texts and the roff they are written in (manpage.py assembles
-the pages)."""
+"""The man pages' fixed texts and their roff (manpage.py assembles the pages)."""

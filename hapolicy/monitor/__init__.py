@@ -1,2 +1,1 @@
-"""What the monitor process serves: the active checks, the control socket and its commands, the
-metrics."""
+"""What the monitor process serves: the active checks, the control commands, the metrics."""

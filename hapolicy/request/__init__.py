@@ -1,2 +1,1 @@
-"""The way of one request: client connection, routing, the dispatcher and its jobs, selection, and
-the hooks its builder (assembly) attaches: the lane, hedging, shadow copies."""
+"""The way of one request: client, routing, dispatch, jobs, selection, lane, hedge, shadow."""

@@ -1,2 +1,1 @@
-"""The shared tables: health, balancing, statistics and in-flight counts of every service, in one
-mmap per pool."""
+"""The shared tables: health, balancing, statistics and in-flight counts, one mmap per pool."""
