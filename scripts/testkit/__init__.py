@@ -13,6 +13,7 @@
 * :mod:`testkit.wait` -- polling until a condition holds.
 * :mod:`testkit.packages` -- Debian packages: present, or fail in CI and skip elsewhere.
 * :mod:`testkit.postfix` -- real Postfix and postfwd2 instances.
+* :mod:`testkit.smtpload` -- SMTP client threads sending RCPTs to a Postfix, each one timed.
 * :mod:`testkit.public` -- directories and package copies that postfix and nobody can read.
 * :mod:`testkit.perl` -- the runner of the Perl original, /usr/sbin/hapolicy.
 * :mod:`testkit.scripts` -- scripts/*.py run with a JSON report.

@@ -125,6 +125,13 @@ def connection_owners(server_port: int, client_socks: list[socket.socket],
     return owners
 
 
+def served_connections(server_port: int, pids: list[int]) -> int:
+    """How many TCP connections established to 127.0.0.1:server_port the pids hold the
+    server side of."""
+    inodes = set(_server_side_inodes(server_port).values())
+    return sum(len(inodes & _socket_inodes(pid)) for pid in pids)
+
+
 def holders(inode: int, pids: list[int]) -> list[int]:
     """The pids (among pids) that hold the socket of inode."""
     return [pid for pid in pids if inode in _socket_inodes(pid)]
