@@ -158,9 +158,17 @@ def test_health_admin_state_and_counters_carry_over_and_files_follow_the_new_mas
             assert before["default/DEAD"]["state"] == "down"
             assert Path(pidfile).read_text() == f"{old_master}\n"
 
+            held = PolicyClient.from_socket(daemon.connect())  # keeps an old worker
+            assert held.ask(request()) == "action=DUNNO\n\n"
             new_master = daemon.upgrade()
             daemon.log.wait("upgrade: the state of 3 services carried over")
-            after = csv_rows(control)  # answered by the new master's monitor
+            after = csv_rows(control)
+            answering = ctl("--control", control, "workers").stdout  # the new master's monitor
+            old_workers = workers_of(old_master)
+            assert old_workers and not any(str(pid) in answering for pid in old_workers)
+            assert all(str(pid) in answering for pid in workers_of(new_master)), answering
+            assert held.ask(request()) == "action=DUNNO\n\n"
+            held.sock.close()
             assert [after[f"default/{n}"]["state"] for n in ("A", "DEAD", "C")] == \
                 [before[f"default/{n}"]["state"] for n in ("A", "DEAD", "C")]
             assert after["default/DEAD"]["state"] == "down"
