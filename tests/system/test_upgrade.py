@@ -223,3 +223,23 @@ def test_usr2_is_the_masters_alone_and_one_upgrade_runs_at_a_time():
         assert daemon.proc.wait(timeout=15) == 0
         assert ask_once(daemon) == "action=OK\n\n"
         assert daemon.stop() == 0
+
+
+def test_term_while_the_new_program_starts_stops_both_and_the_old_master_cleans_up():
+    where = short_tmpdir()
+    tree = installed_copy(where)
+    listen, control = where / "policy", where / "control"
+    with FakeBackend(action="OK") as backend, Daemon(
+            "-s", f"A={HOST}:{backend.port}", "--control", str(control), workers=2,
+            listen=f"unix:{listen}", cwd=tree, env={"PYTHONPATH": str(tree)}) as daemon:
+        cli = tree / "hapolicy" / "cli.py"
+        cli.write_text(cli.read_text() + "\nimport time\ntime.sleep(3)\n")  # a slow start
+        daemon.send(signal.SIGUSR2)
+        _, line = daemon.log.wait("upgrade: started the new program as pid ")
+        new = int(line.split(" as pid ")[1].split()[0])
+        daemon.send(signal.SIGTERM)
+        daemon.log.wait("upgrade abandoned: the new master stops too")
+        assert daemon.wait() == 0
+        wait_for(lambda: not alive(new), 10, what="the new program to stop")
+        assert "upgrade: new master" not in daemon.log.text()
+        assert not listen.exists() and not control.exists()  # the old master's, removed
