@@ -2,8 +2,8 @@
 upgraded in place (SIGUSR2), or restarted (SIGTERM, then started again) for comparison.
 
 16 SMTP client threads send RCPTs for 20 s (testkit/smtpload.py: sessions of 50 RCPTs, 30 ms
-between a reply and the next RCPT, which leaves the two cores some room: a stall seen is the
-policy client's, not the machine's), each timed with its reply; at the middle the daemon is
+between a reply and the next RCPT, about 450 RCPTs/s on two cores, which leaves the machine some
+room: a stall seen is the policy client's, not the CPU's), each timed with its reply; at the middle the daemon is
 upgraded or restarted. Postfix closes a policy connection 5 s after it opened it
 (smtpd_policy_service_max_ttl; between SMTP sessions), so during the run its connections move
 from the old master's workers to the new master's and the old master retires while Postfix
@@ -17,7 +17,7 @@ the tokens that let cleanup accept at once, and every new transaction would wait
 * Restart: the figures only (what a stop + start costs Postfix: its policy client sleeps
   smtpd_policy_service_retry_delay, 1 s, after a refused or closed connection).
 
-Each prints one line of figures in the same shape (pytest -s shows them).
+Each prints one line of figures in the same shape, then one of timings (pytest -s shows them).
 """
 
 from __future__ import annotations
@@ -107,15 +107,21 @@ def test_usr2_upgrade_under_postfix_load_costs_postfix_nothing(tmp_path: Path):
         with SmtpLoad(mx.smtpd_port, pause=PAUSE) as load:
             start = time.monotonic()
             _until(start + MIDDLE)
+            signalled = time.monotonic()
             new_master, retiring = _upgrade(daemon)
             assert new_master != old_master and retiring == len(old_workers)
             new_workers = wait_children(new_master, WORKERS)
             _until(start + SECONDS - 1)
             served = served_connections(daemon.port, new_workers)
             _until(start + SECONDS)
+        exited = wait_exit(daemon.proc, TTL + 10)  # Postfix's connections left the old workers
         maillog = mx.log_text()
         print(f"\n{figures('upgrade', load.rcpts, maillog)}")
-        assert wait_exit(daemon.proc, TTL + 10) is not None, daemon.log.text()
+        serves = daemon.log.matching("upgrade: new master")[0][0] - signalled
+        stopped = daemon.log.matching(f"[{old_master}]: master stopped")
+        print(f"upgrade: the new master served {serves:.2f} s after USR2, the old one stopped "
+              + (f"{stopped[0][0] - signalled:.2f} s after" if stopped else "(not logged)"))
+        assert exited is not None, daemon.log.text()
         assert not any(alive(pid) for pid in old_workers)
         assert served > 0  # Postfix's new connections went to the new master's workers
         assert load.errors == [], load.errors[:5]
@@ -135,14 +141,19 @@ def test_restart_under_postfix_load_figures(tmp_path: Path):
         with SmtpLoad(mx.smtpd_port, pause=PAUSE) as load:
             start = time.monotonic()
             _until(start + MIDDLE)
+            signalled = time.monotonic()
             assert daemon.stop() == 0
+            stopped = time.monotonic()
             again = _daemon(backends, tmp_path / "again.out", listen=daemon.listen)
             try:
                 again.start()
+                serves = time.monotonic()
                 _until(start + SECONDS)
             finally:
                 load.stop()
                 again.close()
         print(f"\n{figures('restart', load.rcpts, mx.log_text())}")
+        print(f"restart: the old master stopped {stopped - signalled:.2f} s after TERM, the new "
+              f"one served {serves - signalled:.2f} s after")
         assert len(load.rcpts) > 1000, len(load.rcpts)
         assert sum(1 for r in load.rcpts if r.code == 250) > len(load.rcpts) / 2
