@@ -1,10 +1,11 @@
 """SMTP load on a real Postfix: client threads sending RCPTs, each RCPT timed with its reply.
 
 :class:`SmtpLoad` runs *threads* client threads against 127.0.0.1:*port*; each one opens SMTP
-sessions one after the other (EHLO, MAIL FROM, *per_session* RCPT TO, QUIT), *pause* seconds
-after each RCPT's reply, until :meth:`~SmtpLoad.stop`. Every RCPT is kept as a :class:`Rcpt` (when it was sent, how long its
-reply took, its code); a session that breaks (Postfix's 421 after too many errors, a reset) is
-kept as an error and the thread opens the next one. :func:`figures` sums them up in one line::
+sessions one after the other (EHLO, MAIL FROM, *per_session* RCPT TO, QUIT), waiting *pause*
+seconds after each RCPT's reply, until :meth:`~SmtpLoad.stop`. Every RCPT is kept as a
+:class:`Rcpt` (when it was sent, how long its reply took, its code); a session that breaks
+(Postfix's 421 after too many errors, a reset) is kept as an error and the thread opens the
+next one. :func:`figures` sums them up in one line::
 
     with SmtpLoad(mx.smtpd_port) as load:
         time.sleep(20)

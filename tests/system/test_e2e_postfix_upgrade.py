@@ -2,14 +2,15 @@
 upgraded in place (SIGUSR2), or restarted (SIGTERM, then started again) for comparison.
 
 16 SMTP client threads send RCPTs for 20 s (testkit/smtpload.py: sessions of 50 RCPTs, 30 ms
-between a reply and the next RCPT, about 450 RCPTs/s on two cores, which leaves the machine some
-room: a stall seen is the policy client's, not the CPU's), each timed with its reply; at the middle the daemon is
-upgraded or restarted. Postfix closes a policy connection 5 s after it opened it
-(smtpd_policy_service_max_ttl; between SMTP sessions), so during the run its connections move
-from the old master's workers to the new master's and the old master retires while Postfix
-runs (with Postfix's default, 1000 s, the old workers would serve until then or until Postfix
-stops). in_flow_delay is 0: the sessions never send DATA, so the queue manager never hands out
-the tokens that let cleanup accept at once, and every new transaction would wait 1 s for one.
+between a reply and the next RCPT, about 450 RCPTs/s on two cores, which leaves the machine
+some room: a stall seen is the policy client's, not the CPU's), each timed with its reply; at
+the middle the daemon is upgraded or restarted. Postfix closes a policy connection 12 s after
+it opened it (smtpd_policy_service_max_ttl; between SMTP sessions): at the USR2 every one of
+its connections is an old worker's, in use, and 2 to 4 s later they move to the new master's
+workers and the old master retires while Postfix runs (with Postfix's default, 1000 s, the old
+workers would serve until then or until Postfix stops). in_flow_delay is 0: the sessions never
+send DATA, so the queue manager never hands out the tokens that let cleanup accept at once,
+and every new transaction would wait 1 s for one.
 
 * Upgrade: every RCPT gets 250, none takes over 1 s, Postfix never logs "problem talking to
   server"; the old master logs the new master's pid; the new master's workers serve
@@ -44,7 +45,8 @@ SECONDS = 20.0  # of load
 MIDDLE = 10.0  # when the daemon is upgraded or restarted
 PAUSE = 0.03  # after each RCPT's reply, in each client thread
 WORKERS = 4
-TTL = 5  # smtpd_policy_service_max_ttl
+TTL = 12  # smtpd_policy_service_max_ttl: > MIDDLE, so that at the USR2 each of Postfix's
+# policy connections is one it opened at its start, to an old worker, and busy
 UPGRADED = re.compile(r"upgrade: new master (\d+) serves; (\d+) old workers retire")
 FAILED = "upgrade failed"
 
