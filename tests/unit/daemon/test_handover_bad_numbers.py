@@ -1,4 +1,4 @@
-"""Review findings on the handover's input checks (daemon/handover.py, tables/snapshot.py): a
+"""The handover's input checks at their bounds (daemon/handover.py, tables/snapshot.py): a
 variable or a document with numbers out of range must be one HandoverError line (exit 2), never
 another exception (a traceback); a table word no float holds is skipped, as anything else in the
 document that is not as `take` writes it."""
