@@ -7,7 +7,6 @@ over; the sockets' files stay where they are and the pidfile follows the new mas
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,26 +14,12 @@ from pathlib import Path
 from testkit.backends import FakeBackend
 from testkit.ctl import csv_rows, ctl
 from testkit.daemon import Daemon, short_tmpdir
+from testkit.install import package_copy, set_version
 from testkit.load import Load
 from testkit.ports import HOST, refused_port
 from testkit.processes import alive, cmdline, workers_of
 from testkit.protocol import PolicyClient, request
-from testkit.repo import REPO
 from testkit.wait import wait_for
-
-
-def installed_copy(where: Path) -> Path:
-    """A copy of the package to run the daemon from (the test changes it on disk)."""
-    shutil.copytree(REPO / "hapolicy", where / "hapolicy")
-    return where
-
-
-def set_version(tree: Path, version: str) -> None:
-    init = tree / "hapolicy" / "__init__.py"
-    text = init.read_text()
-    start = text.index('__version__ = "')
-    end = text.index('"', start + 15)
-    init.write_text(text[:start] + f'__version__ = "{version}' + text[end:])
 
 
 def ask_once(daemon: Daemon, **attrs: str) -> str:
@@ -43,7 +28,7 @@ def ask_once(daemon: Daemon, **attrs: str) -> str:
 
 
 def test_usr2_under_load_runs_the_new_program_and_closes_no_client_connection():
-    tree = installed_copy(short_tmpdir())
+    tree = package_copy(short_tmpdir())
     with FakeBackend(mode="echo", attr="recipient") as echo, Daemon(
             "-s", f"A={HOST}:{echo.port}", workers=2, cwd=tree,
             env={"PYTHONPATH": str(tree)}) as daemon:
@@ -98,7 +83,7 @@ def test_usr2_under_load_runs_the_new_program_and_closes_no_client_connection():
 
 def test_a_new_program_that_fails_leaves_the_old_master_serving_until_a_later_usr2(tmp_path):
     conf = tmp_path / "hapolicy.conf"
-    tree = installed_copy(short_tmpdir())
+    tree = package_copy(short_tmpdir())
     with FakeBackend(action="OK") as backend:
         good = f"service = A={HOST}:{backend.port}\n"
         conf.write_text(good)
@@ -227,7 +212,7 @@ def test_usr2_is_the_masters_alone_and_one_upgrade_runs_at_a_time():
 
 def test_term_while_the_new_program_starts_stops_both_and_the_old_master_cleans_up():
     where = short_tmpdir()
-    tree = installed_copy(where)
+    tree = package_copy(where)
     listen, control = where / "policy", where / "control"
     with FakeBackend(action="OK") as backend, Daemon(
             "-s", f"A={HOST}:{backend.port}", "--control", str(control), workers=2,
