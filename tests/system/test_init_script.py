@@ -183,6 +183,30 @@ def test_without_a_service_start_and_restart_do_nothing_and_succeed(init):
     assert not init.pidfile.exists()
 
 
+def test_upgrade_refuses_what_it_cannot_upgrade(init):
+    done = init.run("upgrade")
+    assert (done.returncode, done.stdout) == (7, "hapolicy is not running: nothing to upgrade\n")
+    # the pidfile names another program (a pid reused), or a master that does not handle
+    # SIGUSR2 (an older hapolicy), which the signal would kill: neither gets it
+    other = subprocess.Popen(["sleep", "60"])
+    older = subprocess.Popen([sys.executable, "-c", "import setproctitle, time; "
+                              "setproctitle.setproctitle('hapolicy: master'); time.sleep(60)"])
+    try:
+        wait_for(lambda: cmdline(older.pid) == "hapolicy: master", 10, what="its title")
+        for proc, said in ((other, f"pid {other.pid} is not a hapolicy master"),
+                           (older, f"the running master (pid {older.pid}) cannot upgrade in "
+                                   "place: restart it")):
+            init.pidfile.write_text(f"{proc.pid}\n")
+            done = init.run("upgrade")
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert said in done.stderr and done.stdout == "", done.stderr
+            assert proc.poll() is None
+    finally:
+        for proc in (other, older):
+            proc.kill()
+            proc.wait()
+
+
 def test_start_with_a_broken_config_fails(init):
     init.write_config(init.backend.port, "dunno", "workers = none\n")
     done = init.run("start")
