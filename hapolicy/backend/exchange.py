@@ -28,11 +28,11 @@ whose event handler answers the lane's exchanges itself.
 
 from __future__ import annotations
 
-import errno
-import os
 # the C module, not `socket`: the Python layer's enums and its import of selectors cost a
 # spawned process about 2 ms of its start, and nothing here needs them
 import _socket
+import errno
+import os
 import time
 
 from hapolicy.backend.idle import IDLE_SECONDS, IdleConnections

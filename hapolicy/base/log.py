@@ -12,10 +12,10 @@ requests): the first line at once, then at most one line a text every so often, 
 
 from __future__ import annotations
 
-import os
 # the C module, not `socket`: the Python layer's enums and its import of selectors cost a
 # spawned process about 2 ms of its start, and nothing here needs them
 import _socket
+import os
 import sys
 import time
 

@@ -12,11 +12,15 @@ Signals. The master handles SIGNALS, and forks with them blocked, so that none o
 runs in a child; the child puts its own handlers in, then unblocks them (`obey`). A worker
 obeys RETIRE (take no new connection, serve its clients until they close: a reload), DRAIN
 (finish the requests in flight, then exit: a stop) and STOP or SIGINT (exit at once); the
-monitor ignores RETIRE and exits at once on the others. The master kills a child whose loop is
+monitor ignores RETIRE and exits at once on the others. Both ignore UPGRADE (SIGUSR2, the
+master's: `systemctl kill -s USR2` without --kill-whom=main sends it to every process). The master kills a child whose loop is
 stuck with SIGKILL (the watchdog), and the monitor too when it replaces or ends it.
 
 Titles: `hapolicy: master`, `hapolicy: monitor`, and `worker_title`'s
-`hapolicy: worker[ (retiring)] requests=N clients=N`.
+`hapolicy: worker[ (retiring)] requests=N clients=N`; in an upgrade in place (upgrade.py), the
+old master's `hapolicy: master (upgrading)` while the new one starts, then
+`hapolicy: old master (retiring)` while its workers finish, and the new master's
+`hapolicy: new master (starting)` until it serves.
 """
 
 from __future__ import annotations
@@ -36,13 +40,18 @@ MSG_READY = b"Y"
 MSG_RETIRING = b"R"
 MSG_RETIRING_FAULT = b"E"  # retiring after an internal error its loop contained
 
-SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2,
+           signal.SIGCHLD)
 RETIRE = signal.SIGHUP
 DRAIN = signal.SIGTERM
 STOP = signal.SIGQUIT  # SIGINT asks the same
+UPGRADE = signal.SIGUSR2  # the master's alone: its children ignore it
 
 MASTER_TITLE = "hapolicy: master"
 MONITOR_TITLE = "hapolicy: monitor"
+UPGRADING_TITLE = "hapolicy: master (upgrading)"
+OLD_MASTER_TITLE = "hapolicy: old master (retiring)"
+NEW_MASTER_TITLE = "hapolicy: new master (starting)"
 
 
 def worker_title(retiring: bool, requests: int, clients: int) -> str:
@@ -60,10 +69,11 @@ def set_title(title: str) -> None:
 
 
 def obey(handlers: Mapping[int, Handler]) -> None:
-    """In a new child: its handlers of SIGNALS (the default for those not given), then
-    unblock them."""
+    """In a new child: its handlers of SIGNALS (for those not given the default, UPGRADE
+    ignored), then unblock them."""
     for sig in SIGNALS:
-        signal.signal(sig, handlers.get(sig, signal.SIG_DFL))
+        default = signal.SIG_IGN if sig == UPGRADE else signal.SIG_DFL
+        signal.signal(sig, handlers.get(sig, default))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 

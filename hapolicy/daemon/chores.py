@@ -145,10 +145,11 @@ def read_pid(path: str) -> int:
     return pid if 0 < pid <= PID_MAX else 0
 
 
-def check_pidfile(path: str) -> None:
-    """Refuse to start when the pidfile names a live hapolicy (a stale one is ignored)."""
+def check_pidfile(path: str, predecessor: int = 0) -> None:
+    """Refuse to start when the pidfile names a live hapolicy (a stale one is ignored), but
+    the old master of an upgrade (predecessor)."""
     pid = read_pid(path)
-    if pid <= 0 or pid == os.getpid():
+    if pid <= 0 or pid in (os.getpid(), predecessor):
         return
     try:
         os.kill(pid, 0)

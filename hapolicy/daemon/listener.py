@@ -16,6 +16,12 @@ Sockets passed by systemd (socket activation, activation.py) are adopted instead
 the master keeps them all its life (a reload that drops an address and a later one that takes
 it again use the same socket), and never removes a passed unix socket; a passed socket that
 matches no listen address at start is an error.
+
+In an upgrade in place the new master adopts the sockets the old one passed (handover.py) the
+same way: one that systemd had passed stays systemd's; one the old master bound becomes the new
+master's, which removes its unix socket file at exit while it is still the one the old master
+made; one that matches no address is closed. The old master, once the new one serves, closes
+its copies and removes nothing (`hand_over`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ from hapolicy.config.records import DaemonConfig
 from hapolicy.daemon.activation import ActivationError, describe, find_passed, passed_sockets
 from hapolicy.daemon.chores import remove_stale_socket, unlink
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from hapolicy.daemon.handover import Handed
+
 
 class Listener:
     """The socket the workers accept on (None once closed)."""
@@ -41,12 +53,19 @@ class Listener:
         self.sock: socket.socket | None = None
         self.identity: Identity | None = None  # of a unix socket's file we made
         self.passed = False  # systemd's socket: Listeners keeps it open, never removes it
+        self.inherited = False  # from the old master of an upgrade: a failed start keeps its file
 
-    def adopt(self, sock: socket.socket, config: DaemonConfig) -> None:
-        """Listen on a socket passed by systemd instead of binding one."""
+    def adopt(self, sock: socket.socket, config: DaemonConfig,
+              handed: Handed | None = None) -> None:
+        """Listen on a socket passed by systemd, or by the old master of an upgrade (handed),
+        instead of binding one."""
         sock.listen(config.backlog)
         self.sock = sock
-        self.passed = True
+        self.passed = handed is None or handed.systemd
+        if handed is not None:
+            handed.take()
+            self.identity = handed.identity
+            self.inherited = True
 
     def bind(self, config: DaemonConfig) -> None:
         """Bind and listen; raises OSError as the kernel says."""
@@ -86,10 +105,18 @@ class Listener:
             self.sock.close()
         self.sock = None
 
+    def let_go(self) -> None:
+        """Close our copy, systemd's too, and remove nothing: the new master of an upgrade
+        has the socket."""
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
     def cleanup_quietly(self) -> None:
-        """Close, and remove a unix socket that is still ours, without logging."""
+        """A start that failed: close, and remove a unix socket that is still ours (not one
+        the old master of an upgrade still serves on), without logging."""
         self.close()
-        if self.path and is_ours(self.path, self.identity):
+        if self.path and not self.inherited and is_ours(self.path, self.identity):
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
 
@@ -106,18 +133,29 @@ class Listeners:
     def __init__(self) -> None:
         self.by_address: dict[str, Listener] = {}
         self.passed: list[socket.socket] = []  # by systemd, kept open for the master's life
+        self.handed: dict[int, Handed] = {}  # by id of the socket, while bind() adopts them
 
     def sockets(self) -> dict[str, socket.socket]:
         """The open sockets by address, for a new worker."""
         return {a: l.sock for a, l in self.by_address.items() if l.sock is not None}
 
-    def bind(self, config: DaemonConfig) -> None:
-        """Bind every address, or adopt the socket systemd passed for it; raises ListenError
-        `cannot listen on ADDR: why` (none kept), ActivationError for a passed socket that
-        cannot be used or matches no address."""
-        self.passed = passed_sockets()
+    def bind(self, config: DaemonConfig, handed: Sequence[Handed] = ()) -> None:
+        """Bind every address, or adopt the socket systemd or the old master of an upgrade
+        (handed) passed for it; raises ListenError `cannot listen on ADDR: why` (none kept),
+        ActivationError for a socket systemd passed that cannot be used or matches no
+        address. A socket the old master had bound that no address takes is left untaken
+        (the handover closes it)."""
+        self.handed = {id(h.sock): h for h in handed}
+        self.passed = passed_sockets() + [h.sock for h in handed]
         self.by_address = self._bind_new(config.addresses, config)
         unused = self._unused_passed([])
+        for sock in unused:  # systemd's, for an address a reload dropped: kept, as it was
+            if id(sock) in self.handed and self.handed[id(sock)].systemd:
+                self.handed[id(sock)].take()
+        self.passed = [s for s in self.passed
+                       if id(s) not in self.handed or self.handed[id(s)].systemd]
+        unused = [s for s in unused if id(s) not in self.handed]
+        self.handed = {}
         if unused:
             for listener in self.by_address.values():
                 listener.cleanup_quietly()
@@ -140,7 +178,7 @@ class Listeners:
             try:
                 sock = find_passed(address, self._unused_passed(list(bound.values())))
                 if sock is not None:
-                    listener.adopt(sock, config)
+                    listener.adopt(sock, config, self.handed.get(id(sock)))
                 else:
                     listener.bind(config)
             except OSError as exc:
@@ -170,9 +208,22 @@ class Listeners:
         for listener in self.by_address.values():
             listener.close()
 
+    def hand_over(self) -> None:
+        """The new master of an upgrade serves: close every socket, remove nothing."""
+        for listener in self.by_address.values():
+            listener.let_go()
+        for sock in self.passed:
+            sock.close()
+        self.by_address, self.passed = {}, []
+
     def cleanup(self, log: Logger) -> None:
         for listener in self.by_address.values():
             listener.cleanup(log)
+
+    def undo(self) -> None:
+        """A start that failed: close every socket, remove the files this start made."""
+        for listener in self.by_address.values():
+            listener.cleanup_quietly()
 
 
 class ListenError(Exception):

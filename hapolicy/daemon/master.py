@@ -15,6 +15,16 @@ it says, reap, boot throttle, watchdog); the master decides what runs: `workers`
 the running configuration and, when there is something to serve, the monitor (MonitorKeeper).
 A HUP's reload is a plan (reload.py) the master applies; TERM drains the workers, INT and QUIT
 stop them at once, and the master exits once they are gone (the monitor last).
+
+USR2 is an upgrade in place. The master starts the program on disk with its sockets and its
+tables' state (upgrade.py, handover.py) and pauses what its monitor serves (control commands
+and scrapes wait in the backlog for the new master's monitor: none changes a table the new
+master has already copied). When the new master serves, this one hands over: its workers
+retire as on a HUP, it closes its copies of the sockets and removes nothing, says nothing more
+to systemd nor to the state file, and exits after its last worker; its monitor goes on with the
+checks for them. When the new one fails, this one keeps serving as before (the rollback). The
+new master (`handover`) takes the sockets and the state at start, and once one of its workers
+accepts writes the pidfile and tells the old one.
 """
 
 from __future__ import annotations
@@ -25,43 +35,48 @@ import signal
 import time
 from typing import Callable
 
+from hapolicy import __version__
 from hapolicy.base.eventloop import EVENT_READ, EventLoop
 from hapolicy.base.log import Logger
 from hapolicy.config.records import DaemonConfig
 from hapolicy.daemon import childproto
 from hapolicy.daemon.adminstate import AdminFile
+from hapolicy.daemon.childproto import MASTER_TITLE, NEW_MASTER_TITLE, set_title
 from hapolicy.daemon.children import WORKER, Child, ProcessOps
 from hapolicy.daemon.chores import drop_privileges, preload_lazy_modules, read_pid, unlink
+from hapolicy.daemon.handover import Handover
 from hapolicy.daemon.listener import ListenError, Listeners
 from hapolicy.daemon.monitor import Monitor, MonitorKeeper, Served
 from hapolicy.daemon.notify import Notifier, ServiceNotes
 from hapolicy.daemon.reload import ReloadPlan, describe_pools, plan_reload
+from hapolicy.daemon.succession import KILL_GRACE, Succession
 from hapolicy.daemon.summary import Summary
 from hapolicy.daemon.supervision import Supervisor
+from hapolicy.daemon.upgrade import Upgrade
 from hapolicy.daemon.worker import Worker
 from hapolicy.monitor.checks import CheckerSet
 from hapolicy.monitor.metrics import preload as preload_metrics
+from hapolicy.tables import snapshot
 from hapolicy.tables.health import HealthTable
 from hapolicy.tables.workertable import WorkerTable
 
 TABLE_SLOTS = 128  # at least; room for the retiring workers of a reload beside the new ones
-KILL_GRACE = 5.0
 MASTER_SIGNALS = childproto.SIGNALS
 
 
-class Master:
+class Master(Succession):
     """Keeps `workers` accepting workers of the current configuration alive, and the monitor
     while there is something for it to serve."""
 
     def __init__(self, config: DaemonConfig, log: Logger,
                  reload_config: Callable[[], DaemonConfig] | None = None,
-                 ops: ProcessOps | None = None) -> None:
+                 ops: ProcessOps | None = None, handover: Handover | None = None) -> None:
         self.config = config
         self.log = log
         self.reload_config = reload_config
         self.ops = ops or ProcessOps()
         self.signals: list[int] = []
-        self.stopping = ""  # "", "graceful" or "now"
+        self.stopping = ""  # "", "graceful", "now", or "handed over" (an upgrade's old master)
         self.stop_deadline = 0.0
         self.listeners = Listeners()
         self.fd_limit = 0  # RLIMIT_NOFILE in force, logged at start
@@ -77,6 +92,8 @@ class Master:
         self.monitor = MonitorKeeper(self.supervisor, self.checks, self.served, self._new_monitor)
         self.notes = ServiceNotes(Notifier("", 0, None))  # systemd's, from start()
         self.summary = Summary(config.summary_interval, self.ops.now())
+        self.handover = handover  # what the old master passed, until this one serves
+        self.upgrade: Upgrade | None = None  # the new master this one started, until decided
 
     @property
     def workers(self) -> dict[int, Child]:
@@ -87,19 +104,23 @@ class Master:
     def start(self) -> None:
         """After bind (and daemonize): title, tables, signals; the workers come from run()."""
         self.pid = os.getpid()
-        childproto.set_title(childproto.MASTER_TITLE)
+        set_title(MASTER_TITLE if self.handover is None else NEW_MASTER_TITLE)
         preload_lazy_modules()
         if self.served.metrics is not None:
             preload_metrics()
         self.setup()
         self.notes = ServiceNotes(Notifier.from_environ(self.log))
+        if self.handover is not None:
+            self.notes.take_main(self.pid)
         self.notes.start(self.loop)
         signal.set_wakeup_fd(self.wake_w)
         for sig in MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
-        self.log.notice(f"master started: listening on {', '.join(self.config.addresses)}, "
-                        f"{self.config.workers} workers, {describe_pools(self.config)}, "
-                        f"{self.fd_limit} file descriptors per process")
+        self.log.notice(f"master started: hapolicy {__version__}, listening on "
+                        f"{', '.join(self.config.addresses)}, {self.config.workers} workers, "
+                        f"{describe_pools(self.config)}, {self.fd_limit} file descriptors per "
+                        "process" + (f", upgrading master {self.handover.from_pid}"
+                                     if self.handover is not None else ""))
 
     def setup(self) -> None:
         """The shared tables, the event loop and its wake-up pipe, what the monitor serves."""
@@ -109,6 +130,12 @@ class Master:
         if self.config.state_file not in ("", "none"):
             self.admin_file = AdminFile(self.config.state_file, self.log)
             self.admin_file.restore(self.config, self.health_tables)
+        if self.handover is not None:
+            carried, skipped = snapshot.restore(self.handover.tables, self.config.pools,
+                                                self.health_tables)
+            self.log.notice(f"upgrade: the state of {carried} services carried over from "
+                            f"master {self.handover.from_pid}"
+                            + (f", {skipped} entries not understood" if skipped else ""))
         self.loop = EventLoop()
         self.supervisor.attach(self.loop, self.worker_table)
         self.wake_r, self.wake_w = os.pipe()
@@ -152,8 +179,11 @@ class Master:
         else:
             self.supervisor.watchdog(self.ops.now())
             self.maintain()
-            self.notes.update(len(self.supervisor.serving(WORKER)), self.health_tables.values(),
-                              self.ops.now())
+            serving = len(self.supervisor.serving(WORKER))
+            if serving and self.handover is not None:
+                self.take_over()
+            self.notes.update(serving, self.health_tables.values(), self.ops.now())
+            self.follow_upgrade()
             if self.admin_file is not None:
                 self.admin_file.save_if_changed(self.config, self.health_tables)
             self.summary.tick(self.config, self.health_tables, self.log, self.ops.now(),
@@ -167,15 +197,21 @@ class Master:
             if until > 0:
                 wait = min(wait, until + 0.01)
             wait = min(wait, self.summary.wait(self.ops.now()) + 0.001)
+        if self.handover is not None:  # its first worker's READY comes on its socketpair
+            wait = min(wait, 0.05)
         return wait
 
     def handle_signals(self) -> None:
         while self.signals:
             sig = self.signals.pop(0)
-            if sig == signal.SIGHUP:
+            if sig == signal.SIGHUP and self.upgrade is not None:
+                self.log.warning("reload ignored: an upgrade is under way")
+            elif sig == signal.SIGHUP:
                 if self.reload_config is not None and not self.stopping:
                     self.notes.reloading()
                 self.reload()
+            elif sig == childproto.UPGRADE:
+                self.begin_upgrade()
             elif sig == signal.SIGTERM:
                 self.stop("graceful")
             elif sig in (signal.SIGINT, signal.SIGQUIT):
@@ -186,6 +222,11 @@ class Master:
             return
         self.log.notice("stopping: " + ("draining in-flight requests" if how == "graceful"
                                         else "at once"))
+        if self.upgrade is not None:  # the new master has not served yet: it stops too
+            self.supervisor.kill(self.upgrade.pid, signal.SIGTERM)
+            self.upgrade.close()
+            self.upgrade = None
+            self.log.notice("upgrade abandoned: the new master stops too")
         self.stopping = how
         self.notes.stopping()
         if how == "now":  # a draining worker still needs the checks to bring services back
@@ -228,9 +269,11 @@ class Master:
         return self.supervisor.spawn(WORKER, slot, worker.run, self.config.max_use) is not None
 
     def _new_monitor(self) -> Monitor:
-        """The monitor of the running configuration and tables (MonitorKeeper's `make`)."""
+        """The monitor of the running configuration and tables (MonitorKeeper's `make`);
+        while an upgrade starts, one that serves only the checks."""
+        served = self.served if self.upgrade is None else Served()
         return Monitor(self.config, self.health_tables, self.checks, self.worker_table,
-                       self.served, self.log)
+                       served, self.log)
 
     def _replace_retired(self) -> None:
         """A worker said it retires (Supervisor's `replace`): its replacement, at once."""
@@ -245,6 +288,8 @@ class Master:
         self.loop.close_inherited()  # the wake-up pipe, the socketpairs
         with contextlib.suppress(OSError):
             os.close(self.wake_w)
+        if self.handover is not None:
+            self.handover.close_in_child()
         if kind == WORKER:
             self.served.close_copies()
         else:
@@ -293,9 +338,13 @@ class Master:
 
     def cleanup(self) -> None:
         self.monitor.stop()  # first: no command changes the admin state after its last save
-        if self.admin_file is not None and hasattr(self, "health"):
+        if self.admin_file is not None and hasattr(self, "health_tables"):
             self.admin_file.save_if_changed(self.config, self.health_tables)
-        self.served.close(self.log)
-        self.listeners.cleanup(self.log)
+        if self.handover is not None:  # a new master that never served: the files stay
+            self.served.hand_over()
+            self.listeners.undo()
+        else:
+            self.served.close(self.log)
+            self.listeners.cleanup(self.log)
         if self.config.pidfile and read_pid(self.config.pidfile) == self.pid:
             unlink(self.config.pidfile, self.log)

@@ -79,6 +79,15 @@ class Served:
         if self.metrics is not None:
             self.metrics.close()
 
+    def hand_over(self) -> None:
+        """In the old master of an upgrade once the new one serves: close them, remove
+        nothing (the new master has them)."""
+        if self.control is not None:
+            self.control.close(remove=False)
+        if self.metrics is not None:
+            self.metrics.close()
+        self.control = self.metrics = None
+
     def close(self, log: Logger) -> None:
         """In the master at exit: close them, remove the control socket's file."""
         if self.control is not None:

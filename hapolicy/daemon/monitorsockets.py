@@ -8,7 +8,8 @@ socket with monitor/control.py's `ControlServer`, the metrics with monitor/metri
 `MetricsServer`. The control socket is a unix socket made by base/unixsocket.py (mode 0600 and
 owned by the master's user, or mode 0660 and group --control-group; no chmod or chown through a
 path another user could replace); at exit its file is removed while it is still ours
-(`ControlSocket.close`).
+(`ControlSocket.close`). In an upgrade in place the new master adopts the old one's control
+socket (`adopt_control`) and metrics socket instead of binding them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hapolicy.monitor.oneshot import MAX_CONNECTIONS
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hapolicy.config.records import DaemonConfig
+    from hapolicy.daemon.handover import Handed
 
 METRICS_BACKLOG = 64
 
@@ -82,6 +84,15 @@ def bind_control(config: DaemonConfig) -> ControlSocket:
     except OSError as exc:
         raise ConfigError(f"control socket {config.control}: {exc.strerror or exc}") from None
     return ControlSocket(sock, config.control, os.geteuid(), gid, identity)
+
+
+def adopt_control(config: DaemonConfig, handed: Handed) -> ControlSocket:
+    """The control socket the old master of an upgrade passed, for config.control."""
+    try:
+        gid = group_id(config.control_group)
+    except KeyError:
+        raise ConfigError(f"control group {config.control_group!r} does not exist") from None
+    return ControlSocket(handed.sock, config.control, os.geteuid(), gid, handed.identity)
 
 
 def bind_metrics(address: str) -> socket.socket:

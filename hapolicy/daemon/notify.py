@@ -15,6 +15,11 @@ start on one worker that dies at boot), RELOADING=1 with MONOTONIC_USEC when a H
 reload, STOPPING=1 on TERM or INT, STATUS=workers N, services up M of K (and `(D disabled)` when the
 operator disabled some) when that changes, and
 WATCHDOG=1 every half WATCHDOG_USEC (when WATCHDOG_PID is unset or the master's pid).
+
+In an upgrade in place the old master says RELOADING=1 when it starts the new program, and
+READY=1 again if that fails; the new master says MAINPID= with its READY=1 (the unit's
+NotifyAccess=all lets it, a child of the main process, say so), and the old one says nothing
+more once the new one serves (`silence`).
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ class ServiceNotes:
         self.notifier = notifier
         self.ready = False  # READY=1 sent for the running configuration
         self.status = ""
+        self.main_pid = 0  # to say with READY=1: the new master of an upgrade
 
     def start(self, loop: EventLoop) -> None:
         """Once the master's loop exists: the watchdog timer."""
@@ -129,6 +135,18 @@ class ServiceNotes:
     def stopping(self) -> None:
         self.notifier.send("STOPPING=1")
 
+    def resumed(self) -> None:
+        """An upgrade failed: the running configuration is READY again at the next update."""
+        self.ready = False
+
+    def take_main(self, pid: int) -> None:
+        """This master replaces the main process: MAINPID=pid with its READY=1."""
+        self.main_pid = pid
+
+    def silence(self) -> None:
+        """An old master once the new one serves: nothing more to systemd."""
+        self.notifier = Notifier("", 0, self.notifier.log)
+
     def update(self, serving: int, tables: Iterable[HealthTable], now: float) -> None:
         """After each turn of the master's loop while it runs (not while it stops): READY=1
         when due, STATUS= when it changed. serving: the workers of the running configuration
@@ -138,6 +156,8 @@ class ServiceNotes:
         lines = []
         if serving and not self.ready:
             self.ready = True
+            if self.main_pid:
+                lines.append(f"MAINPID={self.main_pid}")
             lines.append("READY=1")
         up = total = disabled = 0
         for table in tables:

@@ -11,7 +11,9 @@ otherwise the boot throttle of its kind (throttle.py: one per kind, so that a mo
 fails at boot never holds the workers back, nor the other way round). A child that said READY
 and whose heartbeat in the worker table is older than WATCHDOG_SECONDS has its loop stuck: the
 `watchdog` kills it (once), and the reap replaces it. A reload starts a new generation
-(`new_generation`): the workers of the old one are told to retire.
+(`new_generation`): the workers of the old one are told to retire. The reap also gives the exit
+status of a process the master started that is no child of a kind (the new master of an
+upgrade in place) to whoever `watch`es it.
 
 What a child must close of the master's state in it besides its siblings' sockets, and the
 privilege drop, is the master's (`shed`); what to start and when is the master's and the
@@ -59,6 +61,7 @@ class Supervisor:
         self.children: dict[int, Child] = {}
         self.generation = 0  # of the running configuration; a reload starts the next
         self.throttles = {WORKER: BootThrottle(), MONITOR: BootThrottle()}
+        self.watched: dict[int, Callable[[int], None]] = {}  # pid: called with its exit code
 
     def attach(self, loop: EventLoop, worker_table: WorkerTable) -> None:
         self.loop = loop
@@ -83,6 +86,10 @@ class Supervisor:
     def generations(self) -> set[int]:
         """The generations of the live workers."""
         return {child.generation for child in self.of(WORKER)}
+
+    def watch(self, pid: int, exited: Callable[[int], None]) -> None:
+        """Have the reap give exited() the exit status of pid, a process of no kind."""
+        self.watched[pid] = exited
 
     # starting
     def claim_slot(self) -> int:
@@ -183,6 +190,9 @@ class Supervisor:
                 return workers
             child = self.children.pop(pid, None)
             if child is None:
+                exited = self.watched.pop(pid, None)
+                if exited is not None:
+                    exited(exit_code(status))
                 continue
             self.read(child)  # a max-use retirement said just before the exit
             self.forget(child)

@@ -22,6 +22,11 @@ here must change that file's LAYOUT, so that old files are replaced, not misread
 
 from __future__ import annotations
 
+# The version of the health table's words (their places and meanings): raised with any change
+# to them. An upgrade in place copies a service's words to the new program only between equal
+# versions (snapshot.py); spawn mode's state file has a LAYOUT of its own, raised too.
+TABLE_LAYOUT = 4
+
 # --- A service's slot (SLOT words), word i * SLOT + name of service i -------------------------
 # Its first cache line holds what every pick reads: DOWN_UNTIL + ADMIN is 0.0 when it is UP.
 

@@ -2,7 +2,8 @@
 
 :class:`Daemon` runs ``python -m hapolicy`` (cwd = the repository), collects its log lines
 from a private syslog socket (:class:`testkit.syslog.SyslogReceiver`) and reads its workers
-from /proc.
+from /proc. After :meth:`Daemon.upgrade` (USR2) its master is the new one, which is no child
+of the test: it is waited for through /proc.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from testkit.ports import HOST, free_port
-from testkit.processes import children, cmdline, monitor_of, workers_of
+from testkit.processes import alive, children, cmdline, monitor_of, workers_of
 from testkit.repo import REPO, command, hapolicy_env
 from testkit.syslog import SyslogReceiver
 from testkit.wait import wait_for
@@ -42,8 +43,10 @@ class Daemon:
 
     def __init__(self, *args: str, workers: int = 2, listen: str | None = None,
                  env: dict | None = None, output: str | Path | None = None,
-                 new_session: bool = False) -> None:
+                 new_session: bool = False, cwd: str | Path = REPO) -> None:
         self.dir = short_tmpdir()
+        self.cwd = cwd
+        self.masters: list[int] = []  # the new masters of upgrades, the last one current
         self.output = output
         self.new_session = new_session
         self.pids: list[int] = []
@@ -70,13 +73,13 @@ class Daemon:
         env = hapolicy_env()
         env.update(self.env or {})
         if self.output is None:
-            self.proc = subprocess.Popen(self.argv(), cwd=REPO, env=env,
+            self.proc = subprocess.Popen(self.argv(), cwd=self.cwd, env=env,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE,
                                          start_new_session=self.new_session)
         else:
             with open(self.output, "wb") as out:
-                self.proc = subprocess.Popen(self.argv(), cwd=REPO, env=env,
+                self.proc = subprocess.Popen(self.argv(), cwd=self.cwd, env=env,
                                              stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                              start_new_session=self.new_session)
         if wait:
@@ -89,7 +92,22 @@ class Daemon:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The master's: the last upgrade's new master, else the process started."""
+        return self.masters[-1] if self.masters else self.proc.pid
+
+    def upgrade(self, timeout: float = 30.0) -> int:
+        """USR2 to the master; once the new master serves, it is this daemon's master (pid,
+        send, workers_now and stop act on it). Returns its pid."""
+        seen = len(self.log.matching("upgrade: new master"))
+        os.kill(self.pid, signal.SIGUSR2)
+        return self.upgraded(seen + 1, timeout)
+
+    def upgraded(self, count: int = 1, timeout: float = 30.0) -> int:
+        """Wait for the count-th `upgrade: new master N serves` line: N becomes this daemon's
+        master (a USR2 the test sent itself)."""
+        _, line = self.log.wait("upgrade: new master", count=count, timeout=timeout)
+        self.masters.append(int(line.split("upgrade: new master ")[1].split()[0]))
+        return self.masters[-1]
 
     def workers_now(self) -> list[int]:
         """The master's live workers now (its children but the monitor)."""
@@ -144,8 +162,13 @@ class Daemon:
         """Signal the master, wait for it; returns its exit status; collects its output."""
         if self.proc is None:
             return 0
+        for pid in self.masters:  # the new masters first: they are no children of ours
+            if alive(pid):
+                os.kill(pid, signum)
+        for pid in self.masters:
+            wait_for(lambda: not alive(pid), timeout, what=f"master {pid} to exit")
         if self.proc.poll() is None:
-            self.send(signum)
+            self.proc.send_signal(signum)
         return self.wait(timeout)
 
     def wait(self, timeout: float = 20.0) -> int:
@@ -168,8 +191,14 @@ class Daemon:
         assert "internal error" not in self.log.text(), self.log.text()
 
     def close(self) -> None:
+        for master in self.masters:
+            for pid in [master, *children(master)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         if self.proc is not None and self.proc.poll() is None:
-            pids = children(self.pid)
+            pids = children(self.proc.pid)
             self.proc.kill()
             self.proc.communicate()
             for pid in pids:

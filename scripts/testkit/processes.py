@@ -43,8 +43,10 @@ WORKER_TITLE = "hapolicy: worker"
 
 
 def workers_of(pid: int) -> list[int]:
-    """The live children of a master but its monitor: its workers."""
-    return [child for child in children(pid) if not cmdline(child).startswith(MONITOR_TITLE)]
+    """The live children of a master but its monitor (and the new master of an upgrade it
+    started): its workers."""
+    return [child for child in children(pid)
+            if not cmdline(child).startswith(MONITOR_TITLE) and "master" not in cmdline(child)]
 
 
 def monitor_of(pid: int) -> int:

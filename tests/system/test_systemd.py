@@ -27,15 +27,18 @@ ANALYZE = "/usr/bin/systemd-analyze"
 
 
 class NotifyReceiver:
-    """A unix datagram socket in a private directory: every datagram, with its arrival time."""
+    """A unix datagram socket in a private directory: every datagram, with its arrival time,
+    and the pid that sent it (SCM_CREDENTIALS, as systemd reads it)."""
 
     def __init__(self) -> None:
         self.dir = short_tmpdir()
         self.path = str(self.dir / "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.settimeout(0.05)
         self.messages: list[tuple[float, str]] = []
+        self.senders: list[int] = []
         self.stopped = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -43,11 +46,14 @@ class NotifyReceiver:
     def _run(self) -> None:
         while not self.stopped:
             try:
-                data = self.sock.recv(4096)
+                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
             except socket.timeout:
                 continue
             except OSError:
                 return
+            pid = next((int.from_bytes(cdata[:4], "little") for level, kind, cdata in ancillary
+                        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)), 0)
+            self.senders.append(pid)
             self.messages.append((time.monotonic(), data.decode()))
 
     def texts(self) -> list[str]:
@@ -99,6 +105,33 @@ def test_notify_ready_reloading_stopping_status_and_watchdog():
                 notify.wait("STOPPING=1", reloading + 1)
                 daemon.assert_clean_output()
                 assert "cannot notify" not in daemon.log.text()
+    finally:
+        notify.close()
+
+
+def test_an_upgrade_says_the_new_main_pid_with_its_ready_and_the_old_master_falls_silent():
+    notify = NotifyReceiver()
+    try:
+        with FakeBackend(action="OK") as backend, Daemon(
+                "-s", f"A={HOST}:{backend.port}", workers=2,
+                env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"}) as daemon:
+            old = daemon.pid
+            ready = notify.wait("READY=1")
+            new = daemon.upgrade()
+            reloading = notify.wait("RELOADING=1", ready + 1)
+            assert notify.senders[reloading] == old
+            took = notify.wait(f"MAINPID={new}", reloading + 1)
+            assert notify.texts()[took].splitlines()[:2] == [f"MAINPID={new}", "READY=1"]
+            assert notify.senders[took] == new
+            assert daemon.proc.wait(timeout=15) == 0  # no client: the old master leaves
+            time.sleep(0.6)
+            after = notify.senders[took + 1:]
+            assert set(after) == {new}, notify.texts()  # watchdog and status: the new one's
+            assert notify.texts()[took + 1:].count("WATCHDOG=1\n") >= 3
+            assert not any("STOPPING=1" in text for text in notify.texts())
+            assert daemon.stop() == 0
+            stopping = notify.wait("STOPPING=1", took + 1)
+            assert notify.senders[stopping] == new
     finally:
         notify.close()
 
