@@ -46,6 +46,7 @@ FAILED = b"failed "
 MAX_DOCUMENT = 16 << 20  # bytes: the tables of thousands of services fit many times
 MAX_WHY = 4096  # bytes of what the new program says of its failure
 LISTEN, CONTROL, METRICS = "listen", "control", "metrics"
+MAX_FD = (1 << 31) - 1
 
 
 class HandoverError(ConfigError):
@@ -108,12 +109,12 @@ class Handover:
         text = env.pop(ENVIRONMENT, "")
         if not text:
             return None
-        if not text.isdigit():
-            raise HandoverError(f"{ENVIRONMENT} {text!r}: expected a descriptor")
+        if not (text.isascii() and text.isdigit() and int(text) <= MAX_FD):
+            raise HandoverError(f"{ENVIRONMENT} {text[:20]!r}: expected a descriptor")
         document = _read_document(int(text))
         try:
             numbers = (document["from"], document["status"], document["stderr"])
-            if not all(type(n) is int and n >= 0 for n in numbers):
+            if not all(_number(n) for n in numbers):
                 raise TypeError
             handed = [_handed(entry) for entry in document["sockets"]]
         except (KeyError, TypeError):
@@ -198,10 +199,15 @@ def _read_document(fd: int) -> dict:
     return document
 
 
+def _number(value: object) -> bool:
+    """A pid or a descriptor: an int the kernel's calls take."""
+    return type(value) is int and 0 <= value <= MAX_FD
+
+
 def _handed(entry: dict) -> Handed:
     fd, role, address = entry["fd"], entry["role"], entry["address"]
     identity = entry.get("identity")
-    if (type(fd) is not int or role not in (LISTEN, CONTROL, METRICS)
+    if (not _number(fd) or role not in (LISTEN, CONTROL, METRICS)
             or not isinstance(address, str)):
         raise TypeError
     if identity is not None:

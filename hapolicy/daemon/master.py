@@ -199,6 +199,8 @@ class Master(Succession):
             wait = min(wait, self.summary.wait(self.ops.now()) + 0.001)
         if self.handover is not None:  # its first worker's READY comes on its socketpair
             wait = min(wait, 0.05)
+        if self.upgrade is not None:  # the new master's time to settle
+            wait = min(wait, 0.1)
         return wait
 
     def handle_signals(self) -> None:
@@ -270,8 +272,8 @@ class Master(Succession):
 
     def _new_monitor(self) -> Monitor:
         """The monitor of the running configuration and tables (MonitorKeeper's `make`);
-        while an upgrade starts, one that serves only the checks."""
-        served = self.served if self.upgrade is None else Served()
+        while an upgrade is undecided (in either master), one that serves only the checks."""
+        served = self.served if self.upgrade is None and self.handover is None else Served()
         return Monitor(self.config, self.health_tables, self.checks, self.worker_table,
                        served, self.log)
 

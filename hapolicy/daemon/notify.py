@@ -75,7 +75,7 @@ class Notifier:
         text = env.get("WATCHDOG_USEC", "")
         watchdog_pid = env.get("WATCHDOG_PID", "")
         if text and (not watchdog_pid or watchdog_pid == str(pid)):
-            usec = int(text) if text.isdigit() else 0
+            usec = int(text) if text.isascii() and text.isdigit() else 0
             if not usec and log is not None:
                 log.warning(f"WATCHDOG_USEC {text!r} is not a positive number: ignored")
         return cls(address, usec, log)

@@ -1,11 +1,15 @@
 """The master's steps of an upgrade in place (USR2), on both sides: `Succession` is a base of
 Master (master.py), and these methods write its fields as the master's own.
 
-The old master: `begin_upgrade` starts the program on disk (upgrade.py) with every listening
-socket (`handed_sockets`) and the tables' state (tables/snapshot.py), and pauses what its
-monitor serves; `follow_upgrade`, at each turn of its loop, hands over (`hand_over`) once the
-new master serves, or rolls back when it failed. The new master: `take_over` once one of its
-workers accepts: the pidfile, then the word to the old master (handover.py).
+The old master: `begin_upgrade` pauses what its monitor serves (the control socket, /metrics:
+their connections wait in the backlog), then starts the program on disk (upgrade.py) with every
+listening socket (`handed_sockets`) and the tables' state (tables/snapshot.py); `follow_upgrade`,
+at each turn of its loop, hands over (`hand_over`) once the new master serves, or rolls back
+when it failed (also after the new master said it serves but died before the hand-over: then
+this one writes the pidfile and tells systemd again). The new master's monitor serves only the
+checks until `take_over`, once one of its workers accepts: the pidfile, the word to the old
+master (handover.py), and a monitor that serves the sockets. So a command is answered by the
+master that stays, and acts on the tables that serve.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class Succession:
         if busy:
             self.log.warning(f"upgrade ignored: {busy}")
             return
+        self.monitor.stop()  # first: no command changes a table after its snapshot
         sockets = handed_sockets(self.listeners, self.served, self.config.metrics_listen)
         document = {"from": self.pid, "sockets": sockets,
                     "tables": snapshot.take(self.config.pools, self.health_tables)}
@@ -95,11 +100,10 @@ class Succession:
         except OSError as exc:
             self.log.error("upgrade failed, the running master keeps serving: cannot run "
                            f"{program()[0]}: {exc.strerror or exc}")
-            return
+            return  # the next monitor serves the sockets again
         self.supervisor.watch(self.upgrade.pid, self.upgrade.exited)
         set_title(UPGRADING_TITLE)
         self.notes.reloading()
-        self.monitor.stop()  # the next serves only the checks until the upgrade is decided
         self.log.notice(f"upgrade: started the new program as pid {self.upgrade.pid} "
                         f"({len(sockets)} sockets passed)")
 
@@ -115,15 +119,26 @@ class Succession:
             upgrade.close()
             self.upgrade = None
             set_title(MASTER_TITLE)
+            if upgrade.announced:  # it died after it wrote the pidfile and told systemd
+                self._announce()
             self.notes.resumed()
             self.monitor.stop()  # the next serves the control and metrics sockets again
             self.log.error(f"upgrade failed, the running master keeps serving: {upgrade.why}")
+
+    def _announce(self) -> None:
+        """Say again that this master is the one: the pidfile, systemd's MAINPID."""
+        if self.config.pidfile:
+            try:
+                write_pidfile(self.config.pidfile)
+            except OSError as exc:
+                self.log.error(f"cannot write pidfile {self.config.pidfile}: {exc.strerror}")
+        self.notes.take_main(self.pid)
 
     def hand_over(self) -> None:
         """The new master serves: retire the workers, let the sockets go, then exit."""
         assert self.upgrade is not None
         pid = self.upgrade.pid
-        self.upgrade.close()
+        self.upgrade.handed()
         self.upgrade = None
         retiring = self.supervisor.new_generation()
         self.listeners.hand_over()
@@ -150,3 +165,4 @@ class Succession:
         self.log.notice(f"upgrade: serving in place of master {self.handover.from_pid}")
         self.handover = None
         set_title(MASTER_TITLE)
+        self.monitor.stop()  # the next serves the control and metrics sockets

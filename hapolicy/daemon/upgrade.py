@@ -8,9 +8,12 @@ it is one, so that its first line picks the interpreter the new install wants; o
 interpreter with its original arguments, `python3 -m hapolicy ...`) in the directory the
 master started in, with HAPOLICY_UPGRADE and without WATCHDOG_PID (the new master sends
 systemd's watchdog from its own pid once it is the main one). Its standard error is a pipe the
-upgrade reads (the last MAX_WHY bytes kept), its status another. The outcome is READY once the
-new master said so; FAILED when it said why, exited first (the master's reap says `exited`), or
-did not serve within UPGRADE_TIMEOUT (it is killed). The new master is the old one's child: the
+upgrade reads (the last MAX_WHY bytes kept), its status another. The outcome is SERVING once
+the new master said so and has lived SETTLE_SECONDS more (meanwhile both masters' workers
+accept); FAILING when it said why, exited before the master handed over (also after it said
+it serves: the master's reap says `exited`), or did not serve within UPGRADE_TIMEOUT (it is
+killed); HANDED once the master handed over, after which its exit is none of the upgrade's
+business. The new master is the old one's child: the
 master's reap gives its exit status here, which sets the Popen's return code too, so that
 subprocess never waits for that pid again (it may be a worker's by then).
 """
@@ -30,8 +33,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hapolicy.base.eventloop import EventLoop
 
-STARTING, SERVING, FAILING = "starting", "serving", "failed"
+STARTING, SERVING, FAILING, HANDED = "starting", "serving", "failed", "handed over"
 UPGRADE_TIMEOUT = 60.0  # seconds for the new program to start and have a worker accept
+SETTLE_SECONDS = 1.0  # the new master lives this long after it said it serves: a crash at once
+#                       after its first accept (a bad turn of its loop) is a rollback
 
 
 def program() -> list[str]:
@@ -55,6 +60,8 @@ class Upgrade:
         self.deadline = deadline
         self.loop = loop
         self.outcome = STARTING
+        self.announced = False  # it said it serves: it wrote the pidfile, told systemd
+        self.settled_at = 0.0  # monotonic: when it has lived long enough after that
         self.why = ""
         self.said = b""  # on the status pipe
         self.tail = b""  # the end of what it wrote on its standard error
@@ -95,7 +102,7 @@ class Upgrade:
             return False
         self.said = (self.said + data)[-MAX_WHY:]
         if self.outcome == STARTING and READY in self.said:
-            self.outcome = SERVING
+            self.announced = True
         elif self.outcome == STARTING and not data and self.said.startswith(FAILED):
             why = self.said[len(FAILED):].decode(errors="replace").strip()
             self._fail(f"new master {self.pid}: {why}")
@@ -129,8 +136,13 @@ class Upgrade:
             setattr(self, which, -1)
 
     def check(self, now: float) -> None:
-        """Past the deadline without serving: kill it, fail."""
-        if self.outcome == STARTING and now >= self.deadline:
+        """It serves once it has lived SETTLE_SECONDS after it said so; past the deadline
+        without serving: kill it, fail."""
+        if self.outcome == STARTING and self.announced:
+            self.settled_at = self.settled_at or now + SETTLE_SECONDS
+            if now >= self.settled_at:
+                self.outcome = SERVING
+        elif self.outcome == STARTING and now >= self.deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             self._fail(f"new master {self.pid} did not serve within {UPGRADE_TIMEOUT:.0f}s: "
@@ -143,12 +155,17 @@ class Upgrade:
             return
         while self._on_status() or self._on_stderr():  # what it said before its end
             pass
-        if self.outcome != STARTING:
+        if self.outcome == FAILING:
             return
         said = self.tail.decode(errors="replace").strip().splitlines()
         last = said[-1].strip().removeprefix("hapolicy: error: ") if said else ""
         self._fail(f"new master {self.pid} exited with status {code}"
                    + (f": {last}" if last else ""))
+
+    def handed(self) -> None:
+        """The master handed over: the new master's exit is no longer a failed upgrade."""
+        self.outcome = HANDED
+        self.close()
 
     def _fail(self, why: str) -> None:
         self.outcome = FAILING

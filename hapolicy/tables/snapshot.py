@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from hapolicy.tables.health import HealthTable
 
 MAX_WEIGHT_WORD = 1e9  # the bound HealthTable.weight reads an operator's weight within
+MAX_INT_WORD = 1 << 53  # a word given as an int: at most what a float holds exactly
 
 
 def take(pools: Sequence[PoolConfig], tables: Mapping[str, HealthTable]) -> dict:
@@ -109,8 +110,11 @@ def _count(value: object) -> bool:
 
 
 def _floats(values: object, length: int) -> bool:
+    """length words, each a float but NaN (inf is a word's value: down until a check says)
+    or an int a float holds."""
     return (isinstance(values, list) and len(values) == length
-            and all(type(v) in (int, float) and not math.isnan(v) for v in values))
+            and all((type(v) is float and not math.isnan(v))
+                    or (type(v) is int and -MAX_INT_WORD <= v <= MAX_INT_WORD) for v in values))
 
 
 def _array(values: list) -> memoryview:

@@ -117,17 +117,19 @@ def test_an_upgrade_says_the_new_main_pid_with_its_ready_and_the_old_master_fall
                 env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"}) as daemon:
             old = daemon.pid
             ready = notify.wait("READY=1")
-            new = daemon.upgrade()
+            with PolicyClient(HOST, daemon.port) as client:  # keeps the old master a while
+                assert client.ask(request()) == "action=OK\n\n"
+                new = daemon.upgrade()  # returns once the old master handed over
+                handed = len(notify.messages)
+                time.sleep(0.6)
+                assert set(notify.senders[handed:]) == {new}, notify.texts()
+                assert notify.texts()[handed:].count("WATCHDOG=1\n") >= 2
             reloading = notify.wait("RELOADING=1", ready + 1)
             assert notify.senders[reloading] == old
             took = notify.wait(f"MAINPID={new}", reloading + 1)
             assert notify.texts()[took].splitlines()[:2] == [f"MAINPID={new}", "READY=1"]
             assert notify.senders[took] == new
-            assert daemon.proc.wait(timeout=15) == 0  # no client: the old master leaves
-            time.sleep(0.6)
-            after = notify.senders[took + 1:]
-            assert set(after) == {new}, notify.texts()  # watchdog and status: the new one's
-            assert notify.texts()[took + 1:].count("WATCHDOG=1\n") >= 3
+            assert daemon.proc.wait(timeout=15) == 0  # its client gone, the old master leaves
             assert not any("STOPPING=1" in text for text in notify.texts())
             assert daemon.stop() == 0
             stopping = notify.wait("STOPPING=1", took + 1)

@@ -7,7 +7,6 @@ over; the sockets' files stay where they are and the pidfile follows the new mas
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,26 +14,12 @@ from pathlib import Path
 from testkit.backends import FakeBackend
 from testkit.ctl import csv_rows, ctl
 from testkit.daemon import Daemon, short_tmpdir
+from testkit.install import package_copy, set_version
 from testkit.load import Load
 from testkit.ports import HOST, refused_port
 from testkit.processes import alive, cmdline, workers_of
 from testkit.protocol import PolicyClient, request
-from testkit.repo import REPO
 from testkit.wait import wait_for
-
-
-def installed_copy(where: Path) -> Path:
-    """A copy of the package to run the daemon from (the test changes it on disk)."""
-    shutil.copytree(REPO / "hapolicy", where / "hapolicy")
-    return where
-
-
-def set_version(tree: Path, version: str) -> None:
-    init = tree / "hapolicy" / "__init__.py"
-    text = init.read_text()
-    start = text.index('__version__ = "')
-    end = text.index('"', start + 15)
-    init.write_text(text[:start] + f'__version__ = "{version}' + text[end:])
 
 
 def ask_once(daemon: Daemon, **attrs: str) -> str:
@@ -43,7 +28,7 @@ def ask_once(daemon: Daemon, **attrs: str) -> str:
 
 
 def test_usr2_under_load_runs_the_new_program_and_closes_no_client_connection():
-    tree = installed_copy(short_tmpdir())
+    tree = package_copy(short_tmpdir())
     with FakeBackend(mode="echo", attr="recipient") as echo, Daemon(
             "-s", f"A={HOST}:{echo.port}", workers=2, cwd=tree,
             env={"PYTHONPATH": str(tree)}) as daemon:
@@ -98,7 +83,7 @@ def test_usr2_under_load_runs_the_new_program_and_closes_no_client_connection():
 
 def test_a_new_program_that_fails_leaves_the_old_master_serving_until_a_later_usr2(tmp_path):
     conf = tmp_path / "hapolicy.conf"
-    tree = installed_copy(short_tmpdir())
+    tree = package_copy(short_tmpdir())
     with FakeBackend(action="OK") as backend:
         good = f"service = A={HOST}:{backend.port}\n"
         conf.write_text(good)
@@ -158,9 +143,17 @@ def test_health_admin_state_and_counters_carry_over_and_files_follow_the_new_mas
             assert before["default/DEAD"]["state"] == "down"
             assert Path(pidfile).read_text() == f"{old_master}\n"
 
+            held = PolicyClient.from_socket(daemon.connect())  # keeps an old worker
+            assert held.ask(request()) == "action=DUNNO\n\n"
             new_master = daemon.upgrade()
             daemon.log.wait("upgrade: the state of 3 services carried over")
-            after = csv_rows(control)  # answered by the new master's monitor
+            after = csv_rows(control)
+            answering = ctl("--control", control, "workers").stdout  # the new master's monitor
+            old_workers = workers_of(old_master)
+            assert old_workers and not any(str(pid) in answering for pid in old_workers)
+            assert all(str(pid) in answering for pid in workers_of(new_master)), answering
+            assert held.ask(request()) == "action=DUNNO\n\n"
+            held.sock.close()
             assert [after[f"default/{n}"]["state"] for n in ("A", "DEAD", "C")] == \
                 [before[f"default/{n}"]["state"] for n in ("A", "DEAD", "C")]
             assert after["default/DEAD"]["state"] == "down"
@@ -215,3 +208,23 @@ def test_usr2_is_the_masters_alone_and_one_upgrade_runs_at_a_time():
         assert daemon.proc.wait(timeout=15) == 0
         assert ask_once(daemon) == "action=OK\n\n"
         assert daemon.stop() == 0
+
+
+def test_term_while_the_new_program_starts_stops_both_and_the_old_master_cleans_up():
+    where = short_tmpdir()
+    tree = package_copy(where)
+    listen, control = where / "policy", where / "control"
+    with FakeBackend(action="OK") as backend, Daemon(
+            "-s", f"A={HOST}:{backend.port}", "--control", str(control), workers=2,
+            listen=f"unix:{listen}", cwd=tree, env={"PYTHONPATH": str(tree)}) as daemon:
+        cli = tree / "hapolicy" / "cli.py"
+        cli.write_text(cli.read_text() + "\nimport time\ntime.sleep(3)\n")  # a slow start
+        daemon.send(signal.SIGUSR2)
+        _, line = daemon.log.wait("upgrade: started the new program as pid ")
+        new = int(line.split(" as pid ")[1].split()[0])
+        daemon.send(signal.SIGTERM)
+        daemon.log.wait("upgrade abandoned: the new master stops too")
+        assert daemon.wait() == 0
+        wait_for(lambda: not alive(new), 10, what="the new program to stop")
+        assert "upgrade: new master" not in daemon.log.text()
+        assert not listen.exists() and not control.exists()  # the old master's, removed

@@ -135,6 +135,9 @@ what = sys.argv[1]
 if what == "ready":
     os.write(document["status"], b"ready\\n")
     time.sleep(5)
+elif what == "ready-exit":
+    os.write(document["status"], b"ready\\n")
+    sys.exit(70)
 elif what == "failed":
     os.write(document["status"], b"failed cannot listen on 127.0.0.1:1: in use\\n")
     sys.exit(1)
@@ -174,6 +177,7 @@ def test_an_upgrade_whose_program_says_ready_serves(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("what, why", [
     ("failed", "new master {pid}: cannot listen on 127.0.0.1:1: in use"),
+    ("ready-exit", "new master {pid} exited with status 70"),
     ("crash", "new master {pid} exited with status 1: ImportError: no module x"),
 ])
 def test_an_upgrade_whose_program_fails_says_why(monkeypatch, tmp_path, what, why):
