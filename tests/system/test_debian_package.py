@@ -525,8 +525,7 @@ def test_an_upgrade_of_the_package_upgrades_the_running_daemon_in_place(package,
             started(log, new, NEWER)
             assert overlay.run(["/usr/sbin/hapolicy", "--version"]).stdout == f"hapolicy {NEWER}\n"
             log.wait(f"upgrade: new master {new} serves")
-            wait_for(lambda: cmdline(old) == "hapolicy: old master (retiring)", 10,
-                     what="the old master retiring")
+            assert cmdline(old) == "hapolicy: old master (retiring)"
             assert cmdline(new) == "hapolicy: master"
             assert not set(wait_children(new, 2)) & set(old_workers)
             with PolicyClient(HOST, port) as client:

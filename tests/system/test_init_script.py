@@ -232,9 +232,9 @@ def test_upgrade_in_place_while_clients_keep_asking(init):
         assert done.stdout == f"hapolicy: upgraded in place: the new master (pid {new}) " \
                               f"serves; the old one (pid {old}) leaves once its clients have\n"
         assert new != old and alive(new) and cmdline(new) == "hapolicy: master"
-        init.log.wait(f"upgrade: new master {new} serves")  # told once the pidfile is written
-        wait_for(lambda: cmdline(old) == "hapolicy: old master (retiring)", 10,
-                 what="the old master retiring")
+        # it returned once the old master handed over (the new one lived a second more)
+        assert cmdline(old) == "hapolicy: old master (retiring)"
+        init.log.wait(f"upgrade: new master {new} serves")
         # new connections: the new master's workers; the old ones keep their clients
         assert not set(wait_children(new, 2)) & set(old_workers)
         with PolicyClient(HOST, init.port) as client:
@@ -259,16 +259,25 @@ def test_upgrade_in_place_while_clients_keep_asking(init):
 def systemd_stand_in(init: Init) -> Path:
     """The init script as under systemd (/run/systemd/system here a directory of the test),
     with a stand-in systemctl first on PATH that logs its arguments: the unit's MainPID is the
-    pidfile's (the new master of an upgrade writes it as it tells systemd its pid)."""
+    pidfile's (a new master writes it as it tells systemd its pid; a rollback, the old one).
+    While the file kill-new holds the old master's pid, the second answer that names another
+    master kills that one: it dies after it said it serves, before the hand-over."""
     (init.dir / "systemd").mkdir()
     bin_dir = init.dir / "bin"
     bin_dir.mkdir()
     systemctl = bin_dir / "systemctl"
     systemctl.write_text(f"""#!/bin/sh
-echo "$*" >>{init.dir}/systemctl.log
+cd {init.dir}
+echo "$*" >>systemctl.log
 case "$*" in
     "--quiet is-active hapolicy.service") ;;
-    "show --property MainPID --value hapolicy.service") cat {init.pidfile} ;;
+    "show --property MainPID --value hapolicy.service")
+        pid=$(cat {init.pidfile})
+        echo "$pid"
+        if [ -f kill-new ] && [ "$pid" != "$(cat kill-new)" ]; then
+            echo "$pid" >>named-new
+            if [ "$(wc -l <named-new)" = 2 ]; then kill -KILL "$pid"; rm kill-new; fi
+        fi ;;
     "kill --kill-whom=main --signal=USR2 hapolicy.service") kill -USR2 "$(cat {init.pidfile})" ;;
     *) exit 1 ;;
 esac
@@ -308,9 +317,25 @@ def test_a_failed_upgrade_leaves_the_master_serving_and_a_later_one_succeeds(ini
     assert init.pid() == pid and cmdline(pid) == "hapolicy: master"
     assert init.ask() == "action=FROM-A\n\n"
 
-    # a later one succeeds; this time as under systemd, through systemctl
+    # as under systemd, through systemctl: a new master that dies in the second after it said
+    # it serves (the script saw it named): the old one names itself again and serves on, and
+    # the script waited for that
     init.config.write_text(good)
-    done = init.run("upgrade", systemd_stand_in(init))
+    script = systemd_stand_in(init)
+    (init.dir / "kill-new").write_text(f"{pid}\n")
+    done = init.run("upgrade", script)
+    assert done.returncode == 1, done.stdout + done.stderr + init.log.text()
+    assert done.stderr == "hapolicy: upgrade failed, the running master keeps serving: " \
+                          "see the log\n" and done.stdout == ""
+    died = int((init.dir / "named-new").read_text().split()[0])
+    assert not (init.dir / "kill-new").exists() and not alive(died)
+    init.log.wait("upgrade failed", count=2)
+    assert init.pid() == pid and cmdline(pid) == "hapolicy: master"
+    assert init.ask() == "action=FROM-A\n\n"
+
+    # a later one succeeds
+    (init.dir / "systemctl.log").unlink()
+    done = init.run("upgrade", script)
     assert done.returncode == 0, done.stdout + done.stderr + init.log.text()
     new = init.pid()
     assert new != pid and f"the new master (pid {new}) serves" in done.stdout
