@@ -120,10 +120,12 @@ def test_an_upgrade_says_the_new_main_pid_with_its_ready_and_the_old_master_fall
             with PolicyClient(HOST, daemon.port) as client:  # keeps the old master a while
                 assert client.ask(request()) == "action=OK\n\n"
                 new = daemon.upgrade()  # returns once the old master handed over
-                handed = len(notify.messages)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as mark:
+                    mark.sendto(b"HANDED=1\n", notify.path)  # after the old one's last word
+                handed = notify.wait("HANDED=1")
                 time.sleep(0.6)
-                assert set(notify.senders[handed:]) == {new}, notify.texts()
-                assert notify.texts()[handed:].count("WATCHDOG=1\n") >= 2
+                assert set(notify.senders[handed + 1:]) == {new}, notify.texts()
+                assert notify.texts()[handed + 1:].count("WATCHDOG=1\n") >= 2
             reloading = notify.wait("RELOADING=1", ready + 1)
             assert notify.senders[reloading] == old
             took = notify.wait(f"MAINPID={new}", reloading + 1)
