@@ -94,7 +94,7 @@ def hapolicy_8() -> str:
     return "".join((
         header("hapolicy", "8", "high availability and load balancing for Postfix policy "
                "services"),
-        synopsis_8(), description_8(), options_8(), spawn_mode_8(), daemon_8(),
+        synopsis_8(), description_8(), options_8(), spawn_mode_8(), daemon_8(), upgrades_8(),
         section("SIGNALS"),
         table(SIGNALS),
         logging_8(),
@@ -196,6 +196,26 @@ def daemon_8() -> str:
              "PATH` and serves Prometheus metrics on `--metrics-listen HOST:PORT`. `ps` shows "
              "`hapolicy: master`, `hapolicy: monitor` and `hapolicy: worker requests=N "
              "clients=N`."),
+    ))
+
+
+def upgrades_8() -> str:
+    return "".join((
+        section("RESTARTS AND UPGRADES"),
+        para("smtpd keeps its connection to a policy service open; when it is closed or "
+             "refused, smtpd logs `problem talking to server` and sleeps "
+             "`smtpd_policy_service_retry_delay` (1 s) before it tries again. A restart closes "
+             "every such connection: with real Postfix and 16 SMTP sessions, RESTART_FIGURES. "
+             "HUP (a new configuration) and USR2 (a new program) close none: through an "
+             "upgrade by USR2, UPGRADE_FIGURES."),
+        para("USR2 starts the program on disk with the same command line and hands it every "
+             "listening socket, the services' health and the operator's admin state; once one "
+             "of its workers accepts, it writes the pidfile and tells systemd (`MAINPID=`), "
+             "the old workers retire as on HUP and the old master exits after them. If the new "
+             "program fails first, the running master keeps serving and logs one line, "
+             "`upgrade failed, the running master keeps serving: WHY`. The init script's "
+             "`upgrade` action and `systemctl kill --kill-whom=main -s USR2 hapolicy` send it; "
+             "the Debian package does it when it is upgraded."),
     ))
 
 

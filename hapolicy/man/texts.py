@@ -16,6 +16,15 @@ SIGNALS = (
     ("TERM", ("stop accepting, let in-flight requests finish (`--drain-timeout`), exit 0, "
      "remove the pidfile and unix socket")),
     ("INT, QUIT", "stop at once"),
+    ("USR2", ("upgrade in place: start the program on disk again (same command line and config "
+     "file) and hand it every listening socket, the health of the services and the operator's "
+     "admin state; once one of its workers accepts (and the new master has run a second "
+     "more), the old workers retire as on HUP, and the "
+     "old master (`hapolicy: old master (retiring)`) exits after the last of them. If the new "
+     "program fails first (a bad config, a broken install, no worker accepting within 60 s), "
+     "the old master keeps serving and logs why in one line (`upgrade failed, the running "
+     "master keeps serving: ...`); a later USR2 may try again. The workers and the monitor "
+     "ignore USR2")),
 )
 
 EXIT_STATUS = (
@@ -59,7 +68,7 @@ FILES = (
     ("/etc/default/hapolicy", ("the init script's settings: `DAEMON_ARGS` (by default `--user "
      "hapolicy --group hapolicy`), `CONFIG`, `PIDFILE`, `DAEMON`, `STOP_TIMEOUT`")),
     ("/etc/init.d/hapolicy", ("the LSB init script: start, stop, status, reload (HUP), "
-     "restart")),
+     "upgrade (USR2: in place, without a stall), restart")),
     ("/lib/systemd/system/hapolicy.service", ("the systemd unit (`Type=notify`, the master in "
      "the foreground)")),
     ("/lib/systemd/system/hapolicy.socket", ("socket activation: systemd holds the listening "

@@ -22,6 +22,14 @@ hapolicy's, /usr/sbin/hapolicy is ours and answers a spawn-mode request as maste
 daemon with its workers as user hapolicy (seen in /proc) and stops it, hapolicyctl finds the
 control socket of the packaged config, and `dpkg --purge` removes the files, the config files,
 the user and its group.
+
+An upgrade of the package upgrades a running daemon in place: a second build of the same copy
+with one changelog entry more (its version also in hapolicy/__init__.py and pyproject.toml, so
+that the running code says which it is) is installed over the first while persistent clients
+keep asking; the postinst's `invoke-rc.d hapolicy upgrade` hands the sockets to a new master
+that runs the new files, no connection is closed, every request answered; the old master
+leaves once its clients have. Installing the first again (a downgrade) restarts the daemon,
+as debhelper would.
 """
 
 from __future__ import annotations
@@ -41,10 +49,11 @@ from pathlib import Path
 import pytest
 from testkit.backends import FakeBackend
 from testkit.daemon import short_tmpdir
+from testkit.load import Load
 from testkit.overlay import NICE, OverlayRoot
 from testkit.packages import in_ci, require_packages
 from testkit.ports import HOST, free_port
-from testkit.processes import alive, cmdline, wait_children
+from testkit.processes import alive, cmdline, wait_children, workers_of
 from testkit.protocol import PolicyClient, request
 from testkit.repo import REPO
 from testkit.syslog import SyslogReceiver
@@ -68,6 +77,8 @@ DEBIAN_SOURCES = {f"debian/{name}" for name in (
     "adapt", "changelog", "clean", "control", "copyright", "hapolicy.default", "hapolicy.docs",
     "hapolicy.examples", "hapolicy.install", "hapolicy.manpages", "hapolicy.postinst",
     "hapolicy.postrm", "hapolicy.tmpfiles", "rules", "sbin", "source")}
+#: the second build's version: higher than the first's for dpkg
+NEWER = f"{__version__}+upgrade1"
 PAGES = {"hapolicy.8": "man8", "hapolicyctl.8": "man8", "hapolicy.conf.5": "man5"}
 SERVICE_LINE = re.compile(r"^\s*service\s*=", re.M)
 
@@ -137,6 +148,39 @@ def package():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert build_leftovers() == leftovers, "the build left files in the work tree"
+
+
+def bump_version(src: Path) -> None:
+    """The copy's changelog gets an entry NEWER on top (dated as the last one), and the Python
+    package says NEWER too."""
+    changelog = src / "debian" / "changelog"
+    text = changelog.read_text()
+    signed = re.search(r"^ -- .*$", text, re.M).group(0)
+    changelog.write_text(f"hapolicy ({NEWER}) unstable; urgency=medium\n\n"
+                         f"  * A newer build, for the test of an upgrade.\n\n{signed}\n\n{text}")
+    for path, before, after in (("hapolicy/__init__.py", f'__version__ = "{__version__}"',
+                                 f'__version__ = "{NEWER}"'),
+                                ("pyproject.toml", f'\nversion = "{__version__}"\n',
+                                 f'\nversion = "{NEWER}"\n')):
+        text = (src / path).read_text()
+        assert text.count(before) == 1, path
+        (src / path).write_text(text.replace(before, after))
+
+
+@pytest.fixture(scope="module")
+def newer(package) -> Path:
+    """The package again, version NEWER: built in the first's copy (nocheck: the first build
+    ran the build's checks on the same code)."""
+    src = package.work / "src"
+    bump_version(src)
+    done = subprocess.run([*NICE, "dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src,
+                          env={**BUILD_ENV, "HOME": str(package.work),
+                               "DEB_BUILD_OPTIONS": "nocheck"},
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    deb = package.work / f"hapolicy_{NEWER}_all.deb"
+    assert deb.exists(), sorted(p.name for p in package.work.iterdir())
+    return deb
 
 
 def dpkg_field(deb: Path, field: str) -> str:
@@ -210,6 +254,8 @@ def test_the_package_holds_the_programs_units_config_and_generated_pages(package
     assert "\nExecStart=/usr/sbin/hapolicy -c /etc/hapolicy.conf --user hapolicy --group " \
            "hapolicy\n" in unit
     assert "\nExecCondition=" in unit
+    assert "\nNotifyAccess=all\n" in unit  # the new master of an upgrade tells its MAINPID
+    assert "\n    upgrade)\n" in init
     assert '\nDAEMON_ARGS="--user hapolicy --group hapolicy"\n' in \
         (tree / "etc/default/hapolicy").read_text()
     # the config file: the example's settings, its pools commented out, the control socket
@@ -268,6 +314,30 @@ def status_ids(pid: int) -> tuple[list[int], list[int]]:
     return fields["Uid"], fields["Gid"]
 
 
+def as_a_sysvinit_server(overlay: OverlayRoot) -> None:
+    """As on a server booted with sysvinit (runlevel 2) and without a policy-rc.d: the
+    maintainer scripts run the init script."""
+    overlay.file("/usr/sbin/policy-rc.d").unlink(missing_ok=True)
+    runlevel = overlay.file("/sbin/runlevel")
+    if runlevel.is_symlink() or runlevel.exists():
+        runlevel.unlink()
+    runlevel.write_text("#!/bin/sh\necho N 2\n")
+    runlevel.chmod(0o755)
+
+
+def configure(overlay: OverlayRoot, log: SyslogReceiver, backend_port: int) -> int:
+    """The packaged /etc/hapolicy.conf with an address, the test's syslog, two workers and
+    one service; the port it listens on."""
+    conf = overlay.file("/etc/hapolicy.conf")
+    port = free_port()
+    configured = conf.read_text().replace("\nlisten =\n", f"\nlisten = {HOST}:{port}\n")
+    configured = configured.replace("\nsyslog-socket = /dev/log\n",
+                                    f"\nsyslog-socket = {log.path}\n")
+    assert configured.count(str(port)) == 1 and log.path in configured
+    conf.write_text(configured + f"workers = 2\nservice = A={HOST}:{backend_port}\n")
+    return port
+
+
 def test_installed_over_the_original_it_serves_spawn_and_the_init_script_then_purges(package):
     before = host_state()
     share = package.work / "share"
@@ -282,15 +352,9 @@ def test_installed_over_the_original_it_serves_spawn_and_the_init_script_then_pu
         original = run(["dpkg-query", "-W", "-f=${Version}", "hapolicy"]).stdout
         if in_ci():
             assert original.startswith("1."), "scripts/run-tests installs the Perl original"
-        # as on a server booted with sysvinit (runlevel 2) and without a policy-rc.d, the
-        # postinst runs the init script, which must not fail (nor start anything) while the
-        # config file has no service
-        overlay.file("/usr/sbin/policy-rc.d").unlink(missing_ok=True)
-        runlevel = overlay.file("/sbin/runlevel")
-        if runlevel.is_symlink() or runlevel.exists():
-            runlevel.unlink()
-        runlevel.write_text("#!/bin/sh\necho N 2\n")
-        runlevel.chmod(0o755)
+        # the postinst runs the init script, which must not fail (nor start anything) while
+        # the config file has no service
+        as_a_sysvinit_server(overlay)
 
         done = run(["apt-get", "install", "-y", "-q", "--no-install-recommends", str(deb)],
                    timeout=300)
@@ -360,12 +424,7 @@ def test_installed_over_the_original_it_serves_spawn_and_the_init_script_then_pu
             assert done.returncode == 0 and "[pool grey]" in done.stdout, done
 
             # configured: one service, an address, the test's syslog
-            port = free_port()
-            configured = packaged.replace("\nlisten =\n", f"\nlisten = {HOST}:{port}\n")
-            configured = configured.replace("\nsyslog-socket = /dev/log\n",
-                                            f"\nsyslog-socket = {log.path}\n")
-            assert configured.count(str(port)) == 1 and log.path in configured
-            conf.write_text(configured + f"workers = 2\nservice = A={HOST}:{backend.port}\n")
+            port = configure(overlay, log, backend.port)
             done = run(["/etc/init.d/hapolicy", "start"], timeout=60)
             assert done.returncode == 0, done.stdout + done.stderr + log.text()
             master = int(overlay.file("/run/hapolicy.pid").read_text())
@@ -410,4 +469,98 @@ def test_installed_over_the_original_it_serves_spawn_and_the_init_script_then_pu
         log.close()
         print(f"install, use and purge in the overlay: {time.monotonic() - start:.1f} s")
     # this machine never saw any of it
+    assert host_state() == before
+
+
+def installed(overlay: OverlayRoot, deb: Path) -> str:
+    """`dpkg -i` the .deb in the copy (the maintainer scripts apt would run, without the 4 s
+    apt takes to read its lists: its dependencies are there); its output."""
+    done = overlay.run(["dpkg", "-i", str(deb)], timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    return done.stdout
+
+
+def started(log: SyslogReceiver, pid: int, version: str) -> None:
+    """The master pid said at its start that it runs hapolicy version."""
+    log.wait(f"hapolicy[{pid}]: master started: hapolicy {version}, listening on", timeout=30)
+
+
+def test_an_upgrade_of_the_package_upgrades_the_running_daemon_in_place(package, newer):
+    before = host_state()
+    share = package.work / "share-upgrade"
+    share.mkdir(mode=0o755)
+    first, second = share / package.deb.name, share / newer.name
+    shutil.copy(package.deb, first)
+    shutil.copy(newer, second)
+    log = SyslogReceiver(share / "log")
+    overlay = OverlayRoot(package.work / "ovl-upgrade", share)
+    load = None
+    try:
+        as_a_sysvinit_server(overlay)
+        original = overlay.run(["dpkg-query", "-W", "-f=${Version}", "hapolicy"]).stdout
+        output = installed(overlay, first)
+        if original:
+            assert f"Unpacking hapolicy ({__version__}) over ({original})" in output
+        # each answer after 50 ms: requests in flight all along, and CPU left to apt
+        with FakeBackend(mode="echo", attr="recipient", delay=0.05) as echo:
+            port = configure(overlay, log, echo.port)
+            done = overlay.run(["/etc/init.d/hapolicy", "start"], timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr + log.text()
+            old = int(overlay.file("/run/hapolicy.pid").read_text())
+            old_workers = wait_children(old, 2)
+            started(log, old, __version__)
+            load = Load([socket.create_connection((HOST, port)) for _ in range(20)], 0,
+                        name="P").start()
+            wait_for(lambda: load.answered > 100, 10, what="answers before the upgrade")
+
+            start = time.monotonic()
+            output = installed(overlay, second)
+            print(f"\ndpkg -i of the newer package: {time.monotonic() - start:.1f} s")
+            assert f"Unpacking hapolicy ({NEWER}) over ({__version__})" in output, output
+            new = int(overlay.file("/run/hapolicy.pid").read_text())
+            assert f"hapolicy: upgraded in place: the new master (pid {new}) serves" in output, \
+                output + log.text()
+            assert new != old and alive(new) and new in overlay.processes()
+            # the new master runs the new files: it says the new version
+            started(log, new, NEWER)
+            assert overlay.run(["/usr/sbin/hapolicy", "--version"]).stdout == f"hapolicy {NEWER}\n"
+            log.wait(f"upgrade: new master {new} serves")
+            assert cmdline(old) == "hapolicy: old master (retiring)"
+            assert cmdline(new) == "hapolicy: master"
+            assert not set(wait_children(new, 2)) & set(old_workers)
+            with PolicyClient(HOST, port) as client:
+                assert client.ask(request(recipient="new@example.org")) == \
+                    "action=new@example.org\n\n"
+            # the old workers serve on their clients: none is closed, every request answered
+            during = load.answered
+            wait_for(lambda: load.answered > during + 100, 10, what="the old connections answered")
+            load.stop()
+            load.join()
+            assert load.errors == [] and load.answered == load.sent > during
+            print(f"package upgraded in place: {load.answered} answers on 20 connections, "
+                  f"{during} of them by the end of the install")
+            load.close()
+            load = None
+            wait_for(lambda: not alive(old) and not any(alive(w) for w in old_workers), 20,
+                     what="the old master gone with its clients")
+            done = overlay.run(["/usr/sbin/hapolicyctl", "status"])  # the control socket, handed
+            assert done.returncode == 0 and re.search(r"^default\s+A\s", done.stdout, re.M), done
+
+            # a downgrade restarts it (debhelper's way)
+            output = installed(overlay, first)
+            assert "upgraded in place" not in output, output
+            restarted = int(overlay.file("/run/hapolicy.pid").read_text())
+            assert restarted != new
+            started(log, restarted, __version__)
+            wait_for(lambda: not alive(new), 20, what="the newer master stopped")
+            assert workers_of(restarted)
+            done = overlay.run(["/etc/init.d/hapolicy", "stop"], timeout=60)
+            assert done.returncode == 0, done
+            assert "Traceback" not in log.text()
+    finally:
+        if load is not None:
+            load.stop()
+            load.close()
+        overlay.close()
+        log.close()
     assert host_state() == before
