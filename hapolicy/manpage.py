@@ -205,9 +205,10 @@ def upgrades_8() -> str:
         para("smtpd keeps its connection to a policy service open; when it is closed or "
              "refused, smtpd logs `problem talking to server` and sleeps "
              "`smtpd_policy_service_retry_delay` (1 s) before it tries again. A restart closes "
-             "every such connection: with real Postfix and 16 SMTP sessions, RESTART_FIGURES. "
+             "every such connection: with real Postfix and 16 SMTP sessions, a restart made each "
+             "smtpd stall once for a second (16 RCPTs of about 8,900 over 1 s). "
              "HUP (a new configuration) and USR2 (a new program) close none: through an "
-             "upgrade by USR2, UPGRADE_FIGURES."),
+             "upgrade by USR2, none did (about 9,500 RCPTs, the longest 0.05 s)."),
         para("USR2 starts the program on disk with the same command line and hands it every "
              "listening socket, the services' health and the operator's admin state; once one "
              "of its workers accepts, it writes the pidfile and tells systemd (`MAINPID=`), "

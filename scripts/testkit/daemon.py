@@ -166,7 +166,7 @@ class Daemon:
             if alive(pid):
                 os.kill(pid, signum)
         for pid in self.masters:
-            wait_for(lambda: not alive(pid), timeout, what=f"master {pid} to exit")
+            wait_for(lambda pid=pid: not alive(pid), timeout, what=f"master {pid} to exit")
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
         return self.wait(timeout)
