@@ -326,6 +326,12 @@ class HealthTable:
             self.probe_lock = -1
 
 
+def peers(services: Sequence[Service], i: int) -> list[int]:
+    """The services whose round-robin clocks service i's is leveled with when it comes back
+    (`HealthTable.rejoin`): those of its priority group."""
+    return [j for j, t in enumerate(services) if t.prio == services[i].prio]
+
+
 def carry_over(old: HealthTable, before: Sequence[Service],
                after: Sequence[Service]) -> HealthTable:
     """A new table for a reload's services: one that stays (same name and address) keeps what
