@@ -305,7 +305,8 @@ class HealthTable:
         return sum(whole(self.f[self.in_flight + s]) for s in slots if s < self.workers)
 
     def rejoin(self, i: int, peers: list[int]) -> None:
-        """A service came back: start its clock level with its peers', not far behind them."""
+        """A service came back (from a failure, or enabled by the operator): start its clock
+        level with its peers' (`peers`), not far behind them."""
         others = [self.served(j) for j in peers if j != i]
         if others:
             self.set_served(i, max(self.served(i), min(others)))
