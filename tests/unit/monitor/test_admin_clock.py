@@ -12,7 +12,7 @@ from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.monitor.commands import answer
 from hapolicy.request.selection import Selector
-from hapolicy.tables.health import HealthTable
+from hapolicy.tables.health import HealthTable, carry_over
 
 # A has weight 2, B 1; C is a backup (another priority) that round robin never picks: its clock
 # stays 0, so leveling A with every service instead of its group's would not level it at all
@@ -85,3 +85,24 @@ def test_a_weight_change_after_traffic_splits_by_the_new_weights_at_once():
     assert within_ten_percent(first, {"A": 5, "B": 15}), first
     run(config, health, "weight default/B 1")
     assert within_ten_percent(picks(selector, 20), {"A": 10, "B": 10})
+
+
+def test_a_peer_out_of_the_rotation_does_not_hold_a_returning_clock_back():
+    config, health, selector = pool(("A=h:1", "B=h:2", "C=h:3"))
+    run(config, health, "disable default/C")  # stays out, its clock at 0
+    picks(selector, 20)
+    run(config, health, "disable default/A")
+    assert picks(selector, 200) == {"B": 200}
+    run(config, health, "enable default/A")
+    assert within_ten_percent(picks(selector, 40), {"A": 20, "B": 20})
+
+
+def test_a_service_new_in_a_reload_splits_by_weight_at_once():
+    before = tuple(parse_service(s) for s in ("A=h:1", "B=h:2"))
+    old = HealthTable(2, shared=False)
+    selector = Selector(before, old)
+    assert picks(selector, 200) == {"A": 100, "B": 100}
+    after = (*before, parse_service("C=h:3"))
+    table = carry_over(old, before, after)
+    got = picks(Selector(after, table), 90)
+    assert within_ten_percent(got, {"A": 30, "B": 30, "C": 30}), got
