@@ -7,6 +7,7 @@ any `[pool ...]` section), or DEFAULT_PATH when neither is given. Commands: see 
 (`hapolicyctl help` asks the daemon; `hapolicyctl --help` prints the options and
 commands.COMMANDS without it). Exit status (EXIT_STATUS): 0, or 1 when the answer is an
 `error:` line, 2 for a usage error or a socket that cannot be reached (one line on stderr).
+`hapolicyctl check` is a Monitoring Plugins check (check.py), with the plugins' exit statuses.
 OPTIONS and EXIT_STATUS are also hapolicyctl(8)'s text (manpage.py).
 """
 
@@ -34,6 +35,9 @@ EXIT_STATUS = (
     ("1", "the answer is an `error:` line (an unknown command or name, a peer not allowed)"),
     ("2", "a usage error, or a socket that cannot be reached (one line on stderr)"),
 )
+CHECK_TITLE = ("check [OPTIONS]: the Monitoring Plugins check (not sent as such: it reads "
+               "`pools` twice), one line, exit status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN "
+               "(hapolicyctl(8) says when); its options:")
 
 
 class UsageError(Exception):
@@ -105,26 +109,44 @@ def help_text() -> str:
     """USAGE, the options and the commands (commands.COMMANDS), wrapped to 79 columns."""
     import textwrap
 
+    from hapolicy.check import OPTIONS as CHECK_OPTIONS
     from hapolicy.monitor.commands import COMMANDS
 
     out = [USAGE, ""]
-    for title, rows in (("options:", OPTIONS), ("commands:", COMMANDS)):
-        out.append(title)
+    for title, rows in (("options:", OPTIONS), ("commands:", COMMANDS),
+                        (CHECK_TITLE, CHECK_OPTIONS)):
+        out.append(textwrap.fill(title.replace("`", ""), 79))
         for key, text in rows:
             out.append(textwrap.fill(text.replace("`", ""), 79, initial_indent=f"  {key:22} ",
                                      subsequent_indent=" " * 25))
     return "\n".join(out) + "\n"
 
 
+def is_check(args: Sequence[str]) -> bool:
+    """Whether the command is `check` (check.py), which answers a usage error as UNKNOWN."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 1 if "=" in args[i] or args[i] in ("-h", "--help") else 2
+    return i < len(args) and args[i] == "check"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        path, line = parse(sys.argv[1:] if argv is None else argv)
+        path, line = parse(args)
     except UsageError as exc:
         if not str(exc):  # --help
             print(help_text(), end="")
             return 0
+        if is_check(args):
+            print(f"HAPOLICY UNKNOWN - {exc}")
+            return 3
         print(f"hapolicyctl: {exc}\n{USAGE}", file=sys.stderr)
         return 2
+    if line.split()[:1] == ["check"]:
+        from hapolicy.check import run
+
+        return run(path, line.split()[1:], ask)
     try:
         text = ask(path, line)
     except OSError as exc:

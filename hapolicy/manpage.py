@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
+from hapolicy import check
 from hapolicy.config.file import MAX_POOLS
 from hapolicy.config.option import COMMAND, DAEMON, Option, bounds_of, default_of
 from hapolicy.config.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS
@@ -319,6 +320,10 @@ def hapolicyctl_8() -> str:
         section("SYNOPSIS"),
         lines("\\fBhapolicyctl\\fR [\\fB\\-\\-control\\fR \\fIPATH\\fR | \\fB\\-c\\fR "
               "\\fICONFIG\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]"),
+        ".br\n",
+        lines("\\fBhapolicyctl\\fR [...] \\fBcheck\\fR [\\fB\\-w\\fR \\fIRANGE\\fR] "
+              "[\\fB\\-c\\fR \\fIRANGE\\fR] [\\fB\\-\\-pool\\fR \\fINAME\\fR] "
+              "[\\fB\\-\\-interval\\fR \\fIS\\fR]"),
         section("DESCRIPTION"),
         para("With `--control PATH` (config file: `control = PATH`) hapolicy(8) answers "
              "commands on a unix socket (bound by its master, served by its monitor), mode "
@@ -331,8 +336,15 @@ def hapolicyctl_8() -> str:
         table(CTL_OPTIONS),
         section("COMMANDS"),
         table(COMMANDS),
+        section("CHECK"),
+        para(check.TEXT),
+        table(check.OPTIONS),
+        para("The state, the worst that holds:"),
+        table(check.RULES),
+        example(check.EXAMPLE),
         section("EXIT STATUS"),
         table(CTL_EXIT),
+        para("check exits with its state (CHECK)."),
         section("EXAMPLE"),
         example(STATUS_EXAMPLE + "$ hapolicyctl disable grey/GREY2\nok: grey/GREY2 disabled"),
         section("FILES"),

@@ -27,6 +27,7 @@ import time
 from hapolicy.config.values import (
     MAX_WEIGHT,  # the weight command's bound is a configured weight's
 )
+from hapolicy.monitor.pooltotals import pools_answer
 from hapolicy.tables.health import peers
 from hapolicy.tables.layout import DISABLED, DRAINING, ENABLED
 
@@ -60,6 +61,10 @@ COMMANDS = (
     ("weight POOL/SERVICE N", (f"set its weight to N (1..{MAX_WEIGHT}) in every worker at once; "
                               "`weight POOL/SERVICE reset` gives back the configured one")),
     ("workers", "pid, requests served (as of its last heartbeat) and clients of each worker"),
+    ("pools", ("a `#` header line, then one comma-separated row per pool: its services up, down "
+               "and disabled, its requests, answers and default answers (in all and by reason) "
+               "and its services' answers by latency bucket (what `hapolicyctl check` "
+               "reads)")),
     ("help", "this list"),
 )
 STATUS_COLUMNS = COLUMNS[:11] + COLUMNS[12:]  # all but down_s
@@ -240,6 +245,8 @@ def answer(line: str, config: DaemonConfig, health: Mapping[str, HealthTable],
             ",".join(row) + "\n" for row in rows(config, health, time.monotonic(), time.time()))
     if command == "workers":
         return workers_answer(workers, table)
+    if command == "pools":
+        return pools_answer(config, health)
     if command == "help":
         return HELP
     return f"error: unknown command {command[:40]!r}; try help\n"

@@ -59,7 +59,7 @@ from testkit.repo import REPO
 from testkit.syslog import SyslogReceiver
 from testkit.wait import wait_for
 
-from hapolicy import __version__, manpage
+from hapolicy import __version__, completion, manpage
 from hapolicy.config.option import COMMAND
 from hapolicy.config.options import OPTIONS
 from hapolicy.monitor.commands import COMMANDS
@@ -219,6 +219,8 @@ def test_the_package_holds_the_programs_units_config_and_generated_pages(package
                  "/usr/share/doc/hapolicy/examples/prometheus/hapolicy.rules.test.yml",
                  "/usr/share/doc/hapolicy/examples/grafana/hapolicy.json",
                  "/usr/lib/tmpfiles.d/hapolicy.conf",
+                 "/usr/share/bash-completion/completions/hapolicy",
+                 "/usr/share/bash-completion/completions/hapolicyctl",
                  *(f"/usr/share/man/{d}/{p}.gz" for p, d in PAGES.items())):
         assert path in paths, path
     assert not any(p.startswith(("/usr/bin/", "/usr/local/")) for p in paths), sorted(paths)
@@ -245,6 +247,8 @@ def test_the_package_holds_the_programs_units_config_and_generated_pages(package
             del os.environ["SOURCE_DATE_EPOCH"]
         else:
             os.environ["SOURCE_DATE_EPOCH"] = old
+    for name, script in completion.SCRIPTS.items():  # the generator's too
+        assert (tree / f"usr/share/bash-completion/completions/{name}").read_text() == script()
 
     # the packaged programs, init script and units: /usr/sbin/hapolicy, Debian's python3,
     # the user hapolicy

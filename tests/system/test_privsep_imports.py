@@ -241,6 +241,7 @@ NOT_AFTER_FORK = {
     ("cli", "_hedge_warnings"): "the master, at start",
     ("config.parsers", "parse_fail_answer"): "configurations are read by the master",
     ("ctl", "help_text"): "hapolicyctl",
+    ("ctl", "main"): "hapolicyctl (its check)",
     ("tables.health", "claim_probe"): "the lock of spawn mode's state file",
     ("tables.health", "randomize_phase"): "spawn mode's own table",
     ("spawn.statefile", "lock"): "spawn mode's state file",
