@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/run/hapolicy/control"
 TIMEOUT = 10.0
 USAGE = "usage: hapolicyctl [--control PATH | -c CONFIG] COMMAND [ARGS]"
+ASK_USAGE = "       hapolicyctl [--control PATH | -c CONFIG] ask [--dry-run] POOL [ATTR=VALUE ...]"
 #: The options, as --help and hapolicyctl(8) (manpage.py) say them.
 OPTIONS = (
     ("--control PATH", ("the daemon's control socket (its `--control`, or `control` in its "
@@ -156,7 +157,7 @@ def help_text() -> str:
 
     from hapolicy.monitor.commands import COMMANDS
 
-    out = [USAGE, ""]
+    out = [USAGE, ASK_USAGE, ""]
     for title, rows in (("options:", OPTIONS), ("commands:", COMMANDS)):
         out.append(title)
         for key, text in rows:
