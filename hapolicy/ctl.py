@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"hapolicyctl: {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    if not text:  # the monitor ended meanwhile (a reload replaces it)
+        print(f"hapolicyctl: {path}: no answer: the daemon closed the connection",
+              file=sys.stderr)
     sys.stdout.write(text)
     return 1 if text.startswith("error:") or not text else 0
 

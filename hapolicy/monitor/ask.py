@@ -148,7 +148,7 @@ class Asker:
         if pool is None or pool.name not in self.health:
             return f"error: no pool {names[0][:80]!r}\n"
         if request.error:
-            return (f"error: request refused ({request.error}); Postfix's would get the "
+            return (f"error: request refused ({request.error}); Postfix would get the "
                     f"default action={clean(pool.default_action)}\n")
         if len(request.raw) <= 2:  # as Dispatcher.submit: nobody asked, nothing counted
             return (f'pool={pool.name} service=none why="empty request"\n'

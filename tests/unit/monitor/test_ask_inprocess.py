@@ -167,7 +167,7 @@ def test_bad_input_is_one_error_line(harnesses, monkeypatch):
                 ("ask", ["x=1"], ask_module.USAGE),
                 ("ask p q", ["x=1"], ask_module.USAGE),
                 ("ask p", ["x=1", "foo"], "error: request refused (a line without `=`); "
-                 f"Postfix's would get the default action={DEFAULT}\n")):
+                 f"Postfix would get the default action={DEFAULT}\n")):
             assert h.ask(line, *attrs) == error, line
         big = ask_request(b"a=" + b"x" * MAX_REQUEST_BYTES + b"\n\n")
         assert h.asker.answer("ask p", big).startswith(
