@@ -194,7 +194,8 @@ def daemon_8() -> str:
              "script and unit give `hapolicy`). The monitor checks every service every "
              "`--check-interval` seconds; with checks on, only `--check-rise` answered checks "
              "in a row bring a service back. It also answers hapolicyctl(8) on `--control "
-             "PATH` and serves Prometheus metrics on `--metrics-listen HOST:PORT`. `ps` shows "
+             "PATH` and serves Prometheus metrics and a status page on `--metrics-listen "
+             "HOST:PORT`. `ps` shows "
              "`hapolicy: master`, `hapolicy: monitor` and `hapolicy: worker requests=N "
              "clients=N`."),
     ))

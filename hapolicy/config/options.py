@@ -141,7 +141,8 @@ OPTIONS: tuple[Option, ...] = (
                                f"a name of at most {MAX_NAME} characters, or a number 0 to "
                                f"{MAX_ID}"), "GROUP", DAEMON),
     Option("metrics_listen", ("--metrics-listen",), "the monitor serves Prometheus metrics at "
-           "`http://HOST:PORT/metrics` (`[IPv6]:PORT` too; empty: none)",
+           "`http://HOST:PORT/metrics` (`[IPv6]:PORT` too; empty: none), and a read-only HTML "
+           "status page at `/` and `/status`",
            text("metrics listen", MAX_METRICS_LISTEN, parse_metrics_listen,
                  f"at most {MAX_METRICS_LISTEN} characters; PORT 1 to {MAX_PORT}"),
            "HOST:PORT", DAEMON),

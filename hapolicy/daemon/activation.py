@@ -50,23 +50,33 @@ def passed_sockets(environ: MutableMapping[str, str] | None = None,
     return [_adopt(fd) for fd in range(FIRST_FD, FIRST_FD + int(fds_text))]
 
 
-def _adopt(fd: int) -> socket.socket:
+STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+
+
+def listening_socket(fd: int, families: tuple[int, ...] = STREAM_FAMILIES) -> socket.socket:
+    """The listening stream socket of one of `families` at a descriptor passed in (made not
+    inheritable); ValueError `descriptor N is not ...` when it is not one (left open)."""
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        raise ActivationError(f"LISTEN_FDS: descriptor {fd} is not a socket: "
-                              f"{exc.strerror or exc}") from None
+        raise ValueError(f"descriptor {fd} is not a socket: {exc.strerror or exc}") from None
     try:
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError:
         listening = 0
-    if sock.type != socket.SOCK_STREAM or sock.family not in (
-            socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) or not listening:
+    if sock.type != socket.SOCK_STREAM or sock.family not in families or not listening:
         sock.detach()
-        raise ActivationError(f"LISTEN_FDS: descriptor {fd} is not a listening stream socket "
-                              "(ListenStream= in the socket unit)")
+        raise ValueError(f"descriptor {fd} is not a listening stream socket")
     sock.set_inheritable(False)
     return sock
+
+
+def _adopt(fd: int) -> socket.socket:
+    try:
+        return listening_socket(fd)
+    except ValueError as exc:
+        hint = " (ListenStream= in the socket unit)" if "listening" in str(exc) else ""
+        raise ActivationError(f"LISTEN_FDS: {exc}{hint}") from None
 
 
 def describe(sock: socket.socket) -> str:

@@ -35,6 +35,7 @@ import os
 import socket
 
 from hapolicy.config.values import ConfigError
+from hapolicy.daemon.activation import STREAM_FAMILIES, listening_socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -219,22 +220,12 @@ def _handed(entry: dict) -> Handed:
 
 
 def _listening(fd: int, role: str) -> socket.socket:
-    """The listening stream socket at fd; HandoverError when it is not one."""
+    """The listening stream socket at fd, of the family its role wants; HandoverError when
+    it is not one."""
+    families = ((socket.AF_UNIX,) if role == CONTROL else
+                (socket.AF_INET, socket.AF_INET6) if role == METRICS else STREAM_FAMILIES)
     try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        raise HandoverError(f"{ENVIRONMENT}: descriptor {fd} is not a socket: "
-                            f"{exc.strerror or exc}") from None
-    try:
-        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    except OSError:
-        listening = 0
-    families = (socket.AF_UNIX,) if role == CONTROL else (
-        (socket.AF_INET, socket.AF_INET6) if role == METRICS else
-        (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX))
-    if sock.type != socket.SOCK_STREAM or sock.family not in families or not listening:
-        sock.detach()
-        raise HandoverError(f"{ENVIRONMENT}: descriptor {fd} is not a listening socket "
-                            f"of the {role} kind")
-    sock.set_inheritable(False)
-    return sock
+        return listening_socket(fd, families)
+    except ValueError as exc:
+        kind = f" of the {role} kind" if str(exc).endswith("listening stream socket") else ""
+        raise HandoverError(f"{ENVIRONMENT}: {exc}{kind}") from None

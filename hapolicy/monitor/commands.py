@@ -27,6 +27,7 @@ import time
 from hapolicy.config.values import (
     MAX_WEIGHT,  # the weight command's bound is a configured weight's
 )
+from hapolicy.tables.health import peers
 from hapolicy.tables.layout import DISABLED, DRAINING, ENABLED
 
 TYPE_CHECKING = False
@@ -75,7 +76,7 @@ FEATURE_COLUMNS = range(11, 17)  # status's hedge and shadow columns
 INTERNAL_COLUMN = 17  # status's internal_errors
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
-Target = tuple  # (HealthTable, index of the service in it)
+Target = tuple  # (HealthTable, index of the service in it, its peers in round robin)
 
 
 def rows(config: DaemonConfig, health: Mapping[str, HealthTable], now: float,
@@ -151,9 +152,9 @@ def aligned(header: Sequence[str], body: list[list[str]]) -> str:
 
 def find(config: DaemonConfig, health: Mapping[str, HealthTable], name: str,
          kept: Sequence[tuple[PoolConfig, HealthTable]] = ()) -> tuple[list[Target], int, str]:
-    """Where POOL/SERVICE is: (table, index) in the pool's table and in each older table of the
-    pool that retiring workers still use (the same name and address), and its configured
-    weight; or an error line."""
+    """Where POOL/SERVICE is: (table, index, round-robin peers) in the pool's table and in each
+    older table of the pool that retiring workers still use (the same name and address), and
+    its configured weight; or an error line."""
     pool_name, slash, service_name = name.partition("/")
     if not slash or not pool_name or not service_name:
         return [], 0, f"error: {name[:80]!r} is not POOL/SERVICE\n"
@@ -163,11 +164,11 @@ def find(config: DaemonConfig, health: Mapping[str, HealthTable], name: str,
     found = [i for i, s in enumerate(pool.services) if s.name == service_name]
     if not found:
         return [], 0, f"error: no service {service_name[:80]!r} in pool {pool_name!r}\n"
-    targets = [(health[pool.name], i) for i in found]
+    targets = [(health[pool.name], i, peers(pool.services, i)) for i in found]
     addresses = {pool.services[i].address for i in found}
     for old, table in kept:
         if old.name == pool.name and table is not health[pool.name]:
-            targets += [(table, i) for i, s in enumerate(old.services)
+            targets += [(table, i, peers(old.services, i)) for i, s in enumerate(old.services)
                         if s.name == service_name and s.address in addresses]
     return targets, pool.services[found[0]].weight, ""
 
@@ -177,7 +178,11 @@ def set_admin(config: DaemonConfig, health: Mapping[str, HealthTable], name: str
     targets, _, error = find(config, health, name, kept)
     if error:
         return error
-    for table, i in targets:
+    for table, i, group in targets:
+        if state == ENABLED and table.admin(i) != ENABLED:
+            # back in the rotation: level its clock, or it takes every new transaction until
+            # it has caught up on all it missed; before it is back, so no pick races this
+            table.rejoin(i, group)
         table.set_admin(i, state)
     word = {DISABLED: "disabled", DRAINING: "draining", ENABLED: "enabled"}[state]
     log.notice(f"control: service {name} {word}")
@@ -195,7 +200,7 @@ def set_weight(config: DaemonConfig, health: Mapping[str, HealthTable], name: st
         weight = int(text)
     else:
         return f"error: weight {text[:40]!r}: expected 1..{MAX_WEIGHT} or reset\n"
-    for table, i in targets:
+    for table, i, _ in targets:
         table.set_weight(i, weight)
     log.notice(f"control: service {name} weight {weight or configured}"
                + (" (configured)" if not weight else ""))

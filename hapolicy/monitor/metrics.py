@@ -9,8 +9,9 @@ tables (`Tables`), and answers one request per connection (the connection handli
 oneshot.py's, shared with the control socket: at most MAX_CONNECTIONS at once, a new one
 taking the place of the oldest without a whole head, a request head of at most MAX_HEAD bytes
 within HEAD_SECONDS, the client's remaining input read and dropped after the answer).
-`GET /metrics` (a query string is ignored) gets the exposition; another path 404, another
-method 405, a head that is not HTTP 400, a longer one 431, a slow one 408.
+`GET /metrics` (a query string is ignored) gets the exposition, `GET /` and `GET /status` the
+status page (statuspage.py); another path 404, another method 405, a head that is not HTTP
+400, a longer one 431, a slow one 408.
 
 The exposition is prometheus_client's (`generate_latest`) of `Collector`, which reads the tables at
 each scrape: nothing is kept between scrapes, nothing is written to the tables, and
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 
 from hapolicy import __version__
+from hapolicy.monitor import statuspage
 from hapolicy.monitor.oneshot import HEAD_SECONDS, OneShotServer
 from hapolicy.tables.layout import (
     ACTIONS,
@@ -222,6 +225,7 @@ class MetricsServer(OneShotServer):
                  log: Logger) -> None:
         from prometheus_client import CollectorRegistry, exposition
 
+        self.tables = tables
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Collector(tables))
         self.generate = exposition.generate_latest
@@ -238,16 +242,31 @@ class MetricsServer(OneShotServer):
         line = data[:end].split(b"\n", 1)[0].strip().split()
         if len(line) != 3 or not line[2].startswith(b"HTTP/1."):
             return http(400, "Bad Request", b"not an HTTP/1 request\n")
-        if line[1].split(b"?", 1)[0] != b"/metrics":
-            return http(404, "Not Found", b"only /metrics is served here\n")
+        path = line[1].split(b"?", 1)[0]
+        if path != b"/metrics" and path not in statuspage.PATHS:
+            return http(404, "Not Found", b"only /metrics, / and /status are served here\n")
         if line[0] != b"GET":
             return http(405, "Method Not Allowed", b"only GET\n", b"Allow: GET\r\n")
+        if path != b"/metrics":
+            return self.status_page()
         try:
             body = self.generate(self.registry)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the monitor
             self.log.error(f"metrics: cannot make the exposition: {exc!r}")
             return http(500, "Internal Server Error", b"internal error\n")
         return http(200, "OK", body, f"Content-Type: {self.content_type}\r\n".encode())
+
+    def status_page(self) -> bytes:
+        """GET / and /status: statuspage.py's page."""
+        try:
+            t = self.tables()
+            body = statuspage.page(t.config, t.health, time.monotonic(), time.time())
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the monitor
+            self.log.error(f"metrics: cannot make the status page: {exc!r}")
+            return http(500, "Internal Server Error", b"internal error\n")
+        return http(200, "OK", body, b"Content-Type: text/html; charset=utf-8\r\n"
+                    b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                    b"Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'\r\n")
 
     def too_long(self) -> bytes:
         return http(431, "Request Header Fields Too Large",

@@ -305,8 +305,13 @@ class HealthTable:
         return sum(whole(self.f[self.in_flight + s]) for s in slots if s < self.workers)
 
     def rejoin(self, i: int, peers: list[int]) -> None:
-        """A service came back: start its clock level with its peers', not far behind them."""
-        others = [self.served(j) for j in peers if j != i]
+        """A service came back (from a failure, enabled by the operator, new in a reload):
+        start its clock level with those of its peers (`peers`) that are in the rotation, not
+        far behind them; one that is out (down, disabled, drained) has an old clock too."""
+        f = self.f
+        others = [f[j * SLOT + SERVED] for j in peers if j != i
+                  and f[j * SLOT + DOWN_UNTIL] + f[j * SLOT + ADMIN] == 0.0
+                  and not f[j * SLOT + DRAIN]]
         if others:
             self.set_served(i, max(self.served(i), min(others)))
 
@@ -326,10 +331,18 @@ class HealthTable:
             self.probe_lock = -1
 
 
+def peers(services: Sequence[Service], i: int) -> list[int]:
+    """The services whose round-robin clocks service i's is leveled with when it comes back
+    (`HealthTable.rejoin`): those of its priority group."""
+    return [j for j, t in enumerate(services) if t.prio == services[i].prio]
+
+
 def carry_over(old: HealthTable, before: Sequence[Service],
                after: Sequence[Service]) -> HealthTable:
     """A new table for a reload's services: one that stays (same name and address) keeps what
-    is known of it and its counters; a new one starts up. The pool keeps its counters."""
+    is known of it and its counters; a new one starts up, its clock level with its priority
+    group's (not all new transactions its own until it caught up). The pool keeps its
+    counters."""
     table = HealthTable(len(after), workers=old.workers)
     table.copy_counters(old)
     index = {(s.name, s.address): i for i, s in enumerate(before)}
@@ -339,4 +352,7 @@ def carry_over(old: HealthTable, before: Sequence[Service],
             table.copy_slot(i, old, j)
             if before[j].weight != service.weight:
                 table.set_weight(i, 0)
+    for i, service in enumerate(after):
+        if (service.name, service.address) not in index:
+            table.rejoin(i, peers(after, i))
     return table

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from hapolicy.base.outcome import counts_against_service, doubles_pause
+from hapolicy.tables.health import peers
 from hapolicy.tables.layout import DOWN_UNTIL, FAILURES, FAILURES_BY_OUTCOME, SLOT, STATS
 
 TYPE_CHECKING = False
@@ -41,7 +42,7 @@ class Health:
         self.recheck = config.check_down_interval
         self.prefix = config.log_prefix
         self.log = log
-        self.peers = [[j for j, t in enumerate(services) if t.prio == s.prio] for s in services]
+        self.peers = [peers(services, i) for i in range(len(services))]
 
     def ok(self, i: int) -> None:
         """A live request got a good answer from service i."""

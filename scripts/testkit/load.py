@@ -11,6 +11,7 @@ import socket
 import threading
 
 from testkit.protocol import request
+from testkit.wait import wait_for
 
 
 class Conn:
@@ -51,6 +52,17 @@ class Load:
     def join(self, timeout: float = 60.0) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "load did not finish"
+
+    def finish_after(self, more: int, timeout: float = 10.0) -> int:
+        """Once `more` answers came since now: stop, join, and check that every request was
+        answered, rightly; the answers there were before (the connections stay open)."""
+        before = self.answered
+        wait_for(lambda: self.answered > before + more, timeout,
+                 what=f"{more} more answers on the load's connections")
+        self.stop()
+        self.join()
+        assert self.errors == [] and self.answered == self.sent > before
+        return before
 
     @property
     def answered(self) -> int:

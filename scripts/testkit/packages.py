@@ -19,6 +19,7 @@ PACKAGE_BINARIES = {
     "postgrey": "/usr/sbin/postgrey",
     "python3": "/usr/bin/python3",
     "prometheus": "/usr/bin/prometheus",
+    "chromium": "/usr/bin/chromium",
 }
 
 

@@ -6,7 +6,8 @@ a reload that changes the configured weight resets it; the state file's text is 
 and bounded, saved only on a change, a failed save logged once. Against a live daemon:
 `weight` gives a 3:1 split over a few hundred requests, `drain` keeps a sticky transaction and
 moves new ones, all of it survives a HUP and a restart with --state-file, and `disable` reaches
-a worker that retires on the table of before a reload. Settings that
+a worker that retires on the table of before a reload; after a maintenance window (disable or
+drain, 200 requests, enable) and after a weight change the next requests split by weight. Settings that
 cannot work (a state file or control socket in a missing directory, an unknown control group)
 fail at start with one line and exit status 2.
 """
@@ -276,6 +277,28 @@ def test_weight_drain_and_disable_survive_a_hup_and_a_restart_with_the_state_fil
             wait_for(lambda: "default C" not in Path(state).read_text(), 5, what="the saved enable")
             assert Path(state).read_text().splitlines()[1:] == [(f"default A {a.host}:{a.port} "
                                                            "enabled 3")]
+        shutil.rmtree(where)
+
+
+def test_a_service_given_back_or_reweighted_splits_by_weight_at_once():
+    with FakeBackend(name="A") as a, FakeBackend(name="B") as b:
+        where = short_tmpdir()
+        path = str(where / "control")
+        with Daemon("-s", a.spec(), "-s", b.spec(), "--control", path, workers=2) as daemon:
+            ask_new_transactions(daemon, 100)
+            for out in ("disable", "drain"):
+                assert ctl("--control", path, out, "default/A").returncode == 0
+                before = serving(a)
+                ask_new_transactions(daemon, 200)  # the maintenance window
+                assert serving(a) == before
+                assert ctl("--control", path, "enable", "default/A").returncode == 0
+                before = serving(a)
+                ask_new_transactions(daemon, 100)
+                assert 45 <= serving(a) - before <= 55, (out, serving(a) - before)
+            assert ctl("--control", path, "weight", "default/B", "3").returncode == 0
+            before = serving(b)
+            ask_new_transactions(daemon, 100)
+            assert 67 <= serving(b) - before <= 83, serving(b) - before
         shutil.rmtree(where)
 
 

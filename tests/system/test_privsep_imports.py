@@ -7,9 +7,10 @@ The interpreter runs with PYTHONHOME and PYTHONPATH in that directory, where sym
 the real standard library and packages: whatever a process opens through them needs the
 directory, which only root may enter. The daemon serves pools with hash balancing (masked),
 fail-answer, policy_context routing, a shadow pool and active checks, answers every control
-command (`ask` through three pools too) and a scrape of /metrics, then reloads on HUP a configuration that adds hedge and a
-shadow to a pool that had neither. Every request must get a backend's answer, and no process
-may log an internal error, a traceback, an ImportError or a death at boot.
+command (`ask` through three pools too) and a scrape of /metrics, then reloads on HUP a
+configuration that adds hedge and a shadow to a pool that had neither (and serves the status
+page). Every request must get a backend's answer, and no process may log an internal error, a
+traceback, an ImportError or a death at boot.
 
 That run cannot take every path; the source can be read whole: every import inside a function
 of hapolicy/ that a worker or the monitor may run names a module that the master has imported
@@ -147,9 +148,9 @@ def csv_row(path: str, name: str) -> dict[str, str]:
     return next(r for r in rows if f"{r['pool']}/{r['service']}" == name)
 
 
-def scrape(port: int) -> bytes:
+def scrape(port: int, path: bytes = b"/metrics") -> bytes:
     with socket.create_connection((HOST, port), timeout=10) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         return read_all(sock)
 
 
@@ -231,6 +232,8 @@ def exercise(daemon: HiddenDaemon, conf: Path, backends: dict[str, FakeBackend],
     assert_commands_answered(path)
     if metrics_port:
         assert scrape(metrics_port).startswith(b"HTTP/1.1 200 ")
+        page = scrape(metrics_port, b"/status")  # the status page, rbl's hedge counters on it
+        assert page.startswith(b"HTTP/1.1 200 ") and b"hedged " in page, page[:200]
     assert daemon.stop() == 0
 
 

@@ -99,8 +99,8 @@ def test_a_bad_variable_is_one_line(value, why):
 def test_what_is_not_a_listening_socket_of_its_role_is_one_line():
     with open(os.devnull) as devnull, socket.socket() as unbound, listening() as inet:
         cases = [(devnull.fileno(), "listen", "is not a socket"),
-                 (unbound.fileno(), "listen", "is not a listening socket of the listen kind"),
-                 (inet.fileno(), "control", "is not a listening socket of the control kind")]
+                 (unbound.fileno(), "listen", "is not a listening stream socket of the listen kind"),
+                 (inet.fileno(), "control", "is not a listening stream socket of the control kind")]
         for fd, role, why in cases:
             document = {"from": 1, "status": 1, "stderr": 2,
                         "sockets": [{"fd": fd, "role": role, "address": "x"}]}

@@ -140,9 +140,10 @@ def test_the_command_is_the_first_line_stripped_and_ascii_only(data):
 
 
 # the good word about as often as all the others together
-paths = st.one_of(st.sampled_from((b"/metrics", b"/metrics?x=1", b"/metrics?")),
-                  st.sampled_from((b"/", b"/metricsx", b"/metrics/", b"", b"http://h/metrics",
-                                   b"/Metrics", b"?/metrics")))
+paths = st.one_of(st.sampled_from((b"/metrics", b"/metrics?x=1", b"/metrics?", b"/", b"/?x",
+                                   b"/status", b"/status?")),
+                  st.sampled_from((b"/metricsx", b"/metrics/", b"", b"http://h/metrics",
+                                   b"/Metrics", b"?/metrics", b"/status/", b"//", b"/Status")))
 methods = st.one_of(st.just(b"GET"), st.sampled_from((b"HEAD", b"POST", b"get", b"", b"GET GET")))
 versions = st.one_of(st.sampled_from((b"HTTP/1.1", b"HTTP/1.0")),
                      st.sampled_from((b"HTTP/2", b"http/1.1", b"HTTP/1.", b"", b"HTTP/1.1 x")))
@@ -167,9 +168,13 @@ def status_of(data: bytes) -> int | None:
     line = data[:end].split(b"\n", 1)[0].split()
     if len(line) != 3 or not line[2].startswith(b"HTTP/1."):
         return 400
-    if line[1].split(b"?")[0] != b"/metrics":
+    if line[1].split(b"?")[0] not in (b"/metrics", b"/", b"/status"):
         return 404
     return 200 if line[0] == b"GET" else 405
+
+
+def line_path(data: bytes) -> bytes:
+    return data.split(b"\n", 1)[0].split()[1].split(b"?")[0]
 
 
 @given(metrics_inputs)
@@ -185,6 +190,10 @@ def test_a_metrics_head_gets_a_whole_http_answer_with_the_status_it_asks_for(dat
         assert head.startswith(b"HTTP/1.1 %d " % status)
         length = re.search(rb"\r\nContent-Length: (\d+)", head)
         assert length and int(length.group(1)) == len(body)
+        if status == 200:
+            html = line_path(data) != b"/metrics"  # the status page (statuspage.py)
+            assert (b"Content-Type: text/html; charset=utf-8" in head) == html
+            assert body.startswith(b"<!DOCTYPE html>") == html
         assert not served.log.lines
     finally:
         served.close()
