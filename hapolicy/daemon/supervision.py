@@ -206,6 +206,8 @@ class Supervisor:
             elif child.retiring:
                 self.log.info(f"{child.kind} {child.pid} retired")
             return
+        if child.kind == WORKER:
+            self.worker_table.count_restart()
         self.throttles[child.kind].judge_death(child.kind, child.pid, code, child.ready,
                                                child.started, self.ops.now(), self.log)
 

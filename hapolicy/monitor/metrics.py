@@ -88,7 +88,7 @@ class Collector:
     def collect(self) -> Iterator[object]:
         import time
 
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         t = self.tables()
         info = GaugeMetricFamily("hapolicy_build_info", "hapolicy's version (value 1)",
@@ -96,6 +96,9 @@ class Collector:
         info.add_metric([__version__, sys.version.split()[0]], 1.0)
         yield info
         yield GaugeMetricFamily("hapolicy_workers", "worker processes alive", len(t.slots))
+        yield CounterMetricFamily("hapolicy_worker_restarts", "workers that died unasked "
+                                  "(crashed, killed, stuck) and were replaced",
+                                  t.workers.restarts())
         yield GaugeMetricFamily("hapolicy_client_connections", "client connections the "
                                 "workers hold", sum(t.workers.clients(s) for s in t.slots))
         pools = [(p, t.health[p.name]) for p in t.config.pools if p.name in t.health]

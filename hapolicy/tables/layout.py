@@ -138,3 +138,4 @@ WORKER_HEARTBEAT = 2  # monotonic time of its last housekeeping pass (0.0: not y
 WORKER_REQUESTS = 3  # requests it served, as of that pass
 WORKER_PID = 4  # its pid, written by the master after the fork; 0.0: no worker in the slot
 WORKER_GENERATION = 5  # the generation (reload) it was started for
+# after the monitor's slot, one word of the master's: the workers that died unasked (/metrics)

@@ -11,7 +11,8 @@ requests the worker served, as of that pass, are for the control socket's `worke
 (control.py). The master writes each worker's pid and generation when it forks it and clears
 the slot when it reaps it: the monitor (monitor.py) answers `workers` from them and stops
 checking a table kept for retiring workers once no worker of its generation is left. One more
-slot, after the workers', is the monitor's: its heartbeat, for the same watchdog.
+slot, after the workers', is the monitor's: its heartbeat, for the same watchdog. The last word
+counts the workers that died unasked (the master's reap), for /metrics.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class WorkerTable:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.monitor_slot = slots  # after the workers': should_yield never looks at it
-        self._map = mmap.mmap(-1, (slots + 1) * WORKER_SLOT * 8)
+        self._map = mmap.mmap(-1, ((slots + 1) * WORKER_SLOT + 1) * 8)
         self.f = memoryview(self._map).cast("d")
+        self.restarts_word = (slots + 1) * WORKER_SLOT
 
     def set_worker(self, slot: int, pid: int, generation: int) -> None:
         """Whose slot it is (the master, after the fork)."""
@@ -84,6 +86,13 @@ class WorkerTable:
     def clear(self, slot: int) -> None:
         for word in range(WORKER_SLOT):
             self.f[slot * WORKER_SLOT + word] = 0.0
+
+    def count_restart(self) -> None:
+        """A worker died unasked and is replaced (the master only writes this word)."""
+        self.f[self.restarts_word] += 1
+
+    def restarts(self) -> int:
+        return int(self.f[self.restarts_word])
 
     def should_yield(self, slot: int, clients: int) -> bool:
         """True when another accepting worker holds YIELD_MARGIN or more fewer clients."""

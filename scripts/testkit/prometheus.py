@@ -2,7 +2,8 @@
 
 :class:`Prometheus` runs /usr/bin/prometheus with a config of its own (one job, `hapolicy`,
 scraping the target every second) and a storage directory in a temporary directory, listening
-on a free 127.0.0.1 port; :meth:`Prometheus.query` asks its HTTP API (/api/v1/query).
+on a free 127.0.0.1 port; :meth:`Prometheus.query` asks its HTTP API (/api/v1/query). Given
+rule files, it evaluates them every second; :meth:`Prometheus.rules` says how each fared.
 :func:`fetch` is a plain HTTP GET that returns the status and body.
 """
 
@@ -22,6 +23,8 @@ from testkit.ports import HOST, free_port
 from testkit.wait import wait_for
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from typing_extensions import Self
 
 BINARY = "/usr/bin/prometheus"
@@ -40,7 +43,8 @@ def fetch(url: str, timeout: float = 10.0) -> tuple[int, bytes, str]:
 class Prometheus:
     """Prometheus scraping `target` (HOST:PORT, path /metrics) every second."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, rule_files: Sequence[Path] = ()) -> None:
+        self.rule_files = [str(Path(f).resolve()) for f in rule_files]
         self.dir = Path(tempfile.mkdtemp(prefix="prom-"))
         self.port = free_port()
         self.target = target
@@ -49,9 +53,12 @@ class Prometheus:
 
     def start(self) -> Prometheus:
         config = self.dir / "prometheus.yml"
+        rules = "".join(f"  - {json.dumps(f)}\n" for f in self.rule_files)
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-            "scrape_configs:\n  - job_name: hapolicy\n"
+            "  evaluation_interval: 1s\n"
+            + (f"rule_files:\n{rules}" if rules else "")
+            + "scrape_configs:\n  - job_name: hapolicy\n"
             f"    static_configs:\n      - targets: ['{self.target}']\n")
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
@@ -72,13 +79,18 @@ class Prometheus:
 
     def query(self, expr: str) -> list[dict]:
         """The result of an instant query (a vector: [{"metric": {...}, "value": [t, "v"]}])."""
-        url = (f"http://{HOST}:{self.port}/api/v1/query?"
-               + urllib.parse.urlencode({"query": expr}))
-        status, body, _ = fetch(url)
+        return self.api("query?" + urllib.parse.urlencode({"query": expr}))["result"]
+
+    def rules(self) -> list[dict]:
+        """Every rule loaded (/api/v1/rules): name or alert, query, health, lastError..."""
+        return [rule for group in self.api("rules")["groups"] for rule in group["rules"]]
+
+    def api(self, path: str) -> dict:
+        status, body, _ = fetch(f"http://{HOST}:{self.port}/api/v1/{path}")
         assert status == 200, body
         answer = json.loads(body)
         assert answer["status"] == "success", answer
-        return answer["data"]["result"]
+        return answer["data"]
 
     def value(self, expr: str) -> float | None:
         """The value of a query that gives one sample, or None when it gives none."""

@@ -215,6 +215,9 @@ def test_the_package_holds_the_programs_units_config_and_generated_pages(package
                  "/usr/lib/python3/dist-packages/hapolicy/cli.py",
                  "/usr/share/doc/hapolicy/copyright",
                  "/usr/share/doc/hapolicy/examples/hapolicy.conf.example",
+                 "/usr/share/doc/hapolicy/examples/prometheus/hapolicy.rules.yml",
+                 "/usr/share/doc/hapolicy/examples/prometheus/hapolicy.rules.test.yml",
+                 "/usr/share/doc/hapolicy/examples/grafana/hapolicy.json",
                  "/usr/lib/tmpfiles.d/hapolicy.conf",
                  *(f"/usr/share/man/{d}/{p}.gz" for p, d in PAGES.items())):
         assert path in paths, path
