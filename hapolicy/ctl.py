@@ -1,6 +1,7 @@
 """hapolicyctl: send one command to a running daemon's control socket and print the answer.
 
     hapolicyctl [--control PATH | -c CONFIG] COMMAND [ARGS]
+    hapolicyctl [--control PATH | -c CONFIG] ask [--dry-run] POOL [ATTR=VALUE ...]
 
 The socket is PATH, or the `control = PATH` line of the daemon's config file CONFIG (before
 any `[pool ...]` section), or DEFAULT_PATH when neither is given. Commands: see commands.py
@@ -9,6 +10,13 @@ commands.COMMANDS without it). Exit status (EXIT_STATUS): 0, or 1 when the answe
 `error:` line, 2 for a usage error or a socket that cannot be reached (one line on stderr).
 `hapolicyctl check` is a Monitoring Plugins check (check.py), with the plugins' exit statuses.
 OPTIONS and EXIT_STATUS are also hapolicyctl(8)'s text (manpage.py).
+
+`ask` sends its request on the lines after the command line (monitor/control.py): each
+ATTR=VALUE argument is one line, or without any, standard input's `name=value` lines (as Postfix
+sends them) up to an empty line or its end, at most MAX_REQUEST_BYTES read; the daemon judges
+them as a live request (a line without `=` or a request over a limit is an `error:` line). Its
+answer may take the pool's total timeout: after the request is sent, the wait is the daemon's
+to bound.
 """
 
 from __future__ import annotations
@@ -16,13 +24,17 @@ from __future__ import annotations
 import socket
 import sys
 
+from hapolicy.base.protocol import MAX_REQUEST_BYTES
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import BinaryIO
 
 DEFAULT_PATH = "/run/hapolicy/control"
 TIMEOUT = 10.0
 USAGE = "usage: hapolicyctl [--control PATH | -c CONFIG] COMMAND [ARGS]"
+ASK_USAGE = "       hapolicyctl [--control PATH | -c CONFIG] ask [--dry-run] POOL [ATTR=VALUE ...]"
 #: The options, as --help and hapolicyctl(8) (manpage.py) say them.
 OPTIONS = (
     ("--control PATH", ("the daemon's control socket (its `--control`, or `control` in its "
@@ -87,15 +99,53 @@ def parse(argv: Sequence[str]) -> tuple[str, str]:
             raise UsageError(f"cannot read {config}: {exc.strerror}") from None
         if not path:
             raise UsageError(f"{config} sets no control socket (control = PATH)")
+    if args[0].lower() == "ask":
+        return path or DEFAULT_PATH, ask_text(args[1:])
     return path or DEFAULT_PATH, " ".join(args)
 
 
-def ask(path: str, line: str, timeout: float = TIMEOUT) -> str:
-    """Send one command line, read the answer until the daemon closes; OSError on failure."""
+def ask_text(args: Sequence[str], stdin: BinaryIO | None = None) -> str:
+    """`ask [--dry-run] POOL`, then the request's lines (from args, else from stdin when it is
+    not a terminal) and its empty line but for the last LF (`ask` adds it)."""
+    words = [a for a in args if a == "--dry-run"]
+    rest = [a for a in args if a != "--dry-run"]
+    if not rest or rest[0].startswith("-") or "=" in rest[0]:
+        raise UsageError("usage: ask [--dry-run] POOL [ATTR=VALUE ...]")
+    pool, attrs = rest[0], rest[1:]
+    if any("\n" in a or "\r" in a for a in attrs):
+        raise UsageError("an attribute with a line break")
+    if attrs:
+        body = "".join(a + "\n" for a in attrs)
+    else:
+        if stdin is None:
+            stdin = sys.stdin.buffer if sys.stdin is not None else None
+        body = read_request(stdin) if stdin is not None and not stdin.isatty() else ""
+    return " ".join(["ask", *words, pool]) + "\n" + body
+
+
+def read_request(stdin: BinaryIO) -> str:
+    """A request's name=value lines from stdin, up to an empty line or its end (CR LF or LF);
+    at most MAX_REQUEST_BYTES and a line (the daemon refuses what is over)."""
+    data = bytearray()
+    for raw in iter(lambda: stdin.readline(MAX_REQUEST_BYTES + 2), b""):
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            break
+        data += line + b"\n"
+        if len(data) > MAX_REQUEST_BYTES:
+            break
+    return data.decode("utf-8", "surrogateescape")
+
+
+def ask(path: str, line: str, timeout: float = TIMEOUT, patient: bool = False) -> str:
+    """Send one command line, read the answer until the daemon closes; OSError on failure.
+    patient: wait as long as the daemon takes to answer (it bounds an ask's wait)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(line.encode() + b"\n")
+        sock.sendall(line.encode("utf-8", "surrogateescape") + b"\n")
+        if patient:
+            sock.settimeout(None)
         chunks = []
         while True:
             data = sock.recv(65536)
@@ -112,7 +162,7 @@ def help_text() -> str:
     from hapolicy.check import OPTIONS as CHECK_OPTIONS
     from hapolicy.monitor.commands import COMMANDS
 
-    out = [USAGE, ""]
+    out = [USAGE, ASK_USAGE, ""]
     for title, rows in (("options:", OPTIONS), ("commands:", COMMANDS),
                         (CHECK_TITLE, CHECK_OPTIONS)):
         out.append(textwrap.fill(title.replace("`", ""), 79))
@@ -148,10 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(path, line.split()[1:], ask)
     try:
-        text = ask(path, line)
+        text = ask(path, line, patient=line.startswith("ask"))
     except OSError as exc:
         print(f"hapolicyctl: {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    if not text:  # the monitor ended meanwhile (a reload replaces it)
+        print(f"hapolicyctl: {path}: no answer: the daemon closed the connection",
+              file=sys.stderr)
     sys.stdout.write(text)
     return 1 if text.startswith("error:") or not text else 0
 

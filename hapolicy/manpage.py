@@ -26,6 +26,7 @@ from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
 from hapolicy.ctl import OPTIONS as CTL_OPTIONS
 from hapolicy.man.roff import escape, example, header, item, lines, para, section, table
 from hapolicy.man.texts import (
+    ASK_EXAMPLE,
     DAEMON_MAIN_CF,
     EXAMPLE_POOLS,
     EXAMPLE_POOLS_MAIN_CF,
@@ -324,6 +325,10 @@ def hapolicyctl_8() -> str:
         lines("\\fBhapolicyctl\\fR [...] \\fBcheck\\fR [\\fB\\-w\\fR \\fIRANGE\\fR] "
               "[\\fB\\-c\\fR \\fIRANGE\\fR] [\\fB\\-\\-pool\\fR \\fINAME\\fR] "
               "[\\fB\\-\\-interval\\fR \\fIS\\fR]"),
+        ".br\n",
+        lines("\\fBhapolicyctl\\fR [\\fB\\-\\-control\\fR \\fIPATH\\fR | \\fB\\-c\\fR "
+              "\\fICONFIG\\fR] \\fBask\\fR [\\fB\\-\\-dry\\-run\\fR] \\fIPOOL\\fR "
+              "[\\fIATTR\\fR=\\fIVALUE\\fR ...]"),
         section("DESCRIPTION"),
         para("With `--control PATH` (config file: `control = PATH`) hapolicy(8) answers "
              "commands on a unix socket (bound by its master, served by its monitor), mode "
@@ -347,6 +352,7 @@ def hapolicyctl_8() -> str:
         para("check exits with its state (CHECK)."),
         section("EXAMPLE"),
         example(STATUS_EXAMPLE + "$ hapolicyctl disable grey/GREY2\nok: grey/GREY2 disabled"),
+        example(ASK_EXAMPLE.rstrip("\n")),
         section("FILES"),
         table(((DEFAULT_PATH, ("the control socket when neither `--control` nor `-c` is "
                 "given")), FILES[0]), bold=False),

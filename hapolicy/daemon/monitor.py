@@ -3,7 +3,8 @@
 The master stays root (a reload binds new listen addresses and may read a root-only config
 file; it removes its pidfile and unix sockets at exit), so what talks to the network is not
 done in it: the active checks of every table in use (checks.py, including the tables kept for
-workers that retire after a reload), the control socket (control.py) and what else `serve`
+workers that retire after a reload), the control socket (control.py, and its `ask`, which
+sends a request through a pool from the monitor's loop: monitor/ask.py) and what else `serve`
 lists: the Prometheus metrics (metrics.py) too. The master binds those listening sockets
 itself (`Served`: the control socket's file is the master's, with its modes; a privileged port
 works) and keeps them open; it forks the monitor after binding, as it forks a worker
@@ -41,6 +42,7 @@ from hapolicy.daemon import childproto
 from hapolicy.daemon.childproto import MONITOR_TITLE, MSG_READY, set_title
 from hapolicy.daemon.children import MONITOR
 from hapolicy.daemon.monitorsockets import ControlSocket
+from hapolicy.monitor.ask import Asker
 from hapolicy.monitor.commands import answer
 from hapolicy.monitor.control import ControlServer
 from hapolicy.monitor.metrics import MetricsServer, Tables
@@ -101,7 +103,9 @@ def serve(loop: EventLoop, monitor: Monitor) -> None:
     monitor.checks.start(loop, monitor.log)
     if monitor.served.control is not None:
         control = monitor.served.control
-        ControlServer(loop, control.sock, control.owner, control.gid, monitor.command, monitor.log)
+        asker = Asker(loop, monitor.config, monitor.health_tables, monitor.log)
+        ControlServer(loop, control.sock, control.owner, control.gid, monitor.command, monitor.log,
+                      asker.answer)
     if monitor.served.metrics is not None:
         MetricsServer(monitor.served.metrics, loop, monitor.tables, monitor.log)
 

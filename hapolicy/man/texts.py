@@ -124,6 +124,19 @@ grey  GREY1    10.0.0.1:10023  up     enabled  1       5127     0         0.50  
 grey  GREY2    10.0.0.2:10023  down   enabled  1       825      1         1.78    4.59    3s
 """
 
+#: hapolicyctl ask and ask --dry-run with GREY2 stopped (docs/operating.md shows the same lines)
+ASK_EXAMPLE = """\
+$ hapolicyctl ask grey client_address=192.0.2.77 sender=d@example.org recipient=b@example.net
+pool=grey service=GREY2 address=10.0.0.2:10023 delay=0.000s failed="connection refused"
+pool=grey service=GREY1 address=10.0.0.1:10023 delay=0.003s action=DEFER_IF_PERMIT Greylisted for 300 seconds
+answer: service=GREY1 delay=0.003s action=DEFER_IF_PERMIT Greylisted for 300 seconds
+$ hapolicyctl ask --dry-run grey client_address=192.0.2.12 sender=d@example.org recipient=b@example.net
+pool=grey balance=hash:client_address/24,sender,recipient key="client_address/24=192.0.2.0 sender=d@example.org recipient=b@example.net"
+order: GREY1
+skipped: GREY2[down]
+answer: the first of the order to answer; if none, default="all services failed" action=DEFER_IF_PERMIT hapolicy default
+"""
+
 #: main.cf for EXAMPLE_POOLS (docs/configuration.md shows the same lines).
 EXAMPLE_POOLS_MAIN_CF = """\
 smtpd_recipient_restrictions =

@@ -65,6 +65,14 @@ COMMANDS = (
                "and disabled, its requests, answers and default answers (in all and by reason) "
                "and its services' answers by latency bucket (what `hapolicyctl check` "
                "reads)")),
+    ("ask [--dry-run] POOL", ("send a request through POOL as a live one (hapolicyctl ask POOL "
+                              "ATTR=VALUE ..., or the request's name=value lines on standard "
+                              "input; on the socket they follow the command line, ended by an "
+                              "empty line): which service was asked, or why none, its answer "
+                              "and time, and what the pool answers (the default and why). "
+                              "Counted as a live request, but not toward max-use. --dry-run asks "
+                              "none: the order the services would be tried in, with the hash "
+                              "key and its masks")),
     ("help", "this list"),
 )
 STATUS_COLUMNS = COLUMNS[:11] + COLUMNS[12:]  # all but down_s
@@ -229,6 +237,8 @@ def answer(line: str, config: DaemonConfig, health: Mapping[str, HealthTable],
         if len(args) != 2:
             return "error: usage: weight POOL/SERVICE N\n"
         return set_weight(config, health, args[0], args[1], log, kept)
+    if command == "ask":  # control.py gives it, with its request, to the monitor (ask.py)
+        return "error: ask needs its request: hapolicyctl ask POOL ATTR=VALUE ...\n"
     if args:
         return f"error: {command} takes no arguments\n"
     if command == "status":

@@ -24,6 +24,12 @@ HEAD_SECONDS, or sooner when others come.
 A subclass says what a whole request is and what the answer is (`answer`), may answer at once
 on accepting (`admit`: a peer refused), and names itself in log lines (`what`). Nothing a
 client sends raises out of here: a failing `answer` is the subclass's to catch.
+
+An answer may come later (the control socket's `ask`, answered when a pool has answered): then
+`answer` returns a `Later`, which whoever makes the answer calls with its bytes, at most once
+and within its `seconds` (else the client gets its `expired` line). Meanwhile the connection
+waits (WAITING): what the client sends is dropped, its end of file (a client that shut down
+its side, as socat does) leaves it waiting, and it is never evicted, as one being answered.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from hapolicy.base.eventloop import EVENT_READ, EVENT_WRITE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable
+
     from hapolicy.base.eventloop import EventLoop, Timer
     from hapolicy.base.log import Logger
 
@@ -44,13 +52,32 @@ IDLE_SECONDS = 5.0  # to read the answer
 EVICTION_LOG_SECONDS = 60.0
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
-READING, WRITING, LINGERING = range(3)
+READING, WRITING, LINGERING, WAITING = range(4)
+
+
+class Later:
+    """An answer to come (see the module doc): call it with the answer's bytes."""
+
+    __slots__ = ("expired", "ready", "seconds", "send")
+
+    def __init__(self, seconds: float, expired: bytes) -> None:
+        self.seconds = seconds  # the longest wait for it
+        self.expired = expired  # the answer when it did not come in time
+        self.ready: bytes | None = None  # an answer given before the server waited for it
+        self.send: Callable[[bytes], None] | None = None  # the server's, while it waits
+
+    def __call__(self, answer: bytes) -> None:
+        send, self.send = self.send, None
+        if send is not None:
+            send(answer)
+        elif self.ready is None:
+            self.ready = answer
 
 
 class Conn:
     """One client connection of a OneShotServer."""
 
-    __slots__ = ("data", "dropped", "out", "sock", "state", "timer")
+    __slots__ = ("data", "dropped", "later", "out", "sock", "state", "timer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -59,6 +86,7 @@ class Conn:
         self.out = b""  # the answer not sent yet
         self.dropped = 0  # bytes read and dropped after the answer
         self.timer: Timer | None = None
+        self.later: Later | None = None  # the answer it waits for (WAITING)
 
 
 class OneShotServer:
@@ -83,11 +111,12 @@ class OneShotServer:
         """An answer to give at once instead of reading a request (a refused peer), or None."""
         return None
 
-    def answer(self, data: bytes) -> bytes | None:
-        """The answer once data holds a whole request, else None (read on)."""
+    def answer(self, data: bytes) -> bytes | Later | None:
+        """The answer once data holds a whole request (or the Later that gives it), else None
+        (read on)."""
         raise NotImplementedError
 
-    def at_end(self, data: bytes) -> bytes | None:
+    def at_end(self, data: bytes) -> bytes | Later | None:
         """The answer when the client ended its input after data, not a whole request; None:
         close without one."""
         return None
@@ -125,7 +154,8 @@ class OneShotServer:
     def _make_room(self) -> bool:
         """Close the oldest connection that waits on its client (see the module doc); False
         when every one is being answered."""
-        waiting = [c for c in self.conns.values() if c.state != WRITING]  # oldest first
+        waiting = [c for c in self.conns.values()  # oldest first
+                   if c.state != WRITING and c.state != WAITING]
         oldest = next((c for c in waiting if c.state == READING), None) or \
             next(iter(waiting), None)
         if oldest is None:
@@ -167,6 +197,9 @@ class OneShotServer:
         conn.timer = None
         if conn.state == READING:
             self._reply(conn, self.too_slow())
+        elif conn.state == WAITING and conn.later is not None:
+            conn.later.send = None
+            self._reply(conn, conn.later.expired)
         else:  # an answer never read, or a client that never ends its input
             self._close(conn)
 
@@ -179,11 +212,14 @@ class OneShotServer:
         except OSError:
             data = b""
         if not data:
+            if conn.state == WAITING:  # it may still read: wait on, no longer reading
+                self.loop.remove(conn.sock)
+                return
             answer = self.at_end(conn.data) if conn.state == READING and conn.data else None
             if answer is None:
                 self._close(conn)
             else:  # the client shut down its side only: it may still read
-                self._reply(conn, answer)
+                self._give(conn, answer)
             return
         if conn.state == LINGERING:
             conn.dropped += len(data)
@@ -195,16 +231,38 @@ class OneShotServer:
         conn.data += data
         answer = self.answer(conn.data)
         if answer is not None:
-            self._reply(conn, answer)
+            self._give(conn, answer)
         elif len(conn.data) > self.max_request:
             self._reply(conn, self.too_long())
+
+    def _give(self, conn: Conn, answer: bytes | Later) -> None:
+        """Reply now, or wait for a Later's answer (at once if it is ready)."""
+        if not isinstance(answer, Later):
+            self._reply(conn, answer)
+        elif answer.ready is not None:
+            self._reply(conn, answer.ready)
+        else:
+            conn.state = WAITING
+            conn.data = b""
+            conn.later = answer
+            answer.send = lambda text: self._answered(conn, text)
+            self._deadline(conn, answer.seconds)
+
+    def _answered(self, conn: Conn, answer: bytes) -> None:
+        """A Later's answer came; nothing when its client is gone meanwhile."""
+        if conn.state == WAITING and conn.sock.fileno() >= 0:
+            self._reply(conn, answer)
 
     def _reply(self, conn: Conn, answer: bytes) -> None:
         conn.state = WRITING
         conn.data = b""
+        conn.later = None
         conn.out = answer
         self._deadline(conn, IDLE_SECONDS)  # for the client to read it
-        self.loop.modify(conn.sock, EVENT_WRITE, lambda m: self._write(conn))
+        if conn.sock.fileno() in self.loop.files:
+            self.loop.modify(conn.sock, EVENT_WRITE, lambda m: self._write(conn))
+        else:  # a waiting client that shut down its side
+            self.loop.add(conn.sock, EVENT_WRITE, lambda m: self._write(conn))
         self._write(conn)
 
     def _write(self, conn: Conn) -> None:

@@ -132,14 +132,15 @@ def block(text: str, indent: str = "    ") -> str:
 
 
 def test_the_manual_shows_the_pages_examples_and_signals():
-    """The README's first configurations, the pools of docs/configuration.md, the status and the
-    signal table of docs/operating.md are the pages' own."""
+    """The README's first configurations, the pools of docs/configuration.md, the status, the
+    ask and the signal table of docs/operating.md are the pages' own."""
     assert "`/etc/hapolicy.conf`:\n\n" + block(mantexts.EXAMPLE_POOLS) + "\nmain.cf:\n\n" + \
         block(mantexts.EXAMPLE_POOLS_MAIN_CF) in CONFIGURATION
     assert block(mantexts.SPAWN_MASTER_CF).replace("/usr/sbin/", "/usr/local/bin/") in README
     assert block(mantexts.SPAWN_MAIN_CF) in README
     assert block(mantexts.DAEMON_MAIN_CF) in README
     assert block(mantexts.STATUS_EXAMPLE) in OPERATING
+    assert block(mantexts.ASK_EXAMPLE) in OPERATING
     start = OPERATING.index("| signal | effect |")
     rows = re.findall(r"^\| (.+?) \| (.+?) \|$",
                       OPERATING[start:OPERATING.index("\n\n", start)], re.M)

@@ -7,10 +7,10 @@ The interpreter runs with PYTHONHOME and PYTHONPATH in that directory, where sym
 the real standard library and packages: whatever a process opens through them needs the
 directory, which only root may enter. The daemon serves pools with hash balancing (masked),
 fail-answer, policy_context routing, a shadow pool and active checks, answers every control
-command and a scrape of /metrics, then reloads on HUP a configuration that adds hedge and a
-shadow to a pool that had neither (and serves the status page). Every request must get a
-backend's answer, and no process may log an internal error, a traceback, an ImportError or a
-death at boot.
+command (`ask` through three pools too) and a scrape of /metrics, then reloads on HUP a
+configuration that adds hedge and a shadow to a pool that had neither (and serves the status
+page). Every request must get a backend's answer, and no process may log an internal error, a
+traceback, an ImportError or a death at boot.
 
 That run cannot take every path; the source can be read whole: every import inside a function
 of hapolicy/ that a worker or the monitor may run names a module that the master has imported
@@ -134,7 +134,10 @@ def control(path: str, line: str) -> str:
 
 def every_command(path: str) -> dict[str, str]:
     lines = ("help", "status", "csv", "workers", "disable grey/G1", "drain grey/G1",
-             "enable grey/G1", "weight grey/G1 5", "weight grey/G1 reset")
+             "enable grey/G1", "weight grey/G1 5", "weight grey/G1 reset",
+             "ask --dry-run grey\nclient_address=192.0.2.1\nsender=a@example.org\n",
+             "ask grey\nclient_address=192.0.2.1\nsender=a@example.org\n",
+             "ask spf\ninstance=ask1\n", "ask rbl\nx_pool=rbl\n")  # ask: its request follows
     return {line: control(path, line) for line in lines}
 
 

@@ -8,6 +8,11 @@ oldest lingering one (answered: it still reads its whole answer); a connection b
 answer never, and while all are, a new connection is closed at once: the table never holds
 more than MAX_CONNECTIONS. Evictions are counted and logged at most once every
 EVICTION_LOG_SECONDS. The deadlines are raised for the test (nothing times out under it).
+
+An answer that comes later (`Later`, the control socket's `ask`) reaches its client when it
+comes, also one that shut down its side meanwhile, or at once when it came before the server
+waited; the client gets the Later's `expired` line when it never comes, and a client gone
+meanwhile costs nothing; a connection waiting for it is never evicted.
 """
 
 from __future__ import annotations
@@ -20,15 +25,29 @@ from testkit.logs import ListLogger
 
 from hapolicy.base.eventloop import EventLoop
 from hapolicy.monitor import oneshot
-from hapolicy.monitor.oneshot import LINGERING, MAX_CONNECTIONS, READING, WRITING, OneShotServer
+from hapolicy.monitor.oneshot import (
+    LINGERING,
+    MAX_CONNECTIONS,
+    READING,
+    WAITING,
+    WRITING,
+    Later,
+    OneShotServer,
+)
 
 
 class LineServer(OneShotServer):
     what = "test"
+    laters: list[Later]
 
-    def answer(self, data: bytes) -> bytes | None:
+    def answer(self, data: bytes) -> bytes | Later | None:
         if data == b"big\n":
             return b"x" * BIG
+        if data in (b"later\n", b"ready\n", b"never\n"):  # its answer given by the test
+            self.laters.append(Later(600.0 if data == b"later\n" else 0.2, b"expired\n"))
+            if data == b"ready\n":
+                self.laters[-1](b"ready at once\n")
+            return self.laters[-1]
         return b"ok " + data if data.endswith(b"\n") else None
 
 
@@ -43,6 +62,7 @@ class Harness:
         self.listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
         self.log = ListLogger()
         self.server = LineServer(self.listening, self.loop, self.log)
+        self.server.laters = []
         self.clients: list[socket.socket] = []
 
     def connect(self, request: bytes = b"") -> socket.socket:
@@ -175,3 +195,50 @@ def test_evictions_are_logged_at_most_once_in_a_while(h):
     assert len(h.log.lines) == 2
     assert h.log.lines[1].endswith("to make room (2 more since the last line)")
     assert len(h.server.conns) == MAX_CONNECTIONS
+
+
+def test_a_later_answer_reaches_its_client_when_it_comes(h):
+    waiting = h.connect(b"later\n")
+    shut = h.connect(b"later\n")
+    gone = h.connect(b"later\n")
+    h.spin(lambda: h.states() == [WAITING] * 3, "three waiting")
+    shut.shutdown(socket.SHUT_WR)  # as socat does once its input ended
+    gone.close()  # held until its answer comes (an end of input does not tell the two apart)
+    for _ in range(5):
+        h.loop.run_once(0.01)
+    assert received(waiting) is None and received(shut) is None and h.states() == [WAITING] * 3
+    first, second, third = h.server.laters
+    first(b"one\n")
+    second(b"two\n")
+    third(b"three\n")  # its client is gone: its connection ends
+    first(b"again\n")  # once only
+    assert h.reply_of(lambda: received(waiting), "the first answer") == b"one\n"
+    assert h.reply_of(lambda: received(shut), "the second answer") == b"two\n"
+    assert received(waiting) == b"" and received(shut) == b""
+    waiting.close()
+    shut.close()
+    h.spin(lambda: not h.server.conns, "every connection ended")
+    assert not h.log.lines
+
+
+def test_a_later_answer_that_came_first_or_never_comes(h):
+    ready = h.connect(b"ready\n")
+    assert h.reply_of(lambda: received(ready), "the answer at once") == b"ready at once\n"
+    never = h.connect(b"never\n")
+    assert h.reply_of(lambda: received(never), "the expired line") == b"expired\n"
+    h.server.laters[-1](b"too late\n")  # nothing
+    assert h.reply_of(lambda: received(never), "the end") == b""
+
+
+def test_a_connection_waiting_for_its_answer_is_never_evicted(h):
+    waiting = [h.connect(b"later\n") for _ in range(2)]
+    h.spin(lambda: h.states() == [WAITING] * 2, "two waiting")
+    answered = [h.connect(b"a\n") for _ in range(MAX_CONNECTIONS - 2)]  # lingering
+    h.spin(lambda: h.states() == [WAITING] * 2 + [LINGERING] * (MAX_CONNECTIONS - 2),
+           "the table full")
+    new = h.connect(b"b\n")
+    assert h.reply_of(lambda: received(new), "an answer") == b"ok b\n"
+    assert not h.holds(answered[0]) and all(h.holds(c) for c in waiting)
+    for later in h.server.laters:
+        later(b"done\n")
+    assert all(h.reply_of(lambda c=c: received(c), "the answer") == b"done\n" for c in waiting)
