@@ -15,12 +15,12 @@ user's). The Debian package runs this at build time (debian/rules) and installs 
 
 from __future__ import annotations
 
-import os
 import sys
 
 from hapolicy.check import OPTIONS as CHECK_OPTIONS
 from hapolicy.config.options import OPTIONS
 from hapolicy.ctl import OPTIONS as CTL_OPTIONS
+from hapolicy.man.generated import generate
 from hapolicy.monitor.commands import COMMANDS
 
 TYPE_CHECKING = False
@@ -130,22 +130,7 @@ USAGE = ("usage: python -m hapolicy.completion PROGRAM | --dir DIR   (PROGRAM: "
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--dir":
-        for name, script in SCRIPTS.items():
-            path = os.path.join(argv[1], name)
-            try:
-                with open(path, "w", encoding="utf-8") as handle:
-                    handle.write(script())
-            except OSError as exc:
-                print(f"hapolicy.completion: cannot write {path}: {exc.strerror}",
-                      file=sys.stderr)
-                return 1
-        return 0
-    if len(argv) == 1 and argv[0] in SCRIPTS:
-        sys.stdout.write(SCRIPTS[argv[0]]())
-        return 0
-    print(USAGE, file=sys.stderr)
-    return 2
+    return generate(argv, SCRIPTS, "hapolicy.completion", USAGE)
 
 
 if __name__ == "__main__":

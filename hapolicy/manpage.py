@@ -14,7 +14,6 @@ SOURCE_DATE_EPOCH, so that a build is reproducible.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from hapolicy import check
@@ -24,6 +23,7 @@ from hapolicy.config.options import BOUNDS_RULE, OPTIONS, SERVICE_FIELDS
 from hapolicy.ctl import DEFAULT_PATH
 from hapolicy.ctl import EXIT_STATUS as CTL_EXIT
 from hapolicy.ctl import OPTIONS as CTL_OPTIONS
+from hapolicy.man.generated import generate
 from hapolicy.man.roff import escape, example, header, item, lines, para, section, table
 from hapolicy.man.texts import (
     ASK_EXAMPLE,
@@ -370,21 +370,7 @@ USAGE = "usage: python -m hapolicy.manpage PAGE | --dir DIR   (PAGE: " + ", ".jo
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--dir":
-        for name, page in PAGES.items():
-            path = os.path.join(argv[1], name)
-            try:
-                with open(path, "w", encoding="utf-8") as handle:
-                    handle.write(page())
-            except OSError as exc:
-                print(f"hapolicy.manpage: cannot write {path}: {exc.strerror}", file=sys.stderr)
-                return 1
-        return 0
-    if len(argv) == 1 and argv[0] in PAGES:
-        sys.stdout.write(PAGES[argv[0]]())
-        return 0
-    print(USAGE, file=sys.stderr)
-    return 2
+    return generate(argv, PAGES, "hapolicy.manpage", USAGE)
 
 
 if __name__ == "__main__":
