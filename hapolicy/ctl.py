@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 
 from hapolicy.base.protocol import MAX_REQUEST_BYTES
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "/run/hapolicy/control"
 TIMEOUT = 10.0
+MAX_ANSWER = 16 << 20  # bytes: the csv of thousands of services fits many times
 USAGE = "usage: hapolicyctl [--control PATH | -c CONFIG] COMMAND [ARGS]"
 ASK_USAGE = "       hapolicyctl [--control PATH | -c CONFIG] ask [--dry-run] POOL [ATTR=VALUE ...]"
 #: The options, as --help and hapolicyctl(8) (manpage.py) say them.
@@ -114,6 +116,8 @@ def ask_text(args: Sequence[str], stdin: BinaryIO | None = None) -> str:
     pool, attrs = rest[0], rest[1:]
     if any("\n" in a or "\r" in a for a in attrs):
         raise UsageError("an attribute with a line break")
+    if any(not a for a in attrs):
+        raise UsageError("an empty attribute (it would end the request)")
     if attrs:
         body = "".join(a + "\n" for a in attrs)
     else:
@@ -138,19 +142,29 @@ def read_request(stdin: BinaryIO) -> str:
 
 
 def ask(path: str, line: str, timeout: float = TIMEOUT, patient: bool = False) -> str:
-    """Send one command line, read the answer until the daemon closes; OSError on failure.
-    patient: wait as long as the daemon takes to answer (it bounds an ask's wait)."""
+    """Send one command line, read the answer until the daemon closes, within `timeout` in
+    all and MAX_ANSWER bytes; OSError (TimeoutError) on failure. patient: wait as long as the
+    daemon takes to answer (it bounds an ask's wait)."""
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
         sock.sendall(line.encode("utf-8", "surrogateescape") + b"\n")
-        if patient:
-            sock.settimeout(None)
-        chunks = []
+        chunks, size = [], 0
         while True:
+            if not patient:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no whole answer within {timeout:g}s")
+                sock.settimeout(left)
+            else:
+                sock.settimeout(None)
             data = sock.recv(65536)
             if not data:
                 break
+            size += len(data)
+            if size > MAX_ANSWER:
+                raise OSError(f"an answer over {MAX_ANSWER} bytes")
             chunks.append(data)
     return b"".join(chunks).decode("utf-8", "replace")
 

@@ -112,7 +112,8 @@ class ControlServer(OneShotServer):
         return f"error: line longer than {MAX_LINE} bytes\n".encode()
 
     def too_slow(self) -> bytes:
-        return f"error: no command line within {HEAD_SECONDS:g}s\n".encode()
+        return (f"error: no command line (for ask: no request ended by an empty line) within "
+                f"{HEAD_SECONDS:g}s\n").encode()
 
 
 def ask_request(rest: bytes) -> Request | None:

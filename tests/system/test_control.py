@@ -131,7 +131,9 @@ def test_bad_peers_and_bad_lines():
                 sock.settimeout(HEAD_SECONDS + 25)
                 sock.connect(path)
                 sock.sendall(b"stat")
-                assert read_all(sock).startswith(b"error: no command line within 2s")
+                assert read_all(sock).startswith(
+                    b"error: no command line (for ask: no request ended by an empty line) "
+                    b"within 2s")
             result = ctl("--control", path, "nonsense")
             assert result.returncode == 1 and result.stdout.startswith("error:")
             assert ctl("--control", path).returncode == 2

@@ -230,6 +230,7 @@ def test_hapolicyctl_sends_the_arguments_or_stdin_as_the_requests_lines():
     assert MAX_REQUEST_BYTES < len(huge) < 2 * MAX_REQUEST_BYTES
     for args, why in ((["ask"], "usage: ask"), (["ask", "a=b"], "usage: ask"),
                       (["ask", "--dry-run"], "usage: ask"),
-                      (["ask", "grey", "a=b\nc=d"], "a line break")):
+                      (["ask", "grey", "a=b\nc=d"], "a line break"),
+                      (["ask", "grey", "", "sender=x"], "an empty attribute")):
         with pytest.raises(ctl.UsageError, match=why):
             ctl.parse(args)
