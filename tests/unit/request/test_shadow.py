@@ -129,12 +129,19 @@ def test_a_shadow_that_disagrees_on_a_known_share_is_counted_exactly(pools):
             answer, _ = run.ask(request(x_verdict=sent[f"t{n}"], instance=f"t{n}"))
             assert answer == b"action=DUNNO\n\n"  # the real answer, whatever the shadow says
         run.settle(50)
-        assert run.counts() == {"agree": 25, "disagree": 25, "failed": 0, "dropped": 0}
         # the copies as a multiset, each request's own: copies in flight at once reach the
         # shadow on connections of their own, in any order
         copies = Counter((r["instance"], r["x_verdict"]) for r in shadow.requests)
-        assert copies == Counter((f"t{n}", sent[f"t{n}"]) for n in range(1, 100, 2))
-        assert run.tables["next"].counter(REQUESTS) == 50  # the shadow pool counts its own
+        expected = Counter((f"t{n}", sent[f"t{n}"]) for n in range(1, 100, 2))
+        assert not copies - expected
+        # a copy is dropped only when MAX_IN_FLIGHT wait on the shadow (a loaded machine):
+        # then the counts are those of the copies the shadow got, and the drops the rest
+        dropped = 50 - sum(copies.values())
+        assert dropped == 0 or run.most_in_flight >= MAX_IN_FLIGHT, run.most_in_flight
+        disagree = sum(n for (_, said), n in copies.items() if said.startswith("DEFER"))
+        assert run.counts() == {"agree": 50 - dropped - disagree, "disagree": disagree,
+                                "failed": 0, "dropped": dropped}
+        assert run.tables["next"].counter(REQUESTS) == 50 - dropped  # the shadow pool's own
         lines = [m for m in run.log.text("info").splitlines() if m.startswith("shadow ")]
         # without -l: the first disagreement at once, then at most one line a second
         assert 1 <= len(lines) <= 5, lines
