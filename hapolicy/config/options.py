@@ -162,6 +162,12 @@ OPTIONS: tuple[Option, ...] = (
            seconds("cooldown"), "S"),
     Option("cooldown_max", ("--cooldown-max",), "the longest cool-down", seconds("cooldown max"),
            "S"),
+    Option("slowstart", ("--slowstart",), "a service that comes back (a check or a probe "
+           "found it up, `hapolicyctl enable`, new in a reload) gets a share of the round robin "
+           "that grows from a twentieth of its weight to all of it over S seconds (a restarted "
+           "service with a cold cache is not given its full share at once; hash pools keep "
+           "their keys where they are)", seconds("slowstart", allow_zero=True), "S",
+           default_text="0: off"),
     Option("state_file", ("--state-file",), "spawn mode: the file in which every process "
            "spawned with the same services shares their health (down, cool-down, probe, round "
            "robin); `none`: each process keeps its own. Daemon: the file in which the master "

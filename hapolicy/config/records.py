@@ -84,6 +84,7 @@ class PoolConfig:
     all_down: str = "default"  # or "try": try services marked down, in order, when all are
     balance: str = "weighted"
     sticky_instance: bool = True
+    slowstart: float = 0.0  # seconds over which a service back in the rotation gets its share
     fail_answer: str = ""  # a regular expression: an action it matches is a failure
     policy_context: str = ""  # the policy_context value this pool serves ("*": any other)
     shadow: str = ""  # a pool that gets a copy of each request answered (shadow.py)

@@ -84,7 +84,8 @@ class Dispatcher:
         self.log = log
         self.hash_key = key_function(config.balance)
         self.fail_answer = fail_answer(config.fail_answer)
-        self.selector = Selector(config.services, table, config.all_down == "try")
+        self.selector = Selector(config.services, table, config.all_down == "try",
+                                 config.slowstart)
         self.backends = Backends(loop, config.connect_timeout)
         self.default_answer = format_action(config.default_action)
         # read on every request: plain attributes, not through config

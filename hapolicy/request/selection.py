@@ -16,6 +16,11 @@ the operator drains is up but gets no new transaction and no hash key: it is ask
 sticky to it, and by the others only when no other service is up (then it is better than the
 default answer). The operator's weight (layout.WEIGHT) replaces the configured one at once.
 
+With `slowstart` S, a service that came back into the rotation (layout.BACK_SINCE: after a
+failure, enabled by the operator, new in a reload) counts in round robin with its weight times
+the part of S that has passed since (at least MIN_SHARE), so its share grows from a twentieth
+to the whole over S seconds; hash pools keep their keys where they are.
+
 Round robin is this module's alone: the lane (lane.py), which makes the first group's pick
 itself when every member is up, makes it with `by_weight` and counts it with `commit`.
 """
@@ -23,8 +28,18 @@ itself when every member is up, makes it with `by_weight` and counts it with `co
 from __future__ import annotations
 
 import math
+import time
 
-from hapolicy.tables.layout import ADMIN, DOWN_UNTIL, DRAIN, PROBE_DUE, SERVED, SLOT, WEIGHT
+from hapolicy.tables.layout import (
+    ADMIN,
+    BACK_SINCE,
+    DOWN_UNTIL,
+    DRAIN,
+    PROBE_DUE,
+    SERVED,
+    SLOT,
+    WEIGHT,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,14 +48,16 @@ if TYPE_CHECKING:
     from hapolicy.config.records import Service
     from hapolicy.tables.health import HealthTable
 
+MIN_SHARE = 0.05  # of its weight, for a service whose slow start has just begun
 
 class Selector:
     """Picks services for requests; holds only derived, read-only data about the services."""
 
     def __init__(self, services: Sequence[Service], table: HealthTable,
-                 try_down: bool = False) -> None:
+                 try_down: bool = False, slowstart: float = 0.0) -> None:
         self.services = list(services)
         self.table = table
+        self.slowstart = slowstart
         prios = sorted({s.prio for s in services})
         self.groups = [[i for i, s in enumerate(services) if s.prio == p] for p in prios]
         # 1/weight per pick on the service's round-robin clock; 0.0 when it is alone in its
@@ -100,9 +117,19 @@ class Selector:
         return self.services[i].timeout + 5.0
 
     def _step(self, i: int) -> float:
-        """What one pick adds to service i's clock: 1/weight, the operator's weight first."""
+        """What one pick adds to service i's clock: 1/weight, the operator's weight first, and
+        larger while its slow start runs."""
         weight = self.table.f[i * SLOT + WEIGHT]
-        return 1.0 / weight if weight else self.step[i]
+        step = 1.0 / weight if weight else self.step[i]
+        return step / self.ramp(i) if self.slowstart else step
+
+    def ramp(self, i: int) -> float:
+        """The part of its weight service i counts with now: 1.0, or less in its slow start."""
+        back = self.table.f[i * SLOT + BACK_SINCE]
+        if not self.slowstart or not back:
+            return 1.0
+        done = (time.monotonic() - back) / self.slowstart
+        return 1.0 if done >= 1.0 else max(done, MIN_SHARE)
 
     def commit(self, i: int) -> int:
         """Count a pick of service i on its round-robin clock (none when it is alone in its
@@ -115,6 +142,8 @@ class Selector:
     def by_weight(self, candidates: list[int]) -> int:
         """The round robin's pick of candidates (services that are up, of one group): the one
         whose clock after this pick is lowest (the first of equals). Not committed."""
+        if self.slowstart:
+            return min(candidates, key=lambda i: self.table.served(i) + self._step(i))
         f = self.table.f
         steps = self.step
         best, lowest = -1, 0.0

@@ -63,10 +63,10 @@ if TYPE_CHECKING:
     from hapolicy.config.records import Service
 
 MAGIC = b"hapolicy health\n"  # 16 bytes
-LAYOUT = 4  # the header's and the table's (tables/layout.py); a change makes old files be
+LAYOUT = 5  # the header's and the table's (tables/layout.py); a change makes old files be
 # replaced (2: counters in the words 5, 6 of a service's slot and 1..4 of the table's own;
 # 3: 16 words a slot, with the operator's drain and weight; 4: a statistics slot per service
-# after the table's own)
+# after the table's own; 5: when a service came back, for its slow start)
 HEADER_BYTES = 64
 # the header's fields, bytes at these places: MAGIC; LAYOUT and SLOT (4 bytes each, little
 # endian, as the count); the number of services; 4 zero bytes; the boot's digest; the digest

@@ -48,6 +48,7 @@ import time
 
 from hapolicy.tables.layout import (
     ADMIN,
+    BACK_SINCE,
     CHECKED,
     DISABLED,
     DOWN,
@@ -307,8 +308,10 @@ class HealthTable:
     def rejoin(self, i: int, peers: list[int]) -> None:
         """A service came back (from a failure, enabled by the operator, new in a reload):
         start its clock level with those of its peers (`peers`) that are in the rotation, not
-        far behind them; one that is out (down, disabled, drained) has an old clock too."""
+        far behind them (one that is out, down, disabled or drained, has an old clock too),
+        and its slow start now."""
         f = self.f
+        f[i * SLOT + BACK_SINCE] = time.monotonic()
         others = [f[j * SLOT + SERVED] for j in peers if j != i
                   and f[j * SLOT + DOWN_UNTIL] + f[j * SLOT + ADMIN] == 0.0
                   and not f[j * SLOT + DRAIN]]

@@ -25,7 +25,7 @@ from __future__ import annotations
 # The version of the health table's words (their places and meanings): raised with any change
 # to them. An upgrade in place copies a service's words to the new program only between equal
 # versions (snapshot.py); spawn mode's state file has a LAYOUT of its own, raised too.
-TABLE_LAYOUT = 4
+TABLE_LAYOUT = 5
 
 # --- A service's slot (SLOT words), word i * SLOT + name of service i -------------------------
 # Its first cache line holds what every pick reads: DOWN_UNTIL + ADMIN is 0.0 when it is UP.
@@ -41,7 +41,9 @@ FAILURES = 6  # counter: live requests' failures that count against it
 ADMIN = 7  # 0.0 enabled; inf: disabled by the operator (read as DOWN, never due a probe)
 DRAIN = 8  # 1.0: drained by the operator: no new transaction, no hash key goes there
 WEIGHT = 9  # the operator's weight; 0.0: the configured one
-# 10..15 unused
+BACK_SINCE = 10  # monotonic time it last came back into the rotation (0.0: never since the
+#                  table was made): its slow start (selection.py) runs from there
+# 11..15 unused
 
 # Health states of a service (HealthTable.state), from its DOWN_UNTIL, ADMIN and PROBE_UNTIL:
 UP = 0  # DOWN_UNTIL + ADMIN is 0.0: selection may pick it

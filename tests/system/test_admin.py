@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -350,4 +351,29 @@ def test_disable_reaches_a_worker_that_retires_on_the_old_table_after_a_reload(t
             for k in range(20):
                 old_client.ask(request(instance=f"s{k}"))
             assert serving(a) > before
+        shutil.rmtree(where)
+
+
+def test_with_slowstart_a_service_enabled_again_gets_its_share_over_that_time():
+    """--slowstart 3: in its first 0.6 s back, under a quarter of its share; after 3 s, all."""
+    with FakeBackend(name="A") as a, FakeBackend(name="B") as b:
+        where = short_tmpdir()
+        path = str(where / "control")
+        with Daemon("-s", a.spec(), "-s", b.spec(), "--control", path, "--slowstart", "3",
+                    workers=2) as daemon:
+            assert ctl("--control", path, "disable", "default/A").returncode == 0
+            ask_new_transactions(daemon, 100)
+            assert ctl("--control", path, "enable", "default/A").returncode == 0
+            enabled = time.monotonic()
+            before, total = serving(a), 0
+            with PolicyClient(HOST, daemon.port) as client:
+                while time.monotonic() - enabled < 0.6:
+                    assert client.ask(request(instance=f"s{total}")) == "action=DUNNO\n\n"
+                    total += 1
+            assert total >= 40 and serving(a) - before < 0.25 * total / 2, (serving(a) - before,
+                                                                            total)
+            time.sleep(max(0.0, enabled + 3.2 - time.monotonic()))
+            before = serving(a)
+            ask_new_transactions(daemon, 100)
+            assert 40 <= serving(a) - before <= 60, serving(a) - before
         shutil.rmtree(where)

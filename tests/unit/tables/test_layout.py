@@ -16,16 +16,17 @@ from hapolicy.tables import layout
 from hapolicy.tables.health import HealthTable, table_bytes
 
 SERVICE_WORDS = ("DOWN_UNTIL", "PROBE_UNTIL", "SERVED", "STREAK", "DOWN_SINCE", "ANSWERS",
-                 "FAILURES", "ADMIN", "DRAIN", "WEIGHT")
+                 "FAILURES", "ADMIN", "DRAIN", "WEIGHT", "BACK_SINCE")
 POOL_WORDS = ("CHECKED", "REQUESTS", "DEFAULT_FAILED", "DEFAULT_DOWN", "DEFAULT_TIMEOUT",
               "DEFAULT_REFUSED", "SHADOW_AGREE", "SHADOW_DISAGREE", "SHADOW_FAILED",
               "SHADOW_DROPPED", "HEDGED", "HEDGE_WON", "DEFAULT_INTERNAL")
 WORKER_WORDS = ("WORKER_CLIENTS", "WORKER_ACCEPTING", "WORKER_HEARTBEAT", "WORKER_REQUESTS",
                 "WORKER_PID", "WORKER_GENERATION")
-# the words of the state file's LAYOUT 4: a change here needs a new statefile.LAYOUT
-LAYOUT_4 = {
+# the words of the state file's LAYOUT 5 (and of the tables' TABLE_LAYOUT 5): a change here
+# needs a new statefile.LAYOUT and TABLE_LAYOUT
+LAYOUT_5 = {
     "SLOT": 16, "DOWN_UNTIL": 0, "PROBE_UNTIL": 1, "SERVED": 2, "STREAK": 3, "DOWN_SINCE": 4,
-    "ANSWERS": 5, "FAILURES": 6, "ADMIN": 7, "DRAIN": 8, "WEIGHT": 9,
+    "ANSWERS": 5, "FAILURES": 6, "ADMIN": 7, "DRAIN": 8, "WEIGHT": 9, "BACK_SINCE": 10,
     "CHECKED": 0, "REQUESTS": 1, "DEFAULT_FAILED": 2, "DEFAULT_DOWN": 3, "DEFAULT_TIMEOUT": 4,
     "DEFAULT_REFUSED": 5, "SHADOW_AGREE": 6, "SHADOW_DISAGREE": 7, "SHADOW_FAILED": 8,
     "SHADOW_DROPPED": 9, "HEDGED": 10, "HEDGE_WON": 11, "DEFAULT_INTERNAL": 12,
@@ -73,8 +74,8 @@ def test_the_regions_of_a_table_follow_each_other():
 
 
 def test_the_state_file_s_layout_is_this_one():
-    assert statefile.LAYOUT == 4
-    assert {name: getattr(layout, name) for name in LAYOUT_4} == LAYOUT_4
+    assert statefile.LAYOUT == 5 and layout.TABLE_LAYOUT == 5
+    assert {name: getattr(layout, name) for name in LAYOUT_5} == LAYOUT_5
     assert len(NAMES) == 10 and len(layout.ACTIONS) == 8 and len(layout.BOUNDS) == 13
 
 
