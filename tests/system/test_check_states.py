@@ -7,12 +7,11 @@ the two readings.
 from __future__ import annotations
 
 import re
-import socket
-import threading
 
 from testkit.backends import FakeBackend
 from testkit.ctl import Load, csv_rows, ctl
 from testkit.daemon import Daemon, short_tmpdir
+from testkit.fakecontrol import FakeControl
 from testkit.repo import REPO
 from testkit.wait import wait_for
 
@@ -91,28 +90,6 @@ def unknown(*args: str) -> str:
     return done.stdout
 
 
-class Garbage:
-    """A unix socket that answers each connection with `text` and closes it."""
-
-    def __init__(self, text: bytes) -> None:
-        self.path = str(short_tmpdir() / "control")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(8)
-        self.text = text
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(4096)
-                conn.sendall(self.text)
-
-
 def test_unknown_when_the_socket_is_missing_or_answers_garbage(tmp_path):
     missing = str(tmp_path / "nothing-here")
     assert unknown("--control", missing, "check") == (f"HAPOLICY UNKNOWN - {missing}: No such "
@@ -124,11 +101,8 @@ def test_unknown_when_the_socket_is_missing_or_answers_garbage(tmp_path):
              (b"# pool,services,up\ngrey,2,2\n", "the answer is not the pools table"),
              (b"error: unknown command 'pools'; try help\n", "unknown command"))  # an old daemon
     for text, says in cases:
-        garbage = Garbage(text)
-        try:
+        with FakeControl(str(short_tmpdir() / "control"), text) as garbage:
             assert says in unknown("--control", garbage.path, "check", "--interval", "0.1")
-        finally:
-            garbage.sock.close()
     assert "cannot read" in unknown("-c", str(tmp_path / "no.conf"), "check")
     assert "--interval '0'" in unknown("--control", missing, "check", "--interval", "0")
     assert "range '10:5'" in unknown("--control", missing, "check", "-w", "10:5")

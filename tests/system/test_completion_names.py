@@ -6,37 +6,13 @@ command substitution, arithmetic): a name read from the socket the user typed af
 from __future__ import annotations
 
 import shlex
-import socket
 import subprocess
 import sys
-import threading
 
+from testkit.fakecontrol import FakeControl
 from testkit.repo import REPO, hapolicy_env
 
 from hapolicy import completion
-
-
-def fake_control(path: str, answer: bytes) -> threading.Thread:
-    """A control socket at path that answers every connection with `answer`."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(8)
-    server.settimeout(20)
-
-    def serve() -> None:
-        with server:
-            while True:
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    return
-                with conn:
-                    conn.recv(4096)
-                    conn.sendall(answer)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_a_name_from_the_socket_is_never_run(tmp_path):
@@ -51,16 +27,16 @@ def test_a_name_from_the_socket_is_never_run(tmp_path):
     marker = tmp_path / "ran"
     hostile = f"$(touch${{IFS}}{marker})"
     path = str(tmp_path / "control")
-    fake_control(path, (f"# pool,service,address\n{hostile},S1,127.0.0.1:1\n"
-                        f"default,{hostile},127.0.0.1:2\n").encode())
-    for line in (f"hapolicyctl --control {path} disable ",
-                 f"hapolicyctl --control {path} check --pool "):
-        words = shlex.split(line) + [""]
-        driver = (f"source {shlex.quote(str(script))}\n"
-                  f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
-                  "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))\n"
-                  '_hapolicyctl "${COMP_WORDS[0]}" "" "${COMP_WORDS[COMP_CWORD-1]}"\n')
-        subprocess.run(["bash", "--norc", "--noprofile", "-c", driver], capture_output=True,
-                       text=True, timeout=30, check=False, cwd=tmp_path,
-                       env={**hapolicy_env(), "PATH": f"{tmp_path}:/usr/bin:/bin"})
-        assert not marker.exists(), f"completing {line!r} ran a command from the socket's csv"
+    with FakeControl(path, (f"# pool,service,address\n{hostile},S1,127.0.0.1:1\n"
+                            f"default,{hostile},127.0.0.1:2\n").encode()):
+        for line in (f"hapolicyctl --control {path} disable ",
+                     f"hapolicyctl --control {path} check --pool "):
+            words = shlex.split(line) + [""]
+            driver = (f"source {shlex.quote(str(script))}\n"
+                      f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
+                      "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))\n"
+                      '_hapolicyctl "${COMP_WORDS[0]}" "" "${COMP_WORDS[COMP_CWORD-1]}"\n')
+            subprocess.run(["bash", "--norc", "--noprofile", "-c", driver], capture_output=True,
+                           text=True, timeout=30, check=False, cwd=tmp_path,
+                           env={**hapolicy_env(), "PATH": f"{tmp_path}:/usr/bin:/bin"})
+            assert not marker.exists(), f"completing {line!r} ran a command from the socket's csv"
