@@ -20,6 +20,14 @@
 * :mod:`testkit.dispatching` -- an in-process dispatcher, its loop, client and log (Run...).
 * :mod:`testkit.imports` -- hapolicy's import graph read from its sources, and a cycle finder.
 * :mod:`testkit.fuzzing` -- Hypothesis strategies: what a client or a service may send.
+* :mod:`testkit.logs` -- loggers for in-process tests that keep what they are given.
+* :mod:`testkit.ctl` -- `hapolicyctl` as a subprocess, its csv by POOL/SERVICE, control traffic.
+* :mod:`testkit.fakecontrol` -- a stand-in control socket: a fixed answer, or a slow drip.
+* :mod:`testkit.install` -- a copy of the package changed on disk (an upgrade's new program).
+* :mod:`testkit.overlay` -- a throwaway copy of this machine's root, for installing packages.
+* :mod:`testkit.postgrey` -- a real postgrey with a database of its own.
+* :mod:`testkit.prometheus` -- a real Prometheus scraping one target, and its rules.
+* :mod:`testkit.browser` -- Debian's Chromium, headless: a page's DOM, a screenshot's colours.
 
 Tests import it as ``testkit`` (pyproject.toml gives pytest `pythonpath = ["scripts"]`); the
 scripts import it as they import any module beside them (scripts/ is a script's sys.path[0]).

@@ -104,3 +104,12 @@ def test_the_architecture_map_names_every_module():
                if path.name != "__init__.py"
                and f"{path.relative_to(PACKAGE).as_posix()}" not in text]
     assert missing == []
+
+
+def test_the_test_support_index_names_every_module():
+    """scripts/testkit/__init__.py says in a line what each of its modules is for."""
+    kit = REPO / "scripts" / "testkit"
+    index = (kit / "__init__.py").read_text()
+    missing = [path.stem for path in sorted(kit.glob("*.py"))
+               if path.stem != "__init__" and f":mod:`testkit.{path.stem}`" not in index]
+    assert missing == []
