@@ -39,7 +39,7 @@ from hapolicy.daemon.chores import remove_stale_socket, unlink
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from hapolicy.daemon.handover import Handed
 
@@ -133,7 +133,6 @@ class Listeners:
     def __init__(self) -> None:
         self.by_address: dict[str, Listener] = {}
         self.passed: list[socket.socket] = []  # by systemd, kept open for the master's life
-        self.handed: dict[int, Handed] = {}  # by id of the socket, while bind() adopts them
 
     def sockets(self) -> dict[str, socket.socket]:
         """The open sockets by address, for a new worker."""
@@ -145,17 +144,15 @@ class Listeners:
         ActivationError for a socket systemd passed that cannot be used or matches no
         address. A socket the old master had bound that no address takes is left untaken
         (the handover closes it)."""
-        self.handed = {id(h.sock): h for h in handed}
+        by_sock = {id(h.sock): h for h in handed}
         self.passed = passed_sockets() + [h.sock for h in handed]
-        self.by_address = self._bind_new(config.addresses, config)
+        self.by_address = self._bind_new(config.addresses, config, by_sock)
         unused = self._unused_passed([])
         for sock in unused:  # systemd's, for an address a reload dropped: kept, as it was
-            if id(sock) in self.handed and self.handed[id(sock)].systemd:
-                self.handed[id(sock)].take()
-        self.passed = [s for s in self.passed
-                       if id(s) not in self.handed or self.handed[id(s)].systemd]
-        unused = [s for s in unused if id(s) not in self.handed]
-        self.handed = {}
+            if id(sock) in by_sock and by_sock[id(sock)].systemd:
+                by_sock[id(sock)].take()
+        self.passed = [s for s in self.passed if id(s) not in by_sock or by_sock[id(s)].systemd]
+        unused = [s for s in unused if id(s) not in by_sock]
         if unused:
             for listener in self.by_address.values():
                 listener.cleanup_quietly()
@@ -171,14 +168,17 @@ class Listeners:
         used = {id(listener.sock) for listener in [*self.by_address.values(), *more]}
         return [sock for sock in self.passed if id(sock) not in used]
 
-    def _bind_new(self, addresses: list[str], config: DaemonConfig) -> dict[str, Listener]:
+    def _bind_new(self, addresses: list[str], config: DaemonConfig,
+                  handed: Mapping[int, Handed] | None = None) -> dict[str, Listener]:
+        """A listener per address, bound or adopting a passed socket (handed: what the old
+        master of an upgrade said of it, by id of the socket)."""
         bound: dict[str, Listener] = {}
         for address in addresses:
             listener = Listener(address)
             try:
                 sock = find_passed(address, self._unused_passed(list(bound.values())))
                 if sock is not None:
-                    listener.adopt(sock, config, self.handed.get(id(sock)))
+                    listener.adopt(sock, config, (handed or {}).get(id(sock)))
                 else:
                     listener.bind(config)
             except OSError as exc:
