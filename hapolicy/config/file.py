@@ -17,6 +17,7 @@ services.
 
 from __future__ import annotations
 
+from hapolicy.config.cachecheck import cache_problem
 from hapolicy.config.option import DAEMON, SECTION
 from hapolicy.config.options import FILE_KEYS, SETTINGS
 from hapolicy.config.parsers import parse_service
@@ -143,6 +144,7 @@ def assemble(parsed: ConfigFile | None, settings: dict[str, Any],
             where = f"{parsed.path}:{top.lines['shadow']}: " if "shadow" in top.lines else ""
             raise ConfigError(f"{where}shadow {config.shadow}: no such pool (a shadow is "
                               "another [pool] section of the config file)")
+        _check_cache(config, parsed.path if parsed is not None else "", top)
         return DaemonConfig(pools=(config,), **daemon)
     if services:
         raise ConfigError(f"{parsed.path}: -s cannot be used with a file of [pool] sections")
@@ -153,6 +155,8 @@ def assemble(parsed: ConfigFile | None, settings: dict[str, Any],
                               "one pool")
     pools = [_section_pool(parsed, section, settings) for section in parsed.sections]
     _check_shadows(parsed, pools)
+    for section, pool in zip(parsed.sections, pools):
+        _check_cache(pool, parsed.path, section)
     _check_addresses(parsed, pools)
     daemon, _ = split_by_scope({**parsed.top.settings, **settings})
     return DaemonConfig(pools=tuple(pools), **daemon)
@@ -248,3 +252,15 @@ def _check_shadows(parsed: ConfigFile, pools: list[PoolConfig]) -> None:
                 raise ConfigError(f"{where}: shadows go round in a loop ({chain})")
             seen.append(name)
             name = by_name[name].shadow if name in by_name else ""
+
+
+def _check_cache(pool: PoolConfig, path: str, section: Section) -> None:
+    """A pool that caches is one without state, or says cache-force (cachecheck.py); the error
+    names the line of its cache setting."""
+    problem = cache_problem(pool)
+    if not problem:
+        return
+    line = section.lines.get("cache", section.lines.get("cache_stale", section.line))
+    where = f"{path}:{line}: " if path and line else ""
+    named = f"pool {pool.name}: " if pool.from_section else ""
+    raise ConfigError(f"{where}{named}{problem}")

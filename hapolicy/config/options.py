@@ -34,6 +34,10 @@ from hapolicy.config.option import (
     text,
     whole,
 )
+from hapolicy.config.cachecheck import (
+    parse_cache_actions,
+    parse_cache_key,
+)
 from hapolicy.config.parsers import (
     parse_all_down,
     parse_balance,
@@ -77,6 +81,7 @@ MAX_NAME = 256  # a user's or group's name (LOGIN_NAME_MAX)
 MAX_TEXT = 4096  # listen, check-request: several words
 MAX_BALANCE = 1024
 MAX_METRICS_LISTEN = 300  # [IPv6 or a name]:PORT
+MAX_CACHE_SIZE = 10**6  # entries of a pool's verdict cache: 288 MB
 #: What every value must be, as docs/configuration.md and the man pages say it.
 BOUNDS_RULE = ("Every value stays within the bounds its option states and holds printable "
                "characters only: no tab, CR, LF, NUL or other control character, no U+0085, "
@@ -225,6 +230,31 @@ OPTIONS: tuple[Option, ...] = (
            default_text="off"),
     Option("hedge_max", ("--hedge-max",), "at most this share of the requests is hedged (a "
            "token bucket per worker)", percent("hedge max"), "PERCENT"),
+    Option("cache", ("--cache",), "keep a good answer of a service S seconds under the values "
+           "of cache-key; a request of the same key meanwhile is answered from the cache, "
+           "without asking a service (one cache of all workers; spawn mode: of one process). "
+           "Only for pools without state (see The verdict cache)",
+           seconds("cache", allow_zero=True), "S", default_text="0: off"),
+    Option("cache_key", ("--cache-key",), "the attributes a cached answer is kept under "
+           "(with protocol_state), masks as in balance = hash:",
+           text("cache-key", MAX_BALANCE, parse_cache_key, f"at most {MAX_BALANCE} characters; "
+                "ATTR 1-64 of A-Z a-z 0-9 _ . -; a prefix /N 0 to 128"), "ATTR[/N][,ATTR...]",
+           default_text="none (required with cache)"),
+    Option("cache_stale", ("--cache-stale",), "when every service failed or is down, a request "
+           "whose key has an answer younger than S seconds gets it instead of the default "
+           "action (logged as stale=AGE)", seconds("cache stale", allow_zero=True), "S",
+           default_text="0: never"),
+    Option("cache_actions", ("--cache-actions",), "the answers kept: those whose action this "
+           "regular expression matches from its start (case-insensitive); an answer that "
+           "matches fail-answer, or longer than 254 bytes, never",
+           text("cache-actions", MAX_PATTERN, parse_cache_actions), "REGEX",
+           default_text="DUNNO, OK, PREPEND, REJECT and 5xx answers"),
+    Option("cache_size", ("--cache-size",), "answers kept per pool (rounded up to a multiple "
+           "of 4), oldest first out; 288 bytes each", whole("cache size", 1, MAX_CACHE_SIZE),
+           "N"),
+    Option("cache_force", ("--cache-force",), "cache a pool that hashes, keeps instances "
+           "sticky, has a shadow or keeps temporary answers (services with state: refused "
+           "without it)", YES_NO, choices=("yes", "no")),
 )
 
 SETTINGS = {o.key: o for o in OPTIONS if o.key}

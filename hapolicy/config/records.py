@@ -91,6 +91,12 @@ class PoolConfig:
     shadow_share: float = 100.0  # percent of the answered requests copied to the shadow
     hedge: str = ""  # "", seconds, or pNN: when to ask a second service too (hedge.py)
     hedge_max: float = 5.0  # percent of the requests that may be hedged (a token bucket)
+    cache: float = 0.0  # seconds a good answer is kept (request/cache.py); 0: no cache
+    cache_key: str = ""  # the attributes it is kept under: ATTR[/N],... as hash: takes them
+    cache_stale: float = 0.0  # seconds a kept answer stands in for the default; 0: never
+    cache_actions: str = ""  # a regular expression: the actions kept ("": cachecheck's default)
+    cache_size: int = 10000  # entries kept per pool, oldest first out
+    cache_force: bool = False  # cache a pool that may keep state (hash, sticky, shadow)
 
     @property
     def log_prefix(self) -> str:

@@ -2,7 +2,8 @@
 
 `make_dispatcher` makes the `Dispatcher` (dispatch.py) of one pool in one process and attaches
 the hooks of the request path from above, so that dispatch.py imports none of them: the lane
-(lane.py) when the pool `qualifies` for it, and a `Hedger` (hedge.py) when the pool hedges.
+(lane.py) when the pool `qualifies` for it, a `Hedger` (hedge.py) when the pool hedges, and a
+`Cache` (cache.py) on the pool's verdict table when it caches.
 The mirrors of pools with a shadow are attached by `shadow.make_mirrors`, which makes the
 shadow pools' mirror dispatchers here. A daemon worker (daemon/worker.py) and spawn mode
 (spawn/mode.py) build their dispatchers so, and so do the tests and the benchmark.
@@ -32,6 +33,10 @@ def make_dispatcher(loop: EventLoop, config: PoolConfig, table: HealthTable, log
         from hapolicy.request.hedge import Hedger  # here: only a pool that hedges pays for it
 
         dispatcher.attach_hedger(Hedger(dispatcher))
+    if config.cache:
+        from hapolicy.request.cache import attach_cache  # here: only a pool that caches pays
+
+        attach_cache(dispatcher, config, table.verdicts)
     if lane and qualifies(dispatcher):
         dispatcher.attach_lane(Lane(dispatcher))
     return dispatcher

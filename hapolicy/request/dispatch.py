@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from hapolicy.backend.exchange import Connection
     from hapolicy.config.records import Service
-    from hapolicy.request.job import Client, Hedger, Mirror
+    from hapolicy.request.job import Cache, Client, Hedger, Mirror
 
     class Lane(Protocol):
         """The lane of a dispatcher (lane.Lane): it takes the client reads it is for, and
@@ -115,6 +115,7 @@ class Dispatcher:
         self.lane: Lane | None = None  # takes the common request without a Job (client.py)
         self.hedger: Hedger | None = None  # arms each job's hedge
         self.shadow: Mirror | None = None  # copies the answered requests to a shadow pool
+        self.cache: Cache | None = None  # answers from and keeps in the pool's verdict cache
         self.backends.on_sweep(self.sweep, SWEEP_SECONDS)
 
     def call_at_request(self, count: int, callback: Callable[[], None]) -> None:
@@ -131,6 +132,10 @@ class Dispatcher:
     def attach_hedger(self, hedger: Hedger) -> None:
         """Each request's first attempt arms a hedge (Job.next_attempt)."""
         self.hedger = hedger
+
+    def attach_cache(self, cache: Cache) -> None:
+        """Each request is looked up in the cache first, a good answer kept (Job.begin)."""
+        self.cache = cache
 
     def attach_mirror(self, mirror: Mirror) -> None:
         """Each request a service answered is copied to the mirror (Job.finish)."""

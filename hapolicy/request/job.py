@@ -64,6 +64,13 @@ if TYPE_CHECKING:
 
         def copy(self, request: Request, answer: bytes) -> None: ...
 
+    class Cache(Protocol):
+        """The verdict cache of a pool that caches (cache.Cache)."""
+
+        def answered(self, job: Job) -> bool: ...  # answered from the cache
+        def keep(self, job: Job, action: bytes) -> None: ...  # a service's answer
+        def stale(self, job: Job, why: str, word: int) -> bool: ...  # instead of the default
+
     class Owner(Protocol):
         """What a Job reads and calls of the dispatcher that made it (dispatch.Dispatcher)."""
 
@@ -77,6 +84,7 @@ if TYPE_CHECKING:
         fail_answer: FailAnswer | None
         hedger: Hedger | None
         shadow: Mirror | None
+        cache: Cache | None
         total_timeout: float
         sticky: bool
         log_requests: bool
@@ -98,6 +106,7 @@ class Job:
 
     __slots__ = (
         "answered",
+        "cache_key",
         "client",
         "current",
         "d",
@@ -126,6 +135,7 @@ class Job:
         self.current = -1  # the service of the attempt in progress (or of the answer)
         self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
         self.answered = False
+        self.cache_key: int | None = None  # the hash of its cache key, in a pool that caches
 
     @classmethod
     def resumed(cls, dispatcher: Owner, request: Request, client: Client, index: int,
@@ -142,10 +152,13 @@ class Job:
         return job
 
     def begin(self) -> None:
-        """Make the request's hash key, if its pool hashes, then the first attempt."""
+        """Make the request's hash key, if its pool hashes, then the first attempt (unless
+        the pool's cache answers it)."""
         hash_key = self.d.hash_key
         if hash_key is not None:
             self.key = hash_key(self.request)
+        if self.d.cache is not None and self.d.cache.answered(self):
+            return
         self.next_attempt(self.started)
 
     def mark_tried(self, index: int) -> None:
@@ -212,6 +225,8 @@ class Job:
                 outcome, reason = d.fail_answer.judge(action, outcome, reason)
             if outcome == ANSWERED:
                 d.count_answer(index, action, conn.ended - conn.started)
+                if d.cache is not None:
+                    d.cache.keep(self, action)
                 if self.instance:
                     self.client.instance = self.instance
                     self.client.instance_service = index
@@ -245,6 +260,8 @@ class Job:
     def answer_default(self, why: str, word: int) -> None:
         """Answer the default action; word is the reason's counter (layout.DEFAULT_*)."""
         d = self.d
+        if d.cache is not None and d.cache.stale(self, why, word):
+            return
         d.counts[d.default_word + word] += 1.0
         self.finish(d.default_answer, "-", why)
 

@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from hapolicy.config.records import Service
+    from hapolicy.tables.verdicts import VerdictTable
 
 
 def whole(word: float) -> int:
@@ -120,6 +121,10 @@ class HealthTable:
             wall = time.time()
             for i in range(count):
                 self.f[self.stats + i * STATS + LAST_CHANGE] = wall
+        # the pool's verdict cache (verdicts.py), another mmap, carried with the table so that
+        # whoever has a pool's table (a worker, the monitor, the summary) has its cache; None:
+        # the pool does not cache
+        self.verdicts: VerdictTable | None = None
 
     def state(self, i: int, now: float) -> int:
         """Service i's health state at monotonic time now: UP, DOWN or PROBE_DUE (layout.py)."""

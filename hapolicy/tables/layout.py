@@ -141,3 +141,32 @@ WORKER_REQUESTS = 3  # requests it served, as of that pass
 WORKER_PID = 4  # its pid, written by the master after the fork; 0.0: no worker in the slot
 WORKER_GENERATION = 5  # the generation (reload) it was started for
 # after the monitor's slot, one word of the master's: the workers that died unasked (/metrics)
+
+
+# --- A pool's verdict cache (verdicts.py): an mmap of its own for a pool with `cache` set, a
+# header of VERDICT_HEADER float64 words, then cache-size slots of VERDICT_SLOT bytes, in sets
+# of VERDICT_WAYS. Made fresh at each start (an upgrade in place does not carry it): no layout
+# version, nothing outside the running master's children reads it.
+
+VERDICT_HEADER = 8  # words
+VERDICT_EPOCH = 0  # the epoch of the entries in force: cache-clear adds 1, and a slot of
+#                    another epoch is empty (1.0 in a fresh table, so a zeroed slot is empty)
+VERDICT_HITS = 1  # counter: requests answered from the cache, without asking a service
+VERDICT_MISSES = 2  # counter: requests that found no fresh entry and went to the services
+VERDICT_STALE = 3  # counter: requests answered with a stale entry instead of the default
+VERDICT_EVICTIONS = 4  # counter: entries still in use put out for another key
+VERDICT_STORED = 5  # counter: answers kept
+# 6..7 unused
+VERDICT_COUNTERS = (("hits", VERDICT_HITS), ("misses", VERDICT_MISSES),
+                    ("stale", VERDICT_STALE), ("evictions", VERDICT_EVICTIONS))
+VERDICT_WAYS = 4  # slots per set: a key lives in one of the 4 slots of its set
+# A slot's bytes (struct "<qddII", then the answer): the key's hash (int64), the monotonic
+# time the answer came (float64), its epoch (float64), the answer's length and the CRC-32 of
+# the 24 bytes before and of the answer (uint32 each), then the answer, the bytes the client
+# gets (`action=...` and the empty line), at most VERDICT_ANSWER of them.
+VERDICT_SLOT = 288  # bytes
+VERDICT_KEY = 0  # the word (of the slot's, int64 or float64) holding the key's hash
+VERDICT_STAMP = 1  # the word holding the time the answer came
+VERDICT_SLOT_EPOCH = 2  # the word holding the slot's epoch
+VERDICT_FIXED = 32  # bytes before the answer
+VERDICT_ANSWER = VERDICT_SLOT - VERDICT_FIXED  # 256: a longer answer is not kept
