@@ -29,6 +29,8 @@ FORCE = "set cache-force = yes if its services keep no state"
 def parse_cache_key(text: str) -> str:
     """ATTR[/N],... as `balance = hash:` takes them (hashkey.py)."""
     text = text.strip()
+    if not text:
+        return text
     try:
         parse_balance("hash:" + text)
     except ConfigError:

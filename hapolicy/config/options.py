@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import sys
 
+from hapolicy.config.cachecheck import (
+    parse_cache_actions,
+    parse_cache_key,
+)
 from hapolicy.config.option import (
     COMMAND,
     DAEMON,
@@ -33,10 +37,6 @@ from hapolicy.config.option import (
     seconds,
     text,
     whole,
-)
-from hapolicy.config.cachecheck import (
-    parse_cache_actions,
-    parse_cache_key,
 )
 from hapolicy.config.parsers import (
     parse_all_down,

@@ -35,7 +35,10 @@ def preload_lazy_modules() -> None:
     import hashlib  # noqa: F401 - selection.py: hash balancing
     import re  # noqa: F401 - outcome.py: fail-answer
 
-    from hapolicy.request import hedge  # noqa: F401 - assembly.py: a pool that hedges (a HUP may add one)
+    from hapolicy.request import (
+        cache,  # noqa: F401 - assembly.py: a pool that caches (a HUP may add one)
+        hedge,  # noqa: F401 - assembly.py: a pool that hedges (a HUP may add one)
+    )
 
     "localhost".encode("idna")  # getaddrinfo of a str needs the idna codec
 

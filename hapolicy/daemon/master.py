@@ -56,7 +56,7 @@ from hapolicy.daemon.upgrade import Upgrade
 from hapolicy.daemon.worker import Worker
 from hapolicy.monitor.checks import CheckerSet
 from hapolicy.monitor.metrics import preload as preload_metrics
-from hapolicy.tables import snapshot
+from hapolicy.tables import snapshot, verdicts
 from hapolicy.tables.health import HealthTable
 from hapolicy.tables.workertable import WorkerTable
 
@@ -127,6 +127,7 @@ class Master(Succession):
         self.worker_table = WorkerTable(max(TABLE_SLOTS, 3 * self.config.workers))
         self.health_tables = {p.name: HealthTable(len(p.services), workers=self.worker_table.slots)
                        for p in self.config.pools}
+        verdicts.attach(self.config.pools, self.health_tables)  # empty, also after an upgrade
         if self.config.state_file not in ("", "none"):
             self.admin_file = AdminFile(self.config.state_file, self.log)
             self.admin_file.restore(self.config, self.health_tables)

@@ -9,7 +9,8 @@ out, in this order:
 3. the monitor stopped: no command of the old one writes in a table after it was carried over;
 4. a new generation: the old workers retire;
 5. the addresses gone closed;
-6. each pool's table carried over (`ReloadPlan.carry_tables`), with what is checked;
+6. each pool's table carried over (`ReloadPlan.carry_tables`), with what is checked, and its
+   verdict cache (tables/verdicts.py: kept while its services, cache-key and cache-size stay);
 7. the new configuration in force, the checks of tables no worker uses any more stopped, the
    workers' boot throttle reset, one line (`ReloadPlan.notice`);
 8. the next `maintain` starts the new workers and a new monitor.
@@ -21,6 +22,7 @@ from hapolicy.base import frozen
 from hapolicy.base.log import Logger
 from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.daemon.chores import check_may_switch_user, resolve_ids, working_dir
+from hapolicy.tables import verdicts
 from hapolicy.tables.health import HealthTable, carry_over
 
 TYPE_CHECKING = False
@@ -103,6 +105,7 @@ class ReloadPlan:
             checks.replace(pool, tables[pool.name], keep_for, now)
         for name in before:  # pools gone
             checks.retire(name, retiring_generation)
+        verdicts.carry(self.running.pools, self.config.pools, health_tables, tables)
         return tables
 
     def notice(self, retiring: int) -> str:

@@ -4,7 +4,9 @@
     internal=0) services: GREY1 up answers=600 failures=0, GREY2 down answers=630 failures=12
 
 (one line in the log), followed, for a pool that hedges, by `hedged=N (won=N)` and, for one with a
-shadow, by `shadow NAME: agree=N disagree=N failed=N dropped=N`. A service's state is up or down, or
+shadow, by `shadow NAME: agree=N disagree=N failed=N dropped=N`; for one that caches, by
+`cache hits=N misses=N stale=N evictions=N` (its requests answered from the cache and stale
+are counted in `requests`, not in the answers or defaults). A service's state is up or down, or
 `disabled` or `drain` while the operator (hapolicyctl) keeps it so. The counters are the health
 table's (layout.py), kept by the workers without locks: totals since the pool's table was made (a
 reload keeps them for a pool that stays and for each service that keeps its name and address).
@@ -25,6 +27,7 @@ from hapolicy.tables.layout import (
     REQUESTS,
     SHADOW_RESULTS,
     UP,
+    VERDICT_COUNTERS,
 )
 
 TYPE_CHECKING = False
@@ -64,6 +67,9 @@ def extras(pool: PoolConfig, table: HealthTable) -> str:
     text = ""
     if pool.hedge:
         text += f" hedged={table.counter(HEDGED)} (won={table.counter(HEDGE_WON)})"
+    if table.verdicts is not None:
+        text += " cache " + " ".join(f"{name}={table.verdicts.counter(word)}"
+                                     for name, word in VERDICT_COUNTERS)
     if pool.shadow:
         text += f" shadow {pool.shadow}: " + " ".join(
             f"{result}={table.counter(word)}" for word, result in SHADOW_RESULTS.items())

@@ -27,6 +27,7 @@ import time
 from hapolicy.config.values import (
     MAX_WEIGHT,  # the weight command's bound is a configured weight's
 )
+from hapolicy.monitor import cachecounts
 from hapolicy.monitor.pooltotals import pools_answer
 from hapolicy.tables.health import peers
 from hapolicy.tables.layout import DISABLED, DRAINING, ENABLED
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
            "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
-           "shadow_disagree", "shadow_failed", "shadow_dropped", "internal_errors")
+           "shadow_disagree", "shadow_failed", "shadow_dropped", "internal_errors",
+           *cachecounts.COLUMNS)
 COMMANDS = (
     ("status", ("a table, one line per service: the columns of csv except down_s, except "
                 "the hedge and shadow columns when no pool hedges or has a shadow, and except "
@@ -51,7 +53,9 @@ COMMANDS = (
              "comma-separated (HAProxy `show stat` style): " + ", ".join(COLUMNS) + ". New "
              "columns are only ever appended; the hedge, shadow and internal_errors columns are the "
              "pool's, on each of its rows (internal_errors: requests answered with the default "
-             "action because of an exception while handling them)")),
+             "action because of an exception while handling them; the cache columns: a "
+             "cached pool's requests answered from its cache, sent to its services, answered "
+             "stale, and its entries put out for another key)")),
     ("disable POOL/SERVICE", ("take a service out: no worker sends it a request from now on, "
                              "and the checks leave it alone")),
     ("drain POOL/SERVICE", ("no new transaction and no hash key goes to the service; the "
@@ -73,12 +77,15 @@ COMMANDS = (
                               "Counted as a live request, but not toward max-use. --dry-run asks "
                               "none: the order the services would be tried in, with the hash "
                               "key and its masks")),
+    ("cache-clear POOL", ("forget every answer the pool's cache keeps, in every worker at "
+                          "once")),
     ("help", "this list"),
 )
 STATUS_COLUMNS = COLUMNS[:11] + COLUMNS[12:]  # all but down_s
 PLAIN_COLUMNS = 11  # status's columns when no pool hedges or has a shadow
 FEATURE_COLUMNS = range(11, 17)  # status's hedge and shadow columns
 INTERNAL_COLUMN = 17  # status's internal_errors
+CACHE_COLUMNS = range(18, 22)  # status's cache columns (shown when a pool caches)
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
 Target = tuple  # (HealthTable, index of the service in it, its peers in round robin)
@@ -106,6 +113,7 @@ def rows(config: DaemonConfig, health: Mapping[str, HealthTable], now: float,
             continue
         pooled = [str(table.counter(word))
                   for word in (HEDGED, HEDGE_WON, *SHADOW_COUNTERS, DEFAULT_INTERNAL)]
+        cached = cachecounts.cells(table)
         for i, service in enumerate(pool.services):
             latency = buckets(table, i)
             out.append([pool.name, service.name, service.address,
@@ -116,7 +124,7 @@ def rows(config: DaemonConfig, health: Mapping[str, HealthTable], now: float,
                         milliseconds(quantile(latency, 0.5)),
                         milliseconds(quantile(latency, 0.99)),
                         str(max(0, int(wall - word(table, i, LAST_CHANGE)))),
-                        str(int(down_seconds(table, i, now))), *pooled])
+                        str(int(down_seconds(table, i, now))), *pooled, *cached])
     return out
 
 
@@ -237,6 +245,8 @@ def answer(line: str, config: DaemonConfig, health: Mapping[str, HealthTable],
         if len(args) != 2:
             return "error: usage: weight POOL/SERVICE N\n"
         return set_weight(config, health, args[0], args[1], log, kept)
+    if command == "cache-clear":
+        return cachecounts.clear(config, health, args, log, kept)
     if command == "ask":  # control.py gives it, with its request, to the monitor (ask.py)
         return "error: ask needs its request: hapolicyctl ask POOL ATTR=VALUE ...\n"
     if args:
@@ -248,6 +258,8 @@ def answer(line: str, config: DaemonConfig, health: Mapping[str, HealthTable],
             shown += FEATURE_COLUMNS
         if any(row[INTERNAL_COLUMN] != "0" for row in body):
             shown.append(INTERNAL_COLUMN)
+        if any(pool.cache for pool in config.pools):
+            shown += CACHE_COLUMNS
         return aligned([STATUS_COLUMNS[k] for k in shown], [[row[k] for k in shown]
                                                             for row in body])
     if command == "csv":

@@ -27,7 +27,7 @@ import sys
 import time
 
 from hapolicy import __version__
-from hapolicy.monitor import statuspage
+from hapolicy.monitor import cachecounts, statuspage
 from hapolicy.monitor.oneshot import HEAD_SECONDS, OneShotServer
 from hapolicy.tables.layout import (
     ACTIONS,
@@ -103,6 +103,8 @@ class Collector:
                                 "workers hold", sum(t.workers.clients(s) for s in t.slots))
         pools = [(p, t.health[p.name]) for p in t.config.pools if p.name in t.health]
         yield from pool_families(pools, t.slots)
+        if any(table.verdicts is not None for _, table in pools):
+            yield from cachecounts.families(pools)
         yield from service_families(pools, time.monotonic(), time.time())
 
 

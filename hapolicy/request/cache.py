@@ -35,6 +35,7 @@ from hapolicy.tables.layout import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from hapolicy.base.protocol import Request
     from hapolicy.config.records import DaemonConfig, PoolConfig
     from hapolicy.request.job import Job
     from hapolicy.tables.verdicts import VerdictTable
@@ -60,11 +61,14 @@ class Cache:
         self.keeps = compile_actions(config.cache_actions).match
         self.judged: dict[bytes, bool] = {}  # an action: whether it is kept
 
+    def key(self, request: Request) -> int:
+        """The hash of the request's cache key: what its entry is kept under."""
+        return hash(self.key_of(request))
+
     def answered(self, job: Job) -> bool:
-        """Answer job's request from the cache if its key has a fresh answer (True)."""
-        key = hash(self.key_of(job.request))
-        job.cache_key = key
-        found = self.table.find(key, job.started, self.fresh)
+        """Answer job's request from the cache if its key (job.cache_key) has a fresh answer
+        (True)."""
+        found = self.table.find(job.cache_key, job.started, self.fresh)
         if found is None:
             self.counts[VERDICT_MISSES] += 1.0
             return False

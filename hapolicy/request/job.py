@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     class Cache(Protocol):
         """The verdict cache of a pool that caches (cache.Cache)."""
 
+        def key(self, request: Request) -> int: ...  # the request's cache key (its hash)
         def answered(self, job: Job) -> bool: ...  # answered from the cache
         def keep(self, job: Job, action: bytes) -> None: ...  # a service's answer
         def stale(self, job: Job, why: str, word: int) -> bool: ...  # instead of the default
@@ -157,8 +158,11 @@ class Job:
         hash_key = self.d.hash_key
         if hash_key is not None:
             self.key = hash_key(self.request)
-        if self.d.cache is not None and self.d.cache.answered(self):
-            return
+        cache = self.d.cache
+        if cache is not None:
+            self.cache_key = cache.key(self.request)
+            if cache.answered(self):
+                return
         self.next_attempt(self.started)
 
     def mark_tried(self, index: int) -> None:
