@@ -142,11 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _hedge_warnings(config: DaemonConfig) -> list[str]:
-    if not any(pool.hedge for pool in config.pools):
-        return []
-    from hapolicy.request.hedge import warnings
+    """What --check-config and a start warn of: a pool that hedges with state, a pool that
+    caches in spawn mode."""
+    lines = []
+    if any(pool.hedge for pool in config.pools):
+        from hapolicy.request.hedge import warnings
 
-    return warnings(config)
+        lines += warnings(config)
+    if any(pool.cache for pool in config.pools) and not config.addresses:
+        from hapolicy.request.cache import warnings as cache_warnings
+
+        lines += cache_warnings(config)
+    return lines
 
 
 def _fail(message: str, argv: Sequence[str]) -> int:
