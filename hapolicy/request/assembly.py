@@ -36,7 +36,7 @@ def make_dispatcher(loop: EventLoop, config: PoolConfig, table: HealthTable, log
     if config.cache:
         from hapolicy.request.cache import attach_cache  # here: only a pool that caches pays
 
-        attach_cache(dispatcher, config, table.verdicts)
+        attach_cache(dispatcher, table.verdicts)
     if lane and qualifies(dispatcher):
         dispatcher.attach_lane(Lane(dispatcher))
     return dispatcher

@@ -3,10 +3,12 @@
 A pool with `cache = S` keeps its services' good answers in its verdict table
 (tables/verdicts.py, one for all workers) under the hash of the request's key: its
 `protocol_state` and the values of cache-key's attributes, masked as `hash:` masks them
-(hashkey.py). Three steps, each called by the `Job` (job.py), which imports nothing of this:
+(hashkey.py). Three steps, called by the dispatcher and the `Job` (dispatch.py, job.py), which
+import nothing of this:
 
-- `answered`, at the job's start: an answer younger than S answers the request at once
-  (`service=cache`), counted as a hit; else a miss, and the job goes on to the services;
+- `lookup`, before a `Job` is made (`Dispatcher.submit`): an answer younger than S answers the
+  request at once, without a Job (with one, `service=cache`, when the request is logged or
+  copied to a shadow), counted as a hit; else a miss, and the job gets the key;
 - `keep`, when a service answered: the answer is kept if cache-actions matches its action
   (not a temporary one by default; an answer that matched fail-answer never gets here) and it
   fits in a slot;
@@ -22,7 +24,8 @@ from __future__ import annotations
 import time
 
 from hapolicy.config.cachecheck import compile_actions
-from hapolicy.request.hashkey import key_function
+from hapolicy.request.hashkey import mask_address, parse_hash_attrs
+from hapolicy.request.job import Job
 from hapolicy.tables.layout import (
     DEFAULT_DOWN,
     DEFAULT_FAILED,
@@ -35,9 +38,12 @@ from hapolicy.tables.layout import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable
+
     from hapolicy.base.protocol import Request
-    from hapolicy.config.records import DaemonConfig, PoolConfig
-    from hapolicy.request.job import Job
+    from hapolicy.config.records import DaemonConfig
+    from hapolicy.request.dispatch import Dispatcher
+    from hapolicy.request.job import Client
     from hapolicy.tables.verdicts import VerdictTable
 
 STALE_REASONS = (DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT)  # the defaults it may replace
@@ -45,36 +51,46 @@ MAX_JUDGED = 64  # distinct answers whose cache-actions verdict is remembered
 
 
 class Cache:
-    """The verdict cache of one pool in one process, on the pool's shared table."""
+    """The verdict cache of one pool in one process (its dispatcher's), on the pool's shared
+    table."""
 
-    __slots__ = ("counts", "fresh", "judged", "key_of", "keeps", "live", "stale_age", "table")
+    __slots__ = ("counts", "d", "fresh", "judged", "key", "keeps", "live", "stale_age", "table",
+                 "through_job")
 
-    def __init__(self, config: PoolConfig, table: VerdictTable) -> None:
+    def __init__(self, dispatcher: Dispatcher, table: VerdictTable) -> None:
+        config = dispatcher.config
+        self.d = dispatcher
         self.table = table
         self.counts = table.f
-        make_key = key_function("hash:protocol_state," + config.cache_key)
-        assert make_key is not None
-        self.key_of = make_key
+        self.key = key_function(config.cache_key)
         self.fresh = config.cache
         self.stale_age = config.cache_stale
         self.live = max(config.cache, config.cache_stale)  # an entry younger is still of use
         self.keeps = compile_actions(config.cache_actions).match
         self.judged: dict[bytes, bool] = {}  # an action: whether it is kept
+        # a hit that is logged (-l) or copied to a shadow goes out through a Job, which does both
+        self.through_job = dispatcher.log_requests or bool(config.shadow)
 
-    def key(self, request: Request) -> int:
-        """The hash of the request's cache key: what its entry is kept under."""
-        return hash(self.key_of(request))
-
-    def answered(self, job: Job) -> bool:
-        """Answer job's request from the cache if its key (job.cache_key) has a fresh answer
-        (True)."""
-        found = self.table.find(job.cache_key, job.started, self.fresh)
-        if found is None:
-            self.counts[VERDICT_MISSES] += 1.0
-            return False
-        self.counts[VERDICT_HITS] += 1.0
-        job.finish(found[0], "cache")
-        return True
+    def lookup(self, request: Request, client: Client) -> int | None:
+        """Answer the request from the cache if its key has a fresh answer (None); else its
+        key (a miss). An exception costs this request the default answer (None)."""
+        d = self.d
+        try:
+            key = self.key(request)
+            found = self.table.find(key, time.monotonic(), self.fresh)
+            if found is None:
+                self.counts[VERDICT_MISSES] += 1.0
+                return key
+            self.counts[VERDICT_HITS] += 1.0
+            if self.through_job:
+                d.in_flight += 1
+                Job(d, request, client, key).finish(found[0], "cache")
+            else:
+                client.deliver(found[0])
+        except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker
+            d.internal_error(exc, False)
+            client.deliver(d.default_answer)
+        return None
 
     def keep(self, job: Job, action: bytes) -> None:
         """A service answered job's request with action (its `action=` line): keep it if
@@ -104,16 +120,42 @@ class Cache:
         return True
 
 
-def attach_cache(dispatcher: object, config: PoolConfig, table: VerdictTable | None) -> None:
+def key_function(cache_key: str) -> Callable[[Request], int]:
+    """What makes a request's cache key: the hash of its protocol_state and cache-key's
+    attributes, addresses masked as hashkey.py masks them. Each attribute is found by its own
+    search for `\nNAME=` (precomputed), about half of what Request.attr_bytes costs: every
+    request of a pool that caches pays it."""
+    needles = tuple((b"\n" + name + b"=", v4, v6)
+                    for name, v4, v6 in parse_hash_attrs("hash:protocol_state," + cache_key))
+
+    def key(request: Request) -> int:
+        raw = b"\n" + request.raw
+        find = raw.find
+        values = []
+        for needle, v4, v6 in needles:
+            start = find(needle)
+            if start < 0:
+                values.append(b"")
+                continue
+            start += len(needle)
+            value = raw[start:find(b"\n", start)]
+            values.append(value if v4 < 0 else mask_address(value, v4, v6))
+        return hash(tuple(values))
+
+    return key
+
+
+def attach_cache(dispatcher: Dispatcher, table: VerdictTable | None) -> None:
     """The cache of a pool that caches on its dispatcher (`Dispatcher.attach_cache`); the
     pool's shared table, or a private one (spawn mode, tests: one process's)."""
+    config = dispatcher.config
     if not config.cache:
         return
     if table is None:
         from hapolicy.tables.verdicts import VerdictTable
 
         table = VerdictTable(config.cache_size, shared=False)
-    dispatcher.attach_cache(Cache(config, table))  # type: ignore[attr-defined]
+    dispatcher.attach_cache(Cache(dispatcher, table))
 
 
 def warnings(config: DaemonConfig) -> list[str]:

@@ -55,7 +55,14 @@ if TYPE_CHECKING:
 
     from hapolicy.backend.exchange import Connection
     from hapolicy.config.records import Service
-    from hapolicy.request.job import Cache, Client, Hedger, Mirror
+    from hapolicy.request.job import Client, Hedger, Mirror
+
+    class Cache(Protocol):
+        """The verdict cache of a pool that caches (cache.Cache)."""
+
+        def lookup(self, request: Request, client: Client) -> int | None: ...  # None: answered
+        def keep(self, job: Job, action: bytes) -> None: ...
+        def stale(self, job: Job, why: str, word: int) -> bool: ...
 
     class Lane(Protocol):
         """The lane of a dispatcher (lane.Lane): it takes the client reads it is for, and
@@ -134,7 +141,8 @@ class Dispatcher:
         self.hedger = hedger
 
     def attach_cache(self, cache: Cache) -> None:
-        """Each request is looked up in the cache first, a good answer kept (Job.begin)."""
+        """Each request is looked up in the cache first (`submit`); the job gives it a good
+        answer to keep and asks it for a stale one before a default (job.py)."""
         self.cache = cache
 
     def attach_mirror(self, mirror: Mirror) -> None:
@@ -165,9 +173,14 @@ class Dispatcher:
                 self.log.info(f"empty request: answering action={self.config.default_action}")
             client.deliver(self.default_answer)
             return
-        self.in_flight += 1
         self.counts[self.requests_word] += 1.0
-        job = Job(self, request, client)
+        key = None
+        if self.cache is not None:
+            key = self.cache.lookup(request, client)
+            if key is None:
+                return  # answered from the cache
+        self.in_flight += 1
+        job = Job(self, request, client, key)
         try:
             job.begin()
         except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker

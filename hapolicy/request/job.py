@@ -12,7 +12,8 @@ request the default answer unless it was answered already (`fail`), never the wo
 Only a Job's own methods write its fields. What the dispatcher attached from above takes part
 through them: the hedge (hedge.py) marks the service it asks as tried (`mark_tried`) and hands
 its exchange over as the attempt in progress (`adopt`); a mirror (shadow.py) is given the
-request once a service answered it (`finish`). This module imports none of them: it reads
+request once a service answered it (`finish`); the cache (cache.py) is given a service's good
+answer (`keep`) and may answer instead of the default (`stale`). This module imports none of them: it reads
 its dispatcher's `hedger` and `shadow` (None when the pool has none); `Owner` and the other
 protocols below say what it asks of each.
 """
@@ -67,8 +68,6 @@ if TYPE_CHECKING:
     class Cache(Protocol):
         """The verdict cache of a pool that caches (cache.Cache)."""
 
-        def key(self, request: Request) -> int: ...  # the request's cache key (its hash)
-        def answered(self, job: Job) -> bool: ...  # answered from the cache
         def keep(self, job: Job, action: bytes) -> None: ...  # a service's answer
         def stale(self, job: Job, why: str, word: int) -> bool: ...  # instead of the default
 
@@ -122,7 +121,8 @@ class Job:
         "tried",
     )
 
-    def __init__(self, dispatcher: Owner, request: Request, client: Client) -> None:
+    def __init__(self, dispatcher: Owner, request: Request, client: Client,
+                 cache_key: int | None = None) -> None:
         self.d = dispatcher
         self.request = request
         self.client = client
@@ -136,7 +136,7 @@ class Job:
         self.current = -1  # the service of the attempt in progress (or of the answer)
         self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
         self.answered = False
-        self.cache_key: int | None = None  # the hash of its cache key, in a pool that caches
+        self.cache_key = cache_key  # the hash of its cache key, in a pool that caches
 
     @classmethod
     def resumed(cls, dispatcher: Owner, request: Request, client: Client, index: int,
@@ -153,16 +153,10 @@ class Job:
         return job
 
     def begin(self) -> None:
-        """Make the request's hash key, if its pool hashes, then the first attempt (unless
-        the pool's cache answers it)."""
+        """Make the request's hash key, if its pool hashes, then the first attempt."""
         hash_key = self.d.hash_key
         if hash_key is not None:
             self.key = hash_key(self.request)
-        cache = self.d.cache
-        if cache is not None:
-            self.cache_key = cache.key(self.request)
-            if cache.answered(self):
-                return
         self.next_attempt(self.started)
 
     def mark_tried(self, index: int) -> None:

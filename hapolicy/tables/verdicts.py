@@ -110,15 +110,15 @@ class VerdictTable:
     def _read(self, word: int, key: int, now: float, max_age: float
               ) -> tuple[bytes, float] | None:
         start = word * 8
-        raw = self._map[start:start + VERDICT_SLOT]  # one copy: then nothing changes under us
-        hashed, stamp, epoch, length, check = FIXED.unpack_from(raw)
+        hashed, stamp, epoch, length, check = FIXED.unpack_from(self._map, start)
         age = now - stamp
         if (hashed != key or epoch != self.f[VERDICT_EPOCH] or age >= max_age
                 or length > VERDICT_ANSWER):
             return None
-        answer = raw[VERDICT_FIXED:VERDICT_FIXED + length]
-        if crc32(answer, crc32(raw[:HEAD.size])) != check:
-            return None  # torn: two writers at once
+        start += VERDICT_FIXED
+        answer = self._map[start:start + length]
+        if crc32(answer, crc32(HEAD.pack(hashed, stamp, epoch))) != check:
+            return None  # torn: two writers at once, or one writing while we read
         return answer, max(age, 0.0)
 
     def store(self, key: int, answer: bytes, now: float, live: float) -> None:

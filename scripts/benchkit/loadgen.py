@@ -31,8 +31,13 @@ class Loop:
     """The closed loop of one generator process over its connections (after prime)."""
 
     def __init__(self, addr: tuple[str, int], expected: bytes, max_requests: int,
-                 progress: Any, slot: int, pool: list[bytes]) -> None:
+                 progress: Any, slot: int, pool: list[bytes], fresh_every: int = 0,
+                 first: int = 0) -> None:
         self.addr = addr
+        # every fresh_every-th request is a request never sent before, which its connection
+        # then repeats (a cache's miss, then its hits); 0: none
+        self.fresh_every = fresh_every
+        self.fresh = (first + 1) * 10_000_000  # the first fresh request's number
         self.expected = expected
         self.max_requests = max_requests
         self.progress = progress
@@ -165,6 +170,9 @@ class Loop:
             return
         if self.pool:
             self.request[fd] = self.pool[self.issued % len(self.pool)]
+        elif self.fresh_every and self.issued % self.fresh_every == 0:
+            self.fresh += 1
+            self.request[fd] = make_request(self.fresh)
         self.issued += 1
         self.sent[fd] = time.perf_counter_ns()
         try:
@@ -196,14 +204,14 @@ def socket_to(addr: tuple[str, int]) -> socket.socket:
 
 def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, res_w: int,
                    grace: float, max_requests: int = 0, progress: Any = None, slot: int = 0,
-                   variety: int = 0, expected: bytes = ANSWER) -> None:
+                   variety: int = 0, expected: bytes = ANSWER, fresh_every: int = 0) -> None:
     """Drive `count` connections (closed loop) and report latencies and CPU on res_w.
 
     max_requests: send at most this many requests in the loop, then stop when they are answered
     (0: run for the time given). progress: a shared array of int64 where slot gets the
     number of answers so far. variety: cycle through this many distinct requests (0: each
     connection repeats its own one). expected: the backend's answer; any other one is counted
-    as a default answer or a wrong one (see classify).
+    as a default answer or a wrong one (see classify). fresh_every: see Loop.
     """
     primed = {"ok": 0, "default": 0, "wrong": 0}
     try:
@@ -221,7 +229,7 @@ def generator_main(addr: tuple[str, int], first: int, count: int, ctl_r: int, re
         return  # the bench gave up
     warmup, seconds = struct.unpack("dd", go)
     pool = [make_request(first * 7919 + k) for k in range(variety)]
-    loop = Loop(addr, expected, max_requests, progress, slot, pool)
+    loop = Loop(addr, expected, max_requests, progress, slot, pool, fresh_every, first)
     loop.run(socks, first, warmup, seconds, grace)
     del socks
     payload = pickle.dumps(loop.result(primed))
@@ -280,7 +288,7 @@ class Generators:
 
     def __init__(self, children: Children, addr: tuple[str, int], connections: int,
                  processes: int, grace: float, limit: int = 0, variety: int = 0,
-                 expected: bytes = ANSWER) -> None:
+                 expected: bytes = ANSWER, fresh_every: int = 0) -> None:
         """limit: requests in all (0: for the time given to go()), split over the processes;
         `answered()` counts their answers as they come. expected: the backend's answer."""
         self.children = children
@@ -299,7 +307,7 @@ class Generators:
             ctl_r, ctl_w = os.pipe()
             res_r, res_w = os.pipe()
             options = {"max_requests": mine, "progress": self.progress, "slot": i,
-                       "variety": variety, "expected": expected}
+                       "variety": variety, "expected": expected, "fresh_every": fresh_every}
             child = children.fork(f"generator-{i}", _generator_child, addr, first, count, ctl_r,
                                   res_w, grace, options)
             os.close(ctl_r)

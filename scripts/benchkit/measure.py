@@ -32,6 +32,9 @@ class Target:
     addr: tuple[str, int]
     proxy_pids: Pids  # the proxy's CPU
     mem_pids: Pids  # the proxy's memory (e.g. the daemon's workers, not its master)
+    # a proxy that caches: every fresh_every-th request is new (a miss), its connection repeats
+    # it (hits); its right answers beyond what the backend served are its hits, not errors
+    fresh_every: int = 0
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -53,6 +56,15 @@ def answer_counts(results: list[dict[str, Any]], served: int | None) -> dict[str
             "wrong_answers": sum(r["wrong"] for r in results),
             "backend_served": served,
             "not_served": max(0, correct - served) if served is not None else 0}
+
+
+def cached_answers(row: dict[str, Any]) -> None:
+    """A caching row's right answers beyond what the backend served are its cache's hits:
+    counted as such (hit_ratio), not as errors."""
+    correct = row["correct_answers"]
+    row["cache_hits"] = row["not_served"]
+    row["hit_ratio"] = row["not_served"] / correct if correct else 0.0
+    row["not_served"] = 0
 
 
 def latencies(results: list[dict[str, Any]]) -> list[int]:
@@ -84,7 +96,7 @@ def measure(bench: Bench, target: Target) -> dict[str, Any]:
     grace = 1.0 if args.smoke else 3.0
     served_before = bench.backend.served()
     gens = Generators(bench.children, target.addr, args.connections, args.generators, grace,
-                      expected=bench.backend.answer)
+                      expected=bench.backend.answer, fresh_every=target.fresh_every)
     try:
         why = gens.wait_ready(60.0)
         if why:
@@ -101,6 +113,8 @@ def measure(bench: Bench, target: Target) -> dict[str, Any]:
         row.update(status="failed", reason=failed[0])
         return row
     row.update(answer_counts(results, bench.backend.served_since(served_before)))
+    if target.fresh_every:
+        cached_answers(row)
     row.update(figures(target.name, results, window, args.seconds, row))
     if row["errors"]:
         row["status"] = "errors"

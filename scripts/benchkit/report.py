@@ -27,6 +27,7 @@ RATIO_NAMES = {
     "daemon_over_floor_cpu_per_request": "hapolicy daemon / python floor, CPU per request",
     "balanced_over_floor_cpu_per_request": "hapolicy balanced / python floor, CPU per request",
     "hashed_over_floor_cpu_per_request": "hapolicy hashed / python floor, CPU per request",
+    "cached_over_daemon_cpu_per_request": "hapolicy cached / hapolicy daemon, CPU per request",
     "floor_over_haproxy_rps": "python floor / haproxy, req/s",
     "daemon_over_haproxy_p99": "hapolicy daemon / haproxy, p99 latency",
     "daemon_over_haproxy_cpu_per_request": "hapolicy daemon / haproxy, CPU per request",
@@ -56,6 +57,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "daemon_over_floor_rps": div("daemon", "floor", "rps"),
         "daemon_over_floor_cpu_per_request": div("daemon", "floor", "cpu_us_per_request"),
         "balanced_over_floor_cpu_per_request": div("balanced", "floor", "cpu_us_per_request"),
+        "cached_over_daemon_cpu_per_request": div("cached", "daemon", "cpu_us_per_request"),
         "hashed_over_floor_cpu_per_request": div("hashed", "floor", "cpu_us_per_request"),
         "floor_over_haproxy_rps": div("floor", "haproxy", "rps"),
         "daemon_over_haproxy_p99": div("daemon", "haproxy", "p99_ms"),
@@ -101,6 +103,10 @@ def render(report: dict[str, Any]) -> str:
         elif row["status"] in ("ok", "errors"):
             table.append(["-" if row.get(key) is None else fmt.format(row[key])
                           for _h, key, fmt in COLUMNS])
+            if "hit_ratio" in row:
+                notes.append(f"{row['title']}: {row['hit_ratio']:.1%} of its right answers from "
+                             f"its cache ({row['cache_hits']}; the backend served "
+                             f"{row['backend_served']})")
         else:
             notes.append(f"{row['title']}: {row['status']}: {row.get('reason', '')}")
     out = []

@@ -93,6 +93,20 @@ def start_hashed(bench: Bench, row: Row) -> Started | None:
     return start_daemon(bench, row, "-s", f"C={host}:{port}", "--balance", "hash:client_address")
 
 
+CACHED_FRESH_EVERY = 10  # the cached row: a new key every 10th request, 90 % hits
+
+
+def start_cached(bench: Bench, row: Row) -> Started | None:
+    """The daemon with a pool that caches its service's answers (request/cache.py): one
+    request in ten is new (a miss, through a Job to the backend), its connection repeats it
+    (hits, answered from the shared cache without the backend)."""
+    started = start_daemon(bench, row, "--sticky-instance", "no", "--cache", "300",
+                           "--cache-key", "client_address,helo_name,sender")
+    if started is not None:
+        started.target.fresh_every = CACHED_FRESH_EVERY
+    return started
+
+
 def preforked(row: Row, port: int, parent: Child, command: str, idle: int) -> Started:
     """A row's proxy that is a parent and the children serving (their memory is the row's)."""
 
@@ -187,6 +201,7 @@ ROWS = (
     Row("daemon", "hapolicy daemon", hapolicy_missing, start_daemon),
     Row("balanced", "hapolicy balanced", hapolicy_missing, start_balanced),
     Row("hashed", "hapolicy hashed", hapolicy_missing, start_hashed),
+    Row("cached", "hapolicy cached", hapolicy_missing, start_cached),
     Row("spawn", "hapolicy spawn", hapolicy_missing, start_spawn),
     Row("haproxy", "haproxy", haproxy_missing, start_haproxy),
     Row("perl", "perl original", original_missing, start_perl),
