@@ -27,7 +27,9 @@ from hapolicy.man.generated import generate
 from hapolicy.man.roff import escape, example, header, item, lines, para, section, table
 from hapolicy.man.texts import (
     ASK_EXAMPLE,
+    CACHE_TEXT,
     DAEMON_MAIN_CF,
+    EXAMPLE_CACHE,
     EXAMPLE_POOLS,
     EXAMPLE_POOLS_MAIN_CF,
     EXIT_STATUS,
@@ -247,6 +249,9 @@ def hapolicy_conf_5() -> str:
         section("SYNOPSIS"),
         lines("/etc/hapolicy.conf"),
         description_5(), services_5(), pools_5(),
+        section("VERDICT CACHE"),
+        para(CACHE_TEXT),
+        example(EXAMPLE_CACHE),
         section("DAEMON SETTINGS"),
         para("Before the first section only."),
         option_items(daemon, config_file=True),

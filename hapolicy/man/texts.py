@@ -116,6 +116,38 @@ service = SPF1=10.0.0.1:10045:10
 service = SPF2=10.0.0.2:10045:20
 """
 
+#: A pool of SPF services that caches (docs/configuration.md and README.md show the same lines)
+EXAMPLE_CACHE = """\
+[pool spf]
+listen = 127.0.0.1:10060
+service = SPF1=10.0.0.1:10045:10
+service = SPF2=10.0.0.2:10045:20
+# SPF's verdict depends on the client's address, HELO name and sender only
+sticky-instance = no
+cache = 300
+cache-key = client_address,helo_name,sender
+# every SPF service down: the verdict of the last hour instead of the default
+cache-stale = 3600
+"""
+
+#: What the verdict cache is for, and when it is refused (hapolicy.conf(5))
+CACHE_TEXT = (
+    "With `cache = S` a pool keeps a good answer of its services S seconds under the values "
+    "of `cache-key`'s attributes (and the request's protocol_state; `ATTR/N` masks an address "
+    "as `balance = hash:` does), in one table of all workers, and answers a request of the "
+    "same key meanwhile without asking a service: the same client and sender asked once per "
+    "recipient cost one DNS walk of an SPF or DNSBL service. Only final verdicts are kept "
+    "(DUNNO, OK, PREPEND, REJECT, 5xx; `cache-actions` says otherwise), never a temporary "
+    "one (DEFER, 4xx) or an answer `fail-answer` matches. With `cache-stale = S` a request "
+    "whose services all failed or are down gets its key's answer of the last S seconds "
+    "instead of the default action. A cache is for services without state: postgrey must see "
+    "the retry to let it through, a rate limiter must count each message, so a pool that "
+    "hashes, keeps instances sticky, has a shadow or keeps temporary answers is refused "
+    "unless `cache-force = yes`. `hapolicyctl cache-clear POOL` empties it; a reload keeps "
+    "it while the pool's services, cache-key and cache-size stay; it starts empty after an "
+    "upgrade in place (SIGUSR2). Spawn mode: each spawned process has a cache of its own, "
+    "for its one SMTP connection.")
+
 #: hapolicyctl status during a failover (docs/operating.md shows the same lines)
 STATUS_EXAMPLE = """\
 $ hapolicyctl status

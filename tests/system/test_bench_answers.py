@@ -54,6 +54,15 @@ def test_more_right_answers_than_the_backend_served_are_counted():
     assert bench.answer_counts([result(70)], served=None)["not_served"] == 0
 
 
+def test_a_caching_rows_answers_beyond_the_backends_are_its_hits_not_errors():
+    from benchkit.measure import cached_answers
+
+    row = bench.answer_counts([result(900), result(100)], served=100)
+    assert row["not_served"] == 900  # an error in any other row
+    cached_answers(row)
+    assert (row["not_served"], row["cache_hits"], row["hit_ratio"]) == (0, 900, 0.9)
+
+
 def test_smoke_run_fails_when_the_daemon_answers_its_default(tmp_path):
     # two answers: the bench's readiness check and the one that learns the expected answer
     backend = OnceThenDead(answers=2)

@@ -6,7 +6,8 @@ backend's own (no default answer), each of them served by the backend; the spawn
 must have timed hapolicy's starts to its first answer (the backend's own) and `python -c
 pass`, the interpreter's own start. `--inprocess` must relay its requests through every path
 (the floor, the lane, a balanced pool's lane, the general path) with the backend's own answer
-each time. Run from another directory, it measures its own tree's hapolicy all the same. The
+each time; the cached row answers most requests from its cache and the others through the
+backend. Run from another directory, it measures its own tree's hapolicy all the same. The
 report names the interpreter, and the daemon row runs without a worker retiring.
 """
 
@@ -44,6 +45,15 @@ def test_bench_smoke(tmp_path):
     assert 0 < hashed["correct_answers"] <= hashed["backend_served"], detail
     assert "--balance hash:client_address" in hashed["command"], detail
     assert report["ratios"]["hashed_over_floor_cpu_per_request"] > 0, detail
+    # the cached row: one request in ten new (a miss, to the backend), the others its cache's
+    cached = rows["cached"]
+    assert cached["status"] == "ok" and cached["errors"] == 0, detail
+    assert cached["default_answers"] == 0 and cached["wrong_answers"] == 0, detail
+    assert 0 < cached["backend_served"] < cached["correct_answers"], detail
+    assert cached["cache_hits"] == cached["correct_answers"] - cached["backend_served"], detail
+    assert 0.5 < cached["hit_ratio"] < 1, detail
+    assert "--cache 300 --cache-key" in cached["command"], detail
+    assert report["ratios"]["cached_over_daemon_cpu_per_request"] > 0, detail
     # every row runs under the bench's own interpreter, which the report names
     assert report["config"]["interpreter"] == os.path.realpath(sys.executable), detail
     assert f"({os.path.realpath(sys.executable)})" in proc.stdout.splitlines()[0], detail

@@ -14,8 +14,10 @@ from testkit.daemon import Daemon
 from testkit.ports import HOST, free_port
 from testkit.prometheus import fetch
 from testkit.protocol import PolicyClient, request
-from testkit.repo import run_hapolicy
+from testkit.repo import REPO, run_hapolicy
 from testkit.wait import wait_for
+
+from hapolicy.man.texts import EXAMPLE_CACHE
 
 CACHED = "sticky-instance = no\ncache = 300\ncache-key = client_address,sender\n"
 
@@ -115,3 +117,12 @@ def test_spawn_mode_is_warned_that_its_cache_lives_for_one_connection(tmp_path):
                                 "cache = 60\ncache-key = sender\n")
     assert result.returncode == 0
     assert "warning: pool default: cache in spawn mode" in result.stderr
+
+
+def test_the_example_spf_pool_is_in_the_docs_and_passes_the_check(tmp_path):
+    block = "".join("    " + line + "\n" for line in EXAMPLE_CACHE.rstrip("\n").split("\n"))
+    for doc in ("README.md", "docs/configuration.md"):
+        assert block in (REPO / doc).read_text(), doc
+    result, _ = check(tmp_path, EXAMPLE_CACHE)
+    assert result.returncode == 0, result.stderr
+    assert "cache-stale = 3600" in result.stdout
