@@ -36,6 +36,7 @@ SERVICE_CELLS = slice(1, 11)  # of a status row: service .. last_change
 HEDGE_CELLS = slice(11, 13)  # the pool's hedged, hedge_won
 SHADOW_CELLS = slice(13, 17)  # the pool's shadow_agree .. shadow_dropped
 INTERNAL_CELL = 17
+CACHE_CELLS = slice(18, 22)  # the pool's cache_hits .. cache_evictions
 CELL_CLASSES = ("left", "left", "ac", "ac")  # service, address, state, admin; then numbers
 ROW_BYTES = 1024  # a service's row: markup, its escaped name and address, ten cells
 CLASSES = {  # HAProxy's stats page's classes and colours
@@ -112,7 +113,7 @@ def pool_table(pool: PoolConfig, body: list[list[str]]) -> str:
 
 def pool_counters(pool: PoolConfig, row: list[str]) -> str:
     """The pool's own counters of a status row, those it has: hedge, shadow, internal errors
-    (when not 0)."""
+    (when not 0), cache."""
     shown = []
     if pool.hedge:
         shown += list(zip(STATUS_COLUMNS[HEDGE_CELLS], row[HEDGE_CELLS]))
@@ -120,6 +121,8 @@ def pool_counters(pool: PoolConfig, row: list[str]) -> str:
         shown += list(zip(STATUS_COLUMNS[SHADOW_CELLS], row[SHADOW_CELLS]))
     if row[INTERNAL_CELL] != "0":
         shown.append((STATUS_COLUMNS[INTERNAL_CELL], row[INTERNAL_CELL]))
+    if pool.cache:
+        shown += list(zip(STATUS_COLUMNS[CACHE_CELLS], row[CACHE_CELLS]))
     return ", ".join(f"{escape(k)} {escape(v)}" for k, v in shown)
 
 

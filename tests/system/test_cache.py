@@ -1,8 +1,9 @@
 """The verdict cache against a live daemon: one cache for all workers (a key answered by one is
-known to the other), its counters in csv, status, /metrics and the summary line, `cache-clear`,
-a HUP that keeps the entries of a pool whose key and services stay and empties one whose key
-changed; --check-config refuses a pool that caches with state (FILE:LINE) and warns in spawn
-mode (docs/configuration.md, The verdict cache)."""
+known to the other), its counters in csv, status, /metrics, the status page and the summary
+line, `cache-clear`, a HUP that keeps the entries of a pool whose key and services stay and
+empties one whose key changed; --check-config refuses a pool that caches with state
+(FILE:LINE) and warns in spawn mode; the docs' SPF example passes the check
+(docs/configuration.md, The verdict cache)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ def test_one_cache_for_all_workers_its_counters_cache_clear_and_a_hup(tmp_path):
             assert "cache_hits" in ctl("--control", path, "status").stdout
             _, body, _ = fetch(f"http://{HOST}:{mport}/metrics")
             assert b'hapolicy_cache_total{pool="default",result="hits"} 190.0' in body
+            _, page, _ = fetch(f"http://{HOST}:{mport}/status")
+            assert b"cache_hits 190, cache_misses 10" in page
             wait_for(lambda: "cache hits=190 misses=10 stale=0 evictions=0" in daemon.log.text(),
                      5, what="the summary line")
             assert ctl("--control", path, "cache-clear", "default").stdout == \
