@@ -267,7 +267,7 @@ class Master(Succession):
         worker = Worker(self.config, listeners, self.health_tables, self.worker_table, slot,
                         self.log)
         for health in self.health_tables.values():  # not a dead worker's requests in flight
-            health.set_in_flight(slot, 0)
+            health.clear_slot(slot)
         return self.supervisor.spawn(WORKER, slot, worker.run, self.config.max_use) is not None
 
     def _new_monitor(self) -> Monitor:
