@@ -174,8 +174,8 @@ class Selector:
         else:
             rest = weights[:first] + [0.0] + weights[first + 1:]
             second = self._draw(rest)
-        a, b = self._score(candidates[first], weights[first], now), \
-            self._score(candidates[second], weights[second], now)
+        a, b = self.score(candidates[first], now, weights[first]), \
+            self.score(candidates[second], now, weights[second])
         return candidates[first] if self.random() * (a + b) < a else candidates[second]
 
     def _draw(self, weights: list[float]) -> int:
@@ -187,8 +187,11 @@ class Selector:
                 return k
         return max(range(len(weights)), key=weights.__getitem__)
 
-    def _score(self, i: int, weight: float, now: float) -> float:
-        """Service i's weight over its cost: answer time x (1 + in flight per weight)."""
+    def score(self, i: int, now: float, weight: float = 0.0) -> float:
+        """least-latency's score of service i, its weight over its cost: answer time x (1 +
+        in flight per weight); weight: its effective weight, if known."""
+        if not weight:
+            weight = self.table.weight(i, self.services[i].weight) * self.ramp(i)
         cost = answer_time(self.table, i, now) * (1.0 + self.load.in_flight(i) / weight)
         return weight / cost
 
