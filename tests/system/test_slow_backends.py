@@ -12,6 +12,8 @@ queue-timeout, and status, csv and /metrics count it all.
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import threading
 import time
@@ -174,3 +176,31 @@ def test_max_inflight_in_a_hashed_pool_waits_then_turns_away():
         assert max(times) < 0.1 + 0.3, spread(times)
         assert int(rows["default/SERIAL"]["turned_away"]) > 0
         assert "turned_away" in status.splitlines()[0] and "queued" in status.splitlines()[0]
+
+
+def test_a_worker_killed_with_requests_in_flight_leaves_no_count_behind():
+    """A worker that retires (max-use) while two requests wait on a service at max-inflight 2,
+    killed before they are answered: its replacement, in another slot, must not find the
+    service full for ever."""
+    where = short_tmpdir()
+    control = str(where / "control")
+    with FakeBackend(name="SLOW", delay=3.0, serial=True) as slow:
+        with Daemon("-s", slow.spec(timeout=20), "--max-inflight", "2", "--max-use", "2",
+                    "--control", control, "--check-interval", "0", workers=1) as daemon:
+            clients = [PolicyClient(HOST, daemon.port) for _ in range(2)]
+            for k, client in enumerate(clients):
+                client.send_raw(request(instance=f"k{k}"))
+            first = daemon.pids[0]
+            deadline = time.monotonic() + 10
+            while (csv_rows(control)["default/SLOW"]["in_flight"] != "2"
+                   or len(daemon.workers_now()) < 2):  # retiring, and its replacement
+                assert time.monotonic() < deadline, daemon.workers_now()
+                time.sleep(0.05)
+            os.kill(first, signal.SIGKILL)
+            while first in daemon.workers_now():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.2)  # the master reaps it
+            assert csv_rows(control)["default/SLOW"]["in_flight"] == "0"
+            for client in clients:
+                client.close()
