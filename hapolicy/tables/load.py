@@ -6,8 +6,9 @@ two processes write one word: each worker writes only its own slot's words in th
 region (layout.py), at each change, and the service's load is their sum. A worker's claim of a
 slot is optimistic: it adds its request, reads the sum again, and takes it back when the sum
 is over the limit; two workers racing for the last slot may both give it back (that request
-waits or goes elsewhere), never both keep it. The master zeroes a slot's words when it starts a
-worker there (a dead worker's requests are gone with it). A process without a slot (spawn
+waits or goes elsewhere), never both keep it. The master zeroes a slot's words when its worker
+is gone and when it starts one there (a worker killed with requests in flight leaves none
+counted). A process without a slot (spawn
 mode, the monitor's `ask`) counts in private words, which only it sees.
 
 A service's answer time is a peak-EWMA (as Finagle's and Linkerd's balancers keep it) in the
