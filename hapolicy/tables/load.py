@@ -8,8 +8,8 @@ slot is optimistic: it adds its request, reads the sum again, and takes it back 
 is over the limit; two workers racing for the last slot may both give it back (that request
 waits or goes elsewhere), never both keep it. The master zeroes a slot's words when its worker
 is gone and when it starts one there (a worker killed with requests in flight leaves none
-counted). A process without a slot (spawn
-mode, the monitor's `ask`) counts in private words, which only it sees.
+counted). A process without a slot (spawn mode, the monitor's `ask`) counts in private words,
+which only it sees.
 
 A service's answer time is a peak-EWMA (as Finagle's and Linkerd's balancers keep it) in the
 service's slot, shared by every process: an answer slower than the average becomes the average
