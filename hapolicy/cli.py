@@ -120,13 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Logger(config.syslog_socket, config.log_stderr)
     if args["check_config"]:
         print("\n".join(summary(config)))
-        for line in _hedge_warnings(config):
+        for line in _warnings(config):
             sys.stderr.write(f"hapolicy: warning: {line}\n")
         return 0
     if config.addresses:
         from hapolicy.daemon.runner import run_daemon
 
-        for line in _hedge_warnings(config):
+        for line in _warnings(config):
             log.warning(line)
 
         return run_daemon(config, log, lambda: load_config(argv)[0])
@@ -141,19 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _hedge_warnings(config: DaemonConfig) -> list[str]:
-    """What --check-config and a start warn of: a pool that hedges with state, a pool that
-    caches in spawn mode."""
-    lines = []
+def _warnings(config: DaemonConfig) -> list[str]:
+    """--check-config's and the daemon's start's warnings of settings that work against each
+    other, and of a pool that caches in spawn mode."""
+    from hapolicy.request.selection import warnings as balance_warnings
+
+    found = balance_warnings(config)
     if any(pool.hedge for pool in config.pools):
         from hapolicy.request.hedge import warnings
 
-        lines += warnings(config)
+        found += warnings(config)
     if any(pool.cache for pool in config.pools) and not config.addresses:
         from hapolicy.request.cache import warnings as cache_warnings
 
-        lines += cache_warnings(config)
-    return lines
+        found += cache_warnings(config)
+    return found
 
 
 def _fail(message: str, argv: Sequence[str]) -> int:

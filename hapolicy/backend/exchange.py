@@ -74,6 +74,9 @@ class Backends:
         # what makes a new connection: Lane.connection with a lane (a LaneConnection)
         self.connection_type: Callable[[Backends, Service], Connection] = Connection
         self.sweep: Callable[[float], None] | None = None
+        # called with its service at the end of every exchange, whichever way it ended (a
+        # pool that counts each service's requests in flight; None: none counts)
+        self.on_end: Callable[[Service], None] | None = None
         self.sweep_every = 0.0
         self.next_sweep = 0.0
 
@@ -263,6 +266,8 @@ class Connection:
                         self.state = IDLE
                     else:
                         self.close()
+                    if backends.on_end is not None:
+                        backends.on_end(self.service)
                     on_done(action, ANSWERED, "")
                     return
             self._received(data)
@@ -358,12 +363,15 @@ class Connection:
         self.on_done = None
         self.payload = b""
         self.answer = b""
-        self.backends.in_flight.discard(self)
+        backends = self.backends
+        backends.in_flight.discard(self)
         self.ended = self.loop.now
-        if keep and self.backends.idle.put(self):
+        if keep and backends.idle.put(self):
             self.state = IDLE
         else:
             self.close()
+        if backends.on_end is not None:
+            backends.on_end(self.service)
         on_done(action, outcome, detail)
 
     def close(self, unregister: bool = True) -> None:

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from hapolicy.config.records import DaemonConfig, PoolConfig
 
 MAX_COUNT = 100  # check-rise and check-fall
+MAX_INFLIGHT = 100000  # a service's requests in flight (max-inflight)
 MAX_USE = 10**9
 MAX_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn anyway
 MAX_ACTION = 2048  # as Postfix's line_length_limit; an SMTP reply line is 512 octets
@@ -171,8 +172,17 @@ OPTIONS: tuple[Option, ...] = (
            "found it up, `hapolicyctl enable`, new in a reload) gets a share of the round robin "
            "that grows from a twentieth of its weight to all of it over S seconds (a restarted "
            "service with a cold cache is not given its full share at once; hash pools keep "
-           "their keys where they are)", seconds("slowstart", allow_zero=True), "S",
-           default_text="0: off"),
+           "their keys where they are), and a max-inflight that grows as well",
+           seconds("slowstart", allow_zero=True), "S", default_text="0: off"),
+    Option("max_inflight", ("--max-inflight",), "a service with N requests in flight (over "
+           "all workers) gets no new one: in a weighted or least-latency pool the request goes "
+           "to the next service with room, in a hashed pool (or to the service its transaction "
+           "sticks to) it waits for a free slot up to queue-timeout",
+           whole("max inflight", 0, MAX_INFLIGHT), "N", default_text="0: no limit"),
+    Option("queue_timeout", ("--queue-timeout",), "the longest a request waits for a free "
+           "slot of a service at its max-inflight; then it goes on as after a failure (the "
+           "next service, or the default action: reason `queued-out`)",
+           interval("queue timeout"), "S"),
     Option("state_file", ("--state-file",), "spawn mode: the file in which every process "
            "spawned with the same services shares their health (down, cool-down, probe, round "
            "robin); `none`: each process keeps its own. Daemon: the file in which the master "
@@ -200,10 +210,12 @@ OPTIONS: tuple[Option, ...] = (
            "at once, or try them anyway (each costs its timeout)",
            Value("all-down", parse_all_down, 7, ""), choices=("default", "try")),
     Option("balance", ("--balance",), "how to choose among services of one priority: weighted "
-           "round robin, or rendezvous hashing of these attributes",
+           "round robin, the power of two choices by answer time and requests in flight "
+           "(least-latency: for pools without state), or rendezvous hashing of these "
+           "attributes",
            text("balance", MAX_BALANCE, parse_balance, f"at most {MAX_BALANCE} characters; "
                  "ATTR 1-64 of A-Z a-z 0-9 _ . -; a prefix /N 0 to 128"),
-           "weighted|hash:ATTR[,ATTR...]"),
+           "weighted|least-latency|hash:ATTR[,ATTR...]"),
     Option("sticky_instance", ("--sticky-instance",), "keep the requests of one SMTP "
            "transaction on one service", YES_NO, choices=("yes", "no")),
     Option("fail_answer", ("--fail-answer",), "an answer whose action matches this regular "

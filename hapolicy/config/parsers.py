@@ -140,7 +140,7 @@ def split_listen(text: str) -> tuple[str, int, str]:
 
 def parse_balance(text: str) -> str:
     text = text.strip()
-    if text == "weighted":
+    if text in ("weighted", "least-latency"):
         return text
     if text.startswith("hash:"):
         for attr in text[5:].split(","):
@@ -149,8 +149,13 @@ def parse_balance(text: str) -> str:
                 break
         else:
             return text
-    raise ConfigError(f"balance {text!r}: expected 'weighted' or 'hash:ATTR[/N][,ATTR...]' "
-                      "(N: a prefix length, 0-32 for IPv4, 33-128 for IPv6)")
+    if "least-latency" in text:
+        raise ConfigError(f"balance {text!r}: least-latency does not hash (a key must stay on "
+                          "its service, whatever its answer time): 'least-latency' alone, or "
+                          "'hash:ATTR[/N][,ATTR...]'")
+    raise ConfigError(f"balance {text!r}: expected 'weighted', 'least-latency' or "
+                      "'hash:ATTR[/N][,ATTR...]' (N: a prefix length, 0-32 for IPv4, 33-128 "
+                      "for IPv6)")
 
 
 def _is_prefix(bits: str) -> bool:

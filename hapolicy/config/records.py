@@ -85,6 +85,8 @@ class PoolConfig:
     balance: str = "weighted"
     sticky_instance: bool = True
     slowstart: float = 0.0  # seconds over which a service back in the rotation gets its share
+    max_inflight: int = 0  # a service's most requests in flight over all workers (0: no limit)
+    queue_timeout: float = 5.0  # the longest wait for a free slot of a service at its limit
     fail_answer: str = ""  # a regular expression: an action it matches is a failure
     policy_context: str = ""  # the policy_context value this pool serves ("*": any other)
     shadow: str = ""  # a pool that gets a copy of each request answered (shadow.py)

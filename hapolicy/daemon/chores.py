@@ -33,6 +33,7 @@ def preload_lazy_modules() -> None:
     tests/system/test_privsep_imports.py fails when a function a worker or the monitor may run
     imports a module that nothing imported before the fork."""
     import hashlib  # noqa: F401 - selection.py: hash balancing
+    import random  # noqa: F401 - selection.py: least-latency
     import re  # noqa: F401 - outcome.py: fail-answer
 
     from hapolicy.request import (

@@ -167,6 +167,7 @@ class Master(Succession):
         """Act on signals, dead children and missing ones; False when it is time to exit."""
         self.handle_signals()
         if self.supervisor.reap(bool(self.stopping)):
+            self._clear_free_slots()
             self.checks.stop_unused(self.supervisor.generations())
         if self.stopping:
             if not self.workers:
@@ -268,8 +269,20 @@ class Master(Succession):
         worker = Worker(self.config, listeners, self.health_tables, self.worker_table, slot,
                         self.log)
         for health in self.health_tables.values():  # not a dead worker's requests in flight
-            health.set_in_flight(slot, 0)
+            health.clear_slot(slot)
         return self.supervisor.spawn(WORKER, slot, worker.run, self.config.max_use) is not None
+
+    def _clear_free_slots(self) -> None:
+        """Forget what the workers that left said in the tables of every generation: a worker
+        killed with requests in flight (stop, retire timeout) must not leave them counted
+        against a service's max-inflight until another worker takes its slot."""
+        used = {child.slot for child in self.workers.values()}
+        free = [s for s in range(self.worker_table.slots) if s not in used]
+        tables = {id(t): t for t in (*self.health_tables.values(),
+                                     *(entry.table for entry in self.checks.all()))}
+        for table in tables.values():
+            for slot in free:
+                table.clear_slot(slot)
 
     def _new_monitor(self) -> Monitor:
         """The monitor of the running configuration and tables (MonitorKeeper's `make`);

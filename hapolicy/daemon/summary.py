@@ -50,7 +50,9 @@ def service_state(table: HealthTable, i: int, now: float) -> str:
 def pool_line(name: str, table: HealthTable, names: Sequence[str], rate: float,
               now: float) -> str:
     """The summary line of one pool; now is the monotonic time the states are read at."""
-    defaults = [(reason, table.counter(word)) for reason, word in DEFAULT_REASONS]
+    # queued-out only once there is one: only a pool with max-inflight has any
+    defaults = [(reason, table.counter(word)) for reason, word in DEFAULT_REASONS
+                if reason != "queued-out" or table.counter(word)]
     services = ", ".join(
         f"{service} {service_state(table, i, now)}"
         f" answers={table.service_counter(i, ANSWERS)}"

@@ -162,7 +162,7 @@ class Worker:
         for pool in self.config.pools:
             dispatcher = make_dispatcher(loop, pool, self.health_tables[pool.name], self.log,
                                          log_requests=self.config.log_requests,
-                                         verbose=self.config.verbose)
+                                         verbose=self.config.verbose, load_slot=self.slot)
             self.dispatchers.append(dispatcher)
             by_name[pool.name] = dispatcher
         MaxUse(self.config.max_use, self.dispatchers, self._max_use_reached).share()

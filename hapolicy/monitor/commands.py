@@ -18,6 +18,12 @@ the start, or the reload that added it), shown as `4m05s` by status; down_s is t
 has been down in all (checks and live failures alike; not the time it was disabled while up).
 state is up, or down from a failure until it answered again (a check, or without checks a
 probe after its cool-down).
+
+ewma_ms is a least-latency pool's peak-EWMA answer time of the service (load.py; empty in
+other pools, and before its first answer); in_flight and queued are its requests waiting for
+its answer and for a free slot (max-inflight), over all workers, now; turned_away the requests
+its max-inflight sent elsewhere or let wait in vain; queued_out, the pool's, its default answers
+after such a wait.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from hapolicy.config.values import (
 )
 from hapolicy.monitor import cachecounts
 from hapolicy.monitor.pooltotals import pools_answer
-from hapolicy.tables.health import peers
+from hapolicy.tables.health import peers, whole
 from hapolicy.tables.layout import DISABLED, DRAINING, ENABLED
 
 TYPE_CHECKING = False
@@ -43,19 +49,24 @@ if TYPE_CHECKING:
 
 COLUMNS = ("pool", "service", "address", "state", "admin", "weight", "answers", "failures",
            "p50_ms", "p99_ms", "last_change", "down_s", "hedged", "hedge_won", "shadow_agree",
-           "shadow_disagree", "shadow_failed", "shadow_dropped", "internal_errors",
-           *cachecounts.COLUMNS)
+           "shadow_disagree", "shadow_failed", "shadow_dropped", "internal_errors", "ewma_ms",
+           "in_flight", "queued", "turned_away", "queued_out", *cachecounts.COLUMNS)
 COMMANDS = (
     ("status", ("a table, one line per service: the columns of csv except down_s, except "
-                "the hedge and shadow columns when no pool hedges or has a shadow, and except "
-                "internal_errors while it is 0 in every pool")),
+                "the hedge and shadow columns when no pool hedges or has a shadow, the load "
+                "columns when no pool has least-latency or max-inflight, and internal_errors "
+                "while it is 0 in every pool")),
     ("csv", ("a `#` header line that names the columns, then one row per service, "
              "comma-separated (HAProxy `show stat` style): " + ", ".join(COLUMNS) + ". New "
-             "columns are only ever appended; the hedge, shadow and internal_errors columns are the "
-             "pool's, on each of its rows (internal_errors: requests answered with the default "
-             "action because of an exception while handling them; the cache columns: a "
-             "cached pool's requests answered from its cache, sent to its services, answered "
-             "stale, and its entries put out for another key)")),
+             "columns are only ever appended; the hedge, shadow, internal_errors and "
+             "queued_out columns are the pool's, on each of its rows (internal_errors: requests "
+             "answered with the default action because of an exception while handling them; "
+             "queued_out: after a wait for a free slot ran out). ewma_ms: a least-latency "
+             "pool's answer time of the service; in_flight, queued: its requests now waiting "
+             "for its answer, for a free slot; turned_away: requests its max-inflight sent "
+             "elsewhere or let wait in vain; the cache columns: a cached pool's requests "
+             "answered from its cache, sent to its services, answered stale, and its entries "
+             "put out for another key")),
     ("disable POOL/SERVICE", ("take a service out: no worker sends it a request from now on, "
                              "and the checks leave it alone")),
     ("drain POOL/SERVICE", ("no new transaction and no hash key goes to the service; the "
@@ -85,7 +96,9 @@ STATUS_COLUMNS = COLUMNS[:11] + COLUMNS[12:]  # all but down_s
 PLAIN_COLUMNS = 11  # status's columns when no pool hedges or has a shadow
 FEATURE_COLUMNS = range(11, 17)  # status's hedge and shadow columns
 INTERNAL_COLUMN = 17  # status's internal_errors
-CACHE_COLUMNS = range(18, 22)  # status's cache columns (shown when a pool caches)
+LOAD_COLUMNS = range(18, 23)  # status's ewma_ms .. queued_out
+# status's cache columns (shown when a pool caches), the last ones
+CACHE_COLUMNS = range(STATUS_COLUMNS.index(cachecounts.COLUMNS[0]), len(STATUS_COLUMNS))
 HELP = "commands:\n" + "".join(f"  {usage:<22} {what}\n" for usage, what in COMMANDS)
 ADMIN_COMMANDS = {"disable": DISABLED, "drain": DRAINING, "enable": ENABLED}
 Target = tuple  # (HealthTable, index of the service in it, its peers in round robin)
@@ -98,12 +111,15 @@ def rows(config: DaemonConfig, health: Mapping[str, HealthTable], now: float,
     from hapolicy.tables.layout import (
         ANSWERS,
         DEFAULT_INTERNAL,
+        DEFAULT_QUEUED_OUT,
         FAILURES,
         HEDGE_WON,
         HEDGED,
         LAST_CHANGE,
         SHADOW_COUNTERS,
+        TURNED_AWAY,
     )
+    from hapolicy.tables.load import ServiceLoad, ewma
     from hapolicy.tables.stats import buckets, down_seconds, is_up, quantile, word
 
     out = []
@@ -113,9 +129,15 @@ def rows(config: DaemonConfig, health: Mapping[str, HealthTable], now: float,
             continue
         pooled = [str(table.counter(word))
                   for word in (HEDGED, HEDGE_WON, *SHADOW_COUNTERS, DEFAULT_INTERNAL)]
+        load = ServiceLoad(table)
+        queued_out = str(table.counter(DEFAULT_QUEUED_OUT))
+        least_latency = pool.balance == "least-latency"
         cached = cachecounts.cells(table)
         for i, service in enumerate(pool.services):
             latency = buckets(table, i)
+            loaded = [milliseconds(ewma(table, i, now) if least_latency else None),
+                      str(load.in_flight(i)), str(load.queued(i)),
+                      str(whole(word(table, i, TURNED_AWAY))), queued_out]
             out.append([pool.name, service.name, service.address,
                         "up" if is_up(table, i) else "down", table.admin(i),
                         str(table.weight(i, service.weight)),
@@ -124,7 +146,8 @@ def rows(config: DaemonConfig, health: Mapping[str, HealthTable], now: float,
                         milliseconds(quantile(latency, 0.5)),
                         milliseconds(quantile(latency, 0.99)),
                         str(max(0, int(wall - word(table, i, LAST_CHANGE)))),
-                        str(int(down_seconds(table, i, now))), *pooled, *cached])
+                        str(int(down_seconds(table, i, now))), *pooled, *loaded,
+                        *cached])
     return out
 
 
@@ -258,6 +281,8 @@ def answer(line: str, config: DaemonConfig, health: Mapping[str, HealthTable],
             shown += FEATURE_COLUMNS
         if any(row[INTERNAL_COLUMN] != "0" for row in body):
             shown.append(INTERNAL_COLUMN)
+        if any(pool.balance == "least-latency" or pool.max_inflight for pool in config.pools):
+            shown += LOAD_COLUMNS
         if any(pool.cache for pool in config.pools):
             shown += CACHE_COLUMNS
         return aligned([STATUS_COLUMNS[k] for k in shown], [[row[k] for k in shown]

@@ -76,7 +76,7 @@ def preload() -> None:
     import prometheus_client.exposition  # noqa: F401
 
     from hapolicy.base import outcome  # noqa: F401
-    from hapolicy.tables import stats  # noqa: F401
+    from hapolicy.tables import load, stats  # noqa: F401
 
 
 class Collector:
@@ -145,6 +145,43 @@ def feature_families(pools: list[tuple[PoolConfig, HealthTable]]) -> Iterator[ob
             hedges.add_metric([pool.name], table.counter(HEDGED))
             won.add_metric([pool.name], table.counter(HEDGE_WON))
     yield from (shadow, hedges, won)
+    yield from load_families(pools)
+
+
+def load_families(pools: list[tuple[PoolConfig, HealthTable]]) -> Iterator[object]:
+    """Of the pools with least-latency (the answer time) or max-inflight (load.py)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from hapolicy.tables.health import whole
+    from hapolicy.tables.layout import TURNED_AWAY
+    from hapolicy.tables.load import ServiceLoad, ewma
+    from hapolicy.tables.stats import word
+
+    labels = ["pool", "service"]
+    answer_time = GaugeMetricFamily("hapolicy_service_answer_time_ewma_seconds", "a "
+                                    "least-latency pool's peak-EWMA answer time of the "
+                                    "service", labels=labels)
+    in_flight = GaugeMetricFamily("hapolicy_service_requests_in_flight", "requests waiting "
+                                  "for the service's answer, now", labels=labels)
+    queued = GaugeMetricFamily("hapolicy_service_requests_queued", "requests waiting for a "
+                               "free slot of the service (max-inflight), now", labels=labels)
+    turned = CounterMetricFamily("hapolicy_service_turned_away", "requests the service's "
+                                 "max-inflight sent elsewhere or let wait in vain",
+                                 labels=labels)
+    now = time.monotonic()
+    for pool, table in pools:
+        if pool.balance != "least-latency" and not pool.max_inflight:
+            continue
+        load = ServiceLoad(table)
+        for i, service in enumerate(pool.services):
+            names = [pool.name, service.name]
+            seconds = ewma(table, i, now) if pool.balance == "least-latency" else None
+            if seconds is not None:
+                answer_time.add_metric(names, seconds)
+            in_flight.add_metric(names, load.in_flight(i))
+            queued.add_metric(names, load.queued(i))
+            turned.add_metric(names, whole(word(table, i, TURNED_AWAY)))
+    yield from (answer_time, in_flight, queued, turned)
 
 
 def service_families(pools: list[tuple[PoolConfig, HealthTable]], now: float,

@@ -26,8 +26,14 @@ if TYPE_CHECKING:
     from hapolicy.tables.health import HealthTable
 
 LATENCY_COLUMNS = (*(f"lat_{bound * 1000:g}ms" for bound in BOUNDS), "lat_inf")
+# the reasons of default answers there were when the latency columns came after them; a later
+# reason's column comes after those (columns are only ever appended)
+FIRST_REASONS = 5
 POOL_COLUMNS = ("pool", "services", "up", "down", "disabled", "requests", "answers", "defaults",
-                *(f"default_{reason}" for reason, _ in DEFAULT_REASONS), *LATENCY_COLUMNS)
+                *(f"default_{reason}" for reason, _ in DEFAULT_REASONS[:FIRST_REASONS]),
+                *LATENCY_COLUMNS,
+                *(f"default_{reason.replace('-', '_')}"
+                  for reason, _ in DEFAULT_REASONS[FIRST_REASONS:]))
 
 
 def pool_row(name: str, size: int, table: HealthTable) -> list[str]:
@@ -45,7 +51,8 @@ def pool_row(name: str, size: int, table: HealthTable) -> list[str]:
         latency = [a + b for a, b in zip(latency, buckets(table, i))]
     defaults = [table.counter(word) for _, word in DEFAULT_REASONS]
     return [name, *map(str, (size, up, down, disabled, table.counter(REQUESTS), answers,
-                             sum(defaults), *defaults, *latency))]
+                             sum(defaults), *defaults[:FIRST_REASONS], *latency,
+                             *defaults[FIRST_REASONS:]))]
 
 
 def pools_answer(config: DaemonConfig, health: Mapping[str, HealthTable]) -> str:

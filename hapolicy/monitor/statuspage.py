@@ -36,7 +36,8 @@ SERVICE_CELLS = slice(1, 11)  # of a status row: service .. last_change
 HEDGE_CELLS = slice(11, 13)  # the pool's hedged, hedge_won
 SHADOW_CELLS = slice(13, 17)  # the pool's shadow_agree .. shadow_dropped
 INTERNAL_CELL = 17
-CACHE_CELLS = slice(18, 22)  # the pool's cache_hits .. cache_evictions
+# the pool's cache_hits .. cache_evictions
+CACHE_CELLS = slice(STATUS_COLUMNS.index("cache_hits"), STATUS_COLUMNS.index("cache_evictions") + 1)
 CELL_CLASSES = ("left", "left", "ac", "ac")  # service, address, state, admin; then numbers
 ROW_BYTES = 1024  # a service's row: markup, its escaped name and address, ten cells
 CLASSES = {  # HAProxy's stats page's classes and colours

@@ -24,11 +24,14 @@ if TYPE_CHECKING:
 
 def make_dispatcher(loop: EventLoop, config: PoolConfig, table: HealthTable, log: Logger,
                     blames_deadline: bool = True, log_requests: bool = False,
-                    verbose: bool = False, lane: bool = True) -> Dispatcher:
+                    verbose: bool = False, lane: bool = True,
+                    load_slot: int = -1) -> Dispatcher:
     """The dispatcher of pool config, its lane and hedger attached as its settings ask;
     log_requests and verbose: the process's (DaemonConfig's) logging settings; lane=False
-    leaves the lane off (the tests and the bench compare the two ways)."""
-    dispatcher = Dispatcher(loop, config, table, log, blames_deadline, log_requests, verbose)
+    leaves the lane off (the tests and the bench compare the two ways); load_slot: the
+    worker's slot, in which it counts its requests to each service (load.py; -1: none)."""
+    dispatcher = Dispatcher(loop, config, table, log, blames_deadline, log_requests, verbose,
+                            load_slot)
     if config.hedge:
         from hapolicy.request.hedge import Hedger  # here: only a pool that hedges pays for it
 

@@ -31,6 +31,7 @@ from hapolicy.config.records import PoolConfig
 from hapolicy.request.hashkey import key_function
 from hapolicy.request.job import Job
 from hapolicy.request.selection import Selector
+from hapolicy.request.waiting import WaitingLine
 from hapolicy.tables.health import HealthTable
 from hapolicy.tables.layout import (
     ANSWERS,
@@ -45,6 +46,7 @@ from hapolicy.tables.layout import (
     STATS,
     UP,
 )
+from hapolicy.tables.load import ServiceLoad, observe
 from hapolicy.tables.stats import FIRST_BOUND, action_offset
 from hapolicy.tables.transitions import Health
 
@@ -83,7 +85,7 @@ class Dispatcher:
 
     def __init__(self, loop: EventLoop, config: PoolConfig, table: HealthTable, log: Logger,
                  blames_deadline: bool = True, log_requests: bool = False,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, load_slot: int = -1) -> None:
         self.loop = loop
         self.config = config
         self.table = table
@@ -91,9 +93,11 @@ class Dispatcher:
         self.log = log
         self.hash_key = key_function(config.balance)
         self.fail_answer = fail_answer(config.fail_answer)
-        self.selector = Selector(config.services, table, config.all_down == "try",
-                                 config.slowstart)
         self.backends = Backends(loop, config.connect_timeout)
+        self._count_load(load_slot)
+        self.selector = Selector(config.services, table, config.all_down == "try",
+                                 config.slowstart, self.load, self.least_latency,
+                                 config.max_inflight)
         self.default_answer = format_action(config.default_action)
         # read on every request: plain attributes, not through config
         self.services = config.services
@@ -124,6 +128,19 @@ class Dispatcher:
         self.shadow: Mirror | None = None  # copies the answered requests to a shadow pool
         self.cache: Cache | None = None  # answers from and keeps in the pool's verdict cache
         self.backends.on_sweep(self.sweep, SWEEP_SECONDS)
+
+    def _count_load(self, slot: int) -> None:
+        """least-latency and max-inflight count each service's requests (load.py) in the
+        worker's slot, the exchanges' ends giving their slots back; other pools none of it."""
+        config = self.config
+        self.least_latency = config.balance == "least-latency"
+        self.limited = config.max_inflight > 0
+        self.load: ServiceLoad | None = None
+        if self.least_latency or self.limited:
+            self.load = ServiceLoad(self.table, slot)
+            self.backends.on_end = self._exchange_ended
+            self.index_of = {s.name: i for i, s in enumerate(config.services)}
+        self.waiting = WaitingLine(self.loop)
 
     def call_at_request(self, count: int, callback: Callable[[], None]) -> None:
         """Call `callback` when this dispatcher has taken `count` requests in all (a worker's
@@ -216,6 +233,14 @@ class Dispatcher:
         counts[base + offset] += 1.0
         if counts[index * SLOT + DOWN_UNTIL]:  # it was down: Health.ok may bring it back
             self.health.ok(index)
+        if self.least_latency:
+            observe(self.table, index, elapsed, self.loop.now)
+
+    def _exchange_ended(self, service: Service) -> None:
+        """An exchange with service ended: its slot is free (load.py), maybe for a waiter."""
+        self.load.end(self.index_of[service.name])  # type: ignore[union-attr]
+        if self.waiting.line:
+            self.waiting.kick()
 
     def warn_default(self, why: str) -> None:
         """Log that a request got the default answer (rate-limited)."""
@@ -232,6 +257,7 @@ class Dispatcher:
                               f"request ({describe_exception(exc)}){cost}")
 
     def close(self) -> None:
+        self.waiting.close()
         if self.warnings.timer is not None:
             self.warnings.timer.cancel()
             self.warnings.flush()

@@ -119,8 +119,9 @@ class Hedge:
         if job.exchange is None or hedger.tokens < 1.0 or now >= job.deadline:
             return
         index = d.selector.pick(job.tried, now, job.key, -1, last_resort=False)  # no dead one
-        if index < 0:
-            return
+        if index < 0 or (d.load is not None
+                         and not d.load.claim(index, d.selector.limit(index))):
+            return  # none left, or the one left at its max-inflight: no hedge
         hedger.tokens -= 1.0
         job.mark_tried(index)
         self.index = index

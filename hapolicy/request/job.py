@@ -9,6 +9,14 @@ Whatever happens, the client's `deliver` is called exactly once with the answer 
 (`answered`); an exception in any step (`begin`, an exchange's end, its hedge's) costs this
 request the default answer unless it was answered already (`fail`), never the worker.
 
+In a pool with max-inflight, a request claims a slot of the service picked before it sends
+(`ServiceLoad.claim`; the exchange's end gives it back, dispatch.py). A service at its limit is
+skipped for the next one with room, or, when the request must stay with it (a hashed pool, the
+service its transaction sticks to) or no service has room, the request waits in the pool's
+line (waiting.py), up to queue-timeout from its first wait in all (a slot it saw free and lost
+to another worker puts it back in line); then it goes on as after a failure of that service,
+and a default answer it ends with is counted as `queued-out`.
+
 Only a Job's own methods write its fields. What the dispatcher attached from above takes part
 through them: the hedge (hedge.py) marks the service it asks as tried (`mark_tried`) and hands
 its exchange over as the attempt in progress (`adopt`); a mirror (shadow.py) is given the
@@ -23,7 +31,13 @@ from __future__ import annotations
 import time
 
 from hapolicy.base.outcome import ANSWERED, LOCAL, is_timeout
-from hapolicy.tables.layout import DEFAULT_DOWN, DEFAULT_FAILED, DEFAULT_TIMEOUT
+from hapolicy.tables.layout import (
+    DEFAULT_DOWN,
+    DEFAULT_FAILED,
+    DEFAULT_QUEUED_OUT,
+    DEFAULT_TIMEOUT,
+)
+from hapolicy.tables.load import observe
 
 # typing is imported for the type checker only: it costs a spawned process 3 ms of its start
 TYPE_CHECKING = False
@@ -36,6 +50,9 @@ if TYPE_CHECKING:
     from hapolicy.base.protocol import Request
     from hapolicy.config.records import PoolConfig, Service
     from hapolicy.request.selection import Selector
+    from hapolicy.request.waiting import WaitingLine
+    from hapolicy.tables.health import HealthTable
+    from hapolicy.tables.load import ServiceLoad
     from hapolicy.tables.transitions import Health
 
     class Client(Protocol):
@@ -77,6 +94,11 @@ if TYPE_CHECKING:
         config: PoolConfig
         services: list[Service]
         selector: Selector
+        table: HealthTable
+        load: ServiceLoad | None  # a pool with least-latency or max-inflight counts it
+        limited: bool  # max-inflight
+        least_latency: bool
+        waiting: WaitingLine
         backends: Backends
         health: Health
         log: Logger
@@ -116,9 +138,13 @@ class Job:
         "hedge",
         "instance",
         "key",
+        "queued",
+        "queued_until",
         "request",
+        "skipped",
         "started",
         "tried",
+        "waiting",
     )
 
     def __init__(self, dispatcher: Owner, request: Request, client: Client,
@@ -137,6 +163,13 @@ class Job:
         self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
         self.answered = False
         self.cache_key = cache_key  # the hash of its cache key, in a pool that caches
+        # max-inflight: services passed over at their limit (a bit each); the service it
+        # waits for in line (-1 while it does not); when its waiting must end (0.0: it never
+        # waited); whether a wait ran out (its default answer is then `queued-out`)
+        self.skipped = 0
+        self.waiting = -1
+        self.queued_until = 0.0
+        self.queued = False
 
     @classmethod
     def resumed(cls, dispatcher: Owner, request: Request, client: Client, index: int,
@@ -183,6 +216,9 @@ class Job:
         if self.exchange is not None:
             self.exchange.cancel("internal error")
             self.exchange = None
+        if self.waiting >= 0:
+            d.load.queue(self.waiting, -1)
+            self.waiting = -1
         d.in_flight -= 1
         self.client.deliver(d.default_answer)
 
@@ -197,12 +233,24 @@ class Job:
         sticky = -1
         if self.instance and self.instance == self.client.instance:
             sticky = self.client.instance_service
-        index = d.selector.pick(self.tried, now, self.key, sticky)
+        index = d.selector.pick(self.tried | self.skipped, now, self.key, sticky)
         if index < 0:
-            if self.tried:
+            if self.skipped and not self.queued:
+                self.wait(-1, now)  # every service it may ask is at its limit
+            elif self.queued or self.skipped:
+                self.answer_default("queued out: max-inflight", DEFAULT_QUEUED_OUT)
+            elif self.tried:
                 self.answer_default("all services failed", DEFAULT_FAILED)
             else:
                 self.answer_default("all services down", DEFAULT_DOWN)
+            return
+        if d.load is not None and not d.load.claim(index, d.selector.limit(index)):
+            if (self.key is not None or index == sticky) and not self.queued:
+                self.wait(index, now)
+            else:
+                d.load.turned_away(index)
+                self.skipped |= 1 << index
+                self.next_attempt(now)
             return
         self.tried |= 1 << index
         self.current = index
@@ -211,6 +259,52 @@ class Job:
         if d.hedger is not None and self.hedge is None:
             self.hedge = d.hedger.arm(self, index, now)
         conn.run(self.request.raw, self.deadline, self.on_exchange_done, now)
+
+    def wait(self, index: int, now: float) -> None:
+        """Wait in line for a free slot of service index (-1: of any service skipped), up to
+        queue-timeout from its first wait; a full line is a wait run out at once."""
+        d = self.d
+        self.waiting = index if index >= 0 else (self.skipped & -self.skipped).bit_length() - 1
+        d.load.queue(self.waiting, 1)
+        if not self.queued_until:
+            self.queued_until = min(now + d.config.queue_timeout, self.deadline)
+        if now >= self.queued_until or not d.waiting.add(self, self.queued_until):
+            self.queued_out(now)
+
+    def has_room(self) -> bool:
+        """Whether what it waits for has a free slot now (the line asks)."""
+        d = self.d
+        load, limit = d.load, d.selector.limit
+        mask = self.skipped | 1 << self.waiting
+        return any(mask >> i & 1 and load.in_flight(i) < limit(i) for i in range(len(d.services)))
+
+    def resume(self, now: float) -> None:
+        """Out of the line to be sent: pick again, each service with room a candidate."""
+        try:
+            self.d.load.queue(self.waiting, -1)
+            self.waiting = -1
+            self.skipped = 0
+            self.next_attempt(now)
+        except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker
+            self.fail(exc)
+
+    def queued_out(self, now: float) -> None:
+        """Out of the line unsent, its wait run out: on as after a failure of the service."""
+        try:
+            d = self.d
+            index = self.waiting
+            d.load.queue(index, -1)
+            self.waiting = -1
+            self.queued = True
+            if not self.skipped:  # it waited for this one service: it fails over
+                d.load.turned_away(index)
+                self.tried |= 1 << index
+                if self.failed is None:
+                    self.failed = []
+                self.failed.append(f"{d.services[index].name}: queued out")
+            self.next_attempt(now)
+        except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker
+            self.fail(exc)
 
     def on_exchange_done(self, action: bytes, outcome: int, reason: str) -> None:
         """The attempt in progress ended: answer with its action, or fail over."""
@@ -248,6 +342,8 @@ class Job:
             pass
         elif d.health.failed(index, outcome, reason, now):
             d.release(index, now, "marked down while waiting")
+        if d.least_latency and outcome != LOCAL:  # a failure is as slow as can be
+            observe(d.table, index, service.timeout, now)
         if d.verbose:
             d.log.info(f"service={service.name} address={service.address} failed: {reason}")
         if self.failed is None:

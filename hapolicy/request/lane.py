@@ -77,10 +77,10 @@ KNOWN_ANSWER_BYTES = 64  # longer answers are not remembered by the lane (they o
 
 def qualifies(d: Dispatcher) -> bool:
     """Whether pool settings leave the lane's requests nothing to do beyond one exchange with
-    the pick of the first priority group: no hashing, hedge, shadow, fail-answer, cache,
-    per-request log line or verbose logging asks for more."""
+    the pick of the first priority group: no hashing, least-latency, max-inflight, hedge,
+    shadow, fail-answer, cache, per-request log line or verbose logging asks for more."""
     config = d.config
-    return (d.hash_key is None and not config.hedge and not config.shadow
+    return (d.hash_key is None and d.load is None and not config.hedge and not config.shadow
             and d.fail_answer is None and not d.log_requests and not d.verbose
             and not config.cache)
 

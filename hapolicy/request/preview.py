@@ -5,7 +5,8 @@ but only reads the shared table: it commits no round-robin pick and claims no pr
 `hapolicyctl ask --dry-run` changes nothing. Its rules are pick's, in pick's order: the sticky
 service while it is up, then each priority group (a service whose cool-down is over first, as
 its probe; else the group's services that are up and not drained, by rendezvous hash of the key
-or by the round robin's next pick), then a drained one, then with all-down = try the services
+or by the round robin's next pick; least-latency draws at random: the likeliest of the group
+first), then a drained one, then with all-down = try the services
 marked down that are not disabled. Each entry says why it comes there; `skipped` says why the
 others do not. Another worker's pick meanwhile moves the round robin on: the order is the one
 of a request sent now. tests/unit/request/test_preview.py holds it to pick's choices.
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from hapolicy.request.selection import Selector
 
 PLAIN, STICKY, PROBE, DRAINED, LAST_RESORT = "", "sticky", "probe", "drained", "down, all-down=try"
+LIKELIEST = "least-latency: the likeliest of a random draw"
 
 
 def trial_order(selector: Selector, now: float, key: bytes | None = None,
@@ -66,6 +68,8 @@ def next_pick(selector: Selector, tried: int, now: float, key: bytes | None,
             return candidates[0], PLAIN
         if candidates and key is not None:
             return max(candidates, key=lambda i: selector.hash_score(i, key)), PLAIN
+        if candidates and selector.least_latency:  # a draw: the likeliest first
+            return max(candidates, key=lambda i: selector.score(i, now)), LIKELIEST
         if candidates:
             return selector.by_weight(candidates), PLAIN
     if drained >= 0:

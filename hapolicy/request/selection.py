@@ -21,6 +21,18 @@ failure, enabled by the operator, new in a reload) counts in round robin with it
 the part of S that has passed since (at least MIN_SHARE), so its share grows from a twentieth
 to the whole over S seconds; hash pools keep their keys where they are.
 
+With `balance = least-latency` the pick inside a group is the power of two choices instead: two
+services of the group drawn at random by weight, and of the two the one with the lower cost
+more likely, in proportion: cost is the service's peak-EWMA answer time (load.py) times
+(1 + its requests in flight, over all workers, per unit of weight), and each of the two is
+chosen with a probability proportional to its weight over its cost. So a service ten times
+slower gets a tenth of what its weight gives, two services that answer alike share by weight
+(a strict "lower wins" would give the heavier of two every request), and one that failed (its
+cost is its timeout) gets next to nothing until its cost decays.
+
+With `max-inflight` N, `limit` says how many requests service i may have in flight: N, or
+less in its slow start (at least 1); the request path (job.py) claims a slot before it sends.
+
 Round robin is this module's alone: the lane (lane.py), which makes the first group's pick
 itself when every member is up, makes it with `by_weight` and counts it with `commit`.
 """
@@ -40,13 +52,15 @@ from hapolicy.tables.layout import (
     SLOT,
     WEIGHT,
 )
+from hapolicy.tables.load import answer_time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from hapolicy.config.records import Service
+    from hapolicy.config.records import DaemonConfig, Service
     from hapolicy.tables.health import HealthTable
+    from hapolicy.tables.load import ServiceLoad
 
 MIN_SHARE = 0.05  # of its weight, for a service whose slow start has just begun
 
@@ -54,10 +68,20 @@ class Selector:
     """Picks services for requests; holds only derived, read-only data about the services."""
 
     def __init__(self, services: Sequence[Service], table: HealthTable,
-                 try_down: bool = False, slowstart: float = 0.0) -> None:
+                 try_down: bool = False, slowstart: float = 0.0,
+                 load: ServiceLoad | None = None, least_latency: bool = False,
+                 max_inflight: int = 0) -> None:
         self.services = list(services)
         self.table = table
         self.slowstart = slowstart
+        self.load = load  # the services' load: least-latency and max-inflight read it
+        self.least_latency = least_latency and load is not None
+        self.max_inflight = max_inflight
+        self.random = None
+        if self.least_latency:
+            import random  # here: spawn mode loads it only for a least-latency pool
+
+            self.random = random.random
         prios = sorted({s.prio for s in services})
         self.groups = [[i for i, s in enumerate(services) if s.prio == p] for p in prios]
         # 1/weight per pick on the service's round-robin clock; 0.0 when it is alone in its
@@ -104,6 +128,8 @@ class Selector:
                     return self.commit(i) if self.step[i] else i
                 if key is not None:
                     return self._by_hash(candidates, key)
+                if self.least_latency:
+                    return self._by_latency(candidates, now)
                 return self.commit(self.by_weight(candidates))
         if drained >= 0:
             return self.commit(drained)
@@ -130,6 +156,44 @@ class Selector:
             return 1.0
         done = (time.monotonic() - back) / self.slowstart
         return 1.0 if done >= 1.0 else max(done, MIN_SHARE)
+
+    def limit(self, i: int) -> int:
+        """How many requests service i may have in flight (0: no limit): max-inflight, or
+        its part of it in its slow start, at least 1."""
+        if not self.max_inflight or not self.slowstart:
+            return self.max_inflight
+        return max(1, math.ceil(self.max_inflight * self.ramp(i)))
+
+    def _by_latency(self, candidates: list[int], now: float) -> int:
+        """least-latency's pick of candidates (up, of one group; see the module doc)."""
+        weights = [self.table.weight(i, self.services[i].weight) * self.ramp(i)
+                   for i in candidates]
+        first = self._draw(weights)
+        if len(candidates) == 2:
+            second = 1 - first
+        else:
+            rest = weights[:first] + [0.0] + weights[first + 1:]
+            second = self._draw(rest)
+        a, b = self.score(candidates[first], now, weights[first]), \
+            self.score(candidates[second], now, weights[second])
+        return candidates[first] if self.random() * (a + b) < a else candidates[second]
+
+    def _draw(self, weights: list[float]) -> int:
+        """An index of weights drawn at random in proportion to them."""
+        point = self.random() * sum(weights)
+        for k, weight in enumerate(weights):
+            point -= weight
+            if point < 0.0 and weight:
+                return k
+        return max(range(len(weights)), key=weights.__getitem__)
+
+    def score(self, i: int, now: float, weight: float = 0.0) -> float:
+        """least-latency's score of service i, its weight over its cost: answer time x (1 +
+        in flight per weight); weight: its effective weight, if known."""
+        if not weight:
+            weight = self.table.weight(i, self.services[i].weight) * self.ramp(i)
+        cost = answer_time(self.table, i, now) * (1.0 + self.load.in_flight(i) / weight)
+        return weight / cost
 
     def commit(self, i: int) -> int:
         """Count a pick of service i on its round-robin clock (none when it is alone in its
@@ -167,3 +231,19 @@ class Selector:
         unit = (int.from_bytes(digest, "big") + 1) / 2.0**64  # in (0, 1]
         weight = self.table.weight(i, self.services[i].weight)
         return -weight / math.log(unit) if unit < 1.0 else math.inf
+
+
+def warnings(config: DaemonConfig) -> list[str]:
+    """One line per pool whose least-latency or max-inflight its other settings undo."""
+    lines = []
+    for pool in config.pools:
+        if pool.balance == "least-latency" and pool.sticky_instance:
+            lines.append(f"pool {pool.name}: balance = least-latency with sticky-instance = "
+                         "yes: the later requests of a transaction go where its first went, "
+                         "however slow that service has become since; least-latency is for "
+                         "pools without state (sticky-instance = no)")
+        if pool.max_inflight and not pool.listen:
+            lines.append(f"pool {pool.name}: max-inflight in spawn mode counts the requests "
+                         "of one process, which has one at a time: it limits nothing (run "
+                         "the daemon to limit a service's requests)")
+    return lines

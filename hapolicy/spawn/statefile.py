@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from hapolicy.config.records import Service
 
 MAGIC = b"hapolicy health\n"  # 16 bytes
-LAYOUT = 5  # the header's and the table's (tables/layout.py); a change makes old files be
+LAYOUT = 6  # the header's and the table's (tables/layout.py); a change makes old files be
 # replaced (2: counters in the words 5, 6 of a service's slot and 1..4 of the table's own;
 # 3: 16 words a slot, with the operator's drain and weight; 4: a statistics slot per service
 # after the table's own; 5: when a service came back, for its slow start)

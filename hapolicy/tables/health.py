@@ -45,6 +45,7 @@ import math
 import mmap
 import os
 import time
+from array import array
 
 from hapolicy.tables.layout import (
     ADMIN,
@@ -59,6 +60,7 @@ from hapolicy.tables.layout import (
     DRAINING,
     ENABLED,
     LAST_CHANGE,
+    LOAD,
     POOL_COUNTERS,
     PROBE_DUE,
     PROBE_UNTIL,
@@ -69,6 +71,7 @@ from hapolicy.tables.layout import (
     UP,
     WEIGHT,
     in_flight_start,
+    load_start,
     pool_start,
     stats_start,
     table_words,
@@ -300,6 +303,14 @@ class HealthTable:
     def service_counter(self, i: int, field: int) -> int:
         """One of service i's counters (ANSWERS, FAILURES)."""
         return whole(self.f[i * SLOT + field])
+
+    def clear_slot(self, slot: int) -> None:
+        """Forget what the worker slot said (a new worker starts there; the one before may
+        have died with requests in flight): its requests in flight and its load words."""
+        if slot < self.workers:
+            self.f[self.in_flight + slot] = 0.0
+            start = load_start(self.count, self.workers) + slot * self.count * LOAD
+            self.f[start:start + self.count * LOAD] = array("d", bytes(self.count * LOAD * 8))
 
     def set_in_flight(self, slot: int, count: int) -> None:
         """The requests the worker in slot has in flight for this pool (its housekeeping)."""

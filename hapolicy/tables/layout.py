@@ -14,8 +14,12 @@ A pool's health table (health.HealthTable) is one mmap, its regions in this orde
     statistics   STATS words per service: the finer statistics (stats.py)
     in flight    one word per worker slot: the requests that worker has in flight for the pool,
                  as of its last housekeeping pass (none in spawn mode)
+    load         LOAD words per worker slot and service: the requests that worker has in flight
+                 and waiting for each service, exact (written at each change, by that worker
+                 alone: the sum over the slots is the service's load; load.py; none in spawn
+                 mode)
 
-`pool_start`, `stats_start`, `in_flight_start` and `table_words` say where each region begins.
+`pool_start`, `stats_start`, `in_flight_start`, `load_start` and `table_words` say where each region begins.
 Spawn mode's state file (spawn/statefile.py) holds the same words after its header: a change
 here must change that file's LAYOUT, so that old files are replaced, not misread.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 # The version of the health table's words (their places and meanings): raised with any change
 # to them. An upgrade in place copies a service's words to the new program only between equal
 # versions (snapshot.py); spawn mode's state file has a LAYOUT of its own, raised too.
-TABLE_LAYOUT = 5
+TABLE_LAYOUT = 6
 
 # --- A service's slot (SLOT words), word i * SLOT + name of service i -------------------------
 # Its first cache line holds what every pick reads: DOWN_UNTIL + ADMIN is 0.0 when it is UP.
@@ -43,7 +47,9 @@ DRAIN = 8  # 1.0: drained by the operator: no new transaction, no hash key goes 
 WEIGHT = 9  # the operator's weight; 0.0: the configured one
 BACK_SINCE = 10  # monotonic time it last came back into the rotation (0.0: never since the
 #                  table was made): its slow start (selection.py) runs from there
-# 11..15 unused
+EWMA = 11  # its peak-EWMA answer time in seconds (load.py): least-latency's measure of it
+EWMA_AT = 12  # monotonic time of the last answer (or failure) EWMA took in
+# 13..15 unused
 
 # Health states of a service (HealthTable.state), from its DOWN_UNTIL, ADMIN and PROBE_UNTIL:
 UP = 0  # DOWN_UNTIL + ADMIN is 0.0: selection may pick it
@@ -73,19 +79,21 @@ SHADOW_DROPPED = 9  # counter of shadow copies not sent: too many in flight, or 
 HEDGED = 10  # counter: second services asked by a hedge (hedge.py)
 HEDGE_WON = 11  # counter: requests answered by the hedge's service
 DEFAULT_INTERNAL = 12  # counter of default answers: an exception while handling the request
-# 13..15 unused
+DEFAULT_QUEUED_OUT = 13  # counter of default answers: the wait for a service's free slot
+#                          (max-inflight) ran out, or its queue was full
+# 14..15 unused
 
 # the default answers' counters by reason, as /metrics and the summary line name them
 DEFAULT_REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN),
                    ("timeout", DEFAULT_TIMEOUT), ("refused", DEFAULT_REFUSED),
-                   ("internal", DEFAULT_INTERNAL))
+                   ("internal", DEFAULT_INTERNAL), ("queued-out", DEFAULT_QUEUED_OUT))
 # the shadow copies' counters by result, as /metrics and the shadow's log lines name them
 SHADOW_RESULTS = {SHADOW_AGREE: "agree", SHADOW_DISAGREE: "disagree", SHADOW_FAILED: "failed",
                   SHADOW_DROPPED: "dropped"}
 SHADOW_COUNTERS = tuple(SHADOW_RESULTS)
 # every counter of the pool's slot: what a reload carries over to the pool's new table
 POOL_COUNTERS = (REQUESTS, DEFAULT_FAILED, DEFAULT_DOWN, DEFAULT_TIMEOUT, DEFAULT_REFUSED,
-                 *SHADOW_COUNTERS, HEDGED, HEDGE_WON, DEFAULT_INTERNAL)
+                 *SHADOW_COUNTERS, HEDGED, HEDGE_WON, DEFAULT_INTERNAL, DEFAULT_QUEUED_OUT)
 
 # --- A service's statistics slot (STATS words), word stats_start(count) + i * STATS + name ---
 
@@ -99,7 +107,9 @@ LATENCY_SUM = 20  # seconds its good answers took, from the exchange's start to 
 LATENCY_BUCKETS = 21  # + bucket (len(BOUNDS) + 1 words): its good answers whose latency is at
 #                       most BOUNDS[bucket] and above the bound before (not cumulative); the
 #                       last, len(BOUNDS), holds those above the last bound (+Inf)
-# 35..39 unused
+TURNED_AWAY = 35  # requests that wanted it while it was at its max-inflight: sent elsewhere,
+#                   or waited for a slot in vain
+# 36..39 unused
 
 # the first word of an action, upper-cased: ANSWERS_BY_ACTION + its index here (`4NN text` is
 # 4xx, `5NN text` 5xx; every other word, and an empty action, is `other`)
@@ -123,10 +133,23 @@ def in_flight_start(count: int) -> int:
     return stats_start(count) + count * STATS
 
 
-def table_words(count: int, workers: int = 0) -> int:
-    """The words of the table of count services with in-flight words for `workers` slots."""
+def load_start(count: int, workers: int) -> int:
+    """The first word of the load region in the table of count services and `workers` slots:
+    slot k's words for service i start at load_start + (k * count + i) * LOAD."""
     return in_flight_start(count) + workers
 
+
+def table_words(count: int, workers: int = 0) -> int:
+    """The words of the table of count services with in-flight and load words for `workers`
+    slots."""
+    return load_start(count, workers) + workers * count * LOAD
+
+
+# --- A worker slot's load words for one service (LOAD words), in the load region -------------
+
+LOAD = 2  # words per worker slot and service
+LOAD_IN_FLIGHT = 0  # the worker's requests now waiting for the service's answer
+LOAD_QUEUED = 1  # the worker's requests now waiting for a free slot of the service (-1: any)
 
 # --- The worker table (workertable.py): WORKER_SLOT words per slot, word slot * WORKER_SLOT +
 # name; slot k is the worker the master started in slot k, the one after the workers' the

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from testkit.ports import HOST
-from testkit.protocol import parse_attrs, service_spec, split_frame
+from testkit.protocol import fake_reply, parse_attrs, service_spec, split_frame
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -63,7 +63,10 @@ class FakeBackend:
     ``mode`` (see :data:`MODES`) and may be changed at run time with :meth:`set_mode`; it
     applies to requests received afterwards. ``delay`` applies to every mode that writes
     (or closes after a request); with ``slow_every`` N, every N-th request received waits
-    ``slow_delay`` instead (a backend slow on a known share of requests). After
+    ``slow_delay`` instead (a backend slow on a known share of requests). With ``serial``
+    it serves one request at a time over all its connections, each taking ``delay`` (as
+    postgrey, one single-threaded process, does); ``max_pending`` is then the most requests
+    it held at once, received and not yet answered (its own queue). After
     :meth:`stop`, :meth:`start` binds the same port again, which simulates a restart of the
     service.
 
@@ -82,6 +85,7 @@ class FakeBackend:
         port: int = 0,
         slow_every: int = 0,
         slow_delay: float = 0.0,
+        serial: bool = False,
     ) -> None:
         self.host = HOST
         self.port = port
@@ -104,6 +108,9 @@ class FakeBackend:
         self.attr = attr
         self.slow_every = slow_every
         self.slow_delay = slow_delay
+        self.serial = serial
+        self.serial_due = 0.0  # when the serial backend is free again
+        self.max_pending = 0
         self.set_mode(mode)
 
     # -- control ---------------------------------------------------------------
@@ -300,45 +307,28 @@ class FakeBackend:
                 self.raw_requests.append(raw)
                 self.requests.append(attrs)
                 self._cond.notify_all()
-                reply = self._reply(attrs)
+                reply = fake_reply(self.mode, self.action, self.attr, attrs)
                 delay = self.delay
                 if self.slow_every and len(self.requests) % self.slow_every == 0:
                     delay = self.slow_delay
             if reply is not None:
-                due = max(time.monotonic() + delay, conn.last_due)
-                conn.last_due = due
+                due = conn.last_due = self._due(conn, delay)
                 if self.mode == "split":  # the answer's first line alone, its end later
                     conn.pending.append((due, reply[0], False))
                     due = conn.last_due = due + 0.05
                     reply = (b"action=OK\n\n", False)
                 conn.pending.append((due, *reply))
+                pending = sum(len(c.pending) for c in self._conns.values())
+                self.max_pending = max(self.max_pending, pending)
 
-    def _reply(self, attrs: dict[str, str]) -> tuple[bytes, bool] | None:
-        """What to write for one request and whether to close afterwards (None: nothing)."""
-        mode, action = self.mode, self.action
-        if mode == "answer":
-            return f"action={action}\n\n".encode(), False
-        if mode == "echo":
-            return f"action={attrs.get(self.attr, action)}\n\n".encode(), False
-        if mode == "garbage":
-            return b"this is not a policy answer\n\n", False
-        if mode == "noaction":
-            return b"foo=bar\n\n", False
-        if mode == "close_after_request":
-            return b"", True
-        if mode == "partial":
-            return b"action=DUN", True
-        if mode == "huge":
-            return b"action=" + b"x" * 100000 + b"\n\n", False
-        if mode == "crlf":
-            return f"action={action}\r\nextra=1\n\n".encode(), False
-        if mode == "extra":
-            return f"action={action}\nextra=1\n\n".encode(), False
-        if mode == "split":
-            return f"action={action}\n".encode(), False
-        if mode == "multiline":
-            return f"foo=1\naction={action}\naction=SECOND\n\n".encode(), False
-        return None  # silent (and close, whose connections never get here)
+    def _due(self, conn: _Conn, delay: float) -> float:
+        """When the answer to a request received now goes out: after delay, in order on its
+        connection, and, serial, after every answer before it."""
+        now = time.monotonic()
+        if self.serial:
+            self.serial_due = max(now, self.serial_due) + delay
+            return self.serial_due
+        return max(now + delay, conn.last_due)
 
     def _release_due(self, sel: selectors.BaseSelector, conn: _Conn, now: float) -> None:
         """Move answers whose delay has passed to the output buffer and try to send."""

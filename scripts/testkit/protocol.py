@@ -207,3 +207,24 @@ def action_of(answer: str) -> str:
     """The action of an answer ("action=OK\\n\\n" -> "OK"); "<'line'>" when it has none."""
     line = answer.split("\n", 1)[0]
     return line[len("action="):] if line.startswith("action=") else f"<{line!r}>"
+
+
+def fake_reply(mode: str, action: str, attr: str | None,
+               attrs: dict[str, str]) -> tuple[bytes, bool] | None:
+    """What the fake backend (backends.py) in `mode` writes for one request and whether it
+    closes afterwards (None: nothing)."""
+    if mode == "answer":
+        return f"action={action}\n\n".encode(), False
+    if mode == "echo":
+        return f"action={attrs.get(attr or '', action)}\n\n".encode(), False
+    fixed = {"garbage": (b"this is not a policy answer\n\n", False),
+             "noaction": (b"foo=bar\n\n", False), "close_after_request": (b"", True),
+             "partial": (b"action=DUN", True),
+             "huge": (b"action=" + b"x" * 100000 + b"\n\n", False)}
+    if mode in fixed:
+        return fixed[mode]
+    formats = {"crlf": "action={}\r\nextra=1\n\n", "extra": "action={}\nextra=1\n\n",
+               "split": "action={}\n", "multiline": "foo=1\naction={}\naction=SECOND\n\n"}
+    if mode in formats:
+        return formats[mode].format(action).encode(), False
+    return None  # silent (and close, whose connections never get here)

@@ -74,7 +74,8 @@ def test_status_and_csv_under_load_add_up_and_match_the_backends():
             assert header == ("# pool,service,address,state,admin,weight,answers,failures,"
                               "p50_ms,p99_ms,last_change,down_s,hedged,hedge_won,shadow_agree,"
                               "shadow_disagree,shadow_failed,shadow_dropped,internal_errors,"
-                              "cache_hits,cache_misses,cache_stale,cache_evictions")
+                              "ewma_ms,in_flight,queued,turned_away,queued_out,cache_hits,"
+                              "cache_misses,cache_stale,cache_evictions")
             with Load(daemon) as load:
                 def answered() -> int:
                     return sum(int(r["answers"]) for r in csv_rows(path).values())

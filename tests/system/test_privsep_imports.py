@@ -241,7 +241,7 @@ def exercise(daemon: HiddenDaemon, conf: Path, backends: dict[str, FakeBackend],
 NOT_AFTER_FORK = {
     ("cli", "make_parser"): "the command line, read by the master",
     ("cli", "main"): "the command line, read by the master",
-    ("cli", "_hedge_warnings"): "the master, at start",
+    ("cli", "_warnings"): "the master, at start",
     ("config.parsers", "parse_fail_answer"): "configurations are read by the master",
     ("ctl", "help_text"): "hapolicyctl",
     ("ctl", "main"): "hapolicyctl (its check)",

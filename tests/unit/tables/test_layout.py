@@ -16,22 +16,25 @@ from hapolicy.tables import layout
 from hapolicy.tables.health import HealthTable, table_bytes
 
 SERVICE_WORDS = ("DOWN_UNTIL", "PROBE_UNTIL", "SERVED", "STREAK", "DOWN_SINCE", "ANSWERS",
-                 "FAILURES", "ADMIN", "DRAIN", "WEIGHT", "BACK_SINCE")
+                 "FAILURES", "ADMIN", "DRAIN", "WEIGHT", "BACK_SINCE", "EWMA", "EWMA_AT")
 POOL_WORDS = ("CHECKED", "REQUESTS", "DEFAULT_FAILED", "DEFAULT_DOWN", "DEFAULT_TIMEOUT",
               "DEFAULT_REFUSED", "SHADOW_AGREE", "SHADOW_DISAGREE", "SHADOW_FAILED",
-              "SHADOW_DROPPED", "HEDGED", "HEDGE_WON", "DEFAULT_INTERNAL")
+              "SHADOW_DROPPED", "HEDGED", "HEDGE_WON", "DEFAULT_INTERNAL", "DEFAULT_QUEUED_OUT")
 WORKER_WORDS = ("WORKER_CLIENTS", "WORKER_ACCEPTING", "WORKER_HEARTBEAT", "WORKER_REQUESTS",
                 "WORKER_PID", "WORKER_GENERATION")
-# the words of the state file's LAYOUT 5 (and of the tables' TABLE_LAYOUT 5): a change here
+# the words of the state file's LAYOUT 6 (and of the tables' TABLE_LAYOUT 6): a change here
 # needs a new statefile.LAYOUT and TABLE_LAYOUT
-LAYOUT_5 = {
+LAYOUT_6 = {
     "SLOT": 16, "DOWN_UNTIL": 0, "PROBE_UNTIL": 1, "SERVED": 2, "STREAK": 3, "DOWN_SINCE": 4,
     "ANSWERS": 5, "FAILURES": 6, "ADMIN": 7, "DRAIN": 8, "WEIGHT": 9, "BACK_SINCE": 10,
+    "EWMA": 11, "EWMA_AT": 12,
     "CHECKED": 0, "REQUESTS": 1, "DEFAULT_FAILED": 2, "DEFAULT_DOWN": 3, "DEFAULT_TIMEOUT": 4,
     "DEFAULT_REFUSED": 5, "SHADOW_AGREE": 6, "SHADOW_DISAGREE": 7, "SHADOW_FAILED": 8,
     "SHADOW_DROPPED": 9, "HEDGED": 10, "HEDGE_WON": 11, "DEFAULT_INTERNAL": 12,
+    "DEFAULT_QUEUED_OUT": 13,
     "STATS": 40, "FAILURES_BY_OUTCOME": 0, "ANSWERS_BY_ACTION": 10, "LAST_CHANGE": 18,
-    "DOWN_TOTAL": 19, "LATENCY_SUM": 20, "LATENCY_BUCKETS": 21,
+    "DOWN_TOTAL": 19, "LATENCY_SUM": 20, "LATENCY_BUCKETS": 21, "TURNED_AWAY": 35,
+    "LOAD": 2, "LOAD_IN_FLIGHT": 0, "LOAD_QUEUED": 1,
 }
 
 
@@ -53,7 +56,8 @@ def test_the_regions_of_a_statistics_slot_do_not_overlap_and_fit_in_it():
     regions = sorted([(layout.FAILURES_BY_OUTCOME, len(NAMES)),
                       (layout.ANSWERS_BY_ACTION, len(layout.ACTIONS)),
                       (layout.LAST_CHANGE, 1), (layout.DOWN_TOTAL, 1), (layout.LATENCY_SUM, 1),
-                      (layout.LATENCY_BUCKETS, len(layout.BOUNDS) + 1)])
+                      (layout.LATENCY_BUCKETS, len(layout.BOUNDS) + 1),
+                      (layout.TURNED_AWAY, 1)])
     for (start, size), (following, _) in zip(regions, regions[1:]):
         assert start + size <= following
     start, size = regions[-1]
@@ -65,7 +69,9 @@ def test_the_regions_of_a_table_follow_each_other():
     assert layout.pool_start(count) == count * layout.SLOT
     assert layout.stats_start(count) == layout.pool_start(count) + layout.SLOT
     assert layout.in_flight_start(count) == layout.stats_start(count) + count * layout.STATS
-    assert layout.table_words(count, workers) == layout.in_flight_start(count) + workers
+    assert layout.load_start(count, workers) == layout.in_flight_start(count) + workers
+    assert layout.table_words(count, workers) == (layout.load_start(count, workers)
+                                                  + workers * count * layout.LOAD)
     table = HealthTable(count, shared=False, workers=workers)
     assert len(table.f) * 8 == table_bytes(count, workers)
     assert (table.header, table.stats, table.in_flight) == (
@@ -74,8 +80,8 @@ def test_the_regions_of_a_table_follow_each_other():
 
 
 def test_the_state_file_s_layout_is_this_one():
-    assert statefile.LAYOUT == 5 and layout.TABLE_LAYOUT == 5
-    assert {name: getattr(layout, name) for name in LAYOUT_5} == LAYOUT_5
+    assert statefile.LAYOUT == 6 and layout.TABLE_LAYOUT == 6
+    assert {name: getattr(layout, name) for name in LAYOUT_6} == LAYOUT_6
     assert len(NAMES) == 10 and len(layout.ACTIONS) == 8 and len(layout.BOUNDS) == 13
 
 

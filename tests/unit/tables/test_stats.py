@@ -158,7 +158,7 @@ def test_carry_over_keeps_a_staying_service_s_statistics():
 
 def test_requests_in_flight_have_a_word_per_worker_slot():
     table = HealthTable(2, workers=3)
-    assert len(table.f) * 8 == table_bytes(2, 3) == ((3 * SLOT) + 2 * STATS + 3) * 8
+    assert len(table.f) * 8 == table_bytes(2, 3) == ((3 * SLOT) + 2 * STATS + 3 + 3 * 2 * 2) * 8
     table.set_in_flight(0, 4)
     table.set_in_flight(2, 5)
     table.set_in_flight(7, 100)  # no such slot: ignored
