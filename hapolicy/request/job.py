@@ -21,9 +21,9 @@ Only a Job's own methods write its fields. What the dispatcher attached from abo
 through them: the hedge (hedge.py) marks the service it asks as tried (`mark_tried`) and hands
 its exchange over as the attempt in progress (`adopt`); a mirror (shadow.py) is given the
 request once a service answered it (`finish`); the cache (cache.py) is given a service's good
-answer (`keep`) and may answer instead of the default (`stale`). This module imports none of them: it reads
-its dispatcher's `hedger` and `shadow` (None when the pool has none); `Owner` and the other
-protocols below say what it asks of each.
+answer (`keep`) and may answer instead of the default (`stale`). This module imports none of
+them: it reads its dispatcher's `hedger`, `shadow` and `cache` (None when the pool has none);
+`Owner` and the other protocols below say what it asks of each.
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ Why fixed-size slots in an mmap, and not a dict per worker or a server: a key an
 worker must be known to the others, memory must stay bounded whatever the keys (cache-size
 slots, made once: no allocation while serving), and a lookup must cost less than the exchange
 it saves (here the key's hash, at most four int reads, one unpack and one CRC of the slot
-found: about 1 µs). Python's `hash` of the key is the slot's key: every process that maps the table is a
-fork of one master and shares its hash secret; a new master (an upgrade in place) starts with
-an empty cache, so no table outlives the secret. Two keys of one hash (64 bits) would share an
-entry: with 10,000 entries kept, a lookup meets another key's hash about once in 10**15.
+found: about 1 µs). Python's `hash` of the key is the slot's key: every process that maps the
+table is a fork of one master and shares its hash secret; a new master (an upgrade in place)
+starts with an empty cache, so no table outlives the secret. Two keys of one hash (64 bits)
+would share an entry: with 10,000 entries kept, a lookup meets another key's hash about once
+in 10**15.
 
 The slots are set-associative: a key's hash picks a set of VERDICT_WAYS slots; a new key takes
 an empty slot of its set, or one of an older epoch (cleared), or else the one whose answer is
