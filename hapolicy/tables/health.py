@@ -32,8 +32,9 @@ by reason, the results of the copies sent to its shadow and its hedges in the po
 Workers add to them in place (`f[word] += 1.0`, no call on the request path); the master reads
 them for its summary line (summary.py), the monitor for the control socket and /metrics. Once
 every request in flight is answered, REQUESTS equals the sum of ANSWERS plus the default
-answers (plus, in a pool that caches, the hits and stale answers its verdict table counts). The finer statistics (stats.py) and each worker's requests in flight are regions of
-their own after the pool's slot.
+answers (plus, in a pool that caches, the hits and stale answers its verdict table counts).
+The finer statistics (stats.py) and each worker's requests in flight are regions of their own
+after the pool's slot.
 
 The table's methods are the words' atomic steps; `Health` (transitions.py) is the one path
 through which a process takes them for a live request or a check, and logs each change.
