@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Failover behaviour of a real hapolicy daemon (and of the Perl original), measured on 127.0.0.1.
 
-    python scripts/failover.py                    # every figure, about a minute
+    python scripts/failover.py                    # every figure, about a minute and a half
     python scripts/failover.py --quick --json F   # fewer requests and trials (about 20 s)
+    python scripts/failover.py --slow             # figure 9 alone (about 30 s)
 
 "daemon" is `python -m hapolicy --listen 127.0.0.1:PORT --workers 2 ...` run from the repository;
 every request to it is a new connection (so requests land on either worker). "perl" is Debian's
@@ -36,6 +37,15 @@ Blackhole (connect never completes) and a refused port. Figures:
    answered (one worker; and two workers, where the other learns it from the shared table).
 8. the latency tail (p50, p99, p99.9) with and without hedging, with and without a shadow
    (a fast one, one that answers after 10 s), in one daemon; `--tail` runs this figure alone.
+9. slow, not dead: three balancers side by side, hapolicy's weighted round robin and
+   least-latency (daemon, 2 workers, --sticky-instance no) and HAProxy's `balance leastconn`
+   (TCP mode, one thread; the Debian package haproxy, skipped without it), each client a
+   persistent connection: (a) services answering in 1 ms and 40 ms, 2,000 requests on 8
+   connections; (b) equal answer times, weights 2:1; (c) a serial service (one request at a
+   time, 5 ms each, as postgrey) and a normal one, 32 connections, also with hapolicy's
+   --max-inflight 2 and HAProxy's `maxconn 2` on the serial server: p50, p99, max, each
+   service's share and the most requests each held at once. `--slow` runs it alone (about
+   30 s; 10 s with --quick); --quick without --slow skips it.
 
 Every backend answers a distinctive action, and every answer is checked against the backend
 it should come from; an answer beyond the requests that backend served is a problem too.

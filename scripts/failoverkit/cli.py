@@ -31,11 +31,15 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="fewer requests and trials, skip the original's 30 s blackhole case")
+                   help="fewer requests and trials, skip the original's 30 s blackhole case "
+                   "and figure 9 (unless --slow)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     p.add_argument("--no-perl", action="store_true", help="do not run the Perl original")
     p.add_argument("--tail", action="store_true",
                    help="only figure 8: the latency tail with and without hedging and shadows")
+    p.add_argument("--slow", action="store_true",
+                   help="only figure 9: slow services, hapolicy's balances and HAProxy's "
+                   "leastconn side by side")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--verbose", action="store_true", help="tracebacks of failed figures")
     return p.parse_args(argv)
@@ -82,6 +86,7 @@ def full_report(run: Run, seconds: float) -> dict[str, Any]:
                  "a time" + (f" ({perl.note})" if perl.note else "")
                  if not perl.missing else f"skipped: {perl.missing}")
     config = {"units": "seconds", "quick": run.args.quick, "tail_only": run.args.tail,
+              "slow_only": run.args.slow,
               "following": run.following, "perl_following": run.perl_following,
               "trials": run.trials, "hash_keys": run.keys, "cpus": os.cpu_count(),
               "python": sys.version.split()[0], "perl": perl_text,

@@ -3,7 +3,8 @@
 Contract: render(report) takes the report as the JSON has it (config, one entry per figure,
 problems) and returns the text that the script prints. A row that was skipped, or whose
 figure failed, shows why in a footnote ([1], [2], ...; the same text gets the same mark);
-a section's footnotes follow its table. With config["tail_only"] only figure 8 is shown.
+a section's footnotes follow its table. With config["tail_only"] only figure 8 is shown, with
+config["slow_only"] only figure 9.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from failoverkit.settings import (
     HASH_KEY,
     PROBE_COOLDOWN,
     SILENT_TIMEOUT,
+    SLOW_SCENARIOS,
+    SLOW_SHARE_OF,
     TAIL_HEDGE,
     TAIL_HEDGE_MAX,
     TAIL_SLOW_DELAY,
@@ -56,6 +59,9 @@ def render(report: dict[str, Any]) -> str:
     if report["config"].get("tail_only"):
         out = tail_section(report["tail"]) if report["tail"] else []
         return "\n".join(out + problems_section(report["problems"]))
+    if report["config"].get("slow_only"):
+        out = slow_section(report["slow"]) if report["slow"] else []
+        return "\n".join(out + problems_section(report["problems"]))
     notes = Notes()
     out = title(report["config"])
     out += failover_section(report["failover"], notes) + [""]
@@ -66,6 +72,8 @@ def render(report: dict[str, Any]) -> str:
     out += released_section(report["released"])
     if report["tail"]:
         out += ["", *tail_section(report["tail"])]
+    if report["slow"]:
+        out += ["", *slow_section(report["slow"])]
     notes.flush(out)
     return "\n".join(out + problems_section(report["problems"]))
 
@@ -218,4 +226,71 @@ def tail_section(tail: dict[str, Any]) -> list[str]:
                      str(r["second_requests"]), shadow])
     out += table(["row", "p50", "p99", "p99.9", "max", "wrong", "hedged/won", "S saw",
                   "shadow agree/disagree/failed/dropped"], rows)
+    return out
+
+
+SLOW_TITLES = {
+    "latency": "9a. Two services answering in 1 ms (FAST) and 40 ms (SLOW)",
+    "weights": "9b. Two services answering in 2 ms, weights A:B = 2:1 (2:1 = 66.7 %)",
+    "serial": "9c. SERIAL serves one request at a time (5 ms each, as postgrey), OTHER in 1 ms",
+}
+SLOW_NOTES = {
+    "latency": [
+        "leastconn counts connections, not requests: HAProxy gives each client connection to "
+        "a server once, at connect,",
+        "and every request on it goes there; with persistent connections, as Postfix's smtpd "
+        "keeps its, SLOW gets its share",
+        "of the connections (their requests) whatever it answers in. hapolicy chooses per "
+        "request, among the same connections."],
+    "weights": ["haproxy: server weights 2 and 1; its share is that of the connections it "
+                "gave A."],
+    "serial": [
+        "max pending: the most requests a backend held at once (SERIAL's: its own queue). "
+        "hapolicy max-inflight 2:",
+        "--max-inflight 2, a pool's setting: 2 for each service, OTHER too (4 in flight at "
+        "most, the other requests",
+        "wait in hapolicy, queue-timeout 5 s by default). haproxy maxconn 2: `maxconn 2` on "
+        "SERIAL's server line only",
+        "(2 client connections on SERIAL at most: leastconn gives the others to OTHER)."],
+}
+
+
+def slow_section(slow: dict[str, Any]) -> list[str]:
+    """Figure 9: a table per scenario, a row per balancer."""
+    out = ["9. Slow, not dead, three balancers side by side: hapolicy daemon (2 workers, "
+           "--sticky-instance no, --check-interval 0)",
+           "   weighted round robin and --balance least-latency; HAProxy TCP mode, one thread, "
+           "balance leastconn. Each client",
+           "   is a persistent connection opened first, then sends its requests one after the "
+           "other, a new instance each.",
+           "   answers: each backend's (checked: its own action); conns: the connections it "
+           "accepted (HAProxy: the client",
+           "   connections it was given; hapolicy: the daemon's own to it)."]
+    for name, scenario in slow.items():
+        out += ["", *_slow_table(name, scenario), *("  " + line for line in SLOW_NOTES[name])]
+    return out
+
+
+def _slow_table(name: str, scenario: dict[str, Any]) -> list[str]:
+    """One scenario: its title and table."""
+    names = list(SLOW_SCENARIOS[name]["backends"])
+    notes = Notes()
+    rows = []
+    for balancer in SLOW_SCENARIOS[name]["rows"]:
+        r = scenario["rows"].get(balancer)
+        if r is None or "skipped" in r:
+            rows.append([balancer, "skipped " + notes.why(r)] + [""] * 7)
+            continue
+        served = sum(r["answers"].values())
+        rows.append([balancer, str(r["n"]), fmt_s(r["p50"]), fmt_s(r["p99"]), fmt_s(r["max"]),
+                     fmt_pct(r["answers"][SLOW_SHARE_OF[name]], served),
+                     "/".join(str(r["answers"][n]) for n in names),
+                     "/".join(str(r["connections"][n]) for n in names),
+                     "/".join(str(r["max_pending"][n]) for n in names)])
+    pair = "/".join(names)
+    out = [f"{SLOW_TITLES[name]}: {scenario['clients']} clients x {scenario['per_client']} "
+           "requests"]
+    out += table(["balancer", "n", "p50", "p99", "max", f"{SLOW_SHARE_OF[name]} share",
+                  f"answers {pair}", f"conns {pair}", f"max pending {pair}"], rows)
+    notes.flush(out)
     return out

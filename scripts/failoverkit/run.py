@@ -40,7 +40,7 @@ class Run:
         self.report: dict[str, Any] = {"failover": {c: {} for c in CASES},
                                        "recovery": {"probe": {}, "check": {}},
                                        "hash": {}, "weighted": {}, "all_down": {},
-                                       "released": {}, "tail": {}}
+                                       "released": {}, "tail": {}, "slow": {}}
         self._lock = threading.Lock()
         self.stopping = False  # interrupted: failures from here on are the cleanup's doing
 

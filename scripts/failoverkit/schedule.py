@@ -1,9 +1,10 @@
 """Which figure runs when: the daemon's one after the other, the original's slow ones beside.
 
-Contract: run_all(run) measures every figure (only figure 8 with --tail), each one guarded (a
-failure is a problem of that figure, the others go on), then waits for the background threads
-and runs the sanity checks. The original's silent, blackhole and all-down rows mostly wait for
-timeouts (2 s or 30 s per request), so they run in daemon threads beside the others.
+Contract: run_all(run) measures every figure (only figure 8 with --tail, only figure 9 with
+--slow; --quick alone skips figure 9), each one guarded (a failure is a problem of that figure,
+the others go on), then waits for the background threads and runs the sanity checks. The
+original's silent, blackhole and all-down rows mostly wait for timeouts (2 s or 30 s per
+request), so they run in daemon threads beside the others.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from failoverkit.figures import failover, recovery
 from failoverkit.figures.all_down import all_down
 from failoverkit.figures.hashing import hashing
 from failoverkit.figures.released import released
+from failoverkit.figures.slow import slow
 from failoverkit.figures.tail import tail
 from failoverkit.figures.weighted import weighted
 from failoverkit.run import Run
@@ -25,6 +27,9 @@ def run_all(run: Run) -> None:
     """Every figure of the run, in the report's order."""
     if run.args.tail:
         run.guarded("tail", tail)
+        return
+    if run.args.slow:
+        run.guarded("slow", slow)
         return
     background = _start_background(run)
     for case in CASES:
@@ -41,6 +46,8 @@ def run_all(run: Run) -> None:
     for workers in (1, 2):
         run.guarded(f"released/{workers}", released, workers)
     run.guarded("tail", tail)
+    if not run.quick:
+        run.guarded("slow", slow)
     for thread in background:
         while thread.is_alive():
             run.log(f"waiting for {thread.name} (the original pays every timeout)")

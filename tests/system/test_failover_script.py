@@ -1,4 +1,5 @@
-"""scripts/failover.py --quick: a real daemon's failover figures are sane (about 20 s).
+"""scripts/failover.py --quick: a real daemon's failover figures are sane (about 20 s); with
+--slow, figure 9 alone: hapolicy's balances and HAProxy's leastconn before slow services.
 
 Runs the script as a user would and reads the JSON it writes. Bounds are generous (shared,
 noisy machines): they tell "paid a timeout" from "answered at once", nothing finer.
@@ -6,6 +7,7 @@ noisy machines): they tell "paid a timeout" from "answered at once", nothing fin
 
 from __future__ import annotations
 
+from testkit.packages import package_present
 from testkit.scripts import run_script
 
 
@@ -59,3 +61,35 @@ def test_failover_script_quick(tmp_path):
     assert tail["hedged"]["p99"] < tail["slow"]["p99"] / 2, tail  # a ratio, not a time
     assert tail["plain"]["hedged"] == tail["slow"]["hedged"] == 0, tail
     assert tail["shadow"]["shadow_agree"] > 0 and tail["shadow slow"]["shadow_dropped"] > 0, tail
+
+
+def test_failover_script_slow_figure(tmp_path):
+    """Figure 9 alone (--slow --quick): least-latency gives the slow service less than round
+    robin, and max-inflight 2 keeps the serial backend's own queue at 2 at most."""
+    proc, report, detail = run_script("failover.py", "--slow", "--quick", "--quiet",
+                                      json_out=tmp_path / "slow.json")
+    assert report["problems"] == [], detail
+    assert proc.returncode == 0, detail
+    assert "9a. Two services" in proc.stdout and "9c. SERIAL" in proc.stdout, detail
+    slow = report["slow"]
+
+    def share(scenario: str, row: str, name: str) -> float:
+        answers = slow[scenario]["rows"][row]["answers"]
+        assert sum(answers.values()) == slow[scenario]["rows"][row]["n"], (scenario, row)
+        return answers[name] / sum(answers.values())
+
+    weighted = share("latency", "hapolicy weighted", "SLOW")
+    least = share("latency", "hapolicy least-latency", "SLOW")
+    assert least < weighted, (least, weighted)
+    assert 0.4 <= weighted <= 0.6, weighted
+    assert abs(share("weights", "hapolicy weighted", "A") - 2 / 3) < 0.05, slow["weights"]
+    serial = slow["serial"]["rows"]
+    assert serial["hapolicy max-inflight 2"]["max_pending"]["SERIAL"] <= 2, serial
+    assert serial["hapolicy weighted"]["max_pending"]["SERIAL"] > 2, serial  # the limit's doing
+    for scenario in slow.values():
+        for name, row in scenario["rows"].items():
+            if name.startswith("haproxy") and not package_present("haproxy"):
+                assert "skipped" in row, row
+            else:
+                assert row["wrong"] == 0 and row["n"] == scenario["clients"] * scenario[
+                    "per_client"], (name, row)
