@@ -20,6 +20,7 @@ of a pool with a shadow (shadow.py, `attach_mirror`). This module imports none o
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 
 from hapolicy.backend.exchange import Backends
@@ -133,6 +134,7 @@ class Dispatcher:
         """least-latency and max-inflight count each service's requests (load.py) in the
         worker's slot, the exchanges' ends giving their slots back; other pools none of it."""
         config = self.config
+        self.load_slot = slot
         self.least_latency = config.balance == "least-latency"
         self.limited = config.max_inflight > 0
         self.load: ServiceLoad | None = None
@@ -191,6 +193,8 @@ class Dispatcher:
             client.deliver(self.default_answer)
             return
         self.counts[self.requests_word] += 1.0
+        if self.waiting.line:  # those in line first: a slot freed meanwhile is theirs
+            self.waiting.serve(time.monotonic())
         key = None
         if self.cache is not None:
             key = self.cache.lookup(request, client)

@@ -34,6 +34,7 @@ from array import array
 
 from hapolicy.base.outcome import ANSWERED
 from hapolicy.tables.layout import HEDGE_WON, HEDGED
+from hapolicy.tables.load import observe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -150,8 +151,17 @@ class Hedge:
         first = job.exchange
         if first is not None:  # abandoned: closed, counted against nobody, its end ignored
             first.cancel("another service answered first")
+            self._learn_slow(self.first, self.first_started)
         job.adopt(conn, self.index)  # whose start the answer's latency counts from
         job.on_exchange_done(action, outcome, reason)
+
+    def _learn_slow(self, index: int, started: float) -> None:
+        """Service index lost to another and was cancelled: least-latency learns it took at
+        least this long (else a service the hedge always beats would never look slow)."""
+        d = self.job.d
+        if d.least_latency:
+            now = time.monotonic()
+            observe(d.table, index, now - started, now)
 
     def take_over(self) -> bool:
         """The first attempt failed: the hedge's exchange, if it runs, is the attempt now."""
@@ -173,6 +183,7 @@ class Hedge:
         if conn is not None:
             self.conn = None
             conn.cancel("another service answered first")
+            self._learn_slow(self.index, self.started)
         if default_why:
             return
         hedger = self.hedger

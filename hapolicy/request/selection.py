@@ -155,7 +155,9 @@ class Selector:
         if not self.slowstart or not back:
             return 1.0
         done = (time.monotonic() - back) / self.slowstart
-        return 1.0 if done >= 1.0 else max(done, MIN_SHARE)
+        if done >= 1.0:
+            return 1.0
+        return done if done > MIN_SHARE else MIN_SHARE  # MIN_SHARE for a NaN too (a bad word)
 
     def limit(self, i: int) -> int:
         """How many requests service i may have in flight (0: no limit): max-inflight, or

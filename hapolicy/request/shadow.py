@@ -184,9 +184,11 @@ def make_mirrors(loop: EventLoop, pools: Sequence[PoolConfig],
             shadow = by_name[pool.shadow]
             config = replace(shadow, total_timeout=min(shadow.total_timeout, TIMEOUT))
             # a copy cut at TIMEOUT does not mark the shadow's service down; no request lines
+            # its copies count in the worker's load words, as the shadow pool's own requests
             target = made[pool.shadow] = make_dispatcher(loop, config, health[shadow.name], log,
                                                          blames_deadline=False,
-                                                         verbose=real.verbose)
+                                                         verbose=real.verbose,
+                                                         load_slot=real.load_slot)
         real.attach_mirror(Mirror(pool, target, health[pool.name], budget, log,
                                   real.log_requests))
     return list(made.values())

@@ -7,8 +7,11 @@ that it may not (`add` is False) and goes on as one whose wait ran out. The firs
 service has room goes first: a slot another worker frees is seen within POLL_SECONDS, one this
 process frees at the end of the loop's turn (`kick`). A request whose wait ran out (its
 `until`: queue-timeout, or its total deadline) leaves the line in its turn too. What a request
-does when it leaves is its own (`Waiter`); an exception there costs that request, as anywhere
-on its way (the job's own methods contain it).
+does when it leaves is its own (`Waiter`): an exception there costs that request, as anywhere on
+its way (the job's own methods contain it); one in its `has_room` makes it leave as if its wait
+ran out. A new request of the pool
+lets the line be served before it claims a slot (dispatch.py): a freed slot goes to the first in
+line, not to a newcomer.
 """
 
 from __future__ import annotations
@@ -69,9 +72,11 @@ class WaitingLine:
 
     def _poll(self) -> None:
         self.timer = None
-        self.serve(time.monotonic())
-        if self.line and self.timer is None:
-            self.timer = self.loop.call_later(POLL_SECONDS, self._poll)
+        try:
+            self.serve(time.monotonic())
+        finally:
+            if self.line and self.timer is None:
+                self.timer = self.loop.call_later(POLL_SECONDS, self._poll)
 
     def serve(self, now: float) -> None:
         """Let go, in order, every waiter whose service has room or whose wait ran out."""
@@ -80,7 +85,12 @@ class WaitingLine:
             waiter, until = line.popleft()
             if waiter.answered:
                 continue
-            if waiter.has_room():
+            try:
+                room = waiter.has_room()
+            except Exception:  # noqa: BLE001 - it leaves as if its wait ran out, alone
+                waiter.queued_out(now)
+                continue
+            if room:
                 waiter.resume(now)
             elif now >= until:
                 waiter.queued_out(now)

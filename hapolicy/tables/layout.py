@@ -149,7 +149,8 @@ def table_words(count: int, workers: int = 0) -> int:
 
 LOAD = 2  # words per worker slot and service
 LOAD_IN_FLIGHT = 0  # the worker's requests now waiting for the service's answer
-LOAD_QUEUED = 1  # the worker's requests now waiting for a free slot of the service (-1: any)
+LOAD_QUEUED = 1  # the worker's requests now waiting for a free slot of the service (one that
+#                 waits for any service counts on the first it passed over)
 
 # --- The worker table (workertable.py): WORKER_SLOT words per slot, word slot * WORKER_SLOT +
 # name; slot k is the worker the master started in slot k, the one after the workers' the

@@ -69,7 +69,8 @@ class ServiceLoad:
         """Service i's requests in flight, over every process."""
         word = i * LOAD + LOAD_IN_FLIGHT
         f = self.f
-        return whole(self.own[self.mine + word] + sum(f[s + word] for s in self.others))
+        count = whole(self.own[self.mine + word] + sum(f[s + word] for s in self.others))
+        return count if count > 0 else 0  # never less than none, whatever a word says
 
     def claim(self, i: int, limit: int) -> bool:
         """Count a request sent to service i if it has fewer than `limit` in flight (0: no
@@ -91,7 +92,8 @@ class ServiceLoad:
         """The requests waiting for a free slot of service i, over every process."""
         word = i * LOAD + LOAD_QUEUED
         f = self.f
-        return whole(self.own[self.mine + word] + sum(f[s + word] for s in self.others))
+        count = whole(self.own[self.mine + word] + sum(f[s + word] for s in self.others))
+        return count if count > 0 else 0
 
     def queue(self, i: int, change: int) -> None:
         """A request of this process starts (+1) or stops (-1) waiting for service i."""
@@ -108,6 +110,8 @@ def observe(table: HealthTable, i: int, seconds: float, now: float) -> None:
     f = table.f
     base = i * SLOT
     cost = f[base + EWMA]
+    if not cost >= 0.0 or cost > 1e9:  # a bad word (NaN, inf) is not kept for ever
+        cost = 0.0
     if seconds > cost:
         f[base + EWMA] = seconds
     else:
