@@ -269,7 +269,7 @@ class Master(Succession):
         worker = Worker(self.config, listeners, self.health_tables, self.worker_table, slot,
                         self.log)
         for health in self.health_tables.values():  # not a dead worker's requests in flight
-            health.clear_slot(slot)
+            health.clear_slot(slot, used=True)
         return self.supervisor.spawn(WORKER, slot, worker.run, self.config.max_use) is not None
 
     def _clear_free_slots(self) -> None:

@@ -25,10 +25,11 @@ With `balance = least-latency` the pick inside a group is the power of two choic
 services of the group drawn at random by weight, and of the two the one with the lower cost
 more likely, in proportion: cost is the service's peak-EWMA answer time (load.py) times
 (1 + its requests in flight, over all workers, per unit of weight), and each of the two is
-chosen with a probability proportional to its weight over its cost. So a service ten times
-slower gets a tenth of what its weight gives, two services that answer alike share by weight
-(a strict "lower wins" would give the heavier of two every request), and one that failed (its
-cost is its timeout) gets next to nothing until its cost decays.
+chosen with a probability proportional to its weight over the square of its cost. So a service
+ten times slower gets a hundredth of what its weight gives (the square: a fast service's
+passing stall, which its peak-EWMA keeps for a while, hands a slow one little), two services
+that answer alike share by weight (a strict "lower wins" would give the heavier of two every
+request), and one that failed (its cost is its timeout) gets nothing until its cost decays.
 
 With `max-inflight` N, `limit` says how many requests service i may have in flight: N, or
 less in its slow start (at least 1); the request path (job.py) claims a slot before it sends.
@@ -190,12 +191,12 @@ class Selector:
         return max(range(len(weights)), key=weights.__getitem__)
 
     def score(self, i: int, now: float, weight: float = 0.0) -> float:
-        """least-latency's score of service i, its weight over its cost: answer time x (1 +
-        in flight per weight); weight: its effective weight, if known."""
+        """least-latency's score of service i, its weight over the square of its cost: answer
+        time x (1 + in flight per weight); weight: its effective weight, if known."""
         if not weight:
             weight = self.table.weight(i, self.services[i].weight) * self.ramp(i)
         cost = answer_time(self.table, i, now) * (1.0 + self.load.in_flight(i) / weight)
-        return weight / cost
+        return weight / (cost * cost)
 
     def commit(self, i: int) -> int:
         """Count a pick of service i on its round-robin clock (none when it is alone in its

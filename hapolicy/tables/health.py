@@ -62,6 +62,7 @@ from hapolicy.tables.layout import (
     ENABLED,
     LAST_CHANGE,
     LOAD,
+    LOAD_SLOTS,
     POOL_COUNTERS,
     PROBE_DUE,
     PROBE_UNTIL,
@@ -305,13 +306,17 @@ class HealthTable:
         """One of service i's counters (ANSWERS, FAILURES)."""
         return whole(self.f[i * SLOT + field])
 
-    def clear_slot(self, slot: int) -> None:
-        """Forget what the worker slot said (a new worker starts there; the one before may
-        have died with requests in flight): its requests in flight and its load words."""
+    def clear_slot(self, slot: int, used: bool = False) -> None:
+        """Forget what the worker slot said (its worker is gone, or a new one starts there:
+        `used`): its requests in flight and its load words; a slot used from now on is among
+        those the load's readers sum (layout.LOAD_SLOTS)."""
         if slot < self.workers:
             self.f[self.in_flight + slot] = 0.0
             start = load_start(self.count, self.workers) + slot * self.count * LOAD
             self.f[start:start + self.count * LOAD] = array("d", bytes(self.count * LOAD * 8))
+            bound = self.header + LOAD_SLOTS
+            if used and self.f[bound] < slot + 1:
+                self.f[bound] = float(slot + 1)
 
     def set_in_flight(self, slot: int, count: int) -> None:
         """The requests the worker in slot has in flight for this pool (its housekeeping)."""

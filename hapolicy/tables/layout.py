@@ -81,7 +81,9 @@ HEDGE_WON = 11  # counter: requests answered by the hedge's service
 DEFAULT_INTERNAL = 12  # counter of default answers: an exception while handling the request
 DEFAULT_QUEUED_OUT = 13  # counter of default answers: the wait for a service's free slot
 #                          (max-inflight) ran out, or its queue was full
-# 14..15 unused
+LOAD_SLOTS = 14  # the worker slots whose load words are in use: 1 + the highest the master
+#                  started a worker in (0.0: every slot); readers sum those alone (load.py)
+# 15 unused
 
 # the default answers' counters by reason, as /metrics and the summary line name them
 DEFAULT_REASONS = (("failed", DEFAULT_FAILED), ("down", DEFAULT_DOWN),

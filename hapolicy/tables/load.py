@@ -13,10 +13,12 @@ which only it sees.
 
 A service's answer time is a peak-EWMA (as Finagle's and Linkerd's balancers keep it) in the
 service's slot, shared by every process: an answer slower than the average becomes the average
-at once, a faster one pulls it down with the weight of the time since the last one (decay
-DECAY_SECONDS), and read, it decays toward 0 with the time nothing came in, so a service that
-was slow once is tried again. A failure counts as an answer that took the service's whole
-timeout. Two processes writing it at once lose one of the two answers: an estimate, not a
+at once, a faster one pulls it down by a SAMPLES-th of the difference, and between answers it
+decays toward 0 with the time nothing came in (DECAY_SECONDS), so a service that was slow once
+is tried again. The pull is by answer, not by time (Finagle's is by time): then a service asked
+twice as often is not measured by the peak of twice as many answers, which would hand its
+share, under the same jitter, to the one asked less (weights 2:1 would not hold). A failure
+counts as an answer that took the service's whole timeout. Two processes writing it at once lose one of the two answers: an estimate, not a
 count.
 """
 
@@ -31,6 +33,7 @@ from hapolicy.tables.layout import (
     LOAD,
     LOAD_IN_FLIGHT,
     LOAD_QUEUED,
+    LOAD_SLOTS,
     SLOT,
     STATS,
     TURNED_AWAY,
@@ -41,7 +44,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hapolicy.tables.health import HealthTable
 
-DECAY_SECONDS = 2.0  # the EWMA's time constant: what it remembers of an answer fades so
+DECAY_SECONDS = 2.0  # the time constant of the decay between answers
+SAMPLES = 10  # the answers the EWMA remembers: a faster one pulls it down by 1/SAMPLES
 FLOOR_SECONDS = 0.0001  # the least answer time a service counts with (one not yet measured)
 
 
@@ -56,21 +60,31 @@ class ServiceLoad:
         self.count = count
         start = load_start(count, table.workers)
         self.slots = [start + k * count * LOAD for k in range(table.workers)]
-        if 0 <= slot < table.workers:
+        # the slots in use: those below the bound the master raises as it starts workers
+        # (layout.LOAD_SLOTS; 0: all of them): a table has room for 128 and more
+        self.bound = table.header + LOAD_SLOTS
+        self.slot = slot if 0 <= slot < table.workers else table.workers
+        if self.slot < table.workers:
             self.own = self.f
             self.mine = self.slots[slot]
-            self.others = [s for k, s in enumerate(self.slots) if k != slot]
         else:
             self.own = [0.0] * (count * LOAD)
             self.mine = 0
-            self.others = self.slots
+
+    def _total(self, word: int) -> int:
+        """The sum of one load word over the slots in use, and this process's."""
+        f = self.f
+        bound = f[self.bound]
+        used = int(bound) if 0.0 < bound < len(self.slots) else len(self.slots)
+        total = sum(f[s + word] for s in self.slots[:used])
+        if self.slot >= used:  # its own words are not among those summed
+            total += self.own[self.mine + word]
+        count = whole(total)
+        return count if count > 0 else 0  # never less than none, whatever a word says
 
     def in_flight(self, i: int) -> int:
         """Service i's requests in flight, over every process."""
-        word = i * LOAD + LOAD_IN_FLIGHT
-        f = self.f
-        count = whole(self.own[self.mine + word] + sum(f[s + word] for s in self.others))
-        return count if count > 0 else 0  # never less than none, whatever a word says
+        return self._total(i * LOAD + LOAD_IN_FLIGHT)
 
     def claim(self, i: int, limit: int) -> bool:
         """Count a request sent to service i if it has fewer than `limit` in flight (0: no
@@ -90,10 +104,7 @@ class ServiceLoad:
 
     def queued(self, i: int) -> int:
         """The requests waiting for a free slot of service i, over every process."""
-        word = i * LOAD + LOAD_QUEUED
-        f = self.f
-        count = whole(self.own[self.mine + word] + sum(f[s + word] for s in self.others))
-        return count if count > 0 else 0
+        return self._total(i * LOAD + LOAD_QUEUED)
 
     def queue(self, i: int, change: int) -> None:
         """A request of this process starts (+1) or stops (-1) waiting for service i."""
@@ -112,11 +123,9 @@ def observe(table: HealthTable, i: int, seconds: float, now: float) -> None:
     cost = f[base + EWMA]
     if not cost >= 0.0 or cost > 1e9:  # a bad word (NaN, inf) is not kept for ever
         cost = 0.0
-    if seconds > cost:
-        f[base + EWMA] = seconds
-    else:
-        weight = math.exp(-max(now - f[base + EWMA_AT], 0.0) / DECAY_SECONDS)
-        f[base + EWMA] = cost * weight + seconds * (1.0 - weight)
+    elif cost:
+        cost *= math.exp(-max(now - f[base + EWMA_AT], 0.0) / DECAY_SECONDS)
+    f[base + EWMA] = seconds if seconds > cost else cost + (seconds - cost) / SAMPLES
     f[base + EWMA_AT] = now
 
 

@@ -19,7 +19,7 @@ SERVICE_WORDS = ("DOWN_UNTIL", "PROBE_UNTIL", "SERVED", "STREAK", "DOWN_SINCE", 
                  "FAILURES", "ADMIN", "DRAIN", "WEIGHT", "BACK_SINCE", "EWMA", "EWMA_AT")
 POOL_WORDS = ("CHECKED", "REQUESTS", "DEFAULT_FAILED", "DEFAULT_DOWN", "DEFAULT_TIMEOUT",
               "DEFAULT_REFUSED", "SHADOW_AGREE", "SHADOW_DISAGREE", "SHADOW_FAILED",
-              "SHADOW_DROPPED", "HEDGED", "HEDGE_WON", "DEFAULT_INTERNAL", "DEFAULT_QUEUED_OUT")
+              "SHADOW_DROPPED", "HEDGED", "HEDGE_WON", "DEFAULT_INTERNAL", "DEFAULT_QUEUED_OUT", "LOAD_SLOTS")
 WORKER_WORDS = ("WORKER_CLIENTS", "WORKER_ACCEPTING", "WORKER_HEARTBEAT", "WORKER_REQUESTS",
                 "WORKER_PID", "WORKER_GENERATION")
 # the words of the state file's LAYOUT 6 (and of the tables' TABLE_LAYOUT 6): a change here
@@ -31,7 +31,7 @@ LAYOUT_6 = {
     "CHECKED": 0, "REQUESTS": 1, "DEFAULT_FAILED": 2, "DEFAULT_DOWN": 3, "DEFAULT_TIMEOUT": 4,
     "DEFAULT_REFUSED": 5, "SHADOW_AGREE": 6, "SHADOW_DISAGREE": 7, "SHADOW_FAILED": 8,
     "SHADOW_DROPPED": 9, "HEDGED": 10, "HEDGE_WON": 11, "DEFAULT_INTERNAL": 12,
-    "DEFAULT_QUEUED_OUT": 13,
+    "DEFAULT_QUEUED_OUT": 13, "LOAD_SLOTS": 14,
     "STATS": 40, "FAILURES_BY_OUTCOME": 0, "ANSWERS_BY_ACTION": 10, "LAST_CHANGE": 18,
     "DOWN_TOTAL": 19, "LATENCY_SUM": 20, "LATENCY_BUCKETS": 21, "TURNED_AWAY": 35,
     "LOAD": 2, "LOAD_IN_FLIGHT": 0, "LOAD_QUEUED": 1,
@@ -49,7 +49,8 @@ def test_the_words_of_each_slot_are_distinct_and_inside_it():
         assert len(set(found)) == len(found)
         assert all(0 <= word < size for word in found)
     assert layout.DOWN_UNTIL < 8 and layout.ADMIN < 8 and layout.DRAIN < 16  # read per pick
-    assert set(layout.POOL_COUNTERS) == set(words(POOL_WORDS)) - {layout.CHECKED}
+    assert set(layout.POOL_COUNTERS) == set(words(POOL_WORDS)) - {layout.CHECKED,
+                                                                  layout.LOAD_SLOTS}
 
 
 def test_the_regions_of_a_statistics_slot_do_not_overlap_and_fit_in_it():
