@@ -34,19 +34,6 @@ VERDICTS = ("DUNNO", "OK", "REJECT 5.7.23 SPF fail", "PREPEND Received-SPF: pass
 CACHED = {"cache": 60.0, "cache_key": "client_address,sender", "sticky_instance": False}
 
 
-@pytest.fixture
-def runs():
-    made: list[Run] = []
-
-    def make(*specs: str, **settings) -> Run:
-        made.append(Run(*specs, **settings))
-        return made[-1]
-
-    yield make
-    for run in made:
-        run.close()
-
-
 def answer(run: Run, data: bytes) -> bytes:
     """The one answer of one request (no pause after it, unlike Run.ask: a thousand requests)."""
     client = Client()

@@ -16,9 +16,8 @@ import os
 import socket
 import time
 
-import pytest
 from testkit.backends import FakeBackend
-from testkit.dispatching import Client, Run
+from testkit.dispatching import Client
 from testkit.ports import refused_port
 from testkit.protocol import request
 from testkit.stubs import RawBackend
@@ -26,19 +25,6 @@ from testkit.stubs import RawBackend
 from hapolicy.backend import exchange as backend_module
 from hapolicy.base.protocol import Request, RequestFramer
 from hapolicy.tables.layout import DOWN, UP
-
-
-@pytest.fixture
-def runs():
-    made: list[Run] = []
-
-    def make(*specs: str, **settings) -> Run:
-        made.append(Run(*specs, **settings))
-        return made[-1]
-
-    yield make
-    for run in made:
-        run.close()
 
 
 def test_a_failed_service_is_skipped_for_the_next_by_priority(runs):
