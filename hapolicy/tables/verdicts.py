@@ -31,6 +31,11 @@ is a miss. A race costs at most a miss or the loss of one of the two answers, ne
 answer given for another's. The counters in the header are float64 words added in place, as
 the health table's: a rare increment lost under a race is accepted.
 
+A whole slot is not yet a sound one: any process that maps the table may write any slot (a
+bug, or a compromised worker). A reader serves a slot only if it holds one answer as Postfix
+reads it (`is_one_answer`); else it is a miss, never an empty answer, two answers or bytes
+that are none.
+
 `hapolicyctl cache-clear POOL` (the monitor) adds one to the header's epoch: every entry is
 gone at once, in every worker, without writing a slot.
 """
@@ -120,6 +125,8 @@ class VerdictTable:
         answer = self._map[start:start + length]
         if crc32(answer, crc32(HEAD.pack(hashed, stamp, epoch))) != check:
             return None  # torn: two writers at once, or one writing while we read
+        if not is_one_answer(answer):
+            return None  # whole, yet no answer to give Postfix: a worker wrote it so
         return answer, max(age, 0.0)
 
     def store(self, key: int, answer: bytes, now: float, live: float) -> None:
@@ -160,6 +167,14 @@ class VerdictTable:
         self.f.release()
         self.q.release()
         self._map.close()
+
+
+def is_one_answer(answer: bytes) -> bool:
+    """Whether a slot's bytes are one answer as Postfix reads it: one `action=` line, then the
+    empty line, and no NUL. A CRC says a slot is whole, not that what wrote it was sound: any
+    process that maps the table may write a slot."""
+    return (answer[:7] == b"action=" and answer.find(b"\n") == len(answer) - 2
+            and answer[-1:] == b"\n" and b"\0" not in answer)
 
 
 def same_cache(old: PoolConfig, new: PoolConfig) -> bool:
