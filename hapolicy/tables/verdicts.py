@@ -33,8 +33,10 @@ the health table's: a rare increment lost under a race is accepted.
 
 A whole slot is not yet a sound one: any process that maps the table may write any slot (a
 bug, or a compromised worker). A reader serves a slot only if it holds one answer as Postfix
-reads it (`is_one_answer`); else it is a miss, never an empty answer, two answers or bytes
-that are none.
+reads it (`is_one_answer`) and if its age is at least 0 and under the age asked; else it is a
+miss, never an empty answer, two answers or bytes that are none, nor an entry that never ages
+(a NaN or future time). The clock is CLOCK_MONOTONIC, one for all processes: an entry stored
+by another worker after this one read the clock is a miss, once.
 
 `hapolicyctl cache-clear POOL` (the monitor) adds one to the header's epoch: every entry is
 gone at once, in every worker, without writing a slot.
@@ -118,7 +120,8 @@ class VerdictTable:
         start = word * 8
         hashed, stamp, epoch, length, check = FIXED.unpack_from(self._map, start)
         age = now - stamp
-        if (hashed != key or epoch != self.f[VERDICT_EPOCH] or age >= max_age
+        # `not 0 <= age`: a NaN or a future time would keep an entry for ever
+        if (hashed != key or epoch != self.f[VERDICT_EPOCH] or not 0.0 <= age < max_age
                 or length > VERDICT_ANSWER):
             return None
         start += VERDICT_FIXED
@@ -127,7 +130,7 @@ class VerdictTable:
             return None  # torn: two writers at once, or one writing while we read
         if not is_one_answer(answer):
             return None  # whole, yet no answer to give Postfix: a worker wrote it so
-        return answer, max(age, 0.0)
+        return answer, age
 
     def store(self, key: int, answer: bytes, now: float, live: float) -> None:
         """Keep answer (at most VERDICT_ANSWER bytes) for key from now; an entry younger than

@@ -75,3 +75,14 @@ def test_whatever_a_slot_holds_a_lookup_gives_one_answer_or_none(held):
         got = found[0]
         assert got.startswith(b"action=") and got.endswith(b"\n\n")
         assert got.count(b"\n") == 2 and b"\0" not in got
+
+
+@pytest.mark.parametrize("stamp", [float("nan"), 1e12, float("inf"), float("-inf")])
+def test_a_slot_whose_time_is_nan_or_in_the_future_is_a_miss(stamp):
+    """A slot's time is when its answer came: a NaN, infinite or future time (written so by
+    any process that maps the table) is a miss, not an entry served past `cache` and
+    `cache-stale` for ever."""
+    table = VerdictTable(8, shared=False)
+    table.store(7, b"action=REJECT pinned\n\n", stamp, 60.0)
+    assert table.find(7, 1000.0, 60.0) is None
+    assert table.find(7, 1000.0, 1e300) is None
