@@ -128,6 +128,7 @@ class Job:
 
     __slots__ = (
         "answered",
+        "cache_epoch",
         "cache_key",
         "client",
         "current",
@@ -148,7 +149,7 @@ class Job:
     )
 
     def __init__(self, dispatcher: Owner, request: Request, client: Client,
-                 cache_key: int | None = None) -> None:
+                 cache_key: int | None = None, cache_epoch: float | None = None) -> None:
         self.d = dispatcher
         self.request = request
         self.client = client
@@ -163,6 +164,7 @@ class Job:
         self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
         self.answered = False
         self.cache_key = cache_key  # the hash of its cache key, in a pool that caches
+        self.cache_epoch = cache_epoch  # the cache's epoch when it was looked up
         # max-inflight: services passed over at their limit (a bit each); the service it
         # waits for in line (-1 while it does not); when its waiting must end (0.0: it never
         # waited); whether a wait ran out (its default answer is then `queued-out`)

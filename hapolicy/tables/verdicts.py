@@ -39,7 +39,8 @@ miss, never an empty answer, two answers or bytes that are none, nor an entry th
 by another worker after this one read the clock is a miss, once.
 
 `hapolicyctl cache-clear POOL` (the monitor) adds one to the header's epoch: every entry is
-gone at once, in every worker, without writing a slot.
+gone at once, in every worker, without writing a slot. An answer asked for before it and given
+after it is not kept either: the request path stores with the epoch of its lookup (`asked`).
 """
 
 from __future__ import annotations
@@ -132,11 +133,19 @@ class VerdictTable:
             return None  # whole, yet no answer to give Postfix: a worker wrote it so
         return answer, age
 
-    def store(self, key: int, answer: bytes, now: float, live: float) -> None:
+    def epoch(self) -> float:
+        """The epoch in force: a cache-clear makes a new one."""
+        return self.f[VERDICT_EPOCH]
+
+    def store(self, key: int, answer: bytes, now: float, live: float,
+              asked: float | None = None) -> None:
         """Keep answer (at most VERDICT_ANSWER bytes) for key from now; an entry younger than
-        `live` that has to make room is counted as an eviction."""
+        `live` that has to make room is counted as an eviction. asked: the epoch when the
+        answer was asked for; an answer asked before a cache-clear is not kept."""
         f, q = self.f, self.q
         epoch = f[VERDICT_EPOCH]
+        if asked is not None and asked != epoch:
+            return
         first = self.slot_word((key % self.sets) * VERDICT_WAYS)
         victim, oldest = first, float("inf")
         for word in range(first, first + VERDICT_WAYS * WORDS, WORDS):

@@ -1,6 +1,6 @@
 """What the verdict cache gives back can be trusted (request/cache.py, tables/verdicts.py): a
 slot that is whole but holds no single answer is a miss, and so is one whose time is NaN or
-in the future."""
+in the future; an answer asked for before a cache-clear is not kept after it."""
 
 from __future__ import annotations
 
@@ -86,3 +86,28 @@ def test_a_slot_whose_time_is_nan_or_in_the_future_is_a_miss(stamp):
     table.store(7, b"action=REJECT pinned\n\n", stamp, 60.0)
     assert table.find(7, 1000.0, 60.0) is None
     assert table.find(7, 1000.0, 1e300) is None
+
+
+def test_an_answer_asked_before_cache_clear_and_given_after_it_is_not_kept(runs):
+    """An answer in flight while `hapolicyctl cache-clear` empties the cache (an operator
+    clears because the service's data changed) is given to its client but not kept: the next
+    request of its key asks the service again."""
+    with FakeBackend(action="REJECT listed", delay=0.4) as backend:
+        run = runs(backend.spec("B", timeout=5), **CACHED)
+        client = Client()
+        [framed] = RequestFramer().feed(request())
+        run.dispatcher.submit(framed, client)
+        started = time.monotonic()
+        while not backend.requests:  # asked, not yet answered
+            assert time.monotonic() - started < 10
+            run.loop.run_once(0.02)
+        run.dispatcher.cache.table.clear()  # what cache-clear does
+        while not client.answers:
+            assert time.monotonic() - started < 10
+            run.loop.run_once(0.05)
+        assert client.answers == [b"action=REJECT listed\n\n"]
+        backend.set_mode("answer", action="OK", delay=0.0)
+        assert answer(run, request()) == b"action=OK\n\n"
+        assert len(backend.requests) == 2
+        assert answer(run, request()) == b"action=OK\n\n"  # this one is kept
+        assert len(backend.requests) == 2
