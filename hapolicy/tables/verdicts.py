@@ -1,9 +1,9 @@
 """A pool's verdict cache, shared by all workers through one anonymous mmap (`VerdictTable`).
 
 The master makes it before it forks, beside the pool's health table (`attach`), and carries it
-over a reload for a pool whose services, cache-key and cache-size stay (`carry`); everything
-else (the answers' age, which answers are kept, stale answers) is the request path's
-(request/cache.py). Its words and bytes are named in layout.py.
+over a reload for a pool whose services, cache-key, cache-actions and cache-size stay
+(`carry`); everything else (the answers' age, which answers are kept, stale answers) is the
+request path's (request/cache.py). Its words and bytes are named in layout.py.
 
 Why fixed-size slots in an mmap, and not a dict per worker or a server: a key answered by one
 worker must be known to the others, memory must stay bounded whatever the keys (cache-size
@@ -190,9 +190,11 @@ def is_one_answer(answer: bytes) -> bool:
 
 
 def same_cache(old: PoolConfig, new: PoolConfig) -> bool:
-    """Whether new may keep old's entries: the same services, cache-key and cache-size."""
+    """Whether new may keep old's entries: the same services, cache-key, cache-actions (the
+    answers kept) and cache-size."""
     return (bool(old.cache) and bool(new.cache) and old.services == new.services
-            and old.cache_key == new.cache_key and old.cache_size == new.cache_size)
+            and old.cache_key == new.cache_key and old.cache_actions == new.cache_actions
+            and old.cache_size == new.cache_size)
 
 
 def attach(pools: Sequence[PoolConfig], tables: Mapping[str, HealthTable]) -> None:
@@ -205,8 +207,9 @@ def attach(pools: Sequence[PoolConfig], tables: Mapping[str, HealthTable]) -> No
 
 def carry(before: Sequence[PoolConfig], after: Sequence[PoolConfig],
           old_tables: Mapping[str, HealthTable], new_tables: Mapping[str, HealthTable]) -> None:
-    """A reload's verdict tables: a pool whose services, cache-key and cache-size stay keeps its
-    entries; another that caches gets an empty table with the counters of its old one."""
+    """A reload's verdict tables: a pool whose services, cache-key, cache-actions and
+    cache-size stay keeps its entries; another that caches gets an empty table with the
+    counters of its old one."""
     running = {p.name: p for p in before}
     for pool in after:
         old_pool = running.get(pool.name)

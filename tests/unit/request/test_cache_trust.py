@@ -1,6 +1,7 @@
 """What the verdict cache gives back can be trusted (request/cache.py, tables/verdicts.py): a
 slot that is whole but holds no single answer is a miss, and so is one whose time is NaN or
-in the future; an answer asked for before a cache-clear is not kept after it."""
+in the future; an answer asked for before a cache-clear is not kept after it, nor one a
+reload stopped keeping."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from testkit.dispatching import Client, Run
 from testkit.protocol import request
 
 from hapolicy.base.protocol import RequestFramer
-from hapolicy.tables.layout import VERDICT_ANSWER
-from hapolicy.tables.verdicts import VerdictTable
+from hapolicy.config.parsers import parse_service
+from hapolicy.config.records import PoolConfig
+from hapolicy.tables.health import HealthTable
+from hapolicy.tables.layout import VERDICT_ANSWER, VERDICT_STORED
+from hapolicy.tables.verdicts import VerdictTable, attach, carry
 
 CACHED = {"cache": 60.0, "cache_key": "client_address,sender", "sticky_instance": False}
 
@@ -111,3 +115,27 @@ def test_an_answer_asked_before_cache_clear_and_given_after_it_is_not_kept(runs)
         assert len(backend.requests) == 2
         assert answer(run, request()) == b"action=OK\n\n"  # this one is kept
         assert len(backend.requests) == 2
+
+
+def _pool(**settings) -> PoolConfig:
+    settings = {"cache": 60.0, "cache_key": "client_address,sender", "name": "spf",
+                "sticky_instance": False, **settings}
+    return PoolConfig(services=(parse_service("A=127.0.0.1:1"),), **settings)
+
+
+@pytest.mark.parametrize("actions", [r"(DUNNO|OK)(\s|$)", r"(DUNNO|OK|REJECT)(\s|$)"])
+def test_a_reload_that_changes_cache_actions_starts_an_empty_cache(actions):
+    """A reload (HUP) that changes cache-actions (an operator who stops keeping REJECTs)
+    gives the pool an empty cache, with the counters of the old one: no answer kept under the
+    old cache-actions is served for `cache` or `cache-stale` seconds after it."""
+    before, after = [_pool()], [_pool(cache_actions=actions)]
+    tables = {"spf": HealthTable(1, shared=False)}
+    attach(before, tables)
+    old = tables["spf"].verdicts
+    assert old is not None
+    old.store(42, b"action=REJECT 5.7.1 listed\n\n", time.monotonic(), 60.0)
+    new = {"spf": tables["spf"]}  # the same services: the health table stays
+    carry(before, after, tables, new)
+    assert new["spf"].verdicts is not old
+    assert new["spf"].verdicts.find(42, time.monotonic(), 60.0) is None
+    assert new["spf"].verdicts.counter(VERDICT_STORED) == 1
