@@ -41,6 +41,11 @@ by another worker after this one read the clock is a miss, once.
 `hapolicyctl cache-clear POOL` (the monitor) adds one to the header's epoch: every entry is
 gone at once, in every worker, without writing a slot. An answer asked for before it and given
 after it is not kept either: the request path stores with the epoch of its lookup (`asked`).
+
+A reload that gives a pool a new table (or none) retires the old one (`retire`): the workers
+that retire keep it mapped while they serve their open connections, but it serves and keeps
+nothing from then on, so they ask the services. A cache-clear of the pool therefore has one
+table to clear: no entry of the retiring workers outlives it.
 """
 
 from __future__ import annotations
@@ -144,8 +149,8 @@ class VerdictTable:
         answer was asked for; an answer asked before a cache-clear is not kept."""
         f, q = self.f, self.q
         epoch = f[VERDICT_EPOCH]
-        if asked is not None and asked != epoch:
-            return
+        if epoch != (epoch if asked is None else asked):
+            return  # asked before a cache-clear, or the table is retired (NaN equals nothing)
         first = self.slot_word((key % self.sets) * VERDICT_WAYS)
         victim, oldest = first, float("inf")
         for word in range(first, first + VERDICT_WAYS * WORDS, WORDS):
@@ -166,6 +171,12 @@ class VerdictTable:
     def clear(self) -> None:
         """Forget every entry (cache-clear): a new epoch."""
         self.f[VERDICT_EPOCH] += 1.0
+
+    def retire(self) -> None:
+        """A reload gave the pool another table (or none): forget every entry and keep none
+        from now on, so the retiring workers, which keep this one, ask the services. Its epoch
+        is NaN, which equals no epoch, its own included; a cache-clear leaves it NaN."""
+        self.f[VERDICT_EPOCH] = float("nan")
 
     def counter(self, word: int) -> int:
         value = self.f[word]
@@ -209,8 +220,9 @@ def carry(before: Sequence[PoolConfig], after: Sequence[PoolConfig],
           old_tables: Mapping[str, HealthTable], new_tables: Mapping[str, HealthTable]) -> None:
     """A reload's verdict tables: a pool whose services, cache-key, cache-actions and
     cache-size stay keeps its entries; another that caches gets an empty table with the
-    counters of its old one."""
+    counters of its old one. An old table no pool keeps is retired (`VerdictTable.retire`)."""
     running = {p.name: p for p in before}
+    old_verdicts = [t.verdicts for t in old_tables.values() if t.verdicts is not None]
     for pool in after:
         old_pool = running.get(pool.name)
         old = old_tables[pool.name].verdicts if old_pool is not None else None
@@ -223,3 +235,7 @@ def carry(before: Sequence[PoolConfig], after: Sequence[PoolConfig],
             table.verdicts = VerdictTable(pool.cache_size)
             if old is not None:
                 table.verdicts.copy_counters(old)
+    in_use = {id(t.verdicts) for t in new_tables.values()}
+    for verdicts in old_verdicts:
+        if id(verdicts) not in in_use:
+            verdicts.retire()

@@ -1,7 +1,8 @@
 """What the verdict cache gives back can be trusted (request/cache.py, tables/verdicts.py): a
 slot that is whole but holds no single answer is a miss, and so is one whose time is NaN or
 in the future; an answer asked for before a cache-clear is not kept after it, nor one a
-reload stopped keeping."""
+reload stopped keeping, nor one the retiring workers keep after a reload gave the pool another
+table."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from testkit.backends import FakeBackend
 from testkit.dispatching import Client, Run
+from testkit.logs import KeptLog
 from testkit.protocol import request
 
 from hapolicy.base.protocol import RequestFramer
 from hapolicy.config.parsers import parse_service
-from hapolicy.config.records import PoolConfig
+from hapolicy.config.records import DaemonConfig, PoolConfig
+from hapolicy.monitor import cachecounts
 from hapolicy.tables.health import HealthTable
 from hapolicy.tables.layout import VERDICT_ANSWER, VERDICT_STORED
 from hapolicy.tables.verdicts import VerdictTable, attach, carry
@@ -139,3 +142,46 @@ def test_a_reload_that_changes_cache_actions_starts_an_empty_cache(actions):
     assert new["spf"].verdicts is not old
     assert new["spf"].verdicts.find(42, time.monotonic(), 60.0) is None
     assert new["spf"].verdicts.counter(VERDICT_STORED) == 1
+
+
+@pytest.mark.parametrize("change", [{"cache_key": "client_address/24,sender"},
+                                    {"cache_size": 20000}, {"cache": 0.0}, None])
+def test_a_table_a_reload_replaces_serves_and_keeps_nothing_for_the_retiring_workers(change):
+    """A reload (HUP) that gives a pool a new verdict table (cache-key or cache-size changed),
+    none (it stops caching) or drops the pool retires the old table: the retiring workers,
+    which keep it while they serve their open connections, find nothing in it and keep
+    nothing in it, so no entry of theirs outlives a `cache-clear` of the pool."""
+    before = [_pool()]
+    after = [] if change is None else [_pool(**change)]
+    tables = {"spf": HealthTable(1, shared=False)}
+    attach(before, tables)
+    old = tables["spf"].verdicts
+    now = time.monotonic()
+    old.store(42, b"action=REJECT 5.7.1 listed\n\n", now, 60.0)
+    asked = old.epoch()  # a retiring worker's request asked before the reload
+    new = {p.name: tables["spf"] for p in after}  # the same services: the health table stays
+    carry(before, after, tables, new)
+    assert old.find(42, now, 60.0) is None
+    old.store(43, b"action=REJECT 5.7.1 listed\n\n", now, 60.0)
+    old.store(44, b"action=REJECT 5.7.1 listed\n\n", now, 60.0, asked)
+    old.clear()
+    assert old.find(43, now, 60.0) is None and old.find(44, now, 60.0) is None
+    if after and after[0].cache:
+        said = cachecounts.clear(DaemonConfig(pools=tuple(after)), new, ["spf"], KeptLog())
+        assert said.startswith("ok")
+
+
+def test_a_table_a_reload_keeps_still_serves():
+    """A reload that keeps the pool's services, cache-key, cache-actions and cache-size keeps
+    its table as it was: its entries are served and new ones kept."""
+    before, after = [_pool()], [_pool(cache=120.0)]
+    tables = {"spf": HealthTable(1, shared=False)}
+    attach(before, tables)
+    kept = tables["spf"].verdicts
+    now = time.monotonic()
+    kept.store(42, b"action=OK\n\n", now, 60.0)
+    carry(before, after, tables, tables)
+    assert tables["spf"].verdicts is kept
+    assert kept.find(42, now, 60.0) is not None
+    kept.store(43, b"action=OK\n\n", now, 60.0, kept.epoch())
+    assert kept.find(43, now, 60.0) is not None
