@@ -16,7 +16,9 @@ import nothing of this:
   given after it is not kept;
 - `stale`, when the job would answer the default because every service failed, is down or the
   total timeout was reached: an answer of the key younger than cache-stale goes out instead,
-  counted and logged as `stale=AGE`.
+  counted and logged as `stale=AGE`. As the default it replaces, it is no service's answer
+  (`Job.finish(stale=True)`): a hedge is not won by it nor learns its time, and it is not
+  copied to a shadow.
 
 A pool that caches does not take the lane (lane.qualifies): its requests need the key.
 """
@@ -121,7 +123,7 @@ class Cache:
         d = job.d
         d.warnings.warning(f"{d.config.log_prefix}no service answered ({why}): stale={age:.0f}s "
                            f"action={answer[7:-2].decode('utf-8', 'replace')}")
-        job.finish(answer, f"cache stale={age:.1f}s")
+        job.finish(answer, f"cache stale={age:.1f}s", stale=True)
         return True
 
 

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
         index: int  # its service, once asked (-1 before)
 
         def take_over(self) -> bool: ...  # the first attempt failed: True if the hedge goes on
-        def end(self, default_why: str) -> None: ...  # the request is answered
+        def end(self, answered: bool) -> None: ...  # the request is answered (by a service)
 
     class Hedger(Protocol):
         """The hedges of a pool that hedges (hedge.Hedger)."""
@@ -214,7 +214,7 @@ class Job:
             return
         self.answered = True
         if self.hedge is not None:
-            self.hedge.end("internal error")
+            self.hedge.end(False)
         if self.exchange is not None:
             self.exchange.cancel("internal error")
             self.exchange = None
@@ -361,11 +361,15 @@ class Job:
         d.counts[d.default_word + word] += 1.0
         self.finish(d.default_answer, "-", why)
 
-    def finish(self, answer: bytes, service: str, default_why: str = "") -> None:
-        """Deliver the answer (a service's, or the default with why), logged as asked."""
+    def finish(self, answer: bytes, service: str, default_why: str = "",
+               stale: bool = False) -> None:
+        """Deliver the answer (a service's; the default, with why; or a stale one of the cache
+        instead of the default), logged as asked. Only a service's answer (or a cache hit's)
+        ends the hedge as answered and is copied to the shadow."""
         d = self.d
+        answered = not default_why and not stale
         if self.hedge is not None:
-            self.hedge.end(default_why)
+            self.hedge.end(answered)
         if d.log_requests or (default_why and d.verbose):
             self.log_request(service, answer[7:-2].decode("utf-8", "replace"), default_why)
         elif default_why:
@@ -373,7 +377,7 @@ class Job:
         self.answered = True
         d.in_flight -= 1
         self.client.deliver(answer)
-        if d.shadow is not None and not default_why:
+        if d.shadow is not None and answered:
             d.shadow.copy(self.request, answer)
 
     def log_request(self, service: str, action: str, default_why: str) -> None:

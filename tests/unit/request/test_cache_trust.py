@@ -2,7 +2,7 @@
 slot that is whole but holds no single answer is a miss, and so is one whose time is NaN or
 in the future; an answer asked for before a cache-clear is not kept after it, nor one a
 reload stopped keeping, nor one the retiring workers keep after a reload gave the pool another
-table."""
+table; a stale answer is no service's answer to a hedge or a shadow."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.monitor import cachecounts
 from hapolicy.tables.health import HealthTable
-from hapolicy.tables.layout import VERDICT_ANSWER, VERDICT_STORED
+from hapolicy.tables.layout import (
+    HEDGE_WON,
+    HEDGED,
+    VERDICT_ANSWER,
+    VERDICT_STALE,
+    VERDICT_STORED,
+)
 from hapolicy.tables.verdicts import VerdictTable, attach, carry
 
 CACHED = {"cache": 60.0, "cache_key": "client_address,sender", "sticky_instance": False}
@@ -185,3 +191,49 @@ def test_a_table_a_reload_keeps_still_serves():
     assert kept.find(42, now, 60.0) is not None
     kept.store(43, b"action=OK\n\n", now, 60.0, kept.epoch())
     assert kept.find(43, now, 60.0) is not None
+
+
+class Mirror:
+    """A shadow's mirror that notes what it is given."""
+
+    def __init__(self) -> None:
+        self.copies: list[bytes] = []
+
+    def copy(self, request, answer: bytes) -> None:
+        self.copies.append(answer)
+
+
+def test_a_stale_answer_is_no_hedge_won(runs):
+    """In a pool that hedges, a stale answer given because both the first service and the
+    hedge failed is not counted as a hedge won."""
+    with FakeBackend(action="OK") as first, FakeBackend(action="OK") as second:
+        run = runs(first.spec("A", timeout=5), second.spec("B", timeout=5), hedge="0.05",
+                   hedge_max=100.0, default_action="DUNNO",
+                   **{**CACHED, "cache": 0.1, "cache_stale": 30.0})
+        assert answer(run, request()) == b"action=OK\n\n"
+        time.sleep(0.15)
+        first.set_mode("garbage", delay=0.2)
+        second.set_mode("garbage", delay=0.2)
+        assert answer(run, request()) == b"action=OK\n\n"  # stale
+        assert run.dispatcher.cache.counts[VERDICT_STALE] == 1
+        assert run.health.counter(HEDGED) == 1
+        assert run.health.counter(HEDGE_WON) == 0
+
+
+def test_a_stale_answer_teaches_no_answer_time_and_goes_to_no_shadow(runs):
+    """A stale answer given because the service failed is not learned as the service's answer
+    time (the pNN a hedge's delay comes from), and is not copied to the pool's shadow
+    (cache-force): neither is a service's answer."""
+    with FakeBackend(action="OK") as backend:
+        run = runs(backend.spec("A", timeout=5), hedge="p90", default_action="DUNNO",
+                   **{**CACHED, "cache": 0.1, "cache_stale": 30.0})
+        mirror = Mirror()
+        run.dispatcher.attach_mirror(mirror)
+        [latency] = run.dispatcher.hedger.latency
+        assert answer(run, request()) == b"action=OK\n\n"
+        assert (latency.count, mirror.copies) == (1, [b"action=OK\n\n"])
+        time.sleep(0.15)
+        backend.set_mode("garbage")
+        assert answer(run, request()) == b"action=OK\n\n"  # stale
+        assert run.dispatcher.cache.counts[VERDICT_STALE] == 1
+        assert (latency.count, mirror.copies) == (1, [b"action=OK\n\n"])
