@@ -13,7 +13,10 @@ found: about 1 µs). Python's `hash` of the key is the slot's key: every process
 table is a fork of one master and shares its hash secret; a new master (an upgrade in place)
 starts with an empty cache, so no table outlives the secret. Two keys of one hash (64 bits)
 would share an entry: with 10,000 entries kept, a lookup meets another key's hash about once
-in 10**15.
+in 10**15. That holds while the secret is unknown: a pool that caches is refused when
+PYTHONHASHSEED fixes it (config/cachecheck.py), since a known secret lets whoever chooses
+`sender` search for a key of another's hash. (A keyed BLAKE2b digest of the key instead costs
+about 1 µs more per request, a twentieth of a hit's whole cost.)
 
 The slots are set-associative: a key's hash picks a set of VERDICT_WAYS slots; a new key takes
 an empty slot of its set, or one of an older epoch (cleared), or else the one whose answer is

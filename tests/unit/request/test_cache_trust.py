@@ -2,7 +2,8 @@
 slot that is whole but holds no single answer is a miss, and so is one whose time is NaN or
 in the future; an answer asked for before a cache-clear is not kept after it, nor one a
 reload stopped keeping, nor one the retiring workers keep after a reload gave the pool another
-table; a stale answer is no service's answer to a hedge or a shadow."""
+table; a stale answer is no service's answer to a hedge or a shadow; a pool that caches is
+refused when PYTHONHASHSEED fixes the hash secret its keys depend on."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from testkit.logs import KeptLog
 from testkit.protocol import request
 
 from hapolicy.base.protocol import RequestFramer
+from hapolicy.config.cachecheck import cache_problem
 from hapolicy.config.parsers import parse_service
 from hapolicy.config.records import DaemonConfig, PoolConfig
 from hapolicy.monitor import cachecounts
@@ -237,3 +239,21 @@ def test_a_stale_answer_teaches_no_answer_time_and_goes_to_no_shadow(runs):
         assert answer(run, request()) == b"action=OK\n\n"  # stale
         assert run.dispatcher.cache.counts[VERDICT_STALE] == 1
         assert (latency.count, mirror.copies) == (1, [b"action=OK\n\n"])
+
+
+@pytest.mark.parametrize(("seed", "refused"), [("0", True), ("123", True), ("random", False),
+                                               ("", False), (None, False)])
+def test_a_pool_that_caches_is_refused_when_pythonhashseed_fixes_the_secret(
+        monkeypatch, seed, refused):
+    """A cache's entries are found by Python's hash of their key: when PYTHONHASHSEED fixes
+    its secret (a number), whoever chooses `sender` could search for a key sharing another's
+    hash, so a pool that caches is refused (cache-force or not); unset or `random`, it is
+    not."""
+    if seed is None:
+        monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONHASHSEED", seed)
+    for pool in (_pool(), _pool(cache_force=True)):
+        problem = cache_problem(pool)
+        assert (f"cache with PYTHONHASHSEED={seed}:" in problem) if refused else problem == ""
+    assert cache_problem(_pool(cache=0.0)) == ""  # a pool that does not cache
