@@ -7,9 +7,18 @@ must see the retry to let it through, a rate limiter must count each message. Th
 settings say which it is: balancing by hash, sticky instances and a shadow are for services
 with state, and so are temporary answers (DEFER, 4xx: greylisting's and rate limits'); a pool
 that caches with any of them is refused unless `cache-force = yes`.
+
+A cache's slots are keyed by Python's `hash` of the request's key (tables/verdicts.py), whose
+secret is random in each master unless PYTHONHASHSEED fixes it: with a known secret, whoever
+chooses `sender` could search for one whose key shares another's hash (a birthday search of
+about 2**32 keys) and have its answer served for the other. A pool that caches is refused
+when the hash secret is fixed (`fixed_hash_seed`), whatever cache-force says.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 from hapolicy.config.parsers import parse_balance
 from hapolicy.config.values import ConfigError
@@ -60,6 +69,15 @@ def compile_actions(pattern: str):  # noqa: ANN201 - re is imported here, not fo
     return re.compile((pattern or DEFAULT_CACHE_ACTIONS).encode(), re.IGNORECASE)
 
 
+def fixed_hash_seed() -> str:
+    """PYTHONHASHSEED's value when it fixes the secret of Python's `hash` ('' when the
+    secret is random, as by default): 0 turns randomization off, a number fixes it."""
+    seed = "" if sys.flags.ignore_environment else os.environ.get("PYTHONHASHSEED", "")
+    if not sys.flags.hash_randomization:
+        return seed or "0"
+    return seed if seed not in ("", "random") else ""
+
+
 def cache_problem(pool: PoolConfig) -> str:
     """Why the pool's cache settings cannot be used as they are ('' when they can)."""
     if pool.cache_stale and not pool.cache:
@@ -69,6 +87,10 @@ def cache_problem(pool: PoolConfig) -> str:
     if not pool.cache_key:
         return ("cache needs cache-key = ATTR[/N],...: the attributes the services' "
                 "answers depend on")
+    seed = fixed_hash_seed()
+    if seed:
+        return (f"cache with PYTHONHASHSEED={seed[:20]}: a fixed hash secret lets a sender be "
+                "chosen whose cache key collides with another's; unset PYTHONHASHSEED")
     if pool.cache_stale and pool.cache_stale <= pool.cache:
         return f"cache-stale {pool.cache_stale:g} must be longer than cache {pool.cache:g}"
     if pool.cache_force:

@@ -10,7 +10,8 @@ out, in this order:
 4. a new generation: the old workers retire;
 5. the addresses gone closed;
 6. each pool's table carried over (`ReloadPlan.carry_tables`), with what is checked, and its
-   verdict cache (tables/verdicts.py: kept while its services, cache-key and cache-size stay);
+   verdict cache (tables/verdicts.py: kept while its services, cache-key, cache-actions and
+   cache-size stay);
 7. the new configuration in force, the checks of tables no worker uses any more stopped, the
    workers' boot throttle reset, one line (`ReloadPlan.notice`);
 8. the next `maintain` starts the new workers and a new monitor.

@@ -144,9 +144,10 @@ CACHE_TEXT = (
     "the retry to let it through, a rate limiter must count each message, so a pool that "
     "hashes, keeps instances sticky, has a shadow or keeps temporary answers is refused "
     "unless `cache-force = yes`. `hapolicyctl cache-clear POOL` empties it; a reload keeps "
-    "it while the pool's services, cache-key and cache-size stay; it starts empty after an "
-    "upgrade in place (SIGUSR2). Spawn mode: each spawned process has a cache of its own, "
-    "for its one SMTP connection.")
+    "it while the pool's services, cache-key, cache-actions and cache-size stay; it starts "
+    "empty after an upgrade in place (SIGUSR2). A pool that caches is refused when "
+    "PYTHONHASHSEED fixes Python's hash secret (a number): unset it. Spawn mode: each "
+    "spawned process has a cache of its own, for its one SMTP connection.")
 
 #: hapolicyctl status during a failover (docs/operating.md shows the same lines)
 STATUS_EXAMPLE = """\

@@ -87,11 +87,12 @@ class AskJob(Job):
         self.why = why
         super().answer_default(why, word)
 
-    def finish(self, answer: bytes, service: str, default_why: str = "") -> None:
-        if not default_why:
+    def finish(self, answer: bytes, service: str, default_why: str = "",
+               stale: bool = False) -> None:
+        if not default_why and not stale:
             self.attempts.append((self.current, self._delay(self.current),
                                   answer[:-2].decode("utf-8", "replace")))
-        super().finish(answer, service, default_why)
+        super().finish(answer, service, default_why, stale)
 
     def fail(self, exc: BaseException) -> None:
         if not self.answered:

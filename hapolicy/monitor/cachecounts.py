@@ -29,21 +29,20 @@ def cells(table: HealthTable) -> list[str]:
 
 
 def clear(config: DaemonConfig, health: Mapping[str, HealthTable], args: Sequence[str],
-          log: Logger, kept: Sequence[tuple[PoolConfig, HealthTable]] = ()) -> str:
-    """`cache-clear POOL`: every entry of the pool's cache gone, in every worker at once (the
-    older tables of retiring workers' too)."""
+          log: Logger) -> str:
+    """`cache-clear POOL`: every entry of the pool's cache gone, in every worker at once. The
+    retiring workers' older table, if a reload replaced the pool's, holds none: the reload
+    retired it (tables/verdicts.py)."""
     if len(args) != 1:
         return "error: usage: cache-clear POOL\n"
     name = args[0]
     pool = next((p for p in config.pools if p.name == name), None)
     if pool is None or name not in health:
         return f"error: no pool {name[:80]!r}\n"
-    tables = [health[name], *(table for old, table in kept if old.name == name)]
-    cleared = {id(t.verdicts): t.verdicts for t in tables if t.verdicts is not None}
-    if not cleared:
+    verdicts = health[name].verdicts
+    if verdicts is None:
         return f"error: pool {name!r} has no cache\n"
-    for verdicts in cleared.values():
-        verdicts.clear()
+    verdicts.clear()
     log.notice(f"control: cache of pool {name} cleared")
     return f"ok: cache of pool {name} cleared\n"
 

@@ -269,7 +269,7 @@ def answer(line: str, config: DaemonConfig, health: Mapping[str, HealthTable],
             return "error: usage: weight POOL/SERVICE N\n"
         return set_weight(config, health, args[0], args[1], log, kept)
     if command == "cache-clear":
-        return cachecounts.clear(config, health, args, log, kept)
+        return cachecounts.clear(config, health, args, log)
     if command == "ask":  # control.py gives it, with its request, to the monitor (ask.py)
         return "error: ask needs its request: hapolicyctl ask POOL ATTR=VALUE ...\n"
     if args:

@@ -8,13 +8,17 @@ import nothing of this:
 
 - `lookup`, before a `Job` is made (`Dispatcher.submit`): an answer younger than S answers the
   request at once, without a Job (with one, `service=cache`, when the request is logged or
-  copied to a shadow), counted as a hit; else a miss, and the job gets the key;
+  copied to a shadow), counted as a hit; else a miss, and the job gets the key and the table's
+  epoch then;
 - `keep`, when a service answered: the answer is kept if cache-actions matches its action
   (not a temporary one by default; an answer that matched fail-answer never gets here) and it
-  fits in a slot;
+  fits in a slot, with the epoch of the lookup: an answer asked before a cache-clear and
+  given after it is not kept;
 - `stale`, when the job would answer the default because every service failed, is down or the
   total timeout was reached: an answer of the key younger than cache-stale goes out instead,
-  counted and logged as `stale=AGE`.
+  counted and logged as `stale=AGE`. As the default it replaces, it is no service's answer
+  (`Job.finish(stale=True)`): a hedge is not won by it nor learns its time, and it is not
+  copied to a shadow.
 
 A pool that caches does not take the lane (lane.qualifies): its requests need the key.
 """
@@ -71,20 +75,22 @@ class Cache:
         # a hit that is logged (-l) or copied to a shadow goes out through a Job, which does both
         self.through_job = dispatcher.log_requests or bool(config.shadow)
 
-    def lookup(self, request: Request, client: Client) -> int | None:
+    def lookup(self, request: Request, client: Client) -> tuple[int, float] | None:
         """Answer the request from the cache if its key has a fresh answer (None); else its
-        key (a miss). An exception costs this request the default answer (None)."""
+        key and the table's epoch (a miss). An exception costs this request the default answer
+        (None)."""
         d = self.d
         try:
             key = self.key(request)
+            epoch = self.table.epoch()  # before the lookup: a cache-clear after it is seen
             found = self.table.find(key, time.monotonic(), self.fresh)
             if found is None:
                 self.counts[VERDICT_MISSES] += 1.0
-                return key
+                return key, epoch
             self.counts[VERDICT_HITS] += 1.0
             if self.through_job:
                 d.in_flight += 1
-                Job(d, request, client, key).finish(found[0], "cache")
+                Job(d, request, client).finish(found[0], "cache")
             else:
                 client.deliver(found[0])
         except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker
@@ -100,8 +106,9 @@ class Cache:
             kept = len(action) + 2 <= VERDICT_ANSWER and self.keeps(action[7:]) is not None
             if len(self.judged) < MAX_JUDGED:
                 self.judged[action] = kept
-        if kept and job.cache_key is not None:
-            self.table.store(job.cache_key, action + b"\n\n", time.monotonic(), self.live)
+        if kept and job.cache_key is not None and job.cache_epoch is not None:
+            self.table.store(job.cache_key, action + b"\n\n", time.monotonic(), self.live,
+                             job.cache_epoch)
 
     def stale(self, job: Job, why: str, word: int) -> bool:
         """Answer job's request with its key's stale answer instead of the default (why, its
@@ -116,7 +123,7 @@ class Cache:
         d = job.d
         d.warnings.warning(f"{d.config.log_prefix}no service answered ({why}): stale={age:.0f}s "
                            f"action={answer[7:-2].decode('utf-8', 'replace')}")
-        job.finish(answer, f"cache stale={age:.1f}s")
+        job.finish(answer, f"cache stale={age:.1f}s", stale=True)
         return True
 
 

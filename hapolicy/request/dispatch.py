@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     class Cache(Protocol):
         """The verdict cache of a pool that caches (cache.Cache)."""
 
-        def lookup(self, request: Request, client: Client) -> int | None: ...  # None: answered
+        def lookup(self, request: Request, client: Client
+                   ) -> tuple[int, float] | None: ...  # None: answered
         def keep(self, job: Job, action: bytes) -> None: ...
         def stale(self, job: Job, why: str, word: int) -> bool: ...
 
@@ -195,13 +196,14 @@ class Dispatcher:
         self.counts[self.requests_word] += 1.0
         if self.waiting.line:  # those in line first: a slot freed meanwhile is theirs
             self.waiting.serve(time.monotonic())
-        key = None
+        key = epoch = None
         if self.cache is not None:
-            key = self.cache.lookup(request, client)
-            if key is None:
+            missed = self.cache.lookup(request, client)
+            if missed is None:
                 return  # answered from the cache
+            key, epoch = missed
         self.in_flight += 1
-        job = Job(self, request, client, key)
+        job = Job(self, request, client, key, epoch)
         try:
             job.begin()
         except Exception as exc:  # noqa: BLE001 - it costs this request, not the worker

@@ -174,8 +174,9 @@ class Hedge:
         conn.on_done = job.on_exchange_done
         return True
 
-    def end(self, default_why: str) -> None:
-        """The request is answered: stop what still runs; learn the answer time."""
+    def end(self, answered: bool) -> None:
+        """The request is answered: stop what still runs; learn the answer time if a service
+        answered (not the default, an internal error or a stale answer of the cache)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -184,7 +185,7 @@ class Hedge:
             self.conn = None
             conn.cancel("another service answered first")
             self._learn_slow(self.index, self.started)
-        if default_why:
+        if not answered:
             return
         hedger = self.hedger
         current = self.job.current

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
         index: int  # its service, once asked (-1 before)
 
         def take_over(self) -> bool: ...  # the first attempt failed: True if the hedge goes on
-        def end(self, default_why: str) -> None: ...  # the request is answered
+        def end(self, answered: bool) -> None: ...  # the request is answered (by a service)
 
     class Hedger(Protocol):
         """The hedges of a pool that hedges (hedge.Hedger)."""
@@ -128,6 +128,7 @@ class Job:
 
     __slots__ = (
         "answered",
+        "cache_epoch",
         "cache_key",
         "client",
         "current",
@@ -148,7 +149,7 @@ class Job:
     )
 
     def __init__(self, dispatcher: Owner, request: Request, client: Client,
-                 cache_key: int | None = None) -> None:
+                 cache_key: int | None = None, cache_epoch: float | None = None) -> None:
         self.d = dispatcher
         self.request = request
         self.client = client
@@ -163,6 +164,7 @@ class Job:
         self.hedge: Hedge | None = None  # its second exchange, in a pool that hedges
         self.answered = False
         self.cache_key = cache_key  # the hash of its cache key, in a pool that caches
+        self.cache_epoch = cache_epoch  # the cache's epoch when it was looked up
         # max-inflight: services passed over at their limit (a bit each); the service it
         # waits for in line (-1 while it does not); when its waiting must end (0.0: it never
         # waited); whether a wait ran out (its default answer is then `queued-out`)
@@ -212,7 +214,7 @@ class Job:
             return
         self.answered = True
         if self.hedge is not None:
-            self.hedge.end("internal error")
+            self.hedge.end(False)
         if self.exchange is not None:
             self.exchange.cancel("internal error")
             self.exchange = None
@@ -359,11 +361,15 @@ class Job:
         d.counts[d.default_word + word] += 1.0
         self.finish(d.default_answer, "-", why)
 
-    def finish(self, answer: bytes, service: str, default_why: str = "") -> None:
-        """Deliver the answer (a service's, or the default with why), logged as asked."""
+    def finish(self, answer: bytes, service: str, default_why: str = "",
+               stale: bool = False) -> None:
+        """Deliver the answer (a service's; the default, with why; or a stale one of the cache
+        instead of the default), logged as asked. Only a service's answer (or a cache hit's)
+        ends the hedge as answered and is copied to the shadow."""
         d = self.d
+        answered = not default_why and not stale
         if self.hedge is not None:
-            self.hedge.end(default_why)
+            self.hedge.end(answered)
         if d.log_requests or (default_why and d.verbose):
             self.log_request(service, answer[7:-2].decode("utf-8", "replace"), default_why)
         elif default_why:
@@ -371,7 +377,7 @@ class Job:
         self.answered = True
         d.in_flight -= 1
         self.client.deliver(answer)
-        if d.shadow is not None and not default_why:
+        if d.shadow is not None and answered:
             d.shadow.copy(self.request, answer)
 
     def log_request(self, service: str, action: str, default_why: str) -> None:

@@ -176,7 +176,8 @@ WORKER_GENERATION = 5  # the generation (reload) it was started for
 
 VERDICT_HEADER = 8  # words
 VERDICT_EPOCH = 0  # the epoch of the entries in force: cache-clear adds 1, and a slot of
-#                    another epoch is empty (1.0 in a fresh table, so a zeroed slot is empty)
+#                    another epoch is empty (1.0 in a fresh table, so a zeroed slot is empty;
+#                    NaN in a table a reload retired: no slot is of its epoch)
 VERDICT_HITS = 1  # counter: requests answered from the cache, without asking a service
 VERDICT_MISSES = 2  # counter: requests that found no fresh entry and went to the services
 VERDICT_STALE = 3  # counter: requests answered with a stale entry instead of the default

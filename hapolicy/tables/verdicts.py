@@ -1,9 +1,9 @@
 """A pool's verdict cache, shared by all workers through one anonymous mmap (`VerdictTable`).
 
 The master makes it before it forks, beside the pool's health table (`attach`), and carries it
-over a reload for a pool whose services, cache-key and cache-size stay (`carry`); everything
-else (the answers' age, which answers are kept, stale answers) is the request path's
-(request/cache.py). Its words and bytes are named in layout.py.
+over a reload for a pool whose services, cache-key, cache-actions and cache-size stay
+(`carry`); everything else (the answers' age, which answers are kept, stale answers) is the
+request path's (request/cache.py). Its words and bytes are named in layout.py.
 
 Why fixed-size slots in an mmap, and not a dict per worker or a server: a key answered by one
 worker must be known to the others, memory must stay bounded whatever the keys (cache-size
@@ -13,7 +13,10 @@ found: about 1 µs). Python's `hash` of the key is the slot's key: every process
 table is a fork of one master and shares its hash secret; a new master (an upgrade in place)
 starts with an empty cache, so no table outlives the secret. Two keys of one hash (64 bits)
 would share an entry: with 10,000 entries kept, a lookup meets another key's hash about once
-in 10**15.
+in 10**15. That holds while the secret is unknown: a pool that caches is refused when
+PYTHONHASHSEED fixes it (config/cachecheck.py), since a known secret lets whoever chooses
+`sender` search for a key of another's hash. (A keyed BLAKE2b digest of the key instead costs
+about 1 µs more per request, a twentieth of a hit's whole cost.)
 
 The slots are set-associative: a key's hash picks a set of VERDICT_WAYS slots; a new key takes
 an empty slot of its set, or one of an older epoch (cleared), or else the one whose answer is
@@ -31,8 +34,21 @@ is a miss. A race costs at most a miss or the loss of one of the two answers, ne
 answer given for another's. The counters in the header are float64 words added in place, as
 the health table's: a rare increment lost under a race is accepted.
 
+A whole slot is not yet a sound one: any process that maps the table may write any slot (a
+bug, or a compromised worker). A reader serves a slot only if it holds one answer as Postfix
+reads it (`is_one_answer`) and if its age is at least 0 and under the age asked; else it is a
+miss, never an empty answer, two answers or bytes that are none, nor an entry that never ages
+(a NaN or future time). The clock is CLOCK_MONOTONIC, one for all processes: an entry stored
+by another worker after this one read the clock is a miss, once.
+
 `hapolicyctl cache-clear POOL` (the monitor) adds one to the header's epoch: every entry is
-gone at once, in every worker, without writing a slot.
+gone at once, in every worker, without writing a slot. An answer asked for before it and given
+after it is not kept either: the request path stores with the epoch of its lookup (`asked`).
+
+A reload that gives a pool a new table (or none) retires the old one (`retire`): the workers
+that retire keep it mapped while they serve their open connections, but it serves and keeps
+nothing from then on, so they ask the services. A cache-clear of the pool therefore has one
+table to clear: no entry of the retiring workers outlives it.
 """
 
 from __future__ import annotations
@@ -113,20 +129,31 @@ class VerdictTable:
         start = word * 8
         hashed, stamp, epoch, length, check = FIXED.unpack_from(self._map, start)
         age = now - stamp
-        if (hashed != key or epoch != self.f[VERDICT_EPOCH] or age >= max_age
+        # `not 0 <= age`: a NaN or a future time would keep an entry for ever
+        if (hashed != key or epoch != self.f[VERDICT_EPOCH] or not 0.0 <= age < max_age
                 or length > VERDICT_ANSWER):
             return None
         start += VERDICT_FIXED
         answer = self._map[start:start + length]
         if crc32(answer, crc32(HEAD.pack(hashed, stamp, epoch))) != check:
             return None  # torn: two writers at once, or one writing while we read
-        return answer, max(age, 0.0)
+        if not is_one_answer(answer):
+            return None  # whole, yet no answer to give Postfix: a worker wrote it so
+        return answer, age
 
-    def store(self, key: int, answer: bytes, now: float, live: float) -> None:
+    def epoch(self) -> float:
+        """The epoch in force: a cache-clear makes a new one."""
+        return self.f[VERDICT_EPOCH]
+
+    def store(self, key: int, answer: bytes, now: float, live: float,
+              asked: float | None = None) -> None:
         """Keep answer (at most VERDICT_ANSWER bytes) for key from now; an entry younger than
-        `live` that has to make room is counted as an eviction."""
+        `live` that has to make room is counted as an eviction. asked: the epoch when the
+        answer was asked for; an answer asked before a cache-clear is not kept."""
         f, q = self.f, self.q
         epoch = f[VERDICT_EPOCH]
+        if epoch != (epoch if asked is None else asked):
+            return  # asked before a cache-clear, or the table is retired (NaN equals nothing)
         first = self.slot_word((key % self.sets) * VERDICT_WAYS)
         victim, oldest = first, float("inf")
         for word in range(first, first + VERDICT_WAYS * WORDS, WORDS):
@@ -148,6 +175,12 @@ class VerdictTable:
         """Forget every entry (cache-clear): a new epoch."""
         self.f[VERDICT_EPOCH] += 1.0
 
+    def retire(self) -> None:
+        """A reload gave the pool another table (or none): forget every entry and keep none
+        from now on, so the retiring workers, which keep this one, ask the services. Its epoch
+        is NaN, which equals no epoch, its own included; a cache-clear leaves it NaN."""
+        self.f[VERDICT_EPOCH] = float("nan")
+
     def counter(self, word: int) -> int:
         value = self.f[word]
         return int(value) if -9e15 < value < 9e15 else 0
@@ -162,10 +195,20 @@ class VerdictTable:
         self._map.close()
 
 
+def is_one_answer(answer: bytes) -> bool:
+    """Whether a slot's bytes are one answer as Postfix reads it: one `action=` line, then the
+    empty line, and no NUL. A CRC says a slot is whole, not that what wrote it was sound: any
+    process that maps the table may write a slot."""
+    return (answer[:7] == b"action=" and answer.find(b"\n") == len(answer) - 2
+            and answer[-1:] == b"\n" and b"\0" not in answer)
+
+
 def same_cache(old: PoolConfig, new: PoolConfig) -> bool:
-    """Whether new may keep old's entries: the same services, cache-key and cache-size."""
+    """Whether new may keep old's entries: the same services, cache-key, cache-actions (the
+    answers kept) and cache-size."""
     return (bool(old.cache) and bool(new.cache) and old.services == new.services
-            and old.cache_key == new.cache_key and old.cache_size == new.cache_size)
+            and old.cache_key == new.cache_key and old.cache_actions == new.cache_actions
+            and old.cache_size == new.cache_size)
 
 
 def attach(pools: Sequence[PoolConfig], tables: Mapping[str, HealthTable]) -> None:
@@ -178,9 +221,11 @@ def attach(pools: Sequence[PoolConfig], tables: Mapping[str, HealthTable]) -> No
 
 def carry(before: Sequence[PoolConfig], after: Sequence[PoolConfig],
           old_tables: Mapping[str, HealthTable], new_tables: Mapping[str, HealthTable]) -> None:
-    """A reload's verdict tables: a pool whose services, cache-key and cache-size stay keeps its
-    entries; another that caches gets an empty table with the counters of its old one."""
+    """A reload's verdict tables: a pool whose services, cache-key, cache-actions and
+    cache-size stay keeps its entries; another that caches gets an empty table with the
+    counters of its old one. An old table no pool keeps is retired (`VerdictTable.retire`)."""
     running = {p.name: p for p in before}
+    old_verdicts = [t.verdicts for t in old_tables.values() if t.verdicts is not None]
     for pool in after:
         old_pool = running.get(pool.name)
         old = old_tables[pool.name].verdicts if old_pool is not None else None
@@ -193,3 +238,7 @@ def carry(before: Sequence[PoolConfig], after: Sequence[PoolConfig],
             table.verdicts = VerdictTable(pool.cache_size)
             if old is not None:
                 table.verdicts.copy_counters(old)
+    in_use = {id(t.verdicts) for t in new_tables.values()}
+    for verdicts in old_verdicts:
+        if id(verdicts) not in in_use:
+            verdicts.retire()

@@ -2,12 +2,14 @@
 known to the other), its counters in csv, status, /metrics, the status page and the summary
 line, `cache-clear`, a HUP that keeps the entries of a pool whose key and services stay and
 empties one whose key changed; --check-config refuses a pool that caches with state
-(FILE:LINE) and warns in spawn mode; the docs' SPF example passes the check
+(FILE:LINE), and one whose hash secret PYTHONHASHSEED fixes (at --check-config and at
+start), and warns in spawn mode; the docs' SPF example passes the check
 (docs/configuration.md, The verdict cache)."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
 
 from testkit.backends import FakeBackend
 from testkit.ctl import csv_rows, ctl
@@ -15,7 +17,7 @@ from testkit.daemon import Daemon
 from testkit.ports import HOST, free_port
 from testkit.prometheus import fetch
 from testkit.protocol import PolicyClient, request
-from testkit.repo import REPO, run_hapolicy
+from testkit.repo import REPO, command, hapolicy_env, run_hapolicy
 from testkit.wait import wait_for
 
 from hapolicy.man.texts import EXAMPLE_CACHE
@@ -113,6 +115,25 @@ def test_a_pool_that_caches_with_state_is_refused_with_its_file_and_line(tmp_pat
                       ("cache = 60\ncache-key = sender/99x\n", ":5: cache-key 'sender/99x'")):
         result, path = check(tmp_path, pool + text + "sticky-instance = no\n")
         assert result.returncode == 2 and path + why in result.stderr, result.stderr
+
+
+def test_a_pool_that_caches_is_refused_with_a_fixed_hash_seed(tmp_path):
+    """PYTHONHASHSEED=0 or a number: --check-config and a start refuse a pool that caches, one
+    line naming the file and its cache line; `random` is accepted."""
+    conf = tmp_path / "h.conf"
+    conf.write_text("[pool spf]\nlisten = 127.0.0.1:10099\nservice = A=127.0.0.1:10023\n"
+                    "sticky-instance = no\ncache = 60\ncache-key = sender\n")
+    for seed, args in (("0", ["--check-config"]), ("123", ["--check-config"]), ("0", [])):
+        result = subprocess.run(command(["-c", str(conf), *args]), check=False,
+                                env={**hapolicy_env(), "PYTHONHASHSEED": seed},
+                                capture_output=True, text=True, timeout=20)
+        assert result.returncode == 2, (seed, args, result.stderr)
+        [line] = [x for x in result.stderr.splitlines() if "PYTHONHASHSEED" in x]
+        assert f" {conf}:5: pool spf: cache with PYTHONHASHSEED={seed}: " in line, line
+    result = subprocess.run(command(["-c", str(conf), "--check-config"]), check=False,
+                            env={**hapolicy_env(), "PYTHONHASHSEED": "random"},
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
 
 
 def test_spawn_mode_is_warned_that_its_cache_lives_for_one_connection(tmp_path):
