@@ -18,7 +18,6 @@ from testkit.dispatching import Client, Run
 from testkit.ports import refused_port
 from testkit.protocol import request
 
-from hapolicy.base.protocol import RequestFramer
 from hapolicy.tables.layout import (
     ANSWERS,
     DEFAULT_DOWN,
@@ -37,14 +36,9 @@ CACHED = {"cache": 60.0, "cache_key": "client_address,sender", "sticky_instance"
 def answer(run: Run, data: bytes) -> bytes:
     """The one answer of one request (no pause after it, unlike Run.ask: a thousand requests)."""
     client = Client()
-    [framed] = RequestFramer().feed(data)
-    run.dispatcher.submit(framed, client)
-    started = time.monotonic()
-    while not client.answers:
-        assert time.monotonic() - started < 20, "never answered"
-        run.loop.run_once(0.05)
+    found = run.answer(data, client)
     assert len(client.answers) == 1 and run.dispatcher.in_flight == 0
-    return client.answers[0]
+    return found
 
 
 def keyed(n: int, **attrs) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from testkit.backends import FakeBackend
-from testkit.dispatching import Client, Run
+from testkit.dispatching import Client
 from testkit.logs import KeptLog
 from testkit.protocol import request
 
@@ -35,30 +35,6 @@ from hapolicy.tables.verdicts import VerdictTable, attach, carry
 CACHED = {"cache": 60.0, "cache_key": "client_address,sender", "sticky_instance": False}
 
 
-@pytest.fixture
-def runs():
-    made: list[Run] = []
-
-    def make(*specs: str, **settings) -> Run:
-        made.append(Run(*specs, **settings))
-        return made[-1]
-
-    yield make
-    for run in made:
-        run.close()
-
-
-def answer(run: Run, data: bytes) -> bytes:
-    client = Client()
-    [framed] = RequestFramer().feed(data)
-    run.dispatcher.submit(framed, client)
-    started = time.monotonic()
-    while not client.answers:
-        assert time.monotonic() - started < 20, "never answered"
-        run.loop.run_once(0.05)
-    return client.answers[0]
-
-
 @pytest.mark.parametrize("bad", [b"", b"action=OK\n\naction=REJECT two answers\n\n",
                                  b"action=OK", b"not an action\n\n", b"action=OK\x00\n\n",
                                  b"action=OK\nmore\n\n"])
@@ -71,7 +47,7 @@ def test_a_whole_slot_that_holds_no_single_answer_is_a_miss(runs, bad):
         [framed] = RequestFramer().feed(request())
         cache = run.dispatcher.cache
         cache.table.store(cache.key(framed), bad, time.monotonic(), 60.0)
-        assert answer(run, request()) == b"action=OK\n\n"
+        assert run.answer(request()) == b"action=OK\n\n"
         assert len(backend.requests) == 1
 
 
@@ -122,9 +98,9 @@ def test_an_answer_asked_before_cache_clear_and_given_after_it_is_not_kept(runs)
             run.loop.run_once(0.05)
         assert client.answers == [b"action=REJECT listed\n\n"]
         backend.set_mode("answer", action="OK", delay=0.0)
-        assert answer(run, request()) == b"action=OK\n\n"
+        assert run.answer(request()) == b"action=OK\n\n"
         assert len(backend.requests) == 2
-        assert answer(run, request()) == b"action=OK\n\n"  # this one is kept
+        assert run.answer(request()) == b"action=OK\n\n"  # this one is kept
         assert len(backend.requests) == 2
 
 
@@ -212,11 +188,11 @@ def test_a_stale_answer_is_no_hedge_won(runs):
         run = runs(first.spec("A", timeout=5), second.spec("B", timeout=5), hedge="0.05",
                    hedge_max=100.0, default_action="DUNNO",
                    **{**CACHED, "cache": 0.1, "cache_stale": 30.0})
-        assert answer(run, request()) == b"action=OK\n\n"
+        assert run.answer(request()) == b"action=OK\n\n"
         time.sleep(0.15)
         first.set_mode("garbage", delay=0.2)
         second.set_mode("garbage", delay=0.2)
-        assert answer(run, request()) == b"action=OK\n\n"  # stale
+        assert run.answer(request()) == b"action=OK\n\n"  # stale
         assert run.dispatcher.cache.counts[VERDICT_STALE] == 1
         assert run.health.counter(HEDGED) == 1
         assert run.health.counter(HEDGE_WON) == 0
@@ -232,11 +208,11 @@ def test_a_stale_answer_teaches_no_answer_time_and_goes_to_no_shadow(runs):
         mirror = Mirror()
         run.dispatcher.attach_mirror(mirror)
         [latency] = run.dispatcher.hedger.latency
-        assert answer(run, request()) == b"action=OK\n\n"
+        assert run.answer(request()) == b"action=OK\n\n"
         assert (latency.count, mirror.copies) == (1, [b"action=OK\n\n"])
         time.sleep(0.15)
         backend.set_mode("garbage")
-        assert answer(run, request()) == b"action=OK\n\n"  # stale
+        assert run.answer(request()) == b"action=OK\n\n"  # stale
         assert run.dispatcher.cache.counts[VERDICT_STALE] == 1
         assert (latency.count, mirror.copies) == (1, [b"action=OK\n\n"])
 
