@@ -7,7 +7,9 @@ at once (a fail-answer) gets under 5 % once noticed (health's cool-down does mos
 tests/unit/request/test_least_latency.py holds the rule that a failure counts as slow). max-inflight: a service that serves one
 request at a time (as postgrey) never holds more than the limit, the excess goes to the other
 service (weighted) or waits and turns away (hashed), no request waits longer than
-queue-timeout, and status, csv and /metrics count it all.
+queue-timeout, and status, csv and /metrics count it all (each service's answer time too). A
+worker killed with requests in flight leaves none counted. --check-config refuses least-latency
+mixed with hash: and warns of it with sticky instances, and of max-inflight in spawn mode.
 """
 
 from __future__ import annotations
@@ -206,3 +208,47 @@ def test_a_worker_killed_with_requests_in_flight_leaves_no_count_behind():
             assert csv_rows(control)["default/SLOW"]["in_flight"] == "0"
             for client in clients:
                 client.close()
+
+
+def test_least_latency_shows_each_service_answer_time_and_load_in_csv_and_metrics():
+    from prometheus_client.parser import text_string_to_metric_families
+    from testkit.ports import free_port
+    from testkit.prometheus import fetch
+
+    where = short_tmpdir()
+    control = str(where / "control")
+    mport = free_port()
+    with FakeBackend(name="FAST", delay=0.001) as fast, \
+            FakeBackend(name="SLOW", delay=0.040) as slow:
+        with least_latency(fast.spec(), slow.spec(),
+                           extra=("--max-inflight", "4", "--control", control,
+                                  "--metrics-listen", f"{HOST}:{mport}")) as daemon:
+            run_clients(daemon, 200, 2)
+            rows = csv_rows(control)
+            status = ctl("--control", control, "status").stdout
+            _, body, _ = fetch(f"http://{HOST}:{mport}/metrics")
+    found = {(s.name, s.labels.get("service")): s.value
+             for family in text_string_to_metric_families(body.decode())
+             for s in family.samples}
+    fast_ms, slow_ms = float(rows["default/FAST"]["ewma_ms"]), float(rows["default/SLOW"]["ewma_ms"])
+    assert 0 < fast_ms < slow_ms, rows
+    assert "ewma_ms" in status.splitlines()[0] and "in_flight" in status.splitlines()[0]
+    assert 0 < found[("hapolicy_service_answer_time_ewma_seconds", "FAST")] \
+        < found[("hapolicy_service_answer_time_ewma_seconds", "SLOW")]
+    assert found[("hapolicy_service_requests_in_flight", "SLOW")] == 0
+    assert ("hapolicy_service_turned_away_total", "SLOW") in found
+
+
+def test_check_config_refuses_least_latency_with_hash_and_warns_with_sticky_instances():
+    from testkit.repo import run_hapolicy
+
+    mixed = run_hapolicy(["-s", "A=127.0.0.1:1", "--balance", "least-latency,hash:sender",
+                          "--check-config"])
+    assert mixed.returncode == 2 and mixed.stderr.count("\n") == 1, mixed.stderr
+    assert "least-latency does not hash" in mixed.stderr
+    sticky = run_hapolicy(["--listen", "127.0.0.1:1", "-s", "A=127.0.0.1:1",
+                           "--balance", "least-latency", "--check-config"])
+    assert sticky.returncode == 0 and "warning: pool default: balance = least-latency with " \
+        "sticky-instance = yes" in sticky.stderr
+    spawned = run_hapolicy(["-s", "A=127.0.0.1:1", "--max-inflight", "2", "--check-config"])
+    assert spawned.returncode == 0 and "max-inflight in spawn mode" in spawned.stderr
